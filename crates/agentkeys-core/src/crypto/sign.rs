@@ -1,0 +1,163 @@
+//! Ed25519 signatures: the server's signing key and verification against a pinned public key.
+//!
+//! DESIGN decision 4: the server signs the sealed child session it returns to the daemon's
+//! long-poll, and the daemon verifies it against the server key it pinned. Verification is
+//! `verify_strict` (rejects non-canonical signatures and small-order keys).
+
+use std::fmt;
+
+use agentkeys_secmem::SecretBytes;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+use super::{CryptoError, hex};
+
+/// Length of an Ed25519 seed (the private key as stored).
+const SEED_LEN: usize = 32;
+
+/// An Ed25519 key pair. The secret key is zeroized on drop (ed25519-dalek `zeroize`);
+/// `Debug` shows only the public key; no `Clone`.
+pub struct SigningKeyPair {
+    key: SigningKey,
+}
+
+impl SigningKeyPair {
+    /// A fresh key pair from the operating system's CSPRNG.
+    ///
+    /// # Panics
+    /// If the operating system's random number generator fails.
+    pub fn generate() -> Self {
+        let seed = SecretBytes::random(SEED_LEN);
+        Self::from_seed(seed.expose_secret())
+            .expect("invariant: SecretBytes::random(32) yields a 32-byte seed")
+    }
+
+    /// Loads a key pair from its 32-byte seed (as written by [`seed`](Self::seed)).
+    pub fn from_seed(seed: &[u8]) -> Result<Self, CryptoError> {
+        let seed: &[u8; SEED_LEN] = seed.try_into().map_err(|_| CryptoError::BadKey)?;
+        Ok(Self {
+            key: SigningKey::from_bytes(seed),
+        })
+    }
+
+    /// The 32-byte seed, for writing the server's key file.
+    pub fn seed(&self) -> SecretBytes {
+        SecretBytes::from_slice(self.key.as_bytes())
+    }
+
+    /// The public key, to publish (`/v1/server-info`) and pin.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Signs `msg` (PureEd25519, deterministic).
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.key.sign(msg).to_bytes()
+    }
+}
+
+impl fmt::Debug for SigningKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKeyPair")
+            .field("public", &hex(&self.public_key()))
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Verifies `sig` over `msg` under `public` (strict: canonical signatures, no small-order keys).
+///
+/// Errors: [`CryptoError::BadKey`] if `public` is not a valid point;
+/// [`CryptoError::BadSignature`] if `sig` is not 64 bytes or does not verify.
+pub fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
+    let key = VerifyingKey::from_bytes(public).map_err(|_| CryptoError::BadKey)?;
+    let sig = Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
+    key.verify_strict(msg, &sig)
+        .map_err(|_| CryptoError::BadSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::unhex;
+    use super::*;
+
+    const MSG: &[u8] = b"pair decision: request 42 approved, scope openai";
+
+    #[test]
+    fn signatures_verify_under_the_signers_public_key() {
+        let kp = SigningKeyPair::generate();
+        let sig = kp.sign(MSG);
+        verify(&kp.public_key(), MSG, &sig).expect("valid signature");
+    }
+
+    #[test]
+    fn a_tampered_message_or_signature_does_not_verify() {
+        let kp = SigningKeyPair::generate();
+        let sig = kp.sign(MSG);
+        let mut msg = MSG.to_vec();
+        msg[0] ^= 1;
+        assert!(matches!(
+            verify(&kp.public_key(), &msg, &sig),
+            Err(CryptoError::BadSignature)
+        ));
+        for i in 0..sig.len() {
+            let mut bad = sig;
+            bad[i] ^= 0x04;
+            assert!(
+                verify(&kp.public_key(), MSG, &bad).is_err(),
+                "signature byte {i}"
+            );
+        }
+        assert!(matches!(
+            verify(&kp.public_key(), MSG, &sig[..63]),
+            Err(CryptoError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn another_key_does_not_verify_the_signature() {
+        let kp = SigningKeyPair::generate();
+        let other = SigningKeyPair::generate();
+        assert!(matches!(
+            verify(&other.public_key(), MSG, &kp.sign(MSG)),
+            Err(CryptoError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_key_pair_survives_its_seed_and_matches_rfc_8032_test_1() {
+        // RFC 8032 §7.1 TEST 1: the empty message.
+        let seed = unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+        let kp = SigningKeyPair::from_seed(&seed).expect("seed");
+        assert_eq!(
+            hex(&kp.public_key()),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
+        assert_eq!(
+            hex(&kp.sign(b"")),
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+             5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        );
+        let again = SigningKeyPair::from_seed(kp.seed().expose_secret()).expect("seed");
+        assert_eq!(again.public_key(), kp.public_key());
+    }
+
+    #[test]
+    fn seeds_of_the_wrong_length_are_rejected() {
+        assert!(matches!(
+            SigningKeyPair::from_seed(&[1u8; 31]),
+            Err(CryptoError::BadKey)
+        ));
+        assert!(matches!(
+            SigningKeyPair::from_seed(&[1u8; 64]),
+            Err(CryptoError::BadKey)
+        ));
+    }
+
+    #[test]
+    fn debug_of_a_key_pair_does_not_show_the_seed() {
+        let kp = SigningKeyPair::generate();
+        let shown = format!("{kp:?} {kp:#?}");
+        assert!(!shown.contains(&hex(kp.seed().expose_secret())), "{shown}");
+        assert!(shown.contains(&hex(&kp.public_key())), "{shown}");
+    }
+}

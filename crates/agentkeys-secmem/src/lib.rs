@@ -1,0 +1,28 @@
+//! Secret memory for agentkeys: self-wiping secret types and locked secret pages.
+//!
+//! This is the only crate in the workspace that contains `unsafe` code, and all of it sits in
+//! `sys.rs` (private), one operation per block, each with a `// SAFETY:` argument; the other
+//! modules are `#![forbid(unsafe_code)]`.
+//!
+//! A tour, start here:
+//!
+//! - `bytes.rs` — [`SecretBytes`] and [`SecretString`]: small heap secrets (session tokens,
+//!   keys). Fixed size, never reallocated, zeroized on drop, `Debug` prints `[REDACTED]`,
+//!   constant-time equality, left only through `expose_secret()`.
+//! - `page.rs` — [`SecretPage`]: page-backed buffers for credential plaintext, backed by
+//!   `memfd_secret` where the kernel has it, else a sealed locked memfd, else locked anonymous
+//!   memory ([`SecretPageKind`]). Wiped, unlocked and unmapped on drop; the fd kinds can be
+//!   handed to another process over `SCM_RIGHTS` (DESIGN decision 8).
+//! - `sys.rs` — the raw syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`, `munmap`) behind
+//!   small safe wrappers that only ever touch memory they mapped themselves.
+//!
+//! Why it matters: the DESIGN's first concern is where plaintext lives and for how long. Every
+//! claim made here (redaction, wipe on drop, unreadable `memfd_secret` pages) has a test at the
+//! bottom of the file that makes it, inspecting real memory.
+
+mod bytes;
+mod page;
+mod sys;
+
+pub use bytes::{SecretBytes, SecretString};
+pub use page::{SecretPage, SecretPageKind};

@@ -1,0 +1,516 @@
+//! Page-backed secret buffers ([`SecretPage`]): `memfd_secret`, sealed memfd, or locked anonymous memory.
+//!
+//! Credential plaintext is decrypted straight into one of these (STYLE habit 4) and, for fd
+//! delivery (DESIGN decision 8), the page's file descriptor is what travels over `SCM_RIGHTS`.
+//! The kinds, best first:
+//!
+//! | kind | how | protects against |
+//! |---|---|---|
+//! | [`SecretPageKind::MemfdSecret`] | `memfd_secret(O_CLOEXEC)` + `ftruncate` + shared `mmap` | the kernel removes the pages from its direct map: `/proc/PID/mem` gives `EIO`, `process_vm_readv` `EFAULT`, even for root; the kernel marks the mapping locked and not dumpable itself |
+//! | [`SecretPageKind::SealedMemfd`] | `memfd_create(MFD_CLOEXEC\|MFD_ALLOW_SEALING)` + `ftruncate` + seals `GROW\|SHRINK\|SEAL` + shared `mmap` + `mlock` + `MADV_DONTDUMP` | swap and core dumps; the seals stop a receiver from resizing the file under us (which would turn our accesses into `SIGBUS`) |
+//! | [`SecretPageKind::LockedAnon`] | private anonymous `mmap` + `mlock` + `MADV_DONTDUMP` + `MADV_WIPEONFORK` | swap, core dumps, and copies into forked children; no fd, so no fd delivery |
+
+#![forbid(unsafe_code)] // all of this crate's `unsafe` lives in sys.rs
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use zeroize::Zeroize;
+
+use crate::sys::{self, Advice, Mapping};
+
+/// Which mechanism backs a [`SecretPage`], strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretPageKind {
+    /// A `memfd_secret` file: pages invisible to the kernel's direct map (Linux ≥ 5.14 with
+    /// `secretmem` enabled). Its fd can only be mapped, not read.
+    MemfdSecret,
+    /// A sealed, locked, non-dumpable `memfd`: readable through `/proc/PID/mem` by whoever may
+    /// ptrace us, but never swapped or dumped.
+    SealedMemfd,
+    /// Locked, non-dumpable, wipe-on-fork anonymous memory. Has no fd.
+    LockedAnon,
+}
+
+impl SecretPageKind {
+    /// The stable name used in reports and in the fd-delivery metadata (`kind`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::MemfdSecret => "memfd_secret",
+            Self::SealedMemfd => "sealed_memfd",
+            Self::LockedAnon => "locked_anon",
+        }
+    }
+}
+
+impl fmt::Display for SecretPageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A page-backed secret buffer: a mapping of whole pages holding `len` logical bytes.
+///
+/// Invariants: the mapping is `capacity()` bytes (a whole number of pages, at least one), the
+/// bytes beyond `len()` are always zero, and on drop the whole mapping is wiped, unlocked,
+/// unmapped and its fd (if any) closed.
+///
+/// `SecretPage` is `Send` and `Sync`: it uniquely owns its mapping and fd (no `Clone`, no shared
+/// handles), so moving it between threads moves that ownership, and shared access only yields
+/// `&[u8]` while mutation needs `&mut self`. A process that *receives* the fd can write through
+/// its own mapping; the contents are plain bytes, so that can garble them but cannot break
+/// memory safety here, and the seals (or `memfd_secret`'s fixed size) keep the mapping valid.
+pub struct SecretPage {
+    // Field order matters: the mapping is unmapped before the fd is closed.
+    mapping: Mapping,
+    len: usize,
+    kind: SecretPageKind,
+    fd: Option<OwnedFd>,
+}
+
+impl SecretPage {
+    /// The best page kind this machine offers, zero-filled, holding `len` logical bytes.
+    ///
+    /// Tries `memfd_secret`, then a sealed memfd, then locked anonymous memory, falling through
+    /// on any failure (`ENOSYS` on kernels without `secretmem`, `mlock` hitting
+    /// `RLIMIT_MEMLOCK`, …). When every kind fails, returns the last kind's error. Check
+    /// [`kind`](Self::kind) to report which protection is in effect.
+    pub fn new(len: usize) -> io::Result<Self> {
+        Self::with_kind(len, SecretPageKind::MemfdSecret)
+            .or_else(|_| Self::with_kind(len, SecretPageKind::SealedMemfd))
+            .or_else(|_| Self::with_kind(len, SecretPageKind::LockedAnon))
+    }
+
+    /// A zero-filled page of exactly `kind`, or that kind's error (no fallback).
+    pub fn with_kind(len: usize, kind: SecretPageKind) -> io::Result<Self> {
+        let capacity = capacity_for(len)?;
+        let size = u64::try_from(capacity).map_err(|_| too_large())?;
+        let (mapping, fd) = match kind {
+            SecretPageKind::MemfdSecret => {
+                let fd = sys::memfd_secret()?;
+                rustix::fs::ftruncate(&fd, size)?;
+                // No mlock/madvise: the kernel sets VM_LOCKED | VM_DONTDUMP on secretmem
+                // mappings itself (mm/secretmem.c), and charges them to RLIMIT_MEMLOCK.
+                let mapping = Mapping::shared(fd.as_fd(), capacity)?;
+                (mapping, Some(fd))
+            }
+            SecretPageKind::SealedMemfd => {
+                let fd = rustix::fs::memfd_create(
+                    "agentkeys-secret",
+                    MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+                )?;
+                rustix::fs::ftruncate(&fd, size)?;
+                rustix::fs::fcntl_add_seals(
+                    &fd,
+                    SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+                )?;
+                let mut mapping = Mapping::shared(fd.as_fd(), capacity)?;
+                mapping.lock()?;
+                mapping.advise(Advice::DontDump)?;
+                (mapping, Some(fd))
+            }
+            SecretPageKind::LockedAnon => {
+                let mut mapping = Mapping::anonymous_private(capacity)?;
+                mapping.lock()?;
+                mapping.advise(Advice::DontDump)?;
+                mapping.advise(Advice::WipeOnFork)?;
+                (mapping, None)
+            }
+        };
+        Ok(Self {
+            mapping,
+            len,
+            kind,
+            fd,
+        })
+    }
+
+    /// [`new`](Self::new) followed by a copy of `src`. The caller still owns `src` and should
+    /// wipe it.
+    pub fn from_slice(src: &[u8]) -> io::Result<Self> {
+        let mut page = Self::new(src.len())?;
+        page.expose_secret_mut().copy_from_slice(src);
+        Ok(page)
+    }
+
+    /// Which mechanism backs this page.
+    pub fn kind(&self) -> SecretPageKind {
+        self.kind
+    }
+
+    /// Logical length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the logical length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Mapped bytes: `len` rounded up to whole pages, at least one page.
+    pub fn capacity(&self) -> usize {
+        self.mapping.bytes().len()
+    }
+
+    /// The first `len()` bytes. The one greppable door out of the type.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.mapping.bytes()[..self.len]
+    }
+
+    /// The first `len()` bytes, writable.
+    pub fn expose_secret_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut self.mapping.bytes_mut()[..len]
+    }
+
+    /// Changes the logical length within the capacity. When shrinking, the bytes beyond the
+    /// new length are wiped; when growing, the newly exposed bytes are zero (they always are).
+    ///
+    /// # Panics
+    /// If `len > capacity()`: a page never grows, because growing would mean a copy.
+    pub fn set_len(&mut self, len: usize) {
+        let capacity = self.capacity();
+        assert!(
+            len <= capacity,
+            "SecretPage::set_len({len}) exceeds the page capacity ({capacity})"
+        );
+        if len < self.len {
+            self.mapping.bytes_mut()[len..self.len].zeroize();
+        }
+        self.len = len;
+    }
+
+    /// The page's file descriptor (for `SCM_RIGHTS` delivery), or `None` for
+    /// [`SecretPageKind::LockedAnon`].
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Zeroizes the whole mapping (volatile writes) and keeps it mapped; `len()` is unchanged.
+    pub fn wipe(&mut self) {
+        self.mapping.bytes_mut().zeroize();
+    }
+
+    /// Start address of the mapping, for tests that read it from outside.
+    #[cfg(test)]
+    fn addr(&self) -> usize {
+        self.mapping.addr()
+    }
+}
+
+impl Drop for SecretPage {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        let before = drop_probe::nonzero(self.mapping.bytes());
+        self.wipe();
+        #[cfg(test)]
+        drop_probe::record(before, drop_probe::nonzero(self.mapping.bytes()));
+        // Then the fields drop in order: `mapping` (munlock where locked, munmap), `fd` (close).
+    }
+}
+
+impl fmt::Debug for SecretPage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretPage")
+            .field("kind", &self.kind)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+fn capacity_for(len: usize) -> io::Result<usize> {
+    len.max(1)
+        .checked_next_multiple_of(rustix::param::page_size())
+        .ok_or_else(too_large)
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "secret page length overflows the address space",
+    )
+}
+
+/// Test-only probe of the drop path: what the mapping held just before and just after the
+/// wipe in `Drop`, read from the real mapping while it is still mapped. Recorded per thread so
+/// parallel tests do not see each other's pages.
+#[cfg(test)]
+mod drop_probe {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LAST: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+    }
+
+    pub(super) fn nonzero(bytes: &[u8]) -> usize {
+        bytes.iter().filter(|&&b| b != 0).count()
+    }
+
+    pub(super) fn record(before: usize, after: usize) {
+        LAST.with(|last| last.set(Some((before, after))));
+    }
+
+    /// `(non-zero bytes before the wipe, non-zero bytes after it)` of the last page dropped on
+    /// this thread, and resets the record.
+    pub(super) fn take() -> Option<(usize, usize)> {
+        LAST.with(Cell::take)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    const CANARY: &[u8] = b"CANARY-PAGE-51c0ffee";
+    const ALL_KINDS: [SecretPageKind; 3] = [
+        SecretPageKind::MemfdSecret,
+        SecretPageKind::SealedMemfd,
+        SecretPageKind::LockedAnon,
+    ];
+
+    /// A page of exactly `kind`, failing loudly (not skipping) when the kernel lacks it.
+    fn page_of(kind: SecretPageKind, len: usize) -> SecretPage {
+        match SecretPage::with_kind(len, kind) {
+            Ok(page) => page,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => panic!(
+                "{kind} is not available on this kernel (ENOSYS): memfd_secret needs Linux >= 5.14 \
+                 with secretmem enabled; this test must not pass silently"
+            ),
+            Err(e) => panic!("could not create a {kind} page: {e}"),
+        }
+    }
+
+    fn page_with_canary(kind: SecretPageKind) -> SecretPage {
+        let mut page = page_of(kind, CANARY.len());
+        page.expose_secret_mut().copy_from_slice(CANARY);
+        page
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn debug_of_a_secret_page_shows_kind_and_len_but_not_the_canary() {
+        for kind in ALL_KINDS {
+            let page = page_with_canary(kind);
+            let shown = format!("{page:?} {page:#?}");
+            assert!(!contains(shown.as_bytes(), b"CANARY"), "{shown}");
+            assert!(shown.contains(&format!("{kind:?}")), "{shown}");
+            assert!(shown.contains(&CANARY.len().to_string()), "{shown}");
+        }
+    }
+
+    #[test]
+    fn new_picks_memfd_secret_on_this_kernel() {
+        let page = SecretPage::new(32).expect("a secret page");
+        if page.kind() != SecretPageKind::MemfdSecret {
+            let why = SecretPage::with_kind(32, SecretPageKind::MemfdSecret)
+                .err()
+                .map(|e| e.to_string());
+            panic!(
+                "expected memfd_secret, got {} (memfd_secret failed with: {why:?}); \
+                 this machine is known to support memfd_secret",
+                page.kind()
+            );
+        }
+    }
+
+    #[test]
+    fn with_kind_gives_exactly_that_kind_zero_filled() {
+        for kind in ALL_KINDS {
+            let page = page_of(kind, 100);
+            assert_eq!(page.kind(), kind);
+            assert_eq!(page.len(), 100);
+            assert!(!page.is_empty());
+            assert_eq!(page.capacity(), rustix::param::page_size());
+            assert!(page.expose_secret().iter().all(|&b| b == 0));
+            assert_eq!(page.fd().is_some(), kind != SecretPageKind::LockedAnon);
+        }
+    }
+
+    #[test]
+    fn capacity_is_whole_pages_and_at_least_one() {
+        let page_size = rustix::param::page_size();
+        let empty = SecretPage::new(0).expect("page");
+        assert!(empty.is_empty());
+        assert_eq!(empty.capacity(), page_size);
+        let two = SecretPage::new(page_size + 1).expect("page");
+        assert_eq!(two.capacity(), 2 * page_size);
+        let exact = SecretPage::new(page_size).expect("page");
+        assert_eq!(exact.capacity(), page_size);
+    }
+
+    #[test]
+    fn from_slice_copies_the_bytes() {
+        let page = SecretPage::from_slice(CANARY).expect("page");
+        assert_eq!(page.expose_secret(), CANARY);
+        assert_eq!(page.len(), CANARY.len());
+    }
+
+    #[test]
+    fn kind_names_are_stable() {
+        assert_eq!(SecretPageKind::MemfdSecret.as_str(), "memfd_secret");
+        assert_eq!(SecretPageKind::SealedMemfd.to_string(), "sealed_memfd");
+        assert_eq!(format!("{}", SecretPageKind::LockedAnon), "locked_anon");
+    }
+
+    #[test]
+    fn dropping_an_fd_page_leaves_only_zeros_in_a_second_view_of_the_same_file() {
+        for kind in [SecretPageKind::MemfdSecret, SecretPageKind::SealedMemfd] {
+            let mut page = page_of(kind, CANARY.len());
+            let dup = page
+                .fd()
+                .expect("fd kinds have an fd")
+                .try_clone_to_owned()
+                .expect("dup");
+            let view = Mapping::shared(dup.as_fd(), page.capacity()).expect("second mapping");
+            page.expose_secret_mut().copy_from_slice(CANARY);
+            // Control: the second view really shows the page's memory.
+            assert!(
+                contains(view.bytes(), CANARY),
+                "{kind}: view does not see the page"
+            );
+            drop(page);
+            assert!(
+                view.bytes().iter().all(|&b| b == 0),
+                "{kind}: plaintext survived the drop"
+            );
+        }
+    }
+
+    // LockedAnon has no fd, so no second view is possible, and after munmap the address is
+    // gone. The honest observation point is inside Drop itself: a test-only probe counts the
+    // non-zero bytes of the real mapping just before and just after the wipe, while it is still
+    // mapped, right before munmap. The "before" count proves the probe reads the page (it sees
+    // the canary); the "after" count is the claim.
+    #[test]
+    fn dropping_a_page_wipes_the_real_mapping_before_unmapping_it() {
+        let nonzero_canary = CANARY.iter().filter(|&&b| b != 0).count();
+        for kind in ALL_KINDS {
+            let _ = drop_probe::take();
+            let page = page_with_canary(kind);
+            drop(page);
+            assert_eq!(
+                drop_probe::take(),
+                Some((nonzero_canary, 0)),
+                "{kind}: (non-zero bytes before wipe, after wipe)"
+            );
+        }
+    }
+
+    #[test]
+    fn wipe_zeroes_the_whole_mapping_and_keeps_it_usable() {
+        for kind in ALL_KINDS {
+            let mut page = page_with_canary(kind);
+            page.wipe();
+            assert_eq!(page.len(), CANARY.len());
+            assert!(page.mapping.bytes().iter().all(|&b| b == 0), "{kind}");
+            page.expose_secret_mut()[0] = 1;
+            assert_eq!(page.expose_secret()[0], 1);
+        }
+    }
+
+    #[test]
+    fn set_len_shrinking_wipes_the_tail_and_growing_exposes_zeros() {
+        for kind in ALL_KINDS {
+            let mut page = page_with_canary(kind);
+            page.set_len(6);
+            assert_eq!(page.expose_secret(), &CANARY[..6]);
+            assert!(
+                page.mapping.bytes()[6..].iter().all(|&b| b == 0),
+                "{kind}: tail not wiped"
+            );
+            page.set_len(CANARY.len());
+            assert_eq!(&page.expose_secret()[..6], &CANARY[..6]);
+            assert!(page.expose_secret()[6..].iter().all(|&b| b == 0));
+            let capacity = page.capacity();
+            page.set_len(capacity);
+            assert_eq!(page.expose_secret().len(), capacity);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds the page capacity")]
+    fn set_len_beyond_capacity_panics() {
+        let mut page = SecretPage::new(1).expect("page");
+        let capacity = page.capacity();
+        page.set_len(capacity + 1);
+    }
+
+    #[test]
+    fn memfd_secret_is_unreadable_through_proc_self_mem_while_locked_anon_is_readable() {
+        let mem = File::open("/proc/self/mem").expect("open /proc/self/mem");
+        let mut buf = vec![0u8; CANARY.len()];
+
+        let anon = page_with_canary(SecretPageKind::LockedAnon);
+        mem.read_exact_at(&mut buf, anon.addr() as u64)
+            .expect("an ordinary locked page is readable through /proc/self/mem");
+        assert_eq!(
+            buf, CANARY,
+            "control: /proc/self/mem read the wrong address"
+        );
+
+        let secret = page_with_canary(SecretPageKind::MemfdSecret);
+        buf.fill(0);
+        let err = mem
+            .read_exact_at(&mut buf, secret.addr() as u64)
+            .expect_err("memfd_secret must not be readable through /proc/self/mem");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert!(!contains(&buf, CANARY));
+    }
+
+    /// The `VmFlags` line of `/proc/self/smaps` for the mapping starting at `addr`.
+    fn vm_flags(addr: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
+        let header = format!("{addr:x}-");
+        let mut in_entry = false;
+        for line in smaps.lines() {
+            if line.starts_with(&header) {
+                in_entry = true;
+            } else if in_entry && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().map(str::to_owned).collect();
+            }
+        }
+        panic!("no smaps entry for {addr:x}");
+    }
+
+    #[test]
+    fn every_kind_is_locked_and_left_out_of_core_dumps() {
+        for kind in ALL_KINDS {
+            let page = page_of(kind, 1);
+            let flags = vm_flags(page.addr());
+            assert!(
+                flags.iter().any(|f| f == "lo"),
+                "{kind}: not locked: {flags:?}"
+            );
+            assert!(
+                flags.iter().any(|f| f == "dd"),
+                "{kind}: dumpable: {flags:?}"
+            );
+            if kind == SecretPageKind::LockedAnon {
+                assert!(
+                    flags.iter().any(|f| f == "wf"),
+                    "{kind}: no wipe-on-fork: {flags:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn secret_pages_can_move_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SecretPage>();
+        let page = SecretPage::from_slice(b"moved").expect("page");
+        let back = std::thread::spawn(move || page.expose_secret().to_vec())
+            .join()
+            .expect("thread");
+        assert_eq!(back, b"moved");
+    }
+}

@@ -1,0 +1,164 @@
+//! Raw memory syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`) behind small safe wrappers.
+//!
+//! Every `unsafe` operation of the crate's page code lives here, one operation per block, each
+//! with its `// SAFETY:` argument. The wrappers are safe because they never take a caller's raw
+//! pointer: [`Mapping`] owns the region it mapped, so locking, advising, reading and unmapping
+//! it cannot touch memory anyone else owns.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use rustix::mm::{self, MapFlags, ProtFlags};
+
+/// `memfd_secret(O_CLOEXEC)`: a file whose pages are removed from the kernel's direct map.
+///
+/// There is no wrapper in libc, rustix or nix, so this is the raw syscall (447 on x86_64).
+/// Fails with `ENOSYS` on kernels without `secretmem` (or booted with `secretmem.enable=0`).
+pub(crate) fn memfd_secret() -> io::Result<OwnedFd> {
+    // The kernel reads `flags` as an unsigned int; only O_CLOEXEC is meaningful here.
+    let flags = libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: memfd_secret takes one integer argument and touches no user memory; on success it
+    // returns a new file descriptor that nothing else owns yet.
+    let ret = unsafe { libc::syscall(libc::SYS_memfd_secret, flags) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = RawFd::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `raw` was just returned by a successful memfd_secret call, is open, and is owned
+    // by no other object: the OwnedFd becomes its only owner and closes it on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The `madvise` hints this crate uses. A closed set on purpose: hints such as
+/// `MADV_DONTNEED` would change the contents under live references, so they are not offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Advice {
+    /// `MADV_DONTDUMP`: leave the region out of core dumps.
+    DontDump,
+    /// `MADV_WIPEONFORK`: a forked child sees zeros instead of a copy (private anonymous only).
+    WipeOnFork,
+}
+
+/// A read-write memory mapping owned by this value: unmapped (and unlocked) on drop.
+///
+/// The contents are not wiped here; [`crate::SecretPage`] wipes before dropping its mapping.
+pub(crate) struct Mapping {
+    ptr: NonNull<c_void>,
+    len: usize,
+    locked: bool,
+}
+
+// SAFETY: a Mapping is the unique owner of its region (it is never cloned and hands out
+// references only through `&self`/`&mut self`), so moving it to another thread moves that
+// ownership; the region is process-wide memory, valid from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: shared access only yields `&[u8]` through `&self`; mutation needs `&mut self`, so the
+// usual borrow rules prevent data races between threads inside this process.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// A private anonymous read-write mapping of `len` bytes (zero-filled by the kernel).
+    ///
+    /// `len` must be a non-zero multiple of the page size.
+    pub(crate) fn anonymous_private(len: usize) -> io::Result<Self> {
+        // SAFETY: a null hint lets the kernel choose a fresh address, so no existing memory is
+        // replaced or aliased; the new region is owned by the Mapping built below.
+        let ptr = unsafe {
+            mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }?;
+        Self::owned(ptr, len)
+    }
+
+    /// A shared read-write mapping of the first `len` bytes of `fd`.
+    ///
+    /// The file must already be at least `len` bytes long and must not shrink while mapped
+    /// (callers seal it or use `memfd_secret`, whose size cannot change once set).
+    pub(crate) fn shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        // SAFETY: a null hint lets the kernel choose a fresh address, so no existing memory is
+        // replaced or aliased; the new region is owned by the Mapping built below.
+        let ptr = unsafe {
+            mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }?;
+        Self::owned(ptr, len)
+    }
+
+    fn owned(ptr: *mut c_void, len: usize) -> io::Result<Self> {
+        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Self {
+            ptr,
+            len,
+            locked: false,
+        })
+    }
+
+    /// `mlock` the whole mapping so it is never written to swap.
+    ///
+    /// Counts against `RLIMIT_MEMLOCK`; fails with `ENOMEM`/`EAGAIN` when the limit is reached.
+    pub(crate) fn lock(&mut self) -> io::Result<()> {
+        // SAFETY: the range is exactly the region this Mapping mapped and still owns; mlock only
+        // changes residency, never contents.
+        unsafe { mm::mlock(self.ptr.as_ptr(), self.len) }?;
+        self.locked = true;
+        Ok(())
+    }
+
+    /// Apply an `madvise` hint to the whole mapping.
+    pub(crate) fn advise(&mut self, advice: Advice) -> io::Result<()> {
+        let advice = match advice {
+            Advice::DontDump => mm::Advice::LinuxDontDump,
+            Advice::WipeOnFork => mm::Advice::LinuxWipeOnFork,
+        };
+        // SAFETY: the range is exactly the region this Mapping owns, and both offered hints only
+        // affect core dumps and fork, never the contents seen by this process.
+        unsafe { mm::madvise(self.ptr.as_ptr(), self.len, advice) }?;
+        Ok(())
+    }
+
+    /// The whole mapping, read-only.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr is valid for reads of `len` bytes for as long as `self` lives (the region
+        // is mapped read-write until Drop), u8 has no invalid bit patterns, and no `&mut` to it
+        // can coexist with this `&self` borrow.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// The whole mapping, writable.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for reads and writes of `len` bytes while `self` lives, and the
+        // `&mut self` borrow guarantees this is the only reference into the region.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    /// The start address, for tests that inspect the region from outside (e.g. `/proc/self/mem`).
+    #[cfg(test)]
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.locked {
+            // SAFETY: the range is the region this Mapping locked and still owns. A failure
+            // changes nothing that matters: munmap below drops the lock anyway.
+            let _ = unsafe { mm::munlock(self.ptr.as_ptr(), self.len) };
+        }
+        // SAFETY: the region was mapped by this Mapping, which is its only owner; `&mut self`
+        // in drop means no reference into it survives, so nothing can touch it after unmapping.
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr(), self.len) };
+    }
+}

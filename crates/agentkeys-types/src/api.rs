@@ -1,0 +1,757 @@
+//! HTTP API v1 bodies (DESIGN.md "HTTP API v1"). Field names are snake_case; every request
+//! body rejects unknown fields. Binary values (keys, sealed values, signatures) are
+//! standard base64 with padding.
+//!
+//! Types that carry a session token ([`SessionGrant`], [`CreateSessionRequest`]) do not
+//! derive `Debug`; their secret fields serialize only through [`secret_serde`], which is the
+//! explicit opt-in STYLE.md habit 3 asks for.
+
+use agentkeys_secmem::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::UnixSeconds;
+use crate::names::{ServiceName, Wallet};
+use crate::scope::Scope;
+
+/// HPKE `info` for a credential sealed by a client to the server's shielding key.
+pub const HPKE_INFO_STORE: &[u8] = b"agentkeys store v1";
+/// HPKE `info` for a credential the server seals to a reader's ephemeral key.
+pub const HPKE_INFO_READ: &[u8] = b"agentkeys read v1";
+/// HPKE `info` for a child session sealed to a daemon's pairing key.
+pub const HPKE_INFO_SESSION: &[u8] = b"agentkeys session v1";
+/// Domain separation prefix of the bytes the server signs for an auth-request decision.
+pub const DECISION_SIGNING_CONTEXT: &[u8] = b"agentkeys-decision-v1\0";
+
+/// The associated data binding a sealed credential to its owner and name, so a sealed
+/// value cannot be replayed under another agent or service.
+pub fn credential_aad(agent: &Wallet, service: &ServiceName) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(agent.as_str().len() + service.as_str().len() + 1);
+    aad.extend_from_slice(agent.as_str().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(service.as_str().as_bytes());
+    aad
+}
+
+/// The bytes the server signs for a decision: context, request id, status and the sealed
+/// session (empty when none), each length-prefixed so no two decisions share an encoding.
+pub fn decision_signing_bytes(id: &str, status: AuthStatus, sealed_session: &[u8]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(DECISION_SIGNING_CONTEXT.len() + id.len() + 32 + sealed_session.len());
+    out.extend_from_slice(DECISION_SIGNING_CONTEXT);
+    for part in [id.as_bytes(), status.as_str().as_bytes(), sealed_session] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The canonical bytes of an auth request that its OTP is derived from
+/// (DESIGN decision 4): kind, requester key and the subject, length-prefixed.
+pub fn auth_request_canonical_bytes(
+    kind: AuthKind,
+    requester_public_key: &[u8],
+    subject: &str,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in [
+        kind.as_str().as_bytes(),
+        requester_public_key,
+        subject.as_bytes(),
+    ] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// Serde helpers for secret strings: the explicit opt-in to put a secret on the wire.
+pub mod secret_serde {
+    use agentkeys_secmem::SecretString;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes the secret as a JSON string.
+    pub fn serialize<S: Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+        // Exposed only to build the wire body of a session grant (DESIGN decision 2).
+        s.serialize_str(v.expose_secret())
+    }
+
+    /// Deserializes a JSON string straight into a secret, without an extra copy.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        String::deserialize(d).map(SecretString::from)
+    }
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `"ok"` when the server answers.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}
+
+/// `GET /v1/server-info`: what a client needs to seal to the server and verify it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The server's version.
+    pub version: String,
+    /// The X25519 shielding public key credentials are sealed to (base64, 32 bytes).
+    pub shielding_public_key: String,
+    /// The Ed25519 key decisions are signed with (base64, 32 bytes); daemons pin it.
+    pub signing_public_key: String,
+    /// The HPKE suite, for humans and future negotiation.
+    pub hpke_suite: String,
+}
+
+/// The kind of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// A human master's session (`akm_` token).
+    Master,
+    /// An agent's child session (`aka_` token).
+    Agent,
+}
+
+/// `POST /v1/sessions`: the enrolment credential. No `Debug`: it is a secret.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionRequest {
+    /// The enrolment credential the server's `--auth` mode checks.
+    #[serde(with = "secret_serde")]
+    pub auth_token: SecretString,
+}
+
+/// A session's metadata: never the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session's id (not a secret; used to revoke it).
+    pub session_id: String,
+    /// The account the session acts as.
+    pub wallet: Wallet,
+    /// Master or agent.
+    pub kind: SessionKind,
+    /// What the session may touch.
+    pub scope: Scope,
+    /// The master that owns this agent, for agent sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Wallet>,
+    /// When it was created.
+    pub created_at: UnixSeconds,
+    /// When it stops working.
+    pub expires_at: UnixSeconds,
+}
+
+/// A freshly minted session: the token and its metadata. No `Debug`: it holds the token.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionGrant {
+    /// The bearer token (`akm_…` or `aka_…`).
+    #[serde(with = "secret_serde")]
+    pub token: SecretString,
+    /// Its metadata.
+    pub session: SessionInfo,
+}
+
+/// `POST /v1/sessions/revoke`. With neither field, the caller's own session is revoked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Revoke this one session (the caller's own, or one of a wallet it owns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Revoke every session of this wallet (the caller's own, or a child agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet: Option<Wallet>,
+}
+
+/// The answer to a revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    /// How many live sessions were revoked.
+    pub revoked: u64,
+}
+
+/// One child agent, as `GET /v1/agents` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// The agent's wallet.
+    pub wallet: Wallet,
+    /// Its scope.
+    pub scope: Scope,
+    /// When it was paired.
+    pub created_at: UnixSeconds,
+    /// When one of its sessions was last used.
+    #[serde(default)]
+    pub last_used_at: Option<UnixSeconds>,
+    /// How many of its sessions are live.
+    pub active_sessions: u64,
+    /// Aliases and e-mails linked to it.
+    #[serde(default)]
+    pub identities: Vec<String>,
+}
+
+/// `GET /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentList {
+    /// The caller's child agents.
+    pub agents: Vec<AgentInfo>,
+}
+
+/// `DELETE /v1/agents/{wallet}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeardownResponse {
+    /// Sessions revoked.
+    pub revoked_sessions: u64,
+    /// Credentials deleted.
+    pub deleted_credentials: u64,
+}
+
+/// A credential's policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Reading it needs a human approval each time (DESIGN decision 5).
+    #[serde(default)]
+    pub high_value: bool,
+}
+
+/// `POST /v1/credentials`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreCredentialRequest {
+    /// Whose credential (default: the caller's own wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Wallet>,
+    /// Its name.
+    pub service: ServiceName,
+    /// The value sealed to the shielding key (HPKE, info [`HPKE_INFO_STORE`], aad
+    /// [`credential_aad`]), base64. Ciphertext only, so `Debug` is harmless.
+    pub sealed_value: String,
+    /// Policy to set; when absent an existing policy is kept (new credentials: normal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+}
+
+/// One credential's metadata, never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    /// The owner.
+    pub agent: Wallet,
+    /// The name.
+    pub service: ServiceName,
+    /// Its policy.
+    pub policy: Policy,
+    /// When it was first stored.
+    pub created_at: UnixSeconds,
+    /// When its value last changed.
+    pub updated_at: UnixSeconds,
+}
+
+/// `GET /v1/credentials`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialList {
+    /// The credentials the caller may see, scope-filtered.
+    pub credentials: Vec<CredentialInfo>,
+}
+
+/// `POST /v1/credentials/read`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadCredentialRequest {
+    /// Whose credential (default: the caller's own wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Wallet>,
+    /// Its name.
+    pub service: ServiceName,
+    /// A fresh X25519 public key (base64) the value is sealed to.
+    pub recipient_public_key: String,
+}
+
+/// The answer to a read: ciphertext only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadCredentialResponse {
+    /// The owner the value was found under (the caller's wallet, or its master's).
+    pub agent: Wallet,
+    /// The name.
+    pub service: ServiceName,
+    /// HPKE-sealed to the request's key (info [`HPKE_INFO_READ`], aad [`credential_aad`]).
+    pub sealed_value: String,
+}
+
+/// The kind of an auth request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// A new daemon asks to become a child agent.
+    Pair,
+    /// A daemon asks for a new session for an existing agent identity.
+    Recover,
+    /// A session asks for one release of a high-value credential.
+    HighValue,
+}
+
+impl AuthKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::Pair => "pair",
+            AuthKind::Recover => "recover",
+            AuthKind::HighValue => "high_value",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pair" => Some(AuthKind::Pair),
+            "recover" => Some(AuthKind::Recover),
+            "high_value" => Some(AuthKind::HighValue),
+            _ => None,
+        }
+    }
+}
+
+/// Where an auth request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStatus {
+    /// Waiting for a master.
+    Pending,
+    /// Approved; for pair/recover the decision carries the sealed session.
+    Approved,
+    /// Denied.
+    Denied,
+    /// Not decided in time.
+    Expired,
+    /// Approved and already used (the session was delivered, or the grant spent).
+    Consumed,
+}
+
+impl AuthStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStatus::Pending => "pending",
+            AuthStatus::Approved => "approved",
+            AuthStatus::Denied => "denied",
+            AuthStatus::Expired => "expired",
+            AuthStatus::Consumed => "consumed",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(AuthStatus::Pending),
+            "approved" => Some(AuthStatus::Approved),
+            "denied" => Some(AuthStatus::Denied),
+            "expired" => Some(AuthStatus::Expired),
+            "consumed" => Some(AuthStatus::Consumed),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /v1/auth-requests`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAuthRequest {
+    /// What is asked.
+    pub kind: AuthKind,
+    /// Pair/recover: the daemon's X25519 public key (base64) the session is sealed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_public_key: Option<String>,
+    /// Recover: the agent's alias, e-mail or wallet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// High-value: whose credential (default: the caller's wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Wallet>,
+    /// High-value: which credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceName>,
+    /// Free text shown to the approving master (e.g. the daemon's host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// What opening an auth request returns (also inside `APPROVAL_REQUIRED`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRequestTicket {
+    /// The request id (polled for the decision).
+    pub id: String,
+    /// The code the master types: `ABCD-EFGH`.
+    pub pair_code: String,
+    /// The 6-digit OTP both sides show, to compare.
+    pub otp: String,
+    /// The nonce the OTP is derived from (base64), so the requester can recompute it.
+    pub nonce: String,
+    /// When it expires.
+    pub expires_at: UnixSeconds,
+}
+
+/// `GET /v1/auth-requests/by-code/{code}`: what a master is asked to approve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRequestView {
+    /// The request id.
+    pub id: String,
+    /// What is asked.
+    pub kind: AuthKind,
+    /// The pair code.
+    pub pair_code: String,
+    /// The OTP to compare with the one the requester shows.
+    pub otp: String,
+    /// Where it stands.
+    pub status: AuthStatus,
+    /// When it was opened.
+    pub created_at: UnixSeconds,
+    /// When it expires.
+    pub expires_at: UnixSeconds,
+    /// Recover/high-value: the agent concerned.
+    #[serde(default)]
+    pub agent: Option<Wallet>,
+    /// High-value: the credential concerned.
+    #[serde(default)]
+    pub service: Option<ServiceName>,
+    /// High-value: the session that asked.
+    #[serde(default)]
+    pub requested_by: Option<Wallet>,
+    /// The requester's free text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /v1/auth-requests/{id}/approve`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// Pair: the scope the new agent gets (default: no services, read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// The answer to approve/deny.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideResponse {
+    /// The request id.
+    pub id: String,
+    /// The new status.
+    pub status: AuthStatus,
+    /// Pair/recover: the agent wallet the session was minted for.
+    #[serde(default)]
+    pub agent: Option<Wallet>,
+}
+
+/// `GET /v1/auth-requests/{id}/decision`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The request id.
+    pub id: String,
+    /// Where it stands.
+    pub status: AuthStatus,
+    /// Pair/recover, approved: a [`SessionGrant`] as JSON, HPKE-sealed to the requester's
+    /// key (info [`HPKE_INFO_SESSION`], aad = the request id), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_session: Option<String>,
+    /// Ed25519 signature (base64) over [`decision_signing_bytes`], for final decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// One audit event, as the server's hash chain stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// When it happened.
+    pub ts: UnixSeconds,
+    /// Who acted (a wallet, or `-` for anonymous requests).
+    pub actor: String,
+    /// The agent concerned, if any.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The service concerned, if any.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// What was done: `store`, `read`, `deny`, `approve`, `revoke` …
+    pub action: String,
+    /// `ok`, or the error code.
+    pub outcome: String,
+    /// Free text, never secret.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// This event's chain hash (hex).
+    pub hash: String,
+}
+
+/// `GET /v1/audit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Newest first.
+    pub events: Vec<AuditEvent>,
+}
+
+/// `GET /v1/audit/verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerify {
+    /// True when every link holds.
+    pub ok: bool,
+    /// How many events were checked.
+    pub checked: u64,
+    /// The first event whose hash does not match, if any.
+    #[serde(default)]
+    pub first_broken_seq: Option<i64>,
+    /// Why it is broken.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The hash of the last event (hex), to pin externally.
+    #[serde(default)]
+    pub head_hash: Option<String>,
+}
+
+/// `POST /v1/identities`: link an alias or e-mail to a wallet the caller owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkIdentityRequest {
+    /// The wallet (the caller's own, or one of its agents).
+    pub wallet: Wallet,
+    /// An alias (`[a-z0-9][a-z0-9._-]{0,63}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// An e-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// An identity link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `alias` or `email`.
+    pub kind: String,
+    /// The alias or address.
+    pub value: String,
+    /// The wallet it names.
+    pub wallet: Wallet,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(v: &T) {
+        let json = serde_json::to_string(v).unwrap();
+        let back: T = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, v, "{json}");
+    }
+
+    fn wallet() -> Wallet {
+        Wallet::from_bytes(&[7; 20])
+    }
+
+    fn service() -> ServiceName {
+        ServiceName::parse("openai").unwrap()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(&Health {
+            status: "ok".into(),
+            version: "1".into(),
+        });
+        round_trip(&ServerInfo {
+            version: "1".into(),
+            shielding_public_key: "a".into(),
+            signing_public_key: "b".into(),
+            hpke_suite: "s".into(),
+        });
+        let info = SessionInfo {
+            session_id: "s1".into(),
+            wallet: wallet(),
+            kind: SessionKind::Agent,
+            scope: Scope::all(),
+            parent: Some(wallet()),
+            created_at: 1,
+            expires_at: 2,
+        };
+        round_trip(&info);
+        round_trip(&RevokeRequest {
+            session_id: None,
+            wallet: Some(wallet()),
+        });
+        round_trip(&RevokeResponse { revoked: 3 });
+        round_trip(&AgentList {
+            agents: vec![AgentInfo {
+                wallet: wallet(),
+                scope: Scope::none(),
+                created_at: 1,
+                last_used_at: None,
+                active_sessions: 0,
+                identities: vec!["bot".into()],
+            }],
+        });
+        round_trip(&TeardownResponse {
+            revoked_sessions: 1,
+            deleted_credentials: 2,
+        });
+        round_trip(&StoreCredentialRequest {
+            agent: None,
+            service: service(),
+            sealed_value: "x".into(),
+            policy: Some(Policy { high_value: true }),
+        });
+        round_trip(&CredentialList {
+            credentials: vec![CredentialInfo {
+                agent: wallet(),
+                service: service(),
+                policy: Policy::default(),
+                created_at: 1,
+                updated_at: 2,
+            }],
+        });
+        round_trip(&ReadCredentialRequest {
+            agent: Some(wallet()),
+            service: service(),
+            recipient_public_key: "k".into(),
+        });
+        round_trip(&ReadCredentialResponse {
+            agent: wallet(),
+            service: service(),
+            sealed_value: "c".into(),
+        });
+        round_trip(&OpenAuthRequest {
+            kind: AuthKind::Recover,
+            requester_public_key: Some("k".into()),
+            identity: Some("bot".into()),
+            agent: None,
+            service: None,
+            description: Some("host".into()),
+        });
+        let ticket = AuthRequestTicket {
+            id: "r".into(),
+            pair_code: "ABCD-EFGH".into(),
+            otp: "123456".into(),
+            nonce: "n".into(),
+            expires_at: 9,
+        };
+        round_trip(&ticket);
+        round_trip(&AuthRequestView {
+            id: "r".into(),
+            kind: AuthKind::HighValue,
+            pair_code: "ABCD-EFGH".into(),
+            otp: "1".into(),
+            status: AuthStatus::Pending,
+            created_at: 1,
+            expires_at: 2,
+            agent: Some(wallet()),
+            service: Some(service()),
+            requested_by: Some(wallet()),
+            description: None,
+        });
+        round_trip(&ApproveRequest {
+            scope: Some(Scope::all()),
+        });
+        round_trip(&DecideResponse {
+            id: "r".into(),
+            status: AuthStatus::Denied,
+            agent: None,
+        });
+        round_trip(&Decision {
+            id: "r".into(),
+            status: AuthStatus::Approved,
+            sealed_session: Some("s".into()),
+            signature: Some("g".into()),
+        });
+        round_trip(&AuditList {
+            events: vec![AuditEvent {
+                seq: 1,
+                ts: 2,
+                actor: "-".into(),
+                agent: None,
+                service: Some("openai".into()),
+                action: "read".into(),
+                outcome: "ok".into(),
+                detail: None,
+                hash: "00".into(),
+            }],
+        });
+        round_trip(&AuditVerify {
+            ok: false,
+            checked: 3,
+            first_broken_seq: Some(2),
+            reason: Some("hash mismatch".into()),
+            head_hash: None,
+        });
+        round_trip(&LinkIdentityRequest {
+            wallet: wallet(),
+            alias: Some("bot".into()),
+            email: None,
+        });
+        round_trip(&Identity {
+            kind: "alias".into(),
+            value: "bot".into(),
+            wallet: wallet(),
+        });
+        for k in [AuthKind::Pair, AuthKind::Recover, AuthKind::HighValue] {
+            assert_eq!(AuthKind::parse(k.as_str()), Some(k));
+        }
+        for s in [
+            AuthStatus::Pending,
+            AuthStatus::Approved,
+            AuthStatus::Denied,
+            AuthStatus::Expired,
+            AuthStatus::Consumed,
+        ] {
+            assert_eq!(AuthStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn a_session_grant_carries_the_token_only_on_the_wire() {
+        let grant = SessionGrant {
+            token: SecretString::from_str_copy("akm_canary-token"),
+            session: SessionInfo {
+                session_id: "s".into(),
+                wallet: wallet(),
+                kind: SessionKind::Master,
+                scope: Scope::all(),
+                parent: None,
+                created_at: 1,
+                expires_at: 2,
+            },
+        };
+        let json = serde_json::to_string(&grant).unwrap();
+        let back: SessionGrant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.token.expose_secret(), "akm_canary-token");
+        assert!(!format!("{:?}", back.token).contains("canary"));
+    }
+
+    #[test]
+    fn request_bodies_reject_unknown_fields() {
+        let body = r#"{"service":"openai","sealed_value":"x","extra":1}"#;
+        assert!(serde_json::from_str::<StoreCredentialRequest>(body).is_err());
+        let body = r#"{"service":"openai","recipient_public_key":"k","agent":"0x1"}"#;
+        assert!(serde_json::from_str::<ReadCredentialRequest>(body).is_err());
+        assert!(
+            serde_json::from_str::<CreateSessionRequest>(r#"{"auth_token":"t","x":1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn signing_bytes_separate_their_fields() {
+        let a = decision_signing_bytes("ab", AuthStatus::Approved, b"c");
+        let b = decision_signing_bytes("a", AuthStatus::Approved, b"bc");
+        assert_ne!(a, b);
+        assert!(a.starts_with(DECISION_SIGNING_CONTEXT));
+        let x = auth_request_canonical_bytes(AuthKind::Pair, b"k1", "");
+        let y = auth_request_canonical_bytes(AuthKind::Recover, b"k1", "");
+        assert_ne!(x, y);
+    }
+
+    #[test]
+    fn credential_aad_binds_owner_and_service() {
+        let a = credential_aad(&wallet(), &service());
+        assert!(a.ends_with(b"\0openai"));
+    }
+}
