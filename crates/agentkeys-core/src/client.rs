@@ -1,0 +1,540 @@
+//! The backend client: one [`Backend`] trait covering the HTTP API v1, implemented over
+//! HTTP by [`HttpBackend`]. Credentials are sealed before they leave the process and
+//! opened straight into a `SecretPage` when they come back (DESIGN decision 1).
+
+use std::future::Future;
+
+use agentkeys_secmem::{SecretPage, SecretString};
+use agentkeys_types::api::{
+    AgentList, ApproveRequest, AuditList, AuditVerify, AuthRequestTicket, AuthRequestView,
+    CreateSessionRequest, CredentialInfo, CredentialList, DecideResponse, Decision, HPKE_INFO_READ,
+    HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity, LinkIdentityRequest, OpenAuthRequest,
+    Policy, ReadCredentialRequest, ReadCredentialResponse, RevokeRequest, RevokeResponse,
+    ServerInfo, SessionGrant, SessionInfo, StoreCredentialRequest, TeardownResponse,
+    credential_aad, decision_signing_bytes,
+};
+use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
+use base64::Engine as _;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+use crate::crypto::hpke::{self, HpkeKeyPair};
+use crate::crypto::sign;
+use crate::error::ClientError;
+
+/// Filters for [`Backend::audit`].
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AuditQuery {
+    /// Only this agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Wallet>,
+    /// Only this service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceName>,
+    /// Only events at or after this Unix time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// At most this many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Every call of the HTTP API v1. Implemented over HTTP by [`HttpBackend`]; the daemon and
+/// the CLI are written against this trait.
+pub trait Backend: Send + Sync {
+    /// `GET /v1/health`.
+    fn health(&self) -> impl Future<Output = Result<Health, ClientError>> + Send;
+    /// `GET /v1/server-info`.
+    fn server_info(&self) -> impl Future<Output = Result<ServerInfo, ClientError>> + Send;
+    /// `POST /v1/sessions`: enrol and get a master session.
+    fn create_session(
+        &self,
+        auth_token: SecretString,
+    ) -> impl Future<Output = Result<SessionGrant, ClientError>> + Send;
+    /// `GET /v1/session`.
+    fn session(&self) -> impl Future<Output = Result<SessionInfo, ClientError>> + Send;
+    /// `POST /v1/sessions/revoke`.
+    fn revoke(
+        &self,
+        req: &RevokeRequest,
+    ) -> impl Future<Output = Result<RevokeResponse, ClientError>> + Send;
+    /// `GET /v1/agents`.
+    fn agents(&self) -> impl Future<Output = Result<AgentList, ClientError>> + Send;
+    /// `GET /v1/agents/{wallet}/scope`.
+    fn agent_scope(
+        &self,
+        agent: &Wallet,
+    ) -> impl Future<Output = Result<Scope, ClientError>> + Send;
+    /// `PUT /v1/agents/{wallet}/scope`.
+    fn set_agent_scope(
+        &self,
+        agent: &Wallet,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Scope, ClientError>> + Send;
+    /// `DELETE /v1/agents/{wallet}`.
+    fn teardown(
+        &self,
+        agent: &Wallet,
+    ) -> impl Future<Output = Result<TeardownResponse, ClientError>> + Send;
+    /// `POST /v1/credentials`: seals `value` to the server's shielding key and stores it.
+    fn store_credential(
+        &self,
+        agent: Option<&Wallet>,
+        service: &ServiceName,
+        value: &[u8],
+        policy: Option<Policy>,
+    ) -> impl Future<Output = Result<CredentialInfo, ClientError>> + Send;
+    /// `GET /v1/credentials`.
+    fn list_credentials(
+        &self,
+        agent: Option<&Wallet>,
+    ) -> impl Future<Output = Result<CredentialList, ClientError>> + Send;
+    /// `POST /v1/credentials/read`: the value, opened straight into secret memory.
+    fn read_credential(
+        &self,
+        agent: Option<&Wallet>,
+        service: &ServiceName,
+    ) -> impl Future<Output = Result<SecretPage, ClientError>> + Send;
+    /// `PUT /v1/credentials/{agent}/{service}/policy`.
+    fn set_policy(
+        &self,
+        agent: &Wallet,
+        service: &ServiceName,
+        policy: Policy,
+    ) -> impl Future<Output = Result<CredentialInfo, ClientError>> + Send;
+    /// `POST /v1/auth-requests`.
+    fn open_auth_request(
+        &self,
+        req: &OpenAuthRequest,
+    ) -> impl Future<Output = Result<AuthRequestTicket, ClientError>> + Send;
+    /// `GET /v1/auth-requests/by-code/{code}`.
+    fn auth_request_by_code(
+        &self,
+        code: &str,
+    ) -> impl Future<Output = Result<AuthRequestView, ClientError>> + Send;
+    /// `POST /v1/auth-requests/{id}/approve`.
+    fn approve(
+        &self,
+        id: &str,
+        req: &ApproveRequest,
+    ) -> impl Future<Output = Result<DecideResponse, ClientError>> + Send;
+    /// `POST /v1/auth-requests/{id}/deny`.
+    fn deny(&self, id: &str) -> impl Future<Output = Result<DecideResponse, ClientError>> + Send;
+    /// `GET /v1/auth-requests/{id}/decision?wait=`.
+    fn decision(
+        &self,
+        id: &str,
+        wait_secs: u64,
+    ) -> impl Future<Output = Result<Decision, ClientError>> + Send;
+    /// `GET /v1/audit`.
+    fn audit(&self, q: &AuditQuery) -> impl Future<Output = Result<AuditList, ClientError>> + Send;
+    /// `GET /v1/audit/verify`.
+    fn verify_audit(&self) -> impl Future<Output = Result<AuditVerify, ClientError>> + Send;
+    /// `POST /v1/identities`.
+    fn link_identity(
+        &self,
+        req: &LinkIdentityRequest,
+    ) -> impl Future<Output = Result<Identity, ClientError>> + Send;
+    /// `GET /v1/identities/resolve`: `name` containing `@` is an e-mail, else an alias.
+    fn resolve_identity(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Identity, ClientError>> + Send;
+}
+
+/// Verifies a pair/recover decision against the pinned server key and opens the session
+/// sealed to `requester`. The JSON is parsed from the secret page; the token moves into a
+/// `SecretString` without further copies.
+pub fn open_decision(
+    decision: &Decision,
+    requester: &HpkeKeyPair,
+    server_signing_key: &[u8; 32],
+) -> Result<SessionGrant, ClientError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let sealed = decision
+        .sealed_session
+        .as_deref()
+        .ok_or_else(|| ClientError::Protocol("the decision carries no session".into()))?;
+    let sealed = b64
+        .decode(sealed)
+        .map_err(|_| ClientError::Protocol("sealed_session is not base64".into()))?;
+    let sig = decision
+        .signature
+        .as_deref()
+        .ok_or(ClientError::BadSignature)?;
+    let sig = b64.decode(sig).map_err(|_| ClientError::BadSignature)?;
+    sign::verify(
+        server_signing_key,
+        &decision_signing_bytes(&decision.id, decision.status, &sealed),
+        &sig,
+    )
+    .map_err(|_| ClientError::BadSignature)?;
+    let page = hpke::open_into_page(
+        requester,
+        HPKE_INFO_SESSION,
+        decision.id.as_bytes(),
+        &sealed,
+    )?;
+    serde_json::from_slice(page.expose_secret())
+        .map_err(|_| ClientError::Protocol("the sealed session is not a grant".into()))
+}
+
+/// The reqwest implementation of [`Backend`].
+pub struct HttpBackend {
+    base: String,
+    http: reqwest::Client,
+    auth: Option<HeaderValue>,
+    shielding_key: OnceCell<[u8; 32]>,
+    wallet: OnceCell<Wallet>,
+}
+
+impl std::fmt::Debug for HttpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBackend")
+            .field("base", &self.base)
+            .field("has_session", &self.auth.is_some())
+            .finish()
+    }
+}
+
+impl HttpBackend {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8090`), without a session.
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Transport {
+                url: base,
+                reason: "the server URL must start with http:// or https://".into(),
+            });
+        }
+        // reqwest is built without a default TLS provider; ring is the one we ship.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("agentkeys/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(90))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(HttpBackend {
+            base,
+            http,
+            auth: None,
+            shielding_key: OnceCell::new(),
+            wallet: OnceCell::new(),
+        })
+    }
+
+    /// Uses `token` as the bearer for every call. The header value is built once and marked
+    /// sensitive so HTTP tooling never prints it.
+    pub fn with_token(mut self, token: &SecretString) -> Result<Self, ClientError> {
+        let mut header = zeroize::Zeroizing::new(String::with_capacity(token.len() + 7));
+        header.push_str("Bearer ");
+        header.push_str(token.expose_secret());
+        let mut value = HeaderValue::from_str(&header).map_err(|_| ClientError::NoSession)?;
+        value.set_sensitive(true);
+        self.auth = Some(value);
+        Ok(self)
+    }
+
+    /// The server URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn transport(&self, e: &reqwest::Error) -> ClientError {
+        // reqwest's Display names the URL only; the token travels in a header.
+        ClientError::Transport {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        authed: bool,
+    ) -> Result<T, ClientError> {
+        let req = if authed {
+            let auth = self.auth.clone().ok_or(ClientError::NoSession)?;
+            req.header(AUTHORIZATION, auth)
+        } else {
+            req
+        };
+        let resp = req.send().await.map_err(|e| self.transport(&e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        if status.is_success() {
+            let parsed = serde_json::from_slice(&body)
+                .map_err(|e| ClientError::Protocol(format!("{status}: {e}")));
+            // Best effort: wipe the body buffer (it may hold a session token).
+            if let Ok(mut owned) = body.try_into_mut() {
+                zeroize::Zeroize::zeroize(&mut owned[..]);
+            }
+            return parsed;
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => Err(ClientError::Api {
+                code: error.code,
+                message: error.message,
+                hint: error.hint,
+                auth_request: error.auth_request.map(Box::new),
+                status: status.as_u16(),
+            }),
+            Err(_) => Err(ClientError::Protocol(format!(
+                "HTTP {status} without an error body"
+            ))),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, authed: bool) -> Result<T, ClientError> {
+        self.send(self.http.get(self.url(path)), authed).await
+    }
+
+    async fn post<B: serde::Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        authed: bool,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.post(self.url(path)).json(body), authed)
+            .await
+    }
+
+    async fn shielding_key(&self) -> Result<[u8; 32], ClientError> {
+        self.shielding_key
+            .get_or_try_init(|| async {
+                let info = self.server_info().await?;
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(&info.shielding_public_key)
+                    .ok()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .ok_or_else(|| {
+                        ClientError::Protocol("the server's shielding key is not 32 bytes".into())
+                    })?;
+                Ok(key)
+            })
+            .await
+            .copied()
+    }
+
+    async fn own_wallet(&self) -> Result<Wallet, ClientError> {
+        self.wallet
+            .get_or_try_init(|| async { Ok(self.session().await?.wallet) })
+            .await
+            .cloned()
+    }
+}
+
+/// Percent-encodes one path segment (wallets, services and ids are already URL-safe; this
+/// keeps user-typed codes from escaping their segment).
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Backend for HttpBackend {
+    async fn health(&self) -> Result<Health, ClientError> {
+        self.get("/v1/health", false).await
+    }
+
+    async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        self.get("/v1/server-info", false).await
+    }
+
+    async fn create_session(&self, auth_token: SecretString) -> Result<SessionGrant, ClientError> {
+        let body = CreateSessionRequest { auth_token };
+        // Serialized into a buffer we wipe; reqwest's `json` would leave an unwiped copy.
+        let mut json = zeroize::Zeroizing::new(Vec::with_capacity(body.auth_token.len() + 32));
+        serde_json::to_writer(&mut *json, &body)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = self
+            .http
+            .post(self.url("/v1/sessions"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json.to_vec());
+        self.send(req, false).await
+    }
+
+    async fn session(&self) -> Result<SessionInfo, ClientError> {
+        self.get("/v1/session", true).await
+    }
+
+    async fn revoke(&self, req: &RevokeRequest) -> Result<RevokeResponse, ClientError> {
+        self.post("/v1/sessions/revoke", req, true).await
+    }
+
+    async fn agents(&self) -> Result<AgentList, ClientError> {
+        self.get("/v1/agents", true).await
+    }
+
+    async fn agent_scope(&self, agent: &Wallet) -> Result<Scope, ClientError> {
+        self.get(&format!("/v1/agents/{}/scope", seg(agent.as_str())), true)
+            .await
+    }
+
+    async fn set_agent_scope(&self, agent: &Wallet, scope: &Scope) -> Result<Scope, ClientError> {
+        let req = self
+            .http
+            .put(self.url(&format!("/v1/agents/{}/scope", seg(agent.as_str()))))
+            .json(scope);
+        self.send(req, true).await
+    }
+
+    async fn teardown(&self, agent: &Wallet) -> Result<TeardownResponse, ClientError> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/v1/agents/{}", seg(agent.as_str()))));
+        self.send(req, true).await
+    }
+
+    async fn store_credential(
+        &self,
+        agent: Option<&Wallet>,
+        service: &ServiceName,
+        value: &[u8],
+        policy: Option<Policy>,
+    ) -> Result<CredentialInfo, ClientError> {
+        let key = self.shielding_key().await?;
+        let owner = match agent {
+            Some(a) => a.clone(),
+            None => self.own_wallet().await?,
+        };
+        let sealed = hpke::seal(
+            &key,
+            HPKE_INFO_STORE,
+            &credential_aad(&owner, service),
+            value,
+        )?;
+        let body = StoreCredentialRequest {
+            agent: agent.cloned(),
+            service: service.clone(),
+            sealed_value: base64::engine::general_purpose::STANDARD.encode(sealed),
+            policy,
+        };
+        self.post("/v1/credentials", &body, true).await
+    }
+
+    async fn list_credentials(
+        &self,
+        agent: Option<&Wallet>,
+    ) -> Result<CredentialList, ClientError> {
+        let mut req = self.http.get(self.url("/v1/credentials"));
+        if let Some(a) = agent {
+            req = req.query(&[("agent", a.as_str())]);
+        }
+        self.send(req, true).await
+    }
+
+    async fn read_credential(
+        &self,
+        agent: Option<&Wallet>,
+        service: &ServiceName,
+    ) -> Result<SecretPage, ClientError> {
+        let ephemeral = HpkeKeyPair::generate();
+        let body = ReadCredentialRequest {
+            agent: agent.cloned(),
+            service: service.clone(),
+            recipient_public_key: base64::engine::general_purpose::STANDARD
+                .encode(ephemeral.public_key()),
+        };
+        let resp: ReadCredentialResponse = self.post("/v1/credentials/read", &body, true).await?;
+        if &resp.service != service || agent.is_some_and(|a| a != &resp.agent) {
+            return Err(ClientError::Protocol(
+                "the server answered for another credential".into(),
+            ));
+        }
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(&resp.sealed_value)
+            .map_err(|_| ClientError::Protocol("sealed_value is not base64".into()))?;
+        Ok(hpke::open_into_page(
+            &ephemeral,
+            HPKE_INFO_READ,
+            &credential_aad(&resp.agent, service),
+            &sealed,
+        )?)
+    }
+
+    async fn set_policy(
+        &self,
+        agent: &Wallet,
+        service: &ServiceName,
+        policy: Policy,
+    ) -> Result<CredentialInfo, ClientError> {
+        let path = format!(
+            "/v1/credentials/{}/{}/policy",
+            seg(agent.as_str()),
+            seg(service.as_str())
+        );
+        self.send(self.http.put(self.url(&path)).json(&policy), true)
+            .await
+    }
+
+    async fn open_auth_request(
+        &self,
+        req: &OpenAuthRequest,
+    ) -> Result<AuthRequestTicket, ClientError> {
+        let authed = self.auth.is_some();
+        self.post("/v1/auth-requests", req, authed).await
+    }
+
+    async fn auth_request_by_code(&self, code: &str) -> Result<AuthRequestView, ClientError> {
+        self.get(&format!("/v1/auth-requests/by-code/{}", seg(code)), true)
+            .await
+    }
+
+    async fn approve(&self, id: &str, req: &ApproveRequest) -> Result<DecideResponse, ClientError> {
+        self.post(&format!("/v1/auth-requests/{}/approve", seg(id)), req, true)
+            .await
+    }
+
+    async fn deny(&self, id: &str) -> Result<DecideResponse, ClientError> {
+        let req = self
+            .http
+            .post(self.url(&format!("/v1/auth-requests/{}/deny", seg(id))));
+        self.send(req, true).await
+    }
+
+    async fn decision(&self, id: &str, wait_secs: u64) -> Result<Decision, ClientError> {
+        let req = self
+            .http
+            .get(self.url(&format!("/v1/auth-requests/{}/decision", seg(id))))
+            .query(&[("wait", wait_secs)]);
+        self.send(req, false).await
+    }
+
+    async fn audit(&self, q: &AuditQuery) -> Result<AuditList, ClientError> {
+        self.send(self.http.get(self.url("/v1/audit")).query(q), true)
+            .await
+    }
+
+    async fn verify_audit(&self) -> Result<AuditVerify, ClientError> {
+        self.get("/v1/audit/verify", true).await
+    }
+
+    async fn link_identity(&self, req: &LinkIdentityRequest) -> Result<Identity, ClientError> {
+        self.post("/v1/identities", req, true).await
+    }
+
+    async fn resolve_identity(&self, name: &str) -> Result<Identity, ClientError> {
+        let key = if name.contains('@') { "email" } else { "alias" };
+        self.send(
+            self.http
+                .get(self.url("/v1/identities/resolve"))
+                .query(&[(key, name)]),
+            true,
+        )
+        .await
+    }
+}

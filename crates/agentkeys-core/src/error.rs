@@ -1,0 +1,83 @@
+//! The client's error type: the server's error contract, plus transport and crypto
+//! failures mapped onto the same codes so the CLI renders every error one way.
+
+use agentkeys_types::ErrorCode;
+use agentkeys_types::api::AuthRequestTicket;
+
+use crate::crypto::CryptoError;
+
+/// A failed backend call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{code}: {message}")]
+    Api {
+        /// The stable code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+        /// The server's hint.
+        hint: Option<String>,
+        /// For `APPROVAL_REQUIRED`: what to approve.
+        auth_request: Option<Box<AuthRequestTicket>>,
+        /// HTTP status.
+        status: u16,
+    },
+    /// The server could not be reached or the connection failed.
+    #[error("cannot reach the server at {url}: {reason}")]
+    Transport {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered something that is not the API.
+    #[error("unexpected response from the server: {0}")]
+    Protocol(String),
+    /// Sealing or opening failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The call needs a session and the client has none.
+    #[error("no session: this call needs a bearer token")]
+    NoSession,
+    /// A signed decision did not verify against the pinned server key.
+    #[error("the decision's signature does not match the pinned server key")]
+    BadSignature,
+}
+
+impl ClientError {
+    /// The stable code this error renders with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Api { code, .. } => *code,
+            ClientError::Transport { .. } | ClientError::Protocol(_) => ErrorCode::Internal,
+            ClientError::Crypto(_) | ClientError::BadSignature => ErrorCode::Denied,
+            ClientError::NoSession => ErrorCode::Unauthorized,
+        }
+    }
+
+    /// The recommended fix.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ClientError::Api { hint, .. } => hint.clone(),
+            ClientError::Transport { .. } => {
+                Some("check that agentkeys-server runs and AGENTKEYS_SERVER points at it".to_owned())
+            }
+            ClientError::Protocol(_) => Some("is AGENTKEYS_SERVER an agentkeys server of a compatible version?".to_owned()),
+            ClientError::Crypto(e) => e.hint().map(str::to_owned),
+            ClientError::NoSession => Some("run 'agentkeys init' first".to_owned()),
+            ClientError::BadSignature => {
+                Some("the server key changed or someone is in the middle; verify the server before re-pinning".to_owned())
+            }
+        }
+    }
+
+    /// The auth request of an `APPROVAL_REQUIRED` error.
+    pub fn auth_request(&self) -> Option<&AuthRequestTicket> {
+        match self {
+            ClientError::Api { auth_request, .. } => auth_request.as_deref(),
+            _ => None,
+        }
+    }
+}

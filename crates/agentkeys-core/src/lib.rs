@@ -1,0 +1,17 @@
+//! agentkeys core: the crypto every component shares and the backend client.
+//!
+//! A tour:
+//! - [`crypto`]: HPKE seal/open straight into a `SecretPage`, envelope encryption at rest,
+//!   pair codes and OTPs, Ed25519 signatures. No home-made primitives.
+//! - [`client`]: the [`client::Backend`] trait covering the HTTP API v1, and
+//!   [`client::HttpBackend`], its reqwest implementation. Reads return a `SecretPage`.
+//! - [`error`]: [`ClientError`], mapped onto the error contract's codes.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod crypto;
+pub mod error;
+
+pub use client::{Backend, HttpBackend};
+pub use error::ClientError;

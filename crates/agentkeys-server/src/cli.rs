@@ -1,0 +1,147 @@
+//! Command-line flags of `agentkeys-server`, and their validation into a [`Plan`] before
+//! any I/O (two-stage parsing: raw flags → validated plan).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The agentkeys backend: accounts, sessions, encrypted credentials, approvals, audit.
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentkeys-server",
+    version,
+    after_help = "Examples:\n  agentkeys-server --dev\n  agentkeys-server --data-dir /var/lib/agentkeys --listen 0.0.0.0:8090 --auth tokens /etc/agentkeys/enrol.txt\n\nLogs go to stderr; set RUST_LOG=debug for more."
+)]
+pub(crate) struct Args {
+    /// Where the SQLite file and the 0600 key file live [default: $XDG_DATA_HOME/agentkeys-server]
+    #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, default_value = "127.0.0.1:8090", env = "AGENTKEYS_LISTEN")]
+    pub(crate) listen: SocketAddr,
+    /// Enrolment check for new master sessions: `dev` (any token) or `tokens FILE`
+    /// (one token, or `sha256:HEX`, per line)
+    #[arg(long, num_args = 1..=2, value_names = ["MODE", "FILE"], default_values = ["dev"])]
+    pub(crate) auth: Vec<String>,
+    /// Development mode: a throwaway data dir, `--auth dev`, and an `export` line to paste
+    #[arg(long)]
+    pub(crate) dev: bool,
+    /// Master session lifetime (e.g. 30d, 12h, 3600s)
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub(crate) master_ttl: i64,
+    /// Agent session lifetime
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub(crate) agent_ttl: i64,
+    /// Credential reads per second allowed per session (0 = unlimited)
+    #[arg(long, default_value_t = 50.0)]
+    pub(crate) read_rate: f64,
+    /// Burst of reads allowed per session before the rate applies
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) read_burst: f64,
+}
+
+/// Parses `90`, `90s`, `15m`, `12h`, `30d` into seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30d, 12h, 15m or 90s"))?;
+    if n <= 0 {
+        return Err("a duration must be positive".to_owned());
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| "duration too large".to_owned())
+}
+
+/// How the enrolment credential is checked.
+#[derive(Debug)]
+pub(crate) enum AuthPlan {
+    Dev,
+    Tokens(PathBuf),
+}
+
+/// The validated plan.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) auth: AuthPlan,
+    pub(crate) dev: bool,
+    pub(crate) config: agentkeys_server::Config,
+}
+
+impl Args {
+    pub(crate) fn plan(self) -> Result<Plan, String> {
+        let auth = match self.auth.as_slice() {
+            [m] if m == "dev" => AuthPlan::Dev,
+            [m, f] if m == "tokens" => AuthPlan::Tokens(PathBuf::from(f)),
+            [m] if m == "tokens" => {
+                return Err("--auth tokens needs a FILE: --auth tokens /path/to/tokens.txt".into());
+            }
+            _ => return Err("--auth is 'dev' or 'tokens FILE'".into()),
+        };
+        if self.dev && matches!(auth, AuthPlan::Tokens(_)) {
+            return Err("--dev always uses --auth dev; drop one of them".into());
+        }
+        if self.dev && self.data_dir.is_some() {
+            return Err(
+                "--dev uses a throwaway data dir; drop --data-dir, or drop --dev to keep data"
+                    .into(),
+            );
+        }
+        if !(self.read_rate >= 0.0 && self.read_burst >= 1.0) {
+            return Err("--read-rate must be >= 0 and --read-burst >= 1".into());
+        }
+        let config = agentkeys_server::Config {
+            master_ttl: self.master_ttl,
+            agent_ttl: self.agent_ttl,
+            read_rate: self.read_rate,
+            read_burst: self.read_burst,
+            ..Default::default()
+        };
+        Ok(Plan {
+            data_dir: self.data_dir,
+            listen: self.listen,
+            auth,
+            dev: self.dev,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("30d"), Ok(2_592_000));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn auth_flags_are_validated_before_any_io() {
+        let p = Args::parse_from(["s", "--auth", "tokens", "/x"])
+            .plan()
+            .unwrap();
+        assert!(matches!(p.auth, AuthPlan::Tokens(_)));
+        assert!(Args::parse_from(["s", "--auth", "tokens"]).plan().is_err());
+        assert!(Args::parse_from(["s", "--auth", "open"]).plan().is_err());
+        assert!(
+            Args::parse_from(["s", "--dev", "--data-dir", "/x"])
+                .plan()
+                .is_err()
+        );
+    }
+}

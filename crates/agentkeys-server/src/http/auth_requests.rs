@@ -1,0 +1,546 @@
+//! Auth requests (DESIGN decisions 4 and 5): pair and recover (a daemon asks for a
+//! session, sealed to its key) and high-value releases (a session asks for one read).
+//! Single-use; pair/recover live 60 s, high-value 300 s; decisions are signed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_core::crypto::{hpke, pairing, random_array, sha256};
+use agentkeys_types::api::{
+    ApproveRequest, AuthKind, AuthRequestTicket, AuthRequestView, AuthStatus, DecideResponse,
+    Decision, HPKE_INFO_SESSION, OpenAuthRequest, SessionGrant, SessionInfo, SessionKind,
+    auth_request_canonical_bytes, decision_signing_bytes,
+};
+use agentkeys_types::names::AGENT_TOKEN_PREFIX;
+use agentkeys_types::{ErrorCode, Scope, ServiceName, Wallet};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, Caller, authenticate};
+use super::{EventExt as _, b64e, event, new_id, new_token, new_wallet, owns, record, x25519_key};
+use crate::state::AppState;
+use crate::store::{
+    Account, Approval, AuthRequestRecord, DecideOutcome, NewSession, Store, StoreError,
+};
+
+/// Opens of unauthenticated (pair/recover) requests, per second, server-wide.
+const ANON_OPEN_RATE: f64 = 20.0;
+
+/// The ticket a requester gets for a stored request.
+pub(super) fn ticket(r: &AuthRequestRecord) -> AuthRequestTicket {
+    AuthRequestTicket {
+        id: r.id.clone(),
+        pair_code: r.pair_code.clone(),
+        otp: r.otp.clone(),
+        nonce: b64e(&r.nonce),
+        expires_at: r.expires_at,
+    }
+}
+
+/// The subject string bound into the OTP.
+fn subject(agent: Option<&Wallet>, service: Option<&ServiceName>) -> String {
+    match (agent, service) {
+        (Some(a), Some(s)) => format!("{a}/{s}"),
+        (Some(a), None) => a.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Creates and stores a request; retries on the (rare) pair-code collision.
+pub(super) async fn open_request<S: Store>(
+    state: &AppState<S>,
+    kind: AuthKind,
+    requester_key: Option<[u8; 32]>,
+    agent: Option<&Wallet>,
+    service: Option<&ServiceName>,
+    caller: Option<&Caller>,
+    description: Option<String>,
+) -> ApiResult<AuthRequestTicket> {
+    let now = state.clock.now();
+    let ttl = if kind == AuthKind::HighValue {
+        state.config.high_value_ttl
+    } else {
+        state.config.pair_ttl
+    };
+    let nonce = random_array::<16>().to_vec();
+    let canonical = auth_request_canonical_bytes(
+        kind,
+        requester_key.as_ref().map_or(&[][..], |k| &k[..]),
+        &subject(agent, service),
+    );
+    let otp = pairing::otp(&nonce, &canonical);
+    for _ in 0..5 {
+        let rec = AuthRequestRecord {
+            id: new_id("req_"),
+            kind,
+            pair_code: pairing::new_pair_code(),
+            nonce: nonce.clone(),
+            otp: otp.clone(),
+            requester_key: requester_key.map(|k| k.to_vec()),
+            agent: agent.cloned(),
+            service: service.cloned(),
+            requested_by: caller.map(|c| c.wallet().clone()),
+            requested_session: caller.map(|c| c.session.id.clone()),
+            description: description.clone(),
+            status: AuthStatus::Pending,
+            created_at: now,
+            expires_at: now + ttl,
+            decided_by: None,
+            grant_expires_at: None,
+            sealed_session: None,
+            signature: None,
+        };
+        match state.store.insert_auth_request(&rec).await {
+            Ok(()) => {
+                let actor = caller.map_or("-", |c| c.wallet().as_str());
+                let mut e =
+                    event(actor, "auth.open", "ok").detail(format!("{} {}", kind.as_str(), rec.id));
+                if let Some(a) = agent {
+                    e = e.agent(a);
+                }
+                if let Some(s) = service {
+                    e = e.service(s);
+                }
+                record(state, e).await?;
+                return Ok(ticket(&rec));
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::internal(&"could not allocate a free pair code"))
+}
+
+/// Resolves a recover identity: a wallet, an e-mail or an alias, naming a live agent.
+async fn resolve_agent<S: Store>(state: &AppState<S>, identity: &str) -> ApiResult<Wallet> {
+    let identity = identity.trim();
+    let wallet = if identity.starts_with("0x") {
+        Wallet::parse(identity).ok()
+    } else {
+        let kind = if identity.contains('@') {
+            "email"
+        } else {
+            "alias"
+        };
+        state
+            .store
+            .resolve_identity(kind, &identity.to_lowercase())
+            .await?
+    };
+    match wallet {
+        Some(w) if state.store.account(&w).await?.is_some_and(|a| !a.is_master) => Ok(w),
+        _ => Err(ApiError::not_found("no agent with that identity")
+            .hint("link one first with 'agentkeys link WALLET --alias NAME'")),
+    }
+}
+
+/// `POST /v1/auth-requests`: pair and recover are open to anyone (rate-limited);
+/// high-value needs the session that will read.
+pub(super) async fn open<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<OpenAuthRequest>,
+) -> ApiResult<(StatusCode, Json<AuthRequestTicket>)> {
+    let description = req.description.map(|d| {
+        d.chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect::<String>()
+    });
+    let ticket = match req.kind {
+        AuthKind::Pair | AuthKind::Recover => {
+            if !state
+                .limiter
+                .allow("anonymous-auth-open", ANON_OPEN_RATE, ANON_OPEN_RATE * 2.0)
+            {
+                return Err(ApiError::new(
+                    ErrorCode::RateLimited,
+                    "too many pairing requests; retry shortly",
+                ));
+            }
+            let key = req.requester_public_key.as_deref().ok_or_else(|| {
+                ApiError::bad_request("requester_public_key is required for pair and recover")
+            })?;
+            let key = x25519_key("requester_public_key", key)?;
+            let agent = match req.kind {
+                AuthKind::Recover => {
+                    let id = req
+                        .identity
+                        .as_deref()
+                        .ok_or_else(|| ApiError::bad_request("identity is required for recover"))?;
+                    Some(resolve_agent(&state, id).await?)
+                }
+                _ => None,
+            };
+            open_request(
+                &state,
+                req.kind,
+                Some(key),
+                agent.as_ref(),
+                None,
+                None,
+                description,
+            )
+            .await?
+        }
+        AuthKind::HighValue => {
+            let caller = authenticate(&state, &headers).await?;
+            let service = req
+                .service
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("service is required for high_value"))?;
+            let owner = super::credential_owner(&state, &caller, req.agent.as_ref()).await?;
+            if !caller.is_master() && !caller.scope().allows(service) {
+                return Err(ApiError::denied(format!(
+                    "{service} is not in this session's scope"
+                )));
+            }
+            let now = state.clock.now();
+            match state
+                .store
+                .pending_high_value(&caller.session.id, &owner, service, now)
+                .await?
+            {
+                Some(r) => ticket(&r),
+                None => {
+                    open_request(
+                        &state,
+                        AuthKind::HighValue,
+                        None,
+                        Some(&owner),
+                        Some(service),
+                        Some(&caller),
+                        description,
+                    )
+                    .await?
+                }
+            }
+        }
+    };
+    Ok((StatusCode::CREATED, Json(ticket)))
+}
+
+/// Loads a request the master may see: pair requests are any master's to take; recover
+/// and high-value ones only the owning master's. Others read as absent.
+async fn visible<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    r: Option<AuthRequestRecord>,
+) -> ApiResult<AuthRequestRecord> {
+    caller.require_master()?;
+    let not_found = || {
+        ApiError::not_found("no such auth request")
+            .hint("check the code; codes expire after 60 s (high-value: 300 s)")
+    };
+    let r = r.ok_or_else(not_found)?;
+    match (&r.kind, &r.agent) {
+        (AuthKind::Pair, _) => Ok(r),
+        (_, Some(agent)) if owns(state, caller, agent).await? => Ok(r),
+        _ => Err(not_found()),
+    }
+}
+
+/// `GET /v1/auth-requests/by-code/{code}`.
+pub(super) async fn by_code<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(code): Path<String>,
+) -> ApiResult<Json<AuthRequestView>> {
+    let code = pairing::normalize_pair_code(&code)
+        .ok_or_else(|| ApiError::bad_request("a pair code is 8 characters like ABCD-EFGH"))?;
+    let r = visible(
+        &state,
+        &caller,
+        state.store.auth_request_by_code(&code).await?,
+    )
+    .await?;
+    let now = state.clock.now();
+    Ok(Json(AuthRequestView {
+        status: r.status_at(now),
+        id: r.id,
+        kind: r.kind,
+        pair_code: r.pair_code,
+        otp: r.otp,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        agent: r.agent,
+        service: r.service,
+        requested_by: r.requested_by,
+        description: r.description,
+    }))
+}
+
+fn decided_error(outcome: DecideOutcome) -> ApiError {
+    match outcome {
+        DecideOutcome::AlreadyDecided => ApiError::new(
+            ErrorCode::AlreadyConsumed,
+            "this request was already decided",
+        )
+        .hint("each request is single-use; ask the requester to open a new one"),
+        DecideOutcome::Expired => ApiError::new(
+            ErrorCode::Expired,
+            "this request expired before it was decided",
+        )
+        .hint("ask the requester for a fresh code"),
+        DecideOutcome::NotFound | DecideOutcome::Decided => {
+            ApiError::not_found("no such auth request")
+        }
+    }
+}
+
+/// Fails early when a request can no longer be decided (the store re-checks atomically).
+fn check_pending(r: &AuthRequestRecord, now: i64) -> ApiResult<()> {
+    match r.status_at(now) {
+        AuthStatus::Pending => Ok(()),
+        AuthStatus::Expired => Err(decided_error(DecideOutcome::Expired)),
+        _ => Err(decided_error(DecideOutcome::AlreadyDecided)),
+    }
+}
+
+/// Mints an agent session and seals its grant to the requester.
+fn mint_sealed<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+    account: &Account,
+    now: i64,
+) -> ApiResult<(NewSession, Vec<u8>, Vec<u8>)> {
+    let key: [u8; 32] = r
+        .requester_key
+        .as_deref()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| ApiError::internal(&"pair request without a requester key"))?;
+    let token = new_token(AGENT_TOKEN_PREFIX);
+    let session = NewSession {
+        id: new_id("ses_"),
+        token_hash: sha256(token.expose_secret().as_bytes()),
+        wallet: account.wallet.clone(),
+        is_master: false,
+        created_at: now,
+        expires_at: now + state.config.agent_ttl,
+    };
+    let grant = SessionGrant {
+        token,
+        session: SessionInfo {
+            session_id: session.id.clone(),
+            wallet: account.wallet.clone(),
+            kind: SessionKind::Agent,
+            scope: account.scope.clone(),
+            parent: account.parent.clone(),
+            created_at: now,
+            expires_at: session.expires_at,
+        },
+    };
+    // Sized up front so serde never reallocates and strands a copy of the token.
+    let mut json = zeroize::Zeroizing::new(Vec::with_capacity(4096));
+    serde_json::to_writer(&mut *json, &grant).map_err(|e| ApiError::internal(&e))?;
+    let sealed = hpke::seal(&key, HPKE_INFO_SESSION, r.id.as_bytes(), &json)
+        .map_err(|e| ApiError::internal(&e))?;
+    let sig = state
+        .keys
+        .signing
+        .sign(&decision_signing_bytes(
+            &r.id,
+            AuthStatus::Approved,
+            &sealed,
+        ))
+        .to_vec();
+    Ok((session, sealed, sig))
+}
+
+/// `POST /v1/auth-requests/{id}/approve`.
+pub(super) async fn approve<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ApproveRequest>,
+) -> ApiResult<Json<DecideResponse>> {
+    let r = visible(&state, &caller, state.store.auth_request(&id).await?).await?;
+    let now = state.clock.now();
+    check_pending(&r, now)?;
+    let (approval, agent) = match r.kind {
+        AuthKind::Pair => {
+            let scope = body
+                .scope
+                .unwrap_or(Scope {
+                    services: Vec::new(),
+                    read_only: true,
+                })
+                .validated()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let account = Account {
+                wallet: new_wallet(),
+                is_master: false,
+                parent: Some(caller.wallet().clone()),
+                scope,
+                created_at: now,
+            };
+            let (session, sealed_session, signature) = mint_sealed(&state, &r, &account, now)?;
+            let wallet = account.wallet.clone();
+            (
+                Approval::Pair {
+                    agent: account,
+                    session,
+                    sealed_session,
+                    signature,
+                },
+                Some(wallet),
+            )
+        }
+        AuthKind::Recover => {
+            if body.scope.is_some() {
+                return Err(ApiError::bad_request(
+                    "scope is set with 'agentkeys scope', not when recovering",
+                ));
+            }
+            let agent = r
+                .agent
+                .clone()
+                .ok_or_else(|| ApiError::internal(&"recover request without agent"))?;
+            let account = state
+                .store
+                .account(&agent)
+                .await?
+                .ok_or_else(|| ApiError::not_found("agent is gone"))?;
+            let (session, sealed_session, signature) = mint_sealed(&state, &r, &account, now)?;
+            (
+                Approval::Recover {
+                    session,
+                    sealed_session,
+                    signature,
+                },
+                Some(agent),
+            )
+        }
+        AuthKind::HighValue => {
+            if body.scope.is_some() {
+                return Err(ApiError::bad_request(
+                    "a high-value approval takes no scope",
+                ));
+            }
+            let signature = state
+                .keys
+                .signing
+                .sign(&decision_signing_bytes(&r.id, AuthStatus::Approved, &[]))
+                .to_vec();
+            (
+                Approval::HighValue {
+                    grant_expires_at: now + state.config.high_value_ttl,
+                    signature,
+                },
+                r.agent.clone(),
+            )
+        }
+    };
+    let outcome = state
+        .store
+        .approve(&id, caller.wallet(), now, &approval)
+        .await?;
+    if outcome != DecideOutcome::Decided {
+        return Err(decided_error(outcome));
+    }
+    state.decisions.notify_waiters();
+    let mut e = event(caller.wallet().as_str(), "auth.approve", "ok")
+        .detail(format!("{} {id}", r.kind.as_str()));
+    if let Some(a) = &agent {
+        e = e.agent(a);
+    }
+    if let Some(s) = &r.service {
+        e = e.service(s);
+    }
+    record(&state, e).await?;
+    Ok(Json(DecideResponse {
+        id,
+        status: AuthStatus::Approved,
+        agent,
+    }))
+}
+
+/// `POST /v1/auth-requests/{id}/deny`.
+pub(super) async fn deny<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DecideResponse>> {
+    let r = visible(&state, &caller, state.store.auth_request(&id).await?).await?;
+    let now = state.clock.now();
+    check_pending(&r, now)?;
+    let sig = state
+        .keys
+        .signing
+        .sign(&decision_signing_bytes(&id, AuthStatus::Denied, &[]));
+    let outcome = state.store.deny(&id, caller.wallet(), now, &sig).await?;
+    if outcome != DecideOutcome::Decided {
+        return Err(decided_error(outcome));
+    }
+    state.decisions.notify_waiters();
+    record(
+        &state,
+        event(caller.wallet().as_str(), "auth.deny", "ok")
+            .detail(format!("{} {id}", r.kind.as_str())),
+    )
+    .await?;
+    Ok(Json(DecideResponse {
+        id,
+        status: AuthStatus::Denied,
+        agent: None,
+    }))
+}
+
+/// Query of the decision long-poll.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WaitQuery {
+    /// Seconds to wait for a decision (0–60).
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /v1/auth-requests/{id}/decision?wait=30`: anyone may poll; only the requester can
+/// open the sealed session, and the signature lets it check the server.
+pub(super) async fn decision<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> ApiResult<Json<Decision>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
+    loop {
+        // Register for the wake-up before reading, so a decision in between is not missed.
+        let notified = state.decisions.notified();
+        let r = state
+            .store
+            .auth_request(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such auth request"))?;
+        let status = r.status_at(state.clock.now());
+        let pending_until = r.expires_at;
+        if status != AuthStatus::Pending || tokio::time::Instant::now() >= deadline {
+            let sealed = match (status, r.kind) {
+                (AuthStatus::Approved, AuthKind::Pair | AuthKind::Recover) => {
+                    r.sealed_session.as_deref().map(b64e)
+                }
+                _ => None,
+            };
+            let signature = match status {
+                AuthStatus::Approved | AuthStatus::Denied => r.signature.as_deref().map(b64e),
+                _ => None,
+            };
+            return Ok(Json(Decision {
+                id,
+                status,
+                sealed_session: sealed,
+                signature,
+            }));
+        }
+        // Wake at the request's own expiry too, to report it as expired.
+        let until_expiry = u64::try_from(pending_until - state.clock.now()).unwrap_or(0);
+        let wake =
+            deadline.min(tokio::time::Instant::now() + Duration::from_secs(until_expiry + 1));
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Credentials: store (sealed to the shielding key), list (names only), read (sealed to
+//! the reader's ephemeral key), policy. Plaintext exists on the server only inside a
+//! `SecretPage`, between opening one seal and closing the next (DESIGN decision 1).
+
+use std::sync::Arc;
+
+use agentkeys_core::crypto::envelope::{self, Envelope};
+use agentkeys_core::crypto::hpke;
+use agentkeys_types::api::{
+    AuthKind, CredentialInfo, CredentialList, HPKE_INFO_READ, HPKE_INFO_STORE, Policy,
+    ReadCredentialRequest, ReadCredentialResponse, StoreCredentialRequest, credential_aad,
+};
+use agentkeys_types::{ErrorCode, ServiceName, Wallet};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::auth_requests::open_request;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, Caller};
+use super::{EventExt as _, b64, b64e, credential_owner, event, record, x25519_key};
+use crate::state::AppState;
+use crate::store::{Store, StoredCredential};
+
+/// Largest sealed value accepted: 32 KiB of credential plus HPKE overhead.
+const MAX_SEALED: usize = 32 * 1024 + 48;
+
+fn info(c: StoredCredential) -> CredentialInfo {
+    CredentialInfo {
+        agent: c.owner,
+        service: c.service,
+        policy: c.policy,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+    }
+}
+
+/// Records a refused credential call and returns the error.
+async fn refuse<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    action: &str,
+    owner: Option<&Wallet>,
+    service: &ServiceName,
+    err: ApiError,
+) -> ApiError {
+    let mut e = event(caller.wallet().as_str(), action, err.code().as_str()).service(service);
+    if let Some(o) = owner {
+        e = e.agent(o);
+    }
+    match record(state, e).await {
+        Ok(()) => err,
+        Err(audit_failed) => audit_failed,
+    }
+}
+
+/// `POST /v1/credentials`.
+pub(super) async fn store<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<StoreCredentialRequest>,
+) -> ApiResult<(StatusCode, Json<CredentialInfo>)> {
+    let service = &req.service;
+    let owner = match credential_owner(&state, &caller, req.agent.as_ref()).await {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(refuse(
+                &state,
+                &caller,
+                "credential.store",
+                req.agent.as_ref(),
+                service,
+                e,
+            )
+            .await);
+        }
+    };
+    if caller.scope().read_only {
+        let e = ApiError::denied("this session is read-only")
+            .hint("ask your operator to store the credential");
+        return Err(refuse(
+            &state,
+            &caller,
+            "credential.store",
+            Some(&owner),
+            service,
+            e,
+        )
+        .await);
+    }
+    if !caller.is_master() && !caller.scope().allows(service) {
+        let e = ApiError::denied(format!("{service} is not in this session's scope"));
+        return Err(refuse(
+            &state,
+            &caller,
+            "credential.store",
+            Some(&owner),
+            service,
+            e,
+        )
+        .await);
+    }
+    if !caller.is_master() && req.policy.is_some() {
+        let e = ApiError::denied("only a master may set a credential's policy");
+        return Err(refuse(
+            &state,
+            &caller,
+            "credential.store",
+            Some(&owner),
+            service,
+            e,
+        )
+        .await);
+    }
+    if req.sealed_value.len() > MAX_SEALED * 4 / 3 + 4 {
+        return Err(ApiError::bad_request(
+            "sealed_value is too large (limit 32 KiB of credential)",
+        ));
+    }
+    let sealed = b64("sealed_value", &req.sealed_value)?;
+    let aad = credential_aad(&owner, service);
+    let page = hpke::open_into_page(&state.keys.shielding, HPKE_INFO_STORE, &aad, &sealed).map_err(|_| {
+        ApiError::bad_request("sealed_value could not be opened: tampered, or sealed for another agent, service or server")
+            .hint("seal the value to this server's shielding key from GET /v1/server-info")
+    })?;
+    let env = envelope::encrypt(&state.keys.kek, &aad, page.expose_secret())
+        .map_err(|e| ApiError::internal(&e))?;
+    drop(page);
+    let now = state.clock.now();
+    let record_row = StoredCredential {
+        owner: owner.clone(),
+        service: service.clone(),
+        wrapped_dek: env.wrapped_dek,
+        ciphertext: env.ciphertext,
+        policy: req.policy.unwrap_or_default(),
+        created_at: now,
+        updated_at: now,
+    };
+    let created = state
+        .store
+        .put_credential(&record_row, req.policy.is_none())
+        .await?;
+    let stored = state
+        .store
+        .credential(&owner, service)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"credential vanished after store"))?;
+    record(
+        &state,
+        event(caller.wallet().as_str(), "credential.store", "ok")
+            .agent(&owner)
+            .service(service),
+    )
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info(stored))))
+}
+
+/// Query of `GET /v1/credentials`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    agent: Option<Wallet>,
+}
+
+/// `GET /v1/credentials?agent=`: names and policies the caller may read.
+pub(super) async fn list<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<CredentialList>> {
+    let owner = credential_owner(&state, &caller, q.agent.as_ref()).await?;
+    let mut creds = state.store.list_credentials(&owner).await?;
+    if !caller.is_master() {
+        // An agent also sees its master's credentials, under its own entries of the same name.
+        if let (None, Some(parent)) = (&q.agent, &caller.session.account.parent) {
+            for c in state.store.list_credentials(parent).await? {
+                if !creds.iter().any(|own| own.service == c.service) {
+                    creds.push(c);
+                }
+            }
+        }
+        creds.retain(|c| caller.scope().allows(&c.service));
+        creds.sort_by(|a, b| a.service.cmp(&b.service));
+    }
+    Ok(Json(CredentialList {
+        credentials: creds.into_iter().map(info).collect(),
+    }))
+}
+
+/// `POST /v1/credentials/read`: one indexed lookup, one key unwrap, one HPKE seal, one
+/// audit append.
+pub(super) async fn read<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<ReadCredentialRequest>,
+) -> ApiResult<Json<ReadCredentialResponse>> {
+    let service = &req.service;
+    let cfg = &state.config;
+    if !state
+        .limiter
+        .allow(&caller.session.id, cfg.read_rate, cfg.read_burst)
+    {
+        let e = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many credential reads for this session",
+        )
+        .hint(format!(
+            "the limit is {} reads per second; retry shortly",
+            cfg.read_rate
+        ));
+        return Err(refuse(&state, &caller, "credential.read", None, service, e).await);
+    }
+    let owner = match credential_owner(&state, &caller, req.agent.as_ref()).await {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(refuse(
+                &state,
+                &caller,
+                "credential.read",
+                req.agent.as_ref(),
+                service,
+                e,
+            )
+            .await);
+        }
+    };
+    if !caller.is_master() && !caller.scope().allows(service) {
+        let e = ApiError::denied(format!("{service} is not in this agent's scope")).hint(format!(
+            "ask your operator to run 'agentkeys scope {} --add {service}'",
+            caller.wallet()
+        ));
+        return Err(refuse(&state, &caller, "credential.read", Some(&owner), service, e).await);
+    }
+    let recipient = x25519_key("recipient_public_key", &req.recipient_public_key)?;
+    let mut found = state.store.credential(&owner, service).await?;
+    if found.is_none()
+        && req.agent.is_none()
+        && let Some(parent) = &caller.session.account.parent
+    {
+        // An agent falls back to its master's credential of the same name.
+        found = state.store.credential(parent, service).await?;
+    }
+    let Some(cred) = found else {
+        let e = ApiError::not_found(format!("no credential named {service}")).hint(
+            "store it with 'agentkeys store' (for an agent: 'agentkeys store --agent WALLET')",
+        );
+        return Err(refuse(&state, &caller, "credential.read", Some(&owner), service, e).await);
+    };
+    let now = state.clock.now();
+    if cred.policy.high_value
+        && !state
+            .store
+            .consume_grant(&caller.session.id, &cred.owner, service, now)
+            .await?
+    {
+        let ticket = match state
+            .store
+            .pending_high_value(&caller.session.id, &cred.owner, service, now)
+            .await?
+        {
+            Some(r) => super::auth_requests::ticket(&r),
+            None => {
+                open_request(
+                    &state,
+                    AuthKind::HighValue,
+                    None,
+                    Some(&cred.owner),
+                    Some(service),
+                    Some(&caller),
+                    None,
+                )
+                .await?
+            }
+        };
+        let e = ApiError::approval_required(ticket, service.as_str());
+        return Err(refuse(
+            &state,
+            &caller,
+            "credential.read",
+            Some(&cred.owner),
+            service,
+            e,
+        )
+        .await);
+    }
+    let aad = credential_aad(&cred.owner, service);
+    let env = Envelope {
+        wrapped_dek: cred.wrapped_dek,
+        ciphertext: cred.ciphertext,
+    };
+    let page = envelope::decrypt_into_page(&state.keys.kek, &aad, &env)
+        .map_err(|e| ApiError::internal(&e))?;
+    let sealed = hpke::seal(&recipient, HPKE_INFO_READ, &aad, page.expose_secret())
+        .map_err(|_| ApiError::bad_request("recipient_public_key is not a usable X25519 key"))?;
+    drop(page);
+    let detail = if cred.policy.high_value {
+        "high-value grant spent"
+    } else {
+        "sealed"
+    };
+    record(
+        &state,
+        event(caller.wallet().as_str(), "credential.read", "ok")
+            .agent(&cred.owner)
+            .service(service)
+            .detail(detail),
+    )
+    .await?;
+    Ok(Json(ReadCredentialResponse {
+        agent: cred.owner,
+        service: cred.service,
+        sealed_value: b64e(&sealed),
+    }))
+}
+
+/// `PUT /v1/credentials/{agent}/{service}/policy` (masters).
+pub(super) async fn set_policy<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path((agent, service)): Path<(String, String)>,
+    ApiJson(policy): ApiJson<Policy>,
+) -> ApiResult<Json<CredentialInfo>> {
+    caller.require_master()?;
+    let agent = Wallet::parse(&agent).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let service = ServiceName::parse(&service).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let owner = credential_owner(&state, &caller, Some(&agent)).await?;
+    if !state.store.set_policy(&owner, &service, policy).await? {
+        return Err(ApiError::not_found(format!(
+            "no credential named {service} for {owner}"
+        )));
+    }
+    let cred = state
+        .store
+        .credential(&owner, &service)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no credential named {service}")))?;
+    record(
+        &state,
+        event(caller.wallet().as_str(), "policy.set", "ok")
+            .agent(&owner)
+            .service(&service)
+            .detail(format!("high_value={}", policy.high_value)),
+    )
+    .await?;
+    Ok(Json(info(cred)))
+}

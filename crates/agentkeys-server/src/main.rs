@@ -1,0 +1,171 @@
+//! `agentkeys-server`: parse flags, load keys and storage, bind, serve. Logic lives in the
+//! library; this file wires it.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::collections::HashSet;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentkeys_server::{AppState, AuthMode, SqliteStore, keys::ServerKeys};
+use anyhow::Context as _;
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info")
+            }),
+        )
+        .init();
+    let plan = match cli::Args::parse().plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: BAD_REQUEST: {e}\nhint: see agentkeys-server --help");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: INTERNAL: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(plan)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: INTERNAL: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("agentkeys-server")
+}
+
+fn private_dir(p: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("creating {}", p.display()))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", p.display()))
+}
+
+/// Reads enrolment tokens, keeping only their SHA-256.
+fn load_tokens(path: &Path) -> anyhow::Result<HashSet<[u8; 32]>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "the enrolment token file is readable by group or others; chmod 600 it");
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
+    let mut set = HashSet::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let hash = match line.strip_prefix("sha256:") {
+            Some(hex) => {
+                let bytes: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| {
+                        hex.get(i..i + 2)
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    })
+                    .collect::<Option<_>>()
+                    .context("a sha256: line must hold 64 hex digits")?;
+                bytes
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("a sha256: line must hold 64 hex digits"))?
+            }
+            None => agentkeys_core::crypto::sha256(line.as_bytes()),
+        };
+        set.insert(hash);
+    }
+    anyhow::ensure!(
+        !set.is_empty(),
+        "{} holds no enrolment token",
+        path.display()
+    );
+    Ok(set)
+}
+
+async fn run(plan: cli::Plan) -> anyhow::Result<()> {
+    let _dev_dir;
+    let data_dir = if plan.dev {
+        let d = tempfile::Builder::new()
+            .prefix("agentkeys-dev-")
+            .tempdir()
+            .context("creating a temporary data dir")?;
+        let path = d.path().to_owned();
+        _dev_dir = d;
+        path
+    } else {
+        plan.data_dir.clone().unwrap_or_else(default_data_dir)
+    };
+    private_dir(&data_dir)?;
+    let mut config = plan.config;
+    config.auth = match &plan.auth {
+        cli::AuthPlan::Dev => AuthMode::Dev,
+        cli::AuthPlan::Tokens(f) => AuthMode::Tokens(load_tokens(f)?),
+    };
+    let keys = ServerKeys::load_or_create(&data_dir)?;
+    let store = SqliteStore::open(&data_dir.join("agentkeys.db"))
+        .await
+        .context("opening the database")?;
+    let listener = tokio::net::TcpListener::bind(plan.listen)
+        .await
+        .with_context(|| format!("binding {}", plan.listen))?;
+    let addr = listener.local_addr()?;
+    if matches!(config.auth, AuthMode::Dev) {
+        tracing::warn!(
+            "--auth dev: any non-empty enrolment token creates a master session; not for production"
+        );
+    }
+    tracing::info!(listen = %addr, data_dir = %data_dir.display(), keys = %keys.source, "agentkeys-server ready");
+    if plan.dev {
+        println!("export AGENTKEYS_SERVER=http://{addr}");
+        println!(
+            "# development server; data in {} is deleted on exit",
+            data_dir.display()
+        );
+    }
+    let state = AppState::new(store, keys, config);
+    agentkeys_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("agentkeys-server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! Shared server state: configuration, keys, the store, the audit writer, the per-session
+//! read limiter and the clock. Built once at start, shared by every handler.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentkeys_types::UnixSeconds;
+use agentkeys_types::api::ServerInfo;
+use base64::Engine as _;
+use tokio::sync::Notify;
+
+use crate::audit::AuditLog;
+use crate::keys::ServerKeys;
+use crate::store::Store;
+
+/// How `POST /v1/sessions` checks the enrolment credential.
+#[derive(Clone)]
+pub enum AuthMode {
+    /// Any non-empty token enrols (development only; the start-up log says so).
+    Dev,
+    /// Only tokens whose SHA-256 is in the set (loaded from `--auth tokens FILE`).
+    Tokens(HashSet<[u8; 32]>),
+}
+
+impl std::fmt::Debug for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthMode::Dev => f.write_str("Dev"),
+            AuthMode::Tokens(t) => write!(f, "Tokens({} hashed)", t.len()),
+        }
+    }
+}
+
+/// Tunables, with the defaults the binary uses.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Enrolment check.
+    pub auth: AuthMode,
+    /// Master session lifetime, seconds.
+    pub master_ttl: i64,
+    /// Agent session lifetime, seconds.
+    pub agent_ttl: i64,
+    /// Pair/recover request lifetime, seconds (DESIGN decision 4: 60).
+    pub pair_ttl: i64,
+    /// High-value request and grant lifetime, seconds (DESIGN decision 5: 300).
+    pub high_value_ttl: i64,
+    /// Credential reads per second per session (0 = unlimited).
+    pub read_rate: f64,
+    /// Burst size of the read limiter.
+    pub read_burst: f64,
+    /// Request body limit, bytes.
+    pub body_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            auth: AuthMode::Dev,
+            master_ttl: 30 * 86_400,
+            agent_ttl: 30 * 86_400,
+            pair_ttl: 60,
+            high_value_ttl: 300,
+            read_rate: 50.0,
+            read_burst: 100.0,
+            body_limit: 64 * 1024,
+        }
+    }
+}
+
+/// Wall-clock seconds, with an offset tests can move forward to cross deadlines.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset: AtomicI64,
+}
+
+impl Clock {
+    /// Now, in Unix seconds.
+    pub fn now(&self) -> UnixSeconds {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        real + self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Moves the clock forward (tests of expiry).
+    pub fn advance(&self, secs: i64) {
+        self.offset.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+/// A token bucket per session id.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// Takes one token for `key`; false when the bucket is empty.
+    pub fn allow(&self, key: &str, rate: f64, burst: f64) -> bool {
+        if rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut map = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 100_000 {
+            // Bound memory: forget full buckets.
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = map.entry(key.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Everything a handler needs.
+pub struct AppState<S: Store> {
+    /// Storage.
+    pub store: Arc<S>,
+    /// Key material.
+    pub keys: ServerKeys,
+    /// Tunables.
+    pub config: Config,
+    /// The audit writer.
+    pub audit: AuditLog,
+    /// Per-session read limiter.
+    pub limiter: RateLimiter,
+    /// Wakes long-polls when any auth request is decided.
+    pub decisions: Notify,
+    /// The clock.
+    pub clock: Clock,
+    /// Precomputed `GET /v1/server-info`.
+    pub info: ServerInfo,
+}
+
+impl<S: Store> AppState<S> {
+    /// Builds the state and starts the audit writer (needs a Tokio runtime).
+    pub fn new(store: S, keys: ServerKeys, config: Config) -> Arc<Self> {
+        let store = Arc::new(store);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let info = ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            shielding_public_key: b64.encode(keys.shielding.public_key()),
+            signing_public_key: b64.encode(keys.signing.public_key()),
+            hpke_suite: "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305".to_owned(),
+        };
+        Arc::new(AppState {
+            audit: AuditLog::start(store.clone()),
+            store,
+            keys,
+            config,
+            limiter: RateLimiter::default(),
+            decisions: Notify::new(),
+            clock: Clock::default(),
+            info,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_refuses() {
+        let l = RateLimiter::default();
+        assert!((0..5).all(|_| l.allow("s", 1.0, 5.0)));
+        assert!(!l.allow("s", 1.0, 5.0));
+        assert!(l.allow("other", 1.0, 5.0));
+        assert!(l.allow("s", 0.0, 0.0), "rate 0 means unlimited");
+    }
+
+    #[test]
+    fn the_clock_moves_forward_when_told() {
+        let c = Clock::default();
+        let a = c.now();
+        c.advance(100);
+        assert!(c.now() >= a + 100);
+    }
+}

@@ -1,0 +1,430 @@
+//! Storage behind one trait (DESIGN decision 11): every SQL statement of the server lives
+//! under this module. [`sqlite::SqliteStore`] is the embedded engine; PostgreSQL implements
+//! the same trait in a later issue, and its migrations already sit in `migrations/postgres`.
+//!
+//! Methods are domain operations, each one transaction, so handlers never compose
+//! partial writes. Conditional updates (`WHERE status = 'pending'`) make single-use
+//! requests and grants race-free across connections.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
+use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was hit.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database failed; logged, never sent to clients.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value could not be decoded (corruption or a newer schema).
+    #[error("corrupt row: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An account: a master or an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Its wallet.
+    pub wallet: Wallet,
+    /// `true` for a master, `false` for an agent.
+    pub is_master: bool,
+    /// The owning master, for agents.
+    pub parent: Option<Wallet>,
+    /// The scope (masters: all).
+    pub scope: Scope,
+    /// Creation time.
+    pub created_at: UnixSeconds,
+}
+
+/// A child agent with its usage, for `GET /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentSummary {
+    /// The account.
+    pub account: Account,
+    /// Latest use of any of its sessions.
+    pub last_used_at: Option<UnixSeconds>,
+    /// Live sessions.
+    pub active_sessions: u64,
+    /// Linked aliases and e-mails.
+    pub identities: Vec<String>,
+}
+
+/// A session row joined with its account. The token itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Session id.
+    pub id: String,
+    /// The account it acts as.
+    pub account: Account,
+    /// Creation time.
+    pub created_at: UnixSeconds,
+    /// Expiry.
+    pub expires_at: UnixSeconds,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<UnixSeconds>,
+    /// Last use (updated at most once a minute).
+    pub last_used_at: Option<UnixSeconds>,
+}
+
+/// A new session to insert.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    /// Session id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub token_hash: [u8; 32],
+    /// The account.
+    pub wallet: Wallet,
+    /// Master or agent.
+    pub is_master: bool,
+    /// Creation time.
+    pub created_at: UnixSeconds,
+    /// Expiry.
+    pub expires_at: UnixSeconds,
+}
+
+/// An encrypted credential as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCredential {
+    /// The owner.
+    pub owner: Wallet,
+    /// The name.
+    pub service: ServiceName,
+    /// The per-record key, wrapped by the KEK.
+    pub wrapped_dek: Vec<u8>,
+    /// The value under the per-record key.
+    pub ciphertext: Vec<u8>,
+    /// Its policy.
+    pub policy: Policy,
+    /// First stored.
+    pub created_at: UnixSeconds,
+    /// Last changed.
+    pub updated_at: UnixSeconds,
+}
+
+/// An auth request row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthRequestRecord {
+    /// Id.
+    pub id: String,
+    /// Kind.
+    pub kind: AuthKind,
+    /// Pair code `ABCD-EFGH`.
+    pub pair_code: String,
+    /// OTP nonce.
+    pub nonce: Vec<u8>,
+    /// The OTP.
+    pub otp: String,
+    /// Pair/recover: the requester's X25519 key.
+    pub requester_key: Option<Vec<u8>>,
+    /// Recover/high-value: the agent concerned.
+    pub agent: Option<Wallet>,
+    /// High-value: the service.
+    pub service: Option<ServiceName>,
+    /// High-value: the wallet that asked.
+    pub requested_by: Option<Wallet>,
+    /// High-value: the session that asked (the grant is bound to it).
+    pub requested_session: Option<String>,
+    /// Requester's free text.
+    pub description: Option<String>,
+    /// Stored status (a pending row past `expires_at` reads as expired).
+    pub status: AuthStatus,
+    /// Created.
+    pub created_at: UnixSeconds,
+    /// Expires.
+    pub expires_at: UnixSeconds,
+    /// The master that decided.
+    pub decided_by: Option<Wallet>,
+    /// High-value: the grant's deadline.
+    pub grant_expires_at: Option<UnixSeconds>,
+    /// Pair/recover: the sealed session.
+    pub sealed_session: Option<Vec<u8>>,
+    /// Signature over the decision.
+    pub signature: Option<Vec<u8>>,
+}
+
+impl AuthRequestRecord {
+    /// The status as of `now`: a pending request past its deadline is expired.
+    pub fn status_at(&self, now: UnixSeconds) -> AuthStatus {
+        if self.status == AuthStatus::Pending && now >= self.expires_at {
+            AuthStatus::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
+/// The outcome of a conditional decision on an auth request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecideOutcome {
+    /// The request was pending and is now decided.
+    Decided,
+    /// Someone decided it first.
+    AlreadyDecided,
+    /// It expired before the decision.
+    Expired,
+    /// No such request.
+    NotFound,
+}
+
+/// What an approval writes besides the status.
+#[derive(Clone, Debug)]
+pub enum Approval {
+    /// Pair: create the agent account and its first session.
+    Pair {
+        /// The new agent account (parent = the approving master).
+        agent: Account,
+        /// Its session.
+        session: NewSession,
+        /// The session grant sealed to the requester.
+        sealed_session: Vec<u8>,
+        /// The server's signature over the decision.
+        signature: Vec<u8>,
+    },
+    /// Recover: a new session for an existing agent.
+    Recover {
+        /// The new session.
+        session: NewSession,
+        /// Sealed grant.
+        sealed_session: Vec<u8>,
+        /// Signature.
+        signature: Vec<u8>,
+    },
+    /// High-value: one release to the asking session until `grant_expires_at`.
+    HighValue {
+        /// Deadline of the grant.
+        grant_expires_at: UnixSeconds,
+        /// Signature over the decision.
+        signature: Vec<u8>,
+    },
+}
+
+/// An audit event before it is chained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAuditEvent {
+    /// When.
+    pub ts: UnixSeconds,
+    /// Who (`-` when anonymous).
+    pub actor: String,
+    /// Agent concerned.
+    pub agent: Option<String>,
+    /// Service concerned.
+    pub service: Option<String>,
+    /// What.
+    pub action: String,
+    /// `ok` or an error code.
+    pub outcome: String,
+    /// Free text, never secret.
+    pub detail: Option<String>,
+}
+
+/// A chained audit row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Position.
+    pub seq: i64,
+    /// The event.
+    pub event: NewAuditEvent,
+    /// Hash of the previous row (zeros for the first).
+    pub prev_hash: Vec<u8>,
+    /// This row's hash.
+    pub hash: Vec<u8>,
+}
+
+/// Which audit rows a caller may see and wants.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Rows whose actor or agent is one of these.
+    pub visible_to: Vec<String>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only rows at or after this time.
+    pub since: Option<UnixSeconds>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// Everything the server persists. One implementation per engine; one test suite for all.
+pub trait Store: Send + Sync + 'static {
+    /// Finds or creates the master account enrolled with this credential hash.
+    fn ensure_master(
+        &self,
+        enrol_hash: &[u8; 32],
+        new_wallet: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Account>> + Send;
+    /// An account by wallet (deleted accounts are absent).
+    fn account(&self, wallet: &Wallet)
+    -> impl Future<Output = StoreResult<Option<Account>>> + Send;
+    /// A master's child agents with usage.
+    fn list_agents(
+        &self,
+        parent: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Vec<AgentSummary>>> + Send;
+    /// Replaces an agent's scope; false when the agent is not the parent's.
+    fn set_agent_scope(
+        &self,
+        parent: &Wallet,
+        agent: &Wallet,
+        scope: &Scope,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Revokes every session of the agent, deletes its credentials and identities, and
+    /// marks it deleted. Returns (sessions revoked, credentials deleted), or None when the
+    /// agent is not the parent's.
+    fn teardown_agent(
+        &self,
+        parent: &Wallet,
+        agent: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Option<(u64, u64)>>> + Send;
+
+    /// Inserts a session.
+    fn insert_session(&self, s: &NewSession) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Looks a session up by token hash (tokens are never stored).
+    fn session_by_token_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> impl Future<Output = StoreResult<Option<SessionRecord>>> + Send;
+    /// Records a use of a session.
+    fn touch_session(
+        &self,
+        id: &str,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A session by id.
+    fn session_by_id(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<Option<SessionRecord>>> + Send;
+    /// Revokes one live session; returns how many rows changed (0 or 1).
+    fn revoke_session(
+        &self,
+        id: &str,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Revokes every live session of a wallet.
+    fn revoke_wallet(
+        &self,
+        wallet: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Inserts or replaces a credential's value; `policy: None` keeps an existing policy.
+    /// Returns true when it was new.
+    fn put_credential(
+        &self,
+        c: &StoredCredential,
+        keep_policy: bool,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// One credential.
+    fn credential(
+        &self,
+        owner: &Wallet,
+        service: &ServiceName,
+    ) -> impl Future<Output = StoreResult<Option<StoredCredential>>> + Send;
+    /// Every credential of an owner, values omitted (empty vectors).
+    fn list_credentials(
+        &self,
+        owner: &Wallet,
+    ) -> impl Future<Output = StoreResult<Vec<StoredCredential>>> + Send;
+    /// Sets a policy; false when there is no such credential.
+    fn set_policy(
+        &self,
+        owner: &Wallet,
+        service: &ServiceName,
+        policy: Policy,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Inserts an auth request; `Conflict` if the pair code is taken.
+    fn insert_auth_request(
+        &self,
+        r: &AuthRequestRecord,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// By id.
+    fn auth_request(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
+    /// By pair code.
+    fn auth_request_by_code(
+        &self,
+        code: &str,
+    ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
+    /// A pending, unexpired high-value request of this session for this credential.
+    fn pending_high_value(
+        &self,
+        session: &str,
+        agent: &Wallet,
+        service: &ServiceName,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
+    /// Approves a pending request with its side effects, in one transaction.
+    fn approve(
+        &self,
+        id: &str,
+        by: &Wallet,
+        now: UnixSeconds,
+        approval: &Approval,
+    ) -> impl Future<Output = StoreResult<DecideOutcome>> + Send;
+    /// Denies a pending request.
+    fn deny(
+        &self,
+        id: &str,
+        by: &Wallet,
+        now: UnixSeconds,
+        signature: &[u8],
+    ) -> impl Future<Output = StoreResult<DecideOutcome>> + Send;
+    /// Spends one live high-value grant of this session for this credential.
+    fn consume_grant(
+        &self,
+        session: &str,
+        agent: &Wallet,
+        service: &ServiceName,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Links an alias or e-mail to a wallet; `Conflict` if it names another wallet.
+    fn link_identity(
+        &self,
+        kind: &str,
+        value: &str,
+        wallet: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Resolves an alias or e-mail.
+    fn resolve_identity(
+        &self,
+        kind: &str,
+        value: &str,
+    ) -> impl Future<Output = StoreResult<Option<Wallet>>> + Send;
+
+    /// Appends events to the hash chain in one transaction; returns their seqs.
+    /// Callers serialize appends (the server has one audit writer task).
+    fn append_audit(
+        &self,
+        events: &[NewAuditEvent],
+    ) -> impl Future<Output = StoreResult<Vec<i64>>> + Send;
+    /// Filtered events, newest first.
+    fn list_audit(
+        &self,
+        filter: &AuditFilter,
+    ) -> impl Future<Output = StoreResult<Vec<AuditRow>>> + Send;
+    /// Chained rows in order, starting after `after_seq`, at most `limit`.
+    fn audit_page(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<AuditRow>>> + Send;
+}

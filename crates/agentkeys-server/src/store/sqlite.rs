@@ -1,0 +1,844 @@
+//! The SQLite engine: one file in WAL mode with `synchronous=FULL`, so every acknowledged
+//! write survives a crash or power loss (the issue's kill -9 test checks the first).
+//!
+//! Two pools: a single-connection writer, so write transactions queue in-process instead
+//! of failing with `SQLITE_BUSY` on lock upgrades, and a reader pool sized for the machine
+//! (WAL lets readers run beside the writer).
+
+use std::path::Path;
+use std::time::Duration;
+
+use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
+use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::{
+    Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
+    NewAuditEvent, NewSession, SessionRecord, Store, StoreError, StoreResult, StoredCredential,
+};
+use crate::audit::chain_hash;
+
+/// SQLite storage.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))?;
+        let readers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(u32::try_from(readers * 2).unwrap_or(4))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Opens a database given as a `sqlite:` URL or a plain path.
+    pub async fn open_url(url: &str) -> StoreResult<Self> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Self::open(Path::new(path)).await
+    }
+}
+
+fn wallet(s: String) -> StoreResult<Wallet> {
+    Wallet::parse(&s).map_err(|_| StoreError::Corrupt("wallet"))
+}
+
+fn opt_wallet(s: Option<String>) -> StoreResult<Option<Wallet>> {
+    s.map(wallet).transpose()
+}
+
+fn service(s: String) -> StoreResult<ServiceName> {
+    ServiceName::parse(&s).map_err(|_| StoreError::Corrupt("service"))
+}
+
+fn scope(json: &str) -> StoreResult<Scope> {
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("scope"))
+}
+
+fn scope_json(s: &Scope) -> String {
+    // Serializing a struct of strings and a bool cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "{\"services\":[]}".to_owned())
+}
+
+fn account_from(row: &SqliteRow, prefix: &str) -> StoreResult<Account> {
+    let col = |c: &str| format!("{prefix}{c}");
+    let kind: String = row.try_get(col("kind").as_str())?;
+    Ok(Account {
+        wallet: wallet(row.try_get(col("wallet").as_str())?)?,
+        is_master: kind == "master",
+        parent: opt_wallet(row.try_get(col("parent").as_str())?)?,
+        scope: scope(&row.try_get::<String, _>(col("scope_json").as_str())?)?,
+        created_at: row.try_get(col("created_at").as_str())?,
+    })
+}
+
+fn credential_from(row: &SqliteRow) -> StoreResult<StoredCredential> {
+    Ok(StoredCredential {
+        owner: wallet(row.try_get("owner")?)?,
+        service: service(row.try_get("service")?)?,
+        wrapped_dek: row.try_get("wrapped_dek")?,
+        ciphertext: row.try_get("ciphertext")?,
+        policy: Policy {
+            high_value: row.try_get::<i64, _>("high_value")? != 0,
+        },
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn auth_request_from(row: &SqliteRow) -> StoreResult<AuthRequestRecord> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    Ok(AuthRequestRecord {
+        id: row.try_get("id")?,
+        kind: AuthKind::parse(&kind).ok_or(StoreError::Corrupt("auth kind"))?,
+        pair_code: row.try_get("pair_code")?,
+        nonce: row.try_get("nonce")?,
+        otp: row.try_get("otp")?,
+        requester_key: row.try_get("requester_key")?,
+        agent: opt_wallet(row.try_get("agent")?)?,
+        service: row
+            .try_get::<Option<String>, _>("service")?
+            .map(service)
+            .transpose()?,
+        requested_by: opt_wallet(row.try_get("requested_by")?)?,
+        requested_session: row.try_get("requested_session")?,
+        description: row.try_get("description")?,
+        status: AuthStatus::parse(&status).ok_or(StoreError::Corrupt("auth status"))?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        decided_by: opt_wallet(row.try_get("decided_by")?)?,
+        grant_expires_at: row.try_get("grant_expires_at")?,
+        sealed_session: row.try_get("sealed_session")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+fn audit_from(row: &SqliteRow) -> StoreResult<AuditRow> {
+    Ok(AuditRow {
+        seq: row.try_get("seq")?,
+        event: NewAuditEvent {
+            ts: row.try_get("ts")?,
+            actor: row.try_get("actor")?,
+            agent: row.try_get("agent")?,
+            service: row.try_get("service")?,
+            action: row.try_get("action")?,
+            outcome: row.try_get("outcome")?,
+            detail: row.try_get("detail")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const SESSION_SELECT: &str = "SELECT s.id, s.created_at AS s_created_at, s.expires_at, s.revoked_at, \
+     s.last_used_at, a.wallet AS a_wallet, a.kind AS a_kind, a.parent AS a_parent, \
+     a.scope_json AS a_scope_json, a.created_at AS a_created_at \
+     FROM sessions s JOIN accounts a ON a.wallet = s.wallet";
+
+fn session_from(row: &SqliteRow) -> StoreResult<SessionRecord> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        account: account_from(row, "a_")?,
+        created_at: row.try_get("s_created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+async fn insert_session_in(
+    conn: &mut sqlx::SqliteConnection,
+    s: &NewSession,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, wallet, kind, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&s.id)
+    .bind(&s.token_hash[..])
+    .bind(s.wallet.as_str())
+    .bind(if s.is_master { "master" } else { "agent" })
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a decision writes onto its request row.
+struct DecisionWrite<'a> {
+    status: AuthStatus,
+    by: &'a Wallet,
+    now: UnixSeconds,
+    grant_expires_at: Option<UnixSeconds>,
+    sealed_session: Option<&'a [u8]>,
+    signature: &'a [u8],
+}
+
+/// Marks a pending, unexpired request decided; tells apart why it could not be.
+async fn decide_in(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    d: DecisionWrite<'_>,
+) -> Result<DecideOutcome, sqlx::Error> {
+    let DecisionWrite {
+        status,
+        by,
+        now,
+        grant_expires_at,
+        sealed_session,
+        signature,
+    } = d;
+    let done = sqlx::query(
+        "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
+         grant_expires_at = $4, sealed_session = $5, signature = $6 \
+         WHERE id = $7 AND status = 'pending' AND expires_at > $3",
+    )
+    .bind(status.as_str())
+    .bind(by.as_str())
+    .bind(now)
+    .bind(grant_expires_at)
+    .bind(sealed_session)
+    .bind(signature)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if done == 1 {
+        return Ok(DecideOutcome::Decided);
+    }
+    let row = sqlx::query("SELECT status, expires_at FROM auth_requests WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        None => DecideOutcome::NotFound,
+        Some(r) => {
+            let st: String = r.try_get("status")?;
+            if st == "pending" {
+                DecideOutcome::Expired
+            } else {
+                DecideOutcome::AlreadyDecided
+            }
+        }
+    })
+}
+
+impl Store for SqliteStore {
+    async fn ensure_master(
+        &self,
+        enrol_hash: &[u8; 32],
+        new_wallet: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Account> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
+             WHERE enrol_hash = $1 AND deleted_at IS NULL",
+        )
+        .bind(&enrol_hash[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        let account = match row {
+            Some(row) => account_from(&row, "")?,
+            None => {
+                let account = Account {
+                    wallet: new_wallet.clone(),
+                    is_master: true,
+                    parent: None,
+                    scope: Scope::all(),
+                    created_at: now,
+                };
+                sqlx::query(
+                    "INSERT INTO accounts (wallet, kind, enrol_hash, scope_json, created_at) \
+                     VALUES ($1, 'master', $2, $3, $4)",
+                )
+                .bind(new_wallet.as_str())
+                .bind(&enrol_hash[..])
+                .bind(scope_json(&account.scope))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                account
+            }
+        };
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    async fn account(&self, w: &Wallet) -> StoreResult<Option<Account>> {
+        let row = sqlx::query(
+            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
+             WHERE wallet = $1 AND deleted_at IS NULL",
+        )
+        .bind(w.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| account_from(&r, "")).transpose()
+    }
+
+    async fn list_agents(
+        &self,
+        parent: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Vec<AgentSummary>> {
+        let rows = sqlx::query(
+            "SELECT a.wallet, a.kind, a.parent, a.scope_json, a.created_at, \
+               (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
+               (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
+                  AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
+               (SELECT GROUP_CONCAT(value, char(10)) FROM identities i WHERE i.wallet = a.wallet) AS idents \
+             FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet",
+        )
+        .bind(parent.as_str())
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let idents: Option<String> = r.try_get("idents")?;
+                let mut identities: Vec<String> = idents
+                    .map(|s| s.split('\n').map(str::to_owned).collect())
+                    .unwrap_or_default();
+                identities.sort();
+                Ok(AgentSummary {
+                    account: account_from(r, "")?,
+                    last_used_at: r.try_get("last_used")?,
+                    active_sessions: u64::try_from(r.try_get::<i64, _>("active")?).unwrap_or(0),
+                    identities,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_agent_scope(
+        &self,
+        parent: &Wallet,
+        agent: &Wallet,
+        s: &Scope,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE accounts SET scope_json = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
+        )
+        .bind(scope_json(s))
+        .bind(agent.as_str())
+        .bind(parent.as_str())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn teardown_agent(
+        &self,
+        parent: &Wallet,
+        agent: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Option<(u64, u64)>> {
+        let mut tx = self.writer.begin().await?;
+        let owned = sqlx::query(
+            "UPDATE accounts SET deleted_at = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent.as_str())
+        .bind(parent.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if owned != 1 {
+            return Ok(None);
+        }
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let deleted = sqlx::query("DELETE FROM credentials WHERE owner = $1")
+            .bind(agent.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM identities WHERE wallet = $1")
+            .bind(agent.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((revoked, deleted)))
+    }
+
+    async fn insert_session(&self, s: &NewSession) -> StoreResult<()> {
+        let mut conn = self.writer.acquire().await?;
+        insert_session_in(&mut conn, s).await?;
+        Ok(())
+    }
+
+    async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL"
+        )))
+        .bind(&hash[..])
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| session_from(&r)).transpose()
+    }
+
+    async fn touch_session(&self, id: &str, now: UnixSeconds) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_by_id(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| session_from(&r)).transpose()
+    }
+
+    async fn revoke_session(&self, id: &str, now: UnixSeconds) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn revoke_wallet(&self, w: &Wallet, now: UnixSeconds) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(w.as_str())
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    async fn put_credential(&self, c: &StoredCredential, keep_policy: bool) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
+        let existed = sqlx::query("SELECT 1 FROM credentials WHERE owner = $1 AND service = $2")
+            .bind(c.owner.as_str())
+            .bind(c.service.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
+               ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
+               high_value = CASE WHEN $7 THEN credentials.high_value ELSE excluded.high_value END",
+        )
+        .bind(c.owner.as_str())
+        .bind(c.service.as_str())
+        .bind(&c.wrapped_dek)
+        .bind(&c.ciphertext)
+        .bind(i64::from(c.policy.high_value))
+        .bind(c.updated_at)
+        .bind(keep_policy)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    async fn credential(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+    ) -> StoreResult<Option<StoredCredential>> {
+        let row = sqlx::query(
+            "SELECT owner, service, wrapped_dek, ciphertext, high_value, created_at, updated_at \
+             FROM credentials WHERE owner = $1 AND service = $2",
+        )
+        .bind(owner.as_str())
+        .bind(svc.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| credential_from(&r)).transpose()
+    }
+
+    async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
+        let rows = sqlx::query(
+            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, high_value, created_at, updated_at \
+             FROM credentials WHERE owner = $1 ORDER BY service",
+        )
+        .bind(owner.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(credential_from).collect()
+    }
+
+    async fn set_policy(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+        policy: Policy,
+    ) -> StoreResult<bool> {
+        let n =
+            sqlx::query("UPDATE credentials SET high_value = $1 WHERE owner = $2 AND service = $3")
+                .bind(i64::from(policy.high_value))
+                .bind(owner.as_str())
+                .bind(svc.as_str())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO auth_requests (id, kind, pair_code, nonce, otp, requester_key, agent, service, \
+               requested_by, requested_session, description, status, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&r.id)
+        .bind(r.kind.as_str())
+        .bind(&r.pair_code)
+        .bind(&r.nonce)
+        .bind(&r.otp)
+        .bind(r.requester_key.as_deref())
+        .bind(r.agent.as_ref().map(Wallet::as_str))
+        .bind(r.service.as_ref().map(ServiceName::as_str))
+        .bind(r.requested_by.as_ref().map(Wallet::as_str))
+        .bind(r.requested_session.as_deref())
+        .bind(r.description.as_deref())
+        .bind(r.status.as_str())
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .execute(&self.writer)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pair code") } else { e.into() })?;
+        Ok(())
+    }
+
+    async fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>> {
+        let row = sqlx::query("SELECT * FROM auth_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn auth_request_by_code(&self, code: &str) -> StoreResult<Option<AuthRequestRecord>> {
+        let row = sqlx::query("SELECT * FROM auth_requests WHERE pair_code = $1")
+            .bind(code)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn pending_high_value(
+        &self,
+        session: &str,
+        agent: &Wallet,
+        svc: &ServiceName,
+        now: UnixSeconds,
+    ) -> StoreResult<Option<AuthRequestRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM auth_requests WHERE requested_session = $1 AND agent = $2 AND service = $3 \
+             AND kind = 'high_value' AND status = 'pending' AND expires_at > $4 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(session)
+        .bind(agent.as_str())
+        .bind(svc.as_str())
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn approve(
+        &self,
+        id: &str,
+        by: &Wallet,
+        now: UnixSeconds,
+        approval: &Approval,
+    ) -> StoreResult<DecideOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let (grant, sealed, signature) = match approval {
+            Approval::Pair {
+                sealed_session,
+                signature,
+                ..
+            }
+            | Approval::Recover {
+                sealed_session,
+                signature,
+                ..
+            } => (None, Some(sealed_session.as_slice()), signature.as_slice()),
+            Approval::HighValue {
+                grant_expires_at,
+                signature,
+            } => (Some(*grant_expires_at), None, signature.as_slice()),
+        };
+        let outcome = decide_in(
+            &mut tx,
+            id,
+            DecisionWrite {
+                status: AuthStatus::Approved,
+                by,
+                now,
+                grant_expires_at: grant,
+                sealed_session: sealed,
+                signature,
+            },
+        )
+        .await?;
+        if outcome != DecideOutcome::Decided {
+            return Ok(outcome);
+        }
+        match approval {
+            Approval::Pair { agent, session, .. } => {
+                sqlx::query(
+                    "INSERT INTO accounts (wallet, kind, parent, scope_json, created_at) \
+                     VALUES ($1, 'agent', $2, $3, $4)",
+                )
+                .bind(agent.wallet.as_str())
+                .bind(agent.parent.as_ref().map(Wallet::as_str))
+                .bind(scope_json(&agent.scope))
+                .bind(agent.created_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE auth_requests SET agent = $1 WHERE id = $2")
+                    .bind(agent.wallet.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_session_in(&mut tx, session).await?;
+            }
+            Approval::Recover { session, .. } => insert_session_in(&mut tx, session).await?,
+            Approval::HighValue { .. } => {}
+        }
+        tx.commit().await?;
+        Ok(DecideOutcome::Decided)
+    }
+
+    async fn deny(
+        &self,
+        id: &str,
+        by: &Wallet,
+        now: UnixSeconds,
+        signature: &[u8],
+    ) -> StoreResult<DecideOutcome> {
+        let mut conn = self.writer.acquire().await?;
+        Ok(decide_in(
+            &mut conn,
+            id,
+            DecisionWrite {
+                status: AuthStatus::Denied,
+                by,
+                now,
+                grant_expires_at: None,
+                sealed_session: None,
+                signature,
+            },
+        )
+        .await?)
+    }
+
+    async fn consume_grant(
+        &self,
+        session: &str,
+        agent: &Wallet,
+        svc: &ServiceName,
+        now: UnixSeconds,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE auth_requests SET status = 'consumed' WHERE id = ( \
+               SELECT id FROM auth_requests WHERE requested_session = $1 AND agent = $2 \
+               AND service = $3 AND kind = 'high_value' AND status = 'approved' \
+               AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1)",
+        )
+        .bind(session)
+        .bind(agent.as_str())
+        .bind(svc.as_str())
+        .bind(now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn link_identity(
+        &self,
+        kind: &str,
+        value: &str,
+        w: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let existing = sqlx::query("SELECT wallet FROM identities WHERE kind = $1 AND value = $2")
+            .bind(kind)
+            .bind(value)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match existing {
+            Some(row) => {
+                let owner: String = row.try_get("wallet")?;
+                if owner != w.as_str() {
+                    return Err(StoreError::Conflict("identity"));
+                }
+            }
+            None => {
+                sqlx::query("INSERT INTO identities (kind, value, wallet, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(kind)
+                    .bind(value)
+                    .bind(w.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn resolve_identity(&self, kind: &str, value: &str) -> StoreResult<Option<Wallet>> {
+        let row = sqlx::query(
+            "SELECT i.wallet FROM identities i JOIN accounts a ON a.wallet = i.wallet \
+             WHERE i.kind = $1 AND i.value = $2 AND a.deleted_at IS NULL",
+        )
+        .bind(kind)
+        .bind(value)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| wallet(r.try_get("wallet")?)).transpose()
+    }
+
+    async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.writer.begin().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev): (i64, Vec<u8>) = match head {
+            Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
+            None => (0, vec![0; 32]),
+        };
+        let mut seqs = Vec::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let hash = chain_hash(&prev, seq, e);
+            sqlx::query(
+                "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(seq)
+            .bind(e.ts)
+            .bind(&e.actor)
+            .bind(e.agent.as_deref())
+            .bind(e.service.as_deref())
+            .bind(&e.action)
+            .bind(&e.outcome)
+            .bind(e.detail.as_deref())
+            .bind(&prev)
+            .bind(&hash[..])
+            .execute(&mut *tx)
+            .await?;
+            prev = hash.to_vec();
+            seqs.push(seq);
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
+        if f.visible_to.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Placeholders are numbered; the visible set is a short list of wallets.
+        let mut sql = String::from("SELECT * FROM audit WHERE (");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        let list: Vec<String> = f.visible_to.iter().map(|_| next()).collect();
+        let list = list.join(", ");
+        let list2: Vec<String> = f.visible_to.iter().map(|_| next()).collect();
+        sql.push_str(&format!(
+            "actor IN ({list}) OR agent IN ({}))",
+            list2.join(", ")
+        ));
+        if f.agent.is_some() {
+            sql.push_str(&format!(" AND agent = {}", next()));
+        }
+        if f.service.is_some() {
+            sql.push_str(&format!(" AND service = {}", next()));
+        }
+        if f.since.is_some() {
+            sql.push_str(&format!(" AND ts >= {}", next()));
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", next()));
+        // Only numbered placeholders were spliced in; every value is bound.
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for w in f.visible_to.iter().chain(f.visible_to.iter()) {
+            q = q.bind(w.as_str());
+        }
+        if let Some(a) = &f.agent {
+            q = q.bind(a.as_str());
+        }
+        if let Some(s) = &f.service {
+            q = q.bind(s.as_str());
+        }
+        if let Some(t) = f.since {
+            q = q.bind(t);
+        }
+        q = q.bind(i64::from(f.limit));
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(audit_from).collect()
+    }
+
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(audit_from).collect()
+    }
+}

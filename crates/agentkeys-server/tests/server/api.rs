@@ -1,0 +1,515 @@
+//! Every endpoint's success path, and the scope and ownership rules.
+
+use agentkeys_core::client::{AuditQuery, Backend as _};
+use agentkeys_types::api::{LinkIdentityRequest, Policy, RevokeRequest, SessionKind};
+use agentkeys_types::{ErrorCode, Scope};
+
+use super::common::*;
+
+#[tokio::test]
+async fn health_and_server_info_answer_anonymously() {
+    let ts = TestServer::start().await;
+    let h = ts.anon().health().await.unwrap();
+    assert_eq!(h.status, "ok");
+    let info = ts.anon().server_info().await.unwrap();
+    assert_eq!(info.signing_public_key, ts.state.info.signing_public_key);
+    assert!(info.hpke_suite.contains("X25519"));
+}
+
+#[tokio::test]
+async fn a_master_session_is_created_and_describes_itself_without_its_token() {
+    let ts = TestServer::start().await;
+    let (m, info, token) = ts.master("enrol-1").await;
+    assert!(token.expose_secret().starts_with("akm_"));
+    assert!(token.len() > 40);
+    let me = m.session().await.unwrap();
+    assert_eq!(me, info);
+    assert_eq!(me.kind, SessionKind::Master);
+    assert_eq!(me.scope, Scope::all());
+    let raw = ts
+        .raw()
+        .get(format!("{}/v1/session", ts.url))
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !raw.contains(token.expose_secret()),
+        "GET /v1/session leaked the token"
+    );
+    // The same enrolment token names the same master account.
+    let (_, again, _) = ts.master("enrol-1").await;
+    assert_eq!(again.wallet, info.wallet);
+    assert_ne!(again.session_id, info.session_id);
+}
+
+#[tokio::test]
+async fn tokens_mode_accepts_only_listed_enrolment_tokens() {
+    let mut cfg = agentkeys_server::Config::default();
+    let ok = agentkeys_core::crypto::sha256(b"good-token");
+    cfg.auth = agentkeys_server::AuthMode::Tokens([ok].into_iter().collect());
+    let ts = TestServer::with_config(cfg).await;
+    let bad = ts
+        .anon()
+        .create_session(agentkeys_secmem::SecretString::from_str_copy("wrong"))
+        .await;
+    assert_code(bad, ErrorCode::Unauthorized);
+    ts.master("good-token").await;
+}
+
+#[tokio::test]
+async fn a_stored_credential_reads_back_into_a_secret_page() {
+    let ts = TestServer::start().await;
+    let (m, me, _) = ts.master("m").await;
+    let value = canary();
+    let info = m
+        .store_credential(None, &svc("openai"), value.as_bytes(), None)
+        .await
+        .unwrap();
+    assert_eq!(info.agent, me.wallet);
+    assert!(!info.policy.high_value);
+    let page = m.read_credential(None, &svc("openai")).await.unwrap();
+    assert_eq!(page.expose_secret(), value.as_bytes());
+    assert_eq!(page.kind(), agentkeys_secmem::SecretPageKind::MemfdSecret);
+    // Replacing keeps one record and the new value.
+    m.store_credential(None, &svc("openai"), b"second", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.read_credential(None, &svc("openai"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"second"
+    );
+    let list = m.list_credentials(None).await.unwrap();
+    assert_eq!(list.credentials.len(), 1);
+}
+
+#[tokio::test]
+async fn reading_a_missing_credential_is_not_found() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    assert_code(
+        m.read_credential(None, &svc("nope")).await,
+        ErrorCode::NotFound,
+    );
+}
+
+#[tokio::test]
+async fn an_agent_reads_in_scope_credentials_of_its_own_and_its_masters() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, ainfo, token) = ts.agent(&m, scope(&["openai", "github"], true)).await;
+    assert!(token.expose_secret().starts_with("aka_"));
+    assert_eq!(ainfo.kind, SessionKind::Agent);
+    m.store_credential(None, &svc("openai"), b"master-openai", None)
+        .await
+        .unwrap();
+    m.store_credential(Some(&ainfo.wallet), &svc("github"), b"agent-github", None)
+        .await
+        .unwrap();
+    m.store_credential(None, &svc("stripe"), b"master-stripe", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.read_credential(None, &svc("openai"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"master-openai"
+    );
+    assert_eq!(
+        a.read_credential(None, &svc("github"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"agent-github"
+    );
+    let names: Vec<String> = a
+        .list_credentials(None)
+        .await
+        .unwrap()
+        .credentials
+        .into_iter()
+        .map(|c| c.service.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["github", "openai"],
+        "stripe is out of scope and must not be listed"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_cannot_read_outside_its_scope() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    m.store_credential(None, &svc("stripe"), b"x", None)
+        .await
+        .unwrap();
+    let e = assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::Denied,
+    );
+    assert!(e.hint().unwrap().contains("agentkeys scope"));
+}
+
+#[tokio::test]
+async fn an_agent_cannot_read_another_agents_credential() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, Scope::all()).await;
+    let (_, b_info, _) = ts.agent(&m, Scope::all()).await;
+    m.store_credential(Some(&b_info.wallet), &svc("openai"), b"b-secret", None)
+        .await
+        .unwrap();
+    assert_code(
+        a.read_credential(Some(&b_info.wallet), &svc("openai"))
+            .await,
+        ErrorCode::Denied,
+    );
+    assert_code(
+        a.list_credentials(Some(&b_info.wallet)).await,
+        ErrorCode::Denied,
+    );
+}
+
+#[tokio::test]
+async fn a_master_cannot_touch_another_masters_agents() {
+    let ts = TestServer::start().await;
+    let (m1, _, _) = ts.master("m1").await;
+    let (m2, _, _) = ts.master("m2").await;
+    let (_, a_info, _) = ts.agent(&m1, Scope::all()).await;
+    assert_code(
+        m2.store_credential(Some(&a_info.wallet), &svc("x"), b"v", None)
+            .await,
+        ErrorCode::Denied,
+    );
+    assert_code(m2.agent_scope(&a_info.wallet).await, ErrorCode::NotFound);
+    assert_code(m2.teardown(&a_info.wallet).await, ErrorCode::NotFound);
+    assert_code(
+        m2.revoke(&RevokeRequest {
+            session_id: None,
+            wallet: Some(a_info.wallet.clone()),
+        })
+        .await,
+        ErrorCode::Denied,
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_session_cannot_store() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    assert_code(
+        a.store_credential(None, &svc("openai"), b"v", None).await,
+        ErrorCode::Denied,
+    );
+    assert!(
+        m.list_credentials(None)
+            .await
+            .unwrap()
+            .credentials
+            .is_empty(),
+        "the refused store left data behind"
+    );
+}
+
+#[tokio::test]
+async fn a_writable_agent_stores_only_in_scope_and_without_policy() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, scope(&["openai"], false)).await;
+    let info = a
+        .store_credential(None, &svc("openai"), b"agent-own", None)
+        .await
+        .unwrap();
+    assert_eq!(info.agent, a_info.wallet);
+    assert_code(
+        a.store_credential(None, &svc("github"), b"v", None).await,
+        ErrorCode::Denied,
+    );
+    assert_code(
+        a.store_credential(
+            None,
+            &svc("openai"),
+            b"v",
+            Some(Policy { high_value: false }),
+        )
+        .await,
+        ErrorCode::Denied,
+    );
+}
+
+#[tokio::test]
+async fn agents_are_listed_rescoped_and_torn_down() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    m.store_credential(Some(&a_info.wallet), &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    assert!(
+        m.agents().await.unwrap().agents[0].last_used_at.is_none(),
+        "not used yet"
+    );
+    a.session().await.unwrap();
+    let list = m.agents().await.unwrap();
+    assert_eq!(list.agents.len(), 1);
+    assert_eq!(list.agents[0].wallet, a_info.wallet);
+    assert_eq!(list.agents[0].active_sessions, 1);
+    assert!(list.agents[0].last_used_at.is_some());
+    assert_eq!(
+        m.agent_scope(&a_info.wallet).await.unwrap(),
+        scope(&["openai"], true)
+    );
+    let new = m
+        .set_agent_scope(&a_info.wallet, &scope(&["github"], true))
+        .await
+        .unwrap();
+    assert_eq!(new, scope(&["github"], true));
+    // The new scope applies to the live session at once.
+    assert_code(
+        a.read_credential(None, &svc("openai")).await,
+        ErrorCode::Denied,
+    );
+    let bad = m
+        .set_agent_scope(&a_info.wallet, &scope(&["Not Valid"], true))
+        .await;
+    assert_code(bad, ErrorCode::BadRequest);
+    // An agent cannot widen its own scope.
+    assert_code(
+        a.set_agent_scope(&a_info.wallet, &Scope::all()).await,
+        ErrorCode::Denied,
+    );
+    let t = m.teardown(&a_info.wallet).await.unwrap();
+    assert_eq!((t.revoked_sessions, t.deleted_credentials), (1, 1));
+    assert_code(a.session().await, ErrorCode::Unauthorized);
+    assert!(m.agents().await.unwrap().agents.is_empty());
+}
+
+#[tokio::test]
+async fn revocation_is_immediate_for_own_session_one_session_and_a_wallet() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (m_other, m_other_info, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, Scope::all()).await;
+    // One session by id.
+    let r = m
+        .revoke(&RevokeRequest {
+            session_id: Some(m_other_info.session_id.clone()),
+            wallet: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.revoked, 1);
+    assert_code(m_other.session().await, ErrorCode::Unauthorized);
+    // Every session of an agent wallet.
+    let r = m
+        .revoke(&RevokeRequest {
+            session_id: None,
+            wallet: Some(a_info.wallet.clone()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.revoked, 1);
+    let e = assert_code(
+        a.read_credential(None, &svc("x")).await,
+        ErrorCode::Unauthorized,
+    );
+    assert!(e.to_string().contains("revoked"));
+    // A session id that is not ours reads as absent.
+    let (_, stranger, _) = ts.master("other").await;
+    assert_code(
+        m.revoke(&RevokeRequest {
+            session_id: Some(stranger.session_id),
+            wallet: None,
+        })
+        .await,
+        ErrorCode::NotFound,
+    );
+    // The caller's own session.
+    assert_eq!(
+        m.revoke(&RevokeRequest::default()).await.unwrap().revoked,
+        1
+    );
+    assert_code(m.session().await, ErrorCode::Unauthorized);
+}
+
+#[tokio::test]
+async fn identities_link_owned_wallets_and_resolve_for_their_owner_only() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (m2, _, _) = ts.master("m2").await;
+    let (_, a_info, _) = ts.agent(&m, Scope::all()).await;
+    let link = |alias: Option<&str>, email: Option<&str>| LinkIdentityRequest {
+        wallet: a_info.wallet.clone(),
+        alias: alias.map(str::to_owned),
+        email: email.map(str::to_owned),
+    };
+    let id = m.link_identity(&link(Some("Builder"), None)).await.unwrap();
+    assert_eq!((id.kind.as_str(), id.value.as_str()), ("alias", "builder"));
+    m.link_identity(&link(Some("builder"), None)).await.unwrap(); // idempotent
+    m.link_identity(&link(None, Some("Bot@Example.com")))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.resolve_identity("builder").await.unwrap().wallet,
+        a_info.wallet
+    );
+    assert_eq!(
+        m.resolve_identity("bot@example.com").await.unwrap().wallet,
+        a_info.wallet
+    );
+    assert_code(m2.resolve_identity("builder").await, ErrorCode::NotFound);
+    assert_code(
+        m2.link_identity(&link(Some("x"), None)).await,
+        ErrorCode::Denied,
+    );
+    let (_, m2_info, _) = ts.master("m2").await;
+    let taken = LinkIdentityRequest {
+        wallet: m2_info.wallet,
+        alias: Some("builder".into()),
+        email: None,
+    };
+    assert_code(m2.link_identity(&taken).await, ErrorCode::Conflict);
+    assert_code(
+        m.link_identity(&link(Some("a"), Some("b@c.d"))).await,
+        ErrorCode::BadRequest,
+    );
+    assert_code(
+        m.link_identity(&link(None, Some("not-an-address"))).await,
+        ErrorCode::BadRequest,
+    );
+    assert_code(m.resolve_identity("nobody").await, ErrorCode::NotFound);
+    let listed = m.agents().await.unwrap();
+    assert_eq!(listed.agents[0].identities, ["bot@example.com", "builder"]);
+}
+
+#[tokio::test]
+async fn the_audit_log_records_reads_and_denials_and_verifies() {
+    let ts = TestServer::start().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    m.store_credential(None, &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    a.read_credential(None, &svc("openai")).await.unwrap();
+    let _ = a.read_credential(None, &svc("stripe")).await;
+    let all = m.audit(&AuditQuery::default()).await.unwrap();
+    assert!(
+        all.events.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first"
+    );
+    let reads: Vec<_> = all
+        .events
+        .iter()
+        .filter(|e| e.action == "credential.read")
+        .collect();
+    assert_eq!(reads.len(), 2);
+    assert!(
+        reads
+            .iter()
+            .any(|e| e.outcome == "ok" && e.actor == a_info.wallet.as_str())
+    );
+    assert!(
+        reads
+            .iter()
+            .any(|e| e.outcome == "DENIED" && e.service.as_deref() == Some("stripe"))
+    );
+    let only = m
+        .audit(&AuditQuery {
+            service: Some(svc("stripe")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        only.events
+            .iter()
+            .all(|e| e.service.as_deref() == Some("stripe"))
+    );
+    // An agent sees only its own events.
+    let mine = a.audit(&AuditQuery::default()).await.unwrap();
+    assert!(
+        mine.events.iter().all(|e| e.actor == a_info.wallet.as_str()
+            || e.agent.as_deref() == Some(a_info.wallet.as_str()))
+    );
+    assert_code(
+        a.audit(&AuditQuery {
+            agent: Some(m_info.wallet.clone()),
+            ..Default::default()
+        })
+        .await,
+        ErrorCode::Denied,
+    );
+    let v = m.verify_audit().await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert!(v.checked >= u64::try_from(all.events.len()).unwrap());
+    assert!(v.head_hash.is_some());
+    assert_code(a.verify_audit().await, ErrorCode::Denied);
+}
+
+#[tokio::test]
+async fn the_read_rate_limit_answers_rate_limited() {
+    let cfg = agentkeys_server::Config {
+        read_rate: 1.0,
+        read_burst: 2.0,
+        ..Default::default()
+    };
+    let ts = TestServer::with_config(cfg).await;
+    let (m, _, _) = ts.master("m").await;
+    m.store_credential(None, &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    m.read_credential(None, &svc("openai")).await.unwrap();
+    m.read_credential(None, &svc("openai")).await.unwrap();
+    let e = assert_code(
+        m.read_credential(None, &svc("openai")).await,
+        ErrorCode::RateLimited,
+    );
+    assert!(matches!(
+        e,
+        agentkeys_core::ClientError::Api { status: 429, .. }
+    ));
+    // Another session has its own bucket.
+    let (m2, _, _) = ts.master("m").await;
+    m2.read_credential(None, &svc("openai")).await.unwrap();
+}
+
+#[tokio::test]
+async fn policy_is_set_by_masters_only() {
+    let ts = TestServer::start().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, Scope::all()).await;
+    m.store_credential(None, &svc("stripe"), b"v", None)
+        .await
+        .unwrap();
+    let p = m
+        .set_policy(&m_info.wallet, &svc("stripe"), Policy { high_value: true })
+        .await
+        .unwrap();
+    assert!(p.policy.high_value);
+    // Storing a new value without a policy keeps the high-value flag.
+    let kept = m
+        .store_credential(None, &svc("stripe"), b"v2", None)
+        .await
+        .unwrap();
+    assert!(kept.policy.high_value);
+    assert_code(
+        m.set_policy(&m_info.wallet, &svc("missing"), Policy::default())
+            .await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        a.set_policy(&a_info.wallet, &svc("stripe"), Policy::default())
+            .await,
+        ErrorCode::Denied,
+    );
+}

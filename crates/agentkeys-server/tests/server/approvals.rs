@@ -1,0 +1,402 @@
+//! Pair, recover and high-value requests: single use, expiry, signatures, OTPs.
+
+use agentkeys_core::client::{Backend as _, open_decision};
+use agentkeys_core::crypto::hpke::HpkeKeyPair;
+use agentkeys_core::crypto::pairing;
+use agentkeys_types::api::{
+    ApproveRequest, AuthKind, AuthStatus, LinkIdentityRequest, OpenAuthRequest, Policy,
+    auth_request_canonical_bytes,
+};
+use agentkeys_types::{ErrorCode, Scope};
+use base64::Engine as _;
+
+use super::common::*;
+
+fn pair_request(key: &HpkeKeyPair) -> OpenAuthRequest {
+    OpenAuthRequest {
+        kind: AuthKind::Pair,
+        requester_public_key: Some(b64(&key.public_key())),
+        identity: None,
+        agent: None,
+        service: None,
+        description: Some("laptop".into()),
+    }
+}
+
+#[tokio::test]
+async fn the_pair_otp_is_what_the_requester_computes_itself() {
+    let ts = TestServer::start().await;
+    let key = HpkeKeyPair::generate();
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&key))
+        .await
+        .unwrap();
+    let nonce = base64::engine::general_purpose::STANDARD
+        .decode(&t.nonce)
+        .unwrap();
+    let own = pairing::otp(
+        &nonce,
+        &auth_request_canonical_bytes(AuthKind::Pair, &key.public_key(), ""),
+    );
+    assert_eq!(own, t.otp);
+    assert_eq!(t.otp.len(), 6);
+    assert_eq!(
+        pairing::normalize_pair_code(&t.pair_code).as_deref(),
+        Some(t.pair_code.as_str())
+    );
+    let (m, _, _) = ts.master("m").await;
+    let view = m
+        .auth_request_by_code(&t.pair_code.to_lowercase().replace('-', ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        (view.otp, view.kind, view.status),
+        (t.otp, AuthKind::Pair, AuthStatus::Pending)
+    );
+    assert_eq!(view.description.as_deref(), Some("laptop"));
+}
+
+#[tokio::test]
+async fn a_pair_decision_is_sealed_to_the_requester_and_signed() {
+    let ts = TestServer::start().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let key = HpkeKeyPair::generate();
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&key))
+        .await
+        .unwrap();
+    // A long-poll started before the approval wakes up with it.
+    let poller = {
+        let anon = ts.anon();
+        let id = t.id.clone();
+        tokio::spawn(async move { anon.decision(&id, 30).await })
+    };
+    let decided = m
+        .approve(
+            &t.id,
+            &ApproveRequest {
+                scope: Some(scope(&["openai"], true)),
+            },
+        )
+        .await
+        .unwrap();
+    let d = poller.await.unwrap().unwrap();
+    assert_eq!(d.status, AuthStatus::Approved);
+    let grant = open_decision(&d, &key, &ts.signing_key()).unwrap();
+    assert_eq!(Some(grant.session.wallet.clone()), decided.agent);
+    assert_eq!(grant.session.parent.as_ref(), Some(&m_info.wallet));
+    assert_eq!(grant.session.scope, scope(&["openai"], true));
+    // Another key cannot open it; another server key does not verify it.
+    assert!(open_decision(&d, &HpkeKeyPair::generate(), &ts.signing_key()).is_err());
+    let other = TestServer::start().await;
+    assert!(matches!(
+        open_decision(&d, &key, &other.signing_key()),
+        Err(agentkeys_core::ClientError::BadSignature)
+    ));
+    // A tampered sealed session fails the signature check.
+    let mut bad = d.clone();
+    let mut raw = base64::engine::general_purpose::STANDARD
+        .decode(bad.sealed_session.unwrap())
+        .unwrap();
+    raw[40] ^= 1;
+    bad.sealed_session = Some(b64(&raw));
+    assert!(matches!(
+        open_decision(&bad, &key, &ts.signing_key()),
+        Err(agentkeys_core::ClientError::BadSignature)
+    ));
+}
+
+#[tokio::test]
+async fn a_second_approval_of_the_same_request_is_already_consumed() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
+        .await
+        .unwrap();
+    m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    assert_code(
+        m.approve(&t.id, &ApproveRequest::default()).await,
+        ErrorCode::AlreadyConsumed,
+    );
+    assert_code(m.deny(&t.id).await, ErrorCode::AlreadyConsumed);
+    assert_eq!(
+        m.agents().await.unwrap().agents.len(),
+        1,
+        "the second approval must not mint a second agent"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_after_expiry_is_expired() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
+        .await
+        .unwrap();
+    ts.state.clock.advance(61);
+    assert_code(
+        m.approve(&t.id, &ApproveRequest::default()).await,
+        ErrorCode::Expired,
+    );
+    assert_eq!(
+        ts.anon().decision(&t.id, 0).await.unwrap().status,
+        AuthStatus::Expired
+    );
+    assert!(m.agents().await.unwrap().agents.is_empty());
+}
+
+#[tokio::test]
+async fn a_pair_code_that_does_not_exist_is_not_found() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    assert_code(
+        m.auth_request_by_code("ABCD-EFGH").await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        m.auth_request_by_code("not a code!").await,
+        ErrorCode::BadRequest,
+    );
+    assert_code(
+        m.approve("req_missing", &ApproveRequest::default()).await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        ts.anon().decision("req_missing", 0).await,
+        ErrorCode::NotFound,
+    );
+}
+
+#[tokio::test]
+async fn a_denied_pair_request_carries_a_signed_denial_and_no_session() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
+        .await
+        .unwrap();
+    assert_eq!(m.deny(&t.id).await.unwrap().status, AuthStatus::Denied);
+    let d = ts.anon().decision(&t.id, 0).await.unwrap();
+    assert_eq!(d.status, AuthStatus::Denied);
+    assert!(d.sealed_session.is_none());
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(d.signature.unwrap())
+        .unwrap();
+    let msg = agentkeys_types::api::decision_signing_bytes(&t.id, AuthStatus::Denied, &[]);
+    agentkeys_core::crypto::sign::verify(&ts.signing_key(), &msg, &sig).unwrap();
+}
+
+#[tokio::test]
+async fn pair_requests_need_a_key_and_agents_cannot_approve() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, Scope::all()).await;
+    let mut req = pair_request(&HpkeKeyPair::generate());
+    req.requester_public_key = None;
+    assert_code(
+        ts.anon().open_auth_request(&req).await,
+        ErrorCode::BadRequest,
+    );
+    req.requester_public_key = Some(b64(b"short"));
+    assert_code(
+        ts.anon().open_auth_request(&req).await,
+        ErrorCode::BadRequest,
+    );
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
+        .await
+        .unwrap();
+    assert_code(
+        a.approve(
+            &t.id,
+            &ApproveRequest {
+                scope: Some(Scope::all()),
+            },
+        )
+        .await,
+        ErrorCode::Denied,
+    );
+    assert_code(
+        a.auth_request_by_code(&t.pair_code).await,
+        ErrorCode::Denied,
+    );
+}
+
+#[tokio::test]
+async fn recover_mints_a_new_session_for_an_existing_agent() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (m2, _, _) = ts.master("m2").await;
+    let (_, a_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    m.store_credential(
+        Some(&a_info.wallet),
+        &svc("openai"),
+        b"recovered-value",
+        None,
+    )
+    .await
+    .unwrap();
+    m.link_identity(&LinkIdentityRequest {
+        wallet: a_info.wallet.clone(),
+        alias: Some("builder".into()),
+        email: None,
+    })
+    .await
+    .unwrap();
+    let key = HpkeKeyPair::generate();
+    let req = OpenAuthRequest {
+        kind: AuthKind::Recover,
+        requester_public_key: Some(b64(&key.public_key())),
+        identity: Some("builder".into()),
+        agent: None,
+        service: None,
+        description: None,
+    };
+    let t = ts.anon().open_auth_request(&req).await.unwrap();
+    // Another master cannot see or approve it.
+    assert_code(
+        m2.auth_request_by_code(&t.pair_code).await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        m2.approve(&t.id, &ApproveRequest::default()).await,
+        ErrorCode::NotFound,
+    );
+    let view = m.auth_request_by_code(&t.pair_code).await.unwrap();
+    assert_eq!(view.agent.as_ref(), Some(&a_info.wallet));
+    m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    let grant = open_decision(
+        &ts.anon().decision(&t.id, 5).await.unwrap(),
+        &key,
+        &ts.signing_key(),
+    )
+    .unwrap();
+    assert_eq!(grant.session.wallet, a_info.wallet);
+    let a2 = agentkeys_core::HttpBackend::new(&ts.url)
+        .unwrap()
+        .with_token(&grant.token)
+        .unwrap();
+    assert_eq!(
+        a2.read_credential(None, &svc("openai"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"recovered-value"
+    );
+    let mut unknown = req.clone();
+    unknown.identity = Some("nobody".into());
+    assert_code(
+        ts.anon().open_auth_request(&unknown).await,
+        ErrorCode::NotFound,
+    );
+}
+
+#[tokio::test]
+async fn a_high_value_credential_needs_one_approval_per_release() {
+    let ts = TestServer::start().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    m.store_credential(
+        None,
+        &svc("stripe"),
+        b"sk-high",
+        Some(Policy { high_value: true }),
+    )
+    .await
+    .unwrap();
+    let e = assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let ticket = e.auth_request().unwrap().clone();
+    assert!(
+        e.hint()
+            .unwrap()
+            .contains(&format!("agentkeys approve {}", ticket.pair_code))
+    );
+    // Asking again while pending returns the same request, not a new one.
+    let again = assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    assert_eq!(again.auth_request().unwrap().id, ticket.id);
+    // The agent cannot approve its own release.
+    assert_code(
+        a.approve(&ticket.id, &ApproveRequest::default()).await,
+        ErrorCode::Denied,
+    );
+    let view = m.auth_request_by_code(&ticket.pair_code).await.unwrap();
+    assert_eq!(
+        (view.kind, view.requested_by.as_ref()),
+        (AuthKind::HighValue, Some(&a_info.wallet))
+    );
+    assert_eq!(view.agent.as_ref(), Some(&m_info.wallet));
+    m.approve(&ticket.id, &ApproveRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.read_credential(None, &svc("stripe"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"sk-high"
+    );
+    // The grant was single-use.
+    assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+}
+
+#[tokio::test]
+async fn a_high_value_grant_expires_unused() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    m.store_credential(
+        None,
+        &svc("stripe"),
+        b"v",
+        Some(Policy { high_value: true }),
+    )
+    .await
+    .unwrap();
+    let t = m
+        .open_auth_request(&OpenAuthRequest {
+            kind: AuthKind::HighValue,
+            requester_public_key: None,
+            identity: None,
+            agent: None,
+            service: Some(svc("stripe")),
+            description: None,
+        })
+        .await
+        .unwrap();
+    m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    ts.state.clock.advance(301);
+    assert_code(
+        m.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    // Opening a high-value request needs a session.
+    let anon_client = ts.anon();
+    let req = OpenAuthRequest {
+        kind: AuthKind::HighValue,
+        requester_public_key: None,
+        identity: None,
+        agent: None,
+        service: Some(svc("stripe")),
+        description: None,
+    };
+    assert_code(
+        anon_client.open_auth_request(&req).await,
+        ErrorCode::Unauthorized,
+    );
+}

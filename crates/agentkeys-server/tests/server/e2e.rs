@@ -1,0 +1,272 @@
+//! End-to-end: the real `agentkeys-server` binary, killed with SIGKILL mid-write and
+//! scanned for plaintext.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentkeys_core::HttpBackend;
+use agentkeys_core::client::Backend as _;
+use agentkeys_secmem::SecretString;
+
+use super::common::{canary, svc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentkeys-server");
+
+/// A running server process; its stderr is captured whole for later scanning.
+struct Proc {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts the binary and waits for its ready line (no sleeps: the line is printed after bind).
+    fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--read-rate",
+            "0",
+        ])
+        .env_remove("AGENTKEYS_SERVER_KEYS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not report readiness; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        Proc {
+            child,
+            url: format!("http://{addr}"),
+            log,
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_stores_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Proc::start(dir.path(), &[]);
+    let grant = HttpBackend::new(&server.url)
+        .unwrap()
+        .create_session(SecretString::from_str_copy("e2e"))
+        .await
+        .unwrap();
+    let client = Arc::new(
+        HttpBackend::new(&server.url)
+            .unwrap()
+            .with_token(&grant.token)
+            .unwrap(),
+    );
+    let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, acked) = (client.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let service = format!("w{w}-s{}", i % 50);
+                let value = format!("value-{w}-{i}");
+                match client
+                    .store_credential(None, &svc(&service), value.as_bytes(), None)
+                    .await
+                {
+                    Ok(_) => acked.lock().unwrap().push((service, value)),
+                    Err(_) => break, // the server died under us: unacknowledged, allowed to be lost
+                }
+            }
+        }));
+    }
+    // Let the writers get well under way, then pull the plug.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < 300 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 300,
+        "only {} stores were acknowledged before the kill",
+        acked.len()
+    );
+    // The last acknowledged value of each service must read back after a restart.
+    let mut latest = std::collections::BTreeMap::new();
+    for (s, v) in acked {
+        latest.insert(s, v);
+    }
+    let server = Proc::start(dir.path(), &[]);
+    let client = HttpBackend::new(&server.url)
+        .unwrap()
+        .with_token(&grant.token)
+        .unwrap();
+    for (service, value) in &latest {
+        let page = client.read_credential(None, &svc(service)).await.unwrap();
+        // A later, unacknowledged write may have landed too; it must be one of ours.
+        let got = std::str::from_utf8(page.expose_secret()).unwrap();
+        let (w_got, i_got) = parse(got);
+        let (w_ack, i_ack) = parse(value);
+        assert_eq!(w_got, w_ack, "{service}");
+        assert!(
+            i_got >= i_ack,
+            "{service}: acknowledged {value} but read back {got}"
+        );
+    }
+    assert!(client.verify_audit().await.unwrap().ok);
+}
+
+fn parse(v: &str) -> (u32, u32) {
+    let mut it = v
+        .trim_start_matches("value-")
+        .split('-')
+        .map(|n| n.parse::<u32>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Proc::start(dir.path(), &[("RUST_LOG", "debug")]);
+    let grant = HttpBackend::new(&server.url)
+        .unwrap()
+        .create_session(SecretString::from_str_copy("e2e"))
+        .await
+        .unwrap();
+    let client = HttpBackend::new(&server.url)
+        .unwrap()
+        .with_token(&grant.token)
+        .unwrap();
+    let secret = canary();
+    client
+        .store_credential(None, &svc("openai"), secret.as_bytes(), None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .read_credential(None, &svc("openai"))
+                .await
+                .unwrap()
+                .expose_secret(),
+            secret.as_bytes()
+        );
+    }
+    server.kill9();
+    let token = grant.token.expose_secret().as_bytes().to_vec();
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        assert_eq!(
+            count(&bytes, secret.as_bytes()),
+            0,
+            "canary found in {}",
+            path.display()
+        );
+        assert_eq!(
+            count(&bytes, &token),
+            0,
+            "session token found in {}",
+            path.display()
+        );
+    }
+    assert!(scanned > 4096, "the data dir was not written");
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("credentials/read"),
+        "debug log did not capture requests:\n{log}"
+    );
+    assert_eq!(
+        count(log.as_bytes(), secret.as_bytes()),
+        0,
+        "canary found in the log"
+    );
+    assert_eq!(count(log.as_bytes(), &token), 0, "token found in the log");
+}
+
+#[test]
+fn dev_mode_prints_the_export_line_to_paste() {
+    let mut child = Command::new(BIN)
+        .args(["--dev", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("export AGENTKEYS_SERVER=http://127.0.0.1:"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_flags_fail_before_any_io_with_a_hint() {
+    let out = Command::new(BIN)
+        .args(["--auth", "tokens"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: BAD_REQUEST: --auth tokens needs a FILE"),
+        "{err}"
+    );
+    assert!(err.contains("hint: "), "{err}");
+}
