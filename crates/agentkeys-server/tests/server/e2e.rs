@@ -25,6 +25,11 @@ struct Proc {
 impl Proc {
     /// Starts the binary and waits for its ready line (no sleeps: the line is printed after bind).
     fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        Self::start_with(data_dir, extra_env, &[])
+    }
+
+    /// [`Proc::start`] with extra flags.
+    fn start_with(data_dir: &Path, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Proc {
         let mut cmd = Command::new(BIN);
         cmd.args([
             "--data-dir",
@@ -34,6 +39,7 @@ impl Proc {
             "--read-rate",
             "0",
         ])
+        .args(extra_args)
         .env_remove("AGENTKEYS_SERVER_KEYS")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -269,4 +275,65 @@ fn bad_flags_fail_before_any_io_with_a_hint() {
         "{err}"
     );
     assert!(err.contains("hint: "), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_the_environment_when_set_and_no_key_file_is_written() {
+    use base64::Engine as _;
+    let a = tempfile::tempdir().unwrap();
+    let first = Proc::start(a.path(), &[]);
+    let info = HttpBackend::new(&first.url)
+        .unwrap()
+        .server_info()
+        .await
+        .unwrap();
+    let raw = std::fs::read(a.path().join("server.key")).unwrap();
+    let env = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let b = tempfile::tempdir().unwrap();
+    let second = Proc::start(b.path(), &[("AGENTKEYS_SERVER_KEYS", &env)]);
+    let info2 = HttpBackend::new(&second.url)
+        .unwrap()
+        .server_info()
+        .await
+        .unwrap();
+    assert_eq!(info.shielding_public_key, info2.shielding_public_key);
+    assert_eq!(info.signing_public_key, info2.signing_public_key);
+    assert!(!b.path().join("server.key").exists());
+    assert!(
+        second
+            .log
+            .lock()
+            .unwrap()
+            .contains("keys=AGENTKEYS_SERVER_KEYS")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_file_admits_only_its_tokens_plain_or_hashed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("enrol.txt");
+    let hashed = agentkeys_server::audit::hex(&agentkeys_core::crypto::sha256(b"hashed-token"));
+    std::fs::write(
+        &tokens,
+        format!("# enrolment tokens\nplain-token\n\nsha256:{hashed}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = dir.path().join("data");
+    let server = Proc::start_with(&data, &[], &["--auth", "tokens", tokens.to_str().unwrap()]);
+    let anon = HttpBackend::new(&server.url).unwrap();
+    anon.create_session(SecretString::from_str_copy("plain-token"))
+        .await
+        .unwrap();
+    anon.create_session(SecretString::from_str_copy("hashed-token"))
+        .await
+        .unwrap();
+    let refused = anon
+        .create_session(SecretString::from_str_copy("other-token"))
+        .await;
+    assert_eq!(
+        refused.err().map(|e| e.code()),
+        Some(agentkeys_types::ErrorCode::Unauthorized)
+    );
 }
