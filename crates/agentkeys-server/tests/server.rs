@@ -10,4 +10,5 @@ mod server {
     mod bad_input;
     pub mod common;
     mod e2e;
+    mod store;
 }

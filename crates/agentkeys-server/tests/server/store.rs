@@ -1,0 +1,361 @@
+//! The storage suite, written once against the `Store` trait and instantiated per engine
+//! (STYLE habit 12). PostgreSQL joins with one more `engine!` line when it is wired in.
+
+use std::sync::Arc;
+
+use agentkeys_server::store::{
+    Account, Approval, AuthRequestRecord, DecideOutcome, NewAuditEvent, NewSession, Store,
+    StoreError, StoredCredential,
+};
+use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
+use agentkeys_types::{Scope, Wallet};
+
+use super::common::{random_wallet, svc};
+
+const NOW: i64 = 1_800_000_000;
+
+async fn master<S: Store>(s: &S) -> Account {
+    let hash = agentkeys_core::crypto::random_array::<32>();
+    s.ensure_master(&hash, &random_wallet(), NOW).await.unwrap()
+}
+
+fn session(wallet: &Wallet, is_master: bool) -> NewSession {
+    NewSession {
+        id: format!(
+            "ses_{}",
+            agentkeys_server::audit::hex(&agentkeys_core::crypto::random_array::<8>())
+        ),
+        token_hash: agentkeys_core::crypto::random_array::<32>(),
+        wallet: wallet.clone(),
+        is_master,
+        created_at: NOW,
+        expires_at: NOW + 100,
+    }
+}
+
+fn request(kind: AuthKind, code: &str) -> AuthRequestRecord {
+    AuthRequestRecord {
+        id: format!("req_{code}"),
+        kind,
+        pair_code: code.to_owned(),
+        nonce: vec![1; 16],
+        otp: "123456".into(),
+        requester_key: Some(vec![9; 32]),
+        agent: None,
+        service: None,
+        requested_by: None,
+        requested_session: None,
+        description: None,
+        status: AuthStatus::Pending,
+        created_at: NOW,
+        expires_at: NOW + 60,
+        decided_by: None,
+        grant_expires_at: None,
+        sealed_session: None,
+        signature: None,
+    }
+}
+
+fn pair_approval(parent: &Wallet) -> Approval {
+    let agent = Account {
+        wallet: random_wallet(),
+        is_master: false,
+        parent: Some(parent.clone()),
+        scope: Scope::none(),
+        created_at: NOW,
+    };
+    let session = session(&agent.wallet, false);
+    Approval::Pair {
+        agent,
+        session,
+        sealed_session: vec![1, 2, 3],
+        signature: vec![4; 64],
+    }
+}
+
+fn event(n: u32) -> NewAuditEvent {
+    NewAuditEvent {
+        ts: NOW,
+        actor: "a".into(),
+        agent: None,
+        service: None,
+        action: format!("act{n}"),
+        outcome: "ok".into(),
+        detail: None,
+    }
+}
+
+async fn concurrent_approvals_decide_exactly_once<S: Store>(s: S) {
+    let s = Arc::new(s);
+    let m = master(&*s).await;
+    s.insert_auth_request(&request(AuthKind::Pair, "AAAA-AAAA"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, w) = (s.clone(), m.wallet.clone());
+        tasks.push(tokio::spawn(async move {
+            s.approve("req_AAAA-AAAA", &w, NOW + 1, &pair_approval(&w))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == DecideOutcome::Decided)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, DecideOutcome::Decided | DecideOutcome::AlreadyDecided))
+    );
+    assert_eq!(s.list_agents(&m.wallet, NOW).await.unwrap().len(), 1);
+}
+
+async fn decisions_respect_expiry_and_existence<S: Store>(s: S) {
+    let m = master(&s).await;
+    s.insert_auth_request(&request(AuthKind::Pair, "BBBB-BBBB"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.deny("req_BBBB-BBBB", &m.wallet, NOW + 60, &[0; 64])
+            .await
+            .unwrap(),
+        DecideOutcome::Expired
+    );
+    assert_eq!(
+        s.deny("req_nope", &m.wallet, NOW, &[0; 64]).await.unwrap(),
+        DecideOutcome::NotFound
+    );
+    let r = s.auth_request("req_BBBB-BBBB").await.unwrap().unwrap();
+    assert_eq!(r.status_at(NOW + 60), AuthStatus::Expired);
+    assert!(matches!(
+        s.insert_auth_request(&AuthRequestRecord {
+            id: "req_other".into(),
+            ..request(AuthKind::Pair, "BBBB-BBBB")
+        })
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn a_grant_is_spent_once_under_concurrency<S: Store>(s: S) {
+    let s = Arc::new(s);
+    let m = master(&*s).await;
+    let mut r = request(AuthKind::HighValue, "CCCC-CCCC");
+    r.agent = Some(m.wallet.clone());
+    r.service = Some(svc("stripe"));
+    r.requested_session = Some("ses_x".into());
+    s.insert_auth_request(&r).await.unwrap();
+    let approval = Approval::HighValue {
+        grant_expires_at: NOW + 300,
+        signature: vec![0; 64],
+    };
+    assert_eq!(
+        s.approve(&r.id, &m.wallet, NOW, &approval).await.unwrap(),
+        DecideOutcome::Decided
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, w) = (s.clone(), m.wallet.clone());
+        tasks.push(tokio::spawn(async move {
+            s.consume_grant("ses_x", &w, &svc("stripe"), NOW + 1)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut spent = 0;
+    for t in tasks {
+        spent += usize::from(t.await.unwrap());
+    }
+    assert_eq!(spent, 1);
+    assert!(
+        !s.consume_grant("ses_x", &m.wallet, &svc("stripe"), NOW + 2)
+            .await
+            .unwrap()
+    );
+}
+
+async fn an_expired_grant_is_not_spent<S: Store>(s: S) {
+    let m = master(&s).await;
+    let mut r = request(AuthKind::HighValue, "DDDD-DDDD");
+    r.agent = Some(m.wallet.clone());
+    r.service = Some(svc("stripe"));
+    r.requested_session = Some("ses_y".into());
+    s.insert_auth_request(&r).await.unwrap();
+    let approval = Approval::HighValue {
+        grant_expires_at: NOW + 300,
+        signature: vec![0; 64],
+    };
+    s.approve(&r.id, &m.wallet, NOW, &approval).await.unwrap();
+    assert!(
+        !s.consume_grant("ses_y", &m.wallet, &svc("stripe"), NOW + 300)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.consume_grant("ses_other", &m.wallet, &svc("stripe"), NOW + 1)
+            .await
+            .unwrap()
+    );
+}
+
+async fn credentials_upsert_and_keep_policy_on_request<S: Store>(s: S) {
+    let m = master(&s).await;
+    let mut c = StoredCredential {
+        owner: m.wallet.clone(),
+        service: svc("openai"),
+        wrapped_dek: vec![1],
+        ciphertext: vec![2],
+        policy: Policy { high_value: true },
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    assert!(s.put_credential(&c, false).await.unwrap());
+    c.ciphertext = vec![3];
+    c.policy = Policy::default();
+    c.updated_at = NOW + 5;
+    assert!(!s.put_credential(&c, true).await.unwrap());
+    let got = s
+        .credential(&m.wallet, &svc("openai"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            got.ciphertext,
+            got.policy.high_value,
+            got.created_at,
+            got.updated_at
+        ),
+        (vec![3], true, NOW, NOW + 5)
+    );
+    s.put_credential(&c, false).await.unwrap();
+    assert!(
+        !s.credential(&m.wallet, &svc("openai"))
+            .await
+            .unwrap()
+            .unwrap()
+            .policy
+            .high_value
+    );
+    let listed = s.list_credentials(&m.wallet).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].ciphertext.is_empty(),
+        "listing must not carry values"
+    );
+}
+
+async fn sessions_revoke_and_teardown_only_what_they_own<S: Store>(s: S) {
+    let m = master(&s).await;
+    let other = master(&s).await;
+    let pa = pair_approval(&m.wallet);
+    let Approval::Pair { agent, .. } = &pa else {
+        unreachable!()
+    };
+    let agent = agent.clone();
+    s.insert_auth_request(&request(AuthKind::Pair, "EEEE-EEEE"))
+        .await
+        .unwrap();
+    s.approve("req_EEEE-EEEE", &m.wallet, NOW, &pa)
+        .await
+        .unwrap();
+    let extra = session(&agent.wallet, false);
+    s.insert_session(&extra).await.unwrap();
+    assert_eq!(s.revoke_session(&extra.id, NOW).await.unwrap(), 1);
+    assert_eq!(
+        s.revoke_session(&extra.id, NOW).await.unwrap(),
+        0,
+        "already revoked"
+    );
+    assert!(
+        s.teardown_agent(&other.wallet, &agent.wallet, NOW)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !s.set_agent_scope(&other.wallet, &agent.wallet, &Scope::all())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.teardown_agent(&m.wallet, &agent.wallet, NOW)
+            .await
+            .unwrap(),
+        Some((1, 0))
+    );
+    assert!(s.account(&agent.wallet).await.unwrap().is_none());
+    assert_eq!(s.revoke_wallet(&agent.wallet, NOW).await.unwrap(), 0);
+}
+
+async fn identities_conflict_across_wallets<S: Store>(s: S) {
+    let a = master(&s).await;
+    let b = master(&s).await;
+    s.link_identity("alias", "x", &a.wallet, NOW).await.unwrap();
+    s.link_identity("alias", "x", &a.wallet, NOW).await.unwrap();
+    assert!(matches!(
+        s.link_identity("alias", "x", &b.wallet, NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.resolve_identity("alias", "x").await.unwrap(),
+        Some(a.wallet)
+    );
+    assert_eq!(s.resolve_identity("email", "x").await.unwrap(), None);
+}
+
+async fn audit_appends_chain_across_batches<S: Store>(s: S) {
+    let first = s.append_audit(&[event(1), event(2)]).await.unwrap();
+    let second = s.append_audit(&[event(3)]).await.unwrap();
+    assert_eq!((first, second), (vec![1, 2], vec![3]));
+    let rows = s.audit_page(0, 10).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].prev_hash, vec![0; 32]);
+    assert_eq!(rows[1].prev_hash, rows[0].hash);
+    assert_eq!(rows[2].prev_hash, rows[1].hash);
+    assert_eq!(s.audit_page(1, 1).await.unwrap()[0].seq, 2);
+    assert!(agentkeys_server::audit::verify(&s).await.unwrap().ok);
+}
+
+/// Instantiates every suite function for one engine.
+macro_rules! engine {
+    ($name:ident, $open:expr) => {
+        engine!($name, $open, [
+            concurrent_approvals_decide_exactly_once,
+            decisions_respect_expiry_and_existence,
+            a_grant_is_spent_once_under_concurrency,
+            an_expired_grant_is_not_spent,
+            credentials_upsert_and_keep_policy_on_request,
+            sessions_revoke_and_teardown_only_what_they_own,
+            identities_conflict_across_wallets,
+            audit_appends_chain_across_batches,
+        ]);
+    };
+    ($name:ident, $open:expr, [$($case:ident),* $(,)?]) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let open = $open;
+                    super::$case(open(dir.path()).await).await;
+                }
+            )*
+        }
+    };
+}
+
+engine!(sqlite, |dir: &std::path::Path| {
+    let path = dir.join("agentkeys.db");
+    async move { agentkeys_server::SqliteStore::open(&path).await.unwrap() }
+});
