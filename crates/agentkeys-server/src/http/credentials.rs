@@ -55,6 +55,32 @@ async fn refuse<S: Store>(
     }
 }
 
+/// Who may store what: the owner must be the caller or one of its agents, the session
+/// writable, the service in an agent's scope, and only masters set policies.
+async fn authorize_store<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    req: &StoreCredentialRequest,
+) -> ApiResult<Wallet> {
+    let owner = credential_owner(state, caller, req.agent.as_ref()).await?;
+    let service = &req.service;
+    if caller.scope().read_only {
+        return Err(ApiError::denied("this session is read-only")
+            .hint("ask your operator to store the credential"));
+    }
+    if !caller.is_master() && !caller.scope().allows(service) {
+        return Err(ApiError::denied(format!(
+            "{service} is not in this session's scope"
+        )));
+    }
+    if !caller.is_master() && req.policy.is_some() {
+        return Err(ApiError::denied(
+            "only a master may set a credential's policy",
+        ));
+    }
+    Ok(owner)
+}
+
 /// `POST /v1/credentials`.
 pub(super) async fn store<S: Store>(
     State(state): State<Arc<AppState<S>>>,
@@ -62,57 +88,13 @@ pub(super) async fn store<S: Store>(
     ApiJson(req): ApiJson<StoreCredentialRequest>,
 ) -> ApiResult<(StatusCode, Json<CredentialInfo>)> {
     let service = &req.service;
-    let owner = match credential_owner(&state, &caller, req.agent.as_ref()).await {
+    let owner = match authorize_store(&state, &caller, &req).await {
         Ok(o) => o,
         Err(e) => {
-            return Err(refuse(
-                &state,
-                &caller,
-                "credential.store",
-                req.agent.as_ref(),
-                service,
-                e,
-            )
-            .await);
+            let named = req.agent.as_ref().unwrap_or(caller.wallet());
+            return Err(refuse(&state, &caller, "credential.store", Some(named), service, e).await);
         }
     };
-    if caller.scope().read_only {
-        let e = ApiError::denied("this session is read-only")
-            .hint("ask your operator to store the credential");
-        return Err(refuse(
-            &state,
-            &caller,
-            "credential.store",
-            Some(&owner),
-            service,
-            e,
-        )
-        .await);
-    }
-    if !caller.is_master() && !caller.scope().allows(service) {
-        let e = ApiError::denied(format!("{service} is not in this session's scope"));
-        return Err(refuse(
-            &state,
-            &caller,
-            "credential.store",
-            Some(&owner),
-            service,
-            e,
-        )
-        .await);
-    }
-    if !caller.is_master() && req.policy.is_some() {
-        let e = ApiError::denied("only a master may set a credential's policy");
-        return Err(refuse(
-            &state,
-            &caller,
-            "credential.store",
-            Some(&owner),
-            service,
-            e,
-        )
-        .await);
-    }
     if req.sealed_value.len() > MAX_SEALED * 4 / 3 + 4 {
         return Err(ApiError::bad_request(
             "sealed_value is too large (limit 32 KiB of credential)",
@@ -193,6 +175,40 @@ pub(super) async fn list<S: Store>(
     }))
 }
 
+/// Who may read what: within the session's rate, the owner the caller or one of its
+/// agents, the service in an agent's scope.
+async fn authorize_read<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    req: &ReadCredentialRequest,
+) -> ApiResult<Wallet> {
+    let cfg = &state.config;
+    if !state
+        .limiter
+        .allow(&caller.session.id, cfg.read_rate, cfg.read_burst)
+    {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many credential reads for this session",
+        )
+        .hint(format!(
+            "the limit is {} reads per second; retry shortly",
+            cfg.read_rate
+        )));
+    }
+    let owner = credential_owner(state, caller, req.agent.as_ref()).await?;
+    let service = &req.service;
+    if !caller.is_master() && !caller.scope().allows(service) {
+        return Err(
+            ApiError::denied(format!("{service} is not in this agent's scope")).hint(format!(
+                "ask your operator to run 'agentkeys scope {} --add {service}'",
+                caller.wallet()
+            )),
+        );
+    }
+    Ok(owner)
+}
+
 /// `POST /v1/credentials/read`: one indexed lookup, one key unwrap, one HPKE seal, one
 /// audit append.
 pub(super) async fn read<S: Store>(
@@ -201,42 +217,13 @@ pub(super) async fn read<S: Store>(
     ApiJson(req): ApiJson<ReadCredentialRequest>,
 ) -> ApiResult<Json<ReadCredentialResponse>> {
     let service = &req.service;
-    let cfg = &state.config;
-    if !state
-        .limiter
-        .allow(&caller.session.id, cfg.read_rate, cfg.read_burst)
-    {
-        let e = ApiError::new(
-            ErrorCode::RateLimited,
-            "too many credential reads for this session",
-        )
-        .hint(format!(
-            "the limit is {} reads per second; retry shortly",
-            cfg.read_rate
-        ));
-        return Err(refuse(&state, &caller, "credential.read", None, service, e).await);
-    }
-    let owner = match credential_owner(&state, &caller, req.agent.as_ref()).await {
+    let owner = match authorize_read(&state, &caller, &req).await {
         Ok(o) => o,
         Err(e) => {
-            return Err(refuse(
-                &state,
-                &caller,
-                "credential.read",
-                req.agent.as_ref(),
-                service,
-                e,
-            )
-            .await);
+            let named = req.agent.as_ref().unwrap_or(caller.wallet());
+            return Err(refuse(&state, &caller, "credential.read", Some(named), service, e).await);
         }
     };
-    if !caller.is_master() && !caller.scope().allows(service) {
-        let e = ApiError::denied(format!("{service} is not in this agent's scope")).hint(format!(
-            "ask your operator to run 'agentkeys scope {} --add {service}'",
-            caller.wallet()
-        ));
-        return Err(refuse(&state, &caller, "credential.read", Some(&owner), service, e).await);
-    }
     let recipient = x25519_key("recipient_public_key", &req.recipient_public_key)?;
     let mut found = state.store.credential(&owner, service).await?;
     if found.is_none()

@@ -82,6 +82,20 @@ impl Proc {
         }
     }
 
+    /// A master session on this server and a client holding it.
+    async fn master(&self, enrol: &str) -> (HttpBackend, agentkeys_types::api::SessionGrant) {
+        let anon = HttpBackend::new(&self.url).unwrap();
+        let grant = anon
+            .create_session(SecretString::from_str_copy(enrol))
+            .await
+            .unwrap();
+        let client = HttpBackend::new(&self.url)
+            .unwrap()
+            .with_token(&grant.token)
+            .unwrap();
+        (client, grant)
+    }
+
     fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -184,15 +198,7 @@ fn parse(v: &str) -> (u32, u32) {
 async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Proc::start(dir.path(), &[("RUST_LOG", "debug")]);
-    let grant = HttpBackend::new(&server.url)
-        .unwrap()
-        .create_session(SecretString::from_str_copy("e2e"))
-        .await
-        .unwrap();
-    let client = HttpBackend::new(&server.url)
-        .unwrap()
-        .with_token(&grant.token)
-        .unwrap();
+    let (client, grant) = server.master("e2e").await;
     let secret = canary();
     client
         .store_credential(None, &svc("openai"), secret.as_bytes(), None)
@@ -371,15 +377,7 @@ fn scan_memory(pid: u32, needle: &[u8]) -> (usize, usize, usize) {
 async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
     let dir = tempfile::tempdir().unwrap();
     let server = Proc::start(dir.path(), &[]);
-    let grant = HttpBackend::new(&server.url)
-        .unwrap()
-        .create_session(SecretString::from_str_copy("mem"))
-        .await
-        .unwrap();
-    let client = HttpBackend::new(&server.url)
-        .unwrap()
-        .with_token(&grant.token)
-        .unwrap();
+    let (client, _grant) = server.master("mem").await;
     let secret = canary();
     client
         .store_credential(None, &svc("openai"), secret.as_bytes(), None)
