@@ -156,6 +156,7 @@ impl<S: Store> AppState<S> {
             signing_public_key: b64.encode(keys.signing.public_key()),
             hpke_suite: "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305".to_owned(),
         };
+        tokio::spawn(purge_loop(Arc::downgrade(&store)));
         Arc::new(AppState {
             audit: AuditLog::start(store.clone()),
             store,
@@ -166,6 +167,26 @@ impl<S: Store> AppState<S> {
             clock: Clock::default(),
             info,
         })
+    }
+}
+
+/// How long decided or expired auth requests are kept (for `by-code` lookups and audits of
+/// what was asked), and how often the purge runs.
+const AUTH_REQUEST_RETENTION: i64 = 86_400;
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Hourly, deletes auth requests that ended more than a day ago; stops with the store.
+async fn purge_loop<S: Store>(store: std::sync::Weak<S>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        let before = Clock::default().now() - AUTH_REQUEST_RETENTION;
+        match store.purge_auth_requests(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "old auth requests deleted"),
+            Err(e) => tracing::warn!(error = %e, "purging old auth requests failed"),
+        }
     }
 }
 

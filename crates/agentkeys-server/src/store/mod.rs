@@ -395,6 +395,13 @@ pub trait Store: Send + Sync + 'static {
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
+    /// Deletes auth requests whose deadline and grant both ended before `before`; returns
+    /// how many. Keeps the table bounded against anonymous pair-request floods.
+    fn purge_auth_requests(
+        &self,
+        before: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+
     /// Links an alias or e-mail to a wallet; `Conflict` if it names another wallet.
     fn link_identity(
         &self,

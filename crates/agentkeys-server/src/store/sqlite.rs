@@ -704,6 +704,17 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
+    async fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM auth_requests WHERE expires_at < $1 \
+             AND (grant_expires_at IS NULL OR grant_expires_at < $1)",
+        )
+        .bind(before)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
     async fn link_identity(
         &self,
         kind: &str,

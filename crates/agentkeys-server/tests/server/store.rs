@@ -298,6 +298,35 @@ async fn sessions_revoke_and_teardown_only_what_they_own<S: Store>(s: S) {
     assert_eq!(s.revoke_wallet(&agent.wallet, NOW).await.unwrap(), 0);
 }
 
+async fn old_auth_requests_are_purged_but_live_grants_kept<S: Store>(s: S) {
+    let m = master(&s).await;
+    s.insert_auth_request(&request(AuthKind::Pair, "FFFF-FFFF"))
+        .await
+        .unwrap();
+    let mut hv = request(AuthKind::HighValue, "GGGG-GGGG");
+    hv.agent = Some(m.wallet.clone());
+    hv.service = Some(svc("stripe"));
+    hv.requested_session = Some("ses_z".into());
+    s.insert_auth_request(&hv).await.unwrap();
+    let approval = Approval::HighValue {
+        grant_expires_at: NOW + 10_000,
+        signature: vec![0; 64],
+    };
+    s.approve(&hv.id, &m.wallet, NOW, &approval).await.unwrap();
+    assert_eq!(
+        s.purge_auth_requests(NOW + 61).await.unwrap(),
+        1,
+        "only the expired pair request"
+    );
+    assert!(s.auth_request("req_FFFF-FFFF").await.unwrap().is_none());
+    assert!(
+        s.consume_grant("ses_z", &m.wallet, &svc("stripe"), NOW + 100)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.purge_auth_requests(NOW + 10_001).await.unwrap(), 1);
+}
+
 async fn identities_conflict_across_wallets<S: Store>(s: S) {
     let a = master(&s).await;
     let b = master(&s).await;
@@ -338,6 +367,7 @@ macro_rules! engine {
             credentials_upsert_and_keep_policy_on_request,
             sessions_revoke_and_teardown_only_what_they_own,
             identities_conflict_across_wallets,
+            old_auth_requests_are_purged_but_live_grants_kept,
             audit_appends_chain_across_batches,
         ]);
     };
