@@ -198,6 +198,17 @@ pub(super) async fn open<S: Store>(
                     "{service} is not in this session's scope"
                 )));
             }
+            // The grant must name the owner the read will find, or it would never match.
+            let cred =
+                super::find_credential(&state, &caller, &owner, req.agent.is_some(), service)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no credential named {service}")))?;
+            if !cred.policy.high_value {
+                return Err(ApiError::bad_request(format!(
+                    "{service} is not high-value: read it without an approval"
+                )));
+            }
+            let owner = cred.owner;
             let now = state.clock.now();
             match state
                 .store

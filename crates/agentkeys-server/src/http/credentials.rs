@@ -19,7 +19,9 @@ use serde::Deserialize;
 use super::auth_requests::open_request;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
-use super::{EventExt as _, b64, b64e, credential_owner, event, record, x25519_key};
+use super::{
+    EventExt as _, b64, b64e, credential_owner, event, find_credential, record, x25519_key,
+};
 use crate::state::AppState;
 use crate::store::{Store, StoredCredential};
 
@@ -225,14 +227,7 @@ pub(super) async fn read<S: Store>(
         }
     };
     let recipient = x25519_key("recipient_public_key", &req.recipient_public_key)?;
-    let mut found = state.store.credential(&owner, service).await?;
-    if found.is_none()
-        && req.agent.is_none()
-        && let Some(parent) = &caller.session.account.parent
-    {
-        // An agent falls back to its master's credential of the same name.
-        found = state.store.credential(parent, service).await?;
-    }
+    let found = find_credential(&state, &caller, &owner, req.agent.is_some(), service).await?;
     let Some(cred) = found else {
         let e = ApiError::not_found(format!("no credential named {service}")).hint(
             "store it with 'agentkeys store' (for an agent: 'agentkeys store --agent WALLET')",

@@ -159,6 +159,25 @@ async fn credential_owner<S: Store>(
     }
 }
 
+/// The credential a call names: the owner's own; or, for an agent that named no owner,
+/// its master's credential of the same name (docs/architecture.md decision 2).
+async fn find_credential<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    owner: &Wallet,
+    named_owner: bool,
+    service: &ServiceName,
+) -> ApiResult<Option<crate::store::StoredCredential>> {
+    let found = state.store.credential(owner, service).await?;
+    if found.is_some() || named_owner {
+        return Ok(found);
+    }
+    match &caller.session.account.parent {
+        Some(parent) => Ok(state.store.credential(parent, service).await?),
+        None => Ok(None),
+    }
+}
+
 /// An audit event with the caller as actor.
 fn event(actor: &str, action: &str, outcome: &str) -> NewAuditEvent {
     NewAuditEvent {

@@ -400,3 +400,46 @@ async fn a_high_value_grant_expires_unused() {
         ErrorCode::Unauthorized,
     );
 }
+
+#[tokio::test]
+async fn an_agent_may_ask_ahead_for_its_masters_high_value_credential() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, scope(&["stripe", "openai", "missing"], true)).await;
+    m.store_credential(
+        None,
+        &svc("stripe"),
+        b"sk-ahead",
+        Some(Policy { high_value: true }),
+    )
+    .await
+    .unwrap();
+    m.store_credential(None, &svc("openai"), b"plain", None)
+        .await
+        .unwrap();
+    let ask = |service: &str| OpenAuthRequest {
+        kind: AuthKind::HighValue,
+        requester_public_key: None,
+        identity: None,
+        agent: None,
+        service: Some(svc(service)),
+        description: Some("nightly billing run".into()),
+    };
+    let t = a.open_auth_request(&ask("stripe")).await.unwrap();
+    m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    assert_eq!(
+        a.read_credential(None, &svc("stripe"))
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"sk-ahead"
+    );
+    assert_code(
+        a.open_auth_request(&ask("openai")).await,
+        ErrorCode::BadRequest,
+    );
+    assert_code(
+        a.open_auth_request(&ask("missing")).await,
+        ErrorCode::NotFound,
+    );
+}
