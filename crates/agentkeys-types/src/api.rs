@@ -143,8 +143,8 @@ pub struct SessionInfo {
 }
 
 /// A freshly minted session: the token and its metadata. No `Debug`: it holds the token.
+/// A response (and the sealed pairing payload), so it tolerates fields added later.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionGrant {
     /// The bearer token (`akm_…` or `aka_…`).
     #[serde(with = "secret_serde")]
@@ -725,6 +725,12 @@ mod tests {
         let back: SessionGrant = serde_json::from_str(&json).unwrap();
         assert_eq!(back.token.expose_secret(), "akm_canary-token");
         assert!(!format!("{:?}", back.token).contains("canary"));
+    }
+
+    #[test]
+    fn responses_tolerate_fields_a_newer_server_adds() {
+        let body = r#"{"error":{"code":"DENIED","message":"m","trace_id":"x"},"extra":1}"#;
+        assert!(serde_json::from_str::<crate::ErrorBody>(body).is_ok());
     }
 
     #[test]

@@ -82,9 +82,9 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// The body of every HTTP error response.
+/// The body of every HTTP error response. Responses accept unknown fields, so a newer
+/// server can add some without breaking older clients; only requests are strict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
@@ -92,7 +92,6 @@ pub struct ErrorBody {
 
 /// One error: a stable code, a human message and, where there is one, how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
     /// The stable code.
     pub code: ErrorCode,
