@@ -4,7 +4,8 @@
 # approval, audit, revocation), then stop the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet -p agentkeys-server -p agentkeys-core --example quickstart
+echo "building agentkeys-server and the quickstart (the first build takes a few minutes on 2 cores)..." >&2
+cargo build -p agentkeys-server -p agentkeys-core --example quickstart
 log=$(mktemp)
 ./target/debug/agentkeys-server --dev --listen 127.0.0.1:0 >"$log.out" 2>"$log" &
 server=$!
