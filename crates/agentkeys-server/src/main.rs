@@ -136,6 +136,9 @@ async fn run(plan: cli::Plan) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", plan.listen))?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(listen = %addr, "serving plain HTTP beyond loopback: bearer tokens would cross the network in clear; put a TLS terminator in front (docs/operations.md)");
+    }
     if matches!(config.auth, AuthMode::Dev) {
         tracing::warn!(
             "--auth dev: any non-empty enrolment token creates a master session; not for production"

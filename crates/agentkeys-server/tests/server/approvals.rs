@@ -405,7 +405,9 @@ async fn a_high_value_grant_expires_unused() {
 async fn an_agent_may_ask_ahead_for_its_masters_high_value_credential() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
-    let (a, _, _) = ts.agent(&m, scope(&["stripe", "openai", "missing"], true)).await;
+    let (a, _, _) = ts
+        .agent(&m, scope(&["stripe", "openai", "missing"], true))
+        .await;
     m.store_credential(
         None,
         &svc("stripe"),
