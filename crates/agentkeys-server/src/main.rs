@@ -5,7 +5,6 @@
 
 mod cli;
 
-use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,47 +67,6 @@ fn private_dir(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("chmod 700 {}", p.display()))
 }
 
-/// Reads enrolment tokens, keeping only their SHA-256.
-fn load_tokens(path: &Path) -> anyhow::Result<HashSet<[u8; 32]>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(file = %path.display(), "the enrolment token file is readable by group or others; chmod 600 it");
-    }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    );
-    let mut set = HashSet::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let hash = match line.strip_prefix("sha256:") {
-            Some(hex) => {
-                let bytes: Vec<u8> = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| {
-                        hex.get(i..i + 2)
-                            .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    })
-                    .collect::<Option<_>>()
-                    .context("a sha256: line must hold 64 hex digits")?;
-                bytes
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("a sha256: line must hold 64 hex digits"))?
-            }
-            None => agentkeys_core::crypto::sha256(line.as_bytes()),
-        };
-        set.insert(hash);
-    }
-    anyhow::ensure!(
-        !set.is_empty(),
-        "{} holds no enrolment token",
-        path.display()
-    );
-    Ok(set)
-}
-
 async fn run(plan: cli::Plan) -> anyhow::Result<()> {
     let _dev_dir;
     let data_dir = if plan.dev {
@@ -126,7 +84,7 @@ async fn run(plan: cli::Plan) -> anyhow::Result<()> {
     let mut config = plan.config;
     config.auth = match &plan.auth {
         cli::AuthPlan::Dev => AuthMode::Dev,
-        cli::AuthPlan::Tokens(f) => AuthMode::Tokens(load_tokens(f)?),
+        cli::AuthPlan::Tokens(f) => AuthMode::from_tokens_file(f)?,
     };
     let keys = ServerKeys::load_or_create(&data_dir)?;
     let store = SqliteStore::open(&data_dir.join("agentkeys.db"))

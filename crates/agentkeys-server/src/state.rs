@@ -33,6 +33,78 @@ impl std::fmt::Debug for AuthMode {
     }
 }
 
+/// Why an enrolment token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// It could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A `sha256:` line does not hold 64 hex digits.
+    #[error("{path} line {line}: a sha256: line must hold 64 hex digits")]
+    BadHash {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// No token at all.
+    #[error("{0} holds no enrolment token")]
+    Empty(String),
+}
+
+impl AuthMode {
+    /// Reads `--auth tokens FILE`: one token per line (kept only as its SHA-256), or
+    /// `sha256:<64 hex>`; blank lines and `#` comments are skipped. Warns when the file is
+    /// readable by group or others.
+    pub fn from_tokens_file(path: &std::path::Path) -> Result<Self, TokensFileError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shown = path.display().to_string();
+        let io = |source| TokensFileError::Io {
+            path: shown.clone(),
+            source,
+        };
+        if std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %shown, "the enrolment token file is readable by group or others; chmod 600 it");
+        }
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        let mut set = HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let hash = match line.strip_prefix("sha256:") {
+                Some(hex) => parse_hex32(hex).ok_or(TokensFileError::BadHash {
+                    path: shown.clone(),
+                    line: n + 1,
+                })?,
+                None => agentkeys_core::crypto::sha256(line.as_bytes()),
+            };
+            set.insert(hash);
+        }
+        if set.is_empty() {
+            return Err(TokensFileError::Empty(shown));
+        }
+        Ok(AuthMode::Tokens(set))
+    }
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Tunables, with the defaults the binary uses.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -201,6 +273,34 @@ mod tests {
         assert!(!l.allow("s", 1.0, 5.0));
         assert!(l.allow("other", 1.0, 5.0));
         assert!(l.allow("s", 0.0, 0.0), "rate 0 means unlimited");
+    }
+
+    #[test]
+    fn a_tokens_file_keeps_hashes_and_rejects_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let hash = "ab".repeat(32);
+        std::fs::write(&p, format!("# c\n\n tok-1 \nsha256:{hash}\n")).unwrap();
+        let AuthMode::Tokens(set) = AuthMode::from_tokens_file(&p).unwrap() else {
+            panic!()
+        };
+        assert!(set.contains(&agentkeys_core::crypto::sha256(b"tok-1")));
+        assert!(set.contains(&[0xab; 32]));
+        assert_eq!(set.len(), 2);
+        std::fs::write(&p, "sha256:abc\n").unwrap();
+        assert!(matches!(
+            AuthMode::from_tokens_file(&p),
+            Err(TokensFileError::BadHash { line: 1, .. })
+        ));
+        std::fs::write(&p, "# only a comment\n").unwrap();
+        assert!(matches!(
+            AuthMode::from_tokens_file(&p),
+            Err(TokensFileError::Empty(_))
+        ));
+        assert!(matches!(
+            AuthMode::from_tokens_file(&dir.path().join("missing")),
+            Err(TokensFileError::Io { .. })
+        ));
     }
 
     #[test]
