@@ -4,13 +4,24 @@ use agentkeys_core::client::{Backend as _, open_decision};
 use agentkeys_core::crypto::hpke::HpkeKeyPair;
 use agentkeys_core::crypto::pairing;
 use agentkeys_types::api::{
-    ApproveRequest, AuthKind, AuthStatus, LinkIdentityRequest, OpenAuthRequest, Policy,
-    auth_request_canonical_bytes,
+    ApproveRequest, AuthKind, AuthRequestTicket, AuthStatus, LinkIdentityRequest, OpenAuthRequest,
+    Policy, auth_request_canonical_bytes,
 };
 use agentkeys_types::{ErrorCode, Scope};
 use base64::Engine as _;
 
 use super::common::*;
+
+/// Opens a pair request for a fresh daemon key.
+async fn open_pair(ts: &TestServer) -> (HpkeKeyPair, AuthRequestTicket) {
+    let key = HpkeKeyPair::generate();
+    let t = ts
+        .anon()
+        .open_auth_request(&pair_request(&key))
+        .await
+        .unwrap();
+    (key, t)
+}
 
 fn pair_request(key: &HpkeKeyPair) -> OpenAuthRequest {
     OpenAuthRequest {
@@ -26,12 +37,7 @@ fn pair_request(key: &HpkeKeyPair) -> OpenAuthRequest {
 #[tokio::test]
 async fn the_pair_otp_is_what_the_requester_computes_itself() {
     let ts = TestServer::start().await;
-    let key = HpkeKeyPair::generate();
-    let t = ts
-        .anon()
-        .open_auth_request(&pair_request(&key))
-        .await
-        .unwrap();
+    let (key, t) = open_pair(&ts).await;
     let nonce = base64::engine::general_purpose::STANDARD
         .decode(&t.nonce)
         .unwrap();
@@ -61,12 +67,7 @@ async fn the_pair_otp_is_what_the_requester_computes_itself() {
 async fn a_pair_decision_is_sealed_to_the_requester_and_signed() {
     let ts = TestServer::start().await;
     let (m, m_info, _) = ts.master("m").await;
-    let key = HpkeKeyPair::generate();
-    let t = ts
-        .anon()
-        .open_auth_request(&pair_request(&key))
-        .await
-        .unwrap();
+    let (key, t) = open_pair(&ts).await;
     // A long-poll started before the approval wakes up with it.
     let poller = {
         let anon = ts.anon();
@@ -112,11 +113,7 @@ async fn a_pair_decision_is_sealed_to_the_requester_and_signed() {
 async fn a_second_approval_of_the_same_request_is_already_consumed() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
-    let t = ts
-        .anon()
-        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
-        .await
-        .unwrap();
+    let (_, t) = open_pair(&ts).await;
     m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
     assert_code(
         m.approve(&t.id, &ApproveRequest::default()).await,
@@ -134,11 +131,7 @@ async fn a_second_approval_of_the_same_request_is_already_consumed() {
 async fn an_approval_after_expiry_is_expired() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
-    let t = ts
-        .anon()
-        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
-        .await
-        .unwrap();
+    let (_, t) = open_pair(&ts).await;
     ts.state.clock.advance(61);
     assert_code(
         m.approve(&t.id, &ApproveRequest::default()).await,
@@ -177,11 +170,7 @@ async fn a_pair_code_that_does_not_exist_is_not_found() {
 async fn a_denied_pair_request_carries_a_signed_denial_and_no_session() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
-    let t = ts
-        .anon()
-        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
-        .await
-        .unwrap();
+    let (_, t) = open_pair(&ts).await;
     assert_eq!(m.deny(&t.id).await.unwrap().status, AuthStatus::Denied);
     let d = ts.anon().decision(&t.id, 0).await.unwrap();
     assert_eq!(d.status, AuthStatus::Denied);
@@ -209,11 +198,7 @@ async fn pair_requests_need_a_key_and_agents_cannot_approve() {
         ts.anon().open_auth_request(&req).await,
         ErrorCode::BadRequest,
     );
-    let t = ts
-        .anon()
-        .open_auth_request(&pair_request(&HpkeKeyPair::generate()))
-        .await
-        .unwrap();
+    let (_, t) = open_pair(&ts).await;
     assert_code(
         a.approve(
             &t.id,

@@ -11,7 +11,7 @@ use agentkeys_secmem::SecretString;
 use agentkeys_server::keys::ServerKeys;
 use agentkeys_server::{AppState, Config, SqliteStore};
 use agentkeys_types::ErrorCode;
-use agentkeys_types::api::{ApproveRequest, AuthKind, OpenAuthRequest, SessionInfo};
+use agentkeys_types::api::{ApproveRequest, AuthKind, OpenAuthRequest, SessionGrant, SessionInfo};
 use agentkeys_types::{Scope, ServiceName, Wallet};
 use base64::Engine as _;
 
@@ -66,15 +66,7 @@ impl TestServer {
 
     /// A new master session (each enrolment token is its own master account).
     pub async fn master(&self, enrol: &str) -> (HttpBackend, SessionInfo, SecretString) {
-        let grant = self
-            .anon()
-            .create_session(SecretString::from_str_copy(enrol))
-            .await
-            .unwrap();
-        let client = HttpBackend::new(&self.url)
-            .unwrap()
-            .with_token(&grant.token)
-            .unwrap();
+        let (client, grant) = enrol_master(&self.url, enrol).await;
         (client, grant.session, grant.token)
     }
 
@@ -109,11 +101,11 @@ impl TestServer {
         let grant =
             agentkeys_core::client::open_decision(&decision, &daemon_key, &self.signing_key())
                 .unwrap();
-        let client = HttpBackend::new(&self.url)
-            .unwrap()
-            .with_token(&grant.token)
-            .unwrap();
-        (client, grant.session, grant.token)
+        (
+            client_with(&self.url, &grant.token),
+            grant.session,
+            grant.token,
+        )
     }
 
     pub fn signing_key(&self) -> [u8; 32] {
@@ -128,6 +120,21 @@ impl TestServer {
     pub fn raw(&self) -> reqwest::Client {
         reqwest::Client::new()
     }
+}
+
+/// Enrols a master on the server at `url`; returns a client holding the session.
+pub async fn enrol_master(url: &str, enrol: &str) -> (HttpBackend, SessionGrant) {
+    let anon = HttpBackend::new(url).unwrap();
+    let grant = anon
+        .create_session(SecretString::from_str_copy(enrol))
+        .await
+        .unwrap();
+    (client_with(url, &grant.token), grant)
+}
+
+/// A client for `url` holding `token`.
+pub fn client_with(url: &str, token: &SecretString) -> HttpBackend {
+    HttpBackend::new(url).unwrap().with_token(token).unwrap()
 }
 
 pub fn b64(b: &[u8]) -> String {

@@ -84,16 +84,7 @@ impl Proc {
 
     /// A master session on this server and a client holding it.
     async fn master(&self, enrol: &str) -> (HttpBackend, agentkeys_types::api::SessionGrant) {
-        let anon = HttpBackend::new(&self.url).unwrap();
-        let grant = anon
-            .create_session(SecretString::from_str_copy(enrol))
-            .await
-            .unwrap();
-        let client = HttpBackend::new(&self.url)
-            .unwrap()
-            .with_token(&grant.token)
-            .unwrap();
-        (client, grant)
+        super::common::enrol_master(&self.url, enrol).await
     }
 
     fn kill9(&mut self) {
