@@ -56,6 +56,27 @@ fn request(kind: AuthKind, code: &str) -> AuthRequestRecord {
     }
 }
 
+/// Inserts a high-value request of `session` for the owner's `stripe` and approves it
+/// with a grant lasting until `grant_expires_at`; returns what `approve` answered.
+async fn approved_grant<S: Store>(
+    s: &S,
+    owner: &Wallet,
+    code: &str,
+    session: &str,
+    grant_expires_at: i64,
+) -> DecideOutcome {
+    let mut r = request(AuthKind::HighValue, code);
+    r.agent = Some(owner.clone());
+    r.service = Some(svc("stripe"));
+    r.requested_session = Some(session.to_owned());
+    s.insert_auth_request(&r).await.unwrap();
+    let approval = Approval::HighValue {
+        grant_expires_at,
+        signature: vec![0; 64],
+    };
+    s.approve(&r.id, owner, NOW, &approval).await.unwrap()
+}
+
 fn pair_approval(parent: &Wallet) -> Approval {
     let agent = Account {
         wallet: random_wallet(),
@@ -150,19 +171,8 @@ async fn decisions_respect_expiry_and_existence<S: Store>(s: S) {
 async fn a_grant_is_spent_once_under_concurrency<S: Store>(s: S) {
     let s = Arc::new(s);
     let m = master(&*s).await;
-    let mut r = request(AuthKind::HighValue, "CCCC-CCCC");
-    r.agent = Some(m.wallet.clone());
-    r.service = Some(svc("stripe"));
-    r.requested_session = Some("ses_x".into());
-    s.insert_auth_request(&r).await.unwrap();
-    let approval = Approval::HighValue {
-        grant_expires_at: NOW + 300,
-        signature: vec![0; 64],
-    };
-    assert_eq!(
-        s.approve(&r.id, &m.wallet, NOW, &approval).await.unwrap(),
-        DecideOutcome::Decided
-    );
+    let outcome = approved_grant(&*s, &m.wallet, "CCCC-CCCC", "ses_x", NOW + 300).await;
+    assert_eq!(outcome, DecideOutcome::Decided);
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (s, w) = (s.clone(), m.wallet.clone());
@@ -186,16 +196,7 @@ async fn a_grant_is_spent_once_under_concurrency<S: Store>(s: S) {
 
 async fn an_expired_grant_is_not_spent<S: Store>(s: S) {
     let m = master(&s).await;
-    let mut r = request(AuthKind::HighValue, "DDDD-DDDD");
-    r.agent = Some(m.wallet.clone());
-    r.service = Some(svc("stripe"));
-    r.requested_session = Some("ses_y".into());
-    s.insert_auth_request(&r).await.unwrap();
-    let approval = Approval::HighValue {
-        grant_expires_at: NOW + 300,
-        signature: vec![0; 64],
-    };
-    s.approve(&r.id, &m.wallet, NOW, &approval).await.unwrap();
+    approved_grant(&s, &m.wallet, "DDDD-DDDD", "ses_y", NOW + 300).await;
     assert!(
         !s.consume_grant("ses_y", &m.wallet, &svc("stripe"), NOW + 300)
             .await
@@ -303,16 +304,7 @@ async fn old_auth_requests_are_purged_but_live_grants_kept<S: Store>(s: S) {
     s.insert_auth_request(&request(AuthKind::Pair, "FFFF-FFFF"))
         .await
         .unwrap();
-    let mut hv = request(AuthKind::HighValue, "GGGG-GGGG");
-    hv.agent = Some(m.wallet.clone());
-    hv.service = Some(svc("stripe"));
-    hv.requested_session = Some("ses_z".into());
-    s.insert_auth_request(&hv).await.unwrap();
-    let approval = Approval::HighValue {
-        grant_expires_at: NOW + 10_000,
-        signature: vec![0; 64],
-    };
-    s.approve(&hv.id, &m.wallet, NOW, &approval).await.unwrap();
+    approved_grant(&s, &m.wallet, "GGGG-GGGG", "ses_z", NOW + 10_000).await;
     assert_eq!(
         s.purge_auth_requests(NOW + 61).await.unwrap(),
         1,
