@@ -13,6 +13,8 @@
 //!   `memfd_secret` where the kernel has it, else a sealed locked memfd, else locked anonymous
 //!   memory ([`SecretPageKind`]). Wiped, unlocked and unmapped on drop; the fd kinds can be
 //!   handed to another process over `SCM_RIGHTS` (DESIGN decision 8).
+//! - `process.rs` — process-wide protections every binary applies at start (no core dumps,
+//!   not dumpable) and the keyring session fix-up.
 //! - `sys.rs` — the raw syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`, `munmap`) behind
 //!   small safe wrappers that only ever touch memory they mapped themselves.
 //!
@@ -22,6 +24,7 @@
 
 mod bytes;
 mod page;
+pub mod process;
 mod sys;
 
 pub use bytes::{SecretBytes, SecretString};

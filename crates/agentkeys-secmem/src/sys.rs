@@ -1,4 +1,4 @@
-//! Raw memory syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`) behind small safe wrappers.
+//! Raw syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`, `keyctl`) behind small safe wrappers.
 //!
 //! Every `unsafe` operation of the crate's page code lives here, one operation per block, each
 //! with its `// SAFETY:` argument. The wrappers are safe because they never take a caller's raw
@@ -29,6 +29,27 @@ pub(crate) fn memfd_secret() -> io::Result<OwnedFd> {
     // SAFETY: `raw` was just returned by a successful memfd_secret call, is open, and is owned
     // by no other object: the OwnedFd becomes its only owner and closes it on drop.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: gives this process a fresh anonymous session
+/// keyring. Needed where no login session keyring exists (headless hosts, CI, containers):
+/// without it, keys added through the user-session keyring are not "possessed" and linking
+/// them into the persistent keyring fails with `EACCES` (platform-scouting note 2(f)).
+pub(crate) fn join_anonymous_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: with a NULL name the kernel reads no user memory; the call only replaces this
+    // process's session keyring and returns its serial number.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The `madvise` hints this crate uses. A closed set on purpose: hints such as

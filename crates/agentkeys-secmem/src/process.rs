@@ -1,0 +1,55 @@
+//! Process-wide protections every agentkeys binary applies at start: no core dumps, not
+//! dumpable (DESIGN "Hardening checklist"), and a possessed session keyring for the kernel
+//! keyring store (DESIGN decision 12).
+
+#![forbid(unsafe_code)] // all of this crate's `unsafe` lives in sys.rs
+
+use std::io;
+
+use rustix::process::{DumpableBehavior, Resource, Rlimit};
+
+/// Sets `RLIMIT_CORE` to 0 (soft and hard) and `PR_SET_DUMPABLE` to 0.
+///
+/// Non-dumpable also turns the process's `/proc/<pid>` files root-owned and refuses
+/// same-uid `ptrace` and `/proc/<pid>/mem` reads. Both survive `fork` but `execve` resets the
+/// dumpable flag, so every binary calls this itself.
+pub fn disable_core_dumps() -> io::Result<()> {
+    rustix::process::setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
+    rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    Ok(())
+}
+
+/// Whether this process is currently dumpable (`PR_GET_DUMPABLE`).
+pub fn is_dumpable() -> io::Result<bool> {
+    Ok(rustix::process::dumpable_behavior()? != DumpableBehavior::NotDumpable)
+}
+
+/// Gives this process a fresh anonymous session keyring, so keys it adds are possessed and
+/// can be linked into the per-user persistent keyring. Call it only when the current session
+/// keyring is the user-session fallback (`_uid_ses.<uid>`); inside a real login session the
+/// session keyring is already the right one.
+pub fn join_anonymous_session_keyring() -> io::Result<()> {
+    crate::sys::join_anonymous_session_keyring()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabling_core_dumps_makes_the_process_non_dumpable_with_core_limit_zero() {
+        // Process-wide, but harmless to the other tests here: a process may always read its
+        // own /proc/self/mem, dumpable or not.
+        disable_core_dumps().unwrap();
+        assert!(!is_dumpable().unwrap());
+        let core = rustix::process::getrlimit(Resource::Core);
+        assert_eq!(core.current, Some(0));
+        assert_eq!(core.maximum, Some(0));
+    }
+}
