@@ -5,6 +5,8 @@
 //!   pair codes and OTPs, Ed25519 signatures. No home-made primitives.
 //! - [`client`]: the [`client::Backend`] trait covering the HTTP API v1, and
 //!   [`client::HttpBackend`], its reqwest implementation. Reads return a `SecretPage`.
+//! - [`session_store`]: a session at rest (DESIGN decision 12): sealed file, data key in
+//!   the kernel keyring or a 0600 key file. Shared by the CLI and the daemon.
 //! - [`error`]: [`ClientError`], mapped onto the error contract's codes.
 
 #![forbid(unsafe_code)]
@@ -12,6 +14,7 @@
 pub mod client;
 pub mod crypto;
 pub mod error;
+pub mod session_store;
 
 pub use client::{Backend, HttpBackend};
 pub use error::ClientError;
