@@ -1,0 +1,340 @@
+//! The command line as clap sees it: flags, subcommands, help text with an example on every
+//! subcommand, and the exit-code table. No I/O here; `commands` turns these into calls.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  internal error or unexpected server answer
+  2  usage error (bad flag, bad value, missing input)
+  3  not authorized: no session, revoked or expired session, denied, out of scope
+  4  not found
+  5  approval required (a high-value credential; see 'agentkeys approve')
+  6  server unreachable
+  7  rejected for now: rate limited, conflict, already used
+  8  audit chain broken ('agentkeys usage --verify')
+
+Environment:
+  AGENTKEYS_SERVER         server URL (same as --server)
+  AGENTKEYS_HOME           local state directory (default ~/.agentkeys, created 0700)
+  AGENTKEYS_SESSION_STORE  where the session's data key lives: auto (default), keyring, file
+  AGENTKEYS_AUTH_TOKEN     enrolment token for 'agentkeys init' (same as --auth-token)
+
+Examples:
+  agentkeys init --server http://127.0.0.1:8090
+  printf %s \"$OPENAI_API_KEY\" | agentkeys store openai
+  agentkeys read openai
+  agentkeys approve ABCD-EFGH --scope openai,github";
+
+/// agentkeys: scoped, revocable, audited credentials for AI agents.
+///
+/// You (the master) keep API keys on an agentkeys server; agents get them through a daemon
+/// in their sandbox, within the scope you approve. Errors print 'error: CODE: message' and a
+/// 'hint:' line on stderr (JSON with --json).
+#[derive(Debug, Parser)]
+#[command(name = "agentkeys", version, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
+pub struct Args {
+    /// Server URL, e.g. http://127.0.0.1:8090.
+    #[arg(long, global = true, env = "AGENTKEYS_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Print results (and errors, on stderr) as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v, -vv). Never prints secrets.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create (or check) this machine's master session.
+    ///
+    /// Idempotent: with a valid stored session it says so and changes nothing. A missing,
+    /// expired or revoked session is replaced; --force always mints a new one and revokes
+    /// the old one. The session is stored encrypted in $AGENTKEYS_HOME/session.enc, its key
+    /// in the kernel keyring (or a 0600 key file where there is none).
+    #[command(after_help = "Examples:\n  \
+        agentkeys init --server http://127.0.0.1:8090          # prompts for the enrolment token\n  \
+        AGENTKEYS_AUTH_TOKEN=... agentkeys init --server URL\n  \
+        printf %s \"$TOKEN\" | agentkeys init --auth-token - --server URL\n  \
+        agentkeys init --force                                  # new session, old one revoked")]
+    Init {
+        /// Enrolment token ('-' reads it from stdin). Prefer the environment variable or a
+        /// pipe: command-line arguments are visible to every local user.
+        #[arg(
+            long,
+            env = "AGENTKEYS_AUTH_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
+        auth_token: Option<String>,
+        /// Mint a new session even if the stored one is valid (and revoke the old one).
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Show the current session: wallet, kind, scope, lifetime, server, protection at rest.
+    ///
+    /// Never prints the token.
+    #[command(after_help = "Examples:\n  agentkeys whoami\n  agentkeys whoami --json")]
+    Whoami,
+
+    /// Store a credential. The value comes from stdin, a hidden prompt, --from-env or
+    /// --from-file; never from the command line.
+    ///
+    /// The value is sealed to the server's shielding key before it leaves this process. From
+    /// stdin or the prompt, one trailing newline is dropped; --from-file keeps the bytes exactly.
+    #[command(after_help = "Examples:\n  \
+        printf %s \"$OPENAI_API_KEY\" | agentkeys store openai\n  \
+        agentkeys store github                       # prompts, input hidden\n  \
+        agentkeys store stripe --from-env STRIPE_KEY --high-value\n  \
+        agentkeys store openai --agent research-bot --from-file ./key.txt")]
+    Store {
+        /// Store it for this agent (wallet, alias or e-mail) instead of yourself.
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// The credential's name, e.g. openai.
+        service: String,
+        /// Every read needs your approval ('agentkeys approve').
+        #[arg(long)]
+        high_value: bool,
+        /// Read the value from this environment variable.
+        #[arg(long, value_name = "VAR", conflicts_with = "from_file")]
+        from_env: Option<String>,
+        /// Read the value from this file ('-' for stdin), byte for byte.
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<PathBuf>,
+        /// Catches a value typed on the command line, so it can be refused without echoing it.
+        #[arg(hide = true, num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+        stray: Vec<OsString>,
+    },
+
+    /// Print a credential on stdout (nothing else goes to stdout).
+    ///
+    /// A high-value credential needs an approval first: read prints the 'agentkeys approve'
+    /// command and exits 5; with --wait it waits for the decision, then prints the value.
+    /// A trailing newline is added only when stdout is a terminal.
+    #[command(after_help = "Examples:\n  \
+        agentkeys read openai\n  \
+        OPENAI_API_KEY=$(agentkeys read openai) python app.py\n  \
+        agentkeys read stripe --wait          # waits up to 300 s for 'agentkeys approve'\n  \
+        agentkeys read openai --agent research-bot --json")]
+    Read {
+        /// Read this agent's credential (wallet, alias or e-mail).
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// The credential's name.
+        service: String,
+        /// Wait for a pending approval, up to SECS seconds (default 300).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
+        wait: Option<u64>,
+    },
+
+    /// List credential names (never values), with their policy.
+    #[command(
+        after_help = "Examples:\n  agentkeys list\n  agentkeys list --agent research-bot --json"
+    )]
+    List {
+        /// This agent's credentials (wallet, alias or e-mail).
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+    },
+
+    /// List your agents with their scope, names and last use.
+    #[command(after_help = "Examples:\n  agentkeys agents\n  agentkeys agents --json")]
+    Agents,
+
+    /// Show or change what an agent may touch.
+    ///
+    /// Takes effect on the agent's next call. With no change flags, prints the scope.
+    #[command(after_help = "Examples:\n  \
+        agentkeys scope research-bot\n  \
+        agentkeys scope research-bot --add github --remove stripe\n  \
+        agentkeys scope 0x1234...abcd --set openai,github --read-only\n  \
+        agentkeys scope research-bot --set ''      # nothing at all")]
+    Scope {
+        /// The agent (wallet, alias or e-mail).
+        agent: String,
+        /// Allow this service too (repeatable, or comma-separated).
+        #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+        add: Vec<String>,
+        /// Stop allowing this service (repeatable, or comma-separated).
+        #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+        remove: Vec<String>,
+        /// Replace the list ('*' = every service, '' = none).
+        #[arg(long, value_name = "A,B", conflicts_with_all = ["add", "remove"])]
+        set: Option<String>,
+        /// The agent may read but not store.
+        #[arg(long, conflicts_with = "read_write")]
+        read_only: bool,
+        /// The agent may store within its scope.
+        #[arg(long)]
+        read_write: bool,
+    },
+
+    /// Mark a credential high-value (every release needs approval) or normal.
+    #[command(
+        group(ArgGroup::new("level").required(true).args(["high_value", "normal"])),
+        after_help = "Examples:\n  \
+        agentkeys policy stripe --high-value\n  \
+        agentkeys policy openai --agent research-bot --normal"
+    )]
+    Policy {
+        /// The credential's owner (wallet, alias or e-mail); default: yourself.
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// The credential's name.
+        service: String,
+        /// Every release needs 'agentkeys approve'.
+        #[arg(long)]
+        high_value: bool,
+        /// Releases need no approval.
+        #[arg(long)]
+        normal: bool,
+    },
+
+    /// Revoke sessions. Without an argument: your own session, and the local copy is wiped.
+    #[command(after_help = "Examples:\n  \
+        agentkeys revoke research-bot      # every session of that agent\n  \
+        agentkeys revoke                   # log this machine out")]
+    Revoke {
+        /// The agent whose sessions to revoke (wallet, alias or e-mail).
+        wallet: Option<String>,
+    },
+
+    /// Remove an agent: revoke its sessions and delete its credentials.
+    #[command(after_help = "Examples:\n  agentkeys teardown research-bot --yes")]
+    Teardown {
+        /// The agent (wallet, alias or e-mail).
+        wallet: String,
+        /// Do not ask for confirmation (required when there is no terminal).
+        #[arg(short, long)]
+        yes: bool,
+    },
+
+    /// Give an agent (or yourself) an alias or an e-mail address.
+    #[command(
+        group(ArgGroup::new("name").required(true).args(["alias", "email"])),
+        after_help = "Examples:\n  \
+        agentkeys link 0x1234...abcd --alias research-bot\n  \
+        agentkeys link 0x1234...abcd --email bot@example.com"
+    )]
+    Link {
+        /// The wallet.
+        wallet: String,
+        /// An alias ([a-z0-9][a-z0-9._-]{0,63}).
+        #[arg(long)]
+        alias: Option<String>,
+        /// An e-mail address.
+        #[arg(long)]
+        email: Option<String>,
+    },
+
+    /// Show the audit trail (newest first), or verify its hash chain.
+    #[command(after_help = "Examples:\n  \
+        agentkeys usage --since 1h\n  \
+        agentkeys usage --agent research-bot --service openai --json\n  \
+        agentkeys usage --verify")]
+    Usage {
+        /// Only this agent (wallet, alias or e-mail).
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// Only this service.
+        #[arg(long, value_name = "SERVICE")]
+        service: Option<String>,
+        /// Only events newer than this (e.g. 90s, 15m, 2h, 7d, 2w).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Recompute the whole hash chain on the server and report the first broken link.
+        #[arg(long)]
+        verify: bool,
+    },
+
+    /// Decide on a pairing, recovery or high-value release.
+    ///
+    /// Shows what is asked and the OTP to compare with the one the requester shows, then
+    /// asks y/N (unless --yes).
+    #[command(after_help = "Examples:\n  \
+        agentkeys approve ABCD-EFGH --scope openai,github\n  \
+        agentkeys approve ABCD-EFGH --scope openai --read-only --yes\n  \
+        agentkeys approve ABCD-EFGH --deny")]
+    Approve {
+        /// The pair code (ABCD-EFGH; case and dash do not matter).
+        code: String,
+        /// For a pairing: the services the agent may use ('*' = all).
+        #[arg(long, value_name = "A,B")]
+        scope: Option<String>,
+        /// For a pairing: the agent may not store.
+        #[arg(long)]
+        read_only: bool,
+        /// Do not ask for confirmation (required when there is no terminal).
+        #[arg(short, long)]
+        yes: bool,
+        /// Deny the request instead.
+        #[arg(long)]
+        deny: bool,
+    },
+
+    /// Get a session for an existing agent on this machine (a recovery your master approves).
+    ///
+    /// Prints a pair code and OTP for 'agentkeys approve', waits for the decision, verifies
+    /// the server's signature against the pinned key, and stores the agent session here.
+    #[command(after_help = "Examples:\n  \
+        AGENTKEYS_HOME=~/.agentkeys-bot agentkeys recover research-bot --server URL")]
+    Recover {
+        /// The agent: wallet, alias or e-mail.
+        identity: String,
+        /// Give up after this many seconds (codes expire after 60 s and are renewed).
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        wait: u64,
+        /// Replace a valid stored session.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        agentkeys completions bash > ~/.local/share/bash-completion/completions/agentkeys\n  \
+        agentkeys completions zsh > \"${fpath[1]}/_agentkeys\"")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_has_an_example() {
+        for sub in Args::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:\n  ") && help.contains("agentkeys "),
+                "{} has no example",
+                sub.get_name()
+            );
+        }
+    }
+}

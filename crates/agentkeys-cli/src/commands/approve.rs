@@ -1,0 +1,175 @@
+//! `agentkeys approve`: show what is asked and the OTP to compare, confirm, decide.
+
+use agentkeys_core::Backend as _;
+use agentkeys_core::crypto::pairing::normalize_pair_code;
+use agentkeys_types::Scope;
+use agentkeys_types::api::{ApproveRequest, AuthKind, AuthRequestView, AuthStatus};
+use serde_json::json;
+
+use crate::commands::agents::split_list;
+use crate::context::Context;
+use crate::error::{CliError, CliResult, exit};
+use crate::output::{self, duration, note};
+use crate::secret_io;
+
+/// The flags of `agentkeys approve`.
+pub struct ApproveArgs {
+    /// The pair code.
+    pub code: String,
+    /// `--scope`.
+    pub scope: Option<String>,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--yes`.
+    pub yes: bool,
+    /// `--deny`.
+    pub deny: bool,
+}
+
+fn describe(view: &AuthRequestView, scope: Option<&Scope>) -> Vec<String> {
+    let mut lines = match view.kind {
+        AuthKind::Pair => vec![
+            format!(
+                "Pairing request {}: a new agent asks for a session.",
+                view.pair_code
+            ),
+            format!(
+                "Scope to grant: {}",
+                scope.map_or_else(
+                    || "none, read-only (change later with 'agentkeys scope')".to_owned(),
+                    output::scope
+                )
+            ),
+        ],
+        AuthKind::Recover => vec![format!(
+            "Recovery request {}: a new session for agent {}.",
+            view.pair_code,
+            view.agent.as_ref().map_or("?".into(), ToString::to_string)
+        )],
+        AuthKind::HighValue => vec![format!(
+            "High-value release {}: agent {}, service {}.",
+            view.pair_code,
+            view.agent.as_ref().map_or("?".into(), ToString::to_string),
+            view.service
+                .as_ref()
+                .map_or("?".into(), ToString::to_string)
+        )],
+    };
+    if let Some(by) = &view.requested_by {
+        lines.push(format!("Requested by: {by}"));
+    }
+    if let Some(d) = &view.description {
+        lines.push(format!("Description: {d}"));
+    }
+    lines.push(format!(
+        "Expires in: {}",
+        duration(view.expires_at - output::now())
+    ));
+    lines.push(format!(
+        "OTP: {}  (it must match the OTP the requester shows)",
+        view.otp
+    ));
+    lines
+}
+
+fn kind_word(kind: AuthKind) -> &'static str {
+    match kind {
+        AuthKind::Pair => "pairing",
+        AuthKind::Recover => "recovery",
+        AuthKind::HighValue => "high-value release",
+    }
+}
+
+/// `agentkeys approve`.
+pub async fn approve(ctx: &Context, args: ApproveArgs) -> CliResult {
+    let code = normalize_pair_code(&args.code).ok_or_else(|| {
+        CliError::usage(format!("'{}' is not a pair code", args.code))
+            .hint("a pair code is 8 letters and digits, shown as ABCD-EFGH")
+    })?;
+    let session = ctx.session()?;
+    let view = session.backend.auth_request_by_code(&code).await?;
+    if view.status != AuthStatus::Pending {
+        let (code_str, exit_code) = match view.status {
+            AuthStatus::Expired => ("EXPIRED", exit::AUTH),
+            _ => ("ALREADY_CONSUMED", exit::REJECTED),
+        };
+        return Err(CliError::new(
+            code_str,
+            exit_code,
+            format!(
+                "request {} is already {}",
+                view.pair_code,
+                view.status.as_str()
+            ),
+        )
+        .hint("ask the requester for a fresh code"));
+    }
+    let scope = match (&args.scope, args.read_only) {
+        (None, false) => None,
+        (list, read_only) => {
+            if view.kind != AuthKind::Pair {
+                return Err(
+                    CliError::usage("--scope and --read-only apply to pairings only")
+                        .hint("change an existing agent's scope with 'agentkeys scope AGENT'"),
+                );
+            }
+            let scope = Scope {
+                services: list.as_deref().map(split_list).unwrap_or_default(),
+                read_only,
+            }
+            .validated()
+            .map_err(|e| CliError::usage(format!("invalid --scope: {e}")))?;
+            Some(scope)
+        }
+    };
+    let text = describe(&view, scope.as_ref());
+    if !ctx.json || !args.yes {
+        for l in &text {
+            note(l);
+        }
+    }
+    let decided = if args.deny {
+        session.backend.deny(&view.id).await?
+    } else {
+        if !args.yes && !secret_io::confirm(&format!("Approve this {}?", kind_word(view.kind)))? {
+            return Err(CliError::new(
+                "CANCELLED",
+                exit::INTERNAL,
+                "not approved; nothing changed",
+            )
+            .hint("run it again and answer y, or pass --yes after checking the OTP"));
+        }
+        session
+            .backend
+            .approve(
+                &view.id,
+                &ApproveRequest {
+                    scope: scope.clone(),
+                },
+            )
+            .await?
+    };
+    if ctx.json {
+        return output::json(&json!({
+            "id": decided.id, "pair_code": view.pair_code, "kind": view.kind,
+            "status": decided.status, "agent": decided.agent, "service": view.service,
+            "scope": scope,
+        }));
+    }
+    let agent = decided
+        .agent
+        .as_ref()
+        .or(view.agent.as_ref())
+        .map_or_else(|| "?".into(), ToString::to_string);
+    output::line(&match (args.deny, view.kind) {
+        (true, kind) => format!("Denied the {} {}.", kind_word(kind), view.pair_code),
+        (false, AuthKind::Pair) => format!("Approved: agent {agent} is paired."),
+        (false, AuthKind::Recover) => format!("Approved: agent {agent} gets a new session."),
+        (false, AuthKind::HighValue) => format!(
+            "Approved: one release of {} to {agent} within 5 minutes.",
+            view.service
+                .as_ref()
+                .map_or("?".into(), ToString::to_string)
+        ),
+    })
+}

@@ -1,0 +1,78 @@
+//! The `agentkeys` binary: hardening, allocator, parsing, and rendering of errors. The logic
+//! lives in the library (`agentkeys_cli::commands`).
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use agentkeys_cli::cli::Args;
+use agentkeys_cli::error::{CliError, exit};
+use clap::Parser as _;
+
+/// Every freed block is zeroized before mimalloc (built `secure`) reuses it: tokens and
+/// credentials that passed through a heap buffer do not linger (platform-scouting 2(d)).
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
+    zeroizing_alloc::ZeroAlloc(mimalloc::MiMalloc);
+
+fn main() -> ExitCode {
+    // Before anything holds a secret: no core dumps, no same-uid ptrace or /proc/<pid>/mem.
+    let hardening = agentkeys_secmem::process::disable_core_dumps();
+    install_panic_hook();
+    let args = Args::parse();
+    init_logging(args.verbose);
+    if let Err(e) = &hardening {
+        tracing::warn!(error = %e, "could not make the process non-dumpable");
+    }
+    let json = args.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return render(
+                &CliError::new("INTERNAL", exit::INTERNAL, e.to_string()),
+                json,
+            );
+        }
+    };
+    match runtime.block_on(agentkeys_cli::commands::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => render(&e, json),
+    }
+}
+
+fn render(e: &CliError, json: bool) -> ExitCode {
+    if json {
+        eprintln!("{}", e.to_json());
+    } else {
+        eprint!("{}", e.to_text());
+    }
+    ExitCode::from(e.exit)
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "agentkeys=debug,agentkeys_core=debug,info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_target(false)
+        .init();
+}
+
+/// Panics print where they happened, never their payload (which could quote data).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: INTERNAL: agentkeys crashed at {at}");
+        eprintln!("hint: please report this; no secret is included in this message");
+    }));
+}

@@ -1,0 +1,176 @@
+//! High-value releases and `approve`.
+
+use std::process::Stdio;
+
+use agentkeys_core::Backend as _;
+use agentkeys_types::api::{AuthKind, OpenAuthRequest};
+use base64::Engine as _;
+use predicates::prelude::*;
+use predicates::str::contains;
+
+use super::common::*;
+
+/// Stores a high-value credential and returns its value.
+fn high_value(home: &Home) -> String {
+    let value = canary("hv");
+    home.store_value("stripe", &value, &["--high-value"]);
+    value
+}
+
+/// `read` without a grant: exit 5 and the approval line; returns (code, otp).
+fn read_needs_approval(home: &Home) -> (String, String) {
+    let out = home
+        .cmd()
+        .args(["read", "stripe"])
+        .assert()
+        .code(5)
+        .stdout("");
+    approval_from_stderr(&String::from_utf8_lossy(&out.get_output().stderr))
+}
+
+#[test]
+fn a_high_value_read_needs_an_approval_for_each_release() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let value = high_value(&home);
+
+    let (code, otp) = read_needs_approval(&home);
+    home.cmd()
+        .args(["approve", &code, "--yes"])
+        .assert()
+        .success()
+        .stdout(contains("Approved: one release of stripe"))
+        .stderr(contains(format!("OTP: {otp}")).and(contains("High-value release")));
+    // The pending request is the same one: --wait sees it approved and prints the value.
+    home.cmd()
+        .args(["read", "stripe", "--wait", "30"])
+        .assert()
+        .success()
+        .stdout(value);
+    // The grant was single-use.
+    let (code2, _) = read_needs_approval(&home);
+    assert_ne!(code2, code);
+}
+
+#[test]
+fn a_denied_release_makes_read_wait_fail() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    high_value(&home);
+    let (code, _) = read_needs_approval(&home);
+    let waiting = home
+        .std_cmd()
+        .args(["read", "stripe", "--wait", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    home.cmd()
+        .args(["approve", &code, "--deny"])
+        .assert()
+        .success()
+        .stdout(contains("Denied the high-value release"));
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", outputs(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("error: DENIED: the release of stripe was denied")
+    );
+}
+
+#[test]
+fn approve_shows_the_request_and_will_not_decide_without_a_terminal_or_yes() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let anon = agentkeys_core::HttpBackend::new(&server.url).unwrap();
+    let key = agentkeys_core::crypto::HpkeKeyPair::generate();
+    let ticket = block_on(anon.open_auth_request(&OpenAuthRequest {
+        kind: AuthKind::Pair,
+        requester_public_key: Some(
+            base64::engine::general_purpose::STANDARD.encode(key.public_key()),
+        ),
+        identity: None,
+        agent: None,
+        service: None,
+        description: Some("ci runner 7".into()),
+    }))
+    .unwrap();
+    // setsid: no controlling terminal even when the tests run in one.
+    let out = std::process::Command::new("setsid")
+        .args([
+            "-w",
+            CLI,
+            "approve",
+            &ticket.pair_code.to_lowercase().replace('-', ""),
+        ])
+        .args(["--scope", "openai,github"])
+        .envs(home.cmd_env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        format!("Pairing request {}", ticket.pair_code),
+        "Scope to grant: github, openai".into(),
+        "Description: ci runner 7".into(),
+        format!("OTP: {}", ticket.otp),
+        "no terminal to ask on".into(),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in {err}");
+    }
+    let status = block_on(anon.decision(&ticket.id, 0)).unwrap().status;
+    assert_eq!(
+        status,
+        agentkeys_types::api::AuthStatus::Pending,
+        "nothing was decided"
+    );
+    home.cmd()
+        .args(["approve", "NOPE"])
+        .assert()
+        .code(2)
+        .stderr(contains("not a pair code"));
+    home.cmd()
+        .args(["approve", "ZZZZ-ZZZZ", "--yes"])
+        .assert()
+        .code(4);
+}
+
+#[test]
+fn scope_flags_are_refused_on_a_high_value_approval() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    high_value(&home);
+    let (code, _) = read_needs_approval(&home);
+    home.cmd()
+        .args(["approve", &code, "--yes", "--scope", "x"])
+        .assert()
+        .code(2)
+        .stderr(contains("apply to pairings only"));
+}
+
+#[test]
+fn on_a_terminal_approve_asks_and_only_y_approves() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let value = high_value(&home);
+    let (code, otp) = read_needs_approval(&home);
+    let (ok, screen) = super::credentials::on_a_terminal(
+        &home,
+        &format!("approve {code}"),
+        "Approve this high-value release? [y/N] ",
+        "n\n",
+    );
+    assert!(!ok && screen.contains(&format!("OTP: {otp}")), "{screen}");
+    assert!(screen.contains("not approved; nothing changed"), "{screen}");
+    let (ok, screen) =
+        super::credentials::on_a_terminal(&home, &format!("approve {code}"), "[y/N] ", "y\n");
+    assert!(ok, "{screen}");
+    assert_eq!(home.read("stripe", &["--wait", "5"]), value);
+}

@@ -1,0 +1,319 @@
+//! Fixtures: a real `agentkeys-server` process on a free port, a temp `AGENTKEYS_HOME` per
+//! test, the `agentkeys` binary run with assert_cmd, and agents paired through the real pair
+//! flow (the daemon side played by the library, the master side by `agentkeys approve`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use agentkeys_core::client::{Backend as _, open_decision};
+use agentkeys_core::crypto::HpkeKeyPair;
+use agentkeys_core::session_store::{SessionStore, StoredSession};
+use agentkeys_core::{ClientError, HttpBackend};
+use agentkeys_secmem::SecretString;
+use agentkeys_types::api::{AuthKind, OpenAuthRequest};
+use agentkeys_types::{ErrorCode, ServiceName, Wallet};
+use assert_cmd::Command;
+use base64::Engine as _;
+
+pub const CLI: &str = env!("CARGO_BIN_EXE_agentkeys");
+
+/// The server binary, built by the same `cargo test --workspace` next to ours.
+fn server_bin() -> PathBuf {
+    let path = Path::new(CLI).with_file_name("agentkeys-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run 'cargo test --workspace' or 'cargo build -p agentkeys-server'",
+        path.display()
+    );
+    path
+}
+
+/// Runs `f` on a fresh single-thread runtime (library calls from synchronous tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A running server process with its own data dir.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the binary and waits for its ready line (printed after bind: no sleeps).
+    pub fn start() -> Server {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut child = StdCommand::new(server_bin())
+            .args(["--data-dir", data_dir.path().to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--auth", "dev"])
+            .env_remove("AGENTKEYS_SERVER_KEYS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server did not report readiness");
+        Server {
+            child,
+            url: format!("http://{addr}"),
+            data_dir,
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.path().join("agentkeys.db")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One machine's `AGENTKEYS_HOME`, bound to a server. Its keyring entry is removed on drop.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    pub server: String,
+    pub store_choice: &'static str,
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = self.store().wipe();
+    }
+}
+
+impl Home {
+    pub fn new(server: &Server) -> Home {
+        Self::with_store(server, "auto")
+    }
+
+    pub fn with_store(server: &Server, store_choice: &'static str) -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+            server: server.url.clone(),
+            store_choice,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `agentkeys` with this home and server and nothing inherited from the developer's shell.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(CLI);
+        for var in [
+            "AGENTKEYS_SERVER",
+            "AGENTKEYS_HOME",
+            "AGENTKEYS_SESSION_STORE",
+            "AGENTKEYS_AUTH_TOKEN",
+        ] {
+            c.env_remove(var);
+        }
+        c.env("AGENTKEYS_HOME", self.path())
+            .env("AGENTKEYS_SERVER", &self.server)
+            .env("AGENTKEYS_SESSION_STORE", self.store_choice)
+            .env("HOME", self.path())
+            .timeout(Duration::from_secs(60));
+        c
+    }
+
+    /// The environment [`Home::cmd`] sets, for commands started another way.
+    pub fn cmd_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AGENTKEYS_HOME".into(), self.path().display().to_string()),
+            ("AGENTKEYS_SERVER".into(), self.server.clone()),
+            ("AGENTKEYS_SESSION_STORE".into(), self.store_choice.into()),
+            ("HOME".into(), self.path().display().to_string()),
+        ]
+    }
+
+    /// The same command as a std `Command`, for processes the test watches while they run.
+    pub fn std_cmd(&self) -> StdCommand {
+        let mut c = StdCommand::new(CLI);
+        c.env_remove("AGENTKEYS_AUTH_TOKEN")
+            .env("AGENTKEYS_HOME", self.path())
+            .env("AGENTKEYS_SERVER", &self.server)
+            .env("AGENTKEYS_SESSION_STORE", self.store_choice)
+            .env("HOME", self.path());
+        c
+    }
+
+    /// `agentkeys init` with enrolment token `enrol`; returns the master wallet.
+    pub fn init_as(&self, enrol: &str) -> Wallet {
+        let out = self
+            .cmd()
+            .args(["init", "--json"])
+            .env("AGENTKEYS_AUTH_TOKEN", enrol)
+            .assert()
+            .success();
+        let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        Wallet::parse(v["wallet"].as_str().unwrap()).unwrap()
+    }
+
+    /// `agentkeys init` with a token unique to this home.
+    pub fn init(&self) -> Wallet {
+        let enrol = format!("enrol-{}", self.path().display());
+        self.init_as(&enrol)
+    }
+
+    /// The session slot the CLI uses (same name and account as `context.rs`).
+    pub fn store(&self) -> SessionStore {
+        SessionStore::new(self.path(), "session", "master-key")
+    }
+
+    /// The stored session, opened the way the CLI opens it.
+    pub fn stored(&self) -> StoredSession {
+        self.store().load().unwrap().0
+    }
+
+    /// A client holding this home's token.
+    pub fn client(&self) -> HttpBackend {
+        let s = self.stored();
+        HttpBackend::new(&s.server)
+            .unwrap()
+            .with_token(&s.token)
+            .unwrap()
+    }
+
+    /// Stores `value` for `service` through the CLI (stdin).
+    pub fn store_value(&self, service: &str, value: &str, extra: &[&str]) {
+        self.cmd()
+            .arg("store")
+            .arg(service)
+            .args(extra)
+            .write_stdin(value)
+            .assert()
+            .success();
+    }
+
+    /// `agentkeys read SERVICE` → stdout.
+    pub fn read(&self, service: &str, extra: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .arg("read")
+            .arg(service)
+            .args(extra)
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    }
+
+    /// Pairs a new agent through the real flow: the daemon's side here, `agentkeys approve
+    /// CODE --yes` (plus `approve_args`) on the master's side. Returns the agent's wallet and
+    /// a client holding its session.
+    pub fn pair_agent(&self, approve_args: &[&str]) -> (Wallet, HttpBackend) {
+        let anon = HttpBackend::new(&self.server).unwrap();
+        let daemon_key = HpkeKeyPair::generate();
+        let ticket = block_on(anon.open_auth_request(&OpenAuthRequest {
+            kind: AuthKind::Pair,
+            requester_public_key: Some(
+                base64::engine::general_purpose::STANDARD.encode(daemon_key.public_key()),
+            ),
+            identity: None,
+            agent: None,
+            service: None,
+            description: Some("test daemon".into()),
+        }))
+        .unwrap();
+        self.cmd()
+            .args(["approve", &ticket.pair_code, "--yes"])
+            .args(approve_args)
+            .assert()
+            .success();
+        let info = block_on(anon.server_info()).unwrap();
+        let signing: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(info.signing_public_key)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let decision = block_on(anon.decision(&ticket.id, 5)).unwrap();
+        let grant = open_decision(&decision, &daemon_key, &signing).unwrap();
+        let client = HttpBackend::new(&self.server)
+            .unwrap()
+            .with_token(&grant.token)
+            .unwrap();
+        (grant.session.wallet, client)
+    }
+}
+
+/// A random credential value, unique per call, for leak checks.
+pub fn canary(tag: &str) -> String {
+    let r: [u8; 8] = agentkeys_core::crypto::random_array();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sk-{tag}-canary-{hex}")
+}
+
+pub fn svc(s: &str) -> ServiceName {
+    ServiceName::parse(s).unwrap()
+}
+
+/// The code of a client call's error.
+pub fn code_of<T>(r: Result<T, ClientError>) -> ErrorCode {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.code(),
+    }
+}
+
+/// An agent reads through the library: Ok(value) or the error code.
+pub fn agent_read(client: &HttpBackend, service: &str) -> Result<String, ErrorCode> {
+    block_on(client.read_credential(None, &svc(service)))
+        .map(|page| String::from_utf8(page.expose_secret().to_vec()).unwrap())
+        .map_err(|e| e.code())
+}
+
+/// The approval instructions `read` prints: (code, otp).
+pub fn approval_from_stderr(stderr: &str) -> (String, String) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("approval required: run 'agentkeys approve "))
+        .unwrap_or_else(|| panic!("no approval line in: {stderr}"));
+    let code = line.split("approve ").nth(1).unwrap()[..9].to_owned();
+    let otp = line.split("(OTP ").nth(1).unwrap()[..6].to_owned();
+    (code, otp)
+}
+
+/// Both output streams of a finished command, as text.
+pub fn outputs(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn token_of(home: &Home) -> SecretString {
+    home.stored().token
+}

@@ -1,0 +1,267 @@
+//! `store`, `read`, `list`, `policy`, and scope enforcement as seen from an agent.
+
+use predicates::prelude::*;
+use predicates::str::contains;
+
+use super::common::*;
+
+#[test]
+fn a_value_stored_from_stdin_reads_back_exactly() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    let wallet = home.init();
+    let value = canary("stdin");
+    home.cmd()
+        .args(["store", "openai"])
+        .write_stdin(format!("{value}\n"))
+        .assert()
+        .success()
+        .stdout(format!("Stored openai for {wallet}\n"));
+    // Not a terminal: the value exactly, no newline, nothing else on stdout.
+    home.cmd()
+        .args(["read", "openai"])
+        .assert()
+        .success()
+        .stdout(value.clone())
+        .stderr("");
+    let out = home
+        .cmd()
+        .args(["read", "openai", "--json"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["value"], value.as_str());
+    assert_eq!(v["service"], "openai");
+    assert_eq!(v["agent"], wallet.as_str());
+}
+
+#[test]
+fn values_come_from_env_and_files_byte_for_byte() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let value = canary("env");
+    home.cmd()
+        .args(["store", "github", "--from-env", "GH_TOKEN_FOR_TEST"])
+        .env("GH_TOKEN_FOR_TEST", &value)
+        .assert()
+        .success();
+    assert_eq!(home.read("github", &[]), value);
+
+    let file = home.path().join("pem.txt");
+    let pem = format!(
+        "-----BEGIN KEY-----\n{}\n-----END KEY-----\n",
+        canary("file")
+    );
+    std::fs::write(&file, &pem).unwrap();
+    home.cmd()
+        .args(["store", "deploy-key", "--from-file"])
+        .arg(&file)
+        .assert()
+        .success();
+    assert_eq!(
+        home.read("deploy-key", &[]),
+        pem,
+        "the trailing newline is kept"
+    );
+
+    home.cmd()
+        .args(["store", "x", "--from-env", "NOT_SET_ANYWHERE_42"])
+        .assert()
+        .code(2)
+        .stderr(contains("NOT_SET_ANYWHERE_42 is not set"));
+}
+
+#[test]
+fn a_value_on_the_command_line_is_refused_without_being_echoed() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let value = canary("argv");
+    let out = home
+        .cmd()
+        .args(["store", "openai", &value])
+        .assert()
+        .code(2)
+        .stderr(contains("command line is refused").and(contains("hint: pipe it")));
+    assert!(!outputs(out.get_output()).contains(&value));
+    let out = home
+        .cmd()
+        .args(["store", "openai", "--json", "--", &value])
+        .assert()
+        .code(2);
+    assert!(!outputs(out.get_output()).contains(&value));
+    home.cmd()
+        .args(["read", "openai"])
+        .assert()
+        .code(4)
+        .stderr(contains("error: NOT_FOUND"));
+}
+
+#[test]
+fn with_nothing_on_stdin_and_no_terminal_store_refuses_to_prompt() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    home.cmd()
+        .args(["store", "openai"])
+        .assert()
+        .code(2)
+        .stderr(contains("no value on stdin, and no terminal to prompt on"));
+}
+
+#[test]
+fn list_shows_names_and_policies_never_values() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let value = canary("list");
+    home.store_value("openai", &value, &[]);
+    home.store_value("stripe", &value, &["--high-value"]);
+    let out = home.cmd().arg("list").assert().success();
+    let text = outputs(out.get_output());
+    assert!(text.contains("SERVICE") && text.contains("high-value") && text.contains("normal"));
+    assert!(!text.contains(&value));
+    let out = home.cmd().args(["list", "--json"]).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["credentials"].as_array().unwrap().len(), 2);
+    home.cmd()
+        .args(["policy", "stripe", "--normal"])
+        .assert()
+        .success()
+        .stdout(contains("is now normal"));
+    assert_eq!(home.read("stripe", &[]), value);
+}
+
+#[test]
+fn scope_changes_take_effect_on_the_agents_next_read() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let (agent, client) = home.pair_agent(&["--scope", "openai"]);
+    let (openai, github) = (canary("openai"), canary("github"));
+    home.store_value("openai", &openai, &["--agent", agent.as_str()]);
+    home.store_value("github", &github, &["--agent", agent.as_str()]);
+
+    assert_eq!(agent_read(&client, "openai").unwrap(), openai);
+    assert!(agent_read(&client, "github").is_err());
+
+    home.cmd()
+        .args(["scope", agent.as_str(), "--add", "github"])
+        .assert()
+        .success()
+        .stdout(format!("Scope of {agent}: github, openai\n"));
+    assert_eq!(agent_read(&client, "github").unwrap(), github);
+
+    home.cmd()
+        .args(["scope", agent.as_str(), "--remove", "openai", "--read-only"])
+        .assert()
+        .success()
+        .stdout(contains("github, read-only"));
+    assert!(agent_read(&client, "openai").is_err());
+
+    home.cmd()
+        .args(["scope", agent.as_str(), "--set", ""])
+        .assert()
+        .success()
+        .stdout(contains(": none"));
+    assert!(agent_read(&client, "github").is_err());
+    home.cmd()
+        .args(["scope", agent.as_str(), "--add", "Not A Name"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn a_read_only_agent_cannot_store() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let (_, client) = home.pair_agent(&["--scope", "openai", "--read-only"]);
+    let r = block_on(agentkeys_core::Backend::store_credential(
+        &client,
+        None,
+        &svc("openai"),
+        b"value",
+        None,
+    ));
+    assert_eq!(code_of(r), agentkeys_types::ErrorCode::Denied);
+}
+
+#[test]
+fn a_missing_credential_is_not_found_in_text_and_json() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    home.cmd()
+        .args(["read", "nothing-here"])
+        .assert()
+        .code(4)
+        .stderr(contains("error: NOT_FOUND").and(contains("hint:")));
+    let out = home
+        .cmd()
+        .args(["read", "nothing-here", "--json"])
+        .assert()
+        .code(4);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stderr).unwrap();
+    assert_eq!(v["error"]["code"], "NOT_FOUND");
+    assert_eq!(v["error"]["exit_code"], 4);
+    assert!(v["error"]["hint"].is_string());
+    home.cmd()
+        .args(["read", "Bad Name"])
+        .assert()
+        .code(2)
+        .stderr(contains("not a service name"));
+}
+
+/// Runs `agentkeys ARGS` on a pseudo-terminal (util-linux `script`), answers `input` once
+/// `prompt` appears, and returns everything the terminal showed.
+pub(super) fn on_a_terminal(home: &Home, args: &str, prompt: &str, input: &str) -> (bool, String) {
+    use std::io::{Read as _, Write as _};
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &format!("{CLI} {args}"), "/dev/null"])
+        .envs(home.cmd_env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains(prompt) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "no prompt; terminal showed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    stdout.read_to_end(&mut seen).unwrap();
+    let ok = child.wait().unwrap().success();
+    (ok, String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[test]
+fn on_a_terminal_the_prompt_hides_what_is_typed() {
+    let server = Server::start();
+    let home = Home::new(&server);
+    home.init();
+    let value = canary("typed");
+    let (ok, screen) = on_a_terminal(
+        &home,
+        "store typed",
+        "Value for typed (input hidden): ",
+        &format!("{value}\n"),
+    );
+    assert!(ok, "{screen}");
+    assert!(screen.contains("Stored typed for"), "{screen}");
+    assert!(!screen.contains(&value), "the value was echoed: {screen}");
+    assert_eq!(home.read("typed", &[]), value);
+}
