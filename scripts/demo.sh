@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The main job end to end: build, start agentkeys-server in --dev mode on a free port,
 # run the quickstart against it (session, store, read, pairing, scope, high-value
-# approval, audit, revocation), then stop the server.
+# approval, audit, revocation), then the same story through the master CLI `agentkeys`,
+# then stop the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "building agentkeys-server and the quickstart (the first build takes a few minutes on 2 cores)..." >&2
-cargo build -p agentkeys-server -p agentkeys-core --example quickstart
+echo "building agentkeys-server, the agentkeys CLI and the quickstart (the first build takes a few minutes on 2 cores)..." >&2
+cargo build -p agentkeys-server -p agentkeys-cli -p agentkeys-core --example quickstart
 log=$(mktemp)
 ./target/debug/agentkeys-server --dev --listen 127.0.0.1:0 >"$log.out" 2>"$log" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log" "$log.out"' EXIT
+home=$(mktemp -d)
+cleanup() {
+  AGENTKEYS_HOME="$home" ./target/debug/agentkeys revoke >/dev/null 2>&1 || true
+  kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$log" "$log.out" "$home"
+}
+trap cleanup EXIT
 for _ in $(seq 1 200); do
   grep -q '^export AGENTKEYS_SERVER=' "$log.out" 2>/dev/null && break
   kill -0 $server 2>/dev/null || { cat "$log" >&2; exit 1; }
@@ -19,3 +25,30 @@ line=$(grep '^export AGENTKEYS_SERVER=' "$log.out") || { echo "server did not st
 echo "$line"
 eval "$line"
 ./target/debug/examples/quickstart
+
+echo
+echo "== the master CLI tour (AGENTKEYS_HOME=$home) =="
+export AGENTKEYS_HOME="$home"
+ak() { echo "\$ agentkeys $*" >&2; ./target/debug/agentkeys "$@"; }
+AGENTKEYS_AUTH_TOKEN=demo-enrolment ak init
+ak init
+ak whoami
+printf %s "sk-demo-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')" | ak store openai
+echo "\$ agentkeys read openai | wc -c" >&2
+./target/debug/agentkeys read openai | wc -c
+ak policy openai --high-value
+set +e
+ak read openai 2>"$log.approval"; rc=$?
+set -e
+cat "$log.approval" >&2
+[ "$rc" = 5 ] || { echo "expected exit 5 (approval required), got $rc" >&2; exit 1; }
+code=$(grep -o "approve [A-Z0-9]*-[A-Z0-9]*" "$log.approval" | head -1 | cut -d' ' -f2)
+ak approve "$code" --yes
+echo "\$ agentkeys read openai --wait 30 | wc -c" >&2
+./target/debug/agentkeys read openai --wait 30 | wc -c
+ak list
+ak usage --limit 8
+ak usage --verify
+ak revoke
+rm -f "$log.approval"
+echo "demo: OK" >&2
