@@ -35,7 +35,9 @@ Examples:
 /// You (the master) keep API keys on an agentkeys server; agents get them through a daemon
 /// in their sandbox, within the scope you approve. Errors print 'error: CODE: message' and a
 /// 'hint:' line on stderr (JSON with --json).
-#[derive(Debug, Parser)]
+// No `Debug` on the command line types: `init --auth-token` and a stray `store` value
+// would print through it.
+#[derive(Parser)]
 #[command(name = "agentkeys", version, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
 pub struct Args {
     /// Server URL, e.g. http://127.0.0.1:8090.
@@ -53,7 +55,7 @@ pub struct Args {
 }
 
 /// The subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Create (or check) this machine's master session.
     ///
@@ -97,25 +99,7 @@ pub enum Command {
         agentkeys store github                       # prompts, input hidden\n  \
         agentkeys store stripe --from-env STRIPE_KEY --high-value\n  \
         agentkeys store openai --agent research-bot --from-file ./key.txt")]
-    Store {
-        /// Store it for this agent (wallet, alias or e-mail) instead of yourself.
-        #[arg(long, value_name = "AGENT")]
-        agent: Option<String>,
-        /// The credential's name, e.g. openai.
-        service: String,
-        /// Every read needs your approval ('agentkeys approve').
-        #[arg(long)]
-        high_value: bool,
-        /// Read the value from this environment variable.
-        #[arg(long, value_name = "VAR", conflicts_with = "from_file")]
-        from_env: Option<String>,
-        /// Read the value from this file ('-' for stdin), byte for byte.
-        #[arg(long, value_name = "PATH")]
-        from_file: Option<PathBuf>,
-        /// Catches a value typed on the command line, so it can be refused without echoing it.
-        #[arg(hide = true, num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
-        stray: Vec<OsString>,
-    },
+    Store(StoreArgs),
 
     /// Print a credential on stdout (nothing else goes to stdout).
     ///
@@ -160,25 +144,7 @@ pub enum Command {
         agentkeys scope research-bot --add github --remove stripe\n  \
         agentkeys scope 0x1234...abcd --set openai,github --read-only\n  \
         agentkeys scope research-bot --set ''      # nothing at all")]
-    Scope {
-        /// The agent (wallet, alias or e-mail).
-        agent: String,
-        /// Allow this service too (repeatable, or comma-separated).
-        #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
-        add: Vec<String>,
-        /// Stop allowing this service (repeatable, or comma-separated).
-        #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
-        remove: Vec<String>,
-        /// Replace the list ('*' = every service, '' = none).
-        #[arg(long, value_name = "A,B", conflicts_with_all = ["add", "remove"])]
-        set: Option<String>,
-        /// The agent may read but not store.
-        #[arg(long, conflicts_with = "read_write")]
-        read_only: bool,
-        /// The agent may store within its scope.
-        #[arg(long)]
-        read_write: bool,
-    },
+    Scope(ScopeArgs),
 
     /// Mark a credential high-value (every release needs approval) or normal.
     #[command(
@@ -243,23 +209,7 @@ pub enum Command {
         agentkeys usage --since 1h\n  \
         agentkeys usage --agent research-bot --service openai --json\n  \
         agentkeys usage --verify")]
-    Usage {
-        /// Only this agent (wallet, alias or e-mail).
-        #[arg(long, value_name = "AGENT")]
-        agent: Option<String>,
-        /// Only this service.
-        #[arg(long, value_name = "SERVICE")]
-        service: Option<String>,
-        /// Only events newer than this (e.g. 90s, 15m, 2h, 7d, 2w).
-        #[arg(long, value_name = "DURATION")]
-        since: Option<String>,
-        /// At most this many events.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Recompute the whole hash chain on the server and report the first broken link.
-        #[arg(long)]
-        verify: bool,
-    },
+    Usage(UsageArgs),
 
     /// Decide on a pairing, recovery or high-value release.
     ///
@@ -269,22 +219,7 @@ pub enum Command {
         agentkeys approve ABCD-EFGH --scope openai,github\n  \
         agentkeys approve ABCD-EFGH --scope openai --read-only --yes\n  \
         agentkeys approve ABCD-EFGH --deny")]
-    Approve {
-        /// The pair code (ABCD-EFGH; case and dash do not matter).
-        code: String,
-        /// For a pairing: the services the agent may use ('*' = all).
-        #[arg(long, value_name = "A,B")]
-        scope: Option<String>,
-        /// For a pairing: the agent may not store.
-        #[arg(long)]
-        read_only: bool,
-        /// Do not ask for confirmation (required when there is no terminal).
-        #[arg(short, long)]
-        yes: bool,
-        /// Deny the request instead.
-        #[arg(long)]
-        deny: bool,
-    },
+    Approve(ApproveArgs),
 
     /// Get a session for an existing agent on this machine (a recovery your master approves).
     ///
@@ -311,6 +246,97 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// The flags of `agentkeys store`.
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// Store it for this agent (wallet, alias or e-mail) instead of yourself.
+    #[arg(long, value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// The credential's name, e.g. openai.
+    pub service: String,
+    /// Every read needs your approval ('agentkeys approve').
+    #[arg(long)]
+    pub high_value: bool,
+    /// Read the value from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "from_file")]
+    pub from_env: Option<String>,
+    /// Read the value from this file ('-' for stdin), byte for byte.
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Catches a value typed on the command line, so it can be refused without echoing it.
+    #[arg(hide = true, num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub stray: Vec<OsString>,
+}
+
+/// The flags of `agentkeys scope`.
+#[derive(clap::Args)]
+pub struct ScopeArgs {
+    /// The agent (wallet, alias or e-mail).
+    pub agent: String,
+    /// What to change.
+    #[command(flatten)]
+    pub change: ScopeChange,
+}
+
+/// The change flags of `agentkeys scope` (none: just show the scope).
+#[derive(clap::Args)]
+pub struct ScopeChange {
+    /// Allow this service too (repeatable, or comma-separated).
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+    pub add: Vec<String>,
+    /// Stop allowing this service (repeatable, or comma-separated).
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+    pub remove: Vec<String>,
+    /// Replace the list ('*' = every service, '' = none).
+    #[arg(long, value_name = "A,B", conflicts_with_all = ["add", "remove"])]
+    pub set: Option<String>,
+    /// The agent may read but not store.
+    #[arg(long, conflicts_with = "read_write")]
+    pub read_only: bool,
+    /// The agent may store within its scope.
+    #[arg(long)]
+    pub read_write: bool,
+}
+
+/// The flags of `agentkeys usage`.
+#[derive(clap::Args)]
+pub struct UsageArgs {
+    /// Only this agent (wallet, alias or e-mail).
+    #[arg(long, value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// Only this service.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// Only events newer than this (e.g. 90s, 15m, 2h, 7d, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Recompute the whole hash chain on the server and report the first broken link.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// The flags of `agentkeys approve`.
+#[derive(clap::Args)]
+pub struct ApproveArgs {
+    /// The pair code (ABCD-EFGH; case and dash do not matter).
+    pub code: String,
+    /// For a pairing: the services the agent may use ('*' = all).
+    #[arg(long, value_name = "A,B")]
+    pub scope: Option<String>,
+    /// For a pairing: the agent may not store.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Do not ask for confirmation (required when there is no terminal).
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Deny the request instead.
+    #[arg(long)]
+    pub deny: bool,
 }
 
 #[cfg(test)]

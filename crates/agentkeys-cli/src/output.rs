@@ -15,6 +15,13 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long the next long-poll may wait: at most 25 s (below the client's 90 s timeout and
+/// common proxy idle limits) and never past `deadline`; `None` once the deadline passed.
+pub fn poll_window(deadline: i64) -> Option<u64> {
+    let remaining = deadline - now();
+    (remaining > 0).then(|| u64::try_from(remaining.min(25)).unwrap_or(25))
+}
+
 /// `2026-11-28 14:05:09 UTC`.
 pub fn timestamp(unix: i64) -> String {
     let days = unix.div_euclid(86_400);

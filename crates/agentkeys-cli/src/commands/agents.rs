@@ -5,6 +5,7 @@ use agentkeys_types::api::LinkIdentityRequest;
 use agentkeys_types::{Scope, Wallet};
 use serde_json::json;
 
+use crate::cli::{ScopeArgs, ScopeChange};
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, timestamp};
@@ -44,20 +45,6 @@ pub async fn agents(ctx: &Context) -> CliResult {
         &["WALLET", "NAMES", "SCOPE", "SESSIONS", "LAST USED"],
         &rows,
     )
-}
-
-/// The change flags of `agentkeys scope`.
-pub struct ScopeChange {
-    /// `--add`.
-    pub add: Vec<String>,
-    /// `--remove`.
-    pub remove: Vec<String>,
-    /// `--set`.
-    pub set: Option<String>,
-    /// `--read-only`.
-    pub read_only: bool,
-    /// `--read-write`.
-    pub read_write: bool,
 }
 
 impl ScopeChange {
@@ -117,9 +104,10 @@ pub fn split_list(list: &str) -> Vec<String> {
 }
 
 /// `agentkeys scope`.
-pub async fn scope(ctx: &Context, agent: &str, change: ScopeChange) -> CliResult {
+pub async fn scope(ctx: &Context, args: ScopeArgs) -> CliResult {
+    let ScopeArgs { agent, change } = args;
     let session = ctx.session()?;
-    let wallet = session.resolve_agent(agent).await?;
+    let wallet = session.resolve_agent(&agent).await?;
     let current = session.backend.agent_scope(&wallet).await?;
     let scope = if change.is_empty() {
         current

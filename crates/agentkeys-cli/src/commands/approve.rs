@@ -6,25 +6,12 @@ use agentkeys_types::Scope;
 use agentkeys_types::api::{ApproveRequest, AuthKind, AuthRequestView, AuthStatus};
 use serde_json::json;
 
+use crate::cli::ApproveArgs;
 use crate::commands::agents::split_list;
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note};
 use crate::secret_io;
-
-/// The flags of `agentkeys approve`.
-pub struct ApproveArgs {
-    /// The pair code.
-    pub code: String,
-    /// `--scope`.
-    pub scope: Option<String>,
-    /// `--read-only`.
-    pub read_only: bool,
-    /// `--yes`.
-    pub yes: bool,
-    /// `--deny`.
-    pub deny: bool,
-}
 
 fn describe(view: &AuthRequestView, scope: Option<&Scope>) -> Vec<String> {
     let mut lines = match view.kind {

@@ -1,13 +1,11 @@
 //! Credential commands: `store`, `read`, `list`, `policy`.
 
-use std::ffi::OsString;
-use std::path::PathBuf;
-
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
 use agentkeys_types::api::{AuthRequestTicket, AuthStatus, Policy};
 use agentkeys_types::{ErrorCode, ServiceName};
 use serde_json::json;
 
+use crate::cli::StoreArgs;
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note, timestamp};
@@ -19,22 +17,6 @@ pub fn service_name(s: &str) -> CliResult<ServiceName> {
         CliError::usage(format!("'{s}' is not a service name"))
             .hint("lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64")
     })
-}
-
-/// `agentkeys store`.
-pub struct StoreArgs {
-    /// `--agent`.
-    pub agent: Option<String>,
-    /// The service.
-    pub service: String,
-    /// `--high-value`.
-    pub high_value: bool,
-    /// `--from-env`.
-    pub from_env: Option<String>,
-    /// `--from-file`.
-    pub from_file: Option<PathBuf>,
-    /// Anything else on the command line (refused).
-    pub stray: Vec<OsString>,
 }
 
 /// `agentkeys store`.
@@ -138,8 +120,7 @@ async fn wait_for_approval(
         duration(deadline - output::now())
     ));
     loop {
-        let remaining = deadline - output::now();
-        if remaining <= 0 {
+        let Some(poll) = output::poll_window(deadline) else {
             return Err(CliError::new(
                 "EXPIRED",
                 exit::AUTH,
@@ -149,8 +130,7 @@ async fn wait_for_approval(
                 "approve it with 'agentkeys approve {}', then run 'agentkeys read {service}'",
                 ticket.pair_code
             )));
-        }
-        let poll = u64::try_from(remaining.min(25)).unwrap_or(25);
+        };
         match backend.decision(&ticket.id, poll).await {
             Ok(d) => match d.status {
                 AuthStatus::Pending => {}

@@ -27,27 +27,7 @@ pub async fn run(args: Args) -> CliResult {
     match args.command {
         Command::Init { auth_token, force } => session::init(&ctx, auth_token, force).await,
         Command::Whoami => session::whoami(&ctx).await,
-        Command::Store {
-            agent,
-            service,
-            high_value,
-            from_env,
-            from_file,
-            stray,
-        } => {
-            credentials::store(
-                &ctx,
-                credentials::StoreArgs {
-                    agent,
-                    service,
-                    high_value,
-                    from_env,
-                    from_file,
-                    stray,
-                },
-            )
-            .await
-        }
+        Command::Store(a) => credentials::store(&ctx, a).await,
         Command::Read {
             agent,
             service,
@@ -55,23 +35,7 @@ pub async fn run(args: Args) -> CliResult {
         } => credentials::read(&ctx, agent.as_deref(), &service, wait).await,
         Command::List { agent } => credentials::list(&ctx, agent.as_deref()).await,
         Command::Agents => agents::agents(&ctx).await,
-        Command::Scope {
-            agent,
-            add,
-            remove,
-            set,
-            read_only,
-            read_write,
-        } => {
-            let change = agents::ScopeChange {
-                add,
-                remove,
-                set,
-                read_only,
-                read_write,
-            };
-            agents::scope(&ctx, &agent, change).await
-        }
+        Command::Scope(a) => agents::scope(&ctx, a).await,
         Command::Policy {
             agent,
             service,
@@ -85,38 +49,8 @@ pub async fn run(args: Args) -> CliResult {
             alias,
             email,
         } => agents::link(&ctx, &wallet, alias, email).await,
-        Command::Usage {
-            agent,
-            service,
-            since,
-            limit,
-            verify,
-        } => {
-            let args = usage::UsageArgs {
-                agent,
-                service,
-                since,
-                limit,
-                verify,
-            };
-            usage::usage(&ctx, args).await
-        }
-        Command::Approve {
-            code,
-            scope,
-            read_only,
-            yes,
-            deny,
-        } => {
-            let args = approve::ApproveArgs {
-                code,
-                scope,
-                read_only,
-                yes,
-                deny,
-            };
-            approve::approve(&ctx, args).await
-        }
+        Command::Usage(a) => usage::usage(&ctx, a).await,
+        Command::Approve(a) => approve::approve(&ctx, a).await,
         Command::Recover {
             identity,
             wait,

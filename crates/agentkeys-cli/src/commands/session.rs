@@ -360,16 +360,14 @@ pub async fn recover(ctx: &Context, identity: &str, wait: u64, force: bool) -> C
             ticket.pair_code, ticket.otp, ticket.pair_code
         ));
         loop {
-            let remaining = deadline - output::now();
-            if remaining <= 0 {
+            let Some(poll) = output::poll_window(deadline) else {
                 return Err(CliError::new(
                     "EXPIRED",
                     exit::AUTH,
                     format!("gave up after {wait} s without a decision"),
                 )
                 .hint("run 'agentkeys recover' again and approve the code it shows"));
-            }
-            let poll = u64::try_from(remaining.min(25)).unwrap_or(25);
+            };
             let decision = backend.decision(&ticket.id, poll).await?;
             match decision.status {
                 AuthStatus::Pending => continue,

@@ -4,24 +4,11 @@ use agentkeys_core::Backend as _;
 use agentkeys_core::client::AuditQuery;
 use serde_json::json;
 
+use crate::cli::UsageArgs;
 use crate::commands::credentials::service_name;
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, timestamp};
-
-/// The flags of `agentkeys usage`.
-pub struct UsageArgs {
-    /// `--agent`.
-    pub agent: Option<String>,
-    /// `--service`.
-    pub service: Option<String>,
-    /// `--since`.
-    pub since: Option<String>,
-    /// `--limit`.
-    pub limit: u32,
-    /// `--verify`.
-    pub verify: bool,
-}
 
 /// `agentkeys usage`.
 pub async fn usage(ctx: &Context, args: UsageArgs) -> CliResult {
