@@ -196,7 +196,7 @@ pub enum Command {
     Link {
         /// The wallet.
         wallet: String,
-        /// An alias ([a-z0-9][a-z0-9._-]{0,63}).
+        /// An alias: lower-case letters, digits, ".", "_" and "-", at most 64.
         #[arg(long)]
         alias: Option<String>,
         /// An e-mail address.
