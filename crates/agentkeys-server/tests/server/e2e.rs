@@ -335,35 +335,6 @@ async fn a_tokens_file_admits_only_its_tokens_plain_or_hashed() {
     );
 }
 
-/// Scans every readable mapping of `pid` through `/proc/<pid>/mem` and counts `needle`.
-/// Mappings the kernel refuses to read (memfd_secret answers EIO) are skipped and counted.
-fn scan_memory(pid: u32, needle: &[u8]) -> (usize, usize, usize) {
-    use std::os::unix::fs::FileExt as _;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let (mut hits, mut scanned, mut refused) = (0, 0, 0);
-    for line in maps.lines() {
-        let mut parts = line.split_whitespace();
-        let range = parts.next().unwrap();
-        let perms = parts.next().unwrap();
-        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
-            continue;
-        }
-        let (start, end) = range.split_once('-').unwrap();
-        let start = u64::from_str_radix(start, 16).unwrap();
-        let end = u64::from_str_radix(end, 16).unwrap();
-        let mut buf = vec![0u8; usize::try_from(end - start).unwrap()];
-        match mem.read_exact_at(&mut buf, start) {
-            Ok(()) => {
-                scanned += buf.len();
-                hits += count(&buf, needle);
-            }
-            Err(_) => refused += 1,
-        }
-    }
-    (hits, scanned, refused)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,19 +350,21 @@ async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
         assert_eq!(page.expose_secret(), secret.as_bytes());
     }
     let pid = server.child.id();
-    let (hits, scanned, _) = scan_memory(pid, secret.as_bytes());
+    let report = agentkeys_memscan::scan(pid, secret.as_bytes()).unwrap();
     assert!(
-        scanned > 1 << 20,
-        "scanned only {scanned} bytes of the server"
+        report.scanned_bytes > 1 << 20,
+        "scanned only {} bytes of the server",
+        report.scanned_bytes
     );
-    assert_eq!(
-        hits, 0,
-        "the credential canary is readable in the server's memory"
+    assert!(
+        report.hits.is_empty(),
+        "the credential canary is readable in the server's memory: {:?}",
+        report.hits
     );
     // The scanner itself can find a canary: this test process holds one in its heap.
-    let (own_hits, _, _) = scan_memory(std::process::id(), secret.as_bytes());
+    let own = agentkeys_memscan::scan(std::process::id(), secret.as_bytes()).unwrap();
     assert!(
-        own_hits > 0,
+        !own.hits.is_empty(),
         "the scanner failed to find a canary it should see"
     );
 }
