@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt as _;
 use std::path::Path;
@@ -58,12 +58,12 @@ pub fn read_value(source: Source<'_>) -> CliResult<SecretPage> {
             page?
         }
         Source::File(path) if path == Path::new("-") => {
-            read_all_into_page(&mut io::stdin().lock()).map_err(|e| io_error("stdin", &e))?
+            read_all_into_page(io::stdin().as_fd()).map_err(|e| io_error("stdin", &e))?
         }
         Source::File(path) => {
-            let mut f = File::open(path)
+            let f = File::open(path)
                 .map_err(|e| io_error(&format!("cannot open {}", path.display()), &e))?;
-            read_all_into_page(&mut f)
+            read_all_into_page(f.as_fd())
                 .map_err(|e| io_error(&format!("cannot read {}", path.display()), &e))?
         }
         Source::StdinOrPrompt { label } => {
@@ -71,8 +71,7 @@ pub fn read_value(source: Source<'_>) -> CliResult<SecretPage> {
             let mut page = if termios::isatty(stdin.as_fd()) {
                 prompt_hidden(&format!("Value for {label} (input hidden): "))?
             } else {
-                let page =
-                    read_all_into_page(&mut stdin.lock()).map_err(|e| io_error("stdin", &e))?;
+                let page = read_all_into_page(stdin.as_fd()).map_err(|e| io_error("stdin", &e))?;
                 if page.is_empty() {
                     return Err(
                         CliError::usage("no value on stdin, and no terminal to prompt on").hint(
@@ -106,9 +105,11 @@ fn strip_one_newline(page: &mut SecretPage) {
     page.set_len(len);
 }
 
-/// Reads everything into secret pages that double in size as needed (the old page is wiped
-/// on drop after its bytes move), up to the 1 MiB value limit.
-fn read_all_into_page(r: &mut impl Read) -> io::Result<SecretPage> {
+/// Reads everything from `fd` with `read(2)` into secret pages that double in size as needed
+/// (the old page is wiped on drop after its bytes move), up to the 1 MiB value limit. Raw
+/// `read(2)`, not `std::io::Stdin`: its 8 KiB buffer would keep a copy of the value for the
+/// life of the process.
+fn read_all_into_page(fd: BorrowedFd<'_>) -> io::Result<SecretPage> {
     let mut page = SecretPage::new(4096)?;
     let mut filled = 0;
     loop {
@@ -120,11 +121,11 @@ fn read_all_into_page(r: &mut impl Read) -> io::Result<SecretPage> {
             bigger.expose_secret_mut()[..filled].copy_from_slice(&page.expose_secret()[..filled]);
             page = bigger;
         }
-        match r.read(&mut page.expose_secret_mut()[filled..]) {
+        match rustix::io::read(fd, &mut page.expose_secret_mut()[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     if filled > MAX_PLAINTEXT_LEN {
@@ -359,7 +360,10 @@ mod tests {
     #[test]
     fn reading_grows_pages_and_keeps_every_byte() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let page = read_all_into_page(&mut &data[..]).unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let page = read_all_into_page(file.as_fd()).unwrap();
         assert_eq!(page.expose_secret(), &data[..]);
     }
 

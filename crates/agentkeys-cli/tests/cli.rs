@@ -11,5 +11,6 @@ mod cli {
     pub mod common;
     mod credentials;
     mod hygiene;
+    mod memory;
     mod session;
 }
