@@ -39,6 +39,9 @@ pub(crate) struct Args {
     /// Burst of reads allowed per session before the rate applies
     #[arg(long, default_value_t = 100.0)]
     pub(crate) read_burst: f64,
+    /// How long a pair or recover code stays valid (DESIGN decision 4: 60 s)
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) pair_ttl: i64,
 }
 
 /// Parses `90`, `90s`, `15m`, `12h`, `30d` into seconds.
@@ -105,6 +108,7 @@ impl Args {
             agent_ttl: self.agent_ttl,
             read_rate: self.read_rate,
             read_burst: self.read_burst,
+            pair_ttl: self.pair_ttl,
             ..Default::default()
         };
         Ok(Plan {

@@ -651,7 +651,18 @@ impl Store for SqliteStore {
                     .await?;
                 insert_session_in(&mut tx, session).await?;
             }
-            Approval::Recover { session, .. } => insert_session_in(&mut tx, session).await?,
+            Approval::Recover { session, .. } => {
+                // Recovery replaces a lost or compromised daemon: its sessions end now, in
+                // the same transaction that mints the new one.
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(session.wallet.as_str())
+                .execute(&mut *tx)
+                .await?;
+                insert_session_in(&mut tx, session).await?;
+            }
             Approval::HighValue { .. } => {}
         }
         tx.commit().await?;

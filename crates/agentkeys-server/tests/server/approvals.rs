@@ -220,7 +220,7 @@ async fn recover_mints_a_new_session_for_an_existing_agent() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
     let (m2, _, _) = ts.master("m2").await;
-    let (_, a_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    let (old_daemon, a_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
     m.store_credential(
         Some(&a_info.wallet),
         &svc("openai"),
@@ -276,6 +276,8 @@ async fn recover_mints_a_new_session_for_an_existing_agent() {
             .expose_secret(),
         b"recovered-value"
     );
+    // The lost daemon's session ended with the recovery.
+    assert_code(old_daemon.session().await, ErrorCode::Unauthorized);
     let mut unknown = req.clone();
     unknown.identity = Some("nobody".into());
     assert_code(
