@@ -1,0 +1,96 @@
+//! The command line of `agentkeys-daemon`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// agentkeys-daemon: holds one agent's session inside its sandbox and serves credentials to
+/// the agent over MCP, on a Unix socket (and stdio through `mcp`).
+#[derive(Parser)]
+#[command(
+    name = "agentkeys-daemon",
+    version,
+    after_help = "Examples:\n  \
+    agentkeys-daemon serve --server http://127.0.0.1:8090     # pairs on first start\n  \
+    agentkeys-daemon mcp                                       # stdio bridge for MCP clients\n  \
+    agentkeys-daemon status\n  \
+    agentkeys-daemon audit --verify\n\n\
+    Environment: AGENTKEYS_SERVER, AGENTKEYS_HOME (state, default ~/.agentkeys),\n\
+    AGENTKEYS_SOCKET (default $XDG_RUNTIME_DIR/agentkeys/daemon.sock, else\n\
+    $AGENTKEYS_HOME/run/daemon.sock), AGENTKEYS_SESSION_STORE (auto, keyring, file)."
+)]
+pub struct Args {
+    /// More logging on stderr (-v, -vv). Never prints secrets.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Pair (first start) or load the stored session, then serve MCP on the socket.
+    #[command(after_help = "Examples:\n  \
+        agentkeys-daemon serve --server http://127.0.0.1:8090\n  \
+        agentkeys-daemon serve --server URL --recover research-bot   # new session, same agent\n  \
+        agentkeys-daemon serve --server URL --allow-uid 1001          # an agent under another uid")]
+    Serve(ServeArgs),
+    /// Bridge stdin/stdout to the daemon socket (for MCP clients that spawn a command).
+    #[command(after_help = "Examples:\n  \
+        agentkeys-daemon mcp\n  \
+        claude mcp add agentkeys -- agentkeys-daemon mcp")]
+    Mcp {
+        /// The daemon socket.
+        #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Ask the running daemon for its state: wallet, scope, server, uptime, counters.
+    #[command(
+        after_help = "Examples:\n  agentkeys-daemon status\n  agentkeys-daemon status --json"
+    )]
+    Status {
+        /// The daemon socket.
+        #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's audit trail, or verify its hash chain.
+    #[command(
+        after_help = "Examples:\n  agentkeys-daemon audit\n  agentkeys-daemon audit --verify --json"
+    )]
+    Audit {
+        /// Recompute the chain and report the first line that does not hold.
+        #[arg(long)]
+        verify: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The flags of `serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The agentkeys server.
+    #[arg(long, env = "AGENTKEYS_SERVER", value_name = "URL")]
+    pub server: String,
+    /// The socket to serve on.
+    #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Which stored daemon session to use, by agent wallet, when several are stored.
+    #[arg(long, value_name = "WALLET")]
+    pub session_id: Option<String>,
+    /// Get a new session for an existing agent (alias, e-mail or wallet) instead of pairing.
+    #[arg(long, value_name = "AGENT")]
+    pub recover: Option<String>,
+    /// The server's Ed25519 signing key (base64) to pin, instead of trusting first contact.
+    #[arg(long, value_name = "BASE64")]
+    pub server_key: Option<String>,
+    /// Also accept connections from this uid (repeatable). Default: only the daemon's uid.
+    #[arg(long, value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+}

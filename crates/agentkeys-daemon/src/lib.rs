@@ -1,0 +1,31 @@
+//! `agentkeys-daemon`: lives in the agent's sandbox, holds the agent's session, and serves
+//! credentials over MCP on a Unix socket (DESIGN decisions 4, 6, 7, 10).
+//!
+//! A tour, start here:
+//! - `run.rs` — the subcommands wired: `serve` binds the socket, gets a session, serves
+//!   until SIGTERM and wipes; `status`, `audit`, `mcp`.
+//! - `pairing.rs` — a stored session, or pair / recover with a code and OTP the master
+//!   approves; the session arrives sealed to a fresh key and signed by the pinned server.
+//! - `listener.rs` — the socket: private directory, stale-socket handling, `SO_PEERCRED`.
+//! - `transport.rs` — newline-delimited JSON-RPC as an rmcp transport: line limits, bad
+//!   input, rate limits, our `agentkeys/…` methods, zeroized write buffers.
+//! - `service.rs` — the MCP tools; `daemon.rs` — shared state, fetch, drop after delivery.
+//! - `trail.rs` — the hash-chained JSONL audit trail; `bridge.rs` — stdio ↔ socket.
+
+#![forbid(unsafe_code)]
+
+pub mod bridge;
+pub mod cli;
+pub mod daemon;
+pub mod error;
+pub mod listener;
+pub mod pairing;
+pub mod run;
+pub mod service;
+pub mod trail;
+pub mod transport;
+
+/// Trailing slashes off a server URL.
+pub fn normalize(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_owned()
+}

@@ -1,0 +1,331 @@
+//! The subcommands, wired: `serve` (bind, pair or load, serve until SIGTERM, wipe), `status`,
+//! `audit`, `mcp`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use agentkeys_core::HttpBackend;
+use agentkeys_core::session_store::StoreChoice;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::cli::{Args, Command, ServeArgs};
+use crate::daemon::{Counters, Daemon};
+use crate::error::DaemonError;
+use crate::pairing::{self, SessionPlan, WaitingState};
+use crate::trail::{self, Event, Trail};
+use crate::{bridge, listener, normalize};
+
+/// `$AGENTKEYS_HOME`, else `~/.agentkeys`.
+pub fn home() -> Result<PathBuf, DaemonError> {
+    if let Some(h) = std::env::var_os("AGENTKEYS_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".agentkeys"))
+        .ok_or_else(|| DaemonError::usage("neither AGENTKEYS_HOME nor HOME is set"))
+}
+
+/// The daemon's audit trail file.
+pub fn trail_path(home: &Path) -> PathBuf {
+    home.join("daemon-audit.jsonl")
+}
+
+/// Runs one command line.
+pub async fn run(args: Args) -> Result<(), DaemonError> {
+    let home = home()?;
+    match args.command {
+        Command::Serve(a) => serve(&home, a).await,
+        Command::Mcp { socket } => {
+            bridge::run(&socket.unwrap_or_else(|| listener::default_socket(&home))).await
+        }
+        Command::Status { socket, json } => {
+            status(
+                &socket.unwrap_or_else(|| listener::default_socket(&home)),
+                json,
+            )
+            .await
+        }
+        Command::Audit { verify, json } => audit(&trail_path(&home), verify, json),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
+    agentkeys_core::session_store::create_private_dir(home)?;
+    let choice_raw = std::env::var("AGENTKEYS_SESSION_STORE").unwrap_or_default();
+    let choice = StoreChoice::parse(&choice_raw).ok_or_else(|| {
+        DaemonError::usage(format!(
+            "AGENTKEYS_SESSION_STORE={choice_raw} is not one of auto, keyring, file"
+        ))
+    })?;
+    let socket = args
+        .socket
+        .unwrap_or_else(|| listener::default_socket(home));
+    let server = normalize(&args.server);
+    let listener = listener::bind(&socket).await.map_err(|e| {
+        DaemonError::new(
+            "SOCKET",
+            1,
+            format!("cannot serve on {}: {e}", socket.display()),
+        )
+    })?;
+    let trail = Trail::open(&trail_path(home))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let plan = SessionPlan {
+        home: home.to_owned(),
+        server,
+        session_id: args.session_id,
+        recover: args.recover,
+        server_key: args.server_key,
+        choice,
+        description: format!("agentkeys-daemon on {}", host.trim()),
+    };
+    let waiting = WaitingState::default();
+    let stored = {
+        let responder = answer_while_waiting(&listener, waiting.clone(), &args.allow_uid);
+        tokio::select! {
+            r = pairing::obtain(&plan, &waiting) => r?,
+            () = responder => unreachable_loop(),
+            () = shutdown_signal() => {
+                let _ = std::fs::remove_file(&socket);
+                return Ok(());
+            }
+        }
+    };
+    let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
+    let daemon = Arc::new(Daemon {
+        stored,
+        backend,
+        trail,
+        counters: Counters::default(),
+        started: Instant::now(),
+        socket: socket.display().to_string(),
+    });
+    daemon.audit(Event {
+        event: "start".into(),
+        agent: Some(daemon.session().wallet.to_string()),
+        detail: Some(format!("pid {}", std::process::id())),
+        ..Default::default()
+    });
+    eprintln!(
+        "agentkeys-daemon: serving agent {} (scope {}) on {}",
+        daemon.session().wallet,
+        pairing::describe_scope(&daemon.session().scope),
+        socket.display()
+    );
+    listener::serve(&listener, daemon.clone(), args.allow_uid, shutdown_signal()).await;
+    daemon.audit(Event {
+        event: "stop".into(),
+        agent: Some(daemon.session().wallet.to_string()),
+        ..Default::default()
+    });
+    let _ = daemon.trail.sync();
+    let _ = std::fs::remove_file(&socket);
+    // Dropping the daemon wipes the token (SecretString); pages were dropped on delivery.
+    drop(daemon);
+    eprintln!("agentkeys-daemon: stopped");
+    Ok(())
+}
+
+fn unreachable_loop() -> agentkeys_core::session_store::StoredSession {
+    // The responder loops until the select drops it.
+    panic!("the pairing responder ended on its own")
+}
+
+/// While waiting for an approval, answers `agentkeys/status` with the code to approve and
+/// every other request with an error telling the agent what its human must do.
+async fn answer_while_waiting(listener: &UnixListener, waiting: WaitingState, allowed: &[u32]) {
+    let own = rustix::process::geteuid().as_raw();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        match listener::peer_of(&stream) {
+            Ok(p) if p.uid == own || allowed.contains(&p.uid) => {}
+            _ => continue,
+        }
+        let waiting = waiting.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read.take(1 << 20)).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let Some(id) = v.get("id").cloned() else {
+                    continue;
+                };
+                let w = waiting.lock().ok().and_then(|w| w.clone());
+                let reply = match v.get("method").and_then(Value::as_str) {
+                    Some("agentkeys/status") => json!({"jsonrpc": "2.0", "id": id,
+                        "result": {"state": "waiting_for_approval", "waiting": w}}),
+                    _ => {
+                        let msg = match &w {
+                            Some(w) => format!(
+                                "this agentkeys daemon is not paired yet: ask your operator to run \
+                                 'agentkeys approve {}' (OTP {})",
+                                w.pair_code, w.otp
+                            ),
+                            None => "this agentkeys daemon is not paired yet".to_owned(),
+                        };
+                        json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32002, "message": msg}})
+                    }
+                };
+                let mut bytes = reply.to_string().into_bytes();
+                bytes.push(b'\n');
+                if write.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        DaemonError::new(
+            "UNREACHABLE",
+            6,
+            format!("no daemon answers on {}: {e}", socket.display()),
+        )
+        .hint("start it with 'agentkeys-daemon serve --server URL', or set AGENTKEYS_SOCKET")
+    })?;
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"agentkeys/status\"}\n")
+        .await?;
+    let mut lines = BufReader::new(read).lines();
+    let line = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| DaemonError::new("PROTOCOL", 1, "the daemon closed the connection"))?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|e| DaemonError::new("PROTOCOL", 1, e.to_string()))?;
+    let result = v
+        .get("result")
+        .cloned()
+        .ok_or_else(|| DaemonError::new("PROTOCOL", 1, format!("unexpected answer: {v}")))?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if let Some(w) = result.get("waiting").filter(|w| !w.is_null()) {
+        println!("state:      waiting for approval");
+        println!(
+            "approve:    agentkeys approve {} (OTP {})",
+            w["pair_code"].as_str().unwrap_or("?"),
+            w["otp"].as_str().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    let c = &result["counters"];
+    for (k, val) in [
+        ("wallet", result["wallet"].to_string()),
+        ("scope", result["scope"].to_string()),
+        (
+            "server",
+            format!(
+                "{} (reachable: {})",
+                result["server"], result["server_reachable"]
+            ),
+        ),
+        ("socket", result["socket"].to_string()),
+        ("uptime", format!("{} s", result["uptime_secs"])),
+        (
+            "counters",
+            format!(
+                "{} connections, {} refused, {} delivered, {} denied",
+                c["connections"], c["refused_connections"], c["delivered"], c["denied"]
+            ),
+        ),
+    ] {
+        println!("{:<11} {}", format!("{k}:"), val.trim_matches('"'));
+    }
+    Ok(())
+}
+
+fn audit(path: &Path, verify: bool, as_json: bool) -> Result<(), DaemonError> {
+    if verify {
+        let v = trail::verify(path).map_err(|e| {
+            DaemonError::new("IO", 1, format!("cannot read {}: {e}", path.display()))
+        })?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        if !v.ok {
+            return Err(DaemonError::new(
+                "AUDIT_BROKEN",
+                8,
+                format!(
+                    "the daemon audit trail is broken at line {} ({}); {} lines check out",
+                    v.first_broken_line.unwrap_or(0),
+                    v.reason.as_deref().unwrap_or("?"),
+                    v.checked
+                ),
+            )
+            .hint("the trail was edited, truncated or spliced outside the daemon"));
+        }
+        if !as_json {
+            println!("Audit trail intact: {} events, head {}", v.checked, v.head);
+        }
+        return Ok(());
+    }
+    let lines = trail::read(path)
+        .map_err(|e| DaemonError::new("IO", 1, format!("cannot read {}: {e}", path.display())))?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "events": lines })).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    for l in lines {
+        let e = &l.event;
+        let peer = e
+            .peer
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "pid {} uid {} {}",
+                    p.pid,
+                    p.uid,
+                    p.exe.as_deref().unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:>5} {:>14} {:<8} {:<12} {:<7} {} {}",
+            l.seq,
+            l.mono_ns,
+            e.event,
+            e.service.as_deref().unwrap_or("-"),
+            e.mode.as_deref().unwrap_or("-"),
+            peer.trim(),
+            e.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The MCP surface (DESIGN decision 7): server `agentkeys`, tools `get_credential`,
+//! `list_credentials` and `whoami`. Failures are tool results with `isError: true` whose
+//! text a model can relay to its human (the exact `agentkeys approve` command, "revoked",
+//! "not in scope").
+
+use std::sync::Arc;
+
+use agentkeys_core::Backend as _;
+use agentkeys_types::ServiceName;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde_json::json;
+
+use crate::daemon::{Conn, Daemon, InFlight};
+
+const INSTRUCTIONS: &str = "\
+agentkeys gives you the API credentials your operator approved for you, one at a time, \
+when you need them. Call list_credentials to see which exist and which need a human \
+approval (high_value), get_credential with a service name to receive one, and whoami to \
+see your identity and scope. Use a credential for the call at hand and do not store, \
+print or repeat it. If a tool result is an error, relay its message to your human: it \
+says exactly what they must run (for example 'agentkeys approve ABCD-EFGH').";
+
+/// `get_credential` arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct GetCredential {
+    /// The credential's service name, e.g. "openai" or "github" (see list_credentials).
+    pub service: String,
+}
+
+/// `list_credentials` and `whoami` take no arguments.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+pub struct NoArguments {}
+
+/// One connection's MCP handler.
+#[derive(Clone)]
+pub struct Mcp {
+    daemon: Arc<Daemon>,
+    conn: Arc<Conn>,
+    tool_router: ToolRouter<Self>,
+}
+
+fn error(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+#[tool_router]
+impl Mcp {
+    /// A handler for one connection.
+    pub fn new(daemon: Arc<Daemon>, conn: Arc<Conn>) -> Self {
+        Mcp {
+            daemon,
+            conn,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "Get one API credential (for example an OpenAI or GitHub key) by its \
+        service name. Returns the secret value as text: use it for the request you are \
+        making and do not store or echo it. Errors explain what your human must do \
+        (approve a high-value release, widen your scope, re-pair)."
+    )]
+    async fn get_credential(
+        &self,
+        Parameters(GetCredential { service }): Parameters<GetCredential>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let Ok(service) = ServiceName::parse(&service) else {
+            return error(format!(
+                "'{}' is not a service name: use lower-case letters, digits, '.', '_' or '-' \
+                 (see list_credentials)",
+                service.chars().take(64).collect::<String>()
+            ));
+        };
+        let page = match self.daemon.fetch(&service, &self.conn.peer).await {
+            Ok(page) => page,
+            Err(refusal) => return error(refusal.message),
+        };
+        let Ok(text) = std::str::from_utf8(page.expose_secret()) else {
+            return error(format!(
+                "'{service}' holds binary data, which this tool returns as text only"
+            ));
+        };
+        // The one copy that travels: rmcp needs the text as a String. It is freed (and
+        // zeroized by the global allocator) once serialized; the page itself stays until
+        // the transport has written the line, then it is dropped (DESIGN decision 6).
+        let result = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
+        if let Ok(mut held) = self.conn.in_flight.lock() {
+            held.insert(context.id, InFlight { page, service });
+        }
+        result
+    }
+
+    #[tool(
+        description = "List the credentials this agent may ask for: service names and \
+        whether each needs a human approval per use (high_value). Never returns values."
+    )]
+    async fn list_credentials(&self, _: Parameters<NoArguments>) -> CallToolResult {
+        match self.daemon.backend.list_credentials(None).await {
+            Ok(list) => {
+                let items: Vec<_> = list
+                    .credentials
+                    .iter()
+                    .map(|c| json!({"service": c.service, "high_value": c.policy.high_value}))
+                    .collect();
+                CallToolResult::success(vec![ContentBlock::text(
+                    json!({ "credentials": items }).to_string(),
+                )])
+            }
+            Err(e) => error(self.daemon.refusal(None, &e).message),
+        }
+    }
+
+    #[tool(
+        description = "Who this agent is: its wallet, its parent (the human operator's \
+        wallet), the services in its scope, whether it is read-only, and when its session \
+        expires."
+    )]
+    async fn whoami(&self, _: Parameters<NoArguments>) -> CallToolResult {
+        let s = self.daemon.session();
+        CallToolResult::success(vec![ContentBlock::text(
+            json!({
+                "wallet": s.wallet, "parent": s.parent, "scope": s.scope,
+                "expires_at": s.expires_at, "server": self.daemon.stored.server,
+            })
+            .to_string(),
+        )])
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Mcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_instructions(INSTRUCTIONS)
+            .with_server_info(Implementation::new("agentkeys", env!("CARGO_PKG_VERSION")))
+    }
+}

@@ -1,0 +1,342 @@
+//! The daemon's own audit trail (DESIGN decision 10): JSONL, one event per line, each line
+//! carrying the SHA-256 of the previous line's hash and its own fields, so an edited,
+//! inserted or removed line breaks the chain from there on. Never secret bytes.
+//!
+//! Each event has a wall-clock time (Unix ms) and a monotonic time (ns since boot), so the
+//! plaintext window (fetch → drop) can be measured from the trail alone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The peer of a socket connection, from `SO_PEERCRED` and `/proc/<pid>/exe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Executable, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+/// What happened.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `connect`, `deny`, `fetch`, `deliver`, `drop`, `start`, `stop`, `pair` …
+    pub event: String,
+    /// The agent wallet (the daemon's session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The credential concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `inline` (and, later, `fd`, `run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The connection's peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Peer>,
+    /// Free text, never secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One line as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// Position, from 1.
+    pub seq: u64,
+    /// Wall clock, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Monotonic clock, nanoseconds.
+    pub mono_ns: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// The previous line's hash (hex; 64 zeros for the first).
+    pub prev: String,
+    /// SHA-256 over `prev` and this line's fields (hex).
+    pub hash: String,
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC`.
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of a line: SHA-256 over `prev` ‖ the line's JSON without `hash`.
+fn line_hash(seq: u64, ts_ms: u64, mono_ns: u64, event: &Event, prev: &str) -> String {
+    #[derive(Serialize)]
+    struct Hashed<'a> {
+        seq: u64,
+        ts_ms: u64,
+        mono_ns: u64,
+        #[serde(flatten)]
+        event: &'a Event,
+        prev: &'a str,
+    }
+    let body = serde_json::to_vec(&Hashed {
+        seq,
+        ts_ms,
+        mono_ns,
+        event,
+        prev,
+    })
+    .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(&body);
+    hex(&h.finalize())
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An open trail, appended to under a lock.
+pub struct Trail {
+    path: PathBuf,
+    inner: Mutex<Tail>,
+}
+
+struct Tail {
+    file: File,
+    seq: u64,
+    head: String,
+}
+
+impl Trail {
+    /// Opens (or creates, 0600) the trail at `path` and finds its head.
+    pub fn open(path: &Path) -> io::Result<Trail> {
+        let (seq, head) = match File::open(path) {
+            Ok(f) => {
+                let mut last = None;
+                for line in BufReader::new(f).lines() {
+                    let line = line?;
+                    if !line.trim().is_empty() {
+                        last = Some(line);
+                    }
+                }
+                match last {
+                    Some(l) => {
+                        let parsed: Line = serde_json::from_str(&l).map_err(|e| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("{}: last line does not parse: {e}", path.display()),
+                            )
+                        })?;
+                        (parsed.seq, parsed.hash)
+                    }
+                    None => (0, GENESIS.to_owned()),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, GENESIS.to_owned()),
+            Err(e) => return Err(e),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Trail {
+            path: path.to_owned(),
+            inner: Mutex::new(Tail { file, seq, head }),
+        })
+    }
+
+    /// Where the trail lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `event` with the current times; returns its monotonic time. One `write(2)`
+    /// per event (no fsync: the trail is flushed to the kernel at once and synced at
+    /// shutdown, keeping appends off the credential's critical path).
+    pub fn append(&self, event: Event) -> io::Result<u64> {
+        let mut tail = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("audit trail lock poisoned"))?;
+        let seq = tail.seq + 1;
+        let (ts_ms, mono) = (wall_ms(), mono_ns());
+        let hash = line_hash(seq, ts_ms, mono, &event, &tail.head);
+        let line = Line {
+            seq,
+            ts_ms,
+            mono_ns: mono,
+            event,
+            prev: std::mem::take(&mut tail.head),
+            hash: hash.clone(),
+        };
+        let mut bytes = serde_json::to_vec(&line).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let written = tail.file.write_all(&bytes);
+        if written.is_err() {
+            tail.head = line.prev;
+            return written.map(|()| 0);
+        }
+        tail.seq = seq;
+        tail.head = hash;
+        Ok(mono)
+    }
+
+    /// fsyncs the file.
+    pub fn sync(&self) -> io::Result<()> {
+        let tail = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("audit trail lock poisoned"))?;
+        tail.file.sync_all()
+    }
+}
+
+/// The result of [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verify {
+    /// Every link holds.
+    pub ok: bool,
+    /// Lines checked.
+    pub checked: u64,
+    /// The first line (1-based line number) that does not hold.
+    pub first_broken_line: Option<u64>,
+    /// Why.
+    pub reason: Option<String>,
+    /// The last good hash.
+    pub head: String,
+}
+
+/// Reads the whole trail.
+pub fn read(path: &Path) -> io::Result<Vec<Line>> {
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Recomputes the chain and reports the first line that does not hold.
+pub fn verify(path: &Path) -> io::Result<Verify> {
+    let f = File::open(path)?;
+    let mut prev = GENESIS.to_owned();
+    let mut checked = 0;
+    for (i, raw) in BufReader::new(f).lines().enumerate() {
+        let raw = raw?;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let n = i as u64 + 1;
+        let broken = |reason: String, head: &str| Verify {
+            ok: false,
+            checked,
+            first_broken_line: Some(n),
+            reason: Some(reason),
+            head: head.to_owned(),
+        };
+        let line: Line = match serde_json::from_str(&raw) {
+            Ok(l) => l,
+            Err(e) => return Ok(broken(format!("does not parse: {e}"), &prev)),
+        };
+        if line.prev != prev {
+            return Ok(broken("prev does not match the line before".into(), &prev));
+        }
+        if line.seq != checked + 1 {
+            return Ok(broken(
+                format!("seq {} where {} was due", line.seq, checked + 1),
+                &prev,
+            ));
+        }
+        let want = line_hash(line.seq, line.ts_ms, line.mono_ns, &line.event, &line.prev);
+        if want != line.hash {
+            return Ok(broken("hash mismatch: the line was altered".into(), &prev));
+        }
+        prev = line.hash;
+        checked += 1;
+    }
+    Ok(Verify {
+        ok: true,
+        checked,
+        first_broken_line: None,
+        reason: None,
+        head: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(name: &str) -> Event {
+        Event {
+            event: name.into(),
+            service: Some("openai".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn appended_lines_chain_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let t = Trail::open(&path).unwrap();
+        let m1 = t.append(ev("fetch")).unwrap();
+        let m2 = t.append(ev("deliver")).unwrap();
+        assert!(m2 >= m1);
+        drop(t);
+        let t = Trail::open(&path).unwrap();
+        t.append(ev("drop")).unwrap();
+        let v = verify(&path).unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.checked, 3);
+        let lines = read(&path).unwrap();
+        let names: Vec<&str> = lines.iter().map(|l| l.event.event.as_str()).collect();
+        assert_eq!(names, ["fetch", "deliver", "drop"]);
+        assert_eq!(lines[2].seq, 3);
+    }
+
+    #[test]
+    fn an_edited_or_removed_line_is_caught_where_it_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let t = Trail::open(&path).unwrap();
+        for name in ["a", "b", "c", "d"] {
+            t.append(ev(name)).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replacen("\"service\":\"openai\"", "\"service\":\"github\"", 2);
+        let edited = edited.replacen("\"service\":\"github\"", "\"service\":\"openai\"", 1);
+        std::fs::write(&path, &edited).unwrap();
+        let v = verify(&path).unwrap();
+        assert_eq!((v.ok, v.first_broken_line), (false, Some(2)), "{v:?}");
+
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let v = verify(&path).unwrap();
+        assert_eq!((v.ok, v.first_broken_line), (false, Some(3)), "{v:?}");
+    }
+}
