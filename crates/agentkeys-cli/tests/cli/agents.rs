@@ -8,7 +8,7 @@ use super::common::*;
 
 #[test]
 fn agents_lists_children_with_scope_names_and_last_use() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     home.cmd()
@@ -41,7 +41,7 @@ fn agents_lists_children_with_scope_names_and_last_use() {
 
 #[test]
 fn an_alias_or_email_names_the_agent_in_every_command() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let (agent, _) = home.pair_agent(&["--scope", "openai"]);
@@ -70,7 +70,7 @@ fn an_alias_or_email_names_the_agent_in_every_command() {
 
 #[test]
 fn revoking_an_agent_ends_its_sessions_at_once() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let (agent, client) = home.pair_agent(&["--scope", "openai"]);
@@ -88,7 +88,7 @@ fn revoking_an_agent_ends_its_sessions_at_once() {
 
 #[test]
 fn teardown_revokes_the_agent_and_deletes_its_credentials() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let (agent, client) = home.pair_agent(&["--scope", "*"]);

@@ -30,7 +30,7 @@ fn read_needs_approval(home: &Home) -> (String, String) {
 
 #[test]
 fn a_high_value_read_needs_an_approval_for_each_release() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = high_value(&home);
@@ -55,7 +55,7 @@ fn a_high_value_read_needs_an_approval_for_each_release() {
 
 #[test]
 fn a_denied_release_makes_read_wait_fail() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     high_value(&home);
@@ -83,7 +83,7 @@ fn a_denied_release_makes_read_wait_fail() {
 
 #[test]
 fn approve_shows_the_request_and_will_not_decide_without_a_terminal_or_yes() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let anon = agentkeys_core::HttpBackend::new(&server.url).unwrap();
@@ -142,7 +142,7 @@ fn approve_shows_the_request_and_will_not_decide_without_a_terminal_or_yes() {
 
 #[test]
 fn scope_flags_are_refused_on_a_high_value_approval() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     high_value(&home);
@@ -156,7 +156,7 @@ fn scope_flags_are_refused_on_a_high_value_approval() {
 
 #[test]
 fn on_a_terminal_approve_asks_and_only_y_approves() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = high_value(&home);

@@ -7,7 +7,7 @@ use super::common::*;
 
 #[test]
 fn usage_lists_events_newest_first_with_filters() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = canary("usage");
@@ -43,7 +43,7 @@ fn usage_lists_events_newest_first_with_filters() {
 
 #[test]
 fn usage_verify_catches_a_tampered_audit_row() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     home.store_value("openai", &canary("v"), &[]);

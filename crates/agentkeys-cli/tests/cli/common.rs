@@ -4,10 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::Command as StdCommand;
 use std::time::Duration;
 
 use agentkeys_core::client::{Backend as _, open_decision};
@@ -22,17 +20,6 @@ use base64::Engine as _;
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_agentkeys");
 
-/// The server binary, built by the same `cargo test --workspace` next to ours.
-fn server_bin() -> PathBuf {
-    let path = Path::new(CLI).with_file_name("agentkeys-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run 'cargo test --workspace' or 'cargo build -p agentkeys-server'",
-        path.display()
-    );
-    path
-}
-
 /// Runs `f` on a fresh single-thread runtime (library calls from synchronous tests).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -42,62 +29,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// A running server process with its own data dir.
-pub struct Server {
-    child: Child,
-    pub url: String,
-    pub data_dir: tempfile::TempDir,
-}
+/// A real `agentkeys-server` process (from the testkit).
+pub type Server = agentkeys_testkit::Server;
 
-impl Server {
-    /// Starts the binary and waits for its ready line (printed after bind: no sleeps).
-    pub fn start() -> Server {
-        let data_dir = tempfile::tempdir().unwrap();
-        let mut child = StdCommand::new(server_bin())
-            .args(["--data-dir", data_dir.path().to_str().unwrap()])
-            .args(["--listen", "127.0.0.1:0", "--auth", "dev"])
-            .env_remove("AGENTKEYS_SERVER_KEYS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server did not report readiness");
-        Server {
-            child,
-            url: format!("http://{addr}"),
-            data_dir,
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The SQLite file.
-    pub fn db_path(&self) -> PathBuf {
-        self.data_dir.path().join("agentkeys.db")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts the server binary built next to ours.
+pub fn start_server() -> Server {
+    Server::start(
+        &agentkeys_testkit::workspace_bin(CLI, "agentkeys-server"),
+        &[],
+    )
 }
 
 /// One machine's `AGENTKEYS_HOME`, bound to a server. Its keyring entry is removed on drop.
@@ -268,12 +208,7 @@ impl Home {
     }
 }
 
-/// A random credential value, unique per call, for leak checks.
-pub fn canary(tag: &str) -> String {
-    let r: [u8; 8] = agentkeys_core::crypto::random_array();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sk-{tag}-canary-{hex}")
-}
+pub use agentkeys_testkit::canary;
 
 pub fn svc(s: &str) -> ServiceName {
     ServiceName::parse(s).unwrap()

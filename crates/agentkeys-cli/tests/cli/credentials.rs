@@ -7,7 +7,7 @@ use super::common::*;
 
 #[test]
 fn a_value_stored_from_stdin_reads_back_exactly() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     let wallet = home.init();
     let value = canary("stdin");
@@ -37,7 +37,7 @@ fn a_value_stored_from_stdin_reads_back_exactly() {
 
 #[test]
 fn values_come_from_env_and_files_byte_for_byte() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = canary("env");
@@ -74,7 +74,7 @@ fn values_come_from_env_and_files_byte_for_byte() {
 
 #[test]
 fn a_value_on_the_command_line_is_refused_without_being_echoed() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = canary("argv");
@@ -100,7 +100,7 @@ fn a_value_on_the_command_line_is_refused_without_being_echoed() {
 
 #[test]
 fn with_nothing_on_stdin_and_no_terminal_store_refuses_to_prompt() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     home.cmd()
@@ -112,7 +112,7 @@ fn with_nothing_on_stdin_and_no_terminal_store_refuses_to_prompt() {
 
 #[test]
 fn list_shows_names_and_policies_never_values() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = canary("list");
@@ -135,7 +135,7 @@ fn list_shows_names_and_policies_never_values() {
 
 #[test]
 fn scope_changes_take_effect_on_the_agents_next_read() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let (agent, client) = home.pair_agent(&["--scope", "openai"]);
@@ -174,7 +174,7 @@ fn scope_changes_take_effect_on_the_agents_next_read() {
 
 #[test]
 fn a_read_only_agent_cannot_store() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let (_, client) = home.pair_agent(&["--scope", "openai", "--read-only"]);
@@ -190,7 +190,7 @@ fn a_read_only_agent_cannot_store() {
 
 #[test]
 fn a_missing_credential_is_not_found_in_text_and_json() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     home.cmd()
@@ -250,7 +250,7 @@ pub(super) fn on_a_terminal(home: &Home, args: &str, prompt: &str, input: &str) 
 
 #[test]
 fn on_a_terminal_the_prompt_hides_what_is_typed() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = canary("typed");

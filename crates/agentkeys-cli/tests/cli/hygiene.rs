@@ -11,7 +11,7 @@ use super::common::*;
 
 #[test]
 fn no_command_ever_prints_the_token_in_any_mode() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     let enrol = "enrol-token-hygiene";
     let init = home
@@ -56,7 +56,7 @@ fn no_command_ever_prints_the_token_in_any_mode() {
 
 #[test]
 fn a_running_cli_is_not_dumpable_and_has_no_core_limit() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::with_store(&server, "file");
     home.init();
     home.store_value("stripe", &canary("dump"), &["--high-value"]);

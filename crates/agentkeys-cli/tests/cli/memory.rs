@@ -98,7 +98,7 @@ fn assert_no_readable_copy(pid: u32, needles: [&str; 3]) {
 
 #[test]
 fn read_holds_the_credential_only_in_secret_memory_while_writing_it() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = big_value("read-mem");
@@ -133,7 +133,7 @@ fn read_holds_the_credential_only_in_secret_memory_while_writing_it() {
 
 #[test]
 fn store_reads_stdin_straight_into_secret_memory() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     let value = big_value("store-mem");

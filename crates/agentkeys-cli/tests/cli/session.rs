@@ -26,7 +26,7 @@ fn keyring_bytes(account: &str) -> Vec<u8> {
 
 #[test]
 fn init_twice_leaves_the_session_file_and_keyring_entry_unchanged() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::with_store(&server, "keyring");
     let wallet = home.init();
     let file1 = std::fs::read(home.store().session_path()).unwrap();
@@ -51,7 +51,7 @@ fn init_twice_leaves_the_session_file_and_keyring_entry_unchanged() {
 
 #[test]
 fn init_force_replaces_the_session_and_the_old_token_stops_working() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::with_store(&server, "keyring");
     let wallet = home.init();
     let old_client = home.client();
@@ -87,7 +87,7 @@ fn init_force_replaces_the_session_and_the_old_token_stops_working() {
 
 #[test]
 fn init_after_the_session_was_revoked_mints_a_new_one() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     block_on(home.client().revoke(&Default::default())).unwrap();
@@ -108,7 +108,7 @@ fn init_after_the_session_was_revoked_mints_a_new_one() {
 
 #[test]
 fn the_file_fallback_keeps_the_key_in_a_0600_file_and_whoami_says_so() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::with_store(&server, "file");
     home.init();
     let mode = std::fs::metadata(home.store().key_path())
@@ -127,7 +127,7 @@ fn the_file_fallback_keeps_the_key_in_a_0600_file_and_whoami_says_so() {
 
 #[test]
 fn whoami_shows_wallet_kind_scope_lifetime_server_and_protection() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     let wallet = home.init();
     let out = home.cmd().arg("whoami").assert().success();
@@ -149,7 +149,7 @@ fn whoami_shows_wallet_kind_scope_lifetime_server_and_protection() {
 
 #[test]
 fn init_without_a_token_or_terminal_is_a_usage_error() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.cmd()
         .arg("init")
@@ -165,7 +165,7 @@ fn init_without_a_token_or_terminal_is_a_usage_error() {
 
 #[test]
 fn revoke_without_an_argument_revokes_and_wipes_the_local_copy() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::with_store(&server, "keyring");
     home.init();
     let client = home.client();
@@ -190,7 +190,7 @@ fn revoke_without_an_argument_revokes_and_wipes_the_local_copy() {
 
 #[test]
 fn a_stored_token_is_never_sent_to_another_server() {
-    let server = Server::start();
+    let server = start_server();
     let home = Home::new(&server);
     home.init();
     home.cmd()
@@ -202,7 +202,7 @@ fn a_stored_token_is_never_sent_to_another_server() {
 
 #[test]
 fn a_server_that_is_down_gives_the_unreachable_error_fast() {
-    let mut server = Server::start();
+    let mut server = start_server();
     let home = Home::new(&server);
     home.init();
     server.stop();
@@ -224,7 +224,7 @@ fn a_server_that_is_down_gives_the_unreachable_error_fast() {
 
 #[test]
 fn recover_gives_this_home_an_agent_session_after_approval() {
-    let server = Server::start();
+    let server = start_server();
     let master = Home::new(&server);
     master.init();
     let (agent, _) = master.pair_agent(&["--scope", "openai", "--read-only"]);

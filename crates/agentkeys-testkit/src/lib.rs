@@ -1,0 +1,124 @@
+//! Fixtures for end-to-end tests that start the real binaries: the workspace's binaries
+//! found next to the test's own, an `agentkeys-server` on a free port with its own data
+//! dir (ready when it says so: no sleeps), and random canary credentials.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A workspace binary, built by the same `cargo test --workspace` into the directory of
+/// `sibling` (pass `env!("CARGO_BIN_EXE_<a bin of the test's crate>")`).
+pub fn workspace_bin(sibling: &str, name: &str) -> PathBuf {
+    let path = Path::new(sibling).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run 'cargo test --workspace' (or 'cargo build --workspace') first",
+        path.display()
+    );
+    path
+}
+
+/// A running `agentkeys-server` process; killed on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its data directory (SQLite file `agentkeys.db`, `server.key`).
+    pub data_dir: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary directory removed on drop (std only, to keep this crate dependency-free).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh private directory under the system temp dir.
+    pub fn new(prefix: &str) -> TempDir {
+        let r: [u8; 8] = agentkeys_core::crypto::random_array();
+        let name = format!("{prefix}-{}", hex(&r));
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Server {
+    /// Starts `server_bin` with `--auth dev` on a free port plus `extra` flags, and waits
+    /// for its ready line.
+    pub fn start(server_bin: &Path, extra: &[&str]) -> Server {
+        let dir = TempDir::new("agentkeys-test-server");
+        let data_dir = dir.path().to_owned();
+        let mut child = Command::new(server_bin)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0", "--auth", "dev"])
+            .args(extra)
+            .env_remove("AGENTKEYS_SERVER_KEYS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agentkeys-server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server did not report readiness");
+        Server {
+            child,
+            url: format!("http://{addr}"),
+            data_dir,
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("agentkeys.db")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A random credential value, unique per call, for leak checks.
+pub fn canary(tag: &str) -> String {
+    let r: [u8; 8] = agentkeys_core::crypto::random_array();
+    format!("sk-{tag}-canary-{}", hex(&r))
+}
