@@ -98,23 +98,35 @@ impl Daemon {
         }
     }
 
-    fn event(&self, name: &str, service: Option<&ServiceName>, peer: &Peer) -> Event {
+    fn event(
+        &self,
+        name: &str,
+        service: Option<&ServiceName>,
+        peer: &Peer,
+        request: Option<&RequestId>,
+    ) -> Event {
         Event {
             event: name.into(),
             agent: Some(self.session().wallet.to_string()),
             service: service.map(ToString::to_string),
             mode: None,
             peer: Some(peer.clone()),
+            request: request.map(ToString::to_string),
             detail: None,
         }
     }
 
     /// Fetches `service` from the backend straight into a secret page, audited as `fetch`
     /// (or `deny` with the reason).
-    pub async fn fetch(&self, service: &ServiceName, peer: &Peer) -> Result<SecretPage, Refusal> {
+    pub async fn fetch(
+        &self,
+        service: &ServiceName,
+        peer: &Peer,
+        request: &RequestId,
+    ) -> Result<SecretPage, Refusal> {
         match self.backend.read_credential(None, service).await {
             Ok(page) => {
-                let mut e = self.event("fetch", Some(service), peer);
+                let mut e = self.event("fetch", Some(service), peer, Some(request));
                 e.detail = Some(format!("page={}", page.kind().as_str()));
                 self.audit(e);
                 Ok(page)
@@ -122,7 +134,7 @@ impl Daemon {
             Err(err) => {
                 let refusal = self.refusal(Some(service), &err);
                 self.counters.denied.fetch_add(1, Ordering::Relaxed);
-                let mut e = self.event("deny", Some(service), peer);
+                let mut e = self.event("deny", Some(service), peer, Some(request));
                 e.detail = Some(refusal.code.to_owned());
                 self.audit(e);
                 Err(refusal)
@@ -202,12 +214,12 @@ impl Daemon {
         let service = held.service.clone();
         if written {
             self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            let mut e = self.event("deliver", Some(&service), &conn.peer);
+            let mut e = self.event("deliver", Some(&service), &conn.peer, Some(id));
             e.mode = Some("inline".into());
             self.audit(e);
         }
         drop(held);
-        let mut e = self.event("drop", Some(&service), &conn.peer);
+        let mut e = self.event("drop", Some(&service), &conn.peer, Some(id));
         if !written {
             e.detail = Some("the client went away before the response".into());
         }
@@ -216,15 +228,15 @@ impl Daemon {
 
     /// Drops every page a connection still holds (it closed mid-request).
     pub fn forget(&self, conn: &Conn) {
-        let pending: Vec<InFlight> = conn
+        let pending: Vec<(RequestId, InFlight)> = conn
             .in_flight
             .lock()
-            .map(|mut m| m.drain().map(|(_, v)| v).collect())
+            .map(|mut m| m.drain().collect())
             .unwrap_or_default();
-        for held in pending {
+        for (id, held) in pending {
             let service = held.service.clone();
             drop(held);
-            let mut e = self.event("drop", Some(&service), &conn.peer);
+            let mut e = self.event("drop", Some(&service), &conn.peer, Some(&id));
             e.detail = Some("connection closed".into());
             self.audit(e);
         }

@@ -53,20 +53,27 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, registered once at start: a signal that arrives between two
+/// phases is kept by the stream until the next phase polls it, never lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
         }
-    };
-    tokio::select! {
-        () = term => {},
-        _ = tokio::signal::ctrl_c() => {},
     }
 }
 
@@ -78,6 +85,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
             "AGENTKEYS_SESSION_STORE={choice_raw} is not one of auto, keyring, file"
         ))
     })?;
+    let mut signals = Signals::new()?;
     let socket = args
         .socket
         .unwrap_or_else(|| listener::default_socket(home));
@@ -106,7 +114,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         tokio::select! {
             r = pairing::obtain(&plan, &waiting) => r?,
             () = responder => unreachable_loop(),
-            () = shutdown_signal() => {
+            () = signals.recv() => {
                 let _ = std::fs::remove_file(&socket);
                 return Ok(());
             }
@@ -133,7 +141,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         pairing::describe_scope(&daemon.session().scope),
         socket.display()
     );
-    listener::serve(&listener, daemon.clone(), args.allow_uid, shutdown_signal()).await;
+    listener::serve(&listener, daemon.clone(), args.allow_uid, signals.recv()).await;
     daemon.audit(Event {
         event: "stop".into(),
         agent: Some(daemon.session().wallet.to_string()),
@@ -242,17 +250,20 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
         return Ok(());
     }
     let c = &result["counters"];
+    let scope: agentkeys_types::Scope = serde_json::from_value(result["scope"].clone())
+        .unwrap_or_else(|_| agentkeys_types::Scope::none());
+    let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let reachable = if result["server_reachable"] == json!(true) {
+        "reachable"
+    } else {
+        "UNREACHABLE"
+    };
     for (k, val) in [
-        ("wallet", result["wallet"].to_string()),
-        ("scope", result["scope"].to_string()),
-        (
-            "server",
-            format!(
-                "{} (reachable: {})",
-                result["server"], result["server_reachable"]
-            ),
-        ),
-        ("socket", result["socket"].to_string()),
+        ("wallet", s(&result["wallet"])),
+        ("scope", pairing::describe_scope(&scope)),
+        ("server", format!("{} ({reachable})", s(&result["server"]))),
+        ("socket", s(&result["socket"])),
+        ("pid", s(&result["pid"])),
         ("uptime", format!("{} s", result["uptime_secs"])),
         (
             "counters",
@@ -261,8 +272,9 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
                 c["connections"], c["refused_connections"], c["delivered"], c["denied"]
             ),
         ),
+        ("trail", s(&result["audit_trail"])),
     ] {
-        println!("{:<11} {}", format!("{k}:"), val.trim_matches('"'));
+        println!("{:<11} {val}", format!("{k}:"));
     }
     Ok(())
 }

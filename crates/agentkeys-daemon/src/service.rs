@@ -76,7 +76,11 @@ impl Mcp {
                 service.chars().take(64).collect::<String>()
             ));
         };
-        let page = match self.daemon.fetch(&service, &self.conn.peer).await {
+        let page = match self
+            .daemon
+            .fetch(&service, &self.conn.peer, &context.id)
+            .await
+        {
             Ok(page) => page,
             Err(refusal) => return error(refusal.message),
         };

@@ -43,6 +43,9 @@ pub struct Event {
     /// The connection's peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<Peer>,
+    /// The JSON-RPC request id, tying a fetch to its deliver and drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
     /// Free text, never secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

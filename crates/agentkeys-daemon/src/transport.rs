@@ -9,6 +9,11 @@
 //! - every outgoing line is serialized into a buffer of exactly its size that is zeroized
 //!   after the write (no long-lived codec buffer keeps a delivered credential), and then
 //!   the daemon drops the page the response carried.
+//!
+//! `receive` is cancel-safe, because rmcp's loop `select!`s it against outgoing responses
+//! and drops it mid-flight: a partly read line lives in the transport, not in the future,
+//! and the only await that can be interrupted is `fill_buf` (which consumes nothing).
+//! Answers written from inside `receive` go out from spawned tasks for the same reason.
 
 use std::io;
 use std::sync::Arc;
@@ -45,6 +50,7 @@ pub struct LineTransport {
     bad_lines: u32,
     tokens: f64,
     last: Instant,
+    partial: Vec<u8>,
 }
 
 impl LineTransport {
@@ -63,6 +69,7 @@ impl LineTransport {
             bad_lines: 0,
             tokens: BURST,
             last: Instant::now(),
+            partial: Vec::new(),
         }
     }
 
@@ -80,61 +87,76 @@ impl LineTransport {
     }
 
     /// Reads one line of at most [`MAX_LINE`] bytes. `Ok(None)` at end of stream.
+    /// Cancel-safe: bytes taken from the reader are kept in `self.partial`.
     async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let mut line = Vec::new();
         loop {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
-                return Ok(if line.is_empty() { None } else { Some(line) });
+                let rest = std::mem::take(&mut self.partial);
+                return Ok(if rest.is_empty() { None } else { Some(rest) });
             }
             let (take, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
-            if line.len() + take > MAX_LINE + 1 {
+            if self.partial.len() + take > MAX_LINE + 1 {
+                self.partial.clear();
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
             }
-            line.extend_from_slice(&buf[..take]);
+            self.partial.extend_from_slice(&buf[..take]);
             self.reader.consume(take);
             if done {
+                let mut line = std::mem::take(&mut self.partial);
                 line.pop();
                 return Ok(Some(line));
             }
         }
     }
 
-    async fn reply(&self, value: Value) {
-        let _ = write_line(&self.writer, &value).await;
+    /// Writes `value` from a spawned task (see the module note on cancellation).
+    fn reply(&self, value: Value) {
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            let _ = write_line(&writer, &value).await;
+        });
     }
 
-    async fn error(&self, id: Option<Value>, code: i64, message: &str) {
-        self.reply(json!({
-            "jsonrpc": "2.0", "id": id.unwrap_or(Value::Null),
-            "error": { "code": code, "message": message },
-        }))
-        .await;
+    fn error(&self, id: Option<Value>, code: i64, message: &str) {
+        self.reply(error_body(id, code, message));
     }
 
-    async fn custom(&self, id: Option<Value>, method: &str) {
-        let result = match method {
-            "agentkeys/status" => Ok(self.daemon.status().await),
-            "agentkeys/audit" => crate::trail::read(self.daemon.trail.path())
-                .map(|lines| json!({ "events": lines }))
-                .map_err(|e| e.to_string()),
-            _ => {
-                return self
-                    .error(id, -32601, &format!("unknown method {method}"))
-                    .await;
-            }
-        };
-        match result {
-            Ok(r) => {
-                self.reply(json!({"jsonrpc": "2.0", "id": id.unwrap_or(Value::Null), "result": r}))
-                    .await;
-            }
-            Err(e) => self.error(id, -32603, &e).await,
-        }
+    /// Writes a last error before the connection is closed.
+    async fn fatal(&self, code: i64, message: &str) {
+        let _ = write_line(&self.writer, &error_body(None, code, message)).await;
     }
+
+    /// Answers an `agentkeys/…` method from a spawned task.
+    fn custom(&self, id: Option<Value>, method: String) {
+        let daemon = self.daemon.clone();
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            let id = id.unwrap_or(Value::Null);
+            let answer = match method.as_str() {
+                "agentkeys/status" => Ok(daemon.status().await),
+                "agentkeys/audit" => crate::trail::read(daemon.trail.path())
+                    .map(|lines| json!({ "events": lines }))
+                    .map_err(|e| (-32603, e.to_string())),
+                _ => Err((-32601, format!("unknown method {method}"))),
+            };
+            let body = match answer {
+                Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
+                Err((code, msg)) => error_body(Some(id), code, &msg),
+            };
+            let _ = write_line(&writer, &body).await;
+        });
+    }
+}
+
+fn error_body(id: Option<Value>, code: i64, message: &str) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id.unwrap_or(Value::Null),
+        "error": { "code": code, "message": message },
+    })
 }
 
 /// Serializes `value` into a buffer of exactly its size, writes it with a newline, and
@@ -191,14 +213,14 @@ impl Transport<RoleServer> for LineTransport {
                 Ok(Some(line)) => line,
                 Ok(None) => return None,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.error(None, -32600, "line too long (the limit is 1 MiB); closing")
+                    self.fatal(-32600, "line too long (the limit is 1 MiB); closing")
                         .await;
                     return None;
                 }
                 Err(_) => return None,
             };
             if !self.allow() {
-                self.error(None, -32000, "too many requests; closing this connection")
+                self.fatal(-32000, "too many requests; closing this connection")
                     .await;
                 return None;
             }
@@ -213,8 +235,7 @@ impl Transport<RoleServer> for LineTransport {
                         None,
                         -32700,
                         "parse error: each line must be one JSON-RPC message",
-                    )
-                    .await;
+                    );
                     if self.bad_lines >= MAX_BAD_LINES {
                         return None;
                     }
@@ -227,7 +248,7 @@ impl Transport<RoleServer> for LineTransport {
             {
                 self.bad_lines = 0;
                 let method = method.to_owned();
-                self.custom(id, &method).await;
+                self.custom(id, method);
                 continue;
             }
             match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
@@ -244,7 +265,7 @@ impl Transport<RoleServer> for LineTransport {
                     } else {
                         (-32600, "invalid request")
                     };
-                    self.error(id, msg.0, msg.1).await;
+                    self.error(id, msg.0, msg.1);
                     if self.bad_lines >= MAX_BAD_LINES {
                         return None;
                     }

@@ -140,7 +140,7 @@ pub fn scan_all(pid: u32, patterns: &[&[u8]]) -> io::Result<Report> {
     let mut report = Report::default();
     let mut buf = vec![0u8; CHUNK + overlap];
     for m in mappings(pid)? {
-        if !m.perms.starts_with('r') || m.name == "[vvar]" || m.name == "[vsyscall]" {
+        if !m.perms.starts_with('r') || m.name.starts_with("[vvar") || m.name == "[vsyscall]" {
             continue;
         }
         if m.is_anonymous() && m.touched_kb == Some(0) {

@@ -1,0 +1,11 @@
+//! End-to-end tests of `agentkeys-daemon` with the real server and the real CLI: one test
+//! binary, a module per area, each test with its own server, homes and socket.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on purpose
+
+mod daemon {
+    pub mod common;
+    mod hygiene;
+    mod mcp;
+    mod pairing;
+}

@@ -1,0 +1,333 @@
+//! Fixtures: the real server, the real `agentkeys` CLI as the master, the real daemon in
+//! its own home with its own socket, and a line-based JSON-RPC client for the socket.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentkeys_testkit::{Server, TempDir, workspace_bin};
+use serde_json::{Value, json};
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_agentkeys-daemon");
+
+pub fn cli_bin() -> PathBuf {
+    workspace_bin(DAEMON, "agentkeys")
+}
+
+/// A server, with extra flags (e.g. `--pair-ttl 2s`).
+pub fn start_server(extra: &[&str]) -> Server {
+    Server::start(&workspace_bin(DAEMON, "agentkeys-server"), extra)
+}
+
+/// The master: an `agentkeys` CLI home bound to the server.
+pub struct Master {
+    pub home: TempDir,
+    pub server: String,
+}
+
+impl Master {
+    pub fn new(server: &Server) -> Master {
+        let m = Master {
+            home: TempDir::new("agentkeys-test-master"),
+            server: server.url.clone(),
+        };
+        let out = m.cli_with_env(&["init"], &[("AGENTKEYS_AUTH_TOKEN", "master-enrol")]);
+        assert!(out.status.success(), "{}", text(&out));
+        m
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_env(args, &[])
+    }
+
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(cli_bin());
+        c.args(args)
+            .env("AGENTKEYS_HOME", self.home.path())
+            .env("AGENTKEYS_SERVER", &self.server)
+            .env("AGENTKEYS_SESSION_STORE", "file")
+            .env_remove("AGENTKEYS_AUTH_TOKEN")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// `agentkeys approve CODE --yes ARGS…`.
+    pub fn approve(&self, code: &str, args: &[&str]) -> Output {
+        let mut all = vec!["approve", code, "--yes"];
+        all.extend_from_slice(args);
+        self.cli(&all)
+    }
+
+    /// Stores `value` (from stdin) under `service` with extra flags.
+    pub fn store(&self, service: &str, value: &str, extra: &[&str]) {
+        let mut c = Command::new(cli_bin());
+        let mut child = c
+            .arg("store")
+            .arg(service)
+            .args(extra)
+            .env("AGENTKEYS_HOME", self.home.path())
+            .env("AGENTKEYS_SERVER", &self.server)
+            .env("AGENTKEYS_SESSION_STORE", "file")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A running `agentkeys-daemon serve`; SIGKILLed on drop unless stopped.
+pub struct DaemonProc {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub home: PathBuf,
+    lines: Receiver<String>,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl DaemonProc {
+    /// Starts `serve` with `home` and a socket inside it.
+    pub fn spawn(server: &str, home: &Path, extra: &[&str]) -> DaemonProc {
+        let socket = home.join("sock").join("daemon.sock");
+        let mut child = Command::new(DAEMON)
+            .arg("serve")
+            .args(["--server", server])
+            .args(extra)
+            .env("AGENTKEYS_HOME", home)
+            .env("AGENTKEYS_SOCKET", &socket)
+            .env("AGENTKEYS_SESSION_STORE", "file")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        DaemonProc {
+            child,
+            socket,
+            home: home.to_owned(),
+            lines: rx,
+            log,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => panic!(
+                    "the daemon never printed {needle:?}; its log:\n{}",
+                    self.log.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// The next pair (or recover) code and its OTP.
+    pub fn code(&self) -> (String, String) {
+        let line = self.wait_for(" code ");
+        let code = line.split(" code ").nth(1).unwrap()[..9].to_owned();
+        let otp = line.split(", OTP ").nth(1).unwrap()[..6].to_owned();
+        (code, otp)
+    }
+
+    /// Waits until it serves; returns the agent wallet.
+    pub fn serving(&self) -> String {
+        let line = self.wait_for("serving agent");
+        line.split("serving agent ").nth(1).unwrap()[..42].to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    pub fn trail(&self) -> PathBuf {
+        self.home.join("daemon-audit.jsonl")
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon paired under `master` with `approve_args` (e.g. `--scope openai`).
+pub fn paired(master: &Master, home: &Path, approve_args: &[&str]) -> (DaemonProc, String) {
+    let d = DaemonProc::spawn(&master.server, home, &[]);
+    let (code, _) = d.code();
+    let out = master.approve(&code, approve_args);
+    assert!(out.status.success(), "{}", text(&out));
+    let wallet = d.serving();
+    (d, wallet)
+}
+
+/// Newline-delimited JSON-RPC over the daemon socket, answers matched by id.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next: i64,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+            next: 100,
+        }
+    }
+
+    pub fn send_raw(&mut self, line: &[u8]) {
+        self.writer.write_all(line).unwrap();
+        self.writer.write_all(b"\n").unwrap();
+    }
+
+    /// The next line as JSON; `None` when the daemon closed the connection.
+    pub fn recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
+        }
+    }
+
+    /// Sends a request and returns its answer (skipping notifications and other ids).
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_raw(msg.to_string().as_bytes());
+        loop {
+            let v = self.recv().unwrap_or_else(|| {
+                panic!("no answer to {method} (the daemon closed the connection or timed out)")
+            });
+            if v.get("id") == Some(&json!(id)) {
+                return v;
+            }
+        }
+    }
+
+    /// `initialize` (protocol 2025-11-25) and `notifications/initialized`.
+    pub fn initialize(&mut self) -> Value {
+        let r = self.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}}),
+        );
+        self.send_raw(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        r
+    }
+
+    /// Calls a tool: (is_error, text).
+    pub fn tool(&mut self, name: &str, args: Value) -> (bool, String) {
+        let r = self.request("tools/call", json!({"name": name, "arguments": args}));
+        let result = &r["result"];
+        assert!(result.is_object(), "not a tool result: {r}");
+        let text = result["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (result["isError"] == json!(true), text)
+    }
+}
+
+/// The daemon trail, parsed.
+pub fn trail_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs a future on a fresh single-thread runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+impl Client {
+    /// Writes without waiting for answers; errors (a closed connection) are returned.
+    pub fn try_send_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+}
+
+/// Waits until the trail holds `count` `event` lines (the daemon audits a delivery right
+/// after the response line is written, so the client can see the answer first).
+pub fn wait_for_events(path: &Path, event: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
+            .count();
+        if n >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} {event} events after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
