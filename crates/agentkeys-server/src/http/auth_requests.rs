@@ -50,15 +50,30 @@ fn subject(agent: Option<&Wallet>, service: Option<&ServiceName>) -> String {
 }
 
 /// Creates and stores a request; retries on the (rare) pair-code collision.
+/// Who opens an auth request.
+pub(super) enum Requester<'a> {
+    /// A session (high-value releases).
+    Session(&'a Caller),
+    /// Nobody yet (pair, recover), optionally naming the master that is to approve.
+    Anonymous {
+        /// The master a pair request is addressed to (`agentkeys-daemon serve --parent`).
+        addressed_to: Option<&'a Wallet>,
+    },
+}
+
 pub(super) async fn open_request<S: Store>(
     state: &AppState<S>,
     kind: AuthKind,
     requester_key: Option<[u8; 32]>,
     agent: Option<&Wallet>,
     service: Option<&ServiceName>,
-    caller: Option<&Caller>,
+    requester: Requester<'_>,
     description: Option<String>,
 ) -> ApiResult<AuthRequestTicket> {
+    let (caller, addressed_to) = match requester {
+        Requester::Session(c) => (Some(c), None),
+        Requester::Anonymous { addressed_to } => (None, addressed_to),
+    };
     let now = state.clock.now();
     let ttl = if kind == AuthKind::HighValue {
         state.config.high_value_ttl
@@ -82,7 +97,8 @@ pub(super) async fn open_request<S: Store>(
             requester_key: requester_key.map(|k| k.to_vec()),
             agent: agent.cloned(),
             service: service.cloned(),
-            requested_by: caller.map(|c| c.wallet().clone()),
+            // For a pair request, `requested_by` is the master it is addressed to.
+            requested_by: caller.map(|c| c.wallet().clone()).or(addressed_to.cloned()),
             requested_session: caller.map(|c| c.session.id.clone()),
             description: description.clone(),
             status: AuthStatus::Pending,
@@ -116,6 +132,16 @@ pub(super) async fn open_request<S: Store>(
 
 /// Resolves a recover identity: a wallet, an e-mail or an alias, naming a live agent.
 async fn resolve_agent<S: Store>(state: &AppState<S>, identity: &str) -> ApiResult<Wallet> {
+    resolve_account(state, identity, false).await
+}
+
+/// Resolves a wallet, e-mail or alias naming an account of the wanted kind (a master for a
+/// pair request addressed to its future parent, an agent for a recovery).
+async fn resolve_account<S: Store>(
+    state: &AppState<S>,
+    identity: &str,
+    master: bool,
+) -> ApiResult<Wallet> {
     let identity = identity.trim();
     let wallet = if identity.starts_with("0x") {
         Wallet::parse(identity).ok()
@@ -130,9 +156,18 @@ async fn resolve_agent<S: Store>(state: &AppState<S>, identity: &str) -> ApiResu
             .resolve_identity(kind, &identity.to_lowercase())
             .await?
     };
+    let what = if master { "master" } else { "agent" };
     match wallet {
-        Some(w) if state.store.account(&w).await?.is_some_and(|a| !a.is_master) => Ok(w),
-        _ => Err(ApiError::not_found("no agent with that identity")
+        Some(w)
+            if state
+                .store
+                .account(&w)
+                .await?
+                .is_some_and(|a| a.is_master == master) =>
+        {
+            Ok(w)
+        }
+        _ => Err(ApiError::not_found(format!("no {what} with that identity"))
             .hint("link one first with 'agentkeys link WALLET --alias NAME'")),
     }
 }
@@ -165,6 +200,11 @@ pub(super) async fn open<S: Store>(
                 ApiError::bad_request("requester_public_key is required for pair and recover")
             })?;
             let key = x25519_key("requester_public_key", key)?;
+            // A pair request may name the master that is to approve it (`--parent`).
+            let parent = match (req.kind, req.identity.as_deref()) {
+                (AuthKind::Pair, Some(id)) => Some(resolve_account(&state, id, true).await?),
+                _ => None,
+            };
             let agent = match req.kind {
                 AuthKind::Recover => {
                     let id = req
@@ -181,7 +221,9 @@ pub(super) async fn open<S: Store>(
                 Some(key),
                 agent.as_ref(),
                 None,
-                None,
+                Requester::Anonymous {
+                    addressed_to: parent.as_ref(),
+                },
                 description,
             )
             .await?
@@ -223,7 +265,7 @@ pub(super) async fn open<S: Store>(
                         None,
                         Some(&owner),
                         Some(service),
-                        Some(&caller),
+                        Requester::Session(&caller),
                         description,
                     )
                     .await?
@@ -248,6 +290,14 @@ async fn visible<S: Store>(
     };
     let r = r.ok_or_else(not_found)?;
     match (&r.kind, &r.agent) {
+        // Addressed to one master: only that master sees it.
+        (AuthKind::Pair, _)
+            if r.requested_by
+                .as_ref()
+                .is_some_and(|p| p != caller.wallet()) =>
+        {
+            Err(not_found())
+        }
         (AuthKind::Pair, _) => Ok(r),
         (_, Some(agent)) if owns(state, caller, agent).await? => Ok(r),
         _ => Err(not_found()),

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::auth_requests::open_request;
+use super::auth_requests::{Requester, open_request};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{
@@ -254,7 +254,7 @@ pub(super) async fn read<S: Store>(
                     None,
                     Some(&cred.owner),
                     Some(service),
-                    Some(&caller),
+                    Requester::Session(&caller),
                     None,
                 )
                 .await?

@@ -432,3 +432,45 @@ async fn an_agent_may_ask_ahead_for_its_masters_high_value_credential() {
         ErrorCode::NotFound,
     );
 }
+
+#[tokio::test]
+async fn a_pair_request_addressed_to_a_master_is_only_that_masters() {
+    let ts = TestServer::start().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let (m2, _, _) = ts.master("m2").await;
+    m.link_identity(&LinkIdentityRequest {
+        wallet: m_info.wallet.clone(),
+        alias: Some("alice".into()),
+        email: None,
+    })
+    .await
+    .unwrap();
+    let key = HpkeKeyPair::generate();
+    let req = OpenAuthRequest {
+        kind: AuthKind::Pair,
+        requester_public_key: Some(b64(&key.public_key())),
+        identity: Some("alice".into()),
+        agent: None,
+        service: None,
+        description: None,
+    };
+    let t = ts.anon().open_auth_request(&req).await.unwrap();
+    assert_code(
+        m2.auth_request_by_code(&t.pair_code).await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        m2.approve(&t.id, &ApproveRequest::default()).await,
+        ErrorCode::NotFound,
+    );
+    let decided = m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    let agent = decided.agent.unwrap();
+    let agents = m.agents().await.unwrap();
+    assert!(agents.agents.iter().any(|a| a.wallet == agent));
+    let mut unknown = req.clone();
+    unknown.identity = Some("nobody".into());
+    assert_code(
+        ts.anon().open_auth_request(&unknown).await,
+        ErrorCode::NotFound,
+    );
+}
