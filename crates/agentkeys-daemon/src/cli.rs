@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Which stored daemon session to use, by agent wallet, when several are stored.
     #[arg(long, value_name = "WALLET")]
     pub session_id: Option<String>,
+    /// Address the pair request to this master (alias, e-mail or wallet): no other master
+    /// can see or approve it.
+    #[arg(long, value_name = "MASTER", conflicts_with = "recover")]
+    pub parent: Option<String>,
     /// Get a new session for an existing agent (alias, e-mail or wallet) instead of pairing.
     #[arg(long, value_name = "AGENT")]
     pub recover: Option<String>,

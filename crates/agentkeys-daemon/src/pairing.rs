@@ -42,6 +42,8 @@ pub struct SessionPlan {
     pub session_id: Option<String>,
     /// `--recover`.
     pub recover: Option<String>,
+    /// `--parent`: the master the pair request is addressed to.
+    pub parent: Option<String>,
     /// `--server-key` (base64 Ed25519), else pinned at first contact.
     pub server_key: Option<String>,
     /// `AGENTKEYS_SESSION_STORE`.
@@ -138,7 +140,7 @@ pub async fn obtain(
             Err(e) => return Err(e.into()),
         }
     }
-    approve_flow(plan, waiting, AuthKind::Pair, None).await
+    approve_flow(plan, waiting, AuthKind::Pair, plan.parent.as_ref()).await
 }
 
 fn list_or_none(w: &[String]) -> String {

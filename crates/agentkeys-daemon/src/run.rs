@@ -104,6 +104,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         server,
         session_id: args.session_id,
         recover: args.recover,
+        parent: args.parent,
         server_key: args.server_key,
         choice,
         description: format!("agentkeys-daemon on {}", host.trim()),

@@ -43,7 +43,10 @@ fn describe(view: &AuthRequestView, scope: Option<&Scope>) -> Vec<String> {
         )],
     };
     if let Some(by) = &view.requested_by {
-        lines.push(format!("Requested by: {by}"));
+        lines.push(match view.kind {
+            AuthKind::Pair => format!("Addressed to: {by} (you)"),
+            _ => format!("Requested by: {by}"),
+        });
     }
     if let Some(d) = &view.description {
         lines.push(format!("Description: {d}"));

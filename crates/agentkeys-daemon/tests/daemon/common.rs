@@ -33,13 +33,25 @@ pub struct Master {
 
 impl Master {
     pub fn new(server: &Server) -> Master {
+        Self::enrolled(server, "master-enrol")
+    }
+
+    /// A master enrolled with `token` (each token is its own master account).
+    pub fn enrolled(server: &Server, token: &str) -> Master {
         let m = Master {
             home: TempDir::new("agentkeys-test-master"),
             server: server.url.clone(),
         };
-        let out = m.cli_with_env(&["init"], &[("AGENTKEYS_AUTH_TOKEN", "master-enrol")]);
+        let out = m.cli_with_env(&["init"], &[("AGENTKEYS_AUTH_TOKEN", token)]);
         assert!(out.status.success(), "{}", text(&out));
         m
+    }
+
+    /// This master's wallet.
+    pub fn wallet(&self) -> String {
+        let out = self.cli(&["whoami", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["wallet"].as_str().unwrap().to_owned()
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {

@@ -165,3 +165,28 @@ fn a_restarted_daemon_reuses_its_session_and_several_need_session_id() {
     let chosen = DaemonProc::spawn(&server.url, home.path(), &["--session-id", &second]);
     assert_eq!(chosen.serving(), second);
 }
+
+#[test]
+fn a_pair_request_addressed_with_parent_is_only_that_masters_to_approve() {
+    let server = start_server(&[]);
+    let alice = Master::enrolled(&server, "alice-enrol");
+    let mallory = Master::enrolled(&server, "mallory-enrol");
+    let out = alice.cli(&["link", &alice.wallet(), "--alias", "alice"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let home = TempDir::new("agentkeys-test-daemon");
+    let d = DaemonProc::spawn(&server.url, home.path(), &["--parent", "alice"]);
+    let (code, _) = d.code();
+    let out = mallory.approve(&code, &["--scope", "openai"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "another master must not see it: {}",
+        text(&out)
+    );
+    let out = alice.approve(&code, &["--scope", "openai"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Addressed to"));
+    let wallet = d.serving();
+    let agents = alice.cli(&["agents", "--json"]);
+    assert!(String::from_utf8_lossy(&agents.stdout).contains(&wallet));
+}
