@@ -60,24 +60,35 @@ fn a_denied_release_makes_read_wait_fail() {
     home.init();
     high_value(&home);
     let (code, _) = read_needs_approval(&home);
-    let waiting = home
+    let mut waiting = home
         .std_cmd()
         .args(["read", "stripe", "--wait", "30"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Deny only once it waits on this very request (denying first would make its read
+    // open a fresh request, which it would then wait on).
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(
+        first.contains(&format!("agentkeys approve {code}")),
+        "{first}"
+    );
     home.cmd()
         .args(["approve", &code, "--deny"])
         .assert()
         .success()
         .stdout(contains("Denied the high-value release"));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let out = waiting.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", outputs(&out));
+    assert_eq!(out.status.code(), Some(3), "{rest}");
     assert!(out.stdout.is_empty());
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("error: DENIED: the release of stripe was denied")
+        rest.contains("error: DENIED: the release of stripe was denied"),
+        "{rest}"
     );
 }
 
