@@ -18,7 +18,7 @@ static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
 fn main() -> ExitCode {
     // Before anything holds a secret: no core dumps, no same-uid ptrace or /proc/<pid>/mem.
     let hardening = agentkeys_secmem::process::disable_core_dumps();
-    install_panic_hook();
+    agentkeys_secmem::process::quiet_panics("agentkeys");
     let args = Args::parse();
     init_logging(args.verbose);
     if let Err(e) = &hardening {
@@ -63,18 +63,6 @@ fn init_logging(verbose: u8) {
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
         .with_target(false)
         .init();
-}
-
-/// Panics print where they happened, never their payload (which could quote data).
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let at = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        eprintln!("error: INTERNAL: agentkeys crashed at {at}");
-        eprintln!("hint: please report this; no secret is included in this message");
-    }));
 }
 
 #[cfg(test)]

@@ -82,20 +82,9 @@ fn bad_duration(s: &str) -> CliError {
         .hint("use a number with a unit: 90s, 15m, 2h, 7d or 2w")
 }
 
-/// `openai, github (read-only)`, `* (every service)`, `none`.
+/// A scope for people (see [`Scope::describe`]).
 pub fn scope(s: &Scope) -> String {
-    let list = if s.services.is_empty() {
-        "none".to_owned()
-    } else if s.services.iter().any(|x| x == "*") {
-        "* (every service)".to_owned()
-    } else {
-        s.services.join(", ")
-    };
-    if s.read_only {
-        format!("{list}, read-only")
-    } else {
-        list
-    }
+    s.describe()
 }
 
 /// `0x1234…abcd` for tables; JSON always carries the full wallet.

@@ -7,6 +7,7 @@
 //!   [`client::HttpBackend`], its reqwest implementation. Reads return a `SecretPage`.
 //! - [`session_store`]: a session at rest (DESIGN decision 12): sealed file, data key in
 //!   the kernel keyring or a 0600 key file. Shared by the CLI and the daemon.
+//! - [`json`]: sizing JSON before writing it into a buffer that will hold a secret.
 //! - [`error`]: [`ClientError`], mapped onto the error contract's codes.
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod crypto;
 pub mod error;
+pub mod json;
 pub mod session_store;
 
 pub use client::{Backend, HttpBackend};

@@ -498,10 +498,9 @@ fn serialize_into_page(session: &StoredSession) -> Result<SecretPage, SessionSto
         server_signing_key: base64::engine::general_purpose::STANDARD
             .encode(session.server_signing_key),
     };
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, &file)
-        .map_err(|e| SessionStoreError::Corrupt(e.to_string()))?;
-    let mut page = SecretPage::new(counter.0).map_err(|e| SessionStoreError::Io {
+    let len =
+        crate::json::json_len(&file).map_err(|e| SessionStoreError::Corrupt(e.to_string()))?;
+    let mut page = SecretPage::new(len).map_err(|e| SessionStoreError::Io {
         path: PathBuf::from("<secret page>"),
         source: e,
     })?;
@@ -526,18 +525,6 @@ struct SessionFileRef<'a> {
 
 fn serialize_token<S: serde::Serializer>(t: &&SecretString, s: S) -> Result<S::Ok, S::Error> {
     secret_serde::serialize(t, s)
-}
-
-struct Counter(usize);
-
-impl io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// An `io::Write` into a fixed slice that never grows.

@@ -16,13 +16,7 @@ static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
 
 fn main() -> ExitCode {
     let hardening = agentkeys_secmem::process::disable_core_dumps();
-    std::panic::set_hook(Box::new(|info| {
-        let at = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        eprintln!("error: INTERNAL: agentkeys-daemon crashed at {at}");
-    }));
+    agentkeys_secmem::process::quiet_panics("agentkeys-daemon");
     let args = Args::parse();
     // rmcp logs whole responses at debug level; a response can carry a credential, so its
     // target is capped at warn whatever -v says.

@@ -234,7 +234,7 @@ async fn approve_flow(
                     eprintln!(
                         "Approved: serving as agent {} (scope {}).",
                         stored.session.wallet,
-                        describe_scope(&stored.session.scope)
+                        stored.session.scope.describe()
                     );
                     return Ok(stored);
                 }
@@ -265,19 +265,5 @@ fn announce(word: &str, t: &AuthRequestTicket, waiting: &WaitingState, kind: Aut
             otp: t.otp.clone(),
             expires_at: t.expires_at,
         });
-    }
-}
-
-/// `openai, github (read-only)`.
-pub fn describe_scope(s: &agentkeys_types::Scope) -> String {
-    let list = if s.services.is_empty() {
-        "none".to_owned()
-    } else {
-        s.services.join(", ")
-    };
-    if s.read_only {
-        format!("{list}, read-only")
-    } else {
-        list
     }
 }

@@ -139,7 +139,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
     eprintln!(
         "agentkeys-daemon: serving agent {} (scope {}) on {}",
         daemon.session().wallet,
-        pairing::describe_scope(&daemon.session().scope),
+        daemon.session().scope.describe(),
         socket.display()
     );
     listener::serve(&listener, daemon.clone(), args.allow_uid, signals.recv()).await;
@@ -261,7 +261,7 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
     };
     for (k, val) in [
         ("wallet", s(&result["wallet"])),
-        ("scope", pairing::describe_scope(&scope)),
+        ("scope", scope.describe()),
         ("server", format!("{} ({reachable})", s(&result["server"]))),
         ("socket", s(&result["socket"])),
         ("pid", s(&result["pid"])),

@@ -162,24 +162,11 @@ fn error_body(id: Option<Value>, code: i64, message: &str) -> Value {
 /// Serializes `value` into a buffer of exactly its size, writes it with a newline, and
 /// zeroizes the buffer.
 async fn write_line<T: serde::Serialize>(writer: &Writer, value: &T) -> io::Result<()> {
-    let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, value).map_err(io::Error::other)?;
-    let mut bytes = Zeroizing::new(Vec::with_capacity(counter.0 + 1));
+    let len = agentkeys_core::json::json_len(value).map_err(io::Error::other)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));
     serde_json::to_writer(&mut *bytes, value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     writer.lock().await.write_all(&bytes).await
-}
-
-struct Counter(usize);
-
-impl io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Transport<RoleServer> for LineTransport {

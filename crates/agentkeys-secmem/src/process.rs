@@ -25,6 +25,19 @@ pub fn disable_core_dumps() -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces the default panic message with the place of the panic only: a payload could
+/// quote data (an `expect` message formatting a value, a third-party assertion).
+pub fn quiet_panics(program: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: INTERNAL: {program} crashed at {at}");
+        eprintln!("hint: please report this; no secret is included in this message");
+    }));
+}
+
 /// Whether this process is currently dumpable (`PR_GET_DUMPABLE`).
 pub fn is_dumpable() -> io::Result<bool> {
     Ok(rustix::process::dumpable_behavior()? != DumpableBehavior::NotDumpable)

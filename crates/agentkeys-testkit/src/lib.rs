@@ -1,6 +1,7 @@
 //! Fixtures for end-to-end tests that start the real binaries: the workspace's binaries
 //! found next to the test's own, an `agentkeys-server` on a free port with its own data
-//! dir (ready when it says so: no sleeps), and random canary credentials.
+//! dir (ready when it says so: no sleeps), random canary credentials, and the memory
+//! assertion every "no copy left" test makes.
 
 #![forbid(unsafe_code)]
 
@@ -121,4 +122,39 @@ impl Drop for Server {
 pub fn canary(tag: &str) -> String {
     let r: [u8; 8] = agentkeys_core::crypto::random_array();
     format!("sk-{tag}-canary-{}", hex(&r))
+}
+
+/// Runs a future on a fresh single-thread runtime (library calls from synchronous tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}
+
+/// Asserts that no readable mapping of `pid` holds any of `needles` (after a scan of more
+/// than 1 MiB), and that the same scan of this test process, which holds them, finds each:
+/// a scan that cannot find what is there proves nothing. Returns the target's report.
+pub fn assert_no_readable_copy(pid: u32, needles: &[&[u8]]) -> agentkeys_memscan::Report {
+    let report = agentkeys_memscan::scan_all(pid, needles).expect("scan the target");
+    assert!(
+        report.scanned_bytes > 1 << 20,
+        "scanned only {} bytes",
+        report.scanned_bytes
+    );
+    let hits: Vec<String> = report
+        .hits
+        .iter()
+        .map(|h| format!("{:#x} {} {}", h.addr, h.mapping.perms, h.mapping.name))
+        .collect();
+    assert!(hits.is_empty(), "readable copies of the secret: {hits:?}");
+    let control = agentkeys_memscan::scan_all(std::process::id(), needles).expect("scan self");
+    for i in 0..needles.len() {
+        assert!(
+            control.hits.iter().any(|h| h.pattern == i),
+            "the scanner must find the test's own copy of needle {i}"
+        );
+    }
+    report
 }

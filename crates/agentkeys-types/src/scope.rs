@@ -40,6 +40,23 @@ impl Scope {
             .any(|s| s == "*" || s == service.as_str())
     }
 
+    /// For people: `github, openai`, `* (every service)` or `none`, then `, read-only`
+    /// when it is.
+    pub fn describe(&self) -> String {
+        let list = if self.services.is_empty() {
+            "none".to_owned()
+        } else if self.services.iter().any(|x| x == "*") {
+            "* (every service)".to_owned()
+        } else {
+            self.services.join(", ")
+        };
+        if self.read_only {
+            format!("{list}, read-only")
+        } else {
+            list
+        }
+    }
+
     /// Checks every entry is `*` or a valid service name, and removes duplicates.
     pub fn validated(mut self) -> Result<Self, crate::names::NameError> {
         for s in &self.services {

@@ -20,14 +20,7 @@ use base64::Engine as _;
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_agentkeys");
 
-/// Runs `f` on a fresh single-thread runtime (library calls from synchronous tests).
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+pub use agentkeys_testkit::block_on;
 
 /// A real `agentkeys-server` process (from the testkit).
 pub type Server = agentkeys_testkit::Server;

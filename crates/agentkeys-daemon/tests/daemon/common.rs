@@ -307,14 +307,7 @@ pub fn trail_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Runs a future on a fresh single-thread runtime.
-pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+pub use agentkeys_testkit::block_on;
 
 impl Client {
     /// Writes without waiting for answers; errors (a closed connection) are returned.

@@ -86,26 +86,7 @@ fn after_delivery_the_daemon_holds_no_readable_copy_of_the_credential() {
         );
     }
     wait_for_events(&d.trail(), "drop", 5);
-    let report = agentkeys_memscan::scan(d.pid(), value.as_bytes()).unwrap();
-    assert!(
-        report.scanned_bytes > 1 << 20,
-        "scanned {} bytes",
-        report.scanned_bytes
-    );
-    let hits: Vec<String> = report
-        .hits
-        .iter()
-        .map(|h| format!("{:#x} {} {}", h.addr, h.mapping.perms, h.mapping.name))
-        .collect();
-    assert!(
-        hits.is_empty(),
-        "copies of the credential in the daemon: {hits:?}"
-    );
-    let own = agentkeys_memscan::scan(std::process::id(), value.as_bytes()).unwrap();
-    assert!(
-        !own.hits.is_empty(),
-        "the scanner finds the test's own copy"
-    );
+    agentkeys_testkit::assert_no_readable_copy(d.pid(), &[value.as_bytes()]);
 }
 
 #[test]
