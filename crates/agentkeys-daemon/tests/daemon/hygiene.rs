@@ -130,3 +130,34 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_refused() {
         "the first daemon still serves"
     );
 }
+
+#[test]
+fn help_has_examples_and_a_missing_daemon_is_a_clear_error() {
+    for sub in ["serve", "mcp", "status", "audit"] {
+        let out = std::process::Command::new(DAEMON)
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Examples:\n  agentkeys-daemon"),
+            "{sub} --help has no example"
+        );
+    }
+    let home = TempDir::new("agentkeys-test-daemon");
+    for sub in ["status", "mcp"] {
+        let out = std::process::Command::new(DAEMON)
+            .arg(sub)
+            .env("AGENTKEYS_HOME", home.path())
+            .env("AGENTKEYS_SOCKET", home.path().join("none.sock"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out);
+        assert_eq!(out.status.code(), Some(6), "{err}");
+        assert!(
+            err.contains("error: UNREACHABLE") && err.contains("hint: start it"),
+            "{err}"
+        );
+    }
+}
