@@ -229,32 +229,10 @@ async fn recover_mints_a_new_session_for_an_existing_agent() {
     )
     .await
     .unwrap();
-    m.link_identity(&LinkIdentityRequest {
-        wallet: a_info.wallet.clone(),
-        alias: Some("builder".into()),
-        email: None,
-    })
-    .await
-    .unwrap();
-    let key = HpkeKeyPair::generate();
-    let req = OpenAuthRequest {
-        kind: AuthKind::Recover,
-        requester_public_key: Some(b64(&key.public_key())),
-        identity: Some("builder".into()),
-        agent: None,
-        service: None,
-        description: None,
-    };
+    link_alias(&m, &a_info.wallet, "builder").await;
+    let (key, req) = naming(AuthKind::Recover, "builder");
     let t = ts.anon().open_auth_request(&req).await.unwrap();
-    // Another master cannot see or approve it.
-    assert_code(
-        m2.auth_request_by_code(&t.pair_code).await,
-        ErrorCode::NotFound,
-    );
-    assert_code(
-        m2.approve(&t.id, &ApproveRequest::default()).await,
-        ErrorCode::NotFound,
-    );
+    assert_hidden_from(&m2, &t).await;
     let view = m.auth_request_by_code(&t.pair_code).await.unwrap();
     assert_eq!(view.agent.as_ref(), Some(&a_info.wallet));
     m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
@@ -438,31 +416,10 @@ async fn a_pair_request_addressed_to_a_master_is_only_that_masters() {
     let ts = TestServer::start().await;
     let (m, m_info, _) = ts.master("m").await;
     let (m2, _, _) = ts.master("m2").await;
-    m.link_identity(&LinkIdentityRequest {
-        wallet: m_info.wallet.clone(),
-        alias: Some("alice".into()),
-        email: None,
-    })
-    .await
-    .unwrap();
-    let key = HpkeKeyPair::generate();
-    let req = OpenAuthRequest {
-        kind: AuthKind::Pair,
-        requester_public_key: Some(b64(&key.public_key())),
-        identity: Some("alice".into()),
-        agent: None,
-        service: None,
-        description: None,
-    };
+    link_alias(&m, &m_info.wallet, "alice").await;
+    let (_key, req) = naming(AuthKind::Pair, "alice");
     let t = ts.anon().open_auth_request(&req).await.unwrap();
-    assert_code(
-        m2.auth_request_by_code(&t.pair_code).await,
-        ErrorCode::NotFound,
-    );
-    assert_code(
-        m2.approve(&t.id, &ApproveRequest::default()).await,
-        ErrorCode::NotFound,
-    );
+    assert_hidden_from(&m2, &t).await;
     let decided = m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
     let agent = decided.agent.unwrap();
     let agents = m.agents().await.unwrap();
@@ -471,6 +428,47 @@ async fn a_pair_request_addressed_to_a_master_is_only_that_masters() {
     unknown.identity = Some("nobody".into());
     assert_code(
         ts.anon().open_auth_request(&unknown).await,
+        ErrorCode::NotFound,
+    );
+}
+
+/// `m` links `alias` to `wallet`.
+async fn link_alias(
+    m: &agentkeys_core::HttpBackend,
+    wallet: &agentkeys_types::Wallet,
+    alias: &str,
+) {
+    m.link_identity(&LinkIdentityRequest {
+        wallet: wallet.clone(),
+        alias: Some(alias.into()),
+        email: None,
+    })
+    .await
+    .unwrap();
+}
+
+/// An anonymous `kind` request naming `identity`, and the requester's key.
+fn naming(kind: AuthKind, identity: &str) -> (HpkeKeyPair, OpenAuthRequest) {
+    let key = HpkeKeyPair::generate();
+    let req = OpenAuthRequest {
+        kind,
+        requester_public_key: Some(b64(&key.public_key())),
+        identity: Some(identity.into()),
+        agent: None,
+        service: None,
+        description: None,
+    };
+    (key, req)
+}
+
+/// `other` can neither see nor approve the request.
+async fn assert_hidden_from(other: &agentkeys_core::HttpBackend, t: &AuthRequestTicket) {
+    assert_code(
+        other.auth_request_by_code(&t.pair_code).await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        other.approve(&t.id, &ApproveRequest::default()).await,
         ErrorCode::NotFound,
     );
 }
