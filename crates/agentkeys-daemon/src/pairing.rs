@@ -226,7 +226,6 @@ async fn approve_flow(
                         server_signing_key: pinned,
                     };
                     let store = slot(&plan.home, stored.session.wallet.as_str());
-                    agentkeys_core::session_store::create_private_dir(&plan.home)?;
                     store.save(&stored, plan.choice, true)?;
                     if let Ok(mut w) = waiting.lock() {
                         *w = None;

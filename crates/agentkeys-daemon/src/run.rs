@@ -114,7 +114,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         let responder = answer_while_waiting(&listener, waiting.clone(), &args.allow_uid);
         tokio::select! {
             r = pairing::obtain(&plan, &waiting) => r?,
-            () = responder => unreachable_loop(),
+            () = responder => unreachable!("the pairing responder loops until it is dropped"),
             () = signals.recv() => {
                 let _ = std::fs::remove_file(&socket);
                 return Ok(());
@@ -154,11 +154,6 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
     drop(daemon);
     eprintln!("agentkeys-daemon: stopped");
     Ok(())
-}
-
-fn unreachable_loop() -> agentkeys_core::session_store::StoredSession {
-    // The responder loops until the select drops it.
-    panic!("the pairing responder ended on its own")
 }
 
 /// While waiting for an approval, answers `agentkeys/status` with the code to approve and
