@@ -13,6 +13,8 @@
 //!   `memfd_secret` where the kernel has it, else a sealed locked memfd, else locked anonymous
 //!   memory ([`SecretPageKind`]). Wiped, unlocked and unmapped on drop; the fd kinds can be
 //!   handed to another process over `SCM_RIGHTS` (DESIGN decision 8).
+//! - `launch.rs` — starting a program whose environment (or inherited fds) carry credentials,
+//!   built in a secret page and wiped as soon as `execve` has copied it (DESIGN decision 9).
 //! - `process.rs` — process-wide protections every binary applies at start (no core dumps,
 //!   not dumpable) and the keyring session fix-up.
 //! - `sys.rs` — the raw syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`, `munmap`) behind
@@ -23,6 +25,7 @@
 //! bottom of the file that makes it, inspecting real memory.
 
 mod bytes;
+pub mod launch;
 mod page;
 pub mod process;
 mod sys;

@@ -68,6 +68,8 @@ pub struct SecretPage {
     len: usize,
     kind: SecretPageKind,
     fd: Option<OwnedFd>,
+    /// Set by [`SecretPage::hand_off`]: another process owns the bytes, do not wipe.
+    handed_off: bool,
 }
 
 impl SecretPage {
@@ -124,6 +126,7 @@ impl SecretPage {
             len,
             kind,
             fd,
+            handed_off: false,
         })
     }
 
@@ -194,6 +197,47 @@ impl SecretPage {
         self.mapping.bytes_mut().zeroize();
     }
 
+    /// Maps a secret file received from another process (fd delivery, DESIGN decision 8):
+    /// a `memfd_secret` file, or a memfd sealed against shrinking and growing, holding
+    /// `len` logical bytes. Anything else is refused, because a file the sender could
+    /// truncate under our mapping would turn reads into `SIGBUS`.
+    ///
+    /// The page owns the fd from here: dropping it wipes the mapping (the sender's view of
+    /// the same file too), unmaps and closes.
+    pub fn adopt(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        let kind = received_kind(&fd)?;
+        let size = usize::try_from(rustix::fs::fstat(&fd)?.st_size).map_err(|_| too_large())?;
+        if size == 0 || size % rustix::param::page_size() != 0 || len > size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the received secret file is not a whole number of pages holding the announced length",
+            ));
+        }
+        let mut mapping = Mapping::shared(fd.as_fd(), size)?;
+        if kind == SecretPageKind::SealedMemfd {
+            mapping.lock()?;
+            mapping.advise(Advice::DontDump)?;
+        }
+        Ok(Self {
+            mapping,
+            len,
+            kind,
+            fd: Some(fd),
+            handed_off: false,
+        })
+    }
+
+    /// Unmaps and closes *without wiping*, after the fd was handed to another process
+    /// that now owns the bytes (fd delivery, `run --fd`): wiping would erase them under the
+    /// receiver. The kernel frees the file when the last holder closes it (and zeroes
+    /// `memfd_secret` pages as it frees them).
+    ///
+    /// Only call this once the receiver holds its own reference (the `sendmsg` or the
+    /// child's `execve` succeeded); otherwise drop the page normally.
+    pub fn hand_off(mut self) {
+        self.handed_off = true;
+    }
+
     /// Start address of the mapping, for tests that read it from outside.
     #[cfg(test)]
     fn addr(&self) -> usize {
@@ -203,6 +247,9 @@ impl SecretPage {
 
 impl Drop for SecretPage {
     fn drop(&mut self) {
+        if self.handed_off {
+            return;
+        }
         #[cfg(test)]
         let before = drop_probe::nonzero(self.mapping.bytes());
         self.wipe();
@@ -219,6 +266,27 @@ impl fmt::Debug for SecretPage {
             .field("len", &self.len)
             .finish()
     }
+}
+
+/// What a received fd is: `memfd_secret` files link to `/secretmem`, memfds to
+/// `/memfd:…`; a memfd must carry the seals [`SecretPage::with_kind`] sets.
+fn received_kind(fd: &OwnedFd) -> io::Result<SecretPageKind> {
+    use std::os::fd::AsRawFd as _;
+    let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let target = target.to_string_lossy();
+    if target.starts_with("/secretmem") {
+        return Ok(SecretPageKind::MemfdSecret);
+    }
+    if target.starts_with("/memfd:") {
+        let seals = rustix::fs::fcntl_get_seals(fd)?;
+        if seals.contains(SealFlags::GROW | SealFlags::SHRINK) {
+            return Ok(SecretPageKind::SealedMemfd);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the received fd is neither a memfd_secret file nor a sealed memfd",
+    ))
 }
 
 fn capacity_for(len: usize) -> io::Result<usize> {
@@ -501,6 +569,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_adopted_fd_shows_the_senders_bytes_and_its_drop_wipes_both_views() {
+        for kind in [SecretPageKind::MemfdSecret, SecretPageKind::SealedMemfd] {
+            let sender = page_with_canary(kind);
+            let fd = sender.fd().expect("fd").try_clone_to_owned().expect("dup");
+            let received = SecretPage::adopt(fd, CANARY.len()).expect("adopt");
+            assert_eq!(received.kind(), kind);
+            assert_eq!(received.expose_secret(), CANARY);
+            drop(received);
+            assert!(
+                sender.mapping.bytes().iter().all(|&b| b == 0),
+                "{kind}: the receiver's drop did not wipe the shared file"
+            );
+        }
+    }
+
+    #[test]
+    fn a_handed_off_page_leaves_the_bytes_to_the_receiver() {
+        let sender = page_with_canary(SecretPageKind::MemfdSecret);
+        let fd = sender.fd().expect("fd").try_clone_to_owned().expect("dup");
+        sender.hand_off();
+        let received = SecretPage::adopt(fd, CANARY.len()).expect("adopt");
+        assert_eq!(received.expose_secret(), CANARY);
+    }
+
+    #[test]
+    fn adopt_refuses_plain_files_unsealed_memfds_and_lengths_beyond_the_file() {
+        let file = File::open("/etc/hostname").expect("file");
+        assert!(SecretPage::adopt(file.into(), 1).is_err());
+        let memfd = rustix::fs::memfd_create("plain", MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&memfd, 4096).expect("size");
+        assert!(SecretPage::adopt(memfd, 1).is_err());
+        let page = page_of(SecretPageKind::MemfdSecret, 1);
+        let fd = page.fd().expect("fd").try_clone_to_owned().expect("dup");
+        assert!(SecretPage::adopt(fd, page.capacity() + 1).is_err());
     }
 
     #[test]

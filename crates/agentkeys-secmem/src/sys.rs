@@ -5,7 +5,7 @@
 //! pointer: [`Mapping`] owns the region it mapped, so locking, advising, reading and unmapping
 //! it cannot touch memory anyone else owns.
 
-use std::ffi::c_void;
+use std::ffi::{CStr, c_void};
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -182,4 +182,141 @@ impl Drop for Mapping {
         // in drop means no reference into it survives, so nothing can touch it after unmapping.
         let _ = unsafe { mm::munmap(self.ptr.as_ptr(), self.len) };
     }
+}
+
+/// Everything a child needs between `fork` and `execve`, prepared by the parent so the child
+/// only makes async-signal-safe system calls: it never allocates, locks or formats.
+pub(crate) struct ExecPlan<'a> {
+    /// Absolute path of the program.
+    pub(crate) program: &'a CStr,
+    /// `argv`, NULL-terminated, pointing into strings the caller keeps alive.
+    pub(crate) argv: &'a [*const libc::c_char],
+    /// `envp`, NULL-terminated, pointing into the caller's environment page.
+    pub(crate) envp: &'a [*const libc::c_char],
+    /// Descriptors that become 0, 1, 2, 3, … in the child. Every one is numbered at least
+    /// `fds.len()`, so no `dup2` in the child can overwrite a source it still needs.
+    pub(crate) fds: &'a [RawFd],
+    /// Working directory, if not the parent's.
+    pub(crate) cwd: Option<&'a CStr>,
+    /// Run as this uid and gid (root parents only), else as the parent's.
+    pub(crate) ids: Option<(libc::uid_t, libc::gid_t)>,
+    /// The close-on-exec write end of the report pipe, numbered at least `fds.len()`.
+    pub(crate) report: RawFd,
+}
+
+/// Forks; the child prepares itself from `plan` and `execve`s, writing its `errno` to
+/// `plan.report` and exiting 127 if any step fails. Returns the child's pid in the parent.
+pub(crate) fn fork_exec(plan: &ExecPlan<'_>) -> io::Result<libc::pid_t> {
+    // SAFETY: fork has no memory-safety preconditions of its own. The child runs only
+    // `child_exec`, which makes async-signal-safe system calls on data prepared before the
+    // fork and never returns, so no lock or allocator state of other threads is touched.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        child_exec(plan);
+    }
+    Ok(pid)
+}
+
+/// The child side of [`fork_exec`]: async-signal-safe calls only, never returns.
+fn child_exec(plan: &ExecPlan<'_>) -> ! {
+    for (target, &src) in plan.fds.iter().enumerate() {
+        let target = libc::c_int::try_from(target).unwrap_or(libc::c_int::MAX);
+        // SAFETY: dup2 on two integers; it touches no user memory, and the new descriptor
+        // (without close-on-exec) is meant to be inherited by the program.
+        if unsafe { libc::dup2(src, target) } < 0 {
+            child_fail(plan.report);
+        }
+    }
+    let first = libc::c_uint::try_from(plan.fds.len()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks this process's descriptors
+    // above the inherited ones close-on-exec; it reads no user memory. Failure (an old
+    // kernel) leaves them as they were: every agentkeys descriptor is close-on-exec anyway.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    // SAFETY: setsid takes no arguments; the child leaves the daemon's session and process
+    // group, so signals meant for the daemon do not reach it and vice versa.
+    let _ = unsafe { libc::setsid() };
+    if let Some(cwd) = plan.cwd {
+        // SAFETY: `cwd` is a NUL-terminated string owned by the parent's plan, still mapped
+        // in this copy of its address space.
+        if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
+            child_fail(plan.report);
+        }
+    }
+    if let Some((uid, gid)) = plan.ids {
+        // SAFETY: setgroups with a count of 0 reads no memory.
+        if unsafe { libc::setgroups(0, std::ptr::null()) } < 0 {
+            child_fail(plan.report);
+        }
+        // SAFETY: setgid on an integer.
+        if unsafe { libc::setgid(gid) } < 0 {
+            child_fail(plan.report);
+        }
+        // SAFETY: setuid on an integer; after it the child cannot regain the parent's ids.
+        if unsafe { libc::setuid(uid) } < 0 {
+            child_fail(plan.report);
+        }
+    }
+    // Default dispositions (Rust ignores SIGPIPE; a program expects the default) and an
+    // empty signal mask, as a shell would give.
+    for signal in 1..libc::SIGRTMIN() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: installing SIG_DFL through signal(2) is async-signal-safe and reads
+            // no memory.
+            let _ = unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+    let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given, which lives on this stack.
+    let _ = unsafe { libc::sigemptyset(empty.as_mut_ptr()) };
+    // SAFETY: the set was initialised just above; the old mask is not requested.
+    let _ = unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) };
+    // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated pointer
+    // arrays prepared by the parent and still mapped here; execve only reads them.
+    let _ = unsafe {
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+        )
+    };
+    child_fail(plan.report)
+}
+
+/// Reports `errno` on the pipe and exits without running any destructor or atexit hook.
+fn child_fail(report: RawFd) -> ! {
+    let errno = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    let bytes = errno.to_ne_bytes();
+    // SAFETY: writes 4 bytes from a stack array to a pipe descriptor; a short or failed write
+    // only loses the reason, the parent then reports a generic failure.
+    let _ = unsafe { libc::write(report, bytes.as_ptr().cast::<c_void>(), bytes.len()) };
+    // SAFETY: _exit ends this process at once, which is what a failed child must do.
+    unsafe { libc::_exit(127) }
+}
+
+/// Sets `signal`'s disposition back to the default and sends it to this process, so a
+/// wrapper dies the way the program it wrapped died. Returns only if the signal does not
+/// end the process (for example `SIGCHLD`).
+pub(crate) fn reraise(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: installing SIG_DFL reads no memory; handlers registered earlier (tokio's) simply
+    // stop receiving this signal, which is the point.
+    if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raise sends a signal to the calling thread and touches no memory.
+    if unsafe { libc::raise(signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

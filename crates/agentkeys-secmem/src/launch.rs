@@ -1,0 +1,269 @@
+//! Starting a program whose environment holds credentials (DESIGN decision 9).
+//!
+//! The environment block is built by the caller inside a [`SecretPage`]; [`spawn`] points the
+//! child's `envp` straight into that page, forks, and the child only makes async-signal-safe
+//! calls before `execve` copies the strings into the new program. `spawn` returns once the
+//! `execve` succeeded (a close-on-exec pipe reports failure), so the caller can wipe the page
+//! right away: no copy of the environment ever sits in the daemon's heap.
+//!
+//! The page must be `memfd_secret` or a sealed memfd (shared mappings the child sees as is),
+//! never [`SecretPageKind::LockedAnon`], whose wipe-on-fork would hand the child zeros.
+
+#![forbid(unsafe_code)] // the fork/exec itself lives in sys.rs
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use crate::sys::{self, ExecPlan};
+use crate::{SecretPage, SecretPageKind};
+
+/// What to start.
+pub struct Launch<'a> {
+    /// Absolute path of the program (resolve `PATH` before calling).
+    pub program: &'a CStr,
+    /// The argument vector, `argv[0]` first.
+    pub argv: &'a [CString],
+    /// The whole environment: `NAME=value` entries, each followed by one NUL byte.
+    pub env: &'a SecretPage,
+    /// Descriptors for the child's 0, 1, 2, 3, … (stdin, stdout, stderr, then inherited
+    /// secret files for `run --fd`).
+    pub fds: &'a [BorrowedFd<'a>],
+    /// The child's working directory, if not the caller's.
+    pub cwd: Option<&'a CStr>,
+    /// Run as this uid and gid instead of the caller's (needs root).
+    pub ids: Option<(u32, u32)>,
+}
+
+/// A started child: its pid, and a pidfd to wait for it and signal it without pid-reuse
+/// races.
+pub struct Child {
+    /// The process id.
+    pub pid: u32,
+    /// A pidfd for the child (`pidfd_open`), close-on-exec.
+    pub pidfd: OwnedFd,
+}
+
+/// Forks and execs `launch`, returning once the program is running (or the reason it could
+/// not start: `ENOENT`, `EACCES`, …). The child runs in a new session, with default signal
+/// dispositions and an empty signal mask.
+pub fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
+    if launch.env.kind() == SecretPageKind::LockedAnon {
+        return Err(invalid(
+            "the environment page must be shareable with the child (memfd_secret or sealed memfd)",
+        ));
+    }
+    let env = launch.env.expose_secret();
+    if !env.is_empty() && env.last() != Some(&0) {
+        return Err(invalid(
+            "the environment page must end with the NUL of its last entry",
+        ));
+    }
+    if launch.argv.is_empty() {
+        return Err(invalid("argv must hold at least the program name"));
+    }
+    let mut envp: Vec<*const libc::c_char> = Vec::new();
+    let mut start = 0;
+    for (i, &b) in env.iter().enumerate() {
+        if b == 0 {
+            if i > start {
+                envp.push(env[start..].as_ptr().cast());
+            }
+            start = i + 1;
+        }
+    }
+    envp.push(std::ptr::null());
+    let mut argv: Vec<*const libc::c_char> = launch.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    // Every source descriptor, and the report pipe, is moved above the targets 0..n so that
+    // the child's dup2 calls cannot clobber one another.
+    let floor = i32::try_from(launch.fds.len()).map_err(|_| invalid("too many descriptors"))?;
+    let sources: Vec<OwnedFd> = launch
+        .fds
+        .iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, floor))
+        .collect::<Result<_, _>>()?;
+    let (report_read, low_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let report_write = rustix::io::fcntl_dupfd_cloexec(&low_write, floor)?;
+    // Only the parent's copies may keep the pipe open, or the read below never sees EOF.
+    drop(low_write);
+    let raw: Vec<i32> = sources.iter().map(AsRawFd::as_raw_fd).collect();
+
+    let plan = ExecPlan {
+        program: launch.program,
+        argv: &argv,
+        envp: &envp,
+        fds: &raw,
+        cwd: launch.cwd,
+        ids: launch.ids,
+        report: report_write.as_raw_fd(),
+    };
+    let pid = sys::fork_exec(&plan)?;
+    drop(report_write);
+    drop(sources);
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| invalid("fork returned pid 0"))?;
+    // The child is unreaped until we wait for it, so its pid cannot be reused meanwhile.
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty());
+    match read_report(report_read.as_fd())? {
+        None => Ok(Child {
+            pid: pid.as_raw_nonzero().get().unsigned_abs(),
+            pidfd: pidfd?,
+        }),
+        Some(errno) => {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Err(io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// `None` once the pipe reaches end of file (the `execve` closed it), or the child's errno.
+fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    loop {
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if got == buf.len() {
+                    break;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(match got {
+        0 => None,
+        4 => Some(i32::from_ne_bytes(buf)),
+        _ => Some(libc::EIO),
+    })
+}
+
+fn invalid(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Dies by `signal` the way the wrapped program did: the default disposition is restored and
+/// the signal raised. Returns only if that signal does not end a process.
+pub fn reraise(signal: i32) -> io::Result<()> {
+    sys::reraise(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+
+    fn env_page(entries: &[&str]) -> SecretPage {
+        let total: usize = entries.iter().map(|e| e.len() + 1).sum();
+        let mut page = SecretPage::new(total).expect("page");
+        let mut at = 0;
+        let bytes = page.expose_secret_mut();
+        for e in entries {
+            bytes[at..at + e.len()].copy_from_slice(e.as_bytes());
+            at += e.len() + 1;
+        }
+        page
+    }
+
+    fn wait(child: &Child) -> Option<i32> {
+        let status = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(child.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .expect("waitid")
+        .expect("status");
+        status.exit_status()
+    }
+
+    #[test]
+    fn the_child_sees_the_environment_built_in_the_page_and_the_given_stdio() {
+        let env = env_page(&["CANARY_KEY=spawned-canary-41", "PATH=/usr/bin:/bin"]);
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let argv = [
+            CString::new("sh").unwrap(),
+            CString::new("-c").unwrap(),
+            CString::new("printf %s \"$CANARY_KEY\"; exit 7").unwrap(),
+        ];
+        let child = spawn(&Launch {
+            program: c"/bin/sh",
+            argv: &argv,
+            env: &env,
+            fds: &[devnull.as_fd(), write.as_fd(), write.as_fd()],
+            cwd: Some(c"/"),
+            ids: None,
+        })
+        .expect("spawn");
+        drop(env); // wiped right after the exec, as the daemon does
+        drop(write);
+        let mut out = String::new();
+        std::fs::File::from(read).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "spawned-canary-41");
+        assert_eq!(wait(&child), Some(7));
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_as_enoent() {
+        let env = env_page(&["A=b"]);
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let err = spawn(&Launch {
+            program: c"/nonexistent/program",
+            argv: &[CString::new("x").unwrap()],
+            env: &env,
+            fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cwd: None,
+            ids: None,
+        })
+        .err()
+        .expect("must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    }
+
+    #[test]
+    fn an_inherited_fd_arrives_as_descriptor_3_without_close_on_exec() {
+        let env = env_page(&["PATH=/usr/bin:/bin"]);
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let extra = std::fs::File::open("/etc/hostname").unwrap();
+        let argv = [
+            CString::new("sh").unwrap(),
+            CString::new("-c").unwrap(),
+            CString::new("readlink /proc/self/fd/3").unwrap(),
+        ];
+        let child = spawn(&Launch {
+            program: c"/bin/sh",
+            argv: &argv,
+            env: &env,
+            fds: &[devnull.as_fd(), write.as_fd(), write.as_fd(), extra.as_fd()],
+            cwd: None,
+            ids: None,
+        })
+        .expect("spawn");
+        drop(write);
+        let mut out = String::new();
+        std::fs::File::from(read).read_to_string(&mut out).unwrap();
+        assert_eq!(out.trim(), "/etc/hostname");
+        assert_eq!(wait(&child), Some(0));
+    }
+
+    #[test]
+    fn a_locked_anon_page_is_refused() {
+        let env = SecretPage::with_kind(4, SecretPageKind::LockedAnon).unwrap();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        assert!(
+            spawn(&Launch {
+                program: c"/bin/true",
+                argv: &[CString::new("true").unwrap()],
+                env: &env,
+                fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+                cwd: None,
+                ids: None,
+            })
+            .is_err()
+        );
+    }
+}
