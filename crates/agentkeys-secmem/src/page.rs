@@ -227,6 +227,13 @@ impl SecretPage {
         })
     }
 
+    /// [`adopt`](Self::adopt) for a descriptor inherited across `execve` (`agentkeys run
+    /// --fd` passes `AGENTKEYS_FD_<SERVICE>=<fd>:<length>`): each number can be taken once,
+    /// and it becomes close-on-exec so programs started later do not inherit it.
+    pub fn adopt_inherited(raw: std::os::fd::RawFd, len: usize) -> io::Result<Self> {
+        Self::adopt(sys::claim_inherited_fd(raw)?, len)
+    }
+
     /// Unmaps and closes *without wiping*, after the fd was handed to another process
     /// that now owns the bytes (fd delivery, `run --fd`): wiping would erase them under the
     /// receiver. The kernel frees the file when the last holder closes it (and zeroes

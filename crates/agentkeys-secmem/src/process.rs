@@ -38,6 +38,17 @@ pub fn quiet_panics(program: &'static str) {
     }));
 }
 
+/// Sets `PR_SET_DUMPABLE`: a managed runtime turns it off while it holds a credential fd
+/// (so same-uid processes cannot `pidfd_getfd` it) and back on afterwards.
+pub fn set_dumpable(dumpable: bool) -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(if dumpable {
+        DumpableBehavior::Dumpable
+    } else {
+        DumpableBehavior::NotDumpable
+    })?;
+    Ok(())
+}
+
 /// Whether this process is currently dumpable (`PR_GET_DUMPABLE`).
 pub fn is_dumpable() -> io::Result<bool> {
     Ok(rustix::process::dumpable_behavior()? != DumpableBehavior::NotDumpable)

@@ -310,13 +310,39 @@ fn child_fail(report: RawFd) -> ! {
 /// end the process (for example `SIGCHLD`).
 pub(crate) fn reraise(signal: libc::c_int) -> io::Result<()> {
     // SAFETY: installing SIG_DFL reads no memory; handlers registered earlier (tokio's) simply
-    // stop receiving this signal, which is the point.
-    if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
-        return Err(io::Error::last_os_error());
-    }
+    // stop receiving this signal, which is the point. SIGKILL and SIGSTOP refuse a new
+    // disposition (EINVAL) and need none: raising them below does what is asked.
+    let _ = unsafe { libc::signal(signal, libc::SIG_DFL) };
     // SAFETY: raise sends a signal to the calling thread and touches no memory.
     if unsafe { libc::raise(signal) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Descriptors already taken by [`claim_inherited_fd`]: each may be owned once only.
+static CLAIMED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes ownership of a descriptor this process inherited (`agentkeys run --fd` names it in
+/// the environment). Refuses a number that is not open, or that was already claimed (two
+/// owners would close it twice). The descriptor is made close-on-exec.
+pub(crate) fn claim_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    let mut claimed = CLAIMED
+        .lock()
+        .map_err(|_| io::Error::other("claimed-fd registry poisoned"))?;
+    if raw < 3 || claimed.contains(&raw) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only queries the descriptor's flags; it touches no memory and fails
+    // with EBADF when the number is not open.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    claimed.push(raw);
+    // SAFETY: the descriptor is open (checked above), was inherited across execve so no Rust
+    // object of this process owns it, and the registry above guarantees this is the only
+    // OwnedFd ever made from it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(fd)
 }
