@@ -35,8 +35,10 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         agentkeys-daemon serve --server http://127.0.0.1:8090\n  \
         agentkeys-daemon serve --server URL --recover research-bot   # new session, same agent\n  \
-        agentkeys-daemon serve --server URL --allow-uid 1001          # an agent under another uid")]
-    Serve(ServeArgs),
+        agentkeys-daemon serve --server URL --allow-uid 1001          # an agent under another uid\n  \
+        agentkeys-daemon serve --server URL --cache openai=60s        # keep openai 60 s after last use\n  \
+        agentkeys-daemon serve --config /etc/agentkeys/daemon.toml")]
+    Serve(Box<ServeArgs>),
     /// Bridge stdin/stdout to the daemon socket (for MCP clients that spawn a command).
     #[command(after_help = "Examples:\n  \
         agentkeys-daemon mcp\n  \
@@ -97,4 +99,14 @@ pub struct ServeArgs {
     /// Also accept connections from this uid (repeatable). Default: only the daemon's uid.
     #[arg(long, value_name = "UID")]
     pub allow_uid: Vec<u32>,
+    /// The configuration file (TOML; see docs/daemon.md). Flags override it.
+    #[arg(long, env = "AGENTKEYS_DAEMON_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cache this service's credential, evicted after TTL idle (default --idle-ttl).
+    /// Repeatable. Nothing is cached unless asked.
+    #[arg(long, value_name = "SERVICE[=TTL]")]
+    pub cache: Vec<String>,
+    /// Default idle TTL of cached credentials (e.g. 60s, 5m).
+    #[arg(long, value_name = "TTL")]
+    pub idle_ttl: Option<String>,
 }

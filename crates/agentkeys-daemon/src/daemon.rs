@@ -1,11 +1,13 @@
 //! The daemon's shared state: its agent session and backend client, the audit trail, the
-//! counters `status` reports, and the delivery bookkeeping that drops every page right
-//! after its response line is written (DESIGN decision 6: no cache by default).
+//! counters `status` reports, the delivery bookkeeping that drops every page right after its
+//! response line is written, the opt-in cache with idle eviction (DESIGN decision 6), the
+//! `run` children, and what happens when the session turns out to be revoked.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use agentkeys_core::session_store::StoredSession;
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
@@ -15,6 +17,7 @@ use agentkeys_types::{ErrorCode, ServiceName};
 use rmcp::model::RequestId;
 use serde_json::json;
 
+use crate::config::Config;
 use crate::trail::{Event, Peer, Trail};
 
 /// Counters for `status`.
@@ -30,30 +33,83 @@ pub struct Counters {
     pub denied: AtomicU64,
 }
 
+/// How a credential leaves the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// As text in the JSON-RPC response.
+    Inline,
+    /// As the page's fd, over `SCM_RIGHTS` with the response line.
+    Fd,
+}
+
 /// A credential between its fetch and the write of its response line.
 pub struct InFlight {
     /// The plaintext, in a secret page.
     pub page: SecretPage,
     /// Which credential.
     pub service: ServiceName,
+    /// How the response carries it.
+    pub delivery: Delivery,
 }
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// One socket connection's context.
 pub struct Conn {
+    /// A number for this connection, unique in this daemon.
+    pub id: u64,
     /// Who is on the other end.
     pub peer: Peer,
+    /// The peer's group id (for `run` children of a root daemon).
+    pub gid: u32,
     /// Pages waiting for their response line, by request id.
     pub in_flight: Mutex<HashMap<RequestId, InFlight>>,
+    /// The client advertised `agentkeys/fd-delivery` at `initialize`.
+    pub fd_delivery: AtomicBool,
+    /// Requests whose `_meta` advertised `agentkeys/fd-delivery` (2026-07-28 clients).
+    pub fd_requests: Mutex<HashSet<RequestId>>,
 }
 
 impl Conn {
     /// A connection from `peer`.
-    pub fn new(peer: Peer) -> Self {
+    pub fn new(peer: Peer, gid: u32) -> Self {
         Conn {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             peer,
+            gid,
             in_flight: Mutex::new(HashMap::new()),
+            fd_delivery: AtomicBool::new(false),
+            fd_requests: Mutex::new(HashSet::new()),
         }
     }
+
+    /// Whether request `id` gets its credential as an fd.
+    pub fn wants_fd(&self, id: &RequestId) -> bool {
+        let per_request = self
+            .fd_requests
+            .lock()
+            .map(|mut set| set.remove(id))
+            .unwrap_or(false);
+        per_request || self.fd_delivery.load(Ordering::Relaxed)
+    }
+}
+
+/// A cached credential (opt-in per service).
+struct Cached {
+    page: SecretPage,
+    last_used: Instant,
+    ttl: Duration,
+    stored: Instant,
+}
+
+/// A process started by `run`.
+pub struct ChildEntry {
+    /// Its pidfd, to signal it without pid-reuse races.
+    pub pidfd: Arc<OwnedFd>,
+    /// The credentials it was given.
+    pub services: Vec<ServiceName>,
+    /// The connection that started it.
+    pub conn: u64,
 }
 
 /// Everything the daemon holds.
@@ -70,9 +126,18 @@ pub struct Daemon {
     pub started: Instant,
     /// The socket path.
     pub socket: String,
+    /// Cache, run and revocation policy.
+    pub config: Config,
+    /// Cached credentials, by service (only services the config opts in).
+    cache: Mutex<HashMap<ServiceName, Cached>>,
+    /// `run` children still running, by pid.
+    pub children: Mutex<HashMap<u32, ChildEntry>>,
+    /// Set once the server said the session is revoked or expired.
+    revoked: AtomicBool,
 }
 
 /// Why a credential was not delivered, phrased for a model to relay.
+#[derive(Debug)]
 pub struct Refusal {
     /// The audit outcome code.
     pub code: &'static str,
@@ -81,6 +146,28 @@ pub struct Refusal {
 }
 
 impl Daemon {
+    /// The daemon state for a loaded session.
+    pub fn new(
+        stored: StoredSession,
+        backend: HttpBackend,
+        trail: Trail,
+        socket: String,
+        config: Config,
+    ) -> Self {
+        Daemon {
+            stored,
+            backend,
+            trail,
+            counters: Counters::default(),
+            started: Instant::now(),
+            socket,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            children: Mutex::new(HashMap::new()),
+            revoked: AtomicBool::new(false),
+        }
+    }
+
     /// The session's metadata.
     pub fn session(&self) -> &SessionInfo {
         &self.stored.session
@@ -103,7 +190,7 @@ impl Daemon {
         name: &str,
         service: Option<&ServiceName>,
         peer: &Peer,
-        request: Option<&RequestId>,
+        request: Option<&str>,
     ) -> Event {
         Event {
             event: name.into(),
@@ -111,27 +198,44 @@ impl Daemon {
             service: service.map(ToString::to_string),
             mode: None,
             peer: Some(peer.clone()),
-            request: request.map(ToString::to_string),
+            request: request.map(str::to_owned),
             detail: None,
         }
     }
 
-    /// Fetches `service` from the backend straight into a secret page, audited as `fetch`
-    /// (or `deny` with the reason).
+    /// Fetches `service` straight into a secret page: from the cache when the service opts
+    /// in and its entry is still fresh, else from the backend (then cached if opted in).
+    /// Audited as `fetch` (or `deny` with the reason). A revoked or expired session wipes
+    /// the cache and stops every `run` child ([`Daemon::on_revoked`]).
     pub async fn fetch(
-        &self,
+        self: &Arc<Self>,
         service: &ServiceName,
         peer: &Peer,
-        request: &RequestId,
+        request: &str,
     ) -> Result<SecretPage, Refusal> {
+        let ttl = self.config.cache.get(service).copied();
+        if ttl.is_some()
+            && let Some(page) = self.cache_hit(service)
+        {
+            let mut e = self.event("fetch", Some(service), peer, Some(request));
+            e.detail = Some(format!("cache hit, page={}", page.kind().as_str()));
+            self.audit(e);
+            return Ok(page);
+        }
         match self.backend.read_credential(None, service).await {
             Ok(page) => {
                 let mut e = self.event("fetch", Some(service), peer, Some(request));
-                e.detail = Some(format!("page={}", page.kind().as_str()));
+                e.detail = Some(format!("backend, page={}", page.kind().as_str()));
                 self.audit(e);
+                if let Some(ttl) = ttl {
+                    self.cache_store(service, &page, ttl);
+                }
                 Ok(page)
             }
             Err(err) => {
+                if matches!(err.code(), ErrorCode::Unauthorized | ErrorCode::Expired) {
+                    self.on_revoked("the server refused the session on a credential read");
+                }
                 let refusal = self.refusal(Some(service), &err);
                 self.counters.denied.fetch_add(1, Ordering::Relaxed);
                 let mut e = self.event("deny", Some(service), peer, Some(request));
@@ -212,18 +316,27 @@ impl Daemon {
             .unwrap_or(None);
         let Some(held) = held else { return };
         let service = held.service.clone();
+        let id = id.to_string();
+        let mut dropped = self.event("drop", Some(&service), &conn.peer, Some(&id));
         if written {
             self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            let mut e = self.event("deliver", Some(&service), &conn.peer, Some(id));
-            e.mode = Some("inline".into());
+            let mut e = self.event("deliver", Some(&service), &conn.peer, Some(&id));
+            e.mode = Some(match held.delivery {
+                Delivery::Inline => "inline".into(),
+                Delivery::Fd => format!("fd:{}", held.page.kind()),
+            });
             self.audit(e);
+        } else {
+            dropped.detail = Some("the client went away before the response".into());
         }
-        drop(held);
-        let mut e = self.event("drop", Some(&service), &conn.peer, Some(id));
-        if !written {
-            e.detail = Some("the client went away before the response".into());
+        if written && held.delivery == Delivery::Fd {
+            // The client holds the file now; wiping would erase its copy.
+            dropped.detail = Some("daemon mapping closed; the fd belongs to the client".into());
+            held.page.hand_off();
+        } else {
+            drop(held);
         }
-        self.audit(e);
+        self.audit(dropped);
     }
 
     /// Drops every page a connection still holds (it closed mid-request).
@@ -236,9 +349,188 @@ impl Daemon {
         for (id, held) in pending {
             let service = held.service.clone();
             drop(held);
-            let mut e = self.event("drop", Some(&service), &conn.peer, Some(&id));
+            let mut e = self.event("drop", Some(&service), &conn.peer, Some(&id.to_string()));
             e.detail = Some("connection closed".into());
             self.audit(e);
+        }
+        // A `run` child whose caller went away is hung up on, as a terminal would.
+        let orphans: Vec<(u32, Arc<OwnedFd>)> = self
+            .children
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, c)| c.conn == conn.id)
+                    .map(|(pid, c)| (*pid, c.pidfd.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (pid, pidfd) in orphans {
+            let _ = rustix::process::pidfd_send_signal(&*pidfd, rustix::process::Signal::HUP);
+            self.audit(Event {
+                event: "signal".into(),
+                agent: Some(self.session().wallet.to_string()),
+                peer: Some(conn.peer.clone()),
+                detail: Some(format!(
+                    "SIGHUP to run child {pid}: its caller disconnected"
+                )),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// A copy of a fresh cached entry, refreshing its idle clock.
+    fn cache_hit(&self, service: &ServiceName) -> Option<SecretPage> {
+        let mut cache = self.cache.lock().ok()?;
+        let entry = cache.get_mut(service)?;
+        if entry.last_used.elapsed() >= entry.ttl {
+            return None; // the evictor removes it and audits that
+        }
+        let copy = SecretPage::from_slice(entry.page.expose_secret()).ok()?;
+        entry.last_used = Instant::now();
+        Some(copy)
+    }
+
+    fn cache_store(&self, service: &ServiceName, page: &SecretPage, ttl: Duration) {
+        let Ok(copy) = SecretPage::from_slice(page.expose_secret()) else {
+            return; // no page for the cache: serve uncached
+        };
+        let now = Instant::now();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(
+                service.clone(),
+                Cached {
+                    page: copy,
+                    last_used: now,
+                    ttl,
+                    stored: now,
+                },
+            );
+        }
+        self.audit(Event {
+            event: "cache".into(),
+            agent: Some(self.session().wallet.to_string()),
+            service: Some(service.to_string()),
+            detail: Some(format!("idle ttl {} ms", ttl.as_millis())),
+            ..Default::default()
+        });
+    }
+
+    /// Evicts (wipes) every cached credential idle for its TTL, audited as `evict`.
+    /// Returns how long until the next entry could expire.
+    pub fn evict_idle(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut evicted = Vec::new();
+        let mut next: Option<Duration> = None;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|service, entry| {
+                let idle = now.duration_since(entry.last_used);
+                if idle >= entry.ttl {
+                    evicted.push((service.clone(), idle, entry.ttl));
+                    false
+                } else {
+                    let left = entry.ttl - idle;
+                    next = Some(next.map_or(left, |n| n.min(left)));
+                    true
+                }
+            });
+        }
+        for (service, idle, ttl) in evicted {
+            self.audit(Event {
+                event: "evict".into(),
+                agent: Some(self.session().wallet.to_string()),
+                service: Some(service.to_string()),
+                detail: Some(format!(
+                    "idle {} ms >= ttl {} ms",
+                    idle.as_millis(),
+                    ttl.as_millis()
+                )),
+                ..Default::default()
+            });
+        }
+        next
+    }
+
+    /// Whether the server has refused this session.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// The session was revoked (or expired): wipe the cache, then SIGTERM every `run`
+    /// child holding a credential and SIGKILL those still alive after the grace period.
+    /// Runs once; audited as `revoked`, `evict` and `signal`.
+    pub fn on_revoked(self: &Arc<Self>, why: &str) {
+        if self.revoked.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let agent = Some(self.session().wallet.to_string());
+        self.audit(Event {
+            event: "revoked".into(),
+            agent: agent.clone(),
+            detail: Some(why.to_owned()),
+            ..Default::default()
+        });
+        let wiped: Vec<ServiceName> = self
+            .cache
+            .lock()
+            .map(|mut c| c.drain().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        for service in wiped {
+            self.audit(Event {
+                event: "evict".into(),
+                agent: agent.clone(),
+                service: Some(service.to_string()),
+                detail: Some("session revoked".into()),
+                ..Default::default()
+            });
+        }
+        self.signal_credentialed(rustix::process::Signal::TERM);
+        let daemon = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(daemon.config.kill_grace).await;
+            daemon.signal_credentialed(rustix::process::Signal::KILL);
+        });
+    }
+
+    fn signal_credentialed(&self, signal: rustix::process::Signal) {
+        let targets: Vec<(u32, Arc<OwnedFd>)> = self
+            .children
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, c)| !c.services.is_empty())
+                    .map(|(pid, c)| (*pid, c.pidfd.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = if signal == rustix::process::Signal::KILL {
+            "SIGKILL"
+        } else {
+            "SIGTERM"
+        };
+        for (pid, pidfd) in targets {
+            let sent = rustix::process::pidfd_send_signal(&*pidfd, signal).is_ok();
+            self.audit(Event {
+                event: "signal".into(),
+                agent: Some(self.session().wallet.to_string()),
+                detail: Some(format!(
+                    "{name} to run child {pid} after revocation{}",
+                    if sent { "" } else { " (already gone)" }
+                )),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Asks the server whether the session still holds; a 401 or an expiry triggers
+    /// [`Daemon::on_revoked`]. An unreachable server changes nothing.
+    pub async fn check_session(self: &Arc<Self>) {
+        if self.is_revoked() {
+            return;
+        }
+        if let Err(e) = self.backend.session().await
+            && matches!(e.code(), ErrorCode::Unauthorized | ErrorCode::Expired)
+        {
+            self.on_revoked("the periodic session check was refused");
         }
     }
 
@@ -264,7 +556,29 @@ impl Daemon {
                 "delivered": self.counters.delivered.load(Ordering::Relaxed),
                 "denied": self.counters.denied.load(Ordering::Relaxed),
             },
-            "cache": [],
+            "revoked": self.is_revoked(),
+            "run_children": self.children.lock().map(|c| c.len()).unwrap_or(0),
+            "cache": self.cache_view(),
         })
+    }
+
+    /// Cached service names with their ages (never contents).
+    fn cache_view(&self) -> serde_json::Value {
+        let Ok(cache) = self.cache.lock() else {
+            return json!([]);
+        };
+        let mut items: Vec<_> = cache
+            .iter()
+            .map(|(s, c)| {
+                json!({
+                    "service": s,
+                    "age_ms": u64::try_from(c.stored.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "idle_ms": u64::try_from(c.last_used.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "ttl_ms": u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        items.sort_by(|a, b| a["service"].as_str().cmp(&b["service"].as_str()));
+        json!(items)
     }
 }

@@ -9,18 +9,24 @@
 //! - `listener.rs` — the socket: private directory, stale-socket handling, `SO_PEERCRED`.
 //! - `transport.rs` — newline-delimited JSON-RPC as an rmcp transport: line limits, bad
 //!   input, rate limits, our `agentkeys/…` methods, zeroized write buffers.
-//! - `service.rs` — the MCP tools; `daemon.rs` — shared state, fetch, drop after delivery.
+//! - `service.rs` — the MCP tools; `daemon.rs` — shared state, fetch (cache, idle
+//!   eviction), drop or hand-off after delivery, revocation.
+//! - `runner.rs` — daemon-mediated `run`: environment built in a secret page, fork/exec,
+//!   exit and signal forwarding, captured and redacted output for the MCP tool.
+//! - `config.rs` — the TOML configuration file.
 //! - `trail.rs` — the hash-chained JSONL audit trail; `bridge.rs` — stdio ↔ socket.
 
 #![forbid(unsafe_code)]
 
 pub mod bridge;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod listener;
 pub mod pairing;
 pub mod run;
+pub mod runner;
 pub mod service;
 pub mod trail;
 pub mod transport;

@@ -146,9 +146,10 @@ pub async fn serve(
             peer: Some(peer.clone()),
             ..Default::default()
         });
+        let gid = stream.peer_cred().map(|c| c.gid()).unwrap_or(u32::MAX);
         let daemon = daemon.clone();
         tokio::spawn(async move {
-            let conn = Arc::new(Conn::new(peer));
+            let conn = Arc::new(Conn::new(peer, gid));
             let (read, write) = stream.into_split();
             let transport = LineTransport::new(read, write, daemon.clone(), conn.clone());
             match Mcp::new(daemon.clone(), conn.clone())

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use agentkeys_core::HttpBackend;
 use agentkeys_core::session_store::StoreChoice;
@@ -12,7 +12,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::cli::{Args, Command, ServeArgs};
-use crate::daemon::{Counters, Daemon};
+use crate::config::Config;
+use crate::daemon::Daemon;
 use crate::error::DaemonError;
 use crate::pairing::{self, SessionPlan, WaitingState};
 use crate::trail::{self, Event, Trail};
@@ -38,7 +39,7 @@ pub fn trail_path(home: &Path) -> PathBuf {
 pub async fn run(args: Args) -> Result<(), DaemonError> {
     let home = home()?;
     match args.command {
-        Command::Serve(a) => serve(&home, a).await,
+        Command::Serve(a) => serve(&home, *a).await,
         Command::Mcp { socket } => {
             bridge::run(&socket.unwrap_or_else(|| listener::default_socket(&home))).await
         }
@@ -85,9 +86,17 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
             "AGENTKEYS_SESSION_STORE={choice_raw} is not one of auto, keyring, file"
         ))
     })?;
+    let config = Config::load(
+        args.config.as_deref(),
+        &args.cache,
+        args.idle_ttl.as_deref(),
+    )?;
+    let mut allow_uid = args.allow_uid.clone();
+    allow_uid.extend(config.allow_uids.iter().copied());
     let mut signals = Signals::new()?;
     let socket = args
         .socket
+        .or_else(|| config.socket.clone())
         .unwrap_or_else(|| listener::default_socket(home));
     let server = normalize(&args.server);
     let listener = listener::bind(&socket).await.map_err(|e| {
@@ -111,7 +120,7 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
     };
     let waiting = WaitingState::default();
     let stored = {
-        let responder = answer_while_waiting(&listener, waiting.clone(), &args.allow_uid);
+        let responder = answer_while_waiting(&listener, waiting.clone(), &allow_uid);
         tokio::select! {
             r = pairing::obtain(&plan, &waiting) => r?,
             () = responder => unreachable!("the pairing responder loops until it is dropped"),
@@ -122,14 +131,13 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         }
     };
     let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
-    let daemon = Arc::new(Daemon {
+    let daemon = Arc::new(Daemon::new(
         stored,
         backend,
         trail,
-        counters: Counters::default(),
-        started: Instant::now(),
-        socket: socket.display().to_string(),
-    });
+        socket.display().to_string(),
+        config,
+    ));
     daemon.audit(Event {
         event: "start".into(),
         agent: Some(daemon.session().wallet.to_string()),
@@ -142,7 +150,9 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         daemon.session().scope.describe(),
         socket.display()
     );
-    listener::serve(&listener, daemon.clone(), args.allow_uid, signals.recv()).await;
+    let housekeeping = tokio::spawn(housekeeping(daemon.clone()));
+    listener::serve(&listener, daemon.clone(), allow_uid, signals.recv()).await;
+    housekeeping.abort();
     daemon.audit(Event {
         event: "stop".into(),
         agent: Some(daemon.session().wallet.to_string()),
@@ -154,6 +164,23 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
     drop(daemon);
     eprintln!("agentkeys-daemon: stopped");
     Ok(())
+}
+
+/// Evicts idle cache entries on time and checks the session every `revocation_check`.
+async fn housekeeping(daemon: Arc<Daemon>) {
+    let mut next_check = tokio::time::Instant::now() + daemon.config.revocation_check;
+    loop {
+        let until_evict = daemon
+            .evict_idle()
+            .unwrap_or(Duration::from_secs(3600))
+            .min(Duration::from_secs(1));
+        let wake = (tokio::time::Instant::now() + until_evict).min(next_check);
+        tokio::time::sleep_until(wake).await;
+        if tokio::time::Instant::now() >= next_check {
+            daemon.check_session().await;
+            next_check = tokio::time::Instant::now() + daemon.config.revocation_check;
+        }
+    }
 }
 
 /// While waiting for an approval, answers `agentkeys/status` with the code to approve and

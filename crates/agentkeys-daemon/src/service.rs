@@ -1,5 +1,6 @@
 //! The MCP surface (DESIGN decision 7): server `agentkeys`, tools `get_credential`,
-//! `list_credentials` and `whoami`. Failures are tool results with `isError: true` whose
+//! `list_credentials`, `run` and `whoami`. `get_credential` answers a client that advertised
+//! `agentkeys/fd-delivery` with the page's fd instead of the text (DESIGN decision 8). Failures are tool results with `isError: true` whose
 //! text a model can relay to its human (the exact `agentkeys approve` command, "revoked",
 //! "not in scope").
 
@@ -14,7 +15,9 @@ use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
 
-use crate::daemon::{Conn, Daemon, InFlight};
+use crate::daemon::{Conn, Daemon, Delivery, InFlight};
+use crate::runner;
+use crate::transport::FD_CAPABILITY;
 
 const INSTRUCTIONS: &str = "\
 agentkeys gives you the API credentials your operator approved for you, one at a time, \
@@ -29,6 +32,20 @@ says exactly what they must run (for example 'agentkeys approve ABCD-EFGH').";
 pub struct GetCredential {
     /// The credential's service name, e.g. "openai" or "github" (see list_credentials).
     pub service: String,
+}
+
+/// `run` arguments.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct Run {
+    /// The command and its arguments, e.g. ["curl", "-sS", "https://api.example.com"].
+    pub argv: Vec<String>,
+    /// Credentials to put in the command's environment, as <SERVICE>_API_KEY
+    /// (upper case, '-' and '.' become '_'), e.g. ["openai"].
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Stop the command after this many seconds (default from the daemon's config).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
 }
 
 /// `list_credentials` and `whoami` take no arguments.
@@ -78,12 +95,15 @@ impl Mcp {
         };
         let page = match self
             .daemon
-            .fetch(&service, &self.conn.peer, &context.id)
+            .fetch(&service, &self.conn.peer, &context.id.to_string())
             .await
         {
             Ok(page) => page,
             Err(refusal) => return error(refusal.message),
         };
+        if self.conn.wants_fd(&context.id) && page.fd().is_some() {
+            return self.fd_result(context.id, page, service);
+        }
         let Ok(text) = std::str::from_utf8(page.expose_secret()) else {
             return error(format!(
                 "'{service}' holds binary data, which this tool returns as text only"
@@ -93,10 +113,85 @@ impl Mcp {
         // zeroized by the global allocator) once serialized; the page itself stays until
         // the transport has written the line, then it is dropped (DESIGN decision 6).
         let result = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
-        if let Ok(mut held) = self.conn.in_flight.lock() {
-            held.insert(context.id, InFlight { page, service });
-        }
+        self.hold(context.id, page, service, Delivery::Inline);
         result
+    }
+
+    /// The fd-delivery answer: no bytes in the JSON, the page's fd travels with the line.
+    fn fd_result(
+        &self,
+        id: rmcp::model::RequestId,
+        page: agentkeys_secmem::SecretPage,
+        service: ServiceName,
+    ) -> CallToolResult {
+        let kind = page.kind();
+        let length = page.len();
+        let mut result = CallToolResult::success(vec![ContentBlock::text(format!(
+            "The credential '{service}' was delivered as a file descriptor ({kind}, {length} \
+             bytes) attached to this message; your agentkeys runtime maps it."
+        ))]);
+        let mut meta = rmcp::model::MetaObject::default();
+        meta.0.insert(
+            "agentkeys/fd".into(),
+            json!({"service": service, "length": length, "kind": kind.as_str()}),
+        );
+        result.meta = Some(meta);
+        self.hold(id, page, service, Delivery::Fd);
+        result
+    }
+
+    fn hold(
+        &self,
+        id: rmcp::model::RequestId,
+        page: agentkeys_secmem::SecretPage,
+        service: ServiceName,
+        delivery: Delivery,
+    ) {
+        if let Ok(mut held) = self.conn.in_flight.lock() {
+            held.insert(
+                id,
+                InFlight {
+                    page,
+                    service,
+                    delivery,
+                },
+            );
+        }
+    }
+
+    #[tool(
+        description = "Run a command with credentials in its environment, without ever \
+        seeing them: each service becomes <SERVICE>_API_KEY (e.g. OPENAI_API_KEY). Returns \
+        the exit code and the captured stdout/stderr (size-capped), with every credential \
+        value (also in base64 or hex) replaced by [REDACTED:<service>]."
+    )]
+    async fn run(
+        &self,
+        Parameters(Run {
+            argv,
+            services,
+            timeout_s,
+        }): Parameters<Run>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let environ: Vec<String> = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+            .collect();
+        let spec = match runner::parse_spec(&json!({
+            "argv": argv, "services": services, "environ": environ,
+        })) {
+            Ok(spec) => spec,
+            Err(r) => return error(r.message),
+        };
+        let timeout = timeout_s
+            .map(|s| std::time::Duration::from_secs(s.clamp(1, 3600)))
+            .unwrap_or(self.daemon.config.run_timeout);
+        let request = context.id.to_string();
+        match runner::run_captured(&self.daemon, &self.conn, &request, spec, timeout).await {
+            Ok(result) => CallToolResult::success(vec![ContentBlock::text(result.to_string())]),
+            Err(r) => error(r.message),
+        }
     }
 
     #[tool(
@@ -139,8 +234,21 @@ impl Mcp {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Mcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_instructions(INSTRUCTIONS)
-            .with_server_info(Implementation::new("agentkeys", env!("CARGO_PKG_VERSION")))
+        let mut experimental = rmcp::model::ExperimentalCapabilities::new();
+        experimental.insert(
+            FD_CAPABILITY.into(),
+            json!({"version": 1})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_experimental_with(experimental)
+                .build(),
+        )
+        .with_instructions(INSTRUCTIONS)
+        .with_server_info(Implementation::new("agentkeys", env!("CARGO_PKG_VERSION")))
     }
 }

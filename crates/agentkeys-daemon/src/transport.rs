@@ -15,20 +15,30 @@
 //! and the only await that can be interrupted is `fill_buf` (which consumes nothing).
 //! Answers written from inside `receive` go out from spawned tasks for the same reason.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rmcp::RoleServer;
+use rmcp::model::RequestId;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncWriteExt as _, Interest};
+use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::daemon::{Conn, Daemon};
+use crate::daemon::{Conn, Daemon, Delivery};
 
 /// The longest line accepted, in bytes.
 pub const MAX_LINE: usize = 1 << 20;
@@ -38,12 +48,21 @@ pub const MAX_BAD_LINES: u32 = 16;
 pub const RATE: f64 = 200.0;
 /// Burst of messages per connection.
 pub const BURST: f64 = 400.0;
+/// Descriptors accepted with one `recvmsg`, and held unclaimed at most.
+pub const MAX_FDS: usize = 8;
+/// The capability a client advertises to receive credentials as fds (DESIGN decision 8).
+pub const FD_CAPABILITY: &str = "agentkeys/fd-delivery";
 
-type Writer = Arc<Mutex<OwnedWriteHalf>>;
+/// The write half, shared by rmcp's responses and our own messages.
+pub type Writer = Arc<Mutex<OwnedWriteHalf>>;
 
 /// The rmcp transport for one connection.
 pub struct LineTransport {
-    reader: BufReader<OwnedReadHalf>,
+    reader: OwnedReadHalf,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
     writer: Writer,
     daemon: Arc<Daemon>,
     conn: Arc<Conn>,
@@ -62,7 +81,11 @@ impl LineTransport {
         conn: Arc<Conn>,
     ) -> Self {
         LineTransport {
-            reader: BufReader::with_capacity(16 * 1024, read),
+            reader: read,
+            buf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
             writer: Arc::new(Mutex::new(write)),
             daemon,
             conn,
@@ -86,15 +109,34 @@ impl LineTransport {
         }
     }
 
+    /// Receives more bytes (and any descriptors sent with them) into the buffer.
+    /// `Ok(0)` at end of stream. The only await is readiness, so this is cancel-safe.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let stream: &UnixStream = self.reader.as_ref();
+        loop {
+            stream.readable().await?;
+            let (buf, fds) = (&mut self.buf, &mut self.fds);
+            match stream.try_io(Interest::READABLE, || recv_with_fds(stream, buf, fds)) {
+                Ok(n) => {
+                    self.start = 0;
+                    self.end = n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Reads one line of at most [`MAX_LINE`] bytes. `Ok(None)` at end of stream.
-    /// Cancel-safe: bytes taken from the reader are kept in `self.partial`.
+    /// Cancel-safe: bytes taken from the socket are kept in `self.buf`/`self.partial`.
     async fn read_line(&mut self) -> io::Result<Option<Vec<u8>>> {
         loop {
-            let buf = self.reader.fill_buf().await?;
-            if buf.is_empty() {
+            if self.start == self.end && self.fill().await? == 0 {
                 let rest = std::mem::take(&mut self.partial);
                 return Ok(if rest.is_empty() { None } else { Some(rest) });
             }
+            let buf = &self.buf[self.start..self.end];
             let (take, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
@@ -104,13 +146,35 @@ impl LineTransport {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
             }
             self.partial.extend_from_slice(&buf[..take]);
-            self.reader.consume(take);
+            self.start += take;
             if done {
                 let mut line = std::mem::take(&mut self.partial);
                 line.pop();
                 return Ok(Some(line));
             }
         }
+    }
+
+    /// The descriptors announced by a line's `"fds": n`, or an error when they did not
+    /// arrive. Called once per line; descriptors no line claims are closed.
+    fn claim_fds(&mut self, value: &Value) -> Result<Vec<OwnedFd>, &'static str> {
+        let wanted = match value.get("fds") {
+            None => 0,
+            Some(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n <= MAX_FDS => n,
+                _ => return Err("\"fds\" must be a small non-negative integer"),
+            },
+        };
+        if self.fds.len() < wanted {
+            self.fds.clear();
+            return Err("the message announced descriptors that did not arrive with it");
+        }
+        let claimed = self.fds.drain(..wanted).collect();
+        if self.start == self.end && self.partial.is_empty() {
+            // Nothing more is buffered, so nothing else can claim what is left.
+            self.fds.clear();
+        }
+        Ok(claimed)
     }
 
     /// Writes `value` from a spawned task (see the module note on cancellation).
@@ -131,9 +195,30 @@ impl LineTransport {
     }
 
     /// Answers an `agentkeys/…` method from a spawned task.
-    fn custom(&self, id: Option<Value>, method: String) {
+    fn custom(&self, id: Option<Value>, method: String, params: Value, fds: Vec<OwnedFd>) {
         let daemon = self.daemon.clone();
         let writer = self.writer.clone();
+        let conn = self.conn.clone();
+        if method == "agentkeys/run" {
+            tokio::spawn(crate::runner::serve_run(
+                daemon, conn, writer, id, params, fds,
+            ));
+            return;
+        }
+        if !fds.is_empty() {
+            drop(fds);
+            self.error(id, -32602, "this method takes no descriptors");
+            return;
+        }
+        if method == "agentkeys/signal" {
+            let answer = crate::runner::forward_signal(&daemon, &conn, &params);
+            let body = match answer {
+                Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
+                Err(msg) => error_body(id, -32602, &msg),
+            };
+            self.reply(body);
+            return;
+        }
         tokio::spawn(async move {
             let id = id.unwrap_or(Value::Null);
             let answer = match method.as_str() {
@@ -152,7 +237,8 @@ impl LineTransport {
     }
 }
 
-fn error_body(id: Option<Value>, code: i64, message: &str) -> Value {
+/// A JSON-RPC error object.
+pub fn error_body(id: Option<Value>, code: i64, message: &str) -> Value {
     json!({
         "jsonrpc": "2.0", "id": id.unwrap_or(Value::Null),
         "error": { "code": code, "message": message },
@@ -161,12 +247,116 @@ fn error_body(id: Option<Value>, code: i64, message: &str) -> Value {
 
 /// Serializes `value` into a buffer of exactly its size, writes it with a newline, and
 /// zeroizes the buffer.
-async fn write_line<T: serde::Serialize>(writer: &Writer, value: &T) -> io::Result<()> {
+pub async fn write_line<T: serde::Serialize>(writer: &Writer, value: &T) -> io::Result<()> {
+    let bytes = serialize_line(value)?;
+    writer.lock().await.write_all(&bytes).await
+}
+
+fn serialize_line<T: serde::Serialize>(value: &T) -> io::Result<Zeroizing<Vec<u8>>> {
     let len = agentkeys_core::json::json_len(value).map_err(io::Error::other)?;
     let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));
     serde_json::to_writer(&mut *bytes, value).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    writer.lock().await.write_all(&bytes).await
+    Ok(bytes)
+}
+
+/// Writes `line` with `fd` attached to its first byte (one `sendmsg`; the rest, if the
+/// socket took only part, with plain writes).
+async fn write_line_with_fd(writer: &Writer, line: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut guard = writer.lock().await;
+    let sent = {
+        let stream: &UnixStream = (*guard).as_ref();
+        loop {
+            stream.writable().await?;
+            match stream.try_io(Interest::WRITABLE, || send_with_fd(stream, line, fd)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    guard.write_all(&line[sent..]).await
+}
+
+fn send_with_fd(stream: &UnixStream, line: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the descriptor"));
+    }
+    Ok(rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(line)],
+        &mut cmsg,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
+}
+
+fn recv_with_fds(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    queue: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        stream,
+        &mut [IoSliceMut::new(buf)],
+        &mut cmsg,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )?;
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            queue.extend(fds);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) || queue.len() > MAX_FDS {
+        queue.clear();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many descriptors sent",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+/// Whether a message advertises fd delivery: `capabilities.experimental` at `initialize`,
+/// or the request's `_meta` (bare, or inside the 2026-07-28 client capabilities).
+fn advertises_fd(value: &Value) -> (bool, bool) {
+    let params = &value["params"];
+    let at_init = value["method"] == "initialize"
+        && !params["capabilities"]["experimental"][FD_CAPABILITY].is_null();
+    let meta = &params["_meta"];
+    let per_request = !meta[FD_CAPABILITY].is_null()
+        || !meta["io.modelcontextprotocol/clientCapabilities"]["experimental"][FD_CAPABILITY]
+            .is_null();
+    (at_init, per_request)
+}
+
+/// A duplicate of the page fd an fd-mode response must carry (the page itself stays in
+/// `in_flight` until `after_response`).
+fn fd_to_send(conn: &Conn, id: &RequestId) -> Option<OwnedFd> {
+    let held = conn.in_flight.lock().ok()?;
+    let entry = held.get(id)?;
+    if entry.delivery != Delivery::Fd {
+        return None;
+    }
+    entry.page.fd()?.try_clone_to_owned().ok()
+}
+
+/// An fd-mode response: the JSON says `"fds": 1` and carries no secret bytes.
+async fn send_fd_response(
+    writer: &Writer,
+    item: &TxJsonRpcMessage<RoleServer>,
+    fd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let mut value = serde_json::to_value(item).map_err(io::Error::other)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("fds".into(), json!(1));
+    }
+    let line = serialize_line(&value)?;
+    write_line_with_fd(writer, &line, fd).await
 }
 
 impl Transport<RoleServer> for LineTransport {
@@ -185,7 +375,11 @@ impl Transport<RoleServer> for LineTransport {
                 rmcp::model::JsonRpcMessage::Error(e) => e.id.clone(),
                 _ => None,
             };
-            let written = write_line(&writer, &item).await;
+            let fd = id.as_ref().and_then(|id| fd_to_send(&conn, id));
+            let written = match fd {
+                Some(fd) => send_fd_response(&writer, &item, fd.as_fd()).await,
+                None => write_line(&writer, &item).await,
+            };
             drop(item);
             if let Some(id) = id {
                 daemon.after_response(&conn, &id, written.is_ok());
@@ -230,13 +424,39 @@ impl Transport<RoleServer> for LineTransport {
                 }
             };
             let id = value.get("id").cloned();
+            let fds = match self.claim_fds(&value) {
+                Ok(fds) => fds,
+                Err(msg) => {
+                    self.bad_lines += 1;
+                    self.error(id, -32600, msg);
+                    continue;
+                }
+            };
             if let Some(method) = value.get("method").and_then(Value::as_str)
                 && method.starts_with("agentkeys/")
             {
                 self.bad_lines = 0;
                 let method = method.to_owned();
-                self.custom(id, method);
+                let params = value.get("params").cloned().unwrap_or(Value::Null);
+                self.custom(id, method, params, fds);
                 continue;
+            }
+            if !fds.is_empty() {
+                drop(fds);
+                self.bad_lines += 1;
+                self.error(id, -32600, "only agentkeys/run takes descriptors");
+                continue;
+            }
+            let (at_init, per_request) = advertises_fd(&value);
+            if at_init {
+                self.conn.fd_delivery.store(true, Ordering::Relaxed);
+            }
+            if per_request
+                && let Some(id) = id.clone()
+                && let Ok(id) = serde_json::from_value::<RequestId>(id)
+                && let Ok(mut set) = self.conn.fd_requests.lock()
+            {
+                set.insert(id);
             }
             match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
                 Ok(message) => {

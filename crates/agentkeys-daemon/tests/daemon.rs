@@ -5,7 +5,10 @@
 
 mod daemon {
     pub mod common;
+    mod delivery;
     mod hygiene;
     mod mcp;
     mod pairing;
+    mod policy;
+    mod run;
 }

@@ -218,7 +218,17 @@ impl Drop for DaemonProc {
 
 /// A daemon paired under `master` with `approve_args` (e.g. `--scope openai`).
 pub fn paired(master: &Master, home: &Path, approve_args: &[&str]) -> (DaemonProc, String) {
-    let d = DaemonProc::spawn(&master.server, home, &[]);
+    paired_with(master, home, approve_args, &[])
+}
+
+/// [`paired`], with extra `serve` flags (e.g. `--cache openai=2s`).
+pub fn paired_with(
+    master: &Master,
+    home: &Path,
+    approve_args: &[&str],
+    serve_args: &[&str],
+) -> (DaemonProc, String) {
+    let d = DaemonProc::spawn(&master.server, home, serve_args);
     let (code, _) = d.code();
     let out = master.approve(&code, approve_args);
     assert!(out.status.success(), "{}", text(&out));
@@ -335,4 +345,117 @@ pub fn wait_for_events(path: &Path, event: &str, count: usize) {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The stdlib Python runtime's directory (for `PYTHONPATH`).
+pub fn python_runtime_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/python")
+}
+
+/// A Python with the official `mcp` SDK: `$AGENTKEYS_TEST_PYTHON`, else the venv
+/// `scripts/test.sh` creates in `target/pyenv`.
+pub fn sdk_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENTKEYS_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the mcp SDK: run 'bash scripts/test.sh' (it creates target/pyenv), or \
+         set AGENTKEYS_TEST_PYTHON"
+    );
+    venv
+}
+
+/// The Rust managed runtime's example program (`check SERVICE [--hold]`).
+pub fn rust_runtime_check() -> PathBuf {
+    workspace_bin(DAEMON, "examples/check")
+}
+
+/// SHA-256 of `s`, hex.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A process that prints one JSON line on stdout and then waits for a line on stdin
+/// (the runtimes' `check --hold`, the MCP SDK client): killed on drop.
+pub struct Holder {
+    pub child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    pub fn spawn(mut cmd: Command) -> Holder {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Holder { child, stdout }
+    }
+
+    /// The JSON line it printed.
+    pub fn line(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it exit and returns its status.
+    pub fn release(mut self) -> std::process::ExitStatus {
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Successful `credential.read` events the server audited for `agent`.
+pub fn server_reads(master: &Master, agent: &str) -> usize {
+    let out = master.cli(&["usage", "--agent", agent, "--json", "--limit", "1000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn count(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => items.iter().map(count).sum(),
+            Value::Object(o) => {
+                if o.get("action") == Some(&json!("credential.read"))
+                    && o.get("outcome") == Some(&json!("ok"))
+                {
+                    1
+                } else {
+                    o.values().map(count).sum()
+                }
+            }
+            _ => 0,
+        }
+    }
+    count(&v)
+}
+
+/// Readable copies of `needle` in `pid`'s memory (the scan itself is checked to have read
+/// more than 1 MiB).
+pub fn copies_in(pid: u32, needle: &str) -> usize {
+    let report = agentkeys_memscan::scan(pid, needle.as_bytes()).unwrap();
+    assert!(
+        report.scanned_bytes > 1 << 20,
+        "scanned only {}",
+        report.scanned_bytes
+    );
+    report.hits.len()
 }

@@ -51,7 +51,10 @@ fn get_credential_answers_in_scope_out_of_scope_unknown_high_value_and_revoked()
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["get_credential", "list_credentials", "whoami"]);
+    assert_eq!(
+        names,
+        ["get_credential", "list_credentials", "run", "whoami"]
+    );
     let schema = &tools["result"]["tools"][0]["inputSchema"];
     assert_eq!(schema["required"], json!(["service"]), "{schema}");
 

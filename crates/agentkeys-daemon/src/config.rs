@@ -1,0 +1,252 @@
+//! The daemon's configuration file (TOML, `--config`), merged with the command line.
+//!
+//! ```toml
+//! socket = "/run/agentkeys/daemon.sock"
+//! allow_uids = [1001]
+//! idle_ttl = "60s"            # default idle TTL of a cached credential
+//! revocation_check = "30s"    # how often the daemon asks the server whether it was revoked
+//! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
+//!
+//! [cache]                     # per-service opt-in; no entry = never cached (the default)
+//! openai = "60s"              # idle TTL for this service
+//! github = true               # cached with idle_ttl
+//!
+//! [run]
+//! timeout = "60s"             # default timeout of the MCP run tool
+//! max_output = 65536          # bytes of stdout and of stderr the MCP run tool keeps
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentkeys_types::ServiceName;
+
+use crate::error::DaemonError;
+
+/// The effective policy, after the file and the flags are merged.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Socket path, if configured.
+    pub socket: Option<PathBuf>,
+    /// Extra uids allowed to connect.
+    pub allow_uids: Vec<u32>,
+    /// Services that may be cached, with their idle TTL.
+    pub cache: BTreeMap<ServiceName, Duration>,
+    /// Period of the revocation check.
+    pub revocation_check: Duration,
+    /// SIGTERM → SIGKILL delay for `run` children after a revocation.
+    pub kill_grace: Duration,
+    /// Default timeout of the MCP `run` tool.
+    pub run_timeout: Duration,
+    /// Bytes of stdout (and of stderr) the MCP `run` tool keeps.
+    pub run_max_output: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: None,
+            allow_uids: Vec::new(),
+            cache: BTreeMap::new(),
+            revocation_check: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+            run_timeout: Duration::from_secs(60),
+            run_max_output: 64 * 1024,
+        }
+    }
+}
+
+/// The file's shape.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    idle_ttl: Option<String>,
+    revocation_check: Option<String>,
+    kill_grace: Option<String>,
+    #[serde(default)]
+    cache: BTreeMap<String, CacheEntry>,
+    #[serde(default)]
+    run: RunSection,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum CacheEntry {
+    On(bool),
+    Ttl(String),
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunSection {
+    timeout: Option<String>,
+    max_output: Option<usize>,
+}
+
+/// The default idle TTL of a cached credential (DESIGN decision 6).
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// Reads `path` (if given) and applies the command-line `--cache SERVICE[=TTL]` and
+    /// `--idle-ttl` on top.
+    pub fn load(
+        path: Option<&Path>,
+        cache_flags: &[String],
+        idle_ttl_flag: Option<&str>,
+    ) -> Result<Config, DaemonError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    DaemonError::usage(format!("cannot read the config file {}: {e}", p.display()))
+                })?;
+                toml::from_str::<File>(&text).map_err(|e| {
+                    DaemonError::usage(format!("{}: {}", p.display(), e.message().trim()))
+                })?
+            }
+            None => File::default(),
+        };
+        let mut config = Config {
+            socket: file.socket,
+            allow_uids: file.allow_uids,
+            ..Config::default()
+        };
+        let idle_ttl = match idle_ttl_flag.or(file.idle_ttl.as_deref()) {
+            Some(t) => duration("idle_ttl", t)?,
+            None => DEFAULT_IDLE_TTL,
+        };
+        for (key, value) in [
+            ("revocation_check", &file.revocation_check),
+            ("kill_grace", &file.kill_grace),
+            ("run.timeout", &file.run.timeout),
+        ] {
+            if let Some(v) = value {
+                let d = duration(key, v)?;
+                match key {
+                    "revocation_check" => config.revocation_check = d,
+                    "kill_grace" => config.kill_grace = d,
+                    _ => config.run_timeout = d,
+                }
+            }
+        }
+        if let Some(max) = file.run.max_output {
+            config.run_max_output = max;
+        }
+        for (service, entry) in file.cache {
+            let service = service_name(&service)?;
+            match entry {
+                CacheEntry::On(false) => {}
+                CacheEntry::On(true) => {
+                    config.cache.insert(service, idle_ttl);
+                }
+                CacheEntry::Ttl(t) => {
+                    config.cache.insert(service, duration("cache", &t)?);
+                }
+            }
+        }
+        for flag in cache_flags {
+            let (service, ttl) = match flag.split_once('=') {
+                Some((s, t)) => (s, duration("--cache", t)?),
+                None => (flag.as_str(), idle_ttl),
+            };
+            config.cache.insert(service_name(service)?, ttl);
+        }
+        Ok(config)
+    }
+}
+
+fn service_name(s: &str) -> Result<ServiceName, DaemonError> {
+    ServiceName::parse(s).map_err(|_| {
+        DaemonError::usage(format!(
+            "'{s}' is not a service name (lower-case letters, digits, '.', '_', '-')"
+        ))
+    })
+}
+
+/// `90s`, `15m`, `2h`, `500ms`, or a bare number of seconds.
+pub fn duration(key: &str, s: &str) -> Result<Duration, DaemonError> {
+    let s = s.trim();
+    let bad = || {
+        DaemonError::usage(format!(
+            "{key}: '{s}' is not a duration; write e.g. 500ms, 30s, 5m or 2h"
+        ))
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(DaemonError::usage(format!(
+            "{key}: the duration must not be zero"
+        )));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_full_file_is_read_and_flags_override_it() {
+        let f = write(
+            "socket = \"/tmp/x.sock\"\nallow_uids = [1001]\nidle_ttl = \"10s\"\n\
+             revocation_check = \"2s\"\nkill_grace = \"1s\"\n\
+             [cache]\nopenai = \"90s\"\ngithub = true\nslack = false\n\
+             [run]\ntimeout = \"5m\"\nmax_output = 100\n",
+        );
+        let c = Config::load(Some(f.path()), &["anthropic=2s".into()], None).unwrap();
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
+        assert_eq!(c.allow_uids, vec![1001]);
+        assert_eq!(c.revocation_check, Duration::from_secs(2));
+        assert_eq!(c.kill_grace, Duration::from_secs(1));
+        assert_eq!(c.run_timeout, Duration::from_secs(300));
+        assert_eq!(c.run_max_output, 100);
+        let ttl = |s: &str| c.cache.get(&ServiceName::parse(s).unwrap()).copied();
+        assert_eq!(ttl("openai"), Some(Duration::from_secs(90)));
+        assert_eq!(ttl("github"), Some(Duration::from_secs(10)));
+        assert_eq!(ttl("slack"), None);
+        assert_eq!(ttl("anthropic"), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn nothing_is_cached_by_default() {
+        let c = Config::load(None, &[], None).unwrap();
+        assert!(c.cache.is_empty());
+        let c = Config::load(None, &["openai".into()], Some("2s")).unwrap();
+        assert_eq!(
+            c.cache.get(&ServiceName::parse("openai").unwrap()),
+            Some(&Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_key() {
+        let f = write("idle_tll = \"10s\"\n");
+        let e = Config::load(Some(f.path()), &[], None).err().unwrap();
+        assert!(e.message.contains("idle_tll"), "{}", e.message);
+        let e = Config::load(None, &["openai=soon".into()], None)
+            .err()
+            .unwrap();
+        assert!(e.message.contains("--cache"), "{}", e.message);
+        let e = Config::load(None, &["Open AI".into()], None).err().unwrap();
+        assert!(e.message.contains("service name"), "{}", e.message);
+        assert!(duration("x", "0s").is_err());
+        assert_eq!(duration("x", "500ms").unwrap(), Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,737 @@
+//! Daemon-mediated `run` (DESIGN decision 9): the daemon fetches the credentials, builds the
+//! child's environment inside a secret page, forks and execs (agentkeys-secmem `launch`), and
+//! wipes the page as soon as `execve` has copied it. The caller never holds the plaintext.
+//!
+//! Two doors lead here: `agentkeys/run` from the CLI (the caller's stdin, stdout and stderr
+//! arrive as fds; the answer is `{pid}`, then an `agentkeys/exit` notification, and
+//! `agentkeys/signal` forwards Ctrl-C and friends), and the MCP `run` tool (output captured,
+//! size-capped, and every delivered secret redacted from it, also in base64 and hex).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_secmem::launch::{self, Launch};
+use agentkeys_secmem::{SecretPage, SecretPageKind};
+use agentkeys_types::ServiceName;
+use base64::Engine as _;
+use rustix::process::Signal;
+use serde_json::{Value, json};
+
+use crate::daemon::{ChildEntry, Conn, Daemon, Refusal};
+use crate::trail::Event;
+use crate::transport::{Writer, error_body, write_line};
+
+/// One credential bound into the child: the variable name and the service.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// `OPENAI_API_KEY`, or `AGENTKEYS_FD_OPENAI` in fd mode.
+    pub name: String,
+    /// The credential.
+    pub service: ServiceName,
+}
+
+/// What to run.
+#[derive(Debug)]
+pub struct RunSpec {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// Credentials to bind.
+    pub bindings: Vec<Binding>,
+    /// Hand the child fds (`AGENTKEYS_FD_<SERVICE>=<fd>:<length>`) instead of values.
+    pub fd_mode: bool,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// The child's base environment (`NAME=value`), before the bindings are added.
+    pub environ: Vec<String>,
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit status.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl Exit {
+    fn to_json(self) -> Value {
+        match self {
+            Exit::Code(c) => json!({"code": c}),
+            Exit::Signal(s) => json!({"signal": s}),
+        }
+    }
+}
+
+/// A started child.
+pub struct Running {
+    /// Its pid.
+    pub pid: u32,
+    pidfd: Arc<OwnedFd>,
+}
+
+/// `OPENAI_API_KEY` for `openai`; `AGENTKEYS_FD_OPENAI` in fd mode.
+pub fn default_name(service: &ServiceName, fd_mode: bool) -> String {
+    let upper: String = service
+        .as_str()
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    if fd_mode {
+        format!("AGENTKEYS_FD_{upper}")
+    } else {
+        format!("{upper}_API_KEY")
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Parses `agentkeys/run` (and MCP `run`) parameters.
+pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
+    let bad = |m: &str| refusal("BAD_REQUEST", m.to_owned());
+    let argv: Vec<String> = serde_json::from_value(params["argv"].clone())
+        .map_err(|_| bad("argv must be a list of strings"))?;
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(bad("argv must name a command"));
+    }
+    let fd_mode = params["fd_mode"].as_bool().unwrap_or(false);
+    let mut bindings = Vec::new();
+    let services: Vec<String> = match &params["services"] {
+        Value::Null => Vec::new(),
+        v => serde_json::from_value(v.clone())
+            .map_err(|_| bad("services must be a list of service names"))?,
+    };
+    for s in services {
+        let service =
+            ServiceName::parse(&s).map_err(|_| bad(&format!("'{s}' is not a service name")))?;
+        bindings.push(Binding {
+            name: default_name(&service, fd_mode),
+            service,
+        });
+    }
+    if let Some(env) = params["env"].as_object() {
+        for (name, service) in env {
+            let service = service
+                .as_str()
+                .and_then(|s| ServiceName::parse(s).ok())
+                .ok_or_else(|| bad(&format!("env {name}: the value must be a service name")))?;
+            if !valid_env_name(name) {
+                return Err(bad(&format!(
+                    "'{name}' is not an environment variable name"
+                )));
+            }
+            bindings.push(Binding {
+                name: name.clone(),
+                service,
+            });
+        }
+    }
+    let mut names: Vec<&str> = bindings.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(bad("two credentials bound to the same variable name"));
+    }
+    let environ: Vec<String> = match &params["environ"] {
+        Value::Null => Vec::new(),
+        v => serde_json::from_value(v.clone())
+            .map_err(|_| bad("environ must be a list of NAME=value strings"))?,
+    };
+    let cwd = params["cwd"].as_str().map(PathBuf::from);
+    Ok(RunSpec {
+        argv,
+        bindings,
+        fd_mode,
+        cwd,
+        environ,
+    })
+}
+
+/// Finds the program: a path as given (relative to `cwd`), else the first executable
+/// match on the child's `PATH`.
+fn resolve(argv0: &str, cwd: Option<&Path>, path_var: Option<&str>) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if argv0.contains('/') {
+        let p = match cwd {
+            Some(dir) if !argv0.starts_with('/') => dir.join(argv0),
+            _ => PathBuf::from(argv0),
+        };
+        return executable(&p).then_some(p);
+    }
+    path_var
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin")
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(argv0))
+        .find(|p| executable(p))
+}
+
+/// A page the child can see after fork: `memfd_secret`, else a sealed memfd.
+fn shareable_page(len: usize) -> std::io::Result<SecretPage> {
+    SecretPage::with_kind(len, SecretPageKind::MemfdSecret)
+        .or_else(|_| SecretPage::with_kind(len, SecretPageKind::SealedMemfd))
+}
+
+/// Secret byte strings to scrub from captured output: each secret raw, in base64 (standard
+/// and URL-safe, padded or not) and in hex (lower and upper case). Kept in a secret page.
+pub struct Redactor {
+    page: SecretPage,
+    spans: Vec<(usize, usize, ServiceName)>,
+}
+
+impl Redactor {
+    fn new(secrets: &[(ServiceName, &[u8])]) -> std::io::Result<Self> {
+        let mut forms: Vec<(ServiceName, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
+        for (service, s) in secrets {
+            if s.is_empty() {
+                continue;
+            }
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let b64np = base64::engine::general_purpose::STANDARD_NO_PAD;
+            let url = base64::engine::general_purpose::URL_SAFE;
+            let urlnp = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let mut all = vec![zeroize::Zeroizing::new(s.to_vec())];
+            for engine in [&b64, &b64np, &url, &urlnp] {
+                all.push(zeroize::Zeroizing::new(engine.encode(s).into_bytes()));
+            }
+            let hex: zeroize::Zeroizing<String> =
+                zeroize::Zeroizing::new(s.iter().map(|b| format!("{b:02x}")).collect());
+            all.push(zeroize::Zeroizing::new(hex.as_bytes().to_vec()));
+            all.push(zeroize::Zeroizing::new(
+                hex.to_ascii_uppercase().into_bytes(),
+            ));
+            for f in all {
+                forms.push((service.clone(), f));
+            }
+        }
+        // Longest first, so a raw secret is not half-replaced inside its own encoding.
+        forms.sort_by_key(|(_, f)| std::cmp::Reverse(f.len()));
+        forms.dedup_by(|a, b| a.1 == b.1);
+        let total = forms.iter().map(|(_, f)| f.len()).sum();
+        let mut page = SecretPage::new(total)?;
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for (service, f) in forms {
+            page.expose_secret_mut()[at..at + f.len()].copy_from_slice(&f);
+            spans.push((at, f.len(), service));
+            at += f.len();
+        }
+        Ok(Redactor { page, spans })
+    }
+
+    /// Replaces every occurrence with `[REDACTED:<service>]`; returns how many.
+    fn redact(&self, out: &mut zeroize::Zeroizing<Vec<u8>>) -> usize {
+        let mut count = 0;
+        for (at, len, service) in &self.spans {
+            let needle = &self.page.expose_secret()[*at..*at + *len];
+            let finder = memchr::memmem::Finder::new(needle);
+            if finder.find(out).is_none() {
+                continue;
+            }
+            let mark = format!("[REDACTED:{service}]");
+            let mut result = zeroize::Zeroizing::new(Vec::with_capacity(out.len()));
+            let mut rest: &[u8] = out;
+            while let Some(i) = finder.find(rest) {
+                result.extend_from_slice(&rest[..i]);
+                result.extend_from_slice(mark.as_bytes());
+                rest = &rest[i + needle.len()..];
+                count += 1;
+            }
+            result.extend_from_slice(rest);
+            *out = result;
+        }
+        count
+    }
+}
+
+/// Starts `spec` with `stdio` as the child's 0, 1, 2. With `redact`, returns a
+/// [`Redactor`] for the delivered secrets (the MCP tool); the pages are wiped either way
+/// once the child has exec'd (or handed to it in fd mode).
+pub async fn start(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    spec: RunSpec,
+    stdio: [OwnedFd; 3],
+    redact: bool,
+) -> Result<(Running, Option<Redactor>), Refusal> {
+    if daemon.is_revoked() {
+        return Err(refusal(
+            "REVOKED",
+            "revoked: this agent's session was revoked; ask your operator to re-pair the daemon",
+        ));
+    }
+    let own_uid = rustix::process::geteuid().as_raw();
+    let ids = if conn.peer.uid == own_uid {
+        None
+    } else if own_uid == 0 {
+        Some((conn.peer.uid, conn.gid))
+    } else {
+        return Err(refusal(
+            "DENIED",
+            "run is only offered to the daemon's own uid (or by a root daemon, which starts \
+             the command as the caller's uid)",
+        ));
+    };
+    let path_var = spec
+        .environ
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .map(str::to_owned);
+    let Some(program) = resolve(&spec.argv[0], spec.cwd.as_deref(), path_var.as_deref()) else {
+        return Err(refusal(
+            "NOT_FOUND",
+            format!("command not found: {}", spec.argv[0]),
+        ));
+    };
+
+    let mut pages = Vec::new();
+    for b in &spec.bindings {
+        let page = daemon.fetch(&b.service, &conn.peer, request).await?;
+        if spec.fd_mode && page.fd().is_none() {
+            return Err(refusal(
+                "INTERNAL",
+                "no fd-capable secret page on this machine; run without --fd",
+            ));
+        }
+        if !spec.fd_mode && page.expose_secret().contains(&0) {
+            return Err(refusal(
+                "BAD_REQUEST",
+                format!(
+                    "'{}' holds binary data, which cannot travel in an environment variable; \
+                     use --fd",
+                    b.service
+                ),
+            ));
+        }
+        pages.push(page);
+    }
+    let redactor = if redact {
+        let secrets: Vec<(ServiceName, &[u8])> = spec
+            .bindings
+            .iter()
+            .zip(&pages)
+            .map(|(b, p)| (b.service.clone(), p.expose_secret()))
+            .collect();
+        Some(Redactor::new(&secrets).map_err(|e| refusal("INTERNAL", e.to_string()))?)
+    } else {
+        None
+    };
+
+    let env = build_env(&spec, &pages).map_err(|e| refusal("INTERNAL", e.to_string()))?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| refusal("BAD_REQUEST", "an argument contains a NUL byte"))?;
+    let program = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| refusal("BAD_REQUEST", "the program path contains a NUL byte"))?;
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|c| CString::new(c.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| refusal("BAD_REQUEST", "cwd contains a NUL byte"))?;
+
+    let fd_mode = spec.fd_mode;
+    let spawned = tokio::task::spawn_blocking(move || {
+        let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
+        if fd_mode {
+            fds.extend(pages.iter().filter_map(SecretPage::fd));
+        }
+        let child = launch::spawn(&Launch {
+            program: &program,
+            argv: &argv,
+            env: &env,
+            fds: &fds,
+            cwd: cwd.as_deref(),
+            ids,
+        });
+        drop(fds);
+        drop(env); // wiped: execve has copied it into the child
+        match (&child, fd_mode) {
+            (Ok(_), true) => pages.into_iter().for_each(SecretPage::hand_off),
+            _ => drop(pages),
+        }
+        child
+    })
+    .await
+    .map_err(|e| refusal("INTERNAL", e.to_string()))?
+    .map_err(|e| refusal("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0])))?;
+
+    let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
+    let pidfd = Arc::new(spawned.pidfd);
+    if let Ok(mut children) = daemon.children.lock() {
+        children.insert(
+            spawned.pid,
+            ChildEntry {
+                pidfd: pidfd.clone(),
+                services: services.clone(),
+                conn: conn.id,
+            },
+        );
+    }
+    for service in &services {
+        daemon.audit(Event {
+            event: "deliver".into(),
+            agent: Some(daemon.session().wallet.to_string()),
+            service: Some(service.to_string()),
+            mode: Some(if fd_mode { "run-fd" } else { "run-env" }.into()),
+            peer: Some(conn.peer.clone()),
+            request: Some(request.to_owned()),
+            detail: Some(format!("child pid {}", spawned.pid)),
+        });
+    }
+    if services.is_empty() {
+        daemon.audit(Event {
+            event: "run".into(),
+            agent: Some(daemon.session().wallet.to_string()),
+            peer: Some(conn.peer.clone()),
+            request: Some(request.to_owned()),
+            detail: Some(format!("child pid {} without credentials", spawned.pid)),
+            ..Default::default()
+        });
+    }
+    Ok((
+        Running {
+            pid: spawned.pid,
+            pidfd,
+        },
+        redactor,
+    ))
+}
+
+/// The environment block in a secret page: the base entries whose names are not bound,
+/// then one entry per binding (the value, or `<fd>:<length>` in fd mode).
+fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage> {
+    let bound = |entry: &str| {
+        let name = entry.split('=').next().unwrap_or("");
+        spec.bindings.iter().any(|b| b.name == name)
+    };
+    let base: Vec<&str> = spec
+        .environ
+        .iter()
+        .map(String::as_str)
+        .filter(|e| e.contains('=') && !e.contains('\0') && !bound(e))
+        .collect();
+    let fd_values: Vec<String> = pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}:{}", i + 3, p.len()))
+        .collect();
+    let mut total: usize = base.iter().map(|e| e.len() + 1).sum();
+    for (i, b) in spec.bindings.iter().enumerate() {
+        let value_len = if spec.fd_mode {
+            fd_values[i].len()
+        } else {
+            pages[i].len()
+        };
+        total += b.name.len() + 1 + value_len + 1;
+    }
+    let mut page = shareable_page(total)?;
+    let out = page.expose_secret_mut();
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    for e in base {
+        put(e.as_bytes());
+        put(b"\0");
+    }
+    for (i, b) in spec.bindings.iter().enumerate() {
+        put(b.name.as_bytes());
+        put(b"=");
+        if spec.fd_mode {
+            put(fd_values[i].as_bytes());
+        } else {
+            put(pages[i].expose_secret());
+        }
+        put(b"\0");
+    }
+    Ok(page)
+}
+
+/// Waits for the child to end, reaps it, unregisters it and audits `exit`.
+pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
+    let exit = wait_pidfd(&running.pidfd).await;
+    if let Ok(mut children) = daemon.children.lock() {
+        children.remove(&running.pid);
+    }
+    daemon.audit(Event {
+        event: "exit".into(),
+        agent: Some(daemon.session().wallet.to_string()),
+        detail: Some(match exit {
+            Exit::Code(c) => format!("child pid {} exited with {c}", running.pid),
+            Exit::Signal(s) => format!("child pid {} killed by signal {s}", running.pid),
+        }),
+        ..Default::default()
+    });
+    exit
+}
+
+async fn wait_pidfd(pidfd: &Arc<OwnedFd>) -> Exit {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    loop {
+        match waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(status)) => {
+                if let Some(sig) = status.terminating_signal() {
+                    return Exit::Signal(sig);
+                }
+                return Exit::Code(status.exit_status().unwrap_or(0));
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return Exit::Code(255),
+        }
+        // Block a pool thread until the child has exited, without reaping it (NOWAIT): if
+        // this future is dropped (a timeout), the thread finishes harmlessly and the next
+        // wait still finds the child to reap.
+        let watched = pidfd.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            waitid(
+                WaitId::PidFd(watched.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+            )
+        })
+        .await;
+    }
+}
+
+/// `agentkeys/run`: start, answer `{pid}`, and notify `agentkeys/exit` when the child ends.
+pub async fn serve_run(
+    daemon: Arc<Daemon>,
+    conn: Arc<Conn>,
+    writer: Writer,
+    id: Option<Value>,
+    params: Value,
+    fds: Vec<OwnedFd>,
+) {
+    let request = id.as_ref().map(ToString::to_string).unwrap_or_default();
+    let fail = |msg: &str, code: &str| {
+        let mut body = error_body(id.clone(), -32000, msg);
+        body["error"]["data"] = json!({"code": code});
+        body
+    };
+    let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+        let _ = write_line(
+            &writer,
+            &fail(
+                "agentkeys/run needs exactly three descriptors (stdin, stdout, stderr)",
+                "BAD_REQUEST",
+            ),
+        )
+        .await;
+        return;
+    };
+    let started = match parse_spec(&params) {
+        Ok(spec) => start(&daemon, &conn, &request, spec, stdio, false).await,
+        Err(r) => Err(r),
+    };
+    let running = match started {
+        Ok((running, _)) => running,
+        Err(r) => {
+            let _ = write_line(&writer, &fail(&r.message, r.code)).await;
+            return;
+        }
+    };
+    let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"pid": running.pid}});
+    let _ = write_line(&writer, &answer).await;
+    let exit = wait(&daemon, &running).await;
+    let mut params = exit.to_json();
+    params["pid"] = json!(running.pid);
+    let note = json!({"jsonrpc": "2.0", "method": "agentkeys/exit", "params": params});
+    let _ = write_line(&writer, &note).await;
+}
+
+/// Signals a `run` caller may forward.
+const FORWARDABLE: [Signal; 9] = [
+    Signal::HUP,
+    Signal::INT,
+    Signal::QUIT,
+    Signal::TERM,
+    Signal::USR1,
+    Signal::USR2,
+    Signal::WINCH,
+    Signal::CONT,
+    Signal::KILL,
+];
+
+/// `agentkeys/signal {pid, signal}`: only to a child this connection started.
+pub fn forward_signal(daemon: &Daemon, conn: &Conn, params: &Value) -> Result<Value, String> {
+    let pid = params["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or("pid must be a number")?;
+    let number = params["signal"]
+        .as_i64()
+        .and_then(|s| i32::try_from(s).ok())
+        .ok_or("signal must be a number")?;
+    let signal = FORWARDABLE
+        .into_iter()
+        .find(|s| s.as_raw() == number)
+        .ok_or_else(|| format!("signal {number} cannot be forwarded"))?;
+    let pidfd = daemon
+        .children
+        .lock()
+        .ok()
+        .and_then(|c| {
+            c.get(&pid)
+                .filter(|c| c.conn == conn.id)
+                .map(|c| c.pidfd.clone())
+        })
+        .ok_or_else(|| format!("no running child {pid} started by this connection"))?;
+    rustix::process::pidfd_send_signal(&*pidfd, signal).map_err(|e| e.to_string())?;
+    Ok(json!({}))
+}
+
+/// Runs `spec` for the MCP `run` tool: stdin from `/dev/null`, stdout and stderr captured
+/// (each capped), the child stopped at the timeout, every delivered secret redacted.
+pub async fn run_captured(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    spec: RunSpec,
+    timeout: Duration,
+) -> Result<Value, Refusal> {
+    let io_err = |e: std::io::Error| refusal("INTERNAL", e.to_string());
+    let devnull: OwnedFd = std::fs::File::open("/dev/null").map_err(io_err)?.into();
+    let (out_r, out_w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
+    let (err_r, err_w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
+    let (running, redactor) =
+        start(daemon, conn, request, spec, [devnull, out_w, err_w], true).await?;
+    let cap = daemon.config.run_max_output;
+    let stdout = tokio::spawn(capture(out_r, cap));
+    let stderr = tokio::spawn(capture(err_r, cap));
+    let mut timed_out = false;
+    let exit = match tokio::time::timeout(timeout, wait(daemon, &running)).await {
+        Ok(exit) => exit,
+        Err(_) => {
+            timed_out = true;
+            let _ = rustix::process::pidfd_send_signal(&*running.pidfd, Signal::TERM);
+            match tokio::time::timeout(daemon.config.kill_grace, wait(daemon, &running)).await {
+                Ok(exit) => exit,
+                Err(_) => {
+                    let _ = rustix::process::pidfd_send_signal(&*running.pidfd, Signal::KILL);
+                    wait(daemon, &running).await
+                }
+            }
+        }
+    };
+    let (mut out, out_cut) = stdout.await.unwrap_or_default();
+    let (mut err, err_cut) = stderr.await.unwrap_or_default();
+    let redacted = redactor.map_or(0, |r| r.redact(&mut out) + r.redact(&mut err));
+    let mut result = exit.to_json();
+    result["stdout"] = json!(String::from_utf8_lossy(&out));
+    result["stderr"] = json!(String::from_utf8_lossy(&err));
+    result["truncated"] = json!(out_cut || err_cut);
+    result["redacted"] = json!(redacted);
+    result["timed_out"] = json!(timed_out);
+    Ok(result)
+}
+
+/// Reads a pipe to its end, keeping at most `cap` bytes (the rest is read and discarded,
+/// so the child never blocks on a full pipe).
+async fn capture(fd: OwnedFd, cap: usize) -> (zeroize::Zeroizing<Vec<u8>>, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
+    let mut kept = zeroize::Zeroizing::new(Vec::with_capacity(cap.min(64 * 1024)));
+    let mut chunk = zeroize::Zeroizing::new(vec![0u8; 8192]);
+    let mut cut = false;
+    loop {
+        match file.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+    (kept, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_follow_the_service() {
+        let s = ServiceName::parse("open-ai.v2").unwrap();
+        assert_eq!(default_name(&s, false), "OPEN_AI_V2_API_KEY");
+        assert_eq!(default_name(&s, true), "AGENTKEYS_FD_OPEN_AI_V2");
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        assert!(parse_spec(&json!({"argv": []})).is_err());
+        assert!(parse_spec(&json!({"argv": ["x"], "services": ["Bad Name"]})).is_err());
+        assert!(parse_spec(&json!({"argv": ["x"], "env": {"1X": "openai"}})).is_err());
+        assert!(
+            parse_spec(&json!({"argv": ["x"], "services": ["openai"],
+                "env": {"OPENAI_API_KEY": "openai"}}))
+            .is_err()
+        );
+        let spec = parse_spec(&json!({"argv": ["x"], "services": ["openai"],
+            "env": {"GH": "github"}, "fd_mode": false}))
+        .unwrap();
+        let names: Vec<_> = spec.bindings.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["OPENAI_API_KEY", "GH"]);
+    }
+
+    #[test]
+    fn every_encoding_of_a_secret_is_redacted() {
+        let s = ServiceName::parse("openai").unwrap();
+        let secret = b"sk-redact-me-123";
+        let r = Redactor::new(&[(s, secret.as_slice())]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let hex: String = secret.iter().map(|b| format!("{b:02X}")).collect();
+        let mut out = zeroize::Zeroizing::new(
+            format!("a {} b {b64} c {hex} d", String::from_utf8_lossy(secret)).into_bytes(),
+        );
+        assert_eq!(r.redact(&mut out), 3);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "a [REDACTED:openai] b [REDACTED:openai] c [REDACTED:openai] d"
+        );
+    }
+
+    #[test]
+    fn programs_resolve_on_path_or_as_given() {
+        assert_eq!(
+            resolve("sh", None, Some("/nonexistent:/bin")),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            resolve("/bin/sh", None, None),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(resolve("no-such-program-x", None, Some("/bin")), None);
+    }
+}

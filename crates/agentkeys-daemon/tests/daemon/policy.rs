@@ -1,0 +1,157 @@
+//! The opt-in cache with idle eviction (DESIGN decision 6), revocation reaching `run`
+//! children, and the configuration file.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentkeys_testkit::{TempDir, canary};
+use serde_json::json;
+
+use super::common::*;
+
+fn get(c: &mut Client) {
+    let (is_error, text) = c.tool("get_credential", json!({"service": "openai"}));
+    assert!(!is_error, "{text}");
+}
+
+#[test]
+fn a_cached_credential_is_evicted_after_its_idle_ttl() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--cache", "openai=2s"],
+    );
+    master.store("openai", &canary("cache"), &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+
+    get(&mut c);
+    std::thread::sleep(Duration::from_millis(500));
+    get(&mut c);
+    assert_eq!(
+        server_reads(&master, &wallet),
+        1,
+        "0.5 s apart: one backend read"
+    );
+    let status = c.request("agentkeys/status", json!({}));
+    assert_eq!(
+        status["result"]["cache"][0]["service"], "openai",
+        "{status}"
+    );
+
+    std::thread::sleep(Duration::from_secs(3));
+    wait_for_events(&d.trail(), "evict", 1);
+    get(&mut c);
+    assert_eq!(server_reads(&master, &wallet), 2, "3 s apart: read again");
+    let evict = trail_lines(&d.trail())
+        .into_iter()
+        .find(|l| l["event"] == "evict")
+        .unwrap();
+    assert_eq!(evict["service"], "openai");
+    assert!(
+        evict["detail"].as_str().unwrap().contains("ttl 2000 ms"),
+        "{evict}"
+    );
+}
+
+#[test]
+fn nothing_is_cached_by_default() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    master.store("openai", &canary("nocache"), &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    get(&mut c);
+    get(&mut c);
+    assert_eq!(server_reads(&master, &wallet), 2);
+}
+
+#[test]
+fn revocation_stops_a_running_child_within_the_grace_period() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let config = home.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n[cache]\nopenai = \"60s\"\n",
+    )
+    .unwrap();
+    let (d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--config", config.to_str().unwrap()],
+    );
+    master.store("openai", &canary("revoke"), &["--agent", &wallet]);
+    // A child that ignores SIGTERM: only the SIGKILL after the grace period ends it.
+    let mut cli = Command::new(cli_bin())
+        .args(["run", "--service", "openai", "--", "sh", "-c"])
+        .arg("trap '' TERM; echo ready; while :; do sleep 0.05; done")
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+    assert_eq!(ready, "ready\n");
+
+    let revoked_at = Instant::now();
+    let out = master.cli(&["revoke", &wallet]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = cli.wait().unwrap();
+    let took = revoked_at.elapsed();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+    // check period (0.5 s) + grace (1 s) + slack for a loaded machine
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let events: Vec<String> = trail_lines(&d.trail())
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["event"].as_str().unwrap(),
+                l["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for needle in [
+        "revoked ",
+        "evict session revoked",
+        "signal SIGTERM",
+        "signal SIGKILL",
+    ] {
+        assert!(
+            events.iter().any(|e| e.starts_with(needle)),
+            "no {needle:?} in {events:#?}"
+        );
+    }
+    let status = d.client().request("agentkeys/status", json!({}));
+    assert_eq!(status["result"]["revoked"], true);
+    assert_eq!(status["result"]["cache"], json!([]));
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_the_key_named() {
+    let home = TempDir::new("agentkeys-test-daemon");
+    let config = home.path().join("daemon.toml");
+    std::fs::write(&config, "idle_tll = \"5s\"\n").unwrap();
+    let out = Command::new(DAEMON)
+        .args(["serve", "--server", "http://127.0.0.1:9", "--config"])
+        .arg(&config)
+        .env("AGENTKEYS_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("idle_tll"), "{}", text(&out));
+}

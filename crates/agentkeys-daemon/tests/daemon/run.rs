@@ -1,0 +1,224 @@
+//! Daemon-mediated run (DESIGN decision 9): `agentkeys run` with the real CLI, and the MCP
+//! `run` tool.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::{Command, Stdio};
+
+use agentkeys_testkit::{TempDir, assert_no_readable_copy, canary};
+use serde_json::{Value, json};
+
+use super::common::*;
+
+struct Agent {
+    _server: agentkeys_testkit::Server,
+    _master: Master,
+    _home: TempDir,
+    d: DaemonProc,
+    value: String,
+}
+
+fn agent(tag: &str) -> Agent {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary(tag);
+    master.store("openai", &value, &["--agent", &wallet]);
+    Agent {
+        _server: server,
+        _master: master,
+        _home: home,
+        d,
+        value,
+    }
+}
+
+fn run_cmd(d: &DaemonProc, args: &[&str]) -> Command {
+    let mut cmd = Command::new(cli_bin());
+    cmd.arg("run")
+        .args(args)
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("PYTHONPATH", python_runtime_dir());
+    cmd
+}
+
+#[test]
+fn run_puts_the_value_in_the_environment_and_passes_the_exit_status_through() {
+    let a = agent("runenv");
+    let out = run_cmd(
+        &a.d,
+        &[
+            "--service",
+            "openai",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$OPENAI_API_KEY\"; exit 3",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), a.value);
+
+    let out = run_cmd(
+        &a.d,
+        &[
+            "--env",
+            "MY_KEY=openai",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$MY_KEY\"",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), a.value);
+
+    let out = run_cmd(&a.d, &["--", "no-such-command-xyz"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    assert!(text(&out).contains("command not found"), "{}", text(&out));
+
+    let out = run_cmd(&a.d, &["--service", "github", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "out of scope: {}", text(&out));
+    assert!(text(&out).contains("agentkeys scope"), "{}", text(&out));
+
+    wait_for_events(&a.d.trail(), "exit", 2);
+    let modes: Vec<Value> = trail_lines(&a.d.trail())
+        .into_iter()
+        .filter(|l| l["event"] == "deliver")
+        .map(|l| l["mode"].clone())
+        .collect();
+    assert_eq!(modes, [json!("run-env"), json!("run-env")]);
+}
+
+#[test]
+fn signals_pass_through_both_ways() {
+    let a = agent("runsig");
+    // The command dies by a signal: so does the CLI.
+    let out = run_cmd(&a.d, &["--", "sh", "-c", "kill -TERM $$"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(15), "{:?}", out.status);
+
+    // A signal to the CLI reaches the command (Ctrl-C is SIGINT to the foreground CLI).
+    let mut cli = run_cmd(
+        &a.d,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 42' INT; echo ready; while :; do sleep 0.05; done",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    Command::new("kill")
+        .args(["-INT", &cli.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got-int");
+    assert_eq!(cli.wait().unwrap().code(), Some(42));
+}
+
+#[test]
+fn the_cli_never_holds_the_credential_while_the_command_runs() {
+    let a = agent("runmem");
+    let mut cli = run_cmd(
+        &a.d,
+        &[
+            "--service",
+            "openai",
+            "--",
+            "sh",
+            "-c",
+            "echo started; read line; echo done",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    let report = assert_no_readable_copy(cli.id(), &[a.value.as_bytes()]);
+    wait_for_events(&a.d.trail(), "deliver", 1);
+    let daemon = assert_no_readable_copy(a.d.pid(), &[a.value.as_bytes()]);
+    eprintln!(
+        "scan: agentkeys CLI during run: 0 copies in {} bytes; daemon after starting the \
+         command: 0 copies in {} bytes",
+        report.scanned_bytes, daemon.scanned_bytes
+    );
+    cli.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    assert!(cli.wait().unwrap().success());
+}
+
+#[test]
+fn run_fd_hands_a_memfd_secret_to_the_python_runtime_in_the_child() {
+    let a = agent("runfd");
+    let out = run_cmd(
+        &a.d,
+        &[
+            "--fd",
+            "--service",
+            "openai",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$AGENTKEYS_FD_OPENAI\"; python3 -m agentkeys_runtime check openai",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next().unwrap(), format!("3:{}", a.value.len()));
+    let check: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(check["mode"], "inherited");
+    assert_eq!(check["kind"], "memfd_secret");
+    assert_eq!(check["sha256"], sha256_hex(&a.value));
+    assert!(
+        !stdout.contains(&a.value),
+        "--fd never puts the value in the environment"
+    );
+}
+
+#[test]
+fn the_mcp_run_tool_redacts_every_form_of_the_secret() {
+    let a = agent("runmcp");
+    let mut c = a.d.client();
+    c.initialize();
+    let script = "echo \"raw $OPENAI_API_KEY\"; \
+                  printf %s \"$OPENAI_API_KEY\" | base64 -w0; echo; \
+                  printf %s \"$OPENAI_API_KEY\" | od -An -tx1 | tr -d ' \\n'; echo; \
+                  echo to-stderr >&2; exit 5";
+    let (is_error, body) = c.tool(
+        "run",
+        json!({"argv": ["sh", "-c", script], "services": ["openai"], "timeout_s": 30}),
+    );
+    assert!(!is_error, "{body}");
+    assert!(!body.contains(&a.value), "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(result["code"], 5);
+    assert_eq!(result["redacted"], 3, "{result}");
+    let stdout = result["stdout"].as_str().unwrap();
+    assert_eq!(stdout.matches("[REDACTED:openai]").count(), 3, "{stdout}");
+    assert_eq!(result["stderr"], "to-stderr\n");
+
+    let (_, body) = c.tool("run", json!({"argv": ["sleep", "30"], "timeout_s": 1}));
+    let result: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(result["timed_out"], true, "{result}");
+    assert_eq!(result["signal"], 15);
+}
