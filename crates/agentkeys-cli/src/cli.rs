@@ -23,6 +23,7 @@ Environment:
   AGENTKEYS_HOME           local state directory (default ~/.agentkeys, created 0700)
   AGENTKEYS_SESSION_STORE  where the session's data key lives: auto (default), keyring, file
   AGENTKEYS_AUTH_TOKEN     enrolment token for 'agentkeys init' (same as --auth-token)
+  AGENTKEYS_SOCKET         the daemon socket, for 'agentkeys run'
 
 Examples:
   agentkeys init --server http://127.0.0.1:8090
@@ -238,6 +239,23 @@ pub enum Command {
         force: bool,
     },
 
+    /// Run a command with credentials, started by the agentkeys daemon in this sandbox.
+    ///
+    /// The daemon fetches each credential, builds the command's environment in a secret page,
+    /// starts the command with this terminal's stdin, stdout and stderr, and wipes the page
+    /// once the command has started: this process never holds the plaintext. Each service
+    /// becomes <SERVICE>_API_KEY (upper case, '-' and '.' become '_'); --env picks the name.
+    /// With --fd the command gets AGENTKEYS_FD_<SERVICE>=<fd>:<length>, a memfd_secret file
+    /// descriptor for a managed runtime, instead of the value. The exit status is the
+    /// command's (killed by a signal: this process dies by the same signal); Ctrl-C and
+    /// other signals are forwarded. Exit 126: cannot execute; 127: command not found.
+    #[command(after_help = "Examples:\n  \
+        agentkeys run --service openai -- python agent.py\n  \
+        agentkeys run --env GH_TOKEN=github -- gh repo list\n  \
+        agentkeys run --fd --service openai -- python -m my_agent   # AGENTKEYS_FD_OPENAI\n  \
+        agentkeys run --service openai -- sh -c 'curl -H \"Authorization: Bearer $OPENAI_API_KEY\" ...'")]
+    Run(RunArgs),
+
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  \
         agentkeys completions bash > ~/.local/share/bash-completion/completions/agentkeys\n  \
@@ -246,6 +264,27 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// The flags of `agentkeys run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Put this credential in the environment as <SERVICE>_API_KEY (repeatable).
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Put a credential in the environment under this name (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=SERVICE")]
+    pub env: Vec<String>,
+    /// Pass memfd_secret file descriptors (AGENTKEYS_FD_<SERVICE>=<fd>:<length>) instead of
+    /// values, for programs using an agentkeys managed runtime.
+    #[arg(long)]
+    pub fd: bool,
+    /// The daemon socket.
+    #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
 }
 
 /// The flags of `agentkeys store`.

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod approve;
 pub mod credentials;
+pub mod run;
 pub mod session;
 pub mod usage;
 
@@ -22,6 +23,9 @@ pub async fn run(args: Args) -> CliResult {
             &mut std::io::stdout(),
         );
         return Ok(());
+    }
+    if let Command::Run(a) = args.command {
+        return run::run(a).await;
     }
     let ctx = Context::new(args.server, args.json)?;
     match args.command {
@@ -56,6 +60,6 @@ pub async fn run(args: Args) -> CliResult {
             wait,
             force,
         } => session::recover(&ctx, &identity, wait, force).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Run(_) => Ok(()),
     }
 }

@@ -1,0 +1,247 @@
+//! `agentkeys run` (DESIGN decision 9): asks the daemon to start a command with credentials.
+//!
+//! This process passes its stdin, stdout and stderr to the daemon (`SCM_RIGHTS` on the
+//! `agentkeys/run` line), forwards the signals it receives (`agentkeys/signal`), and ends the
+//! way the command ended (`agentkeys/exit`): same exit status, or death by the same signal.
+//! It never sees a credential byte.
+
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
+
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::RunArgs;
+use crate::error::{CliError, CliResult};
+
+/// The daemon socket: `--socket`/`$AGENTKEYS_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/agentkeys/daemon.sock`, else `$AGENTKEYS_HOME/run/daemon.sock`
+/// (the daemon's own default).
+fn socket_path(flag: Option<PathBuf>) -> CliResult<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("agentkeys").join("daemon.sock"));
+    }
+    let home = match std::env::var_os("AGENTKEYS_HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h),
+        None => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".agentkeys"))
+            .ok_or_else(|| {
+                CliError::usage("cannot find the daemon socket: set AGENTKEYS_SOCKET")
+            })?,
+    };
+    Ok(home.join("run").join("daemon.sock"))
+}
+
+fn utf8(what: &str, s: &std::ffi::OsStr) -> CliResult<String> {
+    s.to_str().map(str::to_owned).ok_or_else(|| {
+        CliError::usage(format!(
+            "{what} is not valid UTF-8: {}",
+            String::from_utf8_lossy(s.as_bytes())
+        ))
+    })
+}
+
+/// The `agentkeys/run` parameters.
+fn params(args: &RunArgs) -> CliResult<Value> {
+    let argv: Vec<String> = args
+        .command
+        .iter()
+        .map(|a| utf8("an argument", a))
+        .collect::<CliResult<_>>()?;
+    let mut env = Map::new();
+    for pair in &args.env {
+        let (name, service) = pair.split_once('=').ok_or_else(|| {
+            CliError::usage(format!(
+                "--env {pair}: write NAME=SERVICE, e.g. GH_TOKEN=github"
+            ))
+        })?;
+        env.insert(name.to_owned(), json!(service));
+    }
+    // Variables that are not UTF-8 are left out rather than mangled.
+    let environ: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v.to_str()?)))
+        .collect();
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|d| d.to_str().map(str::to_owned));
+    Ok(json!({
+        "argv": argv,
+        "services": args.services,
+        "env": env,
+        "fd_mode": args.fd,
+        "cwd": cwd,
+        "environ": environ,
+    }))
+}
+
+fn unreachable(path: &std::path::Path, e: &std::io::Error) -> CliError {
+    CliError::new(
+        "UNREACHABLE",
+        6,
+        format!("no agentkeys daemon answers on {}: {e}", path.display()),
+    )
+    .hint("start it with 'agentkeys-daemon serve --server URL', or point AGENTKEYS_SOCKET at its socket")
+}
+
+/// Sends the request line with this process's stdin, stdout and stderr attached.
+fn send_request(stream: &std::os::unix::net::UnixStream, line: &[u8]) -> std::io::Result<()> {
+    let stdio: [BorrowedFd<'_>; 3] = [
+        rustix::stdio::stdin(),
+        rustix::stdio::stdout(),
+        rustix::stdio::stderr(),
+    ];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&stdio)) {
+        return Err(std::io::Error::other("no room for three descriptors"));
+    }
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(line)],
+        &mut cmsg,
+        SendFlags::NOSIGNAL,
+    )?;
+    std::io::Write::write_all(&mut &*stream, &line[sent..])
+}
+
+/// Maps the daemon's refusal to an exit status a shell user expects.
+fn refused(error: &Value) -> CliError {
+    let message = error["message"].as_str().unwrap_or("the daemon refused");
+    let code = error["data"]["code"].as_str().unwrap_or("INTERNAL");
+    let (code, exit): (&'static str, u8) = match code {
+        "APPROVAL_REQUIRED" => ("APPROVAL_REQUIRED", 5),
+        "REVOKED" | "DENIED" | "NOT_IN_SCOPE" => ("DENIED", 3),
+        "NOT_FOUND" if message.starts_with("command not found") => ("COMMAND_NOT_FOUND", 127),
+        "NOT_FOUND" if message.starts_with("cannot start") => ("CANNOT_EXECUTE", 126),
+        "NOT_FOUND" => ("NOT_FOUND", 4),
+        "BAD_REQUEST" => ("USAGE", 2),
+        "UNREACHABLE" => ("UNREACHABLE", 6),
+        "RATE_LIMITED" => ("RATE_LIMITED", 7),
+        _ => ("INTERNAL", 1),
+    };
+    CliError::new(code, exit, message)
+}
+
+/// Runs the command through the daemon and exits as it exited.
+pub async fn run(args: RunArgs) -> CliResult {
+    let path = socket_path(args.socket.clone())?;
+    let stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|e| unreachable(&path, &e))?;
+    let mut line = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0", "id": 1, "method": "agentkeys/run",
+        "params": params(&args)?, "fds": 3,
+    }))
+    .map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
+    line.push(b'\n');
+    send_request(&stream, &line).map_err(|e| unreachable(&path, &e))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| unreachable(&path, &e))?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| unreachable(&path, &e))?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+
+    let mut forwarded = Vec::new();
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+        SignalKind::window_change(),
+    ] {
+        let s = signal(kind).map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
+        forwarded.push((kind.as_raw_value(), s));
+    }
+
+    let gone = || {
+        CliError::new(
+            "UNREACHABLE",
+            6,
+            "the agentkeys daemon closed the connection before the command ended",
+        )
+        .hint("see 'agentkeys-daemon status' and the daemon's log; the command may still run")
+    };
+    let mut pid: Option<u64> = None;
+    let mut next_id = 2u64;
+    loop {
+        let received = {
+            let signals = first_signal(&mut forwarded);
+            tokio::select! {
+                l = lines.next_line() => Event::Line(l),
+                n = signals => Event::Signal(n),
+            }
+        };
+        match received {
+            Event::Line(Ok(Some(l))) => {
+                let Ok(v) = serde_json::from_str::<Value>(&l) else {
+                    continue;
+                };
+                if v["id"] == json!(1) {
+                    if v.get("error").is_some() {
+                        return Err(refused(&v["error"]));
+                    }
+                    pid = v["result"]["pid"].as_u64();
+                } else if v["method"] == "agentkeys/exit" {
+                    finish(&v["params"]);
+                }
+            }
+            Event::Line(_) => return Err(gone()),
+            Event::Signal(number) => {
+                let Some(pid) = pid else { continue };
+                let body = json!({"jsonrpc": "2.0", "id": next_id, "method": "agentkeys/signal",
+                    "params": {"pid": pid, "signal": number}});
+                next_id += 1;
+                let mut bytes = body.to_string().into_bytes();
+                bytes.push(b'\n');
+                if write.write_all(&bytes).await.is_err() {
+                    return Err(gone());
+                }
+            }
+        }
+    }
+}
+
+enum Event {
+    Line(std::io::Result<Option<String>>),
+    Signal(i32),
+}
+
+/// The first of the registered signals to arrive, as its number.
+async fn first_signal(signals: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
+    std::future::poll_fn(|cx| {
+        for (number, s) in signals.iter_mut() {
+            if s.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*number);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Ends this process the way the command ended.
+fn finish(params: &Value) -> ! {
+    if let Some(sig) = params["signal"]
+        .as_i64()
+        .and_then(|s| i32::try_from(s).ok())
+    {
+        let _ = agentkeys_secmem::launch::reraise(sig);
+        std::process::exit(128 + sig);
+    }
+    let code = params["code"]
+        .as_i64()
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(1);
+    std::process::exit(code)
+}
