@@ -244,9 +244,10 @@ pub enum Command {
     /// The daemon fetches each credential, builds the command's environment in a secret page,
     /// starts the command with this terminal's stdin, stdout and stderr, and wipes the page
     /// once the command has started: this process never holds the plaintext. Each service
-    /// becomes <SERVICE>_API_KEY (upper case, '-' and '.' become '_'); --env picks the name.
-    /// With --fd the command gets AGENTKEYS_FD_<SERVICE>=<fd>:<length>, a memfd_secret file
-    /// descriptor for a managed runtime, instead of the value. The exit status is the
+    /// becomes SERVICE_API_KEY (upper case, '-' and '.' become '_': openai → OPENAI_API_KEY);
+    /// --env picks the name. With --fd the command gets AGENTKEYS_FD_OPENAI=3:51 (a
+    /// memfd_secret file descriptor and the length) for a managed runtime, instead of the
+    /// value. The exit status is the
     /// command's (killed by a signal: this process dies by the same signal); Ctrl-C and
     /// other signals are forwarded. Exit 126: cannot execute; 127: command not found.
     #[command(after_help = "Examples:\n  \
@@ -269,13 +270,13 @@ pub enum Command {
 /// The flags of `agentkeys run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Put this credential in the environment as <SERVICE>_API_KEY (repeatable).
+    /// Put this credential in the environment as SERVICE_API_KEY (repeatable).
     #[arg(long = "service", short = 's', value_name = "SERVICE")]
     pub services: Vec<String>,
     /// Put a credential in the environment under this name (repeatable).
     #[arg(long = "env", short = 'e', value_name = "NAME=SERVICE")]
     pub env: Vec<String>,
-    /// Pass memfd_secret file descriptors (AGENTKEYS_FD_<SERVICE>=<fd>:<length>) instead of
+    /// Pass memfd_secret file descriptors (AGENTKEYS_FD_SERVICE=FD:LENGTH) instead of
     /// values, for programs using an agentkeys managed runtime.
     #[arg(long)]
     pub fd: bool,

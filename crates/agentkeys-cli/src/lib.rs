@@ -4,7 +4,7 @@
 //! - `cli.rs` — the clap definition: every flag, subcommand, example and the exit-code table.
 //! - [`commands`] — one module per group of subcommands (`session`: init/whoami/revoke/
 //!   recover; `credentials`: store/read/list/policy; `agents`: agents/scope/teardown/link;
-//!   `approve`; `usage`), dispatched by [`commands::run`].
+//!   `approve`; `usage`), dispatched by [`commands::run()`].
 //! - `context.rs` — the home directory, the session store (DESIGN decision 12) and the
 //!   rule that a token is only ever sent to the server that minted it.
 //! - `secret_io.rs` — values in (stdin, hidden prompt, env, file) straight into secret pages;

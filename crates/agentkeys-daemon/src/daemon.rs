@@ -309,6 +309,9 @@ impl Daemon {
     /// Called by the transport once the response line for `id` is written (or failed):
     /// the page is dropped (wiped and unmapped) and `deliver` + `drop` are audited.
     pub fn after_response(&self, conn: &Conn, id: &RequestId, written: bool) {
+        if let Ok(mut wanted) = conn.fd_requests.lock() {
+            wanted.remove(id); // a request that was not get_credential
+        }
         let held = conn
             .in_flight
             .lock()

@@ -295,11 +295,42 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
                 c["connections"], c["refused_connections"], c["delivered"], c["denied"]
             ),
         ),
+        ("cache", cache_line(&result["cache"])),
+        (
+            "session",
+            if result["revoked"] == json!(true) {
+                "REVOKED (re-pair this daemon)".to_owned()
+            } else {
+                format!("valid, {} run children", result["run_children"])
+            },
+        ),
         ("trail", s(&result["audit_trail"])),
     ] {
         println!("{:<11} {val}", format!("{k}:"));
     }
     Ok(())
+}
+
+/// `openai (idle 3 s of 60 s)`, or `none (nothing is cached unless configured)`.
+fn cache_line(cache: &Value) -> String {
+    let items: Vec<String> = cache
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} (idle {} s of {} s)",
+                c["service"].as_str().unwrap_or("?"),
+                c["idle_ms"].as_u64().unwrap_or(0) / 1000,
+                c["ttl_ms"].as_u64().unwrap_or(0) / 1000
+            )
+        })
+        .collect();
+    if items.is_empty() {
+        "none (nothing is cached unless configured)".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn audit(path: &Path, verify: bool, as_json: bool) -> Result<(), DaemonError> {

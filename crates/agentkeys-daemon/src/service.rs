@@ -37,10 +37,10 @@ pub struct GetCredential {
 /// `run` arguments.
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 pub struct Run {
-    /// The command and its arguments, e.g. ["curl", "-sS", "https://api.example.com"].
+    /// The command and its arguments, e.g. ["python3", "agent.py", "--dry-run"].
     pub argv: Vec<String>,
-    /// Credentials to put in the command's environment, as <SERVICE>_API_KEY
-    /// (upper case, '-' and '.' become '_'), e.g. ["openai"].
+    /// Credentials to put in the command's environment, as SERVICE_API_KEY
+    /// (upper case, '-' and '.' become '_'), e.g. ["openai"] gives OPENAI_API_KEY.
     #[serde(default)]
     pub services: Vec<String>,
     /// Stop the command after this many seconds (default from the daemon's config).

@@ -1,4 +1,4 @@
-//! One module per group of subcommands; [`run`] dispatches the parsed command line.
+//! One module per group of subcommands; [`run()`] dispatches the parsed command line.
 
 pub mod agents;
 pub mod approve;

@@ -197,7 +197,8 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
         Some(rustix::io::Errno::INVAL),
         "a memfd_secret fd cannot be read(2), only mapped"
     );
-    let page = SecretPage::adopt(fd, meta["length"].as_u64().unwrap() as usize).unwrap();
+    let length = usize::try_from(meta["length"].as_u64().unwrap()).unwrap();
+    let page = SecretPage::adopt(fd, length).unwrap();
     assert_eq!(page.expose_secret(), value.as_bytes());
     drop(page);
 

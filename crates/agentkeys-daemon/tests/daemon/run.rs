@@ -159,6 +159,22 @@ fn the_cli_never_holds_the_credential_while_the_command_runs() {
          command: 0 copies in {} bytes",
         report.scanned_bytes, daemon.scanned_bytes
     );
+    // The command itself holds what it was given: env mode puts the value in its
+    // environment (the README says so, and --fd avoids it).
+    let child: u32 = trail_lines(&a.d.trail())
+        .iter()
+        .find(|l| l["event"] == "deliver")
+        .and_then(|l| {
+            l["detail"]
+                .as_str()?
+                .strip_prefix("child pid ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let in_child = copies_in(child, &a.value);
+    eprintln!("scan: the command started by run (env mode): {in_child} copies");
+    assert!(in_child > 0, "the child's environment holds the value");
     cli.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "done");
     assert!(cli.wait().unwrap().success());
