@@ -76,11 +76,30 @@ for _ in $(seq 1 200); do grep -q "serving agent" "$log.daemon" && break; sleep 
 grep "serving agent" "$log.daemon" >&2
 step "4. an MCP client (the agent) connects through 'agentkeys-daemon mcp'"
 echo "openai github" | python3 scripts/mcp-demo-client.py ./target/debug/agentkeys-daemon mcp
-step "5. the daemon's status and its audit trail (fetch, deliver, drop; never the value)"
+step "5. the agent runs a command through the daemon: 'agentkeys run' never holds the key"
+echo "\$ agentkeys run --service openai -- sh -c 'echo \"OPENAI_API_KEY: \${#OPENAI_API_KEY} characters\"; exit 3'" >&2
+set +e
+AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys run --service openai -- \
+  sh -c 'echo "OPENAI_API_KEY: ${#OPENAI_API_KEY} characters"; exit 3'
+rc=$?
+set -e
+[ "$rc" = 3 ] || { echo "expected the command's exit status 3, got $rc" >&2; exit 1; }
+echo "(exit status $rc passed through)" >&2
+step "6. a Python agent gets it as a memfd_secret fd (clients/python, stdlib only), used in place and wiped"
+PYTHONPATH=clients/python python3 - <<'PY'
+from agentkeys_runtime import Client
+with Client() as client:
+    cred = client.get_credential("openai")
+    print(f"received openai as a {cred.kind} fd, {cred.length} bytes")
+    with cred as key:
+        print(f"used in place: {len(key)} bytes, never copied into a Python string")
+print("after the block: mapping zeroed, unmapped, fd closed")
+PY
+step "7. the daemon's status and its audit trail (fetch, deliver, drop; never the value)"
 AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon status
-AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon audit | tail -6
+AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon audit | tail -8
 AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon audit --verify
-step "6. SIGTERM: the daemon wipes what it holds and stops"
+step "8. SIGTERM: the daemon wipes what it holds and stops"
 kill -TERM $daemon; wait $daemon; daemon=
 tail -1 "$log.daemon" >&2
 echo "demo: OK" >&2

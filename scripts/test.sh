@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite: the Python managed runtime's pytest suite, then every Rust test
+# (unit tests and the end-to-end tests that start the real binaries). Extra arguments go
+# to 'cargo test' (e.g. --locked, or a test name filter).
+#
+# Python parts run in a private venv (target/pyenv) holding pytest and the official MCP
+# Python SDK, which the end-to-end tests use as the "plain MCP agent" to compare against.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/pyenv
+if ! "$venv/bin/python" -c "import mcp, pytest" 2>/dev/null; then
+  echo "setting up $venv (pytest, mcp 2.3.0)..." >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0"
+fi
+export AGENTKEYS_TEST_PYTHON="$PWD/$venv/bin/python"
+
+echo "== Python managed runtime (pytest)" >&2
+(cd clients/python && PYTHONDONTWRITEBYTECODE=1 "$AGENTKEYS_TEST_PYTHON" -m pytest -q -p no:cacheprovider tests)
+
+echo "== Rust workspace (cargo test --workspace)" >&2
+cargo test --workspace "$@"
