@@ -15,6 +15,11 @@
 //!   handed to another process over `SCM_RIGHTS` (DESIGN decision 8).
 //! - `launch.rs` — starting a program whose environment (or inherited fds) carry credentials,
 //!   built in a secret page and wiped as soon as `execve` has copied it (DESIGN decision 9).
+//! - `harden.rs` — the start-up hardening of the daemon and the CLI, as a report of
+//!   `ok` / `degraded` / `failed` items (no dumps, no_new_privs, debugger and Yama checks,
+//!   capabilities, seccomp, protection keys).
+//! - `pkey.rs` — [`pkey::ProtectedPage`]: a secret page no thread can touch outside a short
+//!   window on the reading thread (memory protection keys).
 //! - `process.rs` — process-wide protections every binary applies at start (no core dumps,
 //!   not dumpable) and the keyring session fix-up.
 //! - `sys.rs` — the raw syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`, `munmap`) behind
@@ -25,8 +30,10 @@
 //! bottom of the file that makes it, inspecting real memory.
 
 mod bytes;
+pub mod harden;
 pub mod launch;
 mod page;
+pub mod pkey;
 pub mod process;
 mod sys;
 

@@ -245,6 +245,11 @@ impl SecretPage {
         self.handed_off = true;
     }
 
+    /// The mapping, for tagging it with a protection key ([`crate::pkey`]).
+    pub(crate) fn mapping_mut(&mut self) -> &mut Mapping {
+        &mut self.mapping
+    }
+
     /// Start address of the mapping, for tests that read it from outside.
     #[cfg(test)]
     fn addr(&self) -> usize {

@@ -346,3 +346,56 @@ pub(crate) fn claim_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
     Ok(fd)
 }
+
+/// `PKEY_DISABLE_ACCESS` (missing from the libc crate).
+pub(crate) const PKEY_DISABLE_ACCESS: libc::c_uint = 0x1;
+
+unsafe extern "C" {
+    /// glibc ≥ 2.27: writes this thread's PKRU bits for `key` (`wrpkru`).
+    fn pkey_set(key: libc::c_int, rights: libc::c_uint) -> libc::c_int;
+}
+
+/// `pkey_alloc(0, init_rights)`: a protection key, with the calling thread's rights for it
+/// set to `init_rights`. Fails with `ENOSPC`/`EINVAL`/`ENOSYS` without PKU support.
+pub(crate) fn pkey_alloc(init_rights: libc::c_uint) -> io::Result<libc::c_int> {
+    // SAFETY: pkey_alloc takes two integers and touches no user memory.
+    let ret = unsafe { libc::syscall(libc::SYS_pkey_alloc, 0usize, init_rights as usize) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    libc::c_int::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Sets the calling thread's rights for `key` (0 = read and write, or
+/// [`PKEY_DISABLE_ACCESS`]). Other threads keep their own rights.
+pub(crate) fn pkey_set_rights(key: libc::c_int, rights: libc::c_uint) -> io::Result<()> {
+    // SAFETY: pkey_set only writes this thread's PKRU register; it touches no memory. A
+    // stricter right can only make later accesses fault, which is the purpose.
+    if unsafe { pkey_set(key, rights) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Mapping {
+    /// Tags the whole mapping with protection key `key` (keeping read and write): accesses
+    /// then follow each thread's rights for that key.
+    pub(crate) fn protect_with_key(&mut self, key: libc::c_int) -> io::Result<()> {
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as usize;
+        // SAFETY: the range is exactly the region this Mapping owns; pkey_mprotect only
+        // changes which threads may access it, never its contents or its extent.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pkey_mprotect,
+                self.ptr.as_ptr() as usize,
+                self.len,
+                prot,
+                key as usize,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
