@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
     agentkeys-daemon serve --server http://127.0.0.1:8090     # pairs on first start\n  \
     agentkeys-daemon mcp                                       # stdio bridge for MCP clients\n  \
     agentkeys-daemon status\n  \
-    agentkeys-daemon audit --verify\n\n\
+    agentkeys-daemon audit --verify\n  \
+    agentkeys-daemon --check --json                            # the hardening report\n\n\
     Environment: AGENTKEYS_SERVER, AGENTKEYS_HOME (state, default ~/.agentkeys),\n\
     AGENTKEYS_SOCKET (default $XDG_RUNTIME_DIR/agentkeys/daemon.sock, else\n\
     $AGENTKEYS_HOME/run/daemon.sock), AGENTKEYS_SESSION_STORE (auto, keyring, file)."
@@ -23,9 +24,16 @@ pub struct Args {
     /// More logging on stderr (-v, -vv). Never prints secrets.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Apply the daemon's process hardening to this process and print the report (each
+    /// item ok, degraded or failed); exit 1 if one failed. Runs instead of any command.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: the report as JSON.
+    #[arg(long, requires = "check")]
+    pub json: bool,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands.
@@ -109,4 +117,10 @@ pub struct ServeArgs {
     /// Default idle TTL of cached credentials (e.g. 60s, 5m).
     #[arg(long, value_name = "TTL")]
     pub idle_ttl: Option<String>,
+    /// Start (and keep serving) even while a debugger traces the daemon.
+    #[arg(long)]
+    pub allow_debugger: bool,
+    /// Refuse to start unless Yama's ptrace_scope is at least 1.
+    #[arg(long)]
+    pub require_ptrace_scope: bool,
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use agentkeys_core::session_store::StoredSession;
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
 use agentkeys_secmem::SecretPage;
+use agentkeys_secmem::harden::HardeningReport;
+use agentkeys_secmem::pkey::ProtectedPage;
 use agentkeys_types::api::SessionInfo;
 use agentkeys_types::{ErrorCode, ServiceName};
 use rmcp::model::RequestId;
@@ -96,7 +98,7 @@ impl Conn {
 
 /// A cached credential (opt-in per service).
 struct Cached {
-    page: SecretPage,
+    page: ProtectedPage,
     last_used: Instant,
     ttl: Duration,
     stored: Instant,
@@ -134,6 +136,12 @@ pub struct Daemon {
     pub children: Mutex<HashMap<u32, ChildEntry>>,
     /// Set once the server said the session is revoked or expired.
     revoked: AtomicBool,
+    /// The process hardening applied at start.
+    pub hardening: HardeningReport,
+    /// Keep serving while traced (`--allow-debugger`).
+    allow_debugger: bool,
+    /// Set while a debugger traces the daemon: the cache is wiped and nothing is served.
+    traced: AtomicBool,
 }
 
 /// Why a credential was not delivered, phrased for a model to relay.
@@ -153,6 +161,8 @@ impl Daemon {
         trail: Trail,
         socket: String,
         config: Config,
+        hardening: HardeningReport,
+        allow_debugger: bool,
     ) -> Self {
         Daemon {
             stored,
@@ -165,7 +175,48 @@ impl Daemon {
             cache: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
             revoked: AtomicBool::new(false),
+            hardening,
+            allow_debugger,
+            traced: AtomicBool::new(false),
         }
+    }
+
+    /// Re-checks `TracerPid`: a debugger that attached after start makes the daemon wipe
+    /// its cache and refuse to serve until it detaches (unless `--allow-debugger`).
+    pub fn check_debugger(&self) {
+        if self.allow_debugger {
+            return;
+        }
+        let tracer = agentkeys_secmem::harden::tracer_pid().unwrap_or(0);
+        let was = self.traced.swap(tracer != 0, Ordering::SeqCst);
+        if tracer != 0 && !was {
+            let wiped = self
+                .cache
+                .lock()
+                .map(|mut c| c.drain().count())
+                .unwrap_or(0);
+            self.audit(Event {
+                event: "debugger".into(),
+                agent: Some(self.session().wallet.to_string()),
+                detail: Some(format!(
+                    "traced by pid {tracer}: cache wiped ({wiped} entries), serving nothing"
+                )),
+                ..Default::default()
+            });
+            tracing::warn!("a debugger (pid {tracer}) attached: serving nothing until it detaches");
+        } else if tracer == 0 && was {
+            self.audit(Event {
+                event: "debugger".into(),
+                agent: Some(self.session().wallet.to_string()),
+                detail: Some("the debugger detached: serving again".into()),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Whether a debugger traces the daemon right now (checked every second).
+    pub fn is_traced(&self) -> bool {
+        self.traced.load(Ordering::SeqCst)
     }
 
     /// The session's metadata.
@@ -213,6 +264,17 @@ impl Daemon {
         peer: &Peer,
         request: &str,
     ) -> Result<SecretPage, Refusal> {
+        if self.is_traced() {
+            let mut e = self.event("deny", Some(service), peer, Some(request));
+            e.detail = Some("a debugger traces the daemon".into());
+            self.audit(e);
+            return Err(Refusal {
+                code: "DENIED",
+                message: "the agentkeys daemon is being traced by a debugger and serves no \
+                          credential until it detaches; tell your operator"
+                    .to_owned(),
+            });
+        }
         let ttl = self.config.cache.get(service).copied();
         if ttl.is_some()
             && let Some(page) = self.cache_hit(service)
@@ -388,7 +450,7 @@ impl Daemon {
         if entry.last_used.elapsed() >= entry.ttl {
             return None; // the evictor removes it and audits that
         }
-        let copy = SecretPage::from_slice(entry.page.expose_secret()).ok()?;
+        let copy = entry.page.with_access(SecretPage::from_slice).ok()?;
         entry.last_used = Instant::now();
         Some(copy)
     }
@@ -402,7 +464,7 @@ impl Daemon {
             cache.insert(
                 service.clone(),
                 Cached {
-                    page: copy,
+                    page: ProtectedPage::new(copy),
                     last_used: now,
                     ttl,
                     stored: now,
@@ -560,6 +622,8 @@ impl Daemon {
                 "denied": self.counters.denied.load(Ordering::Relaxed),
             },
             "revoked": self.is_revoked(),
+            "traced": self.is_traced(),
+            "hardening": crate::report_json(&self.hardening),
             "run_children": self.children.lock().map(|c| c.len()).unwrap_or(0),
             "cache": self.cache_view(),
         })

@@ -31,6 +31,22 @@ pub mod service;
 pub mod trail;
 pub mod transport;
 
+/// A hardening report as JSON: `[{name, status, reason?, detail}]`.
+pub fn report_json(report: &agentkeys_secmem::harden::HardeningReport) -> serde_json::Value {
+    report
+        .checks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "status": c.status.name(),
+                "reason": c.status.reason(),
+                "detail": c.detail,
+            })
+        })
+        .collect()
+}
+
 /// Trailing slashes off a server URL.
 pub fn normalize(url: &str) -> String {
     url.trim().trim_end_matches('/').to_owned()

@@ -5,7 +5,8 @@
 
 use std::process::ExitCode;
 
-use agentkeys_daemon::cli::Args;
+use agentkeys_daemon::cli::{Args, Command, ServeArgs};
+use agentkeys_secmem::harden::{DaemonPolicy, HardeningReport, Status, harden_daemon};
 use clap::Parser as _;
 
 /// Freed blocks are zeroized before reuse (platform-scouting 2(d)): the String a
@@ -15,7 +16,6 @@ static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
     zeroizing_alloc::ZeroAlloc(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
-    let hardening = agentkeys_secmem::process::disable_core_dumps();
     agentkeys_secmem::process::quiet_panics("agentkeys-daemon");
     let args = Args::parse();
     // rmcp logs whole responses at debug level; a response can carry a credential, so its
@@ -30,8 +30,33 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
         .with_target(false)
         .init();
-    if let Err(e) = hardening {
-        tracing::warn!(error = %e, "could not make the process non-dumpable");
+    // Before any thread exists: the seccomp filter and the dropped capabilities then bind
+    // every thread the runtime starts (the filter is applied with TSYNC anyway).
+    let report = match (&args.command, args.check) {
+        (_, true) => Some(harden_daemon(&DaemonPolicy::default())),
+        (Some(Command::Serve(serve)), _) => Some(harden_daemon(&policy(serve))),
+        _ => {
+            if let Err(e) = agentkeys_secmem::process::disable_core_dumps() {
+                tracing::warn!(error = %e, "could not make the process non-dumpable");
+            }
+            None
+        }
+    };
+    if args.check {
+        return check(report.unwrap_or_default(), args.json);
+    }
+    if let Some(report) = &report {
+        for c in &report.checks {
+            match &c.status {
+                Status::Ok => tracing::info!("hardening: {} ok: {}", c.name, c.detail),
+                Status::Degraded(why) => tracing::warn!("hardening: {} degraded: {why}", c.name),
+                Status::Failed(why) => {
+                    eprintln!("error: HARDENING: {}: {why}", c.name);
+                    eprintln!("hint: 'agentkeys-daemon --check' shows every item");
+                    return ExitCode::from(1);
+                }
+            }
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -44,11 +69,43 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(agentkeys_daemon::run::run(args)) {
+    match runtime.block_on(agentkeys_daemon::run::run(args, report.unwrap_or_default())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprint!("{}", e.to_text());
             ExitCode::from(e.exit)
         }
+    }
+}
+
+/// What `serve`'s flags relax. A root daemon that lets other uids connect keeps the two
+/// capabilities it needs to start their `run` commands under their own uid.
+fn policy(serve: &ServeArgs) -> DaemonPolicy {
+    let root = rustix::process::geteuid().is_root();
+    let other_uids = !serve.allow_uid.is_empty()
+        || agentkeys_daemon::config::Config::load(serve.config.as_deref(), &[], None)
+            .is_ok_and(|c| !c.allow_uids.is_empty());
+    DaemonPolicy {
+        allow_debugger: serve.allow_debugger,
+        require_ptrace_scope: serve.require_ptrace_scope,
+        keep_setid: root && other_uids,
+    }
+}
+
+/// `--check`: the report, and exit 1 if an item failed.
+fn check(report: HardeningReport, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&agentkeys_daemon::report_json(&report))
+                .unwrap_or_default()
+        );
+    } else {
+        print!("{report}");
+    }
+    if report.failure().is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::cli::{Args, Command, ServeArgs};
+use agentkeys_secmem::harden::HardeningReport;
+
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
@@ -35,11 +37,15 @@ pub fn trail_path(home: &Path) -> PathBuf {
     home.join("daemon-audit.jsonl")
 }
 
-/// Runs one command line.
-pub async fn run(args: Args) -> Result<(), DaemonError> {
+/// Runs one command line; `report` is the hardening applied to this process.
+pub async fn run(args: Args, report: HardeningReport) -> Result<(), DaemonError> {
     let home = home()?;
-    match args.command {
-        Command::Serve(a) => serve(&home, *a).await,
+    let Some(command) = args.command else {
+        return Err(DaemonError::usage("no command given")
+            .hint("run 'agentkeys-daemon serve --server URL', or see 'agentkeys-daemon --help'"));
+    };
+    match command {
+        Command::Serve(a) => serve(&home, *a, report).await,
         Command::Mcp { socket } => {
             bridge::run(&socket.unwrap_or_else(|| listener::default_socket(&home))).await
         }
@@ -78,7 +84,7 @@ impl Signals {
     }
 }
 
-async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
+async fn serve(home: &Path, args: ServeArgs, report: HardeningReport) -> Result<(), DaemonError> {
     agentkeys_core::session_store::create_private_dir(home)?;
     let choice_raw = std::env::var("AGENTKEYS_SESSION_STORE").unwrap_or_default();
     let choice = StoreChoice::parse(&choice_raw).ok_or_else(|| {
@@ -137,6 +143,8 @@ async fn serve(home: &Path, args: ServeArgs) -> Result<(), DaemonError> {
         trail,
         socket.display().to_string(),
         config,
+        report,
+        args.allow_debugger,
     ));
     daemon.audit(Event {
         event: "start".into(),
@@ -176,6 +184,7 @@ async fn housekeeping(daemon: Arc<Daemon>) {
             .min(Duration::from_secs(1));
         let wake = (tokio::time::Instant::now() + until_evict).min(next_check);
         tokio::time::sleep_until(wake).await;
+        daemon.check_debugger();
         if tokio::time::Instant::now() >= next_check {
             daemon.check_session().await;
             next_check = tokio::time::Instant::now() + daemon.config.revocation_check;
@@ -296,6 +305,7 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
             ),
         ),
         ("cache", cache_line(&result["cache"])),
+        ("hardening", hardening_line(&result["hardening"])),
         (
             "session",
             if result["revoked"] == json!(true) {
@@ -309,6 +319,28 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
         println!("{:<11} {val}", format!("{k}:"));
     }
     Ok(())
+}
+
+/// `8 ok; degraded: ptrace_scope` (details: `agentkeys-daemon --check`).
+fn hardening_line(items: &Value) -> String {
+    let items = items.as_array().map(Vec::as_slice).unwrap_or_default();
+    let ok = items.iter().filter(|i| i["status"] == "ok").count();
+    let others: Vec<String> = items
+        .iter()
+        .filter(|i| i["status"] != "ok")
+        .map(|i| {
+            format!(
+                "{} {}",
+                i["status"].as_str().unwrap_or("?"),
+                i["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if others.is_empty() {
+        format!("{ok} ok")
+    } else {
+        format!("{ok} ok; {}", others.join(", "))
+    }
 }
 
 /// `openai (idle 3 s of 60 s)`, or `none (nothing is cached unless configured)`.
