@@ -257,6 +257,12 @@ pub enum Command {
         agentkeys run --service openai -- sh -c 'curl -H \"Authorization: Bearer $OPENAI_API_KEY\" ...'")]
     Run(RunArgs),
 
+    /// Check this machine: the CLI's process hardening (not dumpable, no core dumps,
+    /// debugger, Yama, protection keys), where the session is kept, whether the server
+    /// answers, and whether a daemon answers on the socket.
+    #[command(after_help = "Examples:\n  agentkeys doctor\n  agentkeys doctor --json")]
+    Doctor,
+
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  \
         agentkeys completions bash > ~/.local/share/bash-completion/completions/agentkeys\n  \

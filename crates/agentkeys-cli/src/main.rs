@@ -17,12 +17,14 @@ static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
 
 fn main() -> ExitCode {
     // Before anything holds a secret: no core dumps, no same-uid ptrace or /proc/<pid>/mem.
-    let hardening = agentkeys_secmem::process::disable_core_dumps();
+    let hardening = agentkeys_secmem::harden::harden_cli();
     agentkeys_secmem::process::quiet_panics("agentkeys");
     let args = Args::parse();
     init_logging(args.verbose);
-    if let Err(e) = &hardening {
-        tracing::warn!(error = %e, "could not make the process non-dumpable");
+    for c in &hardening.checks {
+        if let agentkeys_secmem::harden::Status::Failed(why) = &c.status {
+            tracing::warn!("hardening: {} failed: {why}", c.name);
+        }
     }
     let json = args.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod approve;
 pub mod credentials;
+pub mod doctor;
 pub mod run;
 pub mod session;
 pub mod usage;
@@ -31,6 +32,7 @@ pub async fn run(args: Args) -> CliResult {
     match args.command {
         Command::Init { auth_token, force } => session::init(&ctx, auth_token, force).await,
         Command::Whoami => session::whoami(&ctx).await,
+        Command::Doctor => doctor::doctor(&ctx).await,
         Command::Store(a) => credentials::store(&ctx, a).await,
         Command::Read {
             agent,

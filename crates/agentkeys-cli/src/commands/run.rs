@@ -22,7 +22,7 @@ use crate::error::{CliError, CliResult};
 /// The daemon socket: `--socket`/`$AGENTKEYS_SOCKET`, else
 /// `$XDG_RUNTIME_DIR/agentkeys/daemon.sock`, else `$AGENTKEYS_HOME/run/daemon.sock`
 /// (the daemon's own default).
-fn socket_path(flag: Option<PathBuf>) -> CliResult<PathBuf> {
+pub(crate) fn socket_path(flag: Option<PathBuf>) -> CliResult<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
     }
