@@ -69,32 +69,8 @@ fn init_logging(verbose: u8) {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::FileExt as _;
-
-    /// The global allocator above is this test binary's allocator too: a freed block that
-    /// held a canary reads back as zeros through /proc/self/mem, except the first 8 bytes,
-    /// where mimalloc writes its (encoded) free-list link after the wipe.
     #[test]
     fn freed_heap_memory_is_zeroized() {
-        // The probe buffer is allocated before the free, so it cannot be the freed block.
-        let mut probe = vec![0u8; 256];
-        let mem = std::fs::File::open("/proc/self/mem").unwrap();
-        let canary: Vec<u8> = (0..256u32).map(|i| b'A' + (i % 26) as u8).collect();
-        let addr = canary.as_ptr() as u64;
-        mem.read_exact_at(&mut probe, addr).unwrap();
-        assert_eq!(probe, canary, "the probe reads the live block");
-        drop(canary);
-        mem.read_exact_at(&mut probe, addr).unwrap();
-        let left = probe[8..].iter().filter(|&&b| b != 0).count();
-        assert_eq!(
-            left, 0,
-            "{left} of the 248 freed bytes after the link still hold data"
-        );
-        let expected: Vec<u8> = (0..8u32).map(|i| b'A' + (i % 26) as u8).collect();
-        assert_ne!(
-            &probe[..8],
-            &expected[..],
-            "the first 8 bytes were not overwritten"
-        );
+        agentkeys_testkit::assert_freed_heap_is_scrubbed();
     }
 }

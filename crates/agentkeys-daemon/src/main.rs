@@ -109,3 +109,12 @@ fn check(report: HardeningReport, json: bool) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// This binary's global allocator (above) scrubs what it frees.
+    #[test]
+    fn freed_heap_memory_is_zeroized() {
+        agentkeys_testkit::assert_freed_heap_is_scrubbed();
+    }
+}

@@ -13,6 +13,12 @@ use agentkeys_server::{AppState, AuthMode, SqliteStore, keys::ServerKeys};
 use anyhow::Context as _;
 use clap::Parser as _;
 
+/// Freed blocks are zeroized before reuse (platform-scouting 2(d)): the server opens every
+/// credential it stores or re-seals, and the buffers around them are scrubbed when freed.
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
+    zeroizing_alloc::ZeroAlloc(mimalloc::MiMalloc);
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -128,5 +134,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// This binary's global allocator (above) scrubs what it frees.
+    #[test]
+    fn freed_heap_memory_is_zeroized() {
+        agentkeys_testkit::assert_freed_heap_is_scrubbed();
     }
 }

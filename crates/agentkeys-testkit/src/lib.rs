@@ -158,3 +158,34 @@ pub fn assert_no_readable_copy(pid: u32, needles: &[&[u8]]) -> agentkeys_memscan
     }
     report
 }
+
+/// Proves the calling binary's global allocator scrubs freed memory: a 256-byte block holding
+/// a canary reads back as zeros through `/proc/self/mem` after it is freed, except its first
+/// 8 bytes, where mimalloc writes its (encoded) free-list link after the wipe. Call it from a
+/// unit test inside the binary crate (`src/main.rs`), where the binary's allocator is active.
+pub fn assert_freed_heap_is_scrubbed() {
+    use std::os::unix::fs::FileExt as _;
+    // The probe buffer is allocated before the free, so it cannot be the freed block
+    // (platform-scouting 2(d): a later allocation would get the same block back).
+    let mut probe = vec![0u8; 256];
+    let mem = std::fs::File::open("/proc/self/mem").expect("open /proc/self/mem");
+    let canary: Vec<u8> = (0..=255u8).map(|i| b'A' + i % 26).collect();
+    let addr = canary.as_ptr() as u64;
+    mem.read_exact_at(&mut probe, addr)
+        .expect("read the live block");
+    assert_eq!(probe, canary, "the probe reads the live block");
+    drop(canary);
+    mem.read_exact_at(&mut probe, addr)
+        .expect("read the freed block");
+    let left = probe[8..].iter().filter(|&&b| b != 0).count();
+    assert_eq!(
+        left, 0,
+        "{left} of the 248 freed bytes after the link still hold data"
+    );
+    let expected: Vec<u8> = (0..8u8).map(|i| b'A' + i % 26).collect();
+    assert_ne!(
+        &probe[..8],
+        &expected[..],
+        "the first 8 bytes were not overwritten"
+    );
+}
