@@ -6,6 +6,7 @@
 mod daemon {
     pub mod common;
     mod delivery;
+    mod hardening;
     mod hygiene;
     mod mcp;
     mod pairing;

@@ -125,8 +125,21 @@ pub struct DaemonProc {
 impl DaemonProc {
     /// Starts `serve` with `home` and a socket inside it.
     pub fn spawn(server: &str, home: &Path, extra: &[&str]) -> DaemonProc {
+        Self::spawn_under(&[], server, home, extra)
+    }
+
+    /// [`spawn`](Self::spawn) through a wrapper command (`setpriv …`, `strace -f …`).
+    pub fn spawn_under(wrapper: &[&str], server: &str, home: &Path, extra: &[&str]) -> DaemonProc {
         let socket = home.join("sock").join("daemon.sock");
-        let mut child = Command::new(DAEMON)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(DAEMON);
+                c
+            }
+            None => Command::new(DAEMON),
+        };
+        let mut child = cmd
             .arg("serve")
             .args(["--server", server])
             .args(extra)
