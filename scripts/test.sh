@@ -4,7 +4,8 @@
 # to 'cargo test' (e.g. --locked, or a test name filter).
 #
 # Python parts run in a private venv (target/pyenv) holding pytest and the official MCP
-# Python SDK, which the end-to-end tests use as the "plain MCP agent" to compare against.
+# Python SDK, which the end-to-end tests drive the daemon with (and compare the managed
+# runtimes against); the MCP Inspector CLI goes to target/npm. Both are pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,13 @@ if ! "$venv/bin/python" -c "import mcp, pytest" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0"
 fi
 export AGENTKEYS_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# The MCP Inspector CLI (pinned), for the real-client tests.
+if [ ! -x target/npm/node_modules/.bin/mcp-inspector ]; then
+  echo "installing @modelcontextprotocol/inspector 2.12.0 into target/npm..." >&2
+  mkdir -p target/npm
+  (cd target/npm && npm install --no-audit --no-fund --silent @modelcontextprotocol/inspector@2.12.0)
+fi
 
 echo "== Python managed runtime (pytest)" >&2
 (cd clients/python && PYTHONDONTWRITEBYTECODE=1 "$AGENTKEYS_TEST_PYTHON" -m pytest -q -p no:cacheprovider tests)

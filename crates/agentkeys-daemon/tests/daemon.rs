@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on purpose
 
 mod daemon {
+    mod clients;
     pub mod common;
     mod delivery;
     mod hardening;

@@ -1,0 +1,106 @@
+//! Real MCP clients against the daemon: the official Python SDK in both negotiation modes
+//! (`legacy`: `initialize`, 2025-11-25; `auto`: `server/discover`, 2026-07-28) and the MCP
+//! Inspector CLI, each through the stdio bridge `agentkeys-daemon mcp`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agentkeys_testkit::{TempDir, canary};
+use serde_json::Value;
+
+use super::common::*;
+
+fn agent() -> (
+    agentkeys_testkit::Server,
+    Master,
+    TempDir,
+    DaemonProc,
+    String,
+) {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary("client");
+    master.store("openai", &value, &["--agent", &wallet]);
+    master.store("github", &canary("other"), &[]);
+    (server, master, home, d, value)
+}
+
+#[test]
+fn the_official_python_sdk_works_in_legacy_and_auto_modes() {
+    let (_server, _master, _home, d, value) = agent();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/daemon/mcp_sdk_conformance.py");
+    for (mode, protocol) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
+        let out = Command::new(sdk_python())
+            .arg(&script)
+            .args([mode, DAEMON])
+            .env("AGENTKEYS_SOCKET", &d.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mode}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["protocol"], protocol, "{mode}: {v}");
+        assert_eq!(
+            v["tools"],
+            serde_json::json!(["get_credential", "list_credentials", "run", "whoami"])
+        );
+        assert_eq!(v["sha256"], sha256_hex(&value), "{mode}");
+        assert_eq!(v["ok_is_error"], false);
+        assert_eq!(v["denied_is_error"], true);
+        assert!(
+            v["denied_text"].as_str().unwrap().contains("not in scope"),
+            "{v}"
+        );
+        assert_eq!(v["run"]["code"], 0, "{v}");
+        assert_eq!(
+            v["run"]["stdout"].as_str().unwrap().trim(),
+            value.len().to_string()
+        );
+    }
+}
+
+/// The MCP Inspector CLI that `scripts/test.sh` installs in `target/npm`.
+fn inspector() -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/npm/node_modules/.bin/mcp-inspector");
+    assert!(
+        bin.exists(),
+        "the MCP Inspector is missing: run 'bash scripts/test.sh' (it installs \
+         @modelcontextprotocol/inspector into target/npm)"
+    );
+    bin
+}
+
+#[test]
+fn the_mcp_inspector_cli_lists_the_tools_and_calls_one() {
+    let (_server, _master, _home, d, value) = agent();
+    let socket = format!("AGENTKEYS_SOCKET={}", d.socket.display());
+    let inspect = |extra: &[&str]| -> Value {
+        let out = Command::new(inspector())
+            .args(["--cli", "-e", &socket, DAEMON, "mcp"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    };
+    let tools = inspect(&["--method", "tools/list"]);
+    let names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 4, "{tools}");
+    assert!(names.contains(&"get_credential"));
+    let call = inspect(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "get_credential",
+        "--tool-arg",
+        "service=openai",
+    ]);
+    assert_eq!(call["content"][0]["text"], value.as_str(), "{call}");
+}
