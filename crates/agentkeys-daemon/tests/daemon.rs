@@ -9,6 +9,7 @@ mod daemon {
     mod delivery;
     mod hardening;
     mod hygiene;
+    mod load;
     mod mcp;
     mod pairing;
     mod policy;

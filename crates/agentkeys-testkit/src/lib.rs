@@ -30,6 +30,8 @@ pub struct Server {
     pub url: String,
     /// Its data directory (SQLite file `agentkeys.db`, `server.key`).
     pub data_dir: PathBuf,
+    bin: PathBuf,
+    extra: Vec<String>,
     _dir: TempDir,
 }
 
@@ -58,6 +60,36 @@ impl Drop for TempDir {
     }
 }
 
+/// Starts `agentkeys-server` on `listen` with `--auth dev` and waits for its ready line;
+/// returns the child and the address it listens on.
+fn spawn_server(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", listen, "--auth", "dev"])
+        .args(extra)
+        .env_remove("AGENTKEYS_SERVER_KEYS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agentkeys-server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listen=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server did not report readiness");
+    (child, addr)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -67,37 +99,30 @@ impl Server {
     /// for its ready line.
     pub fn start(server_bin: &Path, extra: &[&str]) -> Server {
         let dir = TempDir::new("agentkeys-test-server");
-        let data_dir = dir.path().to_owned();
-        let mut child = Command::new(server_bin)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0", "--auth", "dev"])
-            .args(extra)
-            .env_remove("AGENTKEYS_SERVER_KEYS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start agentkeys-server");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server did not report readiness");
+        let (child, addr) = spawn_server(server_bin, dir.path(), "127.0.0.1:0", extra);
         Server {
             child,
             url: format!("http://{addr}"),
-            data_dir,
+            data_dir: dir.path().to_owned(),
+            bin: server_bin.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             _dir: dir,
         }
+    }
+
+    /// Kills the server and starts it again on the same address and data dir (a crash and
+    /// a restart, as far as its clients can tell).
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, _) = spawn_server(&self.bin, &self.data_dir, &addr, &extra);
+        self.child = child;
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL and reap.

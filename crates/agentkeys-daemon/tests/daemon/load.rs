@@ -1,0 +1,148 @@
+//! Load and faults: many agents at once, the server dying under load, the daemon killed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agentkeys_testkit::{TempDir, assert_no_readable_copy, canary};
+use serde_json::{Value, json};
+
+use super::common::*;
+
+#[test]
+fn sixty_four_agents_times_two_hundred_mixed_requests_have_no_error_and_leave_no_copy() {
+    const AGENTS: usize = 64;
+    const REQUESTS: usize = 200;
+    let server = start_server(&["--read-rate", "0"]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary("load");
+    master.store("openai", &value, &["--agent", &wallet]);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..AGENTS)
+        .map(|agent| {
+            let socket = d.socket.clone();
+            let (errors, done, value) = (errors.clone(), done.clone(), value.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket);
+                c.initialize();
+                for i in 0..REQUESTS {
+                    let ok = match (agent + i) % 50 {
+                        0 => {
+                            let (is_error, text) = c.tool(
+                                "run",
+                                json!({"argv": ["/bin/true"], "services": ["openai"]}),
+                            );
+                            !is_error
+                                && serde_json::from_str::<Value>(&text)
+                                    .is_ok_and(|v| v["code"] == 0)
+                        }
+                        n if n % 5 == 0 => !c.tool("list_credentials", json!({})).0,
+                        _ => {
+                            let (is_error, text) =
+                                c.tool("get_credential", json!({"service": "openai"}));
+                            !is_error && text == value
+                        }
+                    };
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "load: {} requests from {AGENTS} connections in {took:?}",
+        done.load(Ordering::Relaxed)
+    );
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
+    assert_eq!(done.load(Ordering::Relaxed), AGENTS * REQUESTS);
+    wait_for_events(&d.trail(), "drop", AGENTS * REQUESTS * 3 / 4);
+    assert_no_readable_copy(d.pid(), &[value.as_bytes()]);
+}
+
+#[test]
+fn the_server_dying_under_load_gives_clear_errors_and_the_daemon_recovers_by_itself() {
+    let mut server = start_server(&["--read-rate", "0"]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary("restart");
+    master.store("openai", &value, &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    assert_eq!(
+        c.tool("get_credential", json!({"service": "openai"})).1,
+        value
+    );
+
+    server.stop();
+    let (is_error, text) = c.tool("get_credential", json!({"service": "openai"}));
+    assert!(is_error, "{text}");
+    assert!(text.contains("unreachable"), "{text}");
+    let status = c.request("agentkeys/status", json!({}));
+    assert_eq!(status["result"]["server_reachable"], false, "{status}");
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (is_error, text) = c.tool("get_credential", json!({"service": "openai"}));
+        if !is_error {
+            assert_eq!(text, value);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_no_credential_in_any_file() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let config = home.path().join("daemon.toml");
+    std::fs::write(&config, "[cache]\nopenai = \"600s\"\n").unwrap();
+    let (mut d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--config", config.to_str().unwrap()],
+    );
+    let value = canary("sigkill");
+    master.store("openai", &value, &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    for _ in 0..3 {
+        assert_eq!(
+            c.tool("get_credential", json!({"service": "openai"})).1,
+            value
+        );
+    }
+    d.child.kill().unwrap(); // SIGKILL: no destructor runs, the cache is not wiped
+    d.child.wait().unwrap();
+    let mut files = Vec::new();
+    let mut stack = vec![home.path().to_owned(), server.data_dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
+                assert!(!found, "the credential is on disk in {}", path.display());
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 4, "scanned {files:?}");
+}
