@@ -158,13 +158,7 @@ impl LineTransport {
     /// The descriptors announced by a line's `"fds": n`, or an error when they did not
     /// arrive. Called once per line; descriptors no line claims are closed.
     fn claim_fds(&mut self, value: &Value) -> Result<Vec<OwnedFd>, &'static str> {
-        let wanted = match value.get("fds") {
-            None => 0,
-            Some(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
-                Some(n) if n <= MAX_FDS => n,
-                _ => return Err("\"fds\" must be a small non-negative integer"),
-            },
-        };
+        let wanted = announced_fds(value)?;
         if self.fds.len() < wanted {
             self.fds.clear();
             return Err("the message announced descriptors that did not arrive with it");
@@ -321,6 +315,105 @@ fn recv_with_fds(
     Ok(msg.bytes)
 }
 
+/// One received line, before any state is touched.
+pub enum Decoded {
+    /// Only whitespace: ignored.
+    Blank,
+    /// Not JSON.
+    Malformed,
+    /// A JSON value (not yet known to be a valid message).
+    Json(Value),
+}
+
+/// Parses one line. Pure: the fuzz target `jsonrpc_line` drives it with arbitrary bytes.
+pub fn decode(line: &[u8]) -> Decoded {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Decoded::Blank;
+    }
+    serde_json::from_slice(line).map_or(Decoded::Malformed, Decoded::Json)
+}
+
+/// The descriptors a message announces with `"fds": n` (0 when absent).
+pub fn announced_fds(value: &Value) -> Result<usize, &'static str> {
+    match value.get("fds") {
+        None => Ok(0),
+        Some(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n <= MAX_FDS => Ok(n),
+            _ => Err("\"fds\" must be a small non-negative integer"),
+        },
+    }
+}
+
+/// Where a decoded message goes.
+pub enum Route {
+    /// One of our `agentkeys/…` methods.
+    Custom {
+        /// The request id, if any.
+        id: Option<Value>,
+        /// The method name.
+        method: String,
+        /// Its parameters (`null` when absent).
+        params: Value,
+    },
+    /// An MCP message for rmcp, and whether it advertises fd delivery.
+    Mcp {
+        /// The message.
+        message: Box<RxJsonRpcMessage<RoleServer>>,
+        /// Its id, when it is a request.
+        id: Option<RequestId>,
+        /// `initialize` with the capability.
+        at_init: bool,
+        /// The capability in this request's `_meta`.
+        per_request: bool,
+    },
+    /// Not a valid message: the error to answer with.
+    Invalid {
+        /// The id to echo (only a string or an integer).
+        id: Option<Value>,
+        /// JSON-RPC error code.
+        code: i64,
+        /// Message.
+        message: &'static str,
+    },
+}
+
+/// Routes a decoded JSON value. Pure, like [`decode`].
+pub fn route(value: Value) -> Route {
+    let id = value.get("id").cloned();
+    if let Some(method) = value.get("method").and_then(Value::as_str)
+        && method.starts_with("agentkeys/")
+    {
+        return Route::Custom {
+            method: method.to_owned(),
+            params: value.get("params").cloned().unwrap_or(Value::Null),
+            id,
+        };
+    }
+    let (at_init, per_request) = advertises_fd(&value);
+    match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
+        Ok(message) => Route::Mcp {
+            message: Box::new(message),
+            id: id.and_then(|i| serde_json::from_value::<RequestId>(i).ok()),
+            at_init,
+            per_request,
+        },
+        Err(e) => Route::Invalid {
+            // Echo the id only when it is one JSON-RPC allows.
+            id: id.filter(|i| i.is_string() || i.is_i64()),
+            code: if e.to_string().contains("unknown variant") {
+                -32601
+            } else {
+                -32600
+            },
+            message: if e.to_string().contains("unknown variant") {
+                "method not found"
+            } else {
+                "invalid request"
+            },
+        },
+    }
+}
+
 /// Whether a message advertises fd delivery: `capabilities.experimental` at `initialize`,
 /// or the request's `_meta` (bare, or inside the 2026-07-28 client capabilities).
 fn advertises_fd(value: &Value) -> (bool, bool) {
@@ -405,12 +498,10 @@ impl Transport<RoleServer> for LineTransport {
                     .await;
                 return None;
             }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let value: Value = match serde_json::from_slice(&line) {
-                Ok(v) => v,
-                Err(_) => {
+            let value = match decode(&line) {
+                Decoded::Blank => continue,
+                Decoded::Json(v) => v,
+                Decoded::Malformed => {
                     self.bad_lines += 1;
                     self.error(
                         None,
@@ -432,47 +523,37 @@ impl Transport<RoleServer> for LineTransport {
                     continue;
                 }
             };
-            if let Some(method) = value.get("method").and_then(Value::as_str)
-                && method.starts_with("agentkeys/")
-            {
-                self.bad_lines = 0;
-                let method = method.to_owned();
-                let params = value.get("params").cloned().unwrap_or(Value::Null);
-                self.custom(id, method, params, fds);
-                continue;
-            }
-            if !fds.is_empty() {
-                drop(fds);
-                self.bad_lines += 1;
-                self.error(id, -32600, "only agentkeys/run takes descriptors");
-                continue;
-            }
-            let (at_init, per_request) = advertises_fd(&value);
-            if at_init {
-                self.conn.fd_delivery.store(true, Ordering::Relaxed);
-            }
-            if per_request
-                && let Some(id) = id.clone()
-                && let Ok(id) = serde_json::from_value::<RequestId>(id)
-                && let Ok(mut set) = self.conn.fd_requests.lock()
-            {
-                set.insert(id);
-            }
-            match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
-                Ok(message) => {
+            match route(value) {
+                Route::Custom { id, method, params } => {
                     self.bad_lines = 0;
-                    return Some(message);
+                    self.custom(id, method, params, fds);
                 }
-                Err(e) => {
+                Route::Mcp { .. } | Route::Invalid { .. } if !fds.is_empty() => {
+                    drop(fds);
                     self.bad_lines += 1;
-                    // Echo the id only when it is one JSON-RPC allows.
-                    let id = id.filter(|i| i.is_string() || i.is_i64());
-                    let msg = if e.to_string().contains("unknown variant") {
-                        (-32601, "method not found")
-                    } else {
-                        (-32600, "invalid request")
-                    };
-                    self.error(id, msg.0, msg.1);
+                    self.error(id, -32600, "only agentkeys/run takes descriptors");
+                }
+                Route::Mcp {
+                    message,
+                    id,
+                    at_init,
+                    per_request,
+                } => {
+                    if at_init {
+                        self.conn.fd_delivery.store(true, Ordering::Relaxed);
+                    }
+                    if per_request
+                        && let Some(id) = id
+                        && let Ok(mut set) = self.conn.fd_requests.lock()
+                    {
+                        set.insert(id);
+                    }
+                    self.bad_lines = 0;
+                    return Some(*message);
+                }
+                Route::Invalid { id, code, message } => {
+                    self.bad_lines += 1;
+                    self.error(id, code, message);
                     if self.bad_lines >= MAX_BAD_LINES {
                         return None;
                     }
