@@ -1,0 +1,628 @@
+//! `agentkeys-bench`: measures agentkeys against its targets and its peers, in one run on
+//! this machine, and prints a markdown table (JSON with `--out`).
+//!
+//! ```text
+//! cargo run --release -p agentkeys-bench -- all
+//! cargo run --release -p agentkeys-bench -- all --quick --out bench.json
+//! ```
+//!
+//! It starts a real `agentkeys-server` (SQLite in a temp dir), enrols a master with the CLI,
+//! pairs a real `agentkeys-daemon`, and then times: `get_credential` over a held socket
+//! connection (inline uncached, inline cached, fd delivery through the Rust runtime), the
+//! daemon's plaintext window from its own trail, `agentkeys run -- true` against a bare
+//! exec, sealed reads and stores per second on the server, memory and binary sizes, and the
+//! floors and peers installed here (a Unix-socket ping-pong, ssh-agent; fnox, teller and
+//! pass when present). Figures are medians and percentiles of one run: compare the ratios.
+
+#![forbid(unsafe_code)]
+
+mod setup;
+mod stats;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agentkeys_core::Backend as _;
+use agentkeys_core::HttpBackend;
+use agentkeys_secmem::SecretString;
+use agentkeys_types::ServiceName;
+use clap::Parser;
+use serde_json::{Value, json};
+
+use crate::setup::{Bins, CACHED, Stack, UNCACHED, rss_kib};
+use crate::stats::{Report, Samples, human, ratio};
+
+/// agentkeys-bench: latency, throughput and memory of agentkeys, with peers, in one run.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  \
+    cargo run --release -p agentkeys-bench -- all\n  \
+    cargo run --release -p agentkeys-bench -- all --quick --out target/bench.json"
+)]
+struct Args {
+    /// What to run (only `all` exists: everything, in order).
+    #[arg(value_parser = ["all"])]
+    what: String,
+    /// Fewer iterations (about 10× fewer), for a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
+    /// Do not build the server, CLI and daemon first (they must exist next to this binary).
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            print!("{}", report.markdown());
+            if let Some(path) = &args.out {
+                let body = serde_json::to_string_pretty(&report.json()).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, body) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sizes {
+    warm: usize,
+    n: usize,
+    runs: usize,
+    secs: Duration,
+}
+
+fn run(args: &Args) -> Result<Report, String> {
+    let sizes = if args.quick {
+        Sizes {
+            warm: 50,
+            n: 300,
+            runs: 10,
+            secs: Duration::from_millis(700),
+        }
+    } else {
+        Sizes {
+            warm: 300,
+            n: 3000,
+            runs: 40,
+            secs: Duration::from_secs(3),
+        }
+    };
+    let bins = Bins::locate(args.no_build)?;
+    eprintln!("bench: starting a server and pairing a daemon...");
+    let stack = Stack::start(&bins)?;
+    let mut report = Report::default();
+    let idle_daemon = rss_kib(stack.daemon.id());
+    let idle_server = rss_kib(stack.server.pid());
+
+    let floor = socket_floor(&sizes);
+    eprintln!("bench: get_credential over a held connection...");
+    let uncached = fetch_inline(&stack, UNCACHED, &sizes, Duration::ZERO)?;
+    let cached = fetch_inline(&stack, CACHED, &sizes, Duration::ZERO)?;
+    let quiet = Sizes {
+        n: sizes.n / 4,
+        warm: sizes.warm / 4,
+        ..sizes
+    };
+    let cached_idle = fetch_inline(&stack, CACHED, &quiet, Duration::from_millis(5))?;
+    let fd = fetch_fd(&stack, UNCACHED, &sizes)?;
+    let fd_cached = fetch_fd(&stack, CACHED, &sizes)?;
+    let ssh = ssh_agent(&sizes);
+    let vs = |s: &Samples| match &ssh {
+        Some(a) => format!(
+            "{} ssh-agent ({}); {} socket floor",
+            ratio(s.p50(), a.p50()),
+            human(a.p50()),
+            ratio(s.p50(), floor.p50())
+        ),
+        None => format!(
+            "{} socket floor ({})",
+            ratio(s.p50(), floor.p50()),
+            human(floor.p50())
+        ),
+    };
+    report.latency(
+        "fetch_inline_cached",
+        "get_credential, held MCP connection, cached (inline)",
+        &cached,
+        "≤ 100 µs p50, ≤ 300 µs p99",
+        vs(&cached),
+    );
+    report.latency(
+        "fetch_inline_cached_idle",
+        "the same, one call every 5 ms (the daemon's threads park in between)",
+        &cached_idle,
+        "",
+        vs(&cached_idle),
+    );
+    report.latency(
+        "fetch_inline_uncached",
+        "get_credential, held connection, uncached (server round trip, HPKE)",
+        &uncached,
+        "≤ 1 ms p50",
+        vs(&uncached),
+    );
+    report.latency(
+        "fetch_fd_uncached",
+        "get_credential as a memfd_secret fd (Rust runtime: map, use, wipe), uncached",
+        &fd,
+        "≤ 1.5× inline",
+        format!("{} inline uncached", ratio(fd.p50(), uncached.p50())),
+    );
+    report.latency(
+        "fetch_fd_cached",
+        "get_credential as an fd, cached",
+        &fd_cached,
+        "≤ 1.5× inline",
+        format!("{} inline cached", ratio(fd_cached.p50(), cached.p50())),
+    );
+
+    let window = plaintext_window(&stack)?;
+    report.latency(
+        "plaintext_window",
+        "daemon plaintext window (fetch → drop, from its trail)",
+        &window,
+        "p99 ≤ 200 µs",
+        "design estimate: ~50 ms".to_owned(),
+    );
+
+    eprintln!("bench: agentkeys run...");
+    let bare = Samples::measure(3, sizes.runs, || {
+        let _ = Command::new("/usr/bin/env")
+            .args(["X=1", "/bin/true"])
+            .status();
+    });
+    let mediated = Samples::measure(3, sizes.runs, || {
+        let _ = Command::new(stack.cli())
+            .args(["run", "--service", UNCACHED, "--", "/bin/true"])
+            .env("AGENTKEYS_SOCKET", &stack.socket)
+            .status();
+    });
+    let mediated_none = Samples::measure(3, sizes.runs, || {
+        let _ = Command::new(stack.cli())
+            .args(["run", "--", "/bin/true"])
+            .env("AGENTKEYS_SOCKET", &stack.socket)
+            .status();
+    });
+    report.latency(
+        "exec_bare",
+        "`/usr/bin/env X=1 /bin/true` (baseline)",
+        &bare,
+        "",
+        "peers: fnox exec / teller run 10–12 ms (peer-baselines.md)".to_owned(),
+    );
+    report.latency(
+        "run_with_credential",
+        "`agentkeys run --service openai -- /bin/true`",
+        &mediated,
+        "≤ 2× baseline",
+        format!(
+            "{} baseline (+{})",
+            ratio(mediated.p50(), bare.p50()),
+            human(mediated.p50().saturating_sub(bare.p50()))
+        ),
+    );
+    report.latency(
+        "run_without_credential",
+        "`agentkeys run -- /bin/true`",
+        &mediated_none,
+        "≤ 2× baseline",
+        format!("{} baseline", ratio(mediated_none.p50(), bare.p50())),
+    );
+
+    eprintln!("bench: server throughput...");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let backend = rt.block_on(master_backend(&stack.server.url))?;
+    for c in [1usize, 8, 32] {
+        let rate = rt.block_on(reads_per_second(&backend, c, sizes.secs))?;
+        let target = if c == 32 { "≥ 5,000/s" } else { "" };
+        report.other(
+            &format!("reads_c{c}"),
+            &format!("sealed credential reads/s, concurrency {c}"),
+            format!("{rate:.0}/s"),
+            target,
+            String::new(),
+            json!(rate),
+        );
+    }
+    let stores = rt.block_on(stores_per_second(&backend, 8, sizes.secs))?;
+    report.other(
+        "stores_c8",
+        "credential stores/s, concurrency 8",
+        format!("{stores:.0}/s"),
+        "",
+        String::new(),
+        json!(stores),
+    );
+
+    let loaded_daemon = rss_kib(stack.daemon.id());
+    let loaded_server = rss_kib(stack.server.pid());
+    report.other(
+        "rss_daemon",
+        "daemon RSS, idle → after the load",
+        format!("{} → {}", mib(idle_daemon), mib(loaded_daemon)),
+        "idle < 16 MiB",
+        String::new(),
+        json!({"idle_kib": idle_daemon, "loaded_kib": loaded_daemon}),
+    );
+    report.other(
+        "rss_server",
+        "server RSS, idle → after the load",
+        format!("{} → {}", mib(idle_server), mib(loaded_server)),
+        "",
+        String::new(),
+        json!({"idle_kib": idle_server, "loaded_kib": loaded_server}),
+    );
+    for name in ["agentkeys-server", "agentkeys", "agentkeys-daemon"] {
+        let size = std::fs::metadata(bins.path(name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        report.other(
+            &format!("size_{name}"),
+            &format!("binary size: {name}"),
+            mib(size / 1024),
+            "",
+            String::new(),
+            json!(size),
+        );
+    }
+    report.latency(
+        "floor_socket",
+        "floor: Unix-socket ping-pong, 64 bytes",
+        &floor,
+        "",
+        "peer-baselines: 15–25 µs".to_owned(),
+    );
+    match &ssh {
+        Some(s) => report.latency(
+            "peer_ssh_agent",
+            "peer: ssh-agent request, held connection",
+            s,
+            "",
+            "peer-baselines: 40–80 µs".to_owned(),
+        ),
+        None => report.other(
+            "peer_ssh_agent",
+            "peer: ssh-agent",
+            "not installed".into(),
+            "",
+            String::new(),
+            Value::Null,
+        ),
+    }
+    for peer in ["fnox", "teller", "pass"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {peer}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            report.other(
+                &format!("peer_{peer}"),
+                &format!("peer: {peer}"),
+                "not installed here (see peer-baselines.md)".into(),
+                "",
+                String::new(),
+                Value::Null,
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A minimal newline-delimited JSON-RPC client (what an inline MCP agent does).
+struct Mcp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next: u64,
+    line: String,
+}
+
+impl Mcp {
+    fn connect(stack: &Stack) -> Result<Mcp, String> {
+        let s = UnixStream::connect(&stack.socket).map_err(|e| e.to_string())?;
+        let mut c = Mcp {
+            reader: BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
+            writer: s,
+            next: 0,
+            line: String::new(),
+        };
+        c.call("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}))?;
+        c.writer
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+            .map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Result<usize, String> {
+        self.next += 1;
+        let msg = json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes).map_err(|e| e.to_string())?;
+        loop {
+            self.line.clear();
+            self.reader
+                .read_line(&mut self.line)
+                .map_err(|e| e.to_string())?;
+            if self.line.is_empty() {
+                return Err("the daemon closed the connection".into());
+            }
+            if self.line.contains(&format!("\"id\":{}", self.next)) {
+                if self.line.contains("\"isError\":true") {
+                    return Err(format!("tool error: {}", self.line.trim()));
+                }
+                return Ok(self.line.len());
+            }
+        }
+    }
+}
+
+/// Calls per connection before a fresh one: the daemon allows a burst of 400 messages per
+/// connection (then 200 a second) and disconnects a client that keeps going faster, so the
+/// back-to-back loop reconnects (untimed) before it runs out.
+const PER_CONNECTION: usize = 300;
+
+/// `n` timed calls after `warm` untimed ones, `pause` apart (zero: back to back), a fresh
+/// connection every [`PER_CONNECTION`] calls.
+fn in_chunks<C>(
+    sizes: &Sizes,
+    pause: Duration,
+    mut connect: impl FnMut() -> Result<C, String>,
+    mut call: impl FnMut(&mut C) -> Result<(), String>,
+) -> Result<Samples, String> {
+    let mut all = Vec::with_capacity(sizes.n);
+    let mut warm = sizes.warm;
+    while all.len() < sizes.n {
+        let mut c = connect()?;
+        for _ in 0..PER_CONNECTION {
+            if warm > 0 {
+                warm -= 1;
+                call(&mut c)?;
+                continue;
+            }
+            if all.len() == sizes.n {
+                break;
+            }
+            std::thread::sleep(pause);
+            let t = Instant::now();
+            call(&mut c)?;
+            all.push(t.elapsed());
+        }
+    }
+    Ok(Samples::from(all))
+}
+
+fn fetch_inline(
+    stack: &Stack,
+    service: &str,
+    sizes: &Sizes,
+    pause: Duration,
+) -> Result<Samples, String> {
+    let args = json!({"name": "get_credential", "arguments": {"service": service}});
+    in_chunks(
+        sizes,
+        pause,
+        || Mcp::connect(stack),
+        |c| c.call("tools/call", args.clone()).map(|_| ()),
+    )
+}
+
+fn fetch_fd(stack: &Stack, service: &str, sizes: &Sizes) -> Result<Samples, String> {
+    in_chunks(
+        sizes,
+        Duration::ZERO,
+        || agentkeys_runtime::Client::connect(Some(&stack.socket)).map_err(|e| e.to_string()),
+        |c| {
+            let cred = c.get_credential(service).map_err(|e| e.to_string())?;
+            if cred.with_bytes(<[u8]>::len) != stack.value.len() {
+                return Err("wrong length".into());
+            }
+            Ok(())
+        },
+    )
+}
+
+/// fetch → drop per request id, from the daemon's monotonic timestamps.
+fn plaintext_window(stack: &Stack) -> Result<Samples, String> {
+    let text = std::fs::read_to_string(stack.trail()).map_err(|e| e.to_string())?;
+    let mut fetched = std::collections::HashMap::new();
+    let mut windows = Vec::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let (Some(req), Some(t)) = (v["request"].as_str(), v["mono_ns"].as_u64()) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("fetch") => {
+                fetched.insert(req.to_owned(), t);
+            }
+            Some("drop") => {
+                if let Some(start) = fetched.remove(req) {
+                    windows.push(Duration::from_nanos(t.saturating_sub(start)));
+                }
+            }
+            _ => {}
+        }
+    }
+    if windows.is_empty() {
+        return Err("no fetch/drop pairs in the daemon trail".into());
+    }
+    Ok(Samples::from(windows))
+}
+
+fn socket_floor(sizes: &Sizes) -> Samples {
+    let Ok((mut a, mut b)) = UnixStream::pair() else {
+        return Samples::from(Vec::new());
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [7u8; 64];
+    Samples::measure(sizes.warm, sizes.n, || {
+        let _ = a.write_all(&buf);
+        let _ = a.read_exact(&mut buf);
+    })
+}
+
+/// SSH_AGENTC_REQUEST_IDENTITIES round trips on a held connection to a fresh ssh-agent.
+fn ssh_agent(sizes: &Sizes) -> Option<Samples> {
+    let dir = agentkeys_testkit::TempDir::new("agentkeys-bench-ssh");
+    let sock = dir.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = agent.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut ok = true;
+    let samples = Samples::measure(sizes.warm, sizes.n, || {
+        let mut reply = [0u8; 9];
+        ok &= s.write_all(&[0, 0, 0, 1, 11]).is_ok() && s.read_exact(&mut reply).is_ok();
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    ok.then_some(samples)
+}
+
+/// A master session of its own, with one credential to read.
+async fn master_backend(url: &str) -> Result<Arc<HttpBackend>, String> {
+    let anon = HttpBackend::new(url).map_err(|e| e.to_string())?;
+    let grant = anon
+        .create_session(SecretString::from("bench-throughput".to_owned()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let backend = HttpBackend::new(url)
+        .and_then(|b| b.with_token(&grant.token))
+        .map_err(|e| e.to_string())?;
+    let service = ServiceName::parse("throughput").map_err(|e| e.to_string())?;
+    backend
+        .store_credential(
+            None,
+            &service,
+            b"sk-bench-throughput-value-0123456789",
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(backend))
+}
+
+async fn reads_per_second(
+    backend: &Arc<HttpBackend>,
+    concurrency: usize,
+    secs: Duration,
+) -> Result<f64, String> {
+    let service = ServiceName::parse("throughput").map_err(|e| e.to_string())?;
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (b, s, count, errors) = (
+            backend.clone(),
+            service.clone(),
+            count.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match b.read_credential(None, &s).await {
+                    Ok(page) => {
+                        drop(page);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let failed = errors.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(format!(
+            "{failed} reads failed at concurrency {concurrency}"
+        ));
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn stores_per_second(
+    backend: &Arc<HttpBackend>,
+    concurrency: usize,
+    secs: Duration,
+) -> Result<f64, String> {
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut tasks = Vec::new();
+    for task in 0..concurrency {
+        let (b, count) = (backend.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let Ok(service) = ServiceName::parse(&format!("store-{task}-{}", i % 64)) else {
+                    break;
+                };
+                if b.store_credential(None, &service, b"sk-bench-store", None)
+                    .await
+                    .is_ok()
+                {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}

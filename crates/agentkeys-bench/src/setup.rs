@@ -1,0 +1,233 @@
+//! The system under test: a real server (SQLite in a temp dir, no read rate limit), a master
+//! enrolled through the CLI, two credentials, and a daemon paired with the master's approval.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use agentkeys_testkit::{Server, TempDir};
+
+/// The binaries next to this one (same profile), built first unless `no_build`.
+pub(crate) struct Bins {
+    /// Their directory (`target/release`).
+    pub(crate) dir: PathBuf,
+}
+
+impl Bins {
+    /// Finds (and builds, with cargo, unless told not to) the shipped binaries.
+    pub(crate) fn locate(no_build: bool) -> Result<Bins, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let dir = exe.parent().ok_or("no directory")?.to_owned();
+        if !no_build {
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo.args([
+                "build",
+                "--quiet",
+                "-p",
+                "agentkeys-server",
+                "-p",
+                "agentkeys-cli",
+            ]);
+            cargo.args(["-p", "agentkeys-daemon"]);
+            if release {
+                cargo.arg("--release");
+            }
+            eprintln!(
+                "bench: building the server, CLI and daemon ({})...",
+                if release { "release" } else { "debug" }
+            );
+            let status = cargo
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("cargo build failed".into());
+            }
+        }
+        for name in ["agentkeys-server", "agentkeys", "agentkeys-daemon"] {
+            if !dir.join(name).exists() {
+                return Err(format!(
+                    "{} is missing: run 'cargo build --release --workspace' or drop --no-build",
+                    dir.join(name).display()
+                ));
+            }
+        }
+        Ok(Bins { dir })
+    }
+
+    /// A binary's path.
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Everything started; stopped on drop.
+pub(crate) struct Stack {
+    /// The server.
+    pub(crate) server: Server,
+    /// The master's CLI home.
+    _master_home: TempDir,
+    /// The daemon's home.
+    pub(crate) daemon_home: TempDir,
+    /// The daemon socket.
+    pub(crate) socket: PathBuf,
+    /// The daemon process.
+    pub(crate) daemon: Child,
+    /// The credential value (a random canary, same for both services).
+    pub(crate) value: String,
+    cli: PathBuf,
+}
+
+/// `openai` is never cached; `cached` is cached with a long idle TTL.
+pub(crate) const UNCACHED: &str = "openai";
+/// The cached service.
+pub(crate) const CACHED: &str = "cached";
+
+impl Stack {
+    /// Starts and pairs everything.
+    pub(crate) fn start(bins: &Bins) -> Result<Stack, String> {
+        let server = Server::start(
+            &bins.path("agentkeys-server"),
+            &["--read-rate", "0", "--pair-ttl", "60s"],
+        );
+        let master_home = TempDir::new("agentkeys-bench-master");
+        let daemon_home = TempDir::new("agentkeys-bench-daemon");
+        let socket = daemon_home.path().join("daemon.sock");
+        let cli = bins.path("agentkeys");
+        let value = agentkeys_testkit::canary("bench");
+        let stack_cli = |args: &[&str], stdin: Option<&str>| -> Result<String, String> {
+            let mut child = Command::new(&cli)
+                .args(args)
+                .env("AGENTKEYS_HOME", master_home.path())
+                .env("AGENTKEYS_SERVER", &server.url)
+                .env("AGENTKEYS_SESSION_STORE", "file")
+                .env("AGENTKEYS_AUTH_TOKEN", "bench-master")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            if let Some(input) = stdin {
+                let _ = child
+                    .stdin
+                    .take()
+                    .map(|mut s| s.write_all(input.as_bytes()));
+            }
+            drop(child.stdin.take());
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "agentkeys {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        stack_cli(&["init"], None)?;
+
+        let mut daemon = Command::new(bins.path("agentkeys-daemon"))
+            .args([
+                "serve",
+                "--server",
+                &server.url,
+                "--cache",
+                &format!("{CACHED}=3600s"),
+            ])
+            .env("AGENTKEYS_HOME", daemon_home.path())
+            .env("AGENTKEYS_SOCKET", &socket)
+            .env("AGENTKEYS_SESSION_STORE", "file")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stderr = daemon.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let wait_for = |needle: &str| -> Result<String, String> {
+            loop {
+                let line = rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .map_err(|_| format!("the daemon never printed {needle:?}"))?;
+                if line.contains(needle) {
+                    return Ok(line);
+                }
+            }
+        };
+        let line = wait_for(" code ")?;
+        let code: String = line
+            .split(" code ")
+            .nth(1)
+            .ok_or("no pair code")?
+            .chars()
+            .take(9)
+            .collect();
+        stack_cli(
+            &[
+                "approve",
+                &code,
+                "--scope",
+                &format!("{UNCACHED},{CACHED}"),
+                "--yes",
+            ],
+            None,
+        )?;
+        let serving = wait_for("serving agent")?;
+        let wallet: String = serving
+            .split("serving agent ")
+            .nth(1)
+            .ok_or("no wallet")?
+            .chars()
+            .take(42)
+            .collect();
+        for service in [UNCACHED, CACHED] {
+            stack_cli(&["store", service, "--agent", &wallet], Some(&value))?;
+        }
+        Ok(Stack {
+            server,
+            _master_home: master_home,
+            daemon_home,
+            socket,
+            daemon,
+            value,
+            cli,
+        })
+    }
+
+    /// The CLI binary.
+    pub(crate) fn cli(&self) -> &Path {
+        &self.cli
+    }
+
+    /// The daemon's audit trail.
+    pub(crate) fn trail(&self) -> PathBuf {
+        self.daemon_home.path().join("daemon-audit.jsonl")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
