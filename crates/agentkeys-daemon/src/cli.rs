@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// Default idle TTL of cached credentials (e.g. 60s, 5m).
     #[arg(long, value_name = "TTL")]
     pub idle_ttl: Option<String>,
+    /// Keep cached credentials in this page kind instead of the best available
+    /// (memfd_secret, sealed_memfd, locked_anon). For measuring the difference only:
+    /// anything but memfd_secret is readable through /proc/<pid>/mem by root.
+    #[arg(long, value_name = "KIND", value_parser = ["memfd_secret", "sealed_memfd", "locked_anon"])]
+    pub cache_page: Option<String>,
     /// Start (and keep serving) even while a debugger traces the daemon.
     #[arg(long)]
     pub allow_debugger: bool,

@@ -41,6 +41,8 @@ pub struct Config {
     pub run_timeout: Duration,
     /// Bytes of stdout (and of stderr) the MCP `run` tool keeps.
     pub run_max_output: usize,
+    /// Force the cached pages' kind (measurements only: `--cache-page`); `None` = the best.
+    pub cache_page: Option<agentkeys_secmem::SecretPageKind>,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             kill_grace: Duration::from_secs(5),
             run_timeout: Duration::from_secs(60),
             run_max_output: 64 * 1024,
+            cache_page: None,
         }
     }
 }

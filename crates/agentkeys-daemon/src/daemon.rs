@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use agentkeys_core::session_store::StoredSession;
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
-use agentkeys_secmem::SecretPage;
 use agentkeys_secmem::harden::HardeningReport;
 use agentkeys_secmem::pkey::ProtectedPage;
+use agentkeys_secmem::{SecretPage, SecretPageKind};
 use agentkeys_types::api::SessionInfo;
 use agentkeys_types::{ErrorCode, ServiceName};
 use rmcp::model::RequestId;
@@ -99,6 +99,7 @@ impl Conn {
 /// A cached credential (opt-in per service).
 struct Cached {
     page: ProtectedPage,
+    kind: SecretPageKind,
     last_used: Instant,
     ttl: Duration,
     stored: Instant,
@@ -456,14 +457,23 @@ impl Daemon {
     }
 
     fn cache_store(&self, service: &ServiceName, page: &SecretPage, ttl: Duration) {
-        let Ok(copy) = SecretPage::from_slice(page.expose_secret()) else {
+        let copy = match self.config.cache_page {
+            Some(kind) => SecretPage::with_kind(page.len(), kind).map(|mut p| {
+                p.expose_secret_mut().copy_from_slice(page.expose_secret());
+                p
+            }),
+            None => SecretPage::from_slice(page.expose_secret()),
+        };
+        let Ok(copy) = copy else {
             return; // no page for the cache: serve uncached
         };
+        let kind = copy.kind();
         let now = Instant::now();
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(
                 service.clone(),
                 Cached {
+                    kind,
                     page: ProtectedPage::new(copy),
                     last_used: now,
                     ttl,
@@ -475,7 +485,7 @@ impl Daemon {
             event: "cache".into(),
             agent: Some(self.session().wallet.to_string()),
             service: Some(service.to_string()),
-            detail: Some(format!("idle ttl {} ms", ttl.as_millis())),
+            detail: Some(format!("idle ttl {} ms, page={kind}", ttl.as_millis())),
             ..Default::default()
         });
     }
@@ -642,6 +652,7 @@ impl Daemon {
                     "age_ms": u64::try_from(c.stored.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "idle_ms": u64::try_from(c.last_used.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "ttl_ms": u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX),
+                    "page": c.kind.as_str(),
                 })
             })
             .collect();

@@ -97,6 +97,13 @@ async fn serve(home: &Path, args: ServeArgs, report: HardeningReport) -> Result<
         &args.cache,
         args.idle_ttl.as_deref(),
     )?;
+    let mut config = config;
+    config.cache_page = match args.cache_page.as_deref() {
+        Some("memfd_secret") => Some(agentkeys_secmem::SecretPageKind::MemfdSecret),
+        Some("sealed_memfd") => Some(agentkeys_secmem::SecretPageKind::SealedMemfd),
+        Some("locked_anon") => Some(agentkeys_secmem::SecretPageKind::LockedAnon),
+        _ => None,
+    };
     let mut allow_uid = args.allow_uid.clone();
     allow_uid.extend(config.allow_uids.iter().copied());
     let mut signals = Signals::new()?;

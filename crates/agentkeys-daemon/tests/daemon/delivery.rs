@@ -235,3 +235,54 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
         ["fd:memfd_secret", "inline", "fd:memfd_secret"]
     );
 }
+
+#[test]
+fn a_warm_cache_is_unreadable_in_memfd_secret_readable_in_the_fallback_and_gone_after_eviction() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    for kind in ["memfd_secret", "locked_anon"] {
+        let home = TempDir::new("agentkeys-test-daemon");
+        let (d, wallet) = paired_with(
+            &master,
+            home.path(),
+            &["--scope", "openai"],
+            &["--cache", "openai=2s", "--cache-page", kind],
+        );
+        let value = canary("cachepage");
+        master.store("openai", &value, &["--agent", &wallet]);
+        let mut c = d.client();
+        c.initialize();
+        assert_eq!(
+            c.tool("get_credential", json!({"service": "openai"})).1,
+            value
+        );
+        let status = c.request("agentkeys/status", json!({}));
+        assert_eq!(status["result"]["cache"][0]["page"], kind, "{status}");
+        let warm = copies_in(d.pid(), &value);
+        wait_for_events(&d.trail(), "evict", 1);
+        let evicted = assert_no_readable_copy(d.pid(), &[value.as_bytes()])
+            .hits
+            .len();
+        let lines = trail_lines(&d.trail());
+        let at = |event: &str| {
+            lines
+                .iter()
+                .find(|l| l["event"] == event)
+                .and_then(|l| l["mono_ns"].as_u64())
+                .unwrap()
+        };
+        let lived_ms = (at("evict") - at("cache")) / 1_000_000;
+        eprintln!(
+            "scan: daemon with a warm cache in a {kind} page: {warm} copies, after eviction: \
+             {evicted} (the cached copy lived {lived_ms} ms)"
+        );
+        if kind == "memfd_secret" {
+            assert_eq!(warm, 0, "memfd_secret cache pages are unreadable");
+        } else {
+            assert!(
+                warm > 0,
+                "the fallback kind is readable by root: the contrast must show"
+            );
+        }
+    }
+}
