@@ -119,7 +119,7 @@ pub struct ServeArgs {
     pub idle_ttl: Option<String>,
     /// Keep cached credentials in this page kind instead of the best available
     /// (memfd_secret, sealed_memfd, locked_anon). For measuring the difference only:
-    /// anything but memfd_secret is readable through /proc/<pid>/mem by root.
+    /// anything but memfd_secret is readable through /proc/PID/mem by root.
     #[arg(long, value_name = "KIND", value_parser = ["memfd_secret", "sealed_memfd", "locked_anon"])]
     pub cache_page: Option<String>,
     /// Start (and keep serving) even while a debugger traces the daemon.
