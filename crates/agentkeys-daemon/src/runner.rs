@@ -35,8 +35,8 @@ pub struct Binding {
     pub service: ServiceName,
 }
 
-/// What to run.
-#[derive(Debug)]
+/// What to run. No `Debug`: `environ` is the caller's whole environment, which may hold
+/// other secrets.
 pub struct RunSpec {
     /// The command and its arguments.
     pub argv: Vec<String>,
