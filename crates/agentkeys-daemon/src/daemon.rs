@@ -17,6 +17,7 @@ use agentkeys_secmem::{SecretPage, SecretPageKind};
 use agentkeys_types::api::SessionInfo;
 use agentkeys_types::{ErrorCode, ServiceName};
 use rmcp::model::RequestId;
+use rustix::process::Signal;
 use serde_json::json;
 
 use crate::config::Config;
@@ -196,22 +197,18 @@ impl Daemon {
                 .lock()
                 .map(|mut c| c.drain().count())
                 .unwrap_or(0);
-            self.audit(Event {
-                event: "debugger".into(),
-                agent: Some(self.session().wallet.to_string()),
-                detail: Some(format!(
-                    "traced by pid {tracer}: cache wiped ({wiped} entries), serving nothing"
-                )),
-                ..Default::default()
-            });
+            self.note(
+                "debugger",
+                None,
+                format!("traced by pid {tracer}: cache wiped ({wiped} entries), serving nothing"),
+            );
             tracing::warn!("a debugger (pid {tracer}) attached: serving nothing until it detaches");
         } else if tracer == 0 && was {
-            self.audit(Event {
-                event: "debugger".into(),
-                agent: Some(self.session().wallet.to_string()),
-                detail: Some("the debugger detached: serving again".into()),
-                ..Default::default()
-            });
+            self.note(
+                "debugger",
+                None,
+                "the debugger detached: serving again".into(),
+            );
         }
     }
 
@@ -235,6 +232,17 @@ impl Daemon {
                 crate::trail::mono_ns()
             }
         }
+    }
+
+    /// Audits an event of the daemon's own (no peer, no request) about its agent.
+    pub fn note(&self, name: &str, service: Option<&ServiceName>, detail: String) {
+        self.audit(Event {
+            event: name.into(),
+            agent: Some(self.session().wallet.to_string()),
+            service: service.map(ToString::to_string),
+            detail: Some(detail),
+            ..Default::default()
+        });
     }
 
     fn event(
@@ -420,28 +428,12 @@ impl Daemon {
             self.audit(e);
         }
         // A `run` child whose caller went away is hung up on, as a terminal would.
-        let orphans: Vec<(u32, Arc<OwnedFd>)> = self
-            .children
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, c)| c.conn == conn.id)
-                    .map(|(pid, c)| (*pid, c.pidfd.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (pid, pidfd) in orphans {
-            let _ = rustix::process::pidfd_send_signal(&*pidfd, rustix::process::Signal::HUP);
-            self.audit(Event {
-                event: "signal".into(),
-                agent: Some(self.session().wallet.to_string()),
-                peer: Some(conn.peer.clone()),
-                detail: Some(format!(
-                    "SIGHUP to run child {pid}: its caller disconnected"
-                )),
-                ..Default::default()
-            });
-        }
+        self.signal_children(
+            |c| c.conn == conn.id,
+            Signal::HUP,
+            ": its caller disconnected",
+            Some(&conn.peer),
+        );
     }
 
     /// A copy of a fresh cached entry, refreshing its idle clock.
@@ -481,13 +473,11 @@ impl Daemon {
                 },
             );
         }
-        self.audit(Event {
-            event: "cache".into(),
-            agent: Some(self.session().wallet.to_string()),
-            service: Some(service.to_string()),
-            detail: Some(format!("idle ttl {} ms, page={kind}", ttl.as_millis())),
-            ..Default::default()
-        });
+        self.note(
+            "cache",
+            Some(service),
+            format!("idle ttl {} ms, page={kind}", ttl.as_millis()),
+        );
     }
 
     /// Evicts (wipes) every cached credential idle for its TTL, audited as `evict`.
@@ -510,17 +500,11 @@ impl Daemon {
             });
         }
         for (service, idle, ttl) in evicted {
-            self.audit(Event {
-                event: "evict".into(),
-                agent: Some(self.session().wallet.to_string()),
-                service: Some(service.to_string()),
-                detail: Some(format!(
-                    "idle {} ms >= ttl {} ms",
-                    idle.as_millis(),
-                    ttl.as_millis()
-                )),
-                ..Default::default()
-            });
+            self.note(
+                "evict",
+                Some(&service),
+                format!("idle {} ms >= ttl {} ms", idle.as_millis(), ttl.as_millis()),
+            );
         }
         next
     }
@@ -537,60 +521,56 @@ impl Daemon {
         if self.revoked.swap(true, Ordering::SeqCst) {
             return;
         }
-        let agent = Some(self.session().wallet.to_string());
-        self.audit(Event {
-            event: "revoked".into(),
-            agent: agent.clone(),
-            detail: Some(why.to_owned()),
-            ..Default::default()
-        });
+        self.note("revoked", None, why.to_owned());
         let wiped: Vec<ServiceName> = self
             .cache
             .lock()
             .map(|mut c| c.drain().map(|(s, _)| s).collect())
             .unwrap_or_default();
         for service in wiped {
-            self.audit(Event {
-                event: "evict".into(),
-                agent: agent.clone(),
-                service: Some(service.to_string()),
-                detail: Some("session revoked".into()),
-                ..Default::default()
-            });
+            self.note("evict", Some(&service), "session revoked".into());
         }
-        self.signal_credentialed(rustix::process::Signal::TERM);
+        let credentialed = |c: &ChildEntry| !c.services.is_empty();
+        self.signal_children(credentialed, Signal::TERM, " after revocation", None);
         let daemon = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(daemon.config.kill_grace).await;
-            daemon.signal_credentialed(rustix::process::Signal::KILL);
+            daemon.signal_children(credentialed, Signal::KILL, " after revocation", None);
         });
     }
 
-    fn signal_credentialed(&self, signal: rustix::process::Signal) {
+    /// Sends `signal` to every `run` child `select` picks, each audited as `signal` with
+    /// `why` at the end of its detail (and `peer`, when a connection is the reason).
+    fn signal_children(
+        &self,
+        select: impl Fn(&ChildEntry) -> bool,
+        signal: Signal,
+        why: &str,
+        peer: Option<&Peer>,
+    ) {
         let targets: Vec<(u32, Arc<OwnedFd>)> = self
             .children
             .lock()
             .map(|m| {
                 m.iter()
-                    .filter(|(_, c)| !c.services.is_empty())
+                    .filter(|(_, c)| select(c))
                     .map(|(pid, c)| (*pid, c.pidfd.clone()))
                     .collect()
             })
             .unwrap_or_default();
-        let name = if signal == rustix::process::Signal::KILL {
-            "SIGKILL"
-        } else {
-            "SIGTERM"
+        let name = match signal {
+            Signal::KILL => "SIGKILL",
+            Signal::HUP => "SIGHUP",
+            _ => "SIGTERM",
         };
         for (pid, pidfd) in targets {
             let sent = rustix::process::pidfd_send_signal(&*pidfd, signal).is_ok();
+            let gone = if sent { "" } else { " (already gone)" };
             self.audit(Event {
                 event: "signal".into(),
                 agent: Some(self.session().wallet.to_string()),
-                detail: Some(format!(
-                    "{name} to run child {pid} after revocation{}",
-                    if sent { "" } else { " (already gone)" }
-                )),
+                peer: peer.cloned(),
+                detail: Some(format!("{name} to run child {pid}{why}{gone}")),
                 ..Default::default()
             });
         }

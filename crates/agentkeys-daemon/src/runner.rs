@@ -480,15 +480,14 @@ pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
     if let Ok(mut children) = daemon.children.lock() {
         children.remove(&running.pid);
     }
-    daemon.audit(Event {
-        event: "exit".into(),
-        agent: Some(daemon.session().wallet.to_string()),
-        detail: Some(match exit {
+    daemon.note(
+        "exit",
+        None,
+        match exit {
             Exit::Code(c) => format!("child pid {} exited with {c}", running.pid),
             Exit::Signal(s) => format!("child pid {} killed by signal {s}", running.pid),
-        }),
-        ..Default::default()
-    });
+        },
+    );
     exit
 }
 
