@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use agentkeys_daemon::cli::{Args, Command, ServeArgs};
+use agentkeys_daemon::config::Config;
 use agentkeys_secmem::harden::{DaemonPolicy, HardeningReport, Status, harden_daemon};
 use clap::Parser as _;
 
@@ -32,9 +33,22 @@ fn main() -> ExitCode {
         .init();
     // Before any thread exists: the seccomp filter and the dropped capabilities then bind
     // every thread the runtime starts (the filter is applied with TSYNC anyway).
-    let report = match (&args.command, args.check) {
-        (_, true) => Some(harden_daemon(&DaemonPolicy::default())),
-        (Some(Command::Serve(serve)), _) => Some(harden_daemon(&policy(serve))),
+    // `serve`'s configuration decides which capabilities stay, so it is read first (once).
+    let config = match &args.command {
+        Some(Command::Serve(serve)) if !args.check => {
+            match agentkeys_daemon::run::serve_config(serve) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprint!("{}", e.to_text());
+                    return ExitCode::from(e.exit);
+                }
+            }
+        }
+        _ => None,
+    };
+    let report = match (&args.command, &config) {
+        _ if args.check => Some(harden_daemon(&DaemonPolicy::default())),
+        (Some(Command::Serve(serve)), Some(config)) => Some(harden_daemon(&policy(serve, config))),
         _ => {
             if let Err(e) = agentkeys_secmem::process::disable_core_dumps() {
                 tracing::warn!(error = %e, "could not make the process non-dumpable");
@@ -69,7 +83,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(agentkeys_daemon::run::run(args, report.unwrap_or_default())) {
+    match runtime.block_on(agentkeys_daemon::run::run(
+        args,
+        report.unwrap_or_default(),
+        config,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprint!("{}", e.to_text());
@@ -80,15 +98,11 @@ fn main() -> ExitCode {
 
 /// What `serve`'s flags relax. A root daemon that lets other uids connect keeps the two
 /// capabilities it needs to start their `run` commands under their own uid.
-fn policy(serve: &ServeArgs) -> DaemonPolicy {
-    let root = rustix::process::geteuid().is_root();
-    let other_uids = !serve.allow_uid.is_empty()
-        || agentkeys_daemon::config::Config::load(serve.config.as_deref(), &[], None)
-            .is_ok_and(|c| !c.allow_uids.is_empty());
+fn policy(serve: &ServeArgs, config: &Config) -> DaemonPolicy {
     DaemonPolicy {
         allow_debugger: serve.allow_debugger,
         require_ptrace_scope: serve.require_ptrace_scope,
-        keep_setid: root && other_uids,
+        keep_setid: rustix::process::geteuid().is_root() && !config.allow_uids.is_empty(),
     }
 }
 

@@ -37,15 +37,26 @@ pub fn trail_path(home: &Path) -> PathBuf {
     home.join("daemon-audit.jsonl")
 }
 
-/// Runs one command line; `report` is the hardening applied to this process.
-pub async fn run(args: Args, report: HardeningReport) -> Result<(), DaemonError> {
+/// Runs one command line; `report` is the hardening applied to this process, and `config`
+/// the [`serve_config`] `main` already read for `serve` (read here when `None`).
+pub async fn run(
+    args: Args,
+    report: HardeningReport,
+    config: Option<Config>,
+) -> Result<(), DaemonError> {
     let home = home()?;
     let Some(command) = args.command else {
         return Err(DaemonError::usage("no command given")
             .hint("run 'agentkeys-daemon serve --server URL', or see 'agentkeys-daemon --help'"));
     };
     match command {
-        Command::Serve(a) => serve(&home, *a, report).await,
+        Command::Serve(a) => {
+            let config = match config {
+                Some(c) => c,
+                None => serve_config(&a)?,
+            };
+            serve(&home, *a, config, report).await
+        }
         Command::Mcp { socket } => {
             bridge::run(&socket.unwrap_or_else(|| listener::default_socket(&home))).await
         }
@@ -84,7 +95,30 @@ impl Signals {
     }
 }
 
-async fn serve(home: &Path, args: ServeArgs, report: HardeningReport) -> Result<(), DaemonError> {
+/// `serve`'s effective configuration: the file, then the flags on top (`--cache`,
+/// `--idle-ttl`, `--cache-page`, `--allow-uid` added to the file's `allow_uids`).
+pub fn serve_config(args: &ServeArgs) -> Result<Config, DaemonError> {
+    let mut config = Config::load(
+        args.config.as_deref(),
+        &args.cache,
+        args.idle_ttl.as_deref(),
+    )?;
+    config.cache_page = match args.cache_page.as_deref() {
+        Some("memfd_secret") => Some(agentkeys_secmem::SecretPageKind::MemfdSecret),
+        Some("sealed_memfd") => Some(agentkeys_secmem::SecretPageKind::SealedMemfd),
+        Some("locked_anon") => Some(agentkeys_secmem::SecretPageKind::LockedAnon),
+        _ => None,
+    };
+    config.allow_uids.extend(args.allow_uid.iter().copied());
+    Ok(config)
+}
+
+async fn serve(
+    home: &Path,
+    args: ServeArgs,
+    config: Config,
+    report: HardeningReport,
+) -> Result<(), DaemonError> {
     agentkeys_core::session_store::create_private_dir(home)?;
     let choice_raw = std::env::var("AGENTKEYS_SESSION_STORE").unwrap_or_default();
     let choice = StoreChoice::parse(&choice_raw).ok_or_else(|| {
@@ -92,20 +126,7 @@ async fn serve(home: &Path, args: ServeArgs, report: HardeningReport) -> Result<
             "AGENTKEYS_SESSION_STORE={choice_raw} is not one of auto, keyring, file"
         ))
     })?;
-    let config = Config::load(
-        args.config.as_deref(),
-        &args.cache,
-        args.idle_ttl.as_deref(),
-    )?;
-    let mut config = config;
-    config.cache_page = match args.cache_page.as_deref() {
-        Some("memfd_secret") => Some(agentkeys_secmem::SecretPageKind::MemfdSecret),
-        Some("sealed_memfd") => Some(agentkeys_secmem::SecretPageKind::SealedMemfd),
-        Some("locked_anon") => Some(agentkeys_secmem::SecretPageKind::LockedAnon),
-        _ => None,
-    };
-    let mut allow_uid = args.allow_uid.clone();
-    allow_uid.extend(config.allow_uids.iter().copied());
+    let allow_uid = config.allow_uids.clone();
     let mut signals = Signals::new()?;
     let socket = args
         .socket
