@@ -46,16 +46,10 @@ pub fn normalize_server(url: &str) -> String {
 impl Context {
     /// Resolves the environment: `AGENTKEYS_HOME`, `HOME`, `AGENTKEYS_SESSION_STORE`.
     pub fn new(server: Option<String>, json: bool) -> CliResult<Self> {
-        let home = match std::env::var_os("AGENTKEYS_HOME").filter(|h| !h.is_empty()) {
-            Some(h) => PathBuf::from(h),
-            None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-                Some(h) => PathBuf::from(h).join(".agentkeys"),
-                None => {
-                    return Err(CliError::usage("neither AGENTKEYS_HOME nor HOME is set")
-                        .hint("set AGENTKEYS_HOME to a directory for agentkeys' local state"));
-                }
-            },
-        };
+        let home = agentkeys_core::paths::home().ok_or_else(|| {
+            CliError::usage("neither AGENTKEYS_HOME nor HOME is set")
+                .hint("set AGENTKEYS_HOME to a directory for agentkeys' local state")
+        })?;
         let choice_raw = std::env::var("AGENTKEYS_SESSION_STORE").unwrap_or_default();
         let choice = StoreChoice::parse(&choice_raw).ok_or_else(|| {
             CliError::usage(format!(

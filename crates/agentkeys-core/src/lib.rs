@@ -16,6 +16,7 @@ pub mod client;
 pub mod crypto;
 pub mod error;
 pub mod json;
+pub mod paths;
 pub mod session_store;
 
 pub use client::{Backend, HttpBackend};

@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::{
     DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,17 +22,7 @@ use crate::transport::LineTransport;
 /// Connections served at once; more are refused until one ends.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// `$AGENTKEYS_SOCKET`, else `$XDG_RUNTIME_DIR/agentkeys/daemon.sock`, else
-/// `<home>/run/daemon.sock`.
-pub fn default_socket(home: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("AGENTKEYS_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("agentkeys").join("daemon.sock"),
-        None => home.join("run").join("daemon.sock"),
-    }
-}
+pub use agentkeys_core::paths::default_socket;
 
 /// Binds the socket: parent directory 0700 (created if missing), a stale socket file from
 /// a dead daemon removed, a live one refused, the socket itself 0600.

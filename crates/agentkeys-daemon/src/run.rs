@@ -23,12 +23,7 @@ use crate::{bridge, listener, normalize};
 
 /// `$AGENTKEYS_HOME`, else `~/.agentkeys`.
 pub fn home() -> Result<PathBuf, DaemonError> {
-    if let Some(h) = std::env::var_os("AGENTKEYS_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|h| PathBuf::from(h).join(".agentkeys"))
+    agentkeys_core::paths::home()
         .ok_or_else(|| DaemonError::usage("neither AGENTKEYS_HOME nor HOME is set"))
 }
 

@@ -19,26 +19,23 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::RunArgs;
 use crate::error::{CliError, CliResult};
 
-/// The daemon socket: `--socket`/`$AGENTKEYS_SOCKET`, else
-/// `$XDG_RUNTIME_DIR/agentkeys/daemon.sock`, else `$AGENTKEYS_HOME/run/daemon.sock`
-/// (the daemon's own default).
+/// The daemon socket: `--socket`/`$AGENTKEYS_SOCKET`, else the daemon's own default
+/// ([`agentkeys_core::paths::default_socket`]).
 pub(crate) fn socket_path(flag: Option<PathBuf>) -> CliResult<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
     }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("agentkeys").join("daemon.sock"));
+    let home = agentkeys_core::paths::home();
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| !d.is_empty());
+    if home.is_none() && !runtime_dir {
+        return Err(CliError::usage(
+            "cannot find the daemon socket: set AGENTKEYS_SOCKET",
+        ));
     }
-    let home = match std::env::var_os("AGENTKEYS_HOME").filter(|h| !h.is_empty()) {
-        Some(h) => PathBuf::from(h),
-        None => std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .map(|h| PathBuf::from(h).join(".agentkeys"))
-            .ok_or_else(|| {
-                CliError::usage("cannot find the daemon socket: set AGENTKEYS_SOCKET")
-            })?,
-    };
-    Ok(home.join("run").join("daemon.sock"))
+    // Without a home, the runtime directory decides and the home is never used.
+    Ok(agentkeys_core::paths::default_socket(
+        &home.unwrap_or_default(),
+    ))
 }
 
 fn utf8(what: &str, s: &std::ffi::OsStr) -> CliResult<String> {
