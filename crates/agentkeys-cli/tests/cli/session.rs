@@ -27,7 +27,12 @@ fn keyring_bytes(account: &str) -> Vec<u8> {
 #[test]
 fn init_twice_leaves_the_session_file_and_keyring_entry_unchanged() {
     let server = start_server();
-    let home = Home::with_store(&server, "keyring");
+    let Some(home) = keyring_home(
+        &server,
+        "init_twice_leaves_the_session_file_and_keyring_entry_unchanged",
+    ) else {
+        return;
+    };
     let wallet = home.init();
     let file1 = std::fs::read(home.store().session_path()).unwrap();
     let who = whoami_json(&home);
@@ -52,7 +57,12 @@ fn init_twice_leaves_the_session_file_and_keyring_entry_unchanged() {
 #[test]
 fn init_force_replaces_the_session_and_the_old_token_stops_working() {
     let server = start_server();
-    let home = Home::with_store(&server, "keyring");
+    let Some(home) = keyring_home(
+        &server,
+        "init_force_replaces_the_session_and_the_old_token_stops_working",
+    ) else {
+        return;
+    };
     let wallet = home.init();
     let old_client = home.client();
     let file1 = std::fs::read(home.store().session_path()).unwrap();
@@ -166,7 +176,12 @@ fn init_without_a_token_or_terminal_is_a_usage_error() {
 #[test]
 fn revoke_without_an_argument_revokes_and_wipes_the_local_copy() {
     let server = start_server();
-    let home = Home::with_store(&server, "keyring");
+    let Some(home) = keyring_home(
+        &server,
+        "revoke_without_an_argument_revokes_and_wipes_the_local_copy",
+    ) else {
+        return;
+    };
     home.init();
     let client = home.client();
     let account = whoami_json(&home)["protection"]["account"]

@@ -126,6 +126,21 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The strongest page kind this machine gives, for tests that check where plaintext lands;
+/// a visible skip line where the kernel has no `memfd_secret` (decided by calling it).
+#[cfg(test)]
+fn best_page_kind(test: &str) -> agentkeys_secmem::SecretPageKind {
+    use std::io::Write as _;
+    match agentkeys_secmem::memfd_secret_available() {
+        Ok(()) => agentkeys_secmem::SecretPageKind::MemfdSecret,
+        Err(why) => {
+            let line = format!("skipped: no memfd_secret on this kernel ({why}) [{test}]\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            agentkeys_secmem::SecretPageKind::SealedMemfd
+        }
+    }
+}
+
 /// Checks `len` against [`MAX_PLAINTEXT_LEN`].
 fn check_len(len: usize) -> Result<(), CryptoError> {
     if len > MAX_PLAINTEXT_LEN {

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 
 use agentkeys_secmem::SecretPage;
-use agentkeys_testkit::{TempDir, assert_no_readable_copy, canary};
+use agentkeys_testkit::{TempDir, assert_no_readable_copy, canary, machine};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde_json::{Value, json};
 
@@ -34,6 +34,8 @@ fn deliveries(d: &DaemonProc) -> Vec<String> {
 
 #[test]
 fn the_rust_runtime_gets_a_memfd_secret_fd_and_leaves_no_copy() {
+    let kind =
+        machine::best_page_kind("the_rust_runtime_gets_a_memfd_secret_fd_and_leaves_no_copy");
     let value = canary("rustrt");
     let (_server, _master, _home, d) = agent_with(&value);
     let mut cmd = Command::new(rust_runtime_check());
@@ -43,13 +45,13 @@ fn the_rust_runtime_gets_a_memfd_secret_fd_and_leaves_no_copy() {
     let line = holder.line();
     assert_eq!(line["sha256"], sha256_hex(&value), "{line}");
     assert_eq!(line["length"], value.len());
-    assert_eq!(line["kind"], "memfd_secret");
+    assert_eq!(line["kind"], kind);
     assert_eq!(
         line["dumpable_while_held"], false,
         "non-dumpable while held"
     );
     wait_for_events(&d.trail(), "drop", 1);
-    assert_eq!(deliveries(&d), ["fd:memfd_secret"]);
+    assert_eq!(deliveries(&d), [format!("fd:{kind}")]);
     let runtime = assert_no_readable_copy(holder.pid(), &[value.as_bytes()]);
     let daemon = assert_no_readable_copy(d.pid(), &[value.as_bytes()]);
     eprintln!(
@@ -61,6 +63,9 @@ fn the_rust_runtime_gets_a_memfd_secret_fd_and_leaves_no_copy() {
 
 #[test]
 fn the_python_runtime_gets_an_fd_and_leaves_no_copy_while_inline_python_keeps_copies() {
+    let kind = machine::best_page_kind(
+        "the_python_runtime_gets_an_fd_and_leaves_no_copy_while_inline_python_keeps_copies",
+    );
     let value = canary("pyrt");
     let (_server, _master, _home, d) = agent_with(&value);
     let python = |extra: &[&str]| {
@@ -75,7 +80,7 @@ fn the_python_runtime_gets_an_fd_and_leaves_no_copy_while_inline_python_keeps_co
     let line = fd.line();
     assert_eq!(line["sha256"], sha256_hex(&value), "{line}");
     assert_eq!(line["mode"], "fd");
-    assert_eq!(line["kind"], "memfd_secret");
+    assert_eq!(line["kind"], kind);
     let scanned = assert_no_readable_copy(fd.pid(), &[value.as_bytes()]).scanned_bytes;
     eprintln!("scan: python runtime (fd) after the with block: 0 copies in {scanned} bytes");
     assert!(fd.release().success());
@@ -92,7 +97,7 @@ fn the_python_runtime_gets_an_fd_and_leaves_no_copy_while_inline_python_keeps_co
     );
     assert!(inline.release().success());
     wait_for_events(&d.trail(), "drop", 2);
-    assert_eq!(deliveries(&d), ["fd:memfd_secret", "inline"]);
+    assert_eq!(deliveries(&d), [format!("fd:{kind}"), "inline".into()]);
 }
 
 #[test]
@@ -158,6 +163,14 @@ fn send(s: &mut UnixStream, v: &Value) {
 
 #[test]
 fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() {
+    let memfd_secret = machine::memfd_secret(
+        "the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request",
+    );
+    let kind = if memfd_secret {
+        "memfd_secret"
+    } else {
+        "sealed_memfd"
+    };
     let value = canary("raw");
     let (_server, _master, _home, d) = agent_with(&value);
     let call = |id: u64, meta: Value| {
@@ -187,16 +200,18 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
     assert_eq!(answer["fds"], 1, "{answer}");
     assert_eq!(fds.len(), 1);
     let meta = &answer["result"]["_meta"]["agentkeys/fd"];
-    assert_eq!(meta["kind"], "memfd_secret");
+    assert_eq!(meta["kind"], kind);
     assert_eq!(meta["service"], "openai");
     assert!(!answer.to_string().contains(&value), "no bytes in the JSON");
     let fd = fds.pop().unwrap();
     let mut buf = [0u8; 64];
-    assert_eq!(
-        rustix::io::read(&fd, &mut buf).err(),
-        Some(rustix::io::Errno::INVAL),
-        "a memfd_secret fd cannot be read(2), only mapped"
-    );
+    if memfd_secret {
+        assert_eq!(
+            rustix::io::read(&fd, &mut buf).err(),
+            Some(rustix::io::Errno::INVAL),
+            "a memfd_secret fd cannot be read(2), only mapped"
+        );
+    }
     let length = usize::try_from(meta["length"].as_u64().unwrap()).unwrap();
     let page = SecretPage::adopt(fd, length).unwrap();
     assert_eq!(page.expose_secret(), value.as_bytes());
@@ -232,7 +247,7 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
     wait_for_events(&d.trail(), "drop", 3);
     assert_eq!(
         deliveries(&d),
-        ["fd:memfd_secret", "inline", "fd:memfd_secret"]
+        [format!("fd:{kind}"), "inline".into(), format!("fd:{kind}")]
     );
 }
 
@@ -240,7 +255,13 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
 fn a_warm_cache_is_unreadable_in_memfd_secret_readable_in_the_fallback_and_gone_after_eviction() {
     let server = start_server(&[]);
     let master = Master::new(&server);
-    for kind in ["memfd_secret", "locked_anon"] {
+    let test = "a_warm_cache_is_unreadable_in_memfd_secret_readable_in_the_fallback_and_gone_after_eviction";
+    let kinds: &[&str] = if machine::memfd_secret(test) {
+        &["memfd_secret", "locked_anon"]
+    } else {
+        &["locked_anon"]
+    };
+    for &kind in kinds {
         let home = TempDir::new("agentkeys-test-daemon");
         let (d, wallet) = paired_with(
             &master,
