@@ -536,6 +536,9 @@ async fn master_backend(url: &str) -> Result<Arc<HttpBackend>, String> {
         .map_err(|e| e.to_string())?;
     let backend = HttpBackend::new(url)
         .and_then(|b| b.with_token(&grant.token))
+        .map_err(|e| e.to_string())?
+        .pinning_first_contact()
+        .await
         .map_err(|e| e.to_string())?;
     let service = ServiceName::parse("throughput").map_err(|e| e.to_string())?;
     backend

@@ -110,7 +110,7 @@ impl Context {
             other => other.into(),
         })?;
         self.check_server(&stored)?;
-        let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
+        let backend = HttpBackend::for_session(&stored)?;
         Ok(Session {
             stored,
             protection,

@@ -53,7 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grant = anon
         .create_session(SecretString::from_str_copy("quickstart-enrolment"))
         .await?;
-    let master = HttpBackend::new(&url)?.with_token(&grant.token)?;
+    let master = HttpBackend::new(&url)?
+        .with_token(&grant.token)?
+        .with_server_key(signing_key);
     println!(
         "    wallet {} ; token akm_… (never printed) ; expires at {}",
         grant.session.wallet, grant.session.expires_at
@@ -90,7 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         4,
         "read it back: sealed to a fresh key, opened straight into a secret page",
     );
-    let page = master.read_credential(None, &service("openai")?).await?;
+    let page = master
+        .read_credential(None, &service("openai")?)
+        .await?
+        .page;
     let same = page.expose_secret() == hex_value.expose_secret().as_bytes();
     println!(
         "    {} bytes in a {} page; matches what was stored: {same}",
@@ -145,14 +150,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let decision = anon.decision(&ticket.id, 10).await?;
     let agent_grant = open_decision(&decision, &daemon_key, &signing_key)?;
-    let agent = HttpBackend::new(&url)?.with_token(&agent_grant.token)?;
+    let agent = HttpBackend::new(&url)?
+        .with_token(&agent_grant.token)?
+        .with_server_key(signing_key);
     println!(
         "    agent {} paired, scope {:?} read-only",
         agent_grant.session.wallet, agent_grant.session.scope.services
     );
 
     step(6, "the agent reads in scope, and is refused out of scope");
-    let page = agent.read_credential(None, &service("openai")?).await?;
+    let page = agent.read_credential(None, &service("openai")?).await?.page;
     println!(
         "    openai: {} bytes, matches: {}",
         page.len(),
@@ -196,7 +203,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     master
         .approve(&ticket.id, &ApproveRequest::default())
         .await?;
-    let page = agent.read_credential(None, &service("stripe")?).await?;
+    let page = agent.read_credential(None, &service("stripe")?).await?.page;
     println!("    after approval: {} bytes released once", page.len());
     drop(page);
     let again = agent.read_credential(None, &service("stripe")?).await;

@@ -11,7 +11,7 @@ use agentkeys_types::api::{
     HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity, LinkIdentityRequest, OpenAuthRequest,
     Policy, ReadCredentialRequest, ReadCredentialResponse, RevokeRequest, RevokeResponse,
     ServerInfo, SessionGrant, SessionInfo, StoreCredentialRequest, TeardownResponse,
-    credential_aad, decision_signing_bytes,
+    credential_aad, decision_signing_bytes, read_signing_bytes, shielding_key_signing_bytes,
 };
 use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
 use base64::Engine as _;
@@ -90,12 +90,13 @@ pub trait Backend: Send + Sync {
         &self,
         agent: Option<&Wallet>,
     ) -> impl Future<Output = Result<CredentialList, ClientError>> + Send;
-    /// `POST /v1/credentials/read`: the value, opened straight into secret memory.
+    /// `POST /v1/credentials/read`: the value, opened straight into secret memory, with the
+    /// policy the server vouched for in the same signature.
     fn read_credential(
         &self,
         agent: Option<&Wallet>,
         service: &ServiceName,
-    ) -> impl Future<Output = Result<SecretPage, ClientError>> + Send;
+    ) -> impl Future<Output = Result<ReadCredential, ClientError>> + Send;
     /// `PUT /v1/credentials/{agent}/{service}/policy`.
     fn set_policy(
         &self,
@@ -143,6 +144,15 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<Identity, ClientError>> + Send;
 }
 
+/// A credential as a read released it: the plaintext in a secret page, and the policy the
+/// server signed together with it. No `Debug`: it holds the value.
+pub struct ReadCredential {
+    /// The value.
+    pub page: SecretPage,
+    /// The credential's policy at the time of the read.
+    pub policy: Policy,
+}
+
 /// Verifies a pair/recover decision against the pinned server key and opens the session
 /// sealed to `requester`. The JSON is parsed from the secret page; the token moves into a
 /// `SecretString` without further copies.
@@ -181,10 +191,16 @@ pub fn open_decision(
 }
 
 /// The reqwest implementation of [`Backend`].
+///
+/// DESIGN decision 14: the server's Ed25519 key, pinned at `init` or pairing
+/// ([`with_server_key`](Self::with_server_key)), is the one root of trust. Storing seals
+/// only to a shielding key that key signed, and reading opens only answers it signed, so an
+/// active attacker on plain HTTP can neither read a store nor forge a read.
 pub struct HttpBackend {
     base: String,
     http: reqwest::Client,
     auth: Option<HeaderValue>,
+    server_key: Option<[u8; 32]>,
     shielding_key: OnceCell<[u8; 32]>,
     wallet: OnceCell<Wallet>,
 }
@@ -223,9 +239,42 @@ impl HttpBackend {
             base,
             http,
             auth: None,
+            server_key: None,
             shielding_key: OnceCell::new(),
             wallet: OnceCell::new(),
         })
+    }
+
+    /// A client for a stored session: its server, its token, and the server key it pinned.
+    pub fn for_session(stored: &crate::session_store::StoredSession) -> Result<Self, ClientError> {
+        Ok(Self::new(&stored.server)?
+            .with_token(&stored.token)?
+            .with_server_key(stored.server_signing_key))
+    }
+
+    /// Trusts the server's Ed25519 key `key` (pinned at `init` or pairing): the shielding
+    /// key and read answers must carry its signature.
+    pub fn with_server_key(mut self, key: [u8; 32]) -> Self {
+        self.server_key = Some(key);
+        self
+    }
+
+    /// Trust on first use: pins the signing key the server presents now, as `init` and
+    /// pairing do when no key is given. Anything signed later must match it.
+    pub async fn pinning_first_contact(self) -> Result<Self, ClientError> {
+        let info = self.server_info().await?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(&info.signing_public_key)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| {
+                ClientError::Protocol("the server's signing key is not 32 bytes".into())
+            })?;
+        Ok(self.with_server_key(key))
+    }
+
+    fn pinned(&self) -> Result<&[u8; 32], ClientError> {
+        self.server_key.as_ref().ok_or(ClientError::NotPinned)
     }
 
     /// Uses `token` as the bearer for every call. The header value is built once and marked
@@ -282,6 +331,7 @@ impl HttpBackend {
                 message: error.message,
                 hint: error.hint,
                 auth_request: error.auth_request.map(Box::new),
+                retry_after: error.retry_after_ms.map(std::time::Duration::from_millis),
                 status: status.as_u16(),
             }),
             Err(_) => Err(ClientError::Protocol(format!(
@@ -308,17 +358,25 @@ impl HttpBackend {
             .await
     }
 
+    /// The shielding key, once its signature verified against the pinned server key.
     async fn shielding_key(&self) -> Result<[u8; 32], ClientError> {
+        let pinned = *self.pinned()?;
         self.shielding_key
             .get_or_try_init(|| async {
                 let info = self.server_info().await?;
-                let key = base64::engine::general_purpose::STANDARD
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let key = b64
                     .decode(&info.shielding_public_key)
                     .ok()
                     .and_then(|k| <[u8; 32]>::try_from(k).ok())
                     .ok_or_else(|| {
                         ClientError::Protocol("the server's shielding key is not 32 bytes".into())
                     })?;
+                let sig = b64
+                    .decode(&info.shielding_key_signature)
+                    .map_err(|_| ClientError::BadSignature)?;
+                sign::verify(&pinned, &shielding_key_signing_bytes(&key), &sig)
+                    .map_err(|_| ClientError::BadSignature)?;
                 Ok(key)
             })
             .await
@@ -441,7 +499,8 @@ impl Backend for HttpBackend {
         &self,
         agent: Option<&Wallet>,
         service: &ServiceName,
-    ) -> Result<SecretPage, ClientError> {
+    ) -> Result<ReadCredential, ClientError> {
+        let pinned = *self.pinned()?;
         let ephemeral = HpkeKeyPair::generate();
         let body = ReadCredentialRequest {
             agent: agent.cloned(),
@@ -455,15 +514,20 @@ impl Backend for HttpBackend {
                 "the server answered for another credential".into(),
             ));
         }
-        let sealed = base64::engine::general_purpose::STANDARD
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let sealed = b64
             .decode(&resp.sealed_value)
             .map_err(|_| ClientError::Protocol("sealed_value is not base64".into()))?;
-        Ok(hpke::open_into_page(
-            &ephemeral,
-            HPKE_INFO_READ,
-            &credential_aad(&resp.agent, service),
-            &sealed,
-        )?)
+        let aad = credential_aad(&resp.agent, service);
+        let signature = b64
+            .decode(&resp.signature)
+            .map_err(|_| ClientError::BadSignature)?;
+        let signed = read_signing_bytes(&ephemeral.public_key(), &aad, &sealed, resp.policy);
+        sign::verify(&pinned, &signed, &signature).map_err(|_| ClientError::BadSignature)?;
+        Ok(ReadCredential {
+            page: hpke::open_into_page(&ephemeral, HPKE_INFO_READ, &aad, &sealed)?,
+            policy: resp.policy,
+        })
     }
 
     async fn set_policy(

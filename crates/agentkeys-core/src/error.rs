@@ -21,6 +21,8 @@ pub enum ClientError {
         hint: Option<String>,
         /// For `APPROVAL_REQUIRED`: what to approve.
         auth_request: Option<Box<AuthRequestTicket>>,
+        /// For `RATE_LIMITED`: how long until a retry can succeed, as the server said.
+        retry_after: Option<std::time::Duration>,
         /// HTTP status.
         status: u16,
     },
@@ -41,9 +43,13 @@ pub enum ClientError {
     /// The call needs a session and the client has none.
     #[error("no session: this call needs a bearer token")]
     NoSession,
-    /// A signed decision did not verify against the pinned server key.
-    #[error("the decision's signature does not match the pinned server key")]
+    /// Something the server signed (a decision, its shielding key, a read answer) did not
+    /// verify against the pinned server key.
+    #[error("the server's signature does not match the pinned server key")]
     BadSignature,
+    /// The call needs the server's pinned signing key and the client was given none.
+    #[error("no pinned server key: sealing to or reading from the server needs it")]
+    NotPinned,
 }
 
 impl ClientError {
@@ -54,6 +60,7 @@ impl ClientError {
             ClientError::Transport { .. } | ClientError::Protocol(_) => ErrorCode::Internal,
             ClientError::Crypto(_) | ClientError::BadSignature => ErrorCode::Denied,
             ClientError::NoSession => ErrorCode::Unauthorized,
+            ClientError::NotPinned => ErrorCode::Internal,
         }
     }
 
@@ -70,6 +77,17 @@ impl ClientError {
             ClientError::BadSignature => {
                 Some("the server key changed or someone is in the middle; verify the server before re-pinning".to_owned())
             }
+            ClientError::NotPinned => Some(
+                "build the client from a stored session (HttpBackend::for_session) or pin the key from 'agentkeys init'".to_owned(),
+            ),
+        }
+    }
+
+    /// For `RATE_LIMITED`: how long the server asked to wait before retrying.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

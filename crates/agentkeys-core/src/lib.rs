@@ -19,5 +19,5 @@ pub mod json;
 pub mod paths;
 pub mod session_store;
 
-pub use client::{Backend, HttpBackend};
+pub use client::{Backend, HttpBackend, ReadCredential};
 pub use error::ClientError;

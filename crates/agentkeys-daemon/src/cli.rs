@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Default idle TTL of cached credentials (e.g. 60s, 5m).
     #[arg(long, value_name = "TTL")]
     pub idle_ttl: Option<String>,
+    /// Refetch a cached credential this long after its fetch, however often it is used
+    /// [default: 5m].
+    #[arg(long, value_name = "AGE")]
+    pub cache_max_age: Option<String>,
     /// Keep cached credentials in this page kind instead of the best available
     /// (memfd_secret, sealed_memfd, locked_anon). For measuring the difference only:
     /// anything but memfd_secret is readable through /proc/PID/mem by root.

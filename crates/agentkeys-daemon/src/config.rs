@@ -4,7 +4,9 @@
 //! socket = "/run/agentkeys/daemon.sock"
 //! allow_uids = [1001]
 //! idle_ttl = "60s"            # default idle TTL of a cached credential
-//! revocation_check = "30s"    # how often the daemon asks the server whether it was revoked
+//! cache_max_age = "5m"        # a cached credential is refetched this long after its fetch
+//! revocation_check = "30s"    # how often the daemon re-checks its session, scope and policies
+//! rate_limit_wait = "30s"     # how long a read may wait out the server's rate limit
 //! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
 //!
 //! [cache]                     # per-service opt-in; no entry = never cached (the default)
@@ -33,6 +35,10 @@ pub struct Config {
     pub allow_uids: Vec<u32>,
     /// Services that may be cached, with their idle TTL.
     pub cache: BTreeMap<ServiceName, Duration>,
+    /// Longest a cached credential is served after its fetch, however often it is used.
+    pub cache_max_age: Duration,
+    /// Longest a read waits (and retries) while the server answers `RATE_LIMITED`.
+    pub rate_limit_wait: Duration,
     /// Period of the revocation check.
     pub revocation_check: Duration,
     /// SIGTERM → SIGKILL delay for `run` children after a revocation.
@@ -51,6 +57,8 @@ impl Default for Config {
             socket: None,
             allow_uids: Vec::new(),
             cache: BTreeMap::new(),
+            cache_max_age: DEFAULT_CACHE_MAX_AGE,
+            rate_limit_wait: Duration::from_secs(30),
             revocation_check: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
             run_timeout: Duration::from_secs(60),
@@ -68,7 +76,9 @@ struct File {
     #[serde(default)]
     allow_uids: Vec<u32>,
     idle_ttl: Option<String>,
+    cache_max_age: Option<String>,
     revocation_check: Option<String>,
+    rate_limit_wait: Option<String>,
     kill_grace: Option<String>,
     #[serde(default)]
     cache: BTreeMap<String, CacheEntry>,
@@ -92,15 +102,23 @@ struct RunSection {
 
 /// The default idle TTL of a cached credential (DESIGN decision 6).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(60);
+/// The default longest life of a cached credential, counted from its fetch.
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// The cache flags of `serve` (`--cache`, `--idle-ttl`, `--cache-max-age`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheFlags<'a> {
+    /// `--cache SERVICE[=TTL]`, repeatable.
+    pub cache: &'a [String],
+    /// `--idle-ttl`.
+    pub idle_ttl: Option<&'a str>,
+    /// `--cache-max-age`.
+    pub max_age: Option<&'a str>,
+}
 
 impl Config {
-    /// Reads `path` (if given) and applies the command-line `--cache SERVICE[=TTL]` and
-    /// `--idle-ttl` on top.
-    pub fn load(
-        path: Option<&Path>,
-        cache_flags: &[String],
-        idle_ttl_flag: Option<&str>,
-    ) -> Result<Config, DaemonError> {
+    /// Reads `path` (if given) and applies the command-line cache flags on top.
+    pub fn load(path: Option<&Path>, flags: CacheFlags<'_>) -> Result<Config, DaemonError> {
         let file = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
@@ -117,19 +135,24 @@ impl Config {
             allow_uids: file.allow_uids,
             ..Config::default()
         };
-        let idle_ttl = match idle_ttl_flag.or(file.idle_ttl.as_deref()) {
+        let idle_ttl = match flags.idle_ttl.or(file.idle_ttl.as_deref()) {
             Some(t) => duration("idle_ttl", t)?,
             None => DEFAULT_IDLE_TTL,
         };
+        let max_age = flags.max_age.map(str::to_owned).or(file.cache_max_age);
         for (key, value) in [
+            ("cache_max_age", &max_age),
             ("revocation_check", &file.revocation_check),
+            ("rate_limit_wait", &file.rate_limit_wait),
             ("kill_grace", &file.kill_grace),
             ("run.timeout", &file.run.timeout),
         ] {
             if let Some(v) = value {
                 let d = duration(key, v)?;
                 match key {
+                    "cache_max_age" => config.cache_max_age = d,
                     "revocation_check" => config.revocation_check = d,
+                    "rate_limit_wait" => config.rate_limit_wait = d,
                     "kill_grace" => config.kill_grace = d,
                     _ => config.run_timeout = d,
                 }
@@ -150,7 +173,7 @@ impl Config {
                 }
             }
         }
-        for flag in cache_flags {
+        for flag in flags.cache {
             let (service, ttl) = match flag.split_once('=') {
                 Some((s, t)) => (s, duration("--cache", t)?),
                 None => (flag.as_str(), idle_ttl),
@@ -209,11 +232,19 @@ mod tests {
     fn a_full_file_is_read_and_flags_override_it() {
         let f = write(
             "socket = \"/tmp/x.sock\"\nallow_uids = [1001]\nidle_ttl = \"10s\"\n\
-             revocation_check = \"2s\"\nkill_grace = \"1s\"\n\
+             revocation_check = \"2s\"\nkill_grace = \"1s\"\ncache_max_age = \"3m\"\n\
+             rate_limit_wait = \"7s\"\n\
              [cache]\nopenai = \"90s\"\ngithub = true\nslack = false\n\
              [run]\ntimeout = \"5m\"\nmax_output = 100\n",
         );
-        let c = Config::load(Some(f.path()), &["anthropic=2s".into()], None).unwrap();
+        let cache = ["anthropic=2s".to_owned()];
+        let flags = CacheFlags {
+            cache: &cache,
+            ..Default::default()
+        };
+        let c = Config::load(Some(f.path()), flags).unwrap();
+        assert_eq!(c.cache_max_age, Duration::from_secs(180));
+        assert_eq!(c.rate_limit_wait, Duration::from_secs(7));
         assert_eq!(c.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
         assert_eq!(c.allow_uids, vec![1001]);
         assert_eq!(c.revocation_check, Duration::from_secs(2));
@@ -229,9 +260,20 @@ mod tests {
 
     #[test]
     fn nothing_is_cached_by_default() {
-        let c = Config::load(None, &[], None).unwrap();
+        let c = Config::load(None, CacheFlags::default()).unwrap();
         assert!(c.cache.is_empty());
-        let c = Config::load(None, &["openai".into()], Some("2s")).unwrap();
+        assert_eq!(c.cache_max_age, DEFAULT_CACHE_MAX_AGE);
+        let cache = ["openai".to_owned()];
+        let c = Config::load(
+            None,
+            CacheFlags {
+                cache: &cache,
+                idle_ttl: Some("2s"),
+                max_age: Some("1m"),
+            },
+        )
+        .unwrap();
+        assert_eq!(c.cache_max_age, Duration::from_secs(60));
         assert_eq!(
             c.cache.get(&ServiceName::parse("openai").unwrap()),
             Some(&Duration::from_secs(2))
@@ -241,13 +283,17 @@ mod tests {
     #[test]
     fn mistakes_are_reported_with_the_key() {
         let f = write("idle_tll = \"10s\"\n");
-        let e = Config::load(Some(f.path()), &[], None).err().unwrap();
-        assert!(e.message.contains("idle_tll"), "{}", e.message);
-        let e = Config::load(None, &["openai=soon".into()], None)
+        let e = Config::load(Some(f.path()), CacheFlags::default())
             .err()
             .unwrap();
+        assert!(e.message.contains("idle_tll"), "{}", e.message);
+        let flags = |c: &'static str| CacheFlags {
+            cache: Box::leak(Box::new([c.to_owned()])),
+            ..Default::default()
+        };
+        let e = Config::load(None, flags("openai=soon")).err().unwrap();
         assert!(e.message.contains("--cache"), "{}", e.message);
-        let e = Config::load(None, &["Open AI".into()], None).err().unwrap();
+        let e = Config::load(None, flags("Open AI")).err().unwrap();
         assert!(e.message.contains("service name"), "{}", e.message);
         assert!(duration("x", "0s").is_err());
         assert_eq!(duration("x", "500ms").unwrap(), Duration::from_millis(500));

@@ -1,7 +1,14 @@
 //! The daemon's shared state: its agent session and backend client, the audit trail, the
 //! counters `status` reports, the delivery bookkeeping that drops every page right after its
-//! response line is written, the opt-in cache with idle eviction (DESIGN decision 6), the
-//! `run` children, and what happens when the session turns out to be revoked.
+//! response line is written, the opt-in cache with idle and age eviction (DESIGN decision 6),
+//! the `run` children, and what happens when the session turns out to be revoked.
+//!
+//! A fetch refuses while the session is revoked or a debugger traces the daemon, checked
+//! before the cache is looked at and again once the server has answered; the cache store
+//! checks both once more under the cache lock, so a revocation or a tracer arriving while a
+//! read is in flight never leaves a value behind. Concurrent fetches of one service share
+//! one server read (a high-value release serves only the read that spent its grant), and a
+//! `RATE_LIMITED` answer is waited out within `rate_limit_wait`.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -10,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentkeys_core::session_store::StoredSession;
-use agentkeys_core::{Backend as _, ClientError, HttpBackend};
+use agentkeys_core::{Backend as _, ClientError, HttpBackend, ReadCredential};
 use agentkeys_secmem::harden::HardeningReport;
 use agentkeys_secmem::pkey::ProtectedPage;
 use agentkeys_secmem::{SecretPage, SecretPageKind};
 use agentkeys_types::api::SessionInfo;
-use agentkeys_types::{ErrorCode, ServiceName};
+use agentkeys_types::{ErrorCode, Scope, ServiceName};
 use rmcp::model::RequestId;
 use rustix::process::Signal;
 use serde_json::json;
@@ -97,13 +104,60 @@ impl Conn {
     }
 }
 
-/// A cached credential (opt-in per service).
+/// A cached credential (opt-in per service, never high-value).
 struct Cached {
     page: ProtectedPage,
     kind: SecretPageKind,
     last_used: Instant,
     ttl: Duration,
+    /// When the value was fetched: it is served for `cache_max_age` from here at most.
     stored: Instant,
+}
+
+/// Why a cache entry must go now, if it must.
+fn expired(entry: &Cached, now: Instant, max_age: Duration) -> Option<String> {
+    let idle = now.duration_since(entry.last_used);
+    let age = now.duration_since(entry.stored);
+    if age >= max_age {
+        Some(format!(
+            "age {} ms >= max age {} ms",
+            age.as_millis(),
+            max_age.as_millis()
+        ))
+    } else if idle >= entry.ttl {
+        Some(format!(
+            "idle {} ms >= ttl {} ms",
+            idle.as_millis(),
+            entry.ttl.as_millis()
+        ))
+    } else {
+        None
+    }
+}
+
+/// Tests only: what runs between the server's answer and the daemon's handling of it.
+#[cfg(test)]
+type TestHook = Box<dyn FnOnce(&Daemon) + Send>;
+
+/// One server read of a service, shared by every fetch of it that starts while it runs.
+type Flight = Arc<tokio::sync::OnceCell<Result<ReadCredential, ClientError>>>;
+
+/// A failed read: this fetch's own, or the shared one it waited for.
+enum FailedRead {
+    Own(ClientError),
+    Shared(Flight),
+}
+
+impl FailedRead {
+    fn error(&self) -> &ClientError {
+        match self {
+            FailedRead::Own(e) => e,
+            FailedRead::Shared(flight) => match flight.get() {
+                Some(Err(e)) => e,
+                _ => unreachable!("a shared failure is only built from a failed flight"),
+            },
+        }
+    }
 }
 
 /// A process started by `run`.
@@ -134,6 +188,12 @@ pub struct Daemon {
     pub config: Config,
     /// Cached credentials, by service (only services the config opts in).
     cache: Mutex<HashMap<ServiceName, Cached>>,
+    /// Server reads in flight, by service.
+    flights: Mutex<HashMap<ServiceName, Flight>>,
+    /// The scope as the server last described it (the revocation tick refreshes it).
+    live_scope: Mutex<Scope>,
+    /// Whether the server answered the last time it was asked (the tick, or a read).
+    reachable: AtomicBool,
     /// `run` children still running, by pid.
     pub children: Mutex<HashMap<u32, ChildEntry>>,
     /// Set once the server said the session is revoked or expired.
@@ -144,6 +204,23 @@ pub struct Daemon {
     allow_debugger: bool,
     /// Set while a debugger traces the daemon: the cache is wiped and nothing is served.
     traced: AtomicBool,
+    /// Tests only: runs once between the server's answer and what the daemon does with it,
+    /// to force the interleavings a revocation or a tracer can produce.
+    #[cfg(test)]
+    after_read: Mutex<Option<TestHook>>,
+}
+
+/// What a model is told once the session is revoked or expired.
+const REVOKED_MESSAGE: &str = "revoked: this agent's session was revoked or has expired. Ask \
+    your operator to re-pair this daemon (restart agentkeys-daemon and run 'agentkeys approve' \
+    on the code it prints).";
+
+/// A copy of `page` in a page of the same kind (each waiter of a shared read owns its own).
+fn copy_page(page: &SecretPage) -> std::io::Result<SecretPage> {
+    let mut copy = SecretPage::with_kind(page.len(), page.kind())?;
+    copy.expose_secret_mut()
+        .copy_from_slice(page.expose_secret());
+    Ok(copy)
 }
 
 /// Why a credential was not delivered, phrased for a model to relay.
@@ -166,6 +243,7 @@ impl Daemon {
         hardening: HardeningReport,
         allow_debugger: bool,
     ) -> Self {
+        let live_scope = Mutex::new(stored.session.scope.clone());
         Daemon {
             stored,
             backend,
@@ -175,11 +253,16 @@ impl Daemon {
             socket,
             config,
             cache: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            live_scope,
+            reachable: AtomicBool::new(true),
             children: Mutex::new(HashMap::new()),
             revoked: AtomicBool::new(false),
             hardening,
             allow_debugger,
             traced: AtomicBool::new(false),
+            #[cfg(test)]
+            after_read: Mutex::new(None),
         }
     }
 
@@ -263,26 +346,51 @@ impl Daemon {
         }
     }
 
+    /// Why nothing may be served right now (a debugger traces the daemon, or the session
+    /// is revoked), as the refusal and the audit detail; `None` when serving is allowed.
+    fn stopped(&self) -> Option<(Refusal, &'static str)> {
+        if self.is_traced() {
+            return Some((
+                Refusal {
+                    code: "DENIED",
+                    message: "the agentkeys daemon is being traced by a debugger and serves no \
+                              credential until it detaches; tell your operator"
+                        .to_owned(),
+                },
+                "a debugger traces the daemon",
+            ));
+        }
+        if self.is_revoked() {
+            return Some((
+                Refusal {
+                    code: "REVOKED",
+                    message: REVOKED_MESSAGE.to_owned(),
+                },
+                "the session is revoked",
+            ));
+        }
+        None
+    }
+
     /// Fetches `service` straight into a secret page: from the cache when the service opts
-    /// in and its entry is still fresh, else from the backend (then cached if opted in).
-    /// Audited as `fetch` (or `deny` with the reason). A revoked or expired session wipes
-    /// the cache and stops every `run` child ([`Daemon::on_revoked`]).
+    /// in and its entry is still fresh, else from the backend (then cached if opted in and
+    /// not high-value). Audited as `fetch` (or `deny` with the reason). A revoked or expired
+    /// session wipes the cache and stops every `run` child ([`Daemon::on_revoked`]).
     pub async fn fetch(
         self: &Arc<Self>,
         service: &ServiceName,
         peer: &Peer,
         request: &str,
     ) -> Result<SecretPage, Refusal> {
-        if self.is_traced() {
+        let deny = |detail: &str| {
             let mut e = self.event("deny", Some(service), peer, Some(request));
-            e.detail = Some("a debugger traces the daemon".into());
+            e.detail = Some(detail.to_owned());
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
             self.audit(e);
-            return Err(Refusal {
-                code: "DENIED",
-                message: "the agentkeys daemon is being traced by a debugger and serves no \
-                          credential until it detaches; tell your operator"
-                    .to_owned(),
-            });
+        };
+        if let Some((refusal, why)) = self.stopped() {
+            deny(why);
+            return Err(refusal);
         }
         let ttl = self.config.cache.get(service).copied();
         if ttl.is_some()
@@ -293,27 +401,132 @@ impl Daemon {
             self.audit(e);
             return Ok(page);
         }
-        match self.backend.read_credential(None, service).await {
-            Ok(page) => {
+        let read = self.read_shared(service).await;
+        #[cfg(test)]
+        self.run_after_read_hook();
+        match read {
+            Ok(read) => {
+                // Revoked or traced while the read was in flight: nothing is served or kept.
+                if let Some((refusal, why)) = self.stopped() {
+                    drop(read);
+                    deny(&format!("{why} (while the read was in flight)"));
+                    return Err(refusal);
+                }
                 let mut e = self.event("fetch", Some(service), peer, Some(request));
-                e.detail = Some(format!("backend, page={}", page.kind().as_str()));
+                e.detail = Some(format!("backend, page={}", read.page.kind().as_str()));
                 self.audit(e);
                 if let Some(ttl) = ttl {
-                    self.cache_store(service, &page, ttl);
+                    if read.policy.high_value {
+                        self.note(
+                            "cache",
+                            Some(service),
+                            "not cached: high-value, each release needs an approval".into(),
+                        );
+                    } else {
+                        self.cache_store(service, &read.page, ttl);
+                    }
                 }
-                Ok(page)
+                Ok(read.page)
             }
-            Err(err) => {
+            Err(failed) => {
+                let err = failed.error();
                 if matches!(err.code(), ErrorCode::Unauthorized | ErrorCode::Expired) {
                     self.on_revoked("the server refused the session on a credential read");
                 }
-                let refusal = self.refusal(Some(service), &err);
-                self.counters.denied.fetch_add(1, Ordering::Relaxed);
-                let mut e = self.event("deny", Some(service), peer, Some(request));
-                e.detail = Some(refusal.code.to_owned());
-                self.audit(e);
+                let refusal = self.refusal(Some(service), err);
+                deny(refusal.code);
                 Err(refusal)
             }
+        }
+    }
+
+    /// One server read of `service`, shared with every fetch of it already waiting: the
+    /// first caller reads, the others get a copy of its page. A high-value answer serves
+    /// only the caller that read it (its grant is spent), so the others read on their own.
+    async fn read_shared(&self, service: &ServiceName) -> Result<ReadCredential, FailedRead> {
+        let joined: Option<Flight> = self
+            .flights
+            .lock()
+            .ok()
+            .map(|mut flights| flights.entry(service.clone()).or_default().clone());
+        let Some(flight) = joined else {
+            return self
+                .read_waiting_out_limits(service)
+                .await
+                .map_err(FailedRead::Own);
+        };
+        let led = AtomicBool::new(false);
+        let shared = flight
+            .get_or_init(|| async {
+                led.store(true, Ordering::Relaxed);
+                self.read_waiting_out_limits(service).await
+            })
+            .await;
+        self.land(service, &flight);
+        match shared {
+            Ok(read) if read.policy.high_value && !led.load(Ordering::Relaxed) => {
+                drop(flight);
+                self.read_waiting_out_limits(service)
+                    .await
+                    .map_err(FailedRead::Own)
+            }
+            Ok(read) => {
+                let copy = copy_page(&read.page).map_err(|e| {
+                    FailedRead::Own(ClientError::Crypto(
+                        agentkeys_core::crypto::CryptoError::Memory(e),
+                    ))
+                })?;
+                Ok(ReadCredential {
+                    page: copy,
+                    policy: read.policy,
+                })
+            }
+            Err(_) => Err(FailedRead::Shared(flight)),
+        }
+    }
+
+    /// Removes a finished flight, so later fetches start a fresh read.
+    fn land(&self, service: &ServiceName, flight: &Flight) {
+        if let Ok(mut flights) = self.flights.lock()
+            && flights.get(service).is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            flights.remove(service);
+        }
+    }
+
+    /// A backend read that waits out `RATE_LIMITED` answers (the server's `retry_after`,
+    /// plus a little jitter) for at most `rate_limit_wait`, instead of failing every caller.
+    async fn read_waiting_out_limits(
+        &self,
+        service: &ServiceName,
+    ) -> Result<ReadCredential, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.config.rate_limit_wait;
+        loop {
+            let result = self.backend.read_credential(None, service).await;
+            self.reachable.store(
+                !matches!(result, Err(ClientError::Transport { .. })),
+                Ordering::Relaxed,
+            );
+            match result {
+                Err(e) if e.code() == ErrorCode::RateLimited => {
+                    let [jitter] = agentkeys_core::crypto::random_array::<1>();
+                    let wait = e.retry_after().unwrap_or(Duration::from_secs(1))
+                        + Duration::from_millis(u64::from(jitter) % 50);
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn run_after_read_hook(&self) {
+        let hook = self.after_read.lock().ok().and_then(|mut h| h.take());
+        if let Some(hook) = hook {
+            hook(self);
         }
     }
 
@@ -337,13 +550,7 @@ impl Daemon {
                     format!("approval required for '{service}'; ask your operator"),
                 ),
             },
-            ErrorCode::Unauthorized | ErrorCode::Expired => (
-                "REVOKED",
-                "revoked: this agent's session was revoked or has expired. Ask your operator \
-                 to re-pair this daemon (restart agentkeys-daemon and run 'agentkeys approve' \
-                 on the code it prints)."
-                    .to_owned(),
-            ),
+            ErrorCode::Unauthorized | ErrorCode::Expired => ("REVOKED", REVOKED_MESSAGE.to_owned()),
             ErrorCode::Denied => (
                 "NOT_IN_SCOPE",
                 format!(
@@ -360,7 +567,9 @@ impl Daemon {
             ),
             ErrorCode::RateLimited => (
                 "RATE_LIMITED",
-                "rate limited: too many credential reads; wait a few seconds and retry".to_owned(),
+                "rate limited: the server still refused after the daemon waited; wait a few \
+                 seconds and retry"
+                    .to_owned(),
             ),
             _ => match err {
                 ClientError::Transport { .. } => (
@@ -436,18 +645,22 @@ impl Daemon {
         );
     }
 
-    /// A copy of a fresh cached entry, refreshing its idle clock.
+    /// A copy of a fresh cached entry, refreshing its idle clock (never past its max age).
     fn cache_hit(&self, service: &ServiceName) -> Option<SecretPage> {
         let mut cache = self.cache.lock().ok()?;
         let entry = cache.get_mut(service)?;
-        if entry.last_used.elapsed() >= entry.ttl {
+        let now = Instant::now();
+        if expired(entry, now, self.config.cache_max_age).is_some() {
             return None; // the evictor removes it and audits that
         }
         let copy = entry.page.with_access(SecretPage::from_slice).ok()?;
-        entry.last_used = Instant::now();
+        entry.last_used = now;
         Some(copy)
     }
 
+    /// Caches a copy of `page`, unless the session was revoked or a debugger attached
+    /// meanwhile: checked under the cache lock, which `on_revoked` and `check_debugger` take
+    /// after setting their flag, so no value can slip in after their wipe.
     fn cache_store(&self, service: &ServiceName, page: &SecretPage, ttl: Duration) {
         let copy = match self.config.cache_page {
             Some(kind) => SecretPage::with_kind(page.len(), kind).map(|mut p| {
@@ -461,52 +674,113 @@ impl Daemon {
         };
         let kind = copy.kind();
         let now = Instant::now();
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(
-                service.clone(),
-                Cached {
-                    kind,
-                    page: ProtectedPage::new(copy),
-                    last_used: now,
-                    ttl,
-                    stored: now,
-                },
+        let stored = match self.cache.lock() {
+            Ok(mut cache) if !self.is_revoked() && !self.is_traced() => {
+                cache.insert(
+                    service.clone(),
+                    Cached {
+                        kind,
+                        page: ProtectedPage::new(copy),
+                        last_used: now,
+                        ttl,
+                        stored: now,
+                    },
+                );
+                true
+            }
+            _ => false,
+        };
+        if stored {
+            self.note(
+                "cache",
+                Some(service),
+                format!(
+                    "idle ttl {} ms, max age {} ms, page={kind}",
+                    ttl.as_millis(),
+                    self.config.cache_max_age.as_millis()
+                ),
             );
         }
-        self.note(
-            "cache",
-            Some(service),
-            format!("idle ttl {} ms, page={kind}", ttl.as_millis()),
-        );
     }
 
-    /// Evicts (wipes) every cached credential idle for its TTL, audited as `evict`.
-    /// Returns how long until the next entry could expire.
+    /// Evicts (wipes) every cached credential idle for its TTL or older than the max age,
+    /// audited as `evict`. Returns how long until the next entry could expire.
     pub fn evict_idle(&self) -> Option<Duration> {
         let now = Instant::now();
+        let max_age = self.config.cache_max_age;
         let mut evicted = Vec::new();
         let mut next: Option<Duration> = None;
         if let Ok(mut cache) = self.cache.lock() {
             cache.retain(|service, entry| {
-                let idle = now.duration_since(entry.last_used);
-                if idle >= entry.ttl {
-                    evicted.push((service.clone(), idle, entry.ttl));
-                    false
-                } else {
-                    let left = entry.ttl - idle;
-                    next = Some(next.map_or(left, |n| n.min(left)));
-                    true
+                if let Some(why) = expired(entry, now, max_age) {
+                    evicted.push((service.clone(), why));
+                    return false;
                 }
+                let idle_left = entry
+                    .ttl
+                    .saturating_sub(now.duration_since(entry.last_used));
+                let age_left = max_age.saturating_sub(now.duration_since(entry.stored));
+                let left = idle_left.min(age_left);
+                next = Some(next.map_or(left, |n| n.min(left)));
+                true
             });
         }
-        for (service, idle, ttl) in evicted {
-            self.note(
-                "evict",
-                Some(&service),
-                format!("idle {} ms >= ttl {} ms", idle.as_millis(), ttl.as_millis()),
-            );
+        for (service, why) in evicted {
+            self.note("evict", Some(&service), why);
         }
         next
+    }
+
+    /// Evicts the cached services `why` names, each audited as `evict` with its reason.
+    fn evict(&self, reasons: Vec<(ServiceName, String)>) {
+        if reasons.is_empty() {
+            return;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            for (service, _) in &reasons {
+                cache.remove(service);
+            }
+        }
+        for (service, why) in reasons {
+            self.note("evict", Some(&service), why);
+        }
+    }
+
+    /// Re-checks every cached service against the agent's current scope and the
+    /// credentials' current policies (the server's list, which is scope-filtered): a service
+    /// no longer in scope, no longer listed, or now high-value is evicted.
+    async fn revalidate_cache(&self, scope: &Scope) {
+        let cached: Vec<ServiceName> = self
+            .cache
+            .lock()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        if cached.is_empty() {
+            return;
+        }
+        let listed = self.backend.list_credentials(None).await.ok();
+        let reasons = cached
+            .into_iter()
+            .filter_map(|service| {
+                let why = if !scope.allows(&service) {
+                    "no longer in this agent's scope"
+                } else {
+                    match listed
+                        .as_ref()
+                        .map(|l| l.credentials.iter().find(|c| c.service == service))
+                    {
+                        None => return None, // the list is unavailable: scope still applied
+                        Some(None) => "no longer listed for this agent",
+                        Some(Some(c)) if c.policy.high_value => {
+                            "now high-value: each release needs an approval"
+                        }
+                        Some(Some(_)) => return None,
+                    }
+                };
+                Some((service, why.to_owned()))
+            })
+            .collect();
+        self.evict(reasons);
     }
 
     /// Whether the server has refused this session.
@@ -577,26 +851,48 @@ impl Daemon {
     }
 
     /// Asks the server whether the session still holds; a 401 or an expiry triggers
-    /// [`Daemon::on_revoked`]. An unreachable server changes nothing.
+    /// [`Daemon::on_revoked`]. When it holds, the scope is refreshed and the cache
+    /// re-checked against it and the current policies. An unreachable server changes nothing.
     pub async fn check_session(self: &Arc<Self>) {
         if self.is_revoked() {
             return;
         }
-        if let Err(e) = self.backend.session().await
-            && matches!(e.code(), ErrorCode::Unauthorized | ErrorCode::Expired)
-        {
-            self.on_revoked("the periodic session check was refused");
+        let answer = self.backend.session().await;
+        self.reachable.store(
+            !matches!(answer, Err(ClientError::Transport { .. })),
+            Ordering::Relaxed,
+        );
+        match answer {
+            Ok(info) => {
+                if let Ok(mut live) = self.live_scope.lock() {
+                    live.clone_from(&info.scope);
+                }
+                self.revalidate_cache(&info.scope).await;
+            }
+            Err(e) if matches!(e.code(), ErrorCode::Unauthorized | ErrorCode::Expired) => {
+                self.on_revoked("the periodic session check was refused");
+            }
+            Err(_) => {}
         }
     }
 
-    /// The `agentkeys/status` result.
-    pub async fn status(&self) -> serde_json::Value {
-        let reachable = self.backend.health().await.is_ok();
+    /// The agent's scope as the server last described it.
+    pub fn scope(&self) -> Scope {
+        self.live_scope
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| self.session().scope.clone())
+    }
+
+    /// The `agentkeys/status` result. Answered from memory: whether the server is reachable
+    /// is what the last contact (the revocation tick, or a read) found.
+    pub fn status(&self) -> serde_json::Value {
+        let reachable = self.reachable.load(Ordering::Relaxed);
         let s = self.session();
         json!({
             "wallet": s.wallet,
             "kind": s.kind,
-            "scope": s.scope,
+            "scope": self.scope(),
             "parent": s.parent,
             "expires_at": s.expires_at,
             "server": self.stored.server,
@@ -632,11 +928,195 @@ impl Daemon {
                     "age_ms": u64::try_from(c.stored.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "idle_ms": u64::try_from(c.last_used.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "ttl_ms": u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX),
+                    "max_age_ms": u64::try_from(self.config.cache_max_age.as_millis())
+                        .unwrap_or(u64::MAX),
                     "page": c.kind.as_str(),
                 })
             })
             .collect();
         items.sort_by(|a, b| a["service"].as_str().cmp(&b["service"].as_str()));
         json!(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fetch path against a real in-process server, with the interleavings a revocation
+    //! or a tracer can produce forced through the `after_read` hook (no sleeps).
+
+    use super::*;
+    use agentkeys_core::session_store::StoredSession;
+    use agentkeys_secmem::SecretString;
+    use agentkeys_server::keys::ServerKeys;
+    use agentkeys_server::{AppState, SqliteStore};
+    use agentkeys_types::api::{ApproveRequest, AuthKind, Policy};
+
+    struct Fixture {
+        daemon: Arc<Daemon>,
+        master: HttpBackend,
+        _dir: tempfile::TempDir,
+        _shutdown: tokio::sync::oneshot::Sender<()>,
+    }
+
+    fn service() -> ServiceName {
+        ServiceName::parse("openai").expect("name")
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            pid: 1,
+            uid: 0,
+            exe: None,
+        }
+    }
+
+    /// A server with `openai` stored (high-value or not), and a daemon on the master's own
+    /// session (the fetch path does not care which kind it holds) caching `openai`.
+    async fn fixture(high_value: bool) -> Fixture {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(&dir.path().join("agentkeys.db"))
+            .await
+            .expect("db");
+        let keys = ServerKeys::load_or_create(dir.path()).expect("keys");
+        let state = AppState::new(store, keys, agentkeys_server::Config::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(agentkeys_server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        let anon = HttpBackend::new(&url).expect("client");
+        let grant = anon
+            .create_session(SecretString::from_str_copy("daemon-unit"))
+            .await
+            .expect("enrol");
+        let master = HttpBackend::new(&url)
+            .and_then(|b| b.with_token(&grant.token))
+            .expect("client")
+            .pinning_first_contact()
+            .await
+            .expect("pin");
+        let policy = Some(Policy { high_value });
+        master
+            .store_credential(None, &service(), b"sk-unit-canary", policy)
+            .await
+            .expect("store");
+        let info = anon.server_info().await.expect("info");
+        let key: [u8; 32] = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            &info.signing_public_key,
+        )
+        .expect("b64")
+        .try_into()
+        .expect("32");
+        let stored = StoredSession {
+            server: url.clone(),
+            token: grant.token,
+            session: grant.session,
+            server_signing_key: key,
+        };
+        let backend = HttpBackend::for_session(&stored).expect("backend");
+        let mut config = Config::default();
+        config.cache.insert(service(), Duration::from_secs(60));
+        let trail = Trail::open(&dir.path().join("trail.jsonl")).expect("trail");
+        let daemon = Arc::new(Daemon::new(
+            stored,
+            backend,
+            trail,
+            "test.sock".into(),
+            config,
+            HardeningReport::default(),
+            false,
+        ));
+        Fixture {
+            daemon,
+            master,
+            _dir: dir,
+            _shutdown: tx,
+        }
+    }
+
+    fn cached(d: &Daemon) -> usize {
+        d.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    fn hook(d: &Daemon, f: impl FnOnce(&Daemon) + Send + 'static) {
+        *d.after_read.lock().expect("hook") = Some(Box::new(f));
+    }
+
+    #[tokio::test]
+    async fn a_revocation_while_a_read_is_in_flight_leaves_nothing_cached_or_served() {
+        let f = fixture(false).await;
+        let d = f.daemon.clone();
+        // The server answers, then the revocation lands before the daemon handles the answer.
+        let revoker = d.clone();
+        hook(&d, move |_| revoker.on_revoked("revoked mid-read (test)"));
+        let first = d.fetch(&service(), &peer(), "1").await;
+        assert_eq!(first.err().map(|r| r.code), Some("REVOKED"));
+        assert_eq!(
+            cached(&d),
+            0,
+            "the in-flight value was put back in the cache"
+        );
+        let again = d.fetch(&service(), &peer(), "2").await;
+        assert_eq!(again.err().map(|r| r.code), Some("REVOKED"));
+    }
+
+    #[tokio::test]
+    async fn a_debugger_attaching_while_a_read_is_in_flight_leaves_nothing_cached_or_served() {
+        let f = fixture(false).await;
+        let d = f.daemon.clone();
+        hook(&d, |d| d.traced.store(true, Ordering::SeqCst));
+        let first = d.fetch(&service(), &peer(), "1").await;
+        assert_eq!(first.err().map(|r| r.code), Some("DENIED"));
+        assert_eq!(cached(&d), 0);
+        d.traced.store(false, Ordering::SeqCst); // detached
+        assert!(d.fetch(&service(), &peer(), "2").await.is_ok());
+        assert_eq!(cached(&d), 1, "control: served and cached once untraced");
+    }
+
+    #[tokio::test]
+    async fn a_revocation_between_the_read_and_the_cache_store_keeps_nothing() {
+        let f = fixture(false).await;
+        let d = f.daemon.clone();
+        let page = SecretPage::from_slice(b"sk-unit-canary").expect("page");
+        d.revoked.store(true, Ordering::SeqCst);
+        d.cache_store(&service(), &page, Duration::from_secs(60));
+        assert_eq!(cached(&d), 0);
+    }
+
+    #[tokio::test]
+    async fn a_high_value_credential_is_never_cached() {
+        let f = fixture(true).await;
+        let d = f.daemon.clone();
+        let refused = d.fetch(&service(), &peer(), "1").await;
+        assert_eq!(refused.err().map(|r| r.code), Some("APPROVAL_REQUIRED"));
+        let pending = f
+            .master
+            .open_auth_request(&agentkeys_types::api::OpenAuthRequest {
+                kind: AuthKind::HighValue,
+                requester_public_key: None,
+                identity: None,
+                agent: None,
+                service: Some(service()),
+                description: None,
+            })
+            .await
+            .expect("the pending request");
+        f.master
+            .approve(&pending.id, &ApproveRequest::default())
+            .await
+            .expect("approve");
+        let page = d.fetch(&service(), &peer(), "2").await.expect("released");
+        assert_eq!(page.expose_secret(), b"sk-unit-canary");
+        assert_eq!(cached(&d), 0, "a high-value release was cached");
+        let again = d.fetch(&service(), &peer(), "3").await;
+        assert_eq!(
+            again.err().map(|r| r.code),
+            Some("APPROVAL_REQUIRED"),
+            "one approval gave a second release"
+        );
     }
 }

@@ -123,7 +123,7 @@ pub async fn obtain(
                     ))
                     .hint("pass the same --server, or use another AGENTKEYS_HOME"));
                 }
-                let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
+                let backend = HttpBackend::for_session(&stored)?;
                 match backend.session().await {
                     Ok(_) => return Ok(stored),
                     Err(e) if over(&e) => {

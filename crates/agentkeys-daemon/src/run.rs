@@ -95,8 +95,11 @@ impl Signals {
 pub fn serve_config(args: &ServeArgs) -> Result<Config, DaemonError> {
     let mut config = Config::load(
         args.config.as_deref(),
-        &args.cache,
-        args.idle_ttl.as_deref(),
+        crate::config::CacheFlags {
+            cache: &args.cache,
+            idle_ttl: args.idle_ttl.as_deref(),
+            max_age: args.cache_max_age.as_deref(),
+        },
     )?;
     config.cache_page = match args.cache_page.as_deref() {
         Some("memfd_secret") => Some(agentkeys_secmem::SecretPageKind::MemfdSecret),
@@ -159,7 +162,7 @@ async fn serve(
             }
         }
     };
-    let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
+    let backend = HttpBackend::for_session(&stored)?;
     let daemon = Arc::new(Daemon::new(
         stored,
         backend,

@@ -223,7 +223,7 @@ impl Mcp {
         let s = self.daemon.session();
         CallToolResult::success(vec![ContentBlock::text(
             json!({
-                "wallet": s.wallet, "parent": s.parent, "scope": s.scope,
+                "wallet": s.wallet, "parent": s.parent, "scope": self.daemon.scope(),
                 "expires_at": s.expires_at, "server": self.daemon.stored.server,
             })
             .to_string(),

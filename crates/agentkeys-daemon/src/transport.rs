@@ -216,7 +216,7 @@ impl LineTransport {
         tokio::spawn(async move {
             let id = id.unwrap_or(Value::Null);
             let answer = match method.as_str() {
-                "agentkeys/status" => Ok(daemon.status().await),
+                "agentkeys/status" => Ok(daemon.status()),
                 "agentkeys/audit" => crate::trail::read(daemon.trail.path())
                     .map(|lines| json!({ "events": lines }))
                     .map_err(|e| (-32603, e.to_string())),

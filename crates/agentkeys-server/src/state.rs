@@ -171,8 +171,13 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Takes one token for `key`; false when the bucket is empty.
     pub fn allow(&self, key: &str, rate: f64, burst: f64) -> bool {
+        self.take(key, rate, burst).is_ok()
+    }
+
+    /// Takes one token for `key`, or says how long until one is there.
+    pub fn take(&self, key: &str, rate: f64, burst: f64) -> Result<(), std::time::Duration> {
         if rate <= 0.0 {
-            return true;
+            return Ok(());
         }
         let now = Instant::now();
         let mut map = self
@@ -190,9 +195,9 @@ impl RateLimiter {
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(std::time::Duration::from_secs_f64((1.0 - *tokens) / rate))
         }
     }
 }
@@ -222,10 +227,17 @@ impl<S: Store> AppState<S> {
     pub fn new(store: S, keys: ServerKeys, config: Config) -> Arc<Self> {
         let store = Arc::new(store);
         let b64 = base64::engine::general_purpose::STANDARD;
+        let shielding = keys.shielding.public_key();
+        let vouch = keys
+            .signing
+            .sign(&agentkeys_types::api::shielding_key_signing_bytes(
+                &shielding,
+            ));
         let info = ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            shielding_public_key: b64.encode(keys.shielding.public_key()),
+            shielding_public_key: b64.encode(shielding),
             signing_public_key: b64.encode(keys.signing.public_key()),
+            shielding_key_signature: b64.encode(vouch),
             hpke_suite: "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305".to_owned(),
         };
         tokio::spawn(purge_loop(Arc::downgrade(&store)));
@@ -273,6 +285,8 @@ mod tests {
         assert!(!l.allow("s", 1.0, 5.0));
         assert!(l.allow("other", 1.0, 5.0));
         assert!(l.allow("s", 0.0, 0.0), "rate 0 means unlimited");
+        let wait = l.take("s", 1.0, 5.0).expect_err("still empty");
+        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1));
     }
 
     #[test]

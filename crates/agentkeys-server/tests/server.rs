@@ -10,5 +10,6 @@ mod server {
     mod bad_input;
     pub mod common;
     mod e2e;
+    mod mitm;
     mod store;
 }

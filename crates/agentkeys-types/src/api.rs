@@ -21,6 +21,48 @@ pub const HPKE_INFO_READ: &[u8] = b"agentkeys read v1";
 pub const HPKE_INFO_SESSION: &[u8] = b"agentkeys session v1";
 /// Domain separation prefix of the bytes the server signs for an auth-request decision.
 pub const DECISION_SIGNING_CONTEXT: &[u8] = b"agentkeys-decision-v1\0";
+/// Domain separation prefix of the bytes the server signs to vouch for its shielding key.
+pub const SHIELDING_KEY_SIGNING_CONTEXT: &[u8] = b"agentkeys-shielding-key-v1\0";
+/// Domain separation prefix of the bytes the server signs for a credential read answer.
+pub const READ_SIGNING_CONTEXT: &[u8] = b"agentkeys-read-v1\0";
+
+/// `context ‖ (u64 big-endian length ‖ part)…`: every signed message of the API, so no
+/// two messages (of one kind or of different kinds) share an encoding.
+fn signing_bytes(context: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let body: usize = parts.iter().map(|p| p.len() + 8).sum();
+    let mut out = Vec::with_capacity(context.len() + body);
+    out.extend_from_slice(context);
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The bytes the server signs (with its pinned Ed25519 key) to bind its X25519 shielding
+/// key to itself: `"agentkeys-shielding-key-v1\0" ‖ len ‖ shielding public key (32 raw
+/// bytes)`. A client seals nothing to a shielding key whose signature does not verify.
+pub fn shielding_key_signing_bytes(shielding_public_key: &[u8]) -> Vec<u8> {
+    signing_bytes(SHIELDING_KEY_SIGNING_CONTEXT, &[shielding_public_key])
+}
+
+/// The bytes the server signs for a read answer: `"agentkeys-read-v1\0"`, then
+/// length-prefixed the request's recipient public key (32 raw bytes), the aad
+/// ([`credential_aad`] of the owner answered for), the sealed value (raw bytes) and the
+/// policy (one byte: 1 high-value, 0 not). The recipient key is fresh per read, so an answer
+/// cannot be replayed into another read; the reader opens nothing that does not verify.
+pub fn read_signing_bytes(
+    recipient_public_key: &[u8],
+    aad: &[u8],
+    sealed_value: &[u8],
+    policy: Policy,
+) -> Vec<u8> {
+    let policy_byte = [u8::from(policy.high_value)];
+    signing_bytes(
+        READ_SIGNING_CONTEXT,
+        &[recipient_public_key, aad, sealed_value, &policy_byte],
+    )
+}
 
 /// The associated data binding a sealed credential to its owner and name, so a sealed
 /// value cannot be replayed under another agent or service.
@@ -35,14 +77,10 @@ pub fn credential_aad(agent: &Wallet, service: &ServiceName) -> Vec<u8> {
 /// The bytes the server signs for a decision: context, request id, status and the sealed
 /// session (empty when none), each length-prefixed so no two decisions share an encoding.
 pub fn decision_signing_bytes(id: &str, status: AuthStatus, sealed_session: &[u8]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(DECISION_SIGNING_CONTEXT.len() + id.len() + 32 + sealed_session.len());
-    out.extend_from_slice(DECISION_SIGNING_CONTEXT);
-    for part in [id.as_bytes(), status.as_str().as_bytes(), sealed_session] {
-        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        out.extend_from_slice(part);
-    }
-    out
+    signing_bytes(
+        DECISION_SIGNING_CONTEXT,
+        &[id.as_bytes(), status.as_str().as_bytes(), sealed_session],
+    )
 }
 
 /// The canonical bytes of an auth request that its OTP is derived from
@@ -99,6 +137,10 @@ pub struct ServerInfo {
     pub shielding_public_key: String,
     /// The Ed25519 key decisions are signed with (base64, 32 bytes); daemons pin it.
     pub signing_public_key: String,
+    /// Ed25519 signature (base64) by `signing_public_key` over
+    /// [`shielding_key_signing_bytes`]: clients verify it against their pinned key before
+    /// sealing anything to `shielding_public_key`.
+    pub shielding_key_signature: String,
     /// The HPKE suite, for humans and future negotiation.
     pub hpke_suite: String,
 }
@@ -268,7 +310,7 @@ pub struct ReadCredentialRequest {
     pub recipient_public_key: String,
 }
 
-/// The answer to a read: ciphertext only.
+/// The answer to a read: ciphertext only, signed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadCredentialResponse {
     /// The owner the value was found under (the caller's wallet, or its master's).
@@ -277,6 +319,11 @@ pub struct ReadCredentialResponse {
     pub service: ServiceName,
     /// HPKE-sealed to the request's key (info [`HPKE_INFO_READ`], aad [`credential_aad`]).
     pub sealed_value: String,
+    /// The credential's policy at the time of this read (a daemon never caches a
+    /// high-value credential).
+    pub policy: Policy,
+    /// Ed25519 signature (base64) by the server's signing key over [`read_signing_bytes`].
+    pub signature: String,
 }
 
 /// The kind of an auth request.
@@ -563,6 +610,7 @@ mod tests {
             version: "1".into(),
             shielding_public_key: "a".into(),
             signing_public_key: "b".into(),
+            shielding_key_signature: "g".into(),
             hpke_suite: "s".into(),
         });
         let info = SessionInfo {
@@ -618,6 +666,8 @@ mod tests {
             agent: wallet(),
             service: service(),
             sealed_value: "c".into(),
+            policy: Policy { high_value: true },
+            signature: "s".into(),
         });
         round_trip(&OpenAuthRequest {
             kind: AuthKind::Recover,
@@ -753,6 +803,21 @@ mod tests {
         let x = auth_request_canonical_bytes(AuthKind::Pair, b"k1", "");
         let y = auth_request_canonical_bytes(AuthKind::Recover, b"k1", "");
         assert_ne!(x, y);
+    }
+
+    #[test]
+    fn read_signing_bytes_bind_key_aad_value_and_policy() {
+        let normal = Policy { high_value: false };
+        let high = Policy { high_value: true };
+        let base = read_signing_bytes(b"k", b"a", b"v", normal);
+        assert!(base.starts_with(READ_SIGNING_CONTEXT));
+        assert_ne!(base, read_signing_bytes(b"k", b"a", b"v", high));
+        assert_ne!(base, read_signing_bytes(b"k2", b"a", b"v", normal));
+        assert_ne!(base, read_signing_bytes(b"k", b"av", b"", normal));
+        assert_ne!(
+            shielding_key_signing_bytes(b"x"),
+            decision_signing_bytes("", AuthStatus::Approved, b"x")
+        );
     }
 
     #[test]

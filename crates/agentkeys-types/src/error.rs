@@ -103,6 +103,10 @@ pub struct ErrorDetail {
     /// For `APPROVAL_REQUIRED`: the auth request a master must approve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_request: Option<AuthRequestTicket>,
+    /// For `RATE_LIMITED`: milliseconds until a retry can succeed (also sent, rounded up
+    /// to whole seconds, as the `Retry-After` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorBody {
@@ -114,6 +118,7 @@ impl ErrorBody {
                 message: message.into(),
                 hint,
                 auth_request: None,
+                retry_after_ms: None,
             },
         }
     }

@@ -73,7 +73,8 @@ pub async fn read(
             .read_credential(agent.as_ref(), &service)
             .await
         {
-            Ok(page) => {
+            Ok(read) => {
+                let page = read.page;
                 let owner = agent.as_ref().unwrap_or(session.wallet());
                 if ctx.json {
                     let doc = secret_io::json_credential(

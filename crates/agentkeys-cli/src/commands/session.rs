@@ -128,7 +128,7 @@ pub async fn init(ctx: &Context, auth_token: Option<String>, force: bool) -> Cli
         ctx.check_server(stored).map_err(|e| {
             e.hint("'agentkeys init --force --server URL' replaces it with a session on URL")
         })?;
-        let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
+        let backend = HttpBackend::for_session(stored)?;
         match backend.session().await {
             Ok(info) => {
                 if ctx.json {
@@ -174,7 +174,7 @@ pub async fn init(ctx: &Context, auth_token: Option<String>, force: bool) -> Cli
     let protection = ctx.store.save(&stored, ctx.choice, rotate)?;
     let mut old_revoked = None;
     if force && let Some((old, _)) = existing {
-        let old_backend = HttpBackend::new(&old.server)?.with_token(&old.token)?;
+        let old_backend = HttpBackend::for_session(&old)?;
         old_revoked = Some(match old_backend.revoke(&RevokeRequest::default()).await {
             Ok(_) => true,
             Err(e) if session_is_over(&e) => true,
@@ -317,7 +317,7 @@ pub async fn recover(ctx: &Context, identity: &str, wait: u64, force: bool) -> C
     if let Some(stored) = &existing
         && !force
     {
-        let backend = HttpBackend::new(&stored.server)?.with_token(&stored.token)?;
+        let backend = HttpBackend::for_session(stored)?;
         if backend.session().await.is_ok() {
             return Err(CliError::new(
                 "CONFLICT",

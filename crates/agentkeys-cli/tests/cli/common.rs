@@ -163,11 +163,7 @@ impl Home {
 
     /// A client holding this home's token.
     pub fn client(&self) -> HttpBackend {
-        let s = self.stored();
-        HttpBackend::new(&s.server)
-            .unwrap()
-            .with_token(&s.token)
-            .unwrap()
+        HttpBackend::for_session(&self.stored()).unwrap()
     }
 
     /// Stores `value` for `service` through the CLI (stdin).
@@ -226,7 +222,8 @@ impl Home {
         let client = HttpBackend::new(&self.server)
             .unwrap()
             .with_token(&grant.token)
-            .unwrap();
+            .unwrap()
+            .with_server_key(signing);
         (grant.session.wallet, client)
     }
 }
@@ -248,7 +245,7 @@ pub fn code_of<T>(r: Result<T, ClientError>) -> ErrorCode {
 /// An agent reads through the library: Ok(value) or the error code.
 pub fn agent_read(client: &HttpBackend, service: &str) -> Result<String, ErrorCode> {
     block_on(client.read_credential(None, &svc(service)))
-        .map(|page| String::from_utf8(page.expose_secret().to_vec()).unwrap())
+        .map(|read| String::from_utf8(read.page.expose_secret().to_vec()).unwrap())
         .map_err(|e| e.code())
 }
 

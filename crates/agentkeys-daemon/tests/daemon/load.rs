@@ -71,6 +71,87 @@ fn sixty_four_agents_times_two_hundred_mixed_requests_have_no_error_and_leave_no
 }
 
 #[test]
+fn thirty_two_agents_times_fifty_concurrent_gets_under_the_default_read_rate_all_succeed() {
+    const AGENTS: usize = 32;
+    const GETS: usize = 50;
+    // The server's default limit: 50 reads a second, burst 100, for the daemon's session.
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary("ratelimit");
+    master.store("openai", &value, &["--agent", &wallet]);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..AGENTS)
+        .map(|_| {
+            let socket = d.socket.clone();
+            let value = value.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket);
+                c.initialize();
+                // All fifty at once, before reading any answer.
+                for id in 0..GETS {
+                    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                        "params": {"name": "get_credential", "arguments": {"service": "openai"}}});
+                    c.send_raw(call.to_string().as_bytes());
+                }
+                let mut failures = Vec::new();
+                let mut answered = 0;
+                while answered < GETS {
+                    let v = c.recv().expect("an answer for every call");
+                    if v.get("id").is_none() {
+                        continue;
+                    }
+                    answered += 1;
+                    let result = &v["result"];
+                    if result["isError"] == json!(true) || result["content"][0]["text"] != value {
+                        failures.push(result["content"][0]["text"].to_string());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let reads = server_reads(&master, &wallet);
+    eprintln!(
+        "rate limit: {} gets answered in {:?} with {reads} server reads",
+        AGENTS * GETS,
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(reads >= 1);
+}
+
+#[test]
+fn a_rate_limited_read_waits_for_the_servers_hint_instead_of_failing() {
+    let server = start_server(&["--read-rate", "2", "--read-burst", "1"]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary("retry");
+    master.store("openai", &value, &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    for _ in 0..3 {
+        // One after the other: each its own server read, the 2nd and 3rd over the limit.
+        assert_eq!(
+            c.tool("get_credential", json!({"service": "openai"})),
+            (false, value.clone())
+        );
+    }
+    assert_eq!(server_reads(&master, &wallet), 3);
+}
+
+#[test]
 fn the_server_dying_under_load_gives_clear_errors_and_the_daemon_recovers_by_itself() {
     let mut server = start_server(&["--read-rate", "0"]);
     let master = Master::new(&server);

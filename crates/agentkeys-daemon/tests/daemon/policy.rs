@@ -155,3 +155,122 @@ fn a_bad_config_file_is_refused_with_the_key_named() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("idle_tll"), "{}", text(&out));
 }
+
+/// A daemon with `openai` cached for 60 s idle and the revocation tick at 500 ms.
+fn cached_agent(
+    master: &Master,
+    home: &TempDir,
+    scope: &str,
+    extra: &[&str],
+) -> (DaemonProc, String) {
+    let config = home.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "revocation_check = \"500ms\"\n[cache]\nopenai = \"60s\"\n",
+    )
+    .unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    paired_with(master, home.path(), &["--scope", scope], &args)
+}
+
+fn evictions(d: &DaemonProc) -> Vec<String> {
+    trail_lines(&d.trail())
+        .iter()
+        .filter(|l| l["event"] == "evict")
+        .map(|l| l["detail"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Polls `cond` every 100 ms until it holds, for at most `secs`.
+fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+#[test]
+fn a_cached_credential_is_fetched_again_after_its_max_age_however_often_it_is_used() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = cached_agent(&master, &home, "openai", &["--cache-max-age", "2s"]);
+    master.store("openai", &canary("maxage"), &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    let started = Instant::now();
+    let mut gets = 0;
+    // Used every 200 ms: the idle clock never runs out, the age does.
+    while started.elapsed() < Duration::from_secs(5) {
+        get(&mut c);
+        gets += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reads = server_reads(&master, &wallet);
+    assert!(
+        reads >= 2,
+        "{gets} gets in 5 s at max age 2 s: {reads} server read(s)"
+    );
+    assert!(
+        reads < gets,
+        "the cache served some: {reads} reads for {gets} gets"
+    );
+    let stored = trail_lines(&d.trail())
+        .iter()
+        .filter(|l| l["event"] == "cache")
+        .count();
+    assert!(stored >= 2, "refetched and cached again: {stored}");
+}
+
+#[test]
+fn a_narrowed_scope_evicts_a_cached_credential_at_the_next_check() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = cached_agent(&master, &home, "openai,github", &[]);
+    master.store("openai", &canary("narrow"), &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    get(&mut c);
+    let out = master.cli(&["scope", &wallet, "--remove", "openai"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        eventually(10, || evictions(&d)
+            .iter()
+            .any(|e| e.contains("no longer in this agent's scope"))),
+        "no eviction: {:?}",
+        evictions(&d)
+    );
+    let (is_error, text) = c.tool("get_credential", json!({"service": "openai"}));
+    assert!(is_error && text.contains("not in scope"), "{text}");
+    let status = c.request("agentkeys/status", json!({}));
+    assert_eq!(status["result"]["scope"]["services"], json!(["github"]));
+}
+
+#[test]
+fn a_credential_made_high_value_is_evicted_at_the_next_check() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = cached_agent(&master, &home, "openai", &[]);
+    master.store("openai", &canary("tohigh"), &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    get(&mut c);
+    let out = master.cli(&["policy", "openai", "--agent", &wallet, "--high-value"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        eventually(10, || evictions(&d)
+            .iter()
+            .any(|e| e.contains("now high-value"))),
+        "no eviction: {:?}",
+        evictions(&d)
+    );
+    let (is_error, text) = c.tool("get_credential", json!({"service": "openai"}));
+    assert!(is_error && text.contains("approval required"), "{text}");
+}

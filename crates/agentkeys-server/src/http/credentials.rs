@@ -9,8 +9,9 @@ use agentkeys_core::crypto::hpke;
 use agentkeys_types::api::{
     AuthKind, CredentialInfo, CredentialList, HPKE_INFO_READ, HPKE_INFO_STORE, Policy,
     ReadCredentialRequest, ReadCredentialResponse, StoreCredentialRequest, credential_aad,
+    read_signing_bytes,
 };
-use agentkeys_types::{ErrorCode, ServiceName, Wallet};
+use agentkeys_types::{ServiceName, Wallet};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -185,18 +186,17 @@ async fn authorize_read<S: Store>(
     req: &ReadCredentialRequest,
 ) -> ApiResult<Wallet> {
     let cfg = &state.config;
-    if !state
+    if let Err(wait) = state
         .limiter
-        .allow(&caller.session.id, cfg.read_rate, cfg.read_burst)
+        .take(&caller.session.id, cfg.read_rate, cfg.read_burst)
     {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            "too many credential reads for this session",
-        )
-        .hint(format!(
-            "the limit is {} reads per second; retry shortly",
-            cfg.read_rate
-        )));
+        return Err(ApiError::rate_limited(
+            format!(
+                "too many credential reads for this session (limit {} per second)",
+                cfg.read_rate
+            ),
+            wait,
+        ));
     }
     let owner = credential_owner(state, caller, req.agent.as_ref()).await?;
     let service = &req.service;
@@ -235,6 +235,21 @@ pub(super) async fn read<S: Store>(
         return Err(refuse(&state, &caller, "credential.read", Some(&owner), service, e).await);
     };
     let now = state.clock.now();
+    // Sealed before any high-value grant is spent: a recipient key the seal refuses costs the
+    // reader nothing, and a grant is only spent on a value that can leave.
+    let aad = credential_aad(&cred.owner, service);
+    let env = Envelope {
+        wrapped_dek: cred.wrapped_dek,
+        ciphertext: cred.ciphertext,
+    };
+    let page = envelope::decrypt_into_page(&state.keys.kek, &aad, &env)
+        .map_err(|e| ApiError::internal(&e))?;
+    let sealed =
+        hpke::seal(&recipient, HPKE_INFO_READ, &aad, page.expose_secret()).map_err(|_| {
+            ApiError::bad_request("recipient_public_key is not a usable X25519 key")
+                .hint("send a fresh X25519 public key per read (32 bytes, base64)")
+        })?;
+    drop(page);
     if cred.policy.high_value
         && !state
             .store
@@ -271,16 +286,6 @@ pub(super) async fn read<S: Store>(
         )
         .await);
     }
-    let aad = credential_aad(&cred.owner, service);
-    let env = Envelope {
-        wrapped_dek: cred.wrapped_dek,
-        ciphertext: cred.ciphertext,
-    };
-    let page = envelope::decrypt_into_page(&state.keys.kek, &aad, &env)
-        .map_err(|e| ApiError::internal(&e))?;
-    let sealed = hpke::seal(&recipient, HPKE_INFO_READ, &aad, page.expose_secret())
-        .map_err(|_| ApiError::bad_request("recipient_public_key is not a usable X25519 key"))?;
-    drop(page);
     let detail = if cred.policy.high_value {
         "high-value grant spent"
     } else {
@@ -294,10 +299,17 @@ pub(super) async fn read<S: Store>(
             .detail(detail),
     )
     .await?;
+    let signature =
+        state
+            .keys
+            .signing
+            .sign(&read_signing_bytes(&recipient, &aad, &sealed, cred.policy));
     Ok(Json(ReadCredentialResponse {
         agent: cred.owner,
         service: cred.service,
         sealed_value: b64e(&sealed),
+        policy: cred.policy,
+        signature: b64e(&signature),
     }))
 }
 

@@ -21,6 +21,7 @@ struct Inner {
     hint: Option<String>,
     status: Option<StatusCode>,
     auth_request: Option<AuthRequestTicket>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -32,7 +33,19 @@ impl ApiError {
             hint: None,
             status: None,
             auth_request: None,
+            retry_after: None,
         }))
+    }
+
+    /// `RATE_LIMITED`, telling the client when a retry can succeed (`retry_after_ms` in
+    /// the body, `Retry-After` in whole seconds as the header).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut e = ApiError::new(ErrorCode::RateLimited, message).hint(format!(
+            "retry in {} ms (Retry-After)",
+            wait.as_millis().max(1)
+        ));
+        e.0.retry_after = Some(wait);
+        e
     }
 
     /// Adds the recommended fix.
@@ -118,7 +131,18 @@ impl IntoResponse for ApiError {
         });
         let mut body = ErrorBody::new(inner.code, inner.message, inner.hint);
         body.error.auth_request = inner.auth_request;
-        (status, Json(body)).into_response()
+        body.error.retry_after_ms = inner
+            .retry_after
+            .map(|d| u64::try_from(d.as_millis().max(1)).unwrap_or(u64::MAX));
+        let mut response = (status, Json(body)).into_response();
+        if let Some(wait) = inner.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        response
     }
 }
 

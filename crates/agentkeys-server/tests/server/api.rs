@@ -71,7 +71,7 @@ async fn a_stored_credential_reads_back_into_a_secret_page() {
         .unwrap();
     assert_eq!(info.agent, me.wallet);
     assert!(!info.policy.high_value);
-    let page = m.read_credential(None, &svc("openai")).await.unwrap();
+    let page = m.read_credential(None, &svc("openai")).await.unwrap().page;
     assert_eq!(page.expose_secret(), value.as_bytes());
     let best = agentkeys_testkit::machine::best_page_kind("server::api::store_and_read");
     assert_eq!(
@@ -87,6 +87,7 @@ async fn a_stored_credential_reads_back_into_a_secret_page() {
         m.read_credential(None, &svc("openai"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"second"
     );
@@ -124,6 +125,7 @@ async fn an_agent_reads_in_scope_credentials_of_its_own_and_its_masters() {
         a.read_credential(None, &svc("openai"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"master-openai"
     );
@@ -131,6 +133,7 @@ async fn an_agent_reads_in_scope_credentials_of_its_own_and_its_masters() {
         a.read_credential(None, &svc("github"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"agent-github"
     );

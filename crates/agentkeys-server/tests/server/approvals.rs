@@ -246,11 +246,13 @@ async fn recover_mints_a_new_session_for_an_existing_agent() {
     let a2 = agentkeys_core::HttpBackend::new(&ts.url)
         .unwrap()
         .with_token(&grant.token)
-        .unwrap();
+        .unwrap()
+        .with_server_key(ts.signing_key());
     assert_eq!(
         a2.read_credential(None, &svc("openai"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"recovered-value"
     );
@@ -311,12 +313,64 @@ async fn a_high_value_credential_needs_one_approval_per_release() {
         a.read_credential(None, &svc("stripe"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"sk-high"
     );
     // The grant was single-use.
     assert_code(
         a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+}
+
+#[tokio::test]
+async fn a_read_the_server_cannot_seal_does_not_spend_the_grant() {
+    let ts = TestServer::start().await;
+    let (m, _, token) = ts.master("m").await;
+    m.store_credential(
+        None,
+        &svc("stripe"),
+        b"sk-high",
+        Some(Policy { high_value: true }),
+    )
+    .await
+    .unwrap();
+    let t = m
+        .open_auth_request(&OpenAuthRequest {
+            kind: AuthKind::HighValue,
+            requester_public_key: None,
+            identity: None,
+            agent: None,
+            service: Some(svc("stripe")),
+            description: None,
+        })
+        .await
+        .unwrap();
+    m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    // The all-zero X25519 key is 32 bytes of base64 but no usable key: the seal fails.
+    let bad = ts
+        .raw()
+        .post(format!("{}/v1/credentials/read", ts.url))
+        .bearer_auth(token.expose_secret())
+        .json(&serde_json::json!({"service": "stripe", "recipient_public_key": b64(&[0; 32])}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert!(body["error"]["hint"].is_string(), "{body}");
+    // The grant is still there for a read that can be sealed.
+    assert_eq!(
+        m.read_credential(None, &svc("stripe"))
+            .await
+            .unwrap()
+            .page
+            .expose_secret(),
+        b"sk-high"
+    );
+    assert_code(
+        m.read_credential(None, &svc("stripe")).await,
         ErrorCode::ApprovalRequired,
     );
 }
@@ -398,6 +452,7 @@ async fn an_agent_may_ask_ahead_for_its_masters_high_value_credential() {
         a.read_credential(None, &svc("stripe"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"sk-ahead"
     );

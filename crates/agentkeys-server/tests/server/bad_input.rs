@@ -171,6 +171,7 @@ async fn a_tampered_sealed_value_is_refused_and_the_old_value_kept() {
         m.read_credential(None, &svc("openai"))
             .await
             .unwrap()
+            .page
             .expose_secret(),
         b"original"
     );

@@ -102,7 +102,7 @@ impl TestServer {
             agentkeys_core::client::open_decision(&decision, &daemon_key, &self.signing_key())
                 .unwrap();
         (
-            client_with(&self.url, &grant.token),
+            client_with(&self.url, &grant.token).await,
             grant.session,
             grant.token,
         )
@@ -129,12 +129,18 @@ pub async fn enrol_master(url: &str, enrol: &str) -> (HttpBackend, SessionGrant)
         .create_session(SecretString::from_str_copy(enrol))
         .await
         .unwrap();
-    (client_with(url, &grant.token), grant)
+    (client_with(url, &grant.token).await, grant)
 }
 
-/// A client for `url` holding `token`.
-pub fn client_with(url: &str, token: &SecretString) -> HttpBackend {
-    HttpBackend::new(url).unwrap().with_token(token).unwrap()
+/// A client for `url` holding `token`, pinned to the key the server presents.
+pub async fn client_with(url: &str, token: &SecretString) -> HttpBackend {
+    HttpBackend::new(url)
+        .unwrap()
+        .with_token(token)
+        .unwrap()
+        .pinning_first_contact()
+        .await
+        .unwrap()
 }
 
 pub fn b64(b: &[u8]) -> String {

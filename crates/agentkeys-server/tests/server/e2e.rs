@@ -117,6 +117,9 @@ async fn acknowledged_stores_survive_kill_9() {
         HttpBackend::new(&server.url)
             .unwrap()
             .with_token(&grant.token)
+            .unwrap()
+            .pinning_first_contact()
+            .await
             .unwrap(),
     );
     let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
@@ -161,9 +164,16 @@ async fn acknowledged_stores_survive_kill_9() {
     let client = HttpBackend::new(&server.url)
         .unwrap()
         .with_token(&grant.token)
+        .unwrap()
+        .pinning_first_contact()
+        .await
         .unwrap();
     for (service, value) in &latest {
-        let page = client.read_credential(None, &svc(service)).await.unwrap();
+        let page = client
+            .read_credential(None, &svc(service))
+            .await
+            .unwrap()
+            .page;
         // A later, unacknowledged write may have landed too; it must be one of ours.
         let got = std::str::from_utf8(page.expose_secret()).unwrap();
         let (w_got, i_got) = parse(got);
@@ -201,6 +211,7 @@ async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
                 .read_credential(None, &svc("openai"))
                 .await
                 .unwrap()
+                .page
                 .expose_secret(),
             secret.as_bytes()
         );
@@ -346,7 +357,11 @@ async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
         .await
         .unwrap();
     for _ in 0..5 {
-        let page = client.read_credential(None, &svc("openai")).await.unwrap();
+        let page = client
+            .read_credential(None, &svc("openai"))
+            .await
+            .unwrap()
+            .page;
         assert_eq!(page.expose_secret(), secret.as_bytes());
     }
     let pid = server.child.id();
