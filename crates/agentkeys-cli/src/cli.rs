@@ -224,13 +224,19 @@ pub enum Command {
 
     /// Get a session for an existing agent on this machine (a recovery your master approves).
     ///
-    /// Prints a pair code and OTP for 'agentkeys approve', waits for the decision, verifies
-    /// the server's signature against the pinned key, and stores the agent session here.
+    /// Prints a pair code and the OTP it computed itself for 'agentkeys approve' (a server
+    /// OTP that differs is refused: the request was altered), waits for the decision,
+    /// verifies the server's signature against the pinned key, and stores the agent session
+    /// here. Aliases and e-mails belong to one master: name it with --parent.
     #[command(after_help = "Examples:\n  \
-        AGENTKEYS_HOME=~/.agentkeys-bot agentkeys recover research-bot --server URL")]
+        AGENTKEYS_HOME=~/.agentkeys-bot agentkeys recover 0x1234…abcd --server URL\n  \
+        AGENTKEYS_HOME=~/.agentkeys-bot agentkeys recover research-bot --parent 0x9876…dcba")]
     Recover {
-        /// The agent: wallet, alias or e-mail.
+        /// The agent: its wallet, or an alias or e-mail its master linked (with --parent).
         identity: String,
+        /// The master's wallet: whose aliases and e-mails IDENTITY is looked up among.
+        #[arg(long, value_name = "MASTER_WALLET")]
+        parent: Option<String>,
         /// Give up after this many seconds (codes expire after 60 s and are renewed).
         #[arg(long, value_name = "SECS", default_value_t = 600)]
         wait: u64,

@@ -117,6 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             kind: AuthKind::Pair,
             requester_public_key: Some(b64.encode(daemon_key.public_key())),
             identity: None,
+            parent: None,
             agent: None,
             service: None,
             description: Some("quickstart daemon".into()),

@@ -11,7 +11,8 @@ use agentkeys_types::api::{
     HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity, LinkIdentityRequest, OpenAuthRequest,
     Policy, ReadCredentialRequest, ReadCredentialResponse, RevokeRequest, RevokeResponse,
     ServerInfo, SessionGrant, SessionInfo, StoreCredentialRequest, TeardownResponse,
-    credential_aad, decision_signing_bytes, read_signing_bytes, shielding_key_signing_bytes,
+    auth_request_canonical_bytes, credential_aad, decision_signing_bytes, read_signing_bytes,
+    shielding_key_signing_bytes,
 };
 use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
 use base64::Engine as _;
@@ -271,6 +272,33 @@ impl HttpBackend {
                 ClientError::Protocol("the server's signing key is not 32 bytes".into())
             })?;
         Ok(self.with_server_key(key))
+    }
+
+    /// Opens a pair or recover request for `requester` (its public key goes into `req`) and
+    /// recomputes the OTP here from that key, the nonce and the request's subject (DESIGN
+    /// decision 4). The master compares the OTP the server computed with the one the
+    /// requester shows; showing the server's value as received would let an attacker who
+    /// swapped the key in transit pass that comparison, so a mismatch is refused.
+    pub async fn open_requester_request(
+        &self,
+        mut req: OpenAuthRequest,
+        requester: &HpkeKeyPair,
+    ) -> Result<AuthRequestTicket, ClientError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let own_key = requester.public_key();
+        req.requester_public_key = Some(b64.encode(own_key));
+        let subject = agentkeys_types::api::requester_subject(&req).ok_or_else(|| {
+            ClientError::Protocol("only pair and recover requests carry a requester key".into())
+        })?;
+        let ticket = self.open_auth_request(&req).await?;
+        let nonce = b64
+            .decode(&ticket.nonce)
+            .map_err(|_| ClientError::Protocol("the ticket's nonce is not base64".into()))?;
+        let canonical = auth_request_canonical_bytes(req.kind, &own_key, &subject);
+        if crate::crypto::pairing::otp(&nonce, &canonical) != ticket.otp {
+            return Err(ClientError::OtpMismatch);
+        }
+        Ok(ticket)
     }
 
     fn pinned(&self) -> Result<&[u8; 32], ClientError> {

@@ -47,6 +47,13 @@ pub enum ClientError {
     /// verify against the pinned server key.
     #[error("the server's signature does not match the pinned server key")]
     BadSignature,
+    /// The OTP the server sent is not the one this requester computes from its own key:
+    /// the request was altered in transit.
+    #[error(
+        "the server's OTP does not match the one computed from this request's own key: the \
+         request may have been altered in transit, so no code is shown"
+    )]
+    OtpMismatch,
     /// The call needs the server's pinned signing key and the client was given none.
     #[error("no pinned server key: sealing to or reading from the server needs it")]
     NotPinned,
@@ -61,6 +68,7 @@ impl ClientError {
             ClientError::Crypto(_) | ClientError::BadSignature => ErrorCode::Denied,
             ClientError::NoSession => ErrorCode::Unauthorized,
             ClientError::NotPinned => ErrorCode::Internal,
+            ClientError::OtpMismatch => ErrorCode::Denied,
         }
     }
 
@@ -77,6 +85,10 @@ impl ClientError {
             ClientError::BadSignature => {
                 Some("the server key changed or someone is in the middle; verify the server before re-pinning".to_owned())
             }
+            ClientError::OtpMismatch => Some(
+                "check the network path to the server (use https); approve no code from this attempt"
+                    .to_owned(),
+            ),
             ClientError::NotPinned => Some(
                 "build the client from a stored session (HttpBackend::for_session) or pin the key from 'agentkeys init'".to_owned(),
             ),

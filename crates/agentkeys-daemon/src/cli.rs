@@ -94,11 +94,12 @@ pub struct ServeArgs {
     /// Which stored daemon session to use, by agent wallet, when several are stored.
     #[arg(long, value_name = "WALLET")]
     pub session_id: Option<String>,
-    /// Address the pair request to this master (alias, e-mail or wallet): no other master
-    /// can see or approve it.
-    #[arg(long, value_name = "MASTER", conflicts_with = "recover")]
-    pub parent: Option<String>,
-    /// Get a new session for an existing agent (alias, e-mail or wallet) instead of pairing.
+    /// The master's wallet: the pair request is addressed to it (no other master can see
+    /// or approve it); with --recover, the master whose aliases and e-mails name the agent.
+    #[arg(long, value_name = "MASTER_WALLET", value_parser = parse_wallet)]
+    pub parent: Option<agentkeys_types::Wallet>,
+    /// Get a new session for an existing agent instead of pairing: its wallet, or an alias
+    /// or e-mail its master linked (then also --parent).
     #[arg(long, value_name = "AGENT")]
     pub recover: Option<String>,
     /// The server's Ed25519 signing key (base64) to pin, instead of trusting first contact.
@@ -132,4 +133,12 @@ pub struct ServeArgs {
     /// Refuse to start unless Yama's ptrace_scope is at least 1.
     #[arg(long)]
     pub require_ptrace_scope: bool,
+}
+
+/// `--parent`: a wallet, said plainly when it is not one (names belong to one master, so
+/// only a wallet can say which master is meant).
+fn parse_wallet(s: &str) -> Result<agentkeys_types::Wallet, String> {
+    agentkeys_types::Wallet::parse(s.trim()).map_err(|_| {
+        "the master's wallet (0x and 40 hex digits), as its 'agentkeys whoami' shows".to_owned()
+    })
 }

@@ -1099,6 +1099,7 @@ mod tests {
                 kind: AuthKind::HighValue,
                 requester_public_key: None,
                 identity: None,
+                parent: None,
                 agent: None,
                 service: Some(service()),
                 description: None,

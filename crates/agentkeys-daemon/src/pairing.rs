@@ -42,8 +42,9 @@ pub struct SessionPlan {
     pub session_id: Option<String>,
     /// `--recover`.
     pub recover: Option<String>,
-    /// `--parent`: the master the pair request is addressed to.
-    pub parent: Option<String>,
+    /// `--parent`: the master (wallet) a pair request is addressed to, or in whose names a
+    /// recover identity is looked up.
+    pub parent: Option<agentkeys_types::Wallet>,
     /// `--server-key` (base64 Ed25519), else pinned at first contact.
     pub server_key: Option<String>,
     /// `AGENTKEYS_SESSION_STORE`.
@@ -140,7 +141,7 @@ pub async fn obtain(
             Err(e) => return Err(e.into()),
         }
     }
-    approve_flow(plan, waiting, AuthKind::Pair, plan.parent.as_ref()).await
+    approve_flow(plan, waiting, AuthKind::Pair, None).await
 }
 
 fn list_or_none(w: &[String]) -> String {
@@ -192,15 +193,21 @@ async fn approve_flow(
     let mut renewed = false;
     loop {
         let key = HpkeKeyPair::generate();
+        // The OTP announced is the one computed here from our own key; a server OTP that
+        // differs means the request was altered on the way, and nothing is announced.
         let ticket = backend
-            .open_auth_request(&OpenAuthRequest {
-                kind,
-                requester_public_key: Some(b64().encode(key.public_key())),
-                identity: identity.cloned(),
-                agent: None,
-                service: None,
-                description: Some(plan.description.clone()),
-            })
+            .open_requester_request(
+                OpenAuthRequest {
+                    kind,
+                    requester_public_key: None,
+                    identity: identity.cloned(),
+                    parent: plan.parent.clone(),
+                    agent: None,
+                    service: None,
+                    description: Some(plan.description.clone()),
+                },
+                &key,
+            )
             .await?;
         if renewed {
             eprintln!("The code expired without a decision; here is a new one.");

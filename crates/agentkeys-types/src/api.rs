@@ -102,6 +102,44 @@ pub fn auth_request_canonical_bytes(
     out
 }
 
+/// An identity as the server compares it: surrounding whitespace removed, lower case.
+pub fn normalize_identity(identity: &str) -> String {
+    identity.trim().to_lowercase()
+}
+
+/// The OTP subject of a pair request: the wallet of the master it is addressed to, or
+/// empty.
+pub fn pair_subject(parent: Option<&Wallet>) -> String {
+    parent.map(ToString::to_string).unwrap_or_default()
+}
+
+/// The OTP subject of a recover request: the identity as the requester named it
+/// ([`normalize_identity`]), prefixed with `<parent>/` when a master's namespace was named.
+pub fn recover_subject(identity: &str, parent: Option<&Wallet>) -> String {
+    match parent {
+        Some(p) => format!("{p}/{}", normalize_identity(identity)),
+        None => normalize_identity(identity),
+    }
+}
+
+/// The OTP subject of a high-value request: `<owner wallet>/<service>`.
+pub fn high_value_subject(owner: &Wallet, service: &ServiceName) -> String {
+    format!("{owner}/{service}")
+}
+
+/// The subject a requester binds into the OTP of the pair or recover request `req`, so it
+/// can recompute the OTP from its own key (DESIGN decision 4); `None` for high-value.
+pub fn requester_subject(req: &OpenAuthRequest) -> Option<String> {
+    match req.kind {
+        AuthKind::Pair => Some(pair_subject(req.parent.as_ref())),
+        AuthKind::Recover => Some(recover_subject(
+            req.identity.as_deref().unwrap_or_default(),
+            req.parent.as_ref(),
+        )),
+        AuthKind::HighValue => None,
+    }
+}
+
 /// Serde helpers for secret strings: the explicit opt-in to put a secret on the wire.
 pub mod secret_serde {
     use agentkeys_secmem::SecretString;
@@ -409,9 +447,14 @@ pub struct OpenAuthRequest {
     /// Pair/recover: the daemon's X25519 public key (base64) the session is sealed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester_public_key: Option<String>,
-    /// Recover: the agent's alias, e-mail or wallet.
+    /// Recover: the agent's wallet, or an alias or e-mail its master linked (then `parent`
+    /// names that master).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Pair: the master (wallet) the request is addressed to; no other master sees it.
+    /// Recover: the master whose aliases and e-mails `identity` is looked up among.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Wallet>,
     /// High-value: whose credential (default: the caller's wallet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<Wallet>,
@@ -673,6 +716,7 @@ mod tests {
             kind: AuthKind::Recover,
             requester_public_key: Some("k".into()),
             identity: Some("bot".into()),
+            parent: Some(wallet()),
             agent: None,
             service: None,
             description: Some("host".into()),
@@ -818,6 +862,19 @@ mod tests {
             shielding_key_signing_bytes(b"x"),
             decision_signing_bytes("", AuthStatus::Approved, b"x")
         );
+    }
+
+    #[test]
+    fn otp_subjects_name_what_each_request_is_about() {
+        let w = wallet();
+        assert_eq!(pair_subject(None), "");
+        assert_eq!(pair_subject(Some(&w)), w.to_string());
+        assert_eq!(recover_subject(" Bot ", None), "bot");
+        assert_eq!(
+            recover_subject("Bot@X.org", Some(&w)),
+            format!("{w}/bot@x.org")
+        );
+        assert_eq!(high_value_subject(&w, &service()), format!("{w}/openai"));
     }
 
     #[test]

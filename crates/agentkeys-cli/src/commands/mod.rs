@@ -59,9 +59,10 @@ pub async fn run(args: Args) -> CliResult {
         Command::Approve(a) => approve::approve(&ctx, a).await,
         Command::Recover {
             identity,
+            parent,
             wait,
             force,
-        } => session::recover(&ctx, &identity, wait, force).await,
+        } => session::recover(&ctx, &identity, parent.as_deref(), wait, force).await,
         Command::Completions { .. } | Command::Run(_) => Ok(()),
     }
 }

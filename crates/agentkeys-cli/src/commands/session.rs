@@ -311,8 +311,22 @@ async fn revoke_own(ctx: &Context) -> CliResult {
     ))
 }
 
-/// `agentkeys recover IDENTITY`.
-pub async fn recover(ctx: &Context, identity: &str, wait: u64, force: bool) -> CliResult {
+/// `agentkeys recover IDENTITY [--parent MASTER]`.
+pub async fn recover(
+    ctx: &Context,
+    identity: &str,
+    parent: Option<&str>,
+    wait: u64,
+    force: bool,
+) -> CliResult {
+    let parent = parent
+        .map(|p| {
+            agentkeys_types::Wallet::parse(p.trim()).map_err(|_| {
+                CliError::usage(format!("--parent '{p}' is not a wallet"))
+                    .hint("--parent is the master's wallet (0x and 40 hex digits), as its 'agentkeys whoami' shows")
+            })
+        })
+        .transpose()?;
     let existing = ctx.store.load().ok().map(|(s, _)| s);
     if let Some(stored) = &existing
         && !force
@@ -345,15 +359,20 @@ pub async fn recover(ctx: &Context, identity: &str, wait: u64, force: bool) -> C
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     loop {
         let requester = HpkeKeyPair::generate();
+        // The OTP shown is the one computed here from our own key; the server's must match.
         let ticket = backend
-            .open_auth_request(&OpenAuthRequest {
-                kind: AuthKind::Recover,
-                requester_public_key: Some(b64().encode(requester.public_key())),
-                identity: Some(identity.to_owned()),
-                agent: None,
-                service: None,
-                description: Some(format!("agentkeys recover on {}", host.trim())),
-            })
+            .open_requester_request(
+                OpenAuthRequest {
+                    kind: AuthKind::Recover,
+                    requester_public_key: None,
+                    identity: Some(identity.to_owned()),
+                    parent: parent.clone(),
+                    agent: None,
+                    service: None,
+                    description: Some(format!("agentkeys recover on {}", host.trim())),
+                },
+                &requester,
+            )
             .await?;
         note(&format!(
             "Recover code {}, OTP {} — approve with: agentkeys approve {}",
@@ -409,14 +428,14 @@ pub async fn recover(ctx: &Context, identity: &str, wait: u64, force: bool) -> C
                     break;
                 }
                 AuthStatus::Consumed => {
+                    // Only high-value grants are consumed; an approved recovery is served
+                    // (sealed to our key) for as long as the server keeps the request.
                     return Err(CliError::new(
-                        "ALREADY_CONSUMED",
-                        exit::REJECTED,
-                        "the approved session was already collected by someone else",
+                        "PROTOCOL",
+                        exit::INTERNAL,
+                        "the server answered a recovery with the status 'consumed'",
                     )
-                    .hint(
-                        "revoke that agent's sessions ('agentkeys revoke AGENT') and recover again",
-                    ));
+                    .hint("is the server an agentkeys server of the same version?"));
                 }
             }
         }

@@ -105,6 +105,7 @@ fn approve_shows_the_request_and_will_not_decide_without_a_terminal_or_yes() {
             base64::engine::general_purpose::STANDARD.encode(key.public_key()),
         ),
         identity: None,
+        parent: None,
         agent: None,
         service: None,
         description: Some("ci runner 7".into()),

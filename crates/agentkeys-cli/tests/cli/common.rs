@@ -201,6 +201,7 @@ impl Home {
                 base64::engine::general_purpose::STANDARD.encode(daemon_key.public_key()),
             ),
             identity: None,
+            parent: None,
             agent: None,
             service: None,
             description: Some("test daemon".into()),

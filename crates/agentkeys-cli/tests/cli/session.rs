@@ -241,7 +241,7 @@ fn a_server_that_is_down_gives_the_unreachable_error_fast() {
 fn recover_gives_this_home_an_agent_session_after_approval() {
     let server = start_server();
     let master = Home::new(&server);
-    master.init();
+    let master_wallet = master.init();
     let (agent, _) = master.pair_agent(&["--scope", "openai", "--read-only"]);
     master
         .cmd()
@@ -252,9 +252,23 @@ fn recover_gives_this_home_an_agent_session_after_approval() {
     master.store_value("openai", &value, &["--agent", "bot"]);
 
     let sandbox = Home::new(&server);
+    // An alias belongs to one master: without --parent it names nobody.
+    sandbox
+        .cmd()
+        .args(["recover", "bot", "--wait", "5"])
+        .assert()
+        .failure()
+        .stderr(contains("needs parent"));
     let mut child = sandbox
         .std_cmd()
-        .args(["recover", "bot", "--wait", "60"])
+        .args([
+            "recover",
+            "bot",
+            "--parent",
+            master_wallet.as_str(),
+            "--wait",
+            "60",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -105,7 +105,12 @@ fn recover_keeps_the_wallet_and_credentials_and_ends_the_old_session() {
     assert_eq!(old.terminate().code(), Some(0));
 
     let new_home = TempDir::new("agentkeys-test-daemon");
-    let d = DaemonProc::spawn(&server.url, new_home.path(), &["--recover", "builder"]);
+    let parent = master.wallet();
+    let d = DaemonProc::spawn(
+        &server.url,
+        new_home.path(),
+        &["--recover", "builder", "--parent", &parent],
+    );
     let (code, _) = d.code();
     assert!(master.approve(&code, &[]).status.success());
     assert_eq!(d.serving(), wallet, "recovery keeps the agent's wallet");
@@ -171,10 +176,19 @@ fn a_pair_request_addressed_with_parent_is_only_that_masters_to_approve() {
     let server = start_server(&[]);
     let alice = Master::enrolled(&server, "alice-enrol");
     let mallory = Master::enrolled(&server, "mallory-enrol");
-    let out = alice.cli(&["link", &alice.wallet(), "--alias", "alice"]);
+    // Names are per master: mallory linking "alice" changes nothing, and --parent takes
+    // only a wallet.
+    let out = mallory.cli(&["link", &mallory.wallet(), "--alias", "alice"]);
     assert!(out.status.success(), "{}", text(&out));
     let home = TempDir::new("agentkeys-test-daemon");
-    let d = DaemonProc::spawn(&server.url, home.path(), &["--parent", "alice"]);
+    let by_name = std::process::Command::new(DAEMON)
+        .args(["serve", "--server", &server.url, "--parent", "alice"])
+        .env("AGENTKEYS_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(by_name.status.code(), Some(2), "{}", text(&by_name));
+    assert!(text(&by_name).contains("wallet"), "{}", text(&by_name));
+    let d = DaemonProc::spawn(&server.url, home.path(), &["--parent", &alice.wallet()]);
     let (code, _) = d.code();
     let out = mallory.approve(&code, &["--scope", "openai"]);
     assert_eq!(

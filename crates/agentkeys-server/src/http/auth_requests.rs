@@ -40,16 +40,6 @@ pub(super) fn ticket(r: &AuthRequestRecord) -> AuthRequestTicket {
     }
 }
 
-/// The subject string bound into the OTP.
-fn subject(agent: Option<&Wallet>, service: Option<&ServiceName>) -> String {
-    match (agent, service) {
-        (Some(a), Some(s)) => format!("{a}/{s}"),
-        (Some(a), None) => a.to_string(),
-        _ => String::new(),
-    }
-}
-
-/// Creates and stores a request; retries on the (rare) pair-code collision.
 /// Who opens an auth request.
 pub(super) enum Requester<'a> {
     /// A session (high-value releases).
@@ -61,15 +51,29 @@ pub(super) enum Requester<'a> {
     },
 }
 
+/// What a request is about: the agent and service it names (recover: the agent the
+/// identity resolved to, if any; high-value: the owner and service) and the OTP subject
+/// the requester computes too (`auth_request_canonical_bytes`).
+pub(super) struct Subject<'a> {
+    pub(super) agent: Option<&'a Wallet>,
+    pub(super) service: Option<&'a ServiceName>,
+    pub(super) otp: String,
+}
+
+/// Creates and stores a request; retries on the (rare) pair-code collision.
 pub(super) async fn open_request<S: Store>(
     state: &AppState<S>,
     kind: AuthKind,
     requester_key: Option<[u8; 32]>,
-    agent: Option<&Wallet>,
-    service: Option<&ServiceName>,
+    subject: Subject<'_>,
     requester: Requester<'_>,
     description: Option<String>,
 ) -> ApiResult<AuthRequestTicket> {
+    let Subject {
+        agent,
+        service,
+        otp: otp_subject,
+    } = subject;
     let (caller, addressed_to) = match requester {
         Requester::Session(c) => (Some(c), None),
         Requester::Anonymous { addressed_to } => (None, addressed_to),
@@ -84,7 +88,7 @@ pub(super) async fn open_request<S: Store>(
     let canonical = auth_request_canonical_bytes(
         kind,
         requester_key.as_ref().map_or(&[][..], |k| &k[..]),
-        &subject(agent, service),
+        &otp_subject,
     );
     let otp = pairing::otp(&nonce, &canonical);
     for _ in 0..5 {
@@ -130,22 +134,28 @@ pub(super) async fn open_request<S: Store>(
     Err(ApiError::internal(&"could not allocate a free pair code"))
 }
 
-/// Resolves a recover identity: a wallet, an e-mail or an alias, naming a live agent.
-async fn resolve_agent<S: Store>(state: &AppState<S>, identity: &str) -> ApiResult<Wallet> {
-    resolve_account(state, identity, false).await
-}
-
-/// Resolves a wallet, e-mail or alias naming an account of the wanted kind (a master for a
-/// pair request addressed to its future parent, an agent for a recovery).
-async fn resolve_account<S: Store>(
+/// The live agent a recover request names: a wallet (of an agent of `parent`, when given),
+/// or an alias or e-mail in `parent`'s namespace. `None` when nothing matches: the request
+/// is then opened all the same and simply never shows to any master, so an anonymous
+/// caller cannot tell names that exist from names that do not.
+async fn recover_target<S: Store>(
     state: &AppState<S>,
     identity: &str,
-    master: bool,
-) -> ApiResult<Wallet> {
-    let identity = identity.trim();
+    parent: Option<&Wallet>,
+) -> ApiResult<Option<Wallet>> {
+    let identity = agentkeys_types::api::normalize_identity(identity);
     let wallet = if identity.starts_with("0x") {
-        Wallet::parse(identity).ok()
+        Some(Wallet::parse(&identity).map_err(|_| {
+            ApiError::bad_request("identity is not a wallet (0x and 40 lower-case hex digits)")
+                .hint("name the agent by its wallet, or by an alias or e-mail with parent")
+        })?)
     } else {
+        let Some(parent) = parent else {
+            return Err(ApiError::bad_request(
+                "recovering by alias or e-mail needs parent, the master's wallet",
+            )
+            .hint("aliases and e-mails belong to one master: pass its wallet as parent"));
+        };
         let kind = if identity.contains('@') {
             "email"
         } else {
@@ -153,23 +163,20 @@ async fn resolve_account<S: Store>(
         };
         state
             .store
-            .resolve_identity(kind, &identity.to_lowercase())
+            .resolve_identity(parent, kind, &identity)
             .await?
     };
-    let what = if master { "master" } else { "agent" };
-    match wallet {
-        Some(w)
-            if state
-                .store
-                .account(&w)
-                .await?
-                .is_some_and(|a| a.is_master == master) =>
-        {
-            Ok(w)
-        }
-        _ => Err(ApiError::not_found(format!("no {what} with that identity"))
-            .hint("link one first with 'agentkeys link WALLET --alias NAME'")),
-    }
+    let Some(wallet) = wallet else {
+        return Ok(None);
+    };
+    Ok(state
+        .store
+        .account(&wallet)
+        .await?
+        .filter(|a| {
+            !a.is_master && a.parent.is_some() && (parent.is_none() || a.parent.as_ref() == parent)
+        })
+        .map(|a| a.wallet))
 }
 
 /// `POST /v1/auth-requests`: pair and recover are open to anyone (rate-limited);
@@ -187,42 +194,62 @@ pub(super) async fn open<S: Store>(
     });
     let ticket = match req.kind {
         AuthKind::Pair | AuthKind::Recover => {
-            if !state
-                .limiter
-                .allow("anonymous-auth-open", ANON_OPEN_RATE, ANON_OPEN_RATE * 2.0)
+            if let Err(wait) =
+                state
+                    .limiter
+                    .take("anonymous-auth-open", ANON_OPEN_RATE, ANON_OPEN_RATE * 2.0)
             {
-                return Err(ApiError::new(
-                    ErrorCode::RateLimited,
+                return Err(ApiError::rate_limited(
                     "too many pairing requests; retry shortly",
+                    wait,
                 ));
             }
             let key = req.requester_public_key.as_deref().ok_or_else(|| {
                 ApiError::bad_request("requester_public_key is required for pair and recover")
+                    .hint("send the X25519 public key (32 bytes, base64) the session is sealed to")
             })?;
             let key = x25519_key("requester_public_key", key)?;
-            // A pair request may name the master that is to approve it (`--parent`).
-            let parent = match (req.kind, req.identity.as_deref()) {
-                (AuthKind::Pair, Some(id)) => Some(resolve_account(&state, id, true).await?),
-                _ => None,
-            };
-            let agent = match req.kind {
-                AuthKind::Recover => {
-                    let id = req
-                        .identity
-                        .as_deref()
-                        .ok_or_else(|| ApiError::bad_request("identity is required for recover"))?;
-                    Some(resolve_agent(&state, id).await?)
+            let parent = req.parent.as_ref();
+            let (agent, otp) = match req.kind {
+                AuthKind::Pair => {
+                    if req.identity.is_some() {
+                        return Err(ApiError::bad_request(
+                            "a pair request names no identity; address it with parent",
+                        )
+                        .hint(
+                            "parent is the master's wallet (0x…), as 'agentkeys whoami' shows it",
+                        ));
+                    }
+                    // Addressed to whatever wallet is named, master or not, so the answer
+                    // says nothing about which wallets exist.
+                    (None, agentkeys_types::api::pair_subject(parent))
                 }
-                _ => None,
+                _ => {
+                    let identity = req.identity.as_deref().ok_or_else(|| {
+                        ApiError::bad_request("identity is required for recover").hint(
+                            "name the agent by its wallet, or by an alias or e-mail with parent",
+                        )
+                    })?;
+                    let agent = recover_target(&state, identity, parent).await?;
+                    (
+                        agent,
+                        agentkeys_types::api::recover_subject(identity, parent),
+                    )
+                }
             };
             open_request(
                 &state,
                 req.kind,
                 Some(key),
-                agent.as_ref(),
-                None,
+                Subject {
+                    agent: agent.as_ref(),
+                    service: None,
+                    otp,
+                },
                 Requester::Anonymous {
-                    addressed_to: parent.as_ref(),
+                    // Only a pair request is addressed; a recover one shows to the master
+                    // owning the agent it names.
+                    addressed_to: parent.filter(|_| req.kind == AuthKind::Pair),
                 },
                 description,
             )
@@ -263,8 +290,11 @@ pub(super) async fn open<S: Store>(
                         &state,
                         AuthKind::HighValue,
                         None,
-                        Some(&owner),
-                        Some(service),
+                        Subject {
+                            agent: Some(&owner),
+                            service: Some(service),
+                            otp: agentkeys_types::api::high_value_subject(&owner, service),
+                        },
                         Requester::Session(&caller),
                         description,
                     )

@@ -17,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::auth_requests::{Requester, open_request};
+use super::auth_requests::{Requester, Subject, open_request};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{
@@ -267,8 +267,11 @@ pub(super) async fn read<S: Store>(
                     &state,
                     AuthKind::HighValue,
                     None,
-                    Some(&cred.owner),
-                    Some(service),
+                    Subject {
+                        agent: Some(&cred.owner),
+                        service: Some(service),
+                        otp: agentkeys_types::api::high_value_subject(&cred.owner, service),
+                    },
                     Requester::Session(&caller),
                     None,
                 )

@@ -57,16 +57,22 @@ pub(super) async fn link<S: Store>(
     }
     match state
         .store
-        .link_identity(kind, &value, &req.wallet, state.clock.now())
+        .link_identity(
+            caller.wallet(),
+            kind,
+            &value,
+            &req.wallet,
+            state.clock.now(),
+        )
         .await
     {
         Ok(()) => {}
         Err(StoreError::Conflict(_)) => {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("that {kind} already names another wallet"),
+                format!("that {kind} already names another of your wallets"),
             )
-            .hint("choose another name"));
+            .hint("choose another name, or look it up with 'agentkeys agents'"));
         }
         Err(e) => return Err(e.into()),
     }
@@ -103,14 +109,19 @@ pub(super) async fn resolve<S: Store>(
 ) -> ApiResult<Json<Identity>> {
     caller.require_master()?;
     let (kind, value) = normalize(q.alias.as_deref(), q.email.as_deref())?;
-    match state.store.resolve_identity(kind, &value).await? {
+    match state
+        .store
+        .resolve_identity(caller.wallet(), kind, &value)
+        .await?
+    {
         Some(wallet) if owns(&state, &caller, &wallet).await? => Ok(Json(Identity {
             kind: kind.to_owned(),
             value,
             wallet,
         })),
-        _ => Err(ApiError::not_found(format!(
-            "no {kind} {value} among your wallets"
-        ))),
+        _ => Err(
+            ApiError::not_found(format!("no such {kind} among your wallets"))
+                .hint("list your agents and their names with 'agentkeys agents'"),
+        ),
     }
 }

@@ -402,17 +402,21 @@ pub trait Store: Send + Sync + 'static {
         before: UnixSeconds,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// Links an alias or e-mail to a wallet; `Conflict` if it names another wallet.
+    /// Links an alias or e-mail, in `master`'s own namespace, to a wallet; `Conflict` if
+    /// that name already names another of `master`'s wallets. Other masters' names are
+    /// another namespace: they neither conflict nor show.
     fn link_identity(
         &self,
+        master: &Wallet,
         kind: &str,
         value: &str,
         wallet: &Wallet,
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Resolves an alias or e-mail.
+    /// Resolves an alias or e-mail in `master`'s namespace to a live wallet.
     fn resolve_identity(
         &self,
+        master: &Wallet,
         kind: &str,
         value: &str,
     ) -> impl Future<Output = StoreResult<Option<Wallet>>> + Send;

@@ -320,7 +320,8 @@ impl Store for SqliteStore {
                (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
                (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
                   AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
-               (SELECT GROUP_CONCAT(value, char(10)) FROM identities i WHERE i.wallet = a.wallet) AS idents \
+               (SELECT GROUP_CONCAT(value, char(10)) FROM identities i \
+                  WHERE i.wallet = a.wallet AND i.master = $1) AS idents \
              FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet",
         )
         .bind(parent.as_str())
@@ -728,17 +729,21 @@ impl Store for SqliteStore {
 
     async fn link_identity(
         &self,
+        master: &Wallet,
         kind: &str,
         value: &str,
         w: &Wallet,
         now: UnixSeconds,
     ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
-        let existing = sqlx::query("SELECT wallet FROM identities WHERE kind = $1 AND value = $2")
-            .bind(kind)
-            .bind(value)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing = sqlx::query(
+            "SELECT wallet FROM identities WHERE master = $1 AND kind = $2 AND value = $3",
+        )
+        .bind(master.as_str())
+        .bind(kind)
+        .bind(value)
+        .fetch_optional(&mut *tx)
+        .await?;
         match existing {
             Some(row) => {
                 let owner: String = row.try_get("wallet")?;
@@ -747,24 +752,34 @@ impl Store for SqliteStore {
                 }
             }
             None => {
-                sqlx::query("INSERT INTO identities (kind, value, wallet, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(kind)
-                    .bind(value)
-                    .bind(w.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO identities (master, kind, value, wallet, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(master.as_str())
+                .bind(kind)
+                .bind(value)
+                .bind(w.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn resolve_identity(&self, kind: &str, value: &str) -> StoreResult<Option<Wallet>> {
+    async fn resolve_identity(
+        &self,
+        master: &Wallet,
+        kind: &str,
+        value: &str,
+    ) -> StoreResult<Option<Wallet>> {
         let row = sqlx::query(
             "SELECT i.wallet FROM identities i JOIN accounts a ON a.wallet = i.wallet \
-             WHERE i.kind = $1 AND i.value = $2 AND a.deleted_at IS NULL",
+             WHERE i.master = $1 AND i.kind = $2 AND i.value = $3 AND a.deleted_at IS NULL",
         )
+        .bind(master.as_str())
         .bind(kind)
         .bind(value)
         .fetch_optional(&self.reader)

@@ -380,13 +380,26 @@ async fn identities_link_owned_wallets_and_resolve_for_their_owner_only() {
         m2.link_identity(&link(Some("x"), None)).await,
         ErrorCode::Denied,
     );
+    // Another master's "builder" is its own name: no conflict, and no hint of the first.
     let (_, m2_info, _) = ts.master("m2").await;
-    let taken = LinkIdentityRequest {
-        wallet: m2_info.wallet,
+    let own = LinkIdentityRequest {
+        wallet: m2_info.wallet.clone(),
         alias: Some("builder".into()),
         email: None,
     };
-    assert_code(m2.link_identity(&taken).await, ErrorCode::Conflict);
+    m2.link_identity(&own).await.unwrap();
+    assert_eq!(
+        m2.resolve_identity("builder").await.unwrap().wallet,
+        m2_info.wallet
+    );
+    // Within one namespace a name names one wallet.
+    let (_, other, _) = ts.agent(&m, Scope::all()).await;
+    let taken = LinkIdentityRequest {
+        wallet: other.wallet,
+        alias: Some("builder".into()),
+        email: None,
+    };
+    assert_code(m.link_identity(&taken).await, ErrorCode::Conflict);
     assert_code(
         m.link_identity(&link(Some("a"), Some("b@c.d"))).await,
         ErrorCode::BadRequest,
@@ -397,7 +410,12 @@ async fn identities_link_owned_wallets_and_resolve_for_their_owner_only() {
     );
     assert_code(m.resolve_identity("nobody").await, ErrorCode::NotFound);
     let listed = m.agents().await.unwrap();
-    assert_eq!(listed.agents[0].identities, ["bot@example.com", "builder"]);
+    let agent = listed
+        .agents
+        .iter()
+        .find(|a| a.wallet == a_info.wallet)
+        .unwrap();
+    assert_eq!(agent.identities, ["bot@example.com", "builder"]);
 }
 
 #[tokio::test]

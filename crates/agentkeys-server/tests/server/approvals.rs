@@ -28,6 +28,7 @@ fn pair_request(key: &HpkeKeyPair) -> OpenAuthRequest {
         kind: AuthKind::Pair,
         requester_public_key: Some(b64(&key.public_key())),
         identity: None,
+        parent: None,
         agent: None,
         service: None,
         description: Some("laptop".into()),
@@ -230,7 +231,8 @@ async fn recover_mints_a_new_session_for_an_existing_agent() {
     .await
     .unwrap();
     link_alias(&m, &a_info.wallet, "builder").await;
-    let (key, req) = naming(AuthKind::Recover, "builder");
+    let (key, mut req) = naming(AuthKind::Recover, "builder");
+    req.parent = Some(m.session().await.unwrap().wallet);
     let t = ts.anon().open_auth_request(&req).await.unwrap();
     assert_hidden_from(&m2, &t).await;
     let view = m.auth_request_by_code(&t.pair_code).await.unwrap();
@@ -258,11 +260,19 @@ async fn recover_mints_a_new_session_for_an_existing_agent() {
     );
     // The lost daemon's session ended with the recovery.
     assert_code(old_daemon.session().await, ErrorCode::Unauthorized);
+    // A name nobody linked is answered like one that exists, and shows to no master.
     let mut unknown = req.clone();
     unknown.identity = Some("nobody".into());
+    let t = ts.anon().open_auth_request(&unknown).await.unwrap();
+    assert_hidden_from(&m, &t).await;
+    assert_hidden_from(&m2, &t).await;
+    // By alias without the master that linked it, the request is refused (names are
+    // per master), whether or not the name exists.
+    let mut bare = req.clone();
+    bare.parent = None;
     assert_code(
-        ts.anon().open_auth_request(&unknown).await,
-        ErrorCode::NotFound,
+        ts.anon().open_auth_request(&bare).await,
+        ErrorCode::BadRequest,
     );
 }
 
@@ -341,6 +351,7 @@ async fn a_read_the_server_cannot_seal_does_not_spend_the_grant() {
             kind: AuthKind::HighValue,
             requester_public_key: None,
             identity: None,
+            parent: None,
             agent: None,
             service: Some(svc("stripe")),
             description: None,
@@ -392,6 +403,7 @@ async fn a_high_value_grant_expires_unused() {
             kind: AuthKind::HighValue,
             requester_public_key: None,
             identity: None,
+            parent: None,
             agent: None,
             service: Some(svc("stripe")),
             description: None,
@@ -410,6 +422,7 @@ async fn a_high_value_grant_expires_unused() {
         kind: AuthKind::HighValue,
         requester_public_key: None,
         identity: None,
+        parent: None,
         agent: None,
         service: Some(svc("stripe")),
         description: None,
@@ -442,6 +455,7 @@ async fn an_agent_may_ask_ahead_for_its_masters_high_value_credential() {
         kind: AuthKind::HighValue,
         requester_public_key: None,
         identity: None,
+        parent: None,
         agent: None,
         service: Some(svc(service)),
         description: Some("nightly billing run".into()),
@@ -471,20 +485,88 @@ async fn a_pair_request_addressed_to_a_master_is_only_that_masters() {
     let ts = TestServer::start().await;
     let (m, m_info, _) = ts.master("m").await;
     let (m2, _, _) = ts.master("m2").await;
-    link_alias(&m, &m_info.wallet, "alice").await;
-    let (_key, req) = naming(AuthKind::Pair, "alice");
+    let key = HpkeKeyPair::generate();
+    let req = OpenAuthRequest {
+        kind: AuthKind::Pair,
+        requester_public_key: Some(b64(&key.public_key())),
+        identity: None,
+        parent: Some(m_info.wallet.clone()),
+        agent: None,
+        service: None,
+        description: None,
+    };
     let t = ts.anon().open_auth_request(&req).await.unwrap();
     assert_hidden_from(&m2, &t).await;
     let decided = m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
     let agent = decided.agent.unwrap();
     let agents = m.agents().await.unwrap();
     assert!(agents.agents.iter().any(|a| a.wallet == agent));
+    // A wallet that is no master is answered alike: the answer says nothing about which
+    // wallets exist, and the request shows to nobody.
     let mut unknown = req.clone();
-    unknown.identity = Some("nobody".into());
+    unknown.parent = Some(agentkeys_types::Wallet::from_bytes(&[7; 20]));
+    let t = ts.anon().open_auth_request(&unknown).await.unwrap();
+    assert_eq!((t.pair_code.len(), t.otp.len()), (9, 6));
+    assert_hidden_from(&m, &t).await;
+    // Pair requests name their master by wallet only: a name could be anyone's.
+    let mut named = req.clone();
+    named.identity = Some("alice".into());
     assert_code(
-        ts.anon().open_auth_request(&unknown).await,
+        ts.anon().open_auth_request(&named).await,
+        ErrorCode::BadRequest,
+    );
+}
+
+#[tokio::test]
+async fn another_master_squatting_a_name_captures_nothing() {
+    let ts = TestServer::start().await;
+    let (victim, victim_info, _) = ts.master("victim").await;
+    let (squatter, squatter_info, _) = ts.master("squatter").await;
+    let (_, bot, _) = ts.agent(&victim, scope(&["openai"], true)).await;
+    let (_, decoy, _) = ts.agent(&squatter, scope(&["openai"], true)).await;
+    // Both link "bot" and the same e-mail: two namespaces, no conflict, nothing revealed.
+    link_alias(&squatter, &decoy.wallet, "bot").await;
+    link_alias(&victim, &bot.wallet, "bot").await;
+    for (m, w) in [(&squatter, &decoy.wallet), (&victim, &bot.wallet)] {
+        m.link_identity(&LinkIdentityRequest {
+            wallet: w.clone(),
+            alias: None,
+            email: Some("ops@example.org".into()),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        victim.resolve_identity("bot").await.unwrap().wallet,
+        bot.wallet
+    );
+    assert_eq!(
+        squatter
+            .resolve_identity("ops@example.org")
+            .await
+            .unwrap()
+            .wallet,
+        decoy.wallet
+    );
+    // The victim's daemon recovers "bot" in the victim's namespace: the squatter's "bot"
+    // plays no part, and the squatter cannot see the request.
+    let (_key, mut req) = naming(AuthKind::Recover, "bot");
+    req.parent = Some(victim_info.wallet.clone());
+    let t = ts.anon().open_auth_request(&req).await.unwrap();
+    assert_hidden_from(&squatter, &t).await;
+    let view = victim.auth_request_by_code(&t.pair_code).await.unwrap();
+    assert_eq!(view.agent.as_ref(), Some(&bot.wallet));
+    // Naming the squatter's namespace reaches only the squatter's own agent.
+    let (_key, mut req) = naming(AuthKind::Recover, "bot");
+    req.parent = Some(squatter_info.wallet.clone());
+    let t = ts.anon().open_auth_request(&req).await.unwrap();
+    assert_hidden_from(&victim, &t).await;
+    // Resolving is per master too: the squatter cannot look up the victim's names.
+    let err = assert_code(
+        squatter.resolve_identity("nothing-here").await,
         ErrorCode::NotFound,
     );
+    assert!(!err.to_string().contains("nothing-here"), "{err}");
 }
 
 /// `m` links `alias` to `wallet`.
@@ -509,6 +591,7 @@ fn naming(kind: AuthKind, identity: &str) -> (HpkeKeyPair, OpenAuthRequest) {
         kind,
         requester_public_key: Some(b64(&key.public_key())),
         identity: Some(identity.into()),
+        parent: None,
         agent: None,
         service: None,
         description: None,

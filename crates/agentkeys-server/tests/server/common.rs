@@ -83,6 +83,7 @@ impl TestServer {
                 kind: AuthKind::Pair,
                 requester_public_key: Some(b64(&daemon_key.public_key())),
                 identity: None,
+                parent: None,
                 agent: None,
                 service: None,
                 description: Some("test daemon".into()),

@@ -1,16 +1,21 @@
 //! An active attacker between client and server on plain HTTP (DESIGN decision 14): a
 //! tampering proxy in front of the real server swaps the shielding key in
-//! `GET /v1/server-info` for its own (to open every store, then re-seal it onward), and
-//! answers reads with a value of its choosing sealed to the reader's fresh key. A client
-//! pinned to the server's Ed25519 key must refuse both; a control shows the proxy's
-//! tampering is real.
+//! `GET /v1/server-info` for its own (to open every store, then re-seal it onward), answers
+//! reads with a value of its choosing sealed to the reader's fresh key, and swaps the
+//! requester's key in pair requests. A client pinned to the server's Ed25519 key must refuse
+//! the first two, and a requester that recomputes its own OTP the third; controls show the
+//! proxy's tampering is real.
 
 use std::sync::{Arc, Mutex};
 
 use agentkeys_core::ClientError;
 use agentkeys_core::client::{Backend as _, HttpBackend};
 use agentkeys_core::crypto::hpke::{self, HpkeKeyPair};
-use agentkeys_types::api::{HPKE_INFO_READ, HPKE_INFO_STORE, credential_aad};
+use agentkeys_core::crypto::pairing::otp;
+use agentkeys_types::api::{
+    AuthKind, HPKE_INFO_READ, HPKE_INFO_STORE, OpenAuthRequest, auth_request_canonical_bytes,
+    credential_aad,
+};
 use agentkeys_types::{ServiceName, Wallet};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -118,6 +123,15 @@ async fn forward(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     if path == "/v1/credentials" && parts.method == axum::http::Method::POST {
         body = p.tamper_store(&body);
     }
+    if path == "/v1/auth-requests" && parts.method == axum::http::Method::POST {
+        // Pairing: put the attacker's key in place of the daemon's, so the session the
+        // master approves would be sealed to the attacker.
+        let mut v: Value = serde_json::from_slice(&body).unwrap();
+        if v.get("requester_public_key").is_some() {
+            v["requester_public_key"] = b64().encode(p.key.public_key()).into();
+        }
+        body = Bytes::from(serde_json::to_vec(&v).unwrap());
+    }
     let target = format!(
         "{}{}",
         p.upstream,
@@ -210,4 +224,48 @@ async fn an_active_attacker_can_neither_read_a_store_nor_forge_a_read() {
         unpinned.store_credential(None, &stripe, b"x", None).await,
         Err(ClientError::NotPinned)
     ));
+}
+
+#[tokio::test]
+async fn a_requester_key_swapped_in_transit_is_caught_by_the_requesters_own_otp() {
+    let ts = TestServer::start().await;
+    let (_, me, _) = ts.master("pairing").await;
+    let (url, proxy) = Proxy::start(&ts, me.wallet.clone()).await;
+    let request = || OpenAuthRequest {
+        kind: AuthKind::Pair,
+        requester_public_key: None,
+        identity: None,
+        parent: None,
+        agent: None,
+        service: None,
+        description: None,
+    };
+    let daemon_key = HpkeKeyPair::generate();
+    let via = HttpBackend::new(&url).unwrap();
+    assert!(matches!(
+        via.open_requester_request(request(), &daemon_key).await,
+        Err(ClientError::OtpMismatch)
+    ));
+    // Control: the server's OTP is computed over the attacker's key, so a requester that
+    // showed it as received would have matched what the master is shown.
+    let mut raw = request();
+    raw.requester_public_key = Some(b64().encode(daemon_key.public_key()));
+    let t = via.open_auth_request(&raw).await.unwrap();
+    let nonce = b64().decode(&t.nonce).unwrap();
+    let over = |key: &[u8]| {
+        otp(
+            &nonce,
+            &auth_request_canonical_bytes(AuthKind::Pair, key, ""),
+        )
+    };
+    assert_eq!(t.otp, over(&proxy.key.public_key()));
+    assert_ne!(t.otp, over(&daemon_key.public_key()));
+    // Without the attacker, the requester's own OTP is the server's.
+    let direct = HttpBackend::new(&ts.url).unwrap();
+    assert!(
+        direct
+            .open_requester_request(request(), &daemon_key)
+            .await
+            .is_ok()
+    );
 }

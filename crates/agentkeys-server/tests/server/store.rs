@@ -319,20 +319,38 @@ async fn old_auth_requests_are_purged_but_live_grants_kept<S: Store>(s: S) {
     assert_eq!(s.purge_auth_requests(NOW + 10_001).await.unwrap(), 1);
 }
 
-async fn identities_conflict_across_wallets<S: Store>(s: S) {
+async fn identities_are_one_namespace_per_master<S: Store>(s: S) {
     let a = master(&s).await;
     let b = master(&s).await;
-    s.link_identity("alias", "x", &a.wallet, NOW).await.unwrap();
-    s.link_identity("alias", "x", &a.wallet, NOW).await.unwrap();
+    s.link_identity(&a.wallet, "alias", "x", &a.wallet, NOW)
+        .await
+        .unwrap();
+    s.link_identity(&a.wallet, "alias", "x", &a.wallet, NOW)
+        .await
+        .unwrap();
+    // The same name in another master's namespace neither conflicts nor shows.
+    s.link_identity(&b.wallet, "alias", "x", &b.wallet, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.resolve_identity(&a.wallet, "alias", "x").await.unwrap(),
+        Some(a.wallet.clone())
+    );
+    assert_eq!(
+        s.resolve_identity(&b.wallet, "alias", "x").await.unwrap(),
+        Some(b.wallet.clone())
+    );
+    // Within one namespace a name still names one wallet.
+    let other = master(&s).await;
     assert!(matches!(
-        s.link_identity("alias", "x", &b.wallet, NOW).await,
+        s.link_identity(&a.wallet, "alias", "x", &other.wallet, NOW)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
-        s.resolve_identity("alias", "x").await.unwrap(),
-        Some(a.wallet)
+        s.resolve_identity(&a.wallet, "email", "x").await.unwrap(),
+        None
     );
-    assert_eq!(s.resolve_identity("email", "x").await.unwrap(), None);
 }
 
 async fn audit_appends_chain_across_batches<S: Store>(s: S) {
@@ -358,7 +376,7 @@ macro_rules! engine {
             an_expired_grant_is_not_spent,
             credentials_upsert_and_keep_policy_on_request,
             sessions_revoke_and_teardown_only_what_they_own,
-            identities_conflict_across_wallets,
+            identities_are_one_namespace_per_master,
             old_auth_requests_are_purged_but_live_grants_kept,
             audit_appends_chain_across_batches,
         ]);
