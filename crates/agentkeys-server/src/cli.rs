@@ -20,13 +20,19 @@ pub(crate) struct Args {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8090", env = "AGENTKEYS_LISTEN")]
     pub(crate) listen: SocketAddr,
-    /// Enrolment check for new master sessions: `dev` (any token) or `tokens FILE`
-    /// (one token, or `sha256:HEX`, per line)
-    #[arg(long, num_args = 1..=2, value_names = ["MODE", "FILE"], default_values = ["dev"])]
+    /// Enrolment check for new master sessions, required outside --dev: `tokens FILE` (one
+    /// token, or `sha256:HEX`, per line), or `dev` (any non-empty token enrols: an enrolment
+    /// token is then a master's only secret)
+    #[arg(long, num_args = 1..=2, value_names = ["MODE", "FILE"])]
     pub(crate) auth: Vec<String>,
-    /// Development mode: a throwaway data dir, `--auth dev`, and an `export` line to paste
+    /// Development mode: a throwaway data dir, `--auth dev`, loopback only, and an `export`
+    /// line to paste
     #[arg(long)]
     pub(crate) dev: bool,
+    /// Enrolments (POST /v1/sessions) allowed per second per client address; the whole
+    /// server allows ten times as many
+    #[arg(long, default_value_t = 1.0, value_name = "PER_SEC")]
+    pub(crate) enrol_rate: f64,
     /// Master session lifetime (e.g. 30d, 12h, 3600s)
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     pub(crate) master_ttl: i64,
@@ -84,6 +90,14 @@ pub(crate) struct Plan {
 impl Args {
     pub(crate) fn plan(self) -> Result<Plan, String> {
         let auth = match self.auth.as_slice() {
+            [] if self.dev => AuthPlan::Dev,
+            [] => {
+                return Err(
+                    "--auth is required: '--auth tokens FILE' (enrolment tokens you \
+                            hand out), or --dev for a throwaway loopback server"
+                        .into(),
+                );
+            }
             [m] if m == "dev" => AuthPlan::Dev,
             [m, f] if m == "tokens" => AuthPlan::Tokens(PathBuf::from(f)),
             [m] if m == "tokens" => {
@@ -93,6 +107,15 @@ impl Args {
         };
         if self.dev && matches!(auth, AuthPlan::Tokens(_)) {
             return Err("--dev always uses --auth dev; drop one of them".into());
+        }
+        if self.dev && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "--dev serves loopback only (any token enrols); {} is not a loopback address",
+                self.listen.ip()
+            ));
+        }
+        if self.enrol_rate.is_nan() || self.enrol_rate <= 0.0 {
+            return Err("--enrol-rate must be above 0".into());
         }
         if self.dev && self.data_dir.is_some() {
             return Err(
@@ -109,6 +132,7 @@ impl Args {
             read_rate: self.read_rate,
             read_burst: self.read_burst,
             pair_ttl: self.pair_ttl,
+            enrol_rate: self.enrol_rate,
             ..Default::default()
         };
         Ok(Plan {
@@ -132,6 +156,28 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(2_592_000));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn auth_is_required_outside_dev_and_dev_is_loopback_only() {
+        let missing = Args::parse_from(["s"]).plan().unwrap_err();
+        assert!(missing.contains("--auth is required"), "{missing}");
+        let p = Args::parse_from(["s", "--dev"]).plan().unwrap();
+        assert!(matches!(p.auth, AuthPlan::Dev));
+        let p = Args::parse_from(["s", "--auth", "dev"]).plan().unwrap();
+        assert!(
+            matches!(p.auth, AuthPlan::Dev),
+            "dev auth, asked for by name"
+        );
+        let wide = Args::parse_from(["s", "--dev", "--listen", "0.0.0.0:8090"])
+            .plan()
+            .unwrap_err();
+        assert!(wide.contains("loopback only"), "{wide}");
+        assert!(
+            Args::parse_from(["s", "--dev", "--listen", "[::1]:0"])
+                .plan()
+                .is_ok()
+        );
     }
 
     #[test]

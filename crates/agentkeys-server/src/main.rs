@@ -103,9 +103,10 @@ async fn run(plan: cli::Plan) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         tracing::warn!(listen = %addr, "serving plain HTTP beyond loopback: bearer tokens would cross the network in clear; put a TLS terminator in front (docs/operations.md)");
     }
-    if matches!(config.auth, AuthMode::Dev) {
+    if matches!(config.auth, AuthMode::Dev) && !plan.dev {
         tracing::warn!(
-            "--auth dev: any non-empty enrolment token creates a master session; not for production"
+            "--auth dev: any non-empty enrolment token creates a master session, and the token \
+             is that master's only secret; use --auth tokens FILE outside development"
         );
     }
     tracing::info!(listen = %addr, data_dir = %data_dir.display(), keys = %keys.source, "agentkeys-server ready");

@@ -124,6 +124,12 @@ pub struct Config {
     pub read_burst: f64,
     /// Request body limit, bytes.
     pub body_limit: usize,
+    /// Enrolments per second per client address (the server as a whole: ten times this).
+    pub enrol_rate: f64,
+    /// Anonymous pair/recover opens per second per client address (server-wide: ten times).
+    pub anon_open_rate: f64,
+    /// Decision long-polls waiting at once, server-wide; beyond it a poll answers at once.
+    pub max_long_polls: usize,
 }
 
 impl Default for Config {
@@ -137,6 +143,9 @@ impl Default for Config {
             read_rate: 50.0,
             read_burst: 100.0,
             body_limit: 64 * 1024,
+            enrol_rate: 1.0,
+            anon_open_rate: 5.0,
+            max_long_polls: 512,
         }
     }
 }
@@ -202,6 +211,29 @@ impl RateLimiter {
     }
 }
 
+/// Decides which refusals reach the audit log so that a flood of them cannot grow it
+/// without bound: one row per client address a minute and one a second server-wide; the
+/// refusals not written are counted and the count goes into the next row's detail.
+#[derive(Debug, Default)]
+pub struct RefusalTally {
+    limiter: RateLimiter,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl RefusalTally {
+    /// `Some(n)` when this refusal is to be audited (`n` refusals were not, since the last
+    /// row); `None` when it is only counted.
+    pub fn admit(&self, address: &str) -> Option<u64> {
+        let per_address = self.limiter.allow(address, 1.0 / 60.0, 1.0);
+        if per_address && self.limiter.allow("*", 1.0, 1.0) {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// Everything a handler needs.
 pub struct AppState<S: Store> {
     /// Storage.
@@ -216,6 +248,11 @@ pub struct AppState<S: Store> {
     pub limiter: RateLimiter,
     /// Wakes long-polls when any auth request is decided.
     pub decisions: Notify,
+    /// Long-polls allowed to wait at once (`max_long_polls`).
+    pub long_polls: tokio::sync::Semaphore,
+    /// Refused enrolments: at most one audit row per address a minute (and one a second
+    /// server-wide); the rest are counted here and reported on the next row written.
+    pub refused_enrolments: RefusalTally,
     /// The clock.
     pub clock: Clock,
     /// Precomputed `GET /v1/server-info`.
@@ -241,6 +278,7 @@ impl<S: Store> AppState<S> {
             hpke_suite: "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305".to_owned(),
         };
         tokio::spawn(purge_loop(Arc::downgrade(&store)));
+        let long_polls = tokio::sync::Semaphore::new(config.max_long_polls);
         Arc::new(AppState {
             audit: AuditLog::start(store.clone()),
             store,
@@ -248,6 +286,8 @@ impl<S: Store> AppState<S> {
             config,
             limiter: RateLimiter::default(),
             decisions: Notify::new(),
+            long_polls,
+            refused_enrolments: RefusalTally::default(),
             clock: Clock::default(),
             info,
         })

@@ -19,15 +19,12 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, Caller, authenticate};
+use super::extract::{ApiJson, ApiQuery, Caller, ClientAddr, authenticate};
 use super::{EventExt as _, b64e, event, new_id, new_token, new_wallet, owns, record, x25519_key};
 use crate::state::AppState;
 use crate::store::{
     Account, Approval, AuthRequestRecord, DecideOutcome, NewSession, Store, StoreError,
 };
-
-/// Opens of unauthenticated (pair/recover) requests, per second, server-wide.
-const ANON_OPEN_RATE: f64 = 20.0;
 
 /// The ticket a requester gets for a stored request.
 pub(super) fn ticket(r: &AuthRequestRecord) -> AuthRequestTicket {
@@ -184,6 +181,7 @@ async fn recover_target<S: Store>(
 pub(super) async fn open<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
+    ClientAddr(address): ClientAddr,
     ApiJson(req): ApiJson<OpenAuthRequest>,
 ) -> ApiResult<(StatusCode, Json<AuthRequestTicket>)> {
     let description = req.description.map(|d| {
@@ -194,15 +192,19 @@ pub(super) async fn open<S: Store>(
     });
     let ticket = match req.kind {
         AuthKind::Pair | AuthKind::Recover => {
-            if let Err(wait) =
-                state
-                    .limiter
-                    .take("anonymous-auth-open", ANON_OPEN_RATE, ANON_OPEN_RATE * 2.0)
-            {
-                return Err(ApiError::rate_limited(
-                    "too many pairing requests; retry shortly",
-                    wait,
-                ));
+            // Per client address, so one flooding client cannot lock every daemon out,
+            // and server-wide, to bound the table and the audit log.
+            let rate = state.config.anon_open_rate;
+            for (key, rate) in [
+                (format!("open:{address}"), rate),
+                ("open:*".to_owned(), rate * 10.0),
+            ] {
+                if let Err(wait) = state.limiter.take(&key, rate, rate * 2.0) {
+                    return Err(ApiError::rate_limited(
+                        "too many pairing requests; retry shortly",
+                        wait,
+                    ));
+                }
             }
             let key = req.requester_public_key.as_deref().ok_or_else(|| {
                 ApiError::bad_request("requester_public_key is required for pair and recover")
@@ -596,7 +598,11 @@ pub(super) async fn decision<S: Store>(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Json<Decision>> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(60));
+    // Only so many polls wait at once; beyond that a poll answers at once with the status
+    // it finds, so a flood of long-polls costs the server nothing it must hold.
+    let permit = state.long_polls.try_acquire().ok();
+    let wait = if permit.is_some() { q.wait.min(60) } else { 0 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         // Register for the wake-up before reading, so a decision in between is not missed.
         let notified = state.decisions.notified();

@@ -82,6 +82,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// The client's IP address, as the TCP connection shows it (`-` when the request did not
+/// come through [`crate::serve`]). Behind a reverse proxy this is the proxy's address, so
+/// per-address limits then apply to the proxy as a whole.
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map_or_else(|| "-".to_owned(), |c| c.0.ip().to_string()),
+        ))
+    }
+}
+
 /// The authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Caller {

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, ClientAddr};
 use super::{event, new_id, new_token, new_wallet, owns, record};
 use crate::state::{AppState, AuthMode};
 use crate::store::{NewSession, SessionRecord, Store};
@@ -36,15 +36,28 @@ pub(super) fn info(s: &SessionRecord) -> SessionInfo {
 }
 
 /// `POST /v1/sessions`: checks the enrolment credential and mints a master session.
+/// Rate-limited per client address and server-wide, since the enrolment token is a
+/// master's only credential; refusals reach the audit log at a bounded rate.
 pub(super) async fn create<S: Store>(
     State(state): State<Arc<AppState<S>>>,
+    ClientAddr(address): ClientAddr,
     ApiJson(req): ApiJson<CreateSessionRequest>,
 ) -> ApiResult<(StatusCode, Json<SessionGrant>)> {
+    let rate = state.config.enrol_rate;
+    for (key, rate) in [
+        (format!("enrol:{address}"), rate),
+        ("enrol:*".to_owned(), rate * 10.0),
+    ] {
+        if let Err(wait) = state.limiter.take(&key, rate, (rate * 10.0).max(1.0)) {
+            return Err(ApiError::rate_limited("too many enrolment attempts", wait));
+        }
+    }
     let token = req.auth_token.expose_secret();
     if token.is_empty() || token.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "auth_token must be 1 to 1024 characters",
-        ));
+        return Err(
+            ApiError::bad_request("auth_token must be 1 to 1024 characters")
+                .hint("send the enrolment token your operator gave you"),
+        );
     }
     // Domain-separated so an enrolment hash can never equal a session-token hash.
     let mut material = Vec::with_capacity(token.len() + 20);
@@ -57,11 +70,17 @@ pub(super) async fn create<S: Store>(
         AuthMode::Tokens(set) => set.contains(&sha256(token.as_bytes())),
     };
     if !accepted {
-        record(
-            &state,
-            event("-", "session.create", ErrorCode::Unauthorized.as_str()),
-        )
-        .await?;
+        if let Some(unrecorded) = state.refused_enrolments.admit(&address) {
+            let detail = match unrecorded {
+                0 => format!("from {address}"),
+                n => format!("from {address} ({n} more refusals since the last one recorded)"),
+            };
+            record(
+                &state,
+                event("-", "session.create", ErrorCode::Unauthorized.as_str()).detail(detail),
+            )
+            .await?;
+        }
         return Err(
             ApiError::new(ErrorCode::Unauthorized, "enrolment token not accepted")
                 .hint("ask the server operator for an enrolment token"),

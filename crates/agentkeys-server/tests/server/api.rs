@@ -1,7 +1,10 @@
 //! Every endpoint's success path, and the scope and ownership rules.
 
 use agentkeys_core::client::{AuditQuery, Backend as _};
-use agentkeys_types::api::{LinkIdentityRequest, Policy, RevokeRequest, SessionKind};
+use agentkeys_core::crypto::hpke::HpkeKeyPair;
+use agentkeys_types::api::{
+    AuthKind, LinkIdentityRequest, OpenAuthRequest, Policy, RevokeRequest, SessionKind,
+};
 use agentkeys_types::{ErrorCode, Scope};
 
 use super::common::*;
@@ -58,6 +61,136 @@ async fn tokens_mode_accepts_only_listed_enrolment_tokens() {
         .await;
     assert_code(bad, ErrorCode::Unauthorized);
     ts.master("good-token").await;
+}
+
+#[tokio::test]
+async fn an_enrolment_flood_is_rate_limited_and_does_not_grow_the_audit_log() {
+    let mut cfg = agentkeys_server::Config::default();
+    let ok = agentkeys_core::crypto::sha256(b"good-token");
+    cfg.auth = agentkeys_server::AuthMode::Tokens([ok].into_iter().collect());
+    let ts = TestServer::with_config(cfg).await;
+    let (mut refused, mut limited) = (0, 0);
+    for i in 0..60 {
+        let guess = agentkeys_secmem::SecretString::from(format!("guess-{i}"));
+        match ts.anon().create_session(guess).await {
+            Err(e) if e.code() == ErrorCode::Unauthorized => refused += 1,
+            Err(e) if e.code() == ErrorCode::RateLimited => {
+                assert!(e.retry_after().is_some(), "{e}");
+                limited += 1;
+            }
+            other => panic!("unexpected answer: {}", other.is_ok()),
+        }
+    }
+    assert!(
+        refused <= 12,
+        "{refused} guesses were checked: the per-address burst is 10"
+    );
+    assert!(limited >= 40, "{limited} rate-limited");
+    let rows = agentkeys_server::store::Store::list_audit(
+        &*ts.state.store,
+        &agentkeys_server::store::AuditFilter {
+            visible_to: vec!["-".into()],
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let refusals = rows
+        .iter()
+        .filter(|r| r.event.action == "session.create" && r.event.outcome == "UNAUTHORIZED")
+        .count();
+    assert!(
+        refusals <= 2,
+        "{refusals} audit rows for {refused} refusals"
+    );
+}
+
+/// A raw client whose connections come from `source` (any 127.0.0.0/8 address reaches the
+/// loopback server), to play several client addresses.
+fn from(source: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(source))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_flooding_address_cannot_lock_others_out_of_pairing() {
+    let ts = TestServer::start().await;
+    let open = |client: reqwest::Client| {
+        let url = format!("{}/v1/auth-requests", ts.url);
+        async move {
+            let key = HpkeKeyPair::generate();
+            client
+                .post(url)
+                .json(&serde_json::json!({"kind": "pair",
+                    "requester_public_key": b64(&key.public_key())}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let flooder = from([127, 0, 0, 1]);
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(open(flooder.clone()).await);
+    }
+    assert!(
+        statuses.contains(&429),
+        "the flood was not limited: {statuses:?}"
+    );
+    assert_eq!(
+        open(from([127, 0, 0, 2])).await,
+        201,
+        "another address still pairs"
+    );
+}
+
+#[tokio::test]
+async fn decision_long_polls_beyond_the_cap_answer_at_once() {
+    let cfg = agentkeys_server::Config {
+        max_long_polls: 2,
+        ..Default::default()
+    };
+    let ts = TestServer::with_config(cfg).await;
+    let key = HpkeKeyPair::generate();
+    let t = ts
+        .anon()
+        .open_auth_request(&OpenAuthRequest {
+            kind: AuthKind::Pair,
+            requester_public_key: Some(b64(&key.public_key())),
+            identity: None,
+            parent: None,
+            agent: None,
+            service: None,
+            description: None,
+        })
+        .await
+        .unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let anon = ts.anon();
+            let id = t.id.clone();
+            tokio::spawn(async move { anon.decision(&id, 30).await })
+        })
+        .collect();
+    // Let both waiters take their slots (they hold them until the request expires).
+    while ts.state.long_polls.available_permits() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let third = ts.anon().decision(&t.id, 30).await.unwrap();
+    assert_eq!(third.status, agentkeys_types::api::AuthStatus::Pending);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "a poll beyond the cap waited"
+    );
+    for w in waiting {
+        w.abort();
+    }
 }
 
 #[tokio::test]

@@ -31,6 +31,9 @@ impl Proc {
     /// [`Proc::start`] with extra flags.
     fn start_with(data_dir: &Path, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Proc {
         let mut cmd = Command::new(BIN);
+        if !extra_args.contains(&"--auth") {
+            cmd.args(["--auth", "dev"]);
+        }
         cmd.args([
             "--data-dir",
             data_dir.to_str().unwrap(),
