@@ -361,6 +361,11 @@ pub struct UsageArgs {
     /// Only this service.
     #[arg(long, value_name = "SERVICE")]
     pub service: Option<String>,
+    /// Only this action: session.create, session.revoke, credential.store, credential.read,
+    /// policy.set, scope.set, agent.teardown, auth.open, auth.approve, auth.deny,
+    /// identity.link or trail.anchor.
+    #[arg(long, value_name = "ACTION", value_parser = parse_action)]
+    pub action: Option<String>,
     /// Only events newer than this (e.g. 90s, 15m, 2h, 7d, 2w).
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
@@ -389,6 +394,19 @@ pub struct ApproveArgs {
     /// Deny the request instead.
     #[arg(long)]
     pub deny: bool,
+}
+
+/// `--action`: one of the server's audit action names.
+fn parse_action(s: &str) -> Result<String, String> {
+    agentkeys_types::api::AuditAction::parse(s)
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| {
+            let names: Vec<&str> = agentkeys_types::api::AuditAction::ALL
+                .iter()
+                .map(|a| a.as_str())
+                .collect();
+            format!("not an audit action; one of: {}", names.join(", "))
+        })
 }
 
 #[cfg(test)]

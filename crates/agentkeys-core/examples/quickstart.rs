@@ -220,6 +220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     step(8, "audit: the hash chain holds");
     let events = master
         .audit(&AuditQuery {
+            action: None,
             limit: Some(5),
             ..Default::default()
         })

@@ -6,13 +6,13 @@ use std::future::Future;
 
 use agentkeys_secmem::{SecretPage, SecretString};
 use agentkeys_types::api::{
-    AgentList, ApproveRequest, AuditList, AuditVerify, AuthRequestTicket, AuthRequestView,
-    CreateSessionRequest, CredentialInfo, CredentialList, DecideResponse, Decision, HPKE_INFO_READ,
-    HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity, LinkIdentityRequest, OpenAuthRequest,
-    Policy, ReadCredentialRequest, ReadCredentialResponse, RevokeRequest, RevokeResponse,
-    ServerInfo, SessionGrant, SessionInfo, StoreCredentialRequest, TeardownResponse,
-    auth_request_canonical_bytes, credential_aad, decision_signing_bytes, read_signing_bytes,
-    shielding_key_signing_bytes,
+    AgentList, AnchorRequest, AnchorResponse, ApproveRequest, AuditList, AuditVerify,
+    AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo, CredentialList,
+    DecideResponse, Decision, HPKE_INFO_READ, HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity,
+    LinkIdentityRequest, OpenAuthRequest, Policy, ReadCredentialRequest, ReadCredentialResponse,
+    RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo, StoreCredentialRequest,
+    TeardownResponse, auth_request_canonical_bytes, credential_aad, decision_signing_bytes,
+    read_signing_bytes, shielding_key_signing_bytes,
 };
 use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
 use base64::Engine as _;
@@ -33,6 +33,9 @@ pub struct AuditQuery {
     /// Only this service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceName>,
+    /// Only this action (`trail.anchor`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// Only events at or after this Unix time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<i64>,
@@ -133,6 +136,11 @@ pub trait Backend: Send + Sync {
     fn audit(&self, q: &AuditQuery) -> impl Future<Output = Result<AuditList, ClientError>> + Send;
     /// `GET /v1/audit/verify`.
     fn verify_audit(&self) -> impl Future<Output = Result<AuditVerify, ClientError>> + Send;
+    /// `POST /v1/audit/anchor`: records a daemon trail's head in the server's log.
+    fn anchor_trail(
+        &self,
+        req: &AnchorRequest,
+    ) -> impl Future<Output = Result<AnchorResponse, ClientError>> + Send;
     /// `POST /v1/identities`.
     fn link_identity(
         &self,
@@ -613,6 +621,10 @@ impl Backend for HttpBackend {
 
     async fn verify_audit(&self) -> Result<AuditVerify, ClientError> {
         self.get("/v1/audit/verify", true).await
+    }
+
+    async fn anchor_trail(&self, req: &AnchorRequest) -> Result<AnchorResponse, ClientError> {
+        self.post("/v1/audit/anchor", req, true).await
     }
 
     async fn link_identity(&self, req: &LinkIdentityRequest) -> Result<Identity, ClientError> {

@@ -73,12 +73,17 @@ pub enum Command {
         after_help = "Examples:\n  agentkeys-daemon audit\n  agentkeys-daemon audit --verify --json"
     )]
     Audit {
-        /// Recompute the chain and report the first line that does not hold.
+        /// Recompute the chain, report the first line that does not hold, and compare the
+        /// trail with the head the daemon anchored in the server's audit log (a truncated or
+        /// rewritten trail fails even when its own chain holds).
         #[arg(long)]
         verify: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// The running daemon's socket, asked for the newest anchor (default: as `serve`).
+        #[arg(long, env = "AGENTKEYS_SOCKET")]
+        socket: Option<PathBuf>,
     },
 }
 

@@ -7,6 +7,7 @@
 //! cache_max_age = "5m"        # a cached credential is refetched this long after its fetch
 //! revocation_check = "30s"    # how often the daemon re-checks its session, scope and policies
 //! rate_limit_wait = "30s"     # how long a read may wait out the server's rate limit
+//! anchor_every = "60s"        # how often the trail's head is anchored in the server's log
 //! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
 //!
 //! [cache]                     # per-service opt-in; no entry = never cached (the default)
@@ -39,6 +40,8 @@ pub struct Config {
     pub cache_max_age: Duration,
     /// Longest a read waits (and retries) while the server answers `RATE_LIMITED`.
     pub rate_limit_wait: Duration,
+    /// How often the trail's head is anchored in the server's audit log (and at stop).
+    pub anchor_every: Duration,
     /// Period of the revocation check.
     pub revocation_check: Duration,
     /// SIGTERM → SIGKILL delay for `run` children after a revocation.
@@ -59,6 +62,7 @@ impl Default for Config {
             cache: BTreeMap::new(),
             cache_max_age: DEFAULT_CACHE_MAX_AGE,
             rate_limit_wait: Duration::from_secs(30),
+            anchor_every: Duration::from_secs(60),
             revocation_check: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
             run_timeout: Duration::from_secs(60),
@@ -79,6 +83,7 @@ struct File {
     cache_max_age: Option<String>,
     revocation_check: Option<String>,
     rate_limit_wait: Option<String>,
+    anchor_every: Option<String>,
     kill_grace: Option<String>,
     #[serde(default)]
     cache: BTreeMap<String, CacheEntry>,
@@ -144,6 +149,7 @@ impl Config {
             ("cache_max_age", &max_age),
             ("revocation_check", &file.revocation_check),
             ("rate_limit_wait", &file.rate_limit_wait),
+            ("anchor_every", &file.anchor_every),
             ("kill_grace", &file.kill_grace),
             ("run.timeout", &file.run.timeout),
         ] {
@@ -153,6 +159,7 @@ impl Config {
                     "cache_max_age" => config.cache_max_age = d,
                     "revocation_check" => config.revocation_check = d,
                     "rate_limit_wait" => config.rate_limit_wait = d,
+                    "anchor_every" => config.anchor_every = d,
                     "kill_grace" => config.kill_grace = d,
                     _ => config.run_timeout = d,
                 }

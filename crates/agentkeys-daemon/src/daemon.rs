@@ -194,6 +194,8 @@ pub struct Daemon {
     live_scope: Mutex<Scope>,
     /// Whether the server answered the last time it was asked (the tick, or a read).
     reachable: AtomicBool,
+    /// The trail line last anchored in the server's audit log.
+    anchored: AtomicU64,
     /// `run` children still running, by pid.
     pub children: Mutex<HashMap<u32, ChildEntry>>,
     /// Set once the server said the session is revoked or expired.
@@ -208,6 +210,32 @@ pub struct Daemon {
     /// to force the interleavings a revocation or a tracer can produce.
     #[cfg(test)]
     after_read: Mutex<Option<TestHook>>,
+}
+
+/// The newest `trail.anchor` the server holds for `backend`'s session, as `(seq, hash)`.
+pub async fn latest_anchor(backend: &HttpBackend) -> Result<Option<(u64, String)>, ClientError> {
+    let list = backend
+        .audit(&agentkeys_core::client::AuditQuery {
+            action: Some(
+                agentkeys_types::api::AuditAction::TrailAnchor
+                    .as_str()
+                    .into(),
+            ),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    Ok(list.events.first().and_then(|e| {
+        let detail = e.detail.as_deref()?;
+        let seq = detail
+            .strip_prefix("seq=")?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        let hash = detail.split("hash=").nth(1)?.to_owned();
+        Some((seq, hash))
+    }))
 }
 
 /// What a model is told once the session is revoked or expired.
@@ -256,6 +284,7 @@ impl Daemon {
             flights: Mutex::new(HashMap::new()),
             live_scope,
             reachable: AtomicBool::new(true),
+            anchored: AtomicU64::new(0),
             children: Mutex::new(HashMap::new()),
             revoked: AtomicBool::new(false),
             hardening,
@@ -874,6 +903,29 @@ impl Daemon {
             }
             Err(_) => {}
         }
+    }
+
+    /// Records the trail's head in the server's audit log (`trail.anchor`) when it moved
+    /// since the last anchor, so a trail truncated or rewritten later (even with recomputed
+    /// hashes) no longer matches. The anchor itself is not written to the trail, or the head
+    /// would move with every anchor. Failures are logged and retried at the next tick.
+    pub async fn anchor(&self) {
+        let (seq, hash) = self.trail.head();
+        if seq == 0 || seq <= self.anchored.load(Ordering::Relaxed) {
+            return;
+        }
+        let req = agentkeys_types::api::AnchorRequest { seq, hash };
+        match self.backend.anchor_trail(&req).await {
+            Ok(_) => {
+                self.anchored.fetch_max(seq, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not anchor the audit trail"),
+        }
+    }
+
+    /// The newest anchor of this daemon's trail the server holds, as `(seq, hash)`.
+    pub async fn latest_anchor(&self) -> Result<Option<(u64, String)>, ClientError> {
+        latest_anchor(&self.backend).await
     }
 
     /// The agent's scope as the server last described it.

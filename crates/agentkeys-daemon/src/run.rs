@@ -62,7 +62,14 @@ pub async fn run(
             )
             .await
         }
-        Command::Audit { verify, json } => audit(&trail_path(&home), verify, json),
+        Command::Audit {
+            verify,
+            json,
+            socket,
+        } => {
+            let socket = socket.unwrap_or_else(|| listener::default_socket(&home));
+            audit(&home, &socket, verify, json).await
+        }
     }
 }
 
@@ -193,6 +200,9 @@ async fn serve(
         ..Default::default()
     });
     let _ = daemon.trail.sync();
+    // The last anchor: the trail's final head goes to the server too (bounded, so an
+    // unreachable server cannot hold the stop).
+    let _ = tokio::time::timeout(Duration::from_secs(5), daemon.anchor()).await;
     let _ = std::fs::remove_file(&socket);
     // Dropping the daemon wipes the token (SecretString); pages were dropped on delivery.
     drop(daemon);
@@ -200,20 +210,28 @@ async fn serve(
     Ok(())
 }
 
-/// Evicts idle cache entries on time and checks the session every `revocation_check`.
+/// Evicts idle cache entries on time, checks the session every `revocation_check` and
+/// anchors the trail's head every `anchor_every`.
 async fn housekeeping(daemon: Arc<Daemon>) {
     let mut next_check = tokio::time::Instant::now() + daemon.config.revocation_check;
+    let mut next_anchor = tokio::time::Instant::now() + daemon.config.anchor_every;
     loop {
         let until_evict = daemon
             .evict_idle()
             .unwrap_or(Duration::from_secs(3600))
             .min(Duration::from_secs(1));
-        let wake = (tokio::time::Instant::now() + until_evict).min(next_check);
+        let wake = (tokio::time::Instant::now() + until_evict)
+            .min(next_check)
+            .min(next_anchor);
         tokio::time::sleep_until(wake).await;
         daemon.check_debugger();
         if tokio::time::Instant::now() >= next_check {
             daemon.check_session().await;
             next_check = tokio::time::Instant::now() + daemon.config.revocation_check;
+        }
+        if tokio::time::Instant::now() >= next_anchor {
+            daemon.anchor().await;
+            next_anchor = tokio::time::Instant::now() + daemon.config.anchor_every;
         }
     }
 }
@@ -391,29 +409,90 @@ fn cache_line(cache: &Value) -> String {
     }
 }
 
-fn audit(path: &Path, verify: bool, as_json: bool) -> Result<(), DaemonError> {
+/// The newest anchor of this home's trail on the server: asked of the running daemon if
+/// one answers on `socket`, else through each session stored in `home`. `None` when
+/// neither can ask.
+async fn find_anchor(home: &Path, socket: &Path) -> Option<(u64, String)> {
+    if let Ok(stream) = UnixStream::connect(socket).await {
+        let (read, mut write) = stream.into_split();
+        let ask = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"agentkeys/audit\",                    \"params\":{\"anchor\":true,\"limit\":0}}\n";
+        if write.write_all(ask).await.is_ok()
+            && let Ok(Some(line)) = BufReader::new(read).lines().next_line().await
+            && let Ok(v) = serde_json::from_str::<Value>(&line)
+            && let Some(anchor) = v["result"].get("anchor")
+        {
+            return Some((anchor["seq"].as_u64()?, anchor["hash"].as_str()?.to_owned()));
+        }
+    }
+    let mut newest: Option<(u64, String)> = None;
+    for wallet in pairing::stored_wallets(home) {
+        let Ok((stored, _)) = pairing::slot(home, &wallet).load() else {
+            continue;
+        };
+        let Ok(backend) = HttpBackend::for_session(&stored) else {
+            continue;
+        };
+        if let Ok(Some(found)) = crate::daemon::latest_anchor(&backend).await
+            && newest.as_ref().is_none_or(|(seq, _)| found.0 > *seq)
+        {
+            newest = Some(found);
+        }
+    }
+    newest
+}
+
+async fn audit(home: &Path, socket: &Path, verify: bool, as_json: bool) -> Result<(), DaemonError> {
+    let path = &trail_path(home);
     if verify {
         let v = trail::verify(path).map_err(|e| {
             DaemonError::new("IO", 1, format!("cannot read {}: {e}", path.display()))
         })?;
-        if as_json {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
+        let broken = |why: String| {
+            DaemonError::new("AUDIT_BROKEN", 8, why)
+                .hint("the trail was edited, truncated or spliced outside the daemon")
+        };
         if !v.ok {
-            return Err(DaemonError::new(
-                "AUDIT_BROKEN",
-                8,
-                format!(
-                    "the daemon audit trail is broken at line {} ({}); {} lines check out",
-                    v.first_broken_line.unwrap_or(0),
-                    v.reason.as_deref().unwrap_or("?"),
-                    v.checked
-                ),
-            )
-            .hint("the trail was edited, truncated or spliced outside the daemon"));
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            return Err(broken(format!(
+                "the daemon audit trail is broken at line {} ({}); {} lines check out",
+                v.first_broken_line.unwrap_or(0),
+                v.reason.as_deref().unwrap_or("?"),
+                v.checked
+            )));
         }
+        // A chain that holds can still be a truncated or recomputed one: compare it with
+        // the head the daemon anchored in the server's audit log.
+        let anchor = find_anchor(home, socket).await;
+        let verdict = match &anchor {
+            Some((seq, hash)) => trail::check_anchor(path, *seq, hash).map_err(|e| {
+                DaemonError::new("IO", 1, format!("cannot read {}: {e}", path.display()))
+            })?,
+            None => Ok(()),
+        };
+        if as_json {
+            let mut out = serde_json::to_value(&v).unwrap_or_default();
+            out["anchor"] = anchor
+                .as_ref()
+                .map_or(Value::Null, |(seq, hash)| json!({"seq": seq, "hash": hash}));
+            out["anchor_ok"] = json!(anchor.as_ref().map(|_| verdict.is_ok()));
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        verdict.map_err(broken)?;
         if !as_json {
             println!("Audit trail intact: {} events, head {}", v.checked, v.head);
+            match &anchor {
+                Some((seq, _)) => println!(
+                    "It matches the anchor the server holds at line {seq} (the head the daemon \
+                     last recorded there)."
+                ),
+                None => eprintln!(
+                    "warning: not compared with an anchor: no daemon answers on {} and no \
+                     stored session can ask the server",
+                    socket.display()
+                ),
+            }
         }
         return Ok(());
     }

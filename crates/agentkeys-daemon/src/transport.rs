@@ -217,9 +217,7 @@ impl LineTransport {
             let id = id.unwrap_or(Value::Null);
             let answer = match method.as_str() {
                 "agentkeys/status" => Ok(daemon.status()),
-                "agentkeys/audit" => crate::trail::read(daemon.trail.path())
-                    .map(|lines| json!({ "events": lines }))
-                    .map_err(|e| (-32603, e.to_string())),
+                "agentkeys/audit" => audit_page(&daemon, &params).await,
                 _ => Err((-32601, format!("unknown method {method}"))),
             };
             let body = match answer {
@@ -229,6 +227,33 @@ impl LineTransport {
             let _ = write_line(&writer, &body).await;
         });
     }
+}
+
+/// Lines the daemon answers `agentkeys/audit` with at most, per call.
+pub const AUDIT_PAGE_MAX: usize = 10_000;
+
+/// `agentkeys/audit {after?, limit?, anchor?}`: a page of the trail (`limit` lines after
+/// line `after`, default 1000, at most [`AUDIT_PAGE_MAX`]), never the whole file at once;
+/// with `anchor: true`, also the newest anchor the server holds for it.
+async fn audit_page(daemon: &Daemon, params: &Value) -> Result<Value, (i64, String)> {
+    let after = params["after"].as_u64().unwrap_or(0);
+    let limit = params["limit"]
+        .as_u64()
+        .map_or(1000, |l| usize::try_from(l).unwrap_or(AUDIT_PAGE_MAX))
+        .min(AUDIT_PAGE_MAX);
+    let lines = crate::trail::read_page(daemon.trail.path(), after, limit)
+        .map_err(|e| (-32603, e.to_string()))?;
+    let mut answer = json!({ "events": lines });
+    if params["anchor"] == json!(true) {
+        daemon.anchor().await; // the head as of now, then what the server holds
+        let anchor = daemon
+            .latest_anchor()
+            .await
+            .map_err(|e| (-32603, format!("cannot ask the server for the anchor: {e}")))?;
+        answer["anchor"] =
+            anchor.map_or(Value::Null, |(seq, hash)| json!({"seq": seq, "hash": hash}));
+    }
+    Ok(answer)
 }
 
 /// A JSON-RPC error object.

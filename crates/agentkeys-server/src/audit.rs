@@ -42,7 +42,7 @@ pub fn chain_hash(prev: &[u8], seq: i64, e: &NewAuditEvent) -> [u8; 32] {
     h.finalize().into()
 }
 
-type Job = (NewAuditEvent, oneshot::Sender<Result<(), ()>>);
+type Job = (NewAuditEvent, oneshot::Sender<Result<i64, ()>>);
 
 /// A handle to the audit writer task.
 #[derive(Clone, Debug)]
@@ -58,12 +58,12 @@ impl AuditLog {
         AuditLog { tx }
     }
 
-    /// Appends one event and waits until it is committed.
-    pub async fn append(&self, event: NewAuditEvent) -> Result<(), AuditError> {
+    /// Appends one event and waits until it is committed; returns its position.
+    pub async fn append(&self, event: NewAuditEvent) -> Result<i64, AuditError> {
         let (done, wait) = oneshot::channel();
         self.tx.send((event, done)).await.map_err(|_| AuditError)?;
         match wait.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(seq)) => Ok(seq),
             _ => Err(AuditError),
         }
     }
@@ -82,29 +82,45 @@ async fn writer<S: Store>(store: std::sync::Arc<S>, mut rx: mpsc::Receiver<Job>)
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "audit append failed");
         }
-        for (_, done) in batch.drain(..) {
-            let _ = done.send(result.as_ref().map(|_| ()).map_err(|_| ()));
+        for (i, (_, done)) in batch.drain(..).enumerate() {
+            let seq = match &result {
+                Ok(seqs) => seqs.get(i).copied().ok_or(()),
+                Err(_) => Err(()),
+            };
+            let _ = done.send(seq);
         }
     }
 }
 
-/// Walks the whole chain and reports the first broken link.
-pub async fn verify<S: Store>(store: &S) -> Result<AuditVerify, StoreError> {
+/// Walks the whole chain and reports the first broken link, as far as `visible` lets the
+/// caller see: `checked` counts the visible rows that checked out, `head_hash` is the
+/// newest visible row's hash, and a broken link's position is given only when that row is
+/// visible (otherwise only that a link outside the caller's view is broken).
+pub async fn verify<S: Store>(
+    store: &S,
+    visible: impl Fn(&NewAuditEvent) -> bool,
+) -> Result<AuditVerify, StoreError> {
     const PAGE: u32 = 1000;
     let mut prev = vec![0u8; 32];
     let mut expected_seq = 1i64;
     let mut checked = 0u64;
+    let mut head: Option<Vec<u8>> = None;
     loop {
         let rows = store.audit_page(expected_seq - 1, PAGE).await?;
         if rows.is_empty() {
             break;
         }
         for row in &rows {
+            let seen = visible(&row.event);
             let broken = |reason: &str| AuditVerify {
                 ok: false,
                 checked,
-                first_broken_seq: Some(row.seq),
-                reason: Some(reason.to_owned()),
+                first_broken_seq: seen.then_some(row.seq),
+                reason: Some(if seen {
+                    reason.to_owned()
+                } else {
+                    "a link outside your view is broken; tell the server's operator".to_owned()
+                }),
                 head_hash: None,
             };
             if row.seq != expected_seq {
@@ -118,7 +134,10 @@ pub async fn verify<S: Store>(store: &S) -> Result<AuditVerify, StoreError> {
             }
             prev.clone_from(&row.hash);
             expected_seq += 1;
-            checked += 1;
+            if seen {
+                checked += 1;
+                head = Some(row.hash.clone());
+            }
         }
     }
     Ok(AuditVerify {
@@ -126,7 +145,7 @@ pub async fn verify<S: Store>(store: &S) -> Result<AuditVerify, StoreError> {
         checked,
         first_broken_seq: None,
         reason: None,
-        head_hash: (checked > 0).then(|| hex(&prev)),
+        head_hash: head.map(|h| hex(&h)),
     })
 }
 

@@ -549,6 +549,76 @@ pub struct Decision {
     pub signature: Option<String>,
 }
 
+/// What an audit event records: the server writes exactly these `action` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    /// `session.create`: an enrolment (outcome `ok`, or `UNAUTHORIZED` for a refused token).
+    SessionCreate,
+    /// `session.revoke`: one session or every session of a wallet revoked.
+    SessionRevoke,
+    /// `credential.store`: a value stored or replaced (or refused: the outcome says why).
+    CredentialStore,
+    /// `credential.read`: a value released (or refused: the outcome says why).
+    CredentialRead,
+    /// `policy.set`: a credential made high-value or normal.
+    PolicySet,
+    /// `scope.set`: an agent's scope replaced.
+    ScopeSet,
+    /// `agent.teardown`: an agent's sessions revoked and credentials deleted.
+    AgentTeardown,
+    /// `auth.open`: a pair, recover or high-value request opened.
+    AuthOpen,
+    /// `auth.approve`: a request approved.
+    AuthApprove,
+    /// `auth.deny`: a request denied.
+    AuthDeny,
+    /// `identity.link`: an alias or e-mail linked to a wallet.
+    IdentityLink,
+    /// `trail.anchor`: a daemon anchored the head of its own audit trail.
+    TrailAnchor,
+}
+
+impl AuditAction {
+    /// Every action, in the order the docs list them.
+    pub const ALL: [AuditAction; 12] = [
+        AuditAction::SessionCreate,
+        AuditAction::SessionRevoke,
+        AuditAction::CredentialStore,
+        AuditAction::CredentialRead,
+        AuditAction::PolicySet,
+        AuditAction::ScopeSet,
+        AuditAction::AgentTeardown,
+        AuditAction::AuthOpen,
+        AuditAction::AuthApprove,
+        AuditAction::AuthDeny,
+        AuditAction::IdentityLink,
+        AuditAction::TrailAnchor,
+    ];
+
+    /// The wire name (`credential.read`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::SessionCreate => "session.create",
+            AuditAction::SessionRevoke => "session.revoke",
+            AuditAction::CredentialStore => "credential.store",
+            AuditAction::CredentialRead => "credential.read",
+            AuditAction::PolicySet => "policy.set",
+            AuditAction::ScopeSet => "scope.set",
+            AuditAction::AgentTeardown => "agent.teardown",
+            AuditAction::AuthOpen => "auth.open",
+            AuditAction::AuthApprove => "auth.approve",
+            AuditAction::AuthDeny => "auth.deny",
+            AuditAction::IdentityLink => "identity.link",
+            AuditAction::TrailAnchor => "trail.anchor",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
 /// One audit event, as the server's hash chain stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -564,13 +634,16 @@ pub struct AuditEvent {
     /// The service concerned, if any.
     #[serde(default)]
     pub service: Option<String>,
-    /// What was done: `store`, `read`, `deny`, `approve`, `revoke` …
+    /// What was done: one of [`AuditAction`]'s names (`credential.read`, `auth.approve` …).
     pub action: String,
     /// `ok`, or the error code.
     pub outcome: String,
     /// Free text, never secret.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The previous event's chain hash (hex; 64 zeros for the first event), so a client
+    /// can recompute this event's `hash` (docs/api.md gives the formula).
+    pub prev_hash: String,
     /// This event's chain hash (hex).
     pub hash: String,
 }
@@ -598,6 +671,24 @@ pub struct AuditVerify {
     /// The hash of the last event (hex), to pin externally.
     #[serde(default)]
     pub head_hash: Option<String>,
+}
+
+/// `POST /v1/audit/anchor`: a daemon records the head of its own trail in the server's
+/// audit log, so a trail truncated or rewritten later no longer matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorRequest {
+    /// The trail's last line number.
+    pub seq: u64,
+    /// That line's hash (64 lower-case hex digits).
+    pub hash: String,
+}
+
+/// The answer to an anchor: the audit event it became.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorResponse {
+    /// The event's position in the server's chain.
+    pub audit_seq: i64,
 }
 
 /// `POST /v1/identities`: link an alias or e-mail to a wallet the caller owns.
@@ -766,6 +857,7 @@ mod tests {
                 action: "read".into(),
                 outcome: "ok".into(),
                 detail: None,
+                prev_hash: "00".into(),
                 hash: "00".into(),
             }],
         });
@@ -776,6 +868,11 @@ mod tests {
             reason: Some("hash mismatch".into()),
             head_hash: None,
         });
+        round_trip(&AnchorRequest {
+            seq: 3,
+            hash: "ab".into(),
+        });
+        round_trip(&AnchorResponse { audit_seq: 9 });
         round_trip(&LinkIdentityRequest {
             wallet: wallet(),
             alias: Some("bot".into()),
@@ -862,6 +959,14 @@ mod tests {
             shielding_key_signing_bytes(b"x"),
             decision_signing_bytes("", AuthStatus::Approved, b"x")
         );
+    }
+
+    #[test]
+    fn audit_action_names_round_trip() {
+        for a in AuditAction::ALL {
+            assert_eq!(AuditAction::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(AuditAction::parse("read"), None);
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub async fn usage(ctx: &Context, args: UsageArgs) -> CliResult {
         .audit(&AuditQuery {
             agent,
             service,
+            action: args.action.clone(),
             since,
             limit: Some(args.limit),
         })

@@ -274,3 +274,77 @@ fn a_credential_made_high_value_is_evicted_at_the_next_check() {
     let (is_error, text) = c.tool("get_credential", json!({"service": "openai"}));
     assert!(is_error && text.contains("approval required"), "{text}");
 }
+
+#[test]
+fn the_trail_is_anchored_on_the_server_and_a_truncated_or_rewritten_one_fails_verify() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let config = home.path().join("daemon.toml");
+    std::fs::write(&config, "anchor_every = \"500ms\"\n").unwrap();
+    let (mut d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--config", config.to_str().unwrap()],
+    );
+    master.store("openai", &canary("anchor"), &["--agent", &wallet]);
+    let mut c = d.client();
+    c.initialize();
+    get(&mut c);
+    drop(c);
+    let anchors = || {
+        let out = master.cli(&[
+            "usage",
+            "--agent",
+            &wallet,
+            "--action",
+            "trail.anchor",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["events"].as_array().map_or(0, Vec::len)
+    };
+    assert!(
+        eventually(10, || anchors() > 0),
+        "no anchor reached the server"
+    );
+    assert_eq!(d.terminate().code(), Some(0)); // anchors the final head too
+    let verify = || {
+        Command::new(DAEMON)
+            .args(["audit", "--verify"])
+            .env("AGENTKEYS_HOME", home.path())
+            .env("AGENTKEYS_SOCKET", home.path().join("no-daemon.sock"))
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("matches the anchor"), "{}", text(&out));
+
+    let trail = d.trail();
+    let original = std::fs::read_to_string(&trail).unwrap();
+    let count = original.lines().count();
+    // Truncated: what is left still chains, but falls short of the anchor.
+    let kept: Vec<&str> = original.lines().take(count - 2).collect();
+    std::fs::write(&trail, kept.join("\n") + "\n").unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(text(&out).contains("truncated"), "{}", text(&out));
+    // Rewritten with recomputed hashes: a fresh chain of the same length.
+    std::fs::remove_file(&trail).unwrap();
+    let forged = agentkeys_daemon::trail::Trail::open(&trail).unwrap();
+    for _ in 0..count {
+        forged
+            .append(agentkeys_daemon::trail::Event {
+                event: "start".into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    drop(forged);
+    let out = verify();
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(text(&out).contains("rewritten"), "{}", text(&out));
+}

@@ -12,6 +12,7 @@ use super::extract::{ApiJson, Caller};
 use super::{EventExt as _, event, record};
 use crate::state::AppState;
 use crate::store::Store;
+use agentkeys_types::api::AuditAction;
 
 fn parse_wallet(s: &str) -> ApiResult<Wallet> {
     Wallet::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
@@ -98,7 +99,7 @@ pub(super) async fn put_scope<S: Store>(
     );
     record(
         &state,
-        event(caller.wallet().as_str(), "scope.set", "ok")
+        event(caller.wallet().as_str(), AuditAction::ScopeSet, "ok")
             .agent(&wallet)
             .detail(detail),
     )
@@ -122,7 +123,7 @@ pub(super) async fn teardown<S: Store>(
         format!("{revoked_sessions} sessions revoked, {deleted_credentials} credentials deleted");
     record(
         &state,
-        event(caller.wallet().as_str(), "agent.teardown", "ok")
+        event(caller.wallet().as_str(), AuditAction::AgentTeardown, "ok")
             .agent(&wallet)
             .detail(detail),
     )

@@ -2,14 +2,18 @@
 
 use std::sync::Arc;
 
-use agentkeys_types::api::{AuditEvent, AuditList, AuditVerify};
+use agentkeys_types::api::{
+    AnchorRequest, AnchorResponse, AuditAction, AuditEvent, AuditList, AuditVerify,
+};
 use agentkeys_types::{ServiceName, Wallet};
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Deserialize;
 
+use super::EventExt as _;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiQuery, Caller};
+use super::extract::{ApiJson, ApiQuery, Caller};
 use crate::audit::hex;
 use crate::state::AppState;
 use crate::store::{AuditFilter, Store};
@@ -20,8 +24,20 @@ use crate::store::{AuditFilter, Store};
 pub(super) struct AuditQuery {
     agent: Option<Wallet>,
     service: Option<ServiceName>,
+    action: Option<String>,
     since: Option<i64>,
     limit: Option<u32>,
+}
+
+/// The wallets whose rows the caller may see: its own, and for a master every agent it
+/// ever had (torn-down agents included: their history stays the master's).
+async fn visible_wallets<S: Store>(state: &AppState<S>, caller: &Caller) -> ApiResult<Vec<String>> {
+    let mut visible = vec![caller.wallet().to_string()];
+    if caller.is_master() {
+        let agents = state.store.agent_wallets_ever(caller.wallet()).await?;
+        visible.extend(agents.into_iter().map(|w| w.to_string()));
+    }
+    Ok(visible)
 }
 
 /// `GET /v1/audit?agent=&service=&since=&limit=`: an agent sees its own events; a master
@@ -31,23 +47,25 @@ pub(super) async fn list<S: Store>(
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditList>> {
-    let mut visible = vec![caller.wallet().to_string()];
-    if caller.is_master() {
-        let agents = state
-            .store
-            .list_agents(caller.wallet(), state.clock.now())
-            .await?;
-        visible.extend(agents.into_iter().map(|a| a.account.wallet.to_string()));
-    }
+    let visible = visible_wallets(&state, &caller).await?;
     if let Some(a) = &q.agent
         && !visible.iter().any(|v| v == a.as_str())
     {
-        return Err(ApiError::denied(format!("{a} is not yours to audit")));
+        return Err(ApiError::denied(format!("{a} is not yours to audit"))
+            .hint("a master audits itself and its agents; an agent only itself"));
+    }
+    if let Some(action) = &q.action
+        && AuditAction::parse(action).is_none()
+    {
+        let names: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+        return Err(ApiError::bad_request("unknown audit action")
+            .hint(format!("one of: {}", names.join(", "))));
     }
     let filter = AuditFilter {
         visible_to: visible,
         agent: q.agent.map(|a| a.to_string()),
         service: q.service.map(|s| s.to_string()),
+        action: q.action,
         since: q.since,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
@@ -64,17 +82,53 @@ pub(super) async fn list<S: Store>(
                 action: r.event.action,
                 outcome: r.event.outcome,
                 detail: r.event.detail,
+                prev_hash: hex(&r.prev_hash),
                 hash: hex(&r.hash),
             })
             .collect(),
     }))
 }
 
-/// `GET /v1/audit/verify` (masters): recomputes the whole chain.
+/// `GET /v1/audit/verify` (masters): recomputes the whole chain, and reports only what the
+/// caller may see: how many of its rows checked out, the head among them, and a broken
+/// link's position only when that row is its own (the server's total activity is other
+/// masters' business).
 pub(super) async fn verify<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     caller: Caller,
 ) -> ApiResult<Json<AuditVerify>> {
     caller.require_master()?;
-    Ok(Json(crate::audit::verify(&*state.store).await?))
+    let visible = visible_wallets(&state, &caller).await?;
+    let sees = |e: &crate::store::NewAuditEvent| {
+        visible
+            .iter()
+            .any(|w| e.actor == *w || e.agent.as_deref() == Some(w.as_str()))
+    };
+    Ok(Json(crate::audit::verify(&*state.store, sees).await?))
+}
+
+/// `POST /v1/audit/anchor` (any session): records a daemon trail's head as a
+/// `trail.anchor` event with detail `seq=<n> hash=<hex>`, visible to the session and its
+/// master.
+pub(super) async fn anchor<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AnchorRequest>,
+) -> ApiResult<(StatusCode, Json<AnchorResponse>)> {
+    let hex_ok = req.hash.len() == 64
+        && req
+            .hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if req.seq == 0 || !hex_ok {
+        return Err(ApiError::bad_request(
+            "an anchor is a line number from 1 and a 64-digit hex hash",
+        )
+        .hint("send the trail's last line's seq and hash"));
+    }
+    let e = super::event(caller.wallet().as_str(), AuditAction::TrailAnchor, "ok")
+        .agent(caller.wallet())
+        .detail(format!("seq={} hash={}", req.seq, req.hash));
+    let audit_seq = super::record_seq(&state, e).await?;
+    Ok((StatusCode::CREATED, Json(AnchorResponse { audit_seq })))
 }

@@ -25,6 +25,7 @@ use crate::state::AppState;
 use crate::store::{
     Account, Approval, AuthRequestRecord, DecideOutcome, NewSession, Store, StoreError,
 };
+use agentkeys_types::api::AuditAction;
 
 /// The ticket a requester gets for a stored request.
 pub(super) fn ticket(r: &AuthRequestRecord) -> AuthRequestTicket {
@@ -113,8 +114,11 @@ pub(super) async fn open_request<S: Store>(
         match state.store.insert_auth_request(&rec).await {
             Ok(()) => {
                 let actor = caller.map_or("-", |c| c.wallet().as_str());
-                let mut e =
-                    event(actor, "auth.open", "ok").detail(format!("{} {}", kind.as_str(), rec.id));
+                let mut e = event(actor, AuditAction::AuthOpen, "ok").detail(format!(
+                    "{} {}",
+                    kind.as_str(),
+                    rec.id
+                ));
                 if let Some(a) = agent {
                     e = e.agent(a);
                 }
@@ -535,7 +539,7 @@ pub(super) async fn approve<S: Store>(
         return Err(decided_error(outcome));
     }
     state.decisions.notify_waiters();
-    let mut e = event(caller.wallet().as_str(), "auth.approve", "ok")
+    let mut e = event(caller.wallet().as_str(), AuditAction::AuthApprove, "ok")
         .detail(format!("{} {id}", r.kind.as_str()));
     if let Some(a) = &agent {
         e = e.agent(a);
@@ -571,7 +575,7 @@ pub(super) async fn deny<S: Store>(
     state.decisions.notify_waiters();
     record(
         &state,
-        event(caller.wallet().as_str(), "auth.deny", "ok")
+        event(caller.wallet().as_str(), AuditAction::AuthDeny, "ok")
             .detail(format!("{} {id}", r.kind.as_str())),
     )
     .await?;

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::state::AppState;
 use crate::store::{Store, StoredCredential};
+use agentkeys_types::api::AuditAction;
 
 /// Largest sealed value accepted: 32 KiB of credential plus HPKE overhead.
 const MAX_SEALED: usize = 32 * 1024 + 48;
@@ -39,18 +40,26 @@ fn info(c: StoredCredential) -> CredentialInfo {
     }
 }
 
-/// Records a refused credential call and returns the error.
+/// Records a refused credential call and returns the error. The wallet the call named
+/// goes into the event's `agent` only when it is the caller's own, one of its agents, or
+/// its master (so it shows in the view of the master concerned); a wallet that is not the caller's goes into `detail`, where it shows
+/// only to the caller: nobody can plant rows in another wallet's view by naming it.
 async fn refuse<S: Store>(
     state: &AppState<S>,
     caller: &Caller,
-    action: &str,
-    owner: Option<&Wallet>,
+    action: AuditAction,
+    named: Option<&Wallet>,
     service: &ServiceName,
     err: ApiError,
 ) -> ApiError {
     let mut e = event(caller.wallet().as_str(), action, err.code().as_str()).service(service);
-    if let Some(o) = owner {
-        e = e.agent(o);
+    if let Some(w) = named {
+        let parent = caller.session.account.parent.as_ref() == Some(w);
+        match super::owns(state, caller, w).await.map(|own| own || parent) {
+            Ok(true) => e = e.agent(w),
+            Ok(false) => e = e.detail(format!("named {w}, which is not the caller's")),
+            Err(failed) => return failed,
+        }
     }
     match record(state, e).await {
         Ok(()) => err,
@@ -95,7 +104,15 @@ pub(super) async fn store<S: Store>(
         Ok(o) => o,
         Err(e) => {
             let named = req.agent.as_ref().unwrap_or(caller.wallet());
-            return Err(refuse(&state, &caller, "credential.store", Some(named), service, e).await);
+            return Err(refuse(
+                &state,
+                &caller,
+                AuditAction::CredentialStore,
+                Some(named),
+                service,
+                e,
+            )
+            .await);
         }
     };
     if req.sealed_value.len() > MAX_SEALED * 4 / 3 + 4 {
@@ -133,7 +150,7 @@ pub(super) async fn store<S: Store>(
         .ok_or_else(|| ApiError::internal(&"credential vanished after store"))?;
     record(
         &state,
-        event(caller.wallet().as_str(), "credential.store", "ok")
+        event(caller.wallet().as_str(), AuditAction::CredentialStore, "ok")
             .agent(&owner)
             .service(service),
     )
@@ -223,7 +240,15 @@ pub(super) async fn read<S: Store>(
         Ok(o) => o,
         Err(e) => {
             let named = req.agent.as_ref().unwrap_or(caller.wallet());
-            return Err(refuse(&state, &caller, "credential.read", Some(named), service, e).await);
+            return Err(refuse(
+                &state,
+                &caller,
+                AuditAction::CredentialRead,
+                Some(named),
+                service,
+                e,
+            )
+            .await);
         }
     };
     let recipient = x25519_key("recipient_public_key", &req.recipient_public_key)?;
@@ -232,7 +257,15 @@ pub(super) async fn read<S: Store>(
         let e = ApiError::not_found(format!("no credential named {service}")).hint(
             "store it with 'agentkeys store' (for an agent: 'agentkeys store --agent WALLET')",
         );
-        return Err(refuse(&state, &caller, "credential.read", Some(&owner), service, e).await);
+        return Err(refuse(
+            &state,
+            &caller,
+            AuditAction::CredentialRead,
+            Some(&owner),
+            service,
+            e,
+        )
+        .await);
     };
     let now = state.clock.now();
     // Sealed before any high-value grant is spent: a recipient key the seal refuses costs the
@@ -282,7 +315,7 @@ pub(super) async fn read<S: Store>(
         return Err(refuse(
             &state,
             &caller,
-            "credential.read",
+            AuditAction::CredentialRead,
             Some(&cred.owner),
             service,
             e,
@@ -296,7 +329,7 @@ pub(super) async fn read<S: Store>(
     };
     record(
         &state,
-        event(caller.wallet().as_str(), "credential.read", "ok")
+        event(caller.wallet().as_str(), AuditAction::CredentialRead, "ok")
             .agent(&cred.owner)
             .service(service)
             .detail(detail),
@@ -339,7 +372,7 @@ pub(super) async fn set_policy<S: Store>(
         .ok_or_else(|| ApiError::not_found(format!("no credential named {service}")))?;
     record(
         &state,
-        event(caller.wallet().as_str(), "policy.set", "ok")
+        event(caller.wallet().as_str(), AuditAction::PolicySet, "ok")
             .agent(&owner)
             .service(&service)
             .detail(format!("high_value={}", policy.high_value)),

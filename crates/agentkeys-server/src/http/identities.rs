@@ -14,6 +14,7 @@ use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{EventExt as _, event, owns, record};
 use crate::state::AppState;
 use crate::store::{Store, StoreError};
+use agentkeys_types::api::AuditAction;
 
 /// Validates and normalizes (kind, value).
 fn normalize(alias: Option<&str>, email: Option<&str>) -> ApiResult<(&'static str, String)> {
@@ -78,7 +79,7 @@ pub(super) async fn link<S: Store>(
     }
     record(
         &state,
-        event(caller.wallet().as_str(), "identity.link", "ok")
+        event(caller.wallet().as_str(), AuditAction::IdentityLink, "ok")
             .agent(&req.wallet)
             .detail(format!("{kind}={value}")),
     )

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use agentkeys_core::crypto::random_array;
 use agentkeys_secmem::SecretString;
+use agentkeys_types::api::AuditAction;
 use agentkeys_types::{ServiceName, Wallet};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -72,6 +73,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         )
         .route("/v1/audit", get(audit::list::<S>))
         .route("/v1/audit/verify", get(audit::verify::<S>))
+        .route("/v1/audit/anchor", post(audit::anchor::<S>))
         .route("/v1/identities", post(identities::link::<S>))
         .route("/v1/identities/resolve", get(identities::resolve::<S>))
         .fallback(not_found)
@@ -179,23 +181,27 @@ async fn find_credential<S: Store>(
 }
 
 /// An audit event with the caller as actor.
-fn event(actor: &str, action: &str, outcome: &str) -> NewAuditEvent {
+fn event(actor: &str, action: AuditAction, outcome: &str) -> NewAuditEvent {
     NewAuditEvent {
         ts: 0,
         actor: actor.to_owned(),
         agent: None,
         service: None,
-        action: action.to_owned(),
+        action: action.as_str().to_owned(),
         outcome: outcome.to_owned(),
         detail: None,
     }
 }
 
 /// Appends an event stamped with the state's clock, failing the request if it cannot.
-async fn record<S: Store>(state: &AppState<S>, mut e: NewAuditEvent) -> ApiResult<()> {
+async fn record<S: Store>(state: &AppState<S>, e: NewAuditEvent) -> ApiResult<()> {
+    record_seq(state, e).await.map(drop)
+}
+
+/// [`record`], returning the event's position in the chain.
+async fn record_seq<S: Store>(state: &AppState<S>, mut e: NewAuditEvent) -> ApiResult<i64> {
     e.ts = state.clock.now();
-    state.audit.append(e).await?;
-    Ok(())
+    Ok(state.audit.append(e).await?)
 }
 
 /// Builder helpers for events.

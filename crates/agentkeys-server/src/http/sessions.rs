@@ -17,6 +17,7 @@ use super::extract::{ApiJson, Caller, ClientAddr};
 use super::{event, new_id, new_token, new_wallet, owns, record};
 use crate::state::{AppState, AuthMode};
 use crate::store::{NewSession, SessionRecord, Store};
+use agentkeys_types::api::AuditAction;
 
 /// The metadata of a session record.
 pub(super) fn info(s: &SessionRecord) -> SessionInfo {
@@ -77,7 +78,12 @@ pub(super) async fn create<S: Store>(
             };
             record(
                 &state,
-                event("-", "session.create", ErrorCode::Unauthorized.as_str()).detail(detail),
+                event(
+                    "-",
+                    AuditAction::SessionCreate,
+                    ErrorCode::Unauthorized.as_str(),
+                )
+                .detail(detail),
             )
             .await?;
         }
@@ -103,7 +109,7 @@ pub(super) async fn create<S: Store>(
     state.store.insert_session(&session).await?;
     record(
         &state,
-        event(account.wallet.as_str(), "session.create", "ok").detail(session.id.clone()),
+        event(account.wallet.as_str(), AuditAction::SessionCreate, "ok").detail(session.id.clone()),
     )
     .await?;
     let info = SessionInfo {
@@ -168,7 +174,8 @@ pub(super) async fn revoke<S: Store>(
     };
     record(
         &state,
-        event(actor, "session.revoke", "ok").detail(format!("{target} ({revoked} revoked)")),
+        event(actor, AuditAction::SessionRevoke, "ok")
+            .detail(format!("{target} ({revoked} revoked)")),
     )
     .await?;
     Ok(Json(RevokeResponse { revoked }))

@@ -249,6 +249,8 @@ pub struct AuditFilter {
     pub agent: Option<String>,
     /// Only this service.
     pub service: Option<String>,
+    /// Only this action (`trail.anchor`, …).
+    pub action: Option<String>,
     /// Only rows at or after this time.
     pub since: Option<UnixSeconds>,
     /// At most this many, newest first.
@@ -267,6 +269,12 @@ pub trait Store: Send + Sync + 'static {
     /// An account by wallet (deleted accounts are absent).
     fn account(&self, wallet: &Wallet)
     -> impl Future<Output = StoreResult<Option<Account>>> + Send;
+    /// Every agent a master ever had, torn-down ones included (their audit rows stay the
+    /// master's to see).
+    fn agent_wallets_ever(
+        &self,
+        parent: &Wallet,
+    ) -> impl Future<Output = StoreResult<Vec<Wallet>>> + Send;
     /// A master's child agents with usage.
     fn list_agents(
         &self,

@@ -310,6 +310,14 @@ impl Store for SqliteStore {
         row.map(|r| account_from(&r, "")).transpose()
     }
 
+    async fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>> {
+        let rows = sqlx::query("SELECT wallet FROM accounts WHERE parent = $1 ORDER BY wallet")
+            .bind(parent.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(|r| wallet(r.try_get("wallet")?)).collect()
+    }
+
     async fn list_agents(
         &self,
         parent: &Wallet,
@@ -847,6 +855,9 @@ impl Store for SqliteStore {
         if f.service.is_some() {
             sql.push_str(&format!(" AND service = {}", next()));
         }
+        if f.action.is_some() {
+            sql.push_str(&format!(" AND action = {}", next()));
+        }
         if f.since.is_some() {
             sql.push_str(&format!(" AND ts >= {}", next()));
         }
@@ -861,6 +872,9 @@ impl Store for SqliteStore {
         }
         if let Some(s) = &f.service {
             q = q.bind(s.as_str());
+        }
+        if let Some(a) = &f.action {
+            q = q.bind(a.as_str());
         }
         if let Some(t) = f.since {
             q = q.bind(t);

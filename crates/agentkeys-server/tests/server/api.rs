@@ -584,6 +584,7 @@ async fn the_audit_log_records_reads_and_denials_and_verifies() {
     );
     let only = m
         .audit(&AuditQuery {
+            action: None,
             service: Some(svc("stripe")),
             ..Default::default()
         })
@@ -602,6 +603,7 @@ async fn the_audit_log_records_reads_and_denials_and_verifies() {
     );
     assert_code(
         a.audit(&AuditQuery {
+            action: None,
             agent: Some(m_info.wallet.clone()),
             ..Default::default()
         })
@@ -613,6 +615,128 @@ async fn the_audit_log_records_reads_and_denials_and_verifies() {
     assert!(v.checked >= u64::try_from(all.events.len()).unwrap());
     assert!(v.head_hash.is_some());
     assert_code(a.verify_audit().await, ErrorCode::Denied);
+}
+
+#[tokio::test]
+async fn audit_views_keep_torn_down_agents_and_refuse_planted_rows() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (intruder, intruder_info, _) = ts.master("intruder").await;
+    let (a, a_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    m.store_credential(None, &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    a.read_credential(None, &svc("openai")).await.unwrap();
+    // Another master names m's agent in a read: refused, and the row is the intruder's
+    // only (the wallet it named goes into the detail, not into m's view).
+    assert_code(
+        intruder
+            .read_credential(Some(&a_info.wallet), &svc("openai"))
+            .await,
+        ErrorCode::Denied,
+    );
+    let mr = &m;
+    let m_view = |q: AuditQuery| async move { mr.audit(&q).await.unwrap().events };
+    let planted = m_view(AuditQuery::default())
+        .await
+        .into_iter()
+        .any(|e| e.actor == intruder_info.wallet.as_str());
+    assert!(!planted, "the intruder's refusal landed in m's view");
+    let own = intruder.audit(&AuditQuery::default()).await.unwrap().events;
+    let refusal = own
+        .iter()
+        .find(|e| e.action == "credential.read")
+        .expect("the intruder sees its own refusal");
+    assert_eq!(refusal.agent, None);
+    assert!(
+        refusal
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains(a_info.wallet.as_str())
+    );
+
+    // Torn down, the agent's history stays in its master's view.
+    let before = m_view(AuditQuery::default())
+        .await
+        .iter()
+        .filter(|e| e.actor == a_info.wallet.as_str())
+        .count();
+    assert!(before > 0);
+    m.teardown(&a_info.wallet).await.unwrap();
+    let after = m_view(AuditQuery::default())
+        .await
+        .iter()
+        .filter(|e| e.actor == a_info.wallet.as_str())
+        .count();
+    assert_eq!(after, before, "a torn-down agent's rows vanished");
+
+    // Verify reports the caller's own rows, not the server's whole activity.
+    let v = m.verify_audit().await.unwrap();
+    let all = agentkeys_server::audit::verify(&*ts.state.store, |_| true)
+        .await
+        .unwrap();
+    assert!(v.ok && v.checked < all.checked, "{v:?} vs {all:?}");
+    let newest = m_view(AuditQuery::default()).await[0].hash.clone();
+    assert_eq!(v.head_hash.as_deref(), Some(newest.as_str()));
+}
+
+/// docs/api.md's audit chain formula, written out here from the document (not from the
+/// server's code): SHA-256 over the domain, the previous hash, seq and ts (u64 big-endian),
+/// then per field 0x00 when null, else 0x01, its length (u64 big-endian) and its bytes.
+fn documented_hash(e: &agentkeys_types::api::AuditEvent) -> String {
+    use sha2::{Digest as _, Sha256};
+    let unhex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut h = Sha256::new();
+    h.update(b"agentkeys-audit-v1\0");
+    h.update(unhex(&e.prev_hash));
+    h.update(e.seq.to_be_bytes());
+    h.update(e.ts.to_be_bytes());
+    for field in [
+        Some(&e.actor),
+        e.agent.as_ref(),
+        e.service.as_ref(),
+        Some(&e.action),
+        Some(&e.outcome),
+        e.detail.as_ref(),
+    ] {
+        match field {
+            None => h.update([0u8]),
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v.as_bytes());
+            }
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_client_recomputes_each_of_its_rows_from_the_documented_formula() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    m.store_credential(None, &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    a.read_credential(None, &svc("openai")).await.unwrap();
+    let _ = a.read_credential(None, &svc("stripe")).await;
+    let events = m.audit(&AuditQuery::default()).await.unwrap().events;
+    assert!(events.len() >= 4);
+    for e in &events {
+        assert_eq!(documented_hash(e), e.hash, "row {}", e.seq);
+    }
+    assert_eq!(
+        events.last().unwrap().prev_hash,
+        "0".repeat(64),
+        "the first row"
+    );
 }
 
 #[tokio::test]

@@ -363,7 +363,12 @@ async fn audit_appends_chain_across_batches<S: Store>(s: S) {
     assert_eq!(rows[1].prev_hash, rows[0].hash);
     assert_eq!(rows[2].prev_hash, rows[1].hash);
     assert_eq!(s.audit_page(1, 1).await.unwrap()[0].seq, 2);
-    assert!(agentkeys_server::audit::verify(&s).await.unwrap().ok);
+    assert!(
+        agentkeys_server::audit::verify(&s, |_| true)
+            .await
+            .unwrap()
+            .ok
+    );
 }
 
 /// Instantiates every suite function for one engine.
