@@ -15,7 +15,10 @@ use crate::store::Store;
 use agentkeys_types::api::AuditAction;
 
 fn parse_wallet(s: &str) -> ApiResult<Wallet> {
-    Wallet::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
+    Wallet::parse(s).map_err(|e| {
+        ApiError::bad_request(e.to_string())
+            .hint("name the agent by its wallet, as 'agentkeys agents' lists it")
+    })
 }
 
 /// `GET /v1/agents`.
@@ -66,11 +69,10 @@ pub(super) async fn get_scope<S: Store>(
     Path(wallet): Path<String>,
 ) -> ApiResult<Json<Scope>> {
     let wallet = own_agent(&state, &caller, &wallet).await?;
-    let account = state
-        .store
-        .account(&wallet)
-        .await?
-        .ok_or_else(|| ApiError::not_found("agent is gone"))?;
+    let account = state.store.account(&wallet).await?.ok_or_else(|| {
+        ApiError::not_found("no such agent among yours")
+            .hint("list your agents with 'agentkeys agents'")
+    })?;
     Ok(Json(account.scope))
 }
 
@@ -82,15 +84,17 @@ pub(super) async fn put_scope<S: Store>(
     ApiJson(scope): ApiJson<Scope>,
 ) -> ApiResult<Json<Scope>> {
     let wallet = own_agent(&state, &caller, &wallet).await?;
-    let scope = scope
-        .validated()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let scope = scope.validated().map_err(|e| {
+        ApiError::bad_request(e.to_string())
+            .hint("services are service names, or \"*\" for every service")
+    })?;
     if !state
         .store
         .set_agent_scope(caller.wallet(), &wallet, &scope)
         .await?
     {
-        return Err(ApiError::not_found("agent is gone"));
+        return Err(ApiError::not_found("no such agent among yours")
+            .hint("list your agents with 'agentkeys agents'"));
     }
     let detail = format!(
         "services={} read_only={}",
@@ -118,7 +122,10 @@ pub(super) async fn teardown<S: Store>(
         .store
         .teardown_agent(caller.wallet(), &wallet, state.clock.now())
         .await?
-        .ok_or_else(|| ApiError::not_found("agent is gone"))?;
+        .ok_or_else(|| {
+            ApiError::not_found("no such agent among yours")
+                .hint("list your agents with 'agentkeys agents'")
+        })?;
     let detail =
         format!("{revoked_sessions} sessions revoked, {deleted_credentials} credentials deleted");
     record(

@@ -263,25 +263,30 @@ pub(super) async fn open<S: Store>(
         }
         AuthKind::HighValue => {
             let caller = authenticate(&state, &headers).await?;
-            let service = req
-                .service
-                .as_ref()
-                .ok_or_else(|| ApiError::bad_request("service is required for high_value"))?;
+            let service = req.service.as_ref().ok_or_else(|| {
+                ApiError::bad_request("service is required for high_value")
+                    .hint("name the high-value credential to be released")
+            })?;
             let owner = super::credential_owner(&state, &caller, req.agent.as_ref()).await?;
             if !caller.is_master() && !caller.scope().allows(service) {
-                return Err(ApiError::denied(format!(
-                    "{service} is not in this session's scope"
-                )));
+                return Err(
+                    ApiError::denied(format!("{service} is not in this session's scope"))
+                        .hint("ask your operator to add it with 'agentkeys scope'"),
+                );
             }
             // The grant must name the owner the read will find, or it would never match.
             let cred =
                 super::find_credential(&state, &caller, &owner, req.agent.is_some(), service)
                     .await?
-                    .ok_or_else(|| ApiError::not_found(format!("no credential named {service}")))?;
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("no credential named {service}"))
+                            .hint("list the credentials with 'agentkeys list'")
+                    })?;
             if !cred.policy.high_value {
                 return Err(ApiError::bad_request(format!(
                     "{service} is not high-value: read it without an approval"
-                )));
+                ))
+                .hint("POST /v1/credentials/read releases it directly"));
             }
             let owner = cred.owner;
             let now = state.clock.now();
@@ -322,6 +327,7 @@ async fn visible<S: Store>(
     caller.require_master()?;
     let not_found = || {
         ApiError::not_found("no such auth request")
+            .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")
             .hint("check the code; codes expire after 60 s (high-value: 300 s)")
     };
     let r = r.ok_or_else(not_found)?;
@@ -346,8 +352,10 @@ pub(super) async fn by_code<S: Store>(
     caller: Caller,
     Path(code): Path<String>,
 ) -> ApiResult<Json<AuthRequestView>> {
-    let code = pairing::normalize_pair_code(&code)
-        .ok_or_else(|| ApiError::bad_request("a pair code is 8 characters like ABCD-EFGH"))?;
+    let code = pairing::normalize_pair_code(&code).ok_or_else(|| {
+        ApiError::bad_request("a pair code is 8 characters like ABCD-EFGH")
+            .hint("copy the code the requester shows; the dash is optional")
+    })?;
     let r = visible(
         &state,
         &caller,
@@ -384,6 +392,7 @@ fn decided_error(outcome: DecideOutcome) -> ApiError {
         .hint("ask the requester for a fresh code"),
         DecideOutcome::NotFound | DecideOutcome::Decided => {
             ApiError::not_found("no such auth request")
+                .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")
         }
     }
 }
@@ -466,7 +475,10 @@ pub(super) async fn approve<S: Store>(
                     read_only: true,
                 })
                 .validated()
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                .map_err(|e| {
+                    ApiError::bad_request(e.to_string())
+                        .hint("scope is {\"services\": [names or \"*\"], \"read_only\": bool}")
+                })?;
             let account = Account {
                 wallet: new_wallet(),
                 is_master: false,
@@ -490,17 +502,17 @@ pub(super) async fn approve<S: Store>(
             if body.scope.is_some() {
                 return Err(ApiError::bad_request(
                     "scope is set with 'agentkeys scope', not when recovering",
-                ));
+                )
+                .hint("approve with an empty body, then change the scope if needed"));
             }
             let agent = r
                 .agent
                 .clone()
                 .ok_or_else(|| ApiError::internal(&"recover request without agent"))?;
-            let account = state
-                .store
-                .account(&agent)
-                .await?
-                .ok_or_else(|| ApiError::not_found("agent is gone"))?;
+            let account = state.store.account(&agent).await?.ok_or_else(|| {
+                ApiError::not_found("the agent no longer exists")
+                    .hint("it was torn down; pair a new daemon instead")
+            })?;
             let (session, sealed_session, signature) = mint_sealed(&state, &r, &account, now)?;
             (
                 Approval::Recover {
@@ -513,9 +525,10 @@ pub(super) async fn approve<S: Store>(
         }
         AuthKind::HighValue => {
             if body.scope.is_some() {
-                return Err(ApiError::bad_request(
-                    "a high-value approval takes no scope",
-                ));
+                return Err(
+                    ApiError::bad_request("a high-value approval takes no scope")
+                        .hint("approve with an empty body: it releases the credential once"),
+                );
             }
             let signature = state
                 .keys
@@ -610,11 +623,10 @@ pub(super) async fn decision<S: Store>(
     loop {
         // Register for the wake-up before reading, so a decision in between is not missed.
         let notified = state.decisions.notified();
-        let r = state
-            .store
-            .auth_request(&id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("no such auth request"))?;
+        let r = state.store.auth_request(&id).await?.ok_or_else(|| {
+            ApiError::not_found("no such auth request")
+                .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")
+        })?;
         let status = r.status_at(state.clock.now());
         let pending_until = r.expires_at;
         if status != AuthStatus::Pending || tokio::time::Instant::now() >= deadline {

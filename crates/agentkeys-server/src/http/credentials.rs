@@ -81,14 +81,16 @@ async fn authorize_store<S: Store>(
             .hint("ask your operator to store the credential"));
     }
     if !caller.is_master() && !caller.scope().allows(service) {
-        return Err(ApiError::denied(format!(
-            "{service} is not in this session's scope"
-        )));
+        return Err(
+            ApiError::denied(format!("{service} is not in this session's scope"))
+                .hint("ask your operator to add it with 'agentkeys scope'"),
+        );
     }
     if !caller.is_master() && req.policy.is_some() {
-        return Err(ApiError::denied(
-            "only a master may set a credential's policy",
-        ));
+        return Err(
+            ApiError::denied("only a master may set a credential's policy")
+                .hint("store without policy; the master sets it with 'agentkeys policy'"),
+        );
     }
     Ok(owner)
 }
@@ -118,7 +120,8 @@ pub(super) async fn store<S: Store>(
     if req.sealed_value.len() > MAX_SEALED * 4 / 3 + 4 {
         return Err(ApiError::bad_request(
             "sealed_value is too large (limit 32 KiB of credential)",
-        ));
+        )
+        .hint("credentials are limited to 32 KiB"));
     }
     let sealed = b64("sealed_value", &req.sealed_value)?;
     let aad = credential_aad(&owner, service);
@@ -357,19 +360,29 @@ pub(super) async fn set_policy<S: Store>(
     ApiJson(policy): ApiJson<Policy>,
 ) -> ApiResult<Json<CredentialInfo>> {
     caller.require_master()?;
-    let agent = Wallet::parse(&agent).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let service = ServiceName::parse(&service).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let agent = Wallet::parse(&agent).map_err(|e| {
+        ApiError::bad_request(e.to_string())
+            .hint("the path is /v1/credentials/WALLET/SERVICE/policy")
+    })?;
+    let service = ServiceName::parse(&service).map_err(|e| {
+        ApiError::bad_request(e.to_string())
+            .hint("the path is /v1/credentials/WALLET/SERVICE/policy")
+    })?;
     let owner = credential_owner(&state, &caller, Some(&agent)).await?;
     if !state.store.set_policy(&owner, &service, policy).await? {
-        return Err(ApiError::not_found(format!(
-            "no credential named {service} for {owner}"
-        )));
+        return Err(
+            ApiError::not_found(format!("no credential named {service} for {owner}"))
+                .hint("list that owner's credentials with 'agentkeys list --agent WALLET'"),
+        );
     }
     let cred = state
         .store
         .credential(&owner, &service)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no credential named {service}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no credential named {service}"))
+                .hint("it was deleted meanwhile; store it again")
+        })?;
     record(
         &state,
         event(caller.wallet().as_str(), AuditAction::PolicySet, "ok")

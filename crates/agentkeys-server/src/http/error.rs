@@ -110,6 +110,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => {
                 ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
+                    .hint("choose another name")
             }
             other => ApiError::internal(&other),
         }
@@ -129,7 +130,10 @@ impl IntoResponse for ApiError {
             StatusCode::from_u16(inner.code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
         });
-        let mut body = ErrorBody::new(inner.code, inner.message, inner.hint);
+        let hint = inner
+            .hint
+            .or_else(|| Some(default_hint(inner.code).to_owned()));
+        let mut body = ErrorBody::new(inner.code, inner.message, hint);
         body.error.auth_request = inner.auth_request;
         body.error.retry_after_ms = inner
             .retry_after
@@ -143,6 +147,22 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// The hint an error gets when its site gave none (every error carries one).
+fn default_hint(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => "check the request against docs/api.md",
+        ErrorCode::Unauthorized => "run 'agentkeys init' for a new session",
+        ErrorCode::Denied => "this session may not do that; ask the master",
+        ErrorCode::NotFound => "check the name; it may not be one you can see",
+        ErrorCode::ApprovalRequired => "ask the master to run 'agentkeys approve CODE'",
+        ErrorCode::Expired => "start again to get a fresh request",
+        ErrorCode::AlreadyConsumed => "each request is single-use; open a new one",
+        ErrorCode::RateLimited => "retry after the time Retry-After gives",
+        ErrorCode::Conflict => "choose another name",
+        ErrorCode::Internal => "see the server log; retry later",
     }
 }
 

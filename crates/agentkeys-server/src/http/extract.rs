@@ -16,22 +16,62 @@ use super::error::ApiError;
 use crate::state::AppState;
 use crate::store::{SessionRecord, Store};
 
-/// Removes every double-quoted span from a deserializer message, so a value the client
-/// sent (possibly a secret in the wrong field) is never echoed back or logged.
-fn scrub(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut quoted = false;
-    for c in msg.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
-            }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
+/// A deserializer's message made safe to send back: no value the caller sent may come
+/// back in an error (a secret pasted into the wrong field would otherwise be echoed, and
+/// logged). Kept: the JSON path when it is made of our own field names, and the part after
+/// `, expected` (our field names and types); removed: every quoted or backticked span
+/// before it (the caller's unknown field names, variants and values) and any other path.
+pub(crate) fn describe(msg: &str) -> String {
+    let msg = msg
+        .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
+        .trim_start_matches("Failed to deserialize query string: ");
+    let (path, rest) = match msg.split_once(": ") {
+        Some((p, r)) if is_field_path(p) => (Some(p), r),
+        Some((p, r)) if looks_like_path(p) => (None, r),
+        _ => (None, msg),
+    };
+    let (head, tail) = match rest
+        .find(", expected ")
+        .or_else(|| rest.find(", there are"))
+    {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let mut kept = String::with_capacity(head.len());
+    let mut inside: Option<char> = None;
+    for c in head.chars() {
+        match inside {
+            Some(close) if c == close => inside = None,
+            Some(_) => {}
+            None if c == '`' || c == '"' => inside = Some(c),
+            None => kept.push(c),
         }
     }
-    out
+    let kept = kept.split_whitespace().collect::<Vec<_>>().join(" ");
+    let kept = kept.trim_end_matches([',', ' ']);
+    match path {
+        Some(p) => format!("{p}: {kept}{tail}"),
+        None => format!("{kept}{tail}"),
+    }
+}
+
+/// `scope.services[2]`: snake_case names and indices only, i.e. our own fields.
+fn is_field_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('.').all(|seg| {
+            let name = seg.split('[').next().unwrap_or("");
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && seg[name.len()..].split_terminator(']').all(|i| {
+                    i.strip_prefix('[')
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+        })
+}
+
+/// A path prefix that is not only our field names (dropped whole).
+fn looks_like_path(p: &str) -> bool {
+    !p.contains(' ') && !p.is_empty()
 }
 
 /// A JSON body; malformed JSON, unknown fields and oversized bodies become `BAD_REQUEST`.
@@ -50,18 +90,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(rej: &JsonRejection) -> ApiError {
     match rej {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::bad_request(format!("invalid request body: {}", scrub(&e.body_text())))
-                .hint("check the field names and types against docs/api.md")
-        }
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("malformed JSON body"),
+        JsonRejection::JsonDataError(e) => ApiError::bad_request(format!(
+            "invalid request body: {}",
+            describe(&e.body_text())
+        ))
+        .hint("check the field names and types against docs/api.md"),
+        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("malformed JSON body")
+            .hint("send one JSON object (UTF-8), as docs/api.md shows for this endpoint"),
         JsonRejection::MissingJsonContentType(_) => ApiError::bad_request("expected a JSON body")
             .hint("send Content-Type: application/json"),
         JsonRejection::BytesRejection(_) => {
             ApiError::bad_request("request body too large or unreadable")
                 .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .hint("request bodies are limited to 64 KiB; credentials to 32 KiB")
         }
-        _ => ApiError::bad_request("invalid request body"),
+        _ => ApiError::bad_request("invalid request body")
+            .hint("check the request against docs/api.md"),
     }
 }
 
@@ -75,9 +119,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
-                format!("invalid query string: {}", scrub(&e.body_text())),
-            )),
-            Err(_) => Err(ApiError::bad_request("invalid query string")),
+                format!("invalid query string: {}", describe(&e.body_text())),
+            )
+            .hint("unknown query parameters are refused; see docs/api.md for this endpoint's")),
+            Err(_) => Err(ApiError::bad_request("invalid query string")
+                .hint("see docs/api.md for this endpoint's query parameters")),
         }
     }
 }
@@ -196,11 +242,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scrub_removes_every_quoted_value() {
-        let m = r#"invalid type: string "sk-live-canary", expected a boolean at line 1"#;
-        let s = scrub(m);
-        assert!(!s.contains("canary"), "{s}");
-        assert!(s.contains("expected a boolean"));
-        assert_eq!(scrub(r#"a "b" c "d"#), r#"a "…" c "…""#);
+    fn no_value_the_caller_sent_comes_back() {
+        let cases = [
+            (
+                r#"high_value: invalid type: string "sk-live-canary", expected a boolean at line 1 column 30"#,
+                "high_value: invalid type: string, expected a boolean at line 1 column 30",
+            ),
+            (
+                "unknown field `sk-canary-field`, expected one of `agent`, `service` at line 1 column 20",
+                "unknown field, expected one of `agent`, `service` at line 1 column 20",
+            ),
+            (
+                "kind: unknown variant `sk-canary-variant`, expected one of `pair`, `recover`, `high_value`",
+                "kind: unknown variant, expected one of `pair`, `recover`, `high_value`",
+            ),
+            (
+                "limit: invalid value: integer `-7777`, expected u32",
+                "limit: invalid value: integer, expected u32",
+            ),
+            (
+                "Failed to deserialize query string: unknown field `sk-canary-q`, expected one of `wait`",
+                "unknown field, expected one of `wait`",
+            ),
+            (
+                "unknown field `x`, there are no fields",
+                "unknown field, there are no fields",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: scope.services[0]: a service name is 1 to 64 characters",
+                "scope.services[0]: a service name is 1 to 64 characters",
+            ),
+            (
+                "sk-canary-key.x: invalid type: null, expected a string",
+                "invalid type: null, expected a string",
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = describe(raw);
+            assert_eq!(got, want, "{raw}");
+            assert!(!got.contains("canary") && !got.contains("7777"), "{got}");
+        }
     }
 }

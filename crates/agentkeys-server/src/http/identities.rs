@@ -24,6 +24,7 @@ fn normalize(alias: Option<&str>, email: Option<&str>) -> ApiResult<(&'static st
             let a = a.trim().to_lowercase();
             ServiceName::parse(&a).map_err(|_| {
                 ApiError::bad_request("an alias is 1 to 64 characters of a-z, 0-9, '.', '_' or '-'")
+                    .hint("start it with a letter or digit, e.g. research-bot")
             })?;
             Ok(("alias", a))
         }
@@ -34,11 +35,13 @@ fn normalize(alias: Option<&str>, email: Option<&str>) -> ApiResult<(&'static st
                     .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'))
                 && !e.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
-                return Err(ApiError::bad_request("not an e-mail address"));
+                return Err(ApiError::bad_request("not an e-mail address")
+                    .hint("an e-mail is local@domain.tld, at most 254 characters"));
             }
             Ok(("email", e))
         }
-        _ => Err(ApiError::bad_request("give exactly one of alias or email")),
+        _ => Err(ApiError::bad_request("give exactly one of alias or email")
+            .hint("link an alias and an e-mail with two requests")),
     }
 }
 

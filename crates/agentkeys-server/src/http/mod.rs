@@ -90,13 +90,17 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::bad_request("method not allowed on this endpoint")
         .status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
+        .hint("see docs/api.md for the methods each route takes")
 }
 
 /// Standard base64 decoding with a field name in the error.
 fn b64(field: &str, s: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
-        .map_err(|_| ApiError::bad_request(format!("{field} is not valid base64")))
+        .map_err(|_| {
+            ApiError::bad_request(format!("{field} is not valid base64"))
+                .hint("binary values are standard base64 with padding (RFC 4648 section 4)")
+        })
 }
 
 /// Standard base64 encoding.
@@ -106,9 +110,10 @@ fn b64e(b: &[u8]) -> String {
 
 /// A 32-byte X25519 public key from base64.
 fn x25519_key(field: &str, s: &str) -> ApiResult<[u8; 32]> {
-    b64(field, s)?
-        .try_into()
-        .map_err(|_| ApiError::bad_request(format!("{field} must be 32 bytes")))
+    b64(field, s)?.try_into().map_err(|_| {
+        ApiError::bad_request(format!("{field} must be 32 bytes"))
+            .hint("an X25519 public key is 32 raw bytes, then base64")
+    })
 }
 
 /// A fresh random id with a readable prefix.

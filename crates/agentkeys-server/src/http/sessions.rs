@@ -148,7 +148,8 @@ pub(super) async fn revoke<S: Store>(
     let actor = caller.wallet().as_str();
     let (revoked, target) = match (&req.session_id, &req.wallet) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give session_id or wallet, not both"));
+            return Err(ApiError::bad_request("give session_id or wallet, not both")
+                .hint("send {} to revoke this session"));
         }
         (None, None) => (
             state.store.revoke_session(&caller.session.id, now).await?,
@@ -161,13 +162,15 @@ pub(super) async fn revoke<S: Store>(
                 None => false,
             };
             if !allowed {
-                return Err(ApiError::not_found("no such session among yours"));
+                return Err(ApiError::not_found("no such session among yours")
+                    .hint("session ids are in GET /v1/session (yours) and agentkeys agents"));
             }
             (state.store.revoke_session(id, now).await?, id.clone())
         }
         (None, Some(w)) => {
             if !owns(&state, &caller, w).await? {
-                return Err(ApiError::denied(format!("{w} is not yours to revoke")));
+                return Err(ApiError::denied(format!("{w} is not yours to revoke"))
+                    .hint("revoke your own session or one of your agents'"));
             }
             (state.store.revoke_wallet(w, now).await?, w.to_string())
         }

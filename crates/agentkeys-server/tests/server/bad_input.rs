@@ -285,3 +285,107 @@ async fn a_tampered_audit_row_is_named_by_verify() {
     let v = m.verify_audit().await.unwrap();
     assert_eq!(v.first_broken_seq, Some(5));
 }
+
+/// Every way the independent client found to get an error, each carrying a canary the
+/// answer must not echo: each answer has the error shape, a non-empty hint, and no canary.
+#[tokio::test]
+async fn every_error_carries_a_hint_and_echoes_nothing_the_caller_sent() {
+    let ts = TestServer::start().await;
+    let (_, _, token) = ts.master("m").await;
+    let c = "sk-echo-canary";
+    let url = |p: &str| format!("{}{p}", ts.url);
+    let http = ts.raw();
+    let bearer = format!("Bearer {}", token.expose_secret());
+    let json_post = |path: &str, body: serde_json::Value| {
+        http.post(url(path))
+            .header("authorization", &bearer)
+            .json(&body)
+    };
+    let requests = vec![
+        // unknown field names, unknown enum variants, wrong-typed values
+        json_post(
+            "/v1/credentials",
+            json!({"service": "openai", "sealed_value": "AAAA", c: 1}),
+        ),
+        json_post("/v1/auth-requests", json!({"kind": c})),
+        json_post(
+            "/v1/credentials/read",
+            json!({"service": "openai", "recipient_public_key": 12345678}),
+        ),
+        json_post(
+            "/v1/credentials",
+            json!({"service": "openai", "sealed_value": "AAAA", "policy": {"high_value": c}}),
+        ),
+        json_post("/v1/sessions/revoke", json!({"session_id": [c]})),
+        json_post(
+            "/v1/agents/0x0000000000000000000000000000000000000000/scope",
+            json!({}),
+        ),
+        // bad base64, bad names, bad keys
+        json_post(
+            "/v1/credentials",
+            json!({"service": "openai", "sealed_value": format!("!!{c}!!")}),
+        ),
+        json_post(
+            "/v1/credentials",
+            json!({"service": format!("Bad {c}"), "sealed_value": "AAAA"}),
+        ),
+        json_post(
+            "/v1/credentials/read",
+            json!({"service": "openai", "recipient_public_key": "AAAA"}),
+        ),
+        json_post("/v1/identities", json!({"wallet": c, "alias": "x"})),
+        json_post(
+            "/v1/identities",
+            json!({"wallet": "0x0000000000000000000000000000000000000000", "alias": format!("BAD {c}")}),
+        ),
+        json_post("/v1/audit/anchor", json!({"seq": 0, "hash": c})),
+        // malformed JSON, wrong content type, wrong method, oversized, unknown query
+        http.post(url("/v1/credentials"))
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(format!("{{\"{c}\": ")),
+        http.post(url("/v1/credentials"))
+            .header("authorization", &bearer)
+            .body(c),
+        http.delete(url("/v1/credentials"))
+            .header("authorization", &bearer),
+        http.post(url("/v1/credentials"))
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(vec![b' '; 70 * 1024]),
+        http.get(url(&format!("/v1/audit?{c}=1")))
+            .header("authorization", &bearer),
+        http.get(url(&format!("/v1/audit?limit={c}")))
+            .header("authorization", &bearer),
+        http.get(url(&format!("/v1/audit?action={c}")))
+            .header("authorization", &bearer),
+        http.get(url(&format!("/v1/identities/resolve?alias={c}")))
+            .header("authorization", &bearer),
+        http.get(url(&format!("/v1/auth-requests/by-code/{c}")))
+            .header("authorization", &bearer),
+        http.get(url("/v1/auth-requests/req_x/decision?wait=1&x=2")),
+        http.get(url(&format!("/v1/{c}"))),
+        // tokens
+        http.get(url("/v1/session")),
+        http.get(url("/v1/session"))
+            .header("authorization", format!("Bearer akm_{c}")),
+        http.get(url("/v1/session")).header("authorization", c),
+    ];
+    for (i, request) in requests.into_iter().enumerate() {
+        let resp = request.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert!(status >= 400, "request {i}: {status} {text}");
+        let body: ErrorBody =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("request {i}: {text}: {e}"));
+        assert!(
+            body.error.hint.as_deref().is_some_and(|h| !h.is_empty()),
+            "request {i} has no hint: {text}"
+        );
+        assert!(
+            !text.contains("canary"),
+            "request {i} echoes the caller: {text}"
+        );
+    }
+}
