@@ -1,16 +1,26 @@
 //! `agentkeys-daemon mcp`: a stdio ↔ socket bridge for MCP clients that spawn a command.
 //! It holds no session and no key; bytes pass through in both directions.
+//!
+//! An answer can carry a credential (inline delivery), so the daemon → client direction
+//! reads into one fixed buffer, writes it to stdout with plain `write(2)` calls (no stdio
+//! buffer keeps a copy) and zeroes what it read before the next read: no copy of a
+//! delivered credential outlives its write.
 
+use std::io;
+use std::os::fd::AsFd as _;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::UnixStream;
+use zeroize::Zeroize as _;
 
 use crate::error::DaemonError;
 
+/// Bytes moved per read.
+const CHUNK: usize = 16 * 1024;
+
 /// Copies stdin to the socket and the socket to stdout until either side ends.
 pub async fn run(socket: &Path) -> Result<(), DaemonError> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
+    let stream = UnixStream::connect(socket).map_err(|e| {
         DaemonError::new(
             "UNREACHABLE",
             6,
@@ -18,22 +28,50 @@ pub async fn run(socket: &Path) -> Result<(), DaemonError> {
         )
         .hint("start it with 'agentkeys-daemon serve --server URL', or set AGENTKEYS_SOCKET")
     })?;
-    let (mut from_daemon, mut to_daemon) = stream.into_split();
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let upstream = async {
-        let r = tokio::io::copy(&mut stdin, &mut to_daemon).await;
-        let _ = to_daemon.shutdown().await;
-        r
-    };
-    let downstream = async {
-        let r = tokio::io::copy(&mut from_daemon, &mut stdout).await;
-        let _ = stdout.flush().await;
-        r
-    };
-    // The session ends when the daemon closes (after the client's stdin closed, it
-    // finishes the answers in flight first).
-    let (_, down) = tokio::join!(upstream, downstream);
-    down.map(|_| ())
+    let to_daemon = stream.try_clone()?;
+    // Client → daemon: requests, no secrets. A thread of its own, so a client that keeps
+    // stdin open does not hold up the end of the session.
+    std::thread::spawn(move || {
+        let _ = pump(io::stdin().as_fd(), &to_daemon, false);
+        let _ = to_daemon.shutdown(std::net::Shutdown::Write);
+    });
+    // Daemon → client: the session ends when the daemon closes (after the client's stdin
+    // closed, it finishes the answers in flight first).
+    tokio::task::spawn_blocking(move || pump(stream.as_fd(), &io::stdout(), true))
+        .await
+        .map_err(|e| DaemonError::new("IO", 1, e.to_string()))?
         .map_err(|e| DaemonError::new("IO", 1, e.to_string()))
+}
+
+/// Moves bytes from `from` to `to` until end of file; with `wipe`, each chunk is zeroed
+/// as soon as it is written.
+fn pump(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: &impl std::os::fd::AsFd,
+    wipe: bool,
+) -> io::Result<()> {
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
+    loop {
+        let n = match rustix::io::read(from, &mut buf[..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut written = 0;
+        let result: io::Result<()> = loop {
+            if written == n {
+                break Ok(());
+            }
+            match rustix::io::write(to.as_fd(), &buf[written..n]) {
+                Ok(k) => written += k,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => break Err(e.into()),
+            }
+        };
+        if wipe {
+            buf[..n].zeroize();
+        }
+        result?;
+    }
 }

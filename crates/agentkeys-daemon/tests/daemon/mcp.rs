@@ -135,6 +135,48 @@ fn the_stdio_bridge_carries_the_same_conversation() {
 }
 
 #[test]
+fn the_stdio_bridge_keeps_no_copy_of_a_credential_it_passed_on() {
+    let (_server, _master, _home, d, _wallet, value) = setup();
+    let mut bridge = Command::new(DAEMON)
+        .arg("mcp")
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = bridge.stdin.take().unwrap();
+    let mut stdout = BufReader::new(bridge.stdout.take().unwrap());
+    for l in [
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bridge-test","version":"0"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_credential","arguments":{"service":"openai"}}}),
+    ] {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the bridge closed"
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == 2 {
+            assert_eq!(v["result"]["content"][0]["text"], value.as_str());
+            break;
+        }
+    }
+    // The client holds the connection open; the bridge passed the value on and kept nothing.
+    let scan = agentkeys_testkit::assert_no_readable_copy(bridge.id(), &[value.as_bytes()]);
+    eprintln!(
+        "scan: stdio bridge after passing an inline credential: 0 copies in {} bytes",
+        scan.scanned_bytes
+    );
+    drop(stdin);
+    assert!(bridge.wait().unwrap().success());
+}
+
+#[test]
 fn protocol_2026_07_28_works_without_initialize() {
     let (_server, _master, _home, d, _wallet, value) = setup();
     let meta = json!({
