@@ -111,7 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         5,
         "pair an agent: the daemon's key, a pair code and OTP, the master approves",
     );
-    let daemon_key = HpkeKeyPair::generate();
+    let daemon_key = HpkeKeyPair::generate()?;
     let ticket = anon
         .open_auth_request(&OpenAuthRequest {
             kind: AuthKind::Pair,

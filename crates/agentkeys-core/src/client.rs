@@ -537,7 +537,7 @@ impl Backend for HttpBackend {
         service: &ServiceName,
     ) -> Result<ReadCredential, ClientError> {
         let pinned = *self.pinned()?;
-        let ephemeral = HpkeKeyPair::generate();
+        let ephemeral = HpkeKeyPair::generate()?;
         let body = ReadCredentialRequest {
             agent: agent.cloned(),
             service: service.clone(),

@@ -192,7 +192,7 @@ async fn approve_flow(
     };
     let mut renewed = false;
     loop {
-        let key = HpkeKeyPair::generate();
+        let key = HpkeKeyPair::generate().map_err(agentkeys_core::ClientError::from)?;
         // The OTP announced is the one computed here from our own key; a server OTP that
         // differs means the request was altered on the way, and nothing is announced.
         let ticket = backend

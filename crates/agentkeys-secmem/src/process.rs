@@ -54,6 +54,25 @@ pub fn is_dumpable() -> io::Result<bool> {
     Ok(rustix::process::dumpable_behavior()? != DumpableBehavior::NotDumpable)
 }
 
+/// Takes a secret out of the environment (the server's `AGENTKEYS_SERVER_KEYS`, an
+/// inherited credential fd's variable): returns the value, overwrites it with zeros where
+/// it lived (so `/proc/<pid>/environ` no longer shows it) and removes the variable, so
+/// programs started later do not inherit it. `Ok(None)` when it is not set.
+///
+/// Refuses (`Err`) unless the process runs one thread: changing the environment while
+/// another thread may read it is undefined behaviour in C. Call it first thing in `main`.
+pub fn take_secret_env(name: &str) -> io::Result<Option<crate::SecretBytes>> {
+    if crate::sys::thread_count()? != 1 {
+        return Err(io::Error::other(format!(
+            "{name} can only be taken from the environment while the process runs one \
+             thread; take it before starting threads (or a runtime)"
+        )));
+    }
+    // SAFETY (contract of take_env_var): this process has one thread, the caller's, so
+    // nothing else reads or writes the environment while it runs.
+    Ok(crate::sys::take_env_secret_single_threaded(name))
+}
+
 /// Gives this process a fresh anonymous session keyring, so keys it adds are possessed and
 /// can be linked into the per-user persistent keyring. Call it only when the current session
 /// keyring is the user-session fallback (`_uid_ses.<uid>`); inside a real login session the
@@ -65,6 +84,14 @@ pub fn join_anonymous_session_keyring() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_is_taken_out_of_the_environment_only_by_a_single_threaded_process() {
+        // The test harness runs threads, so the refusal is what this process shows; the
+        // single-threaded path is the server's (tests/server/e2e.rs reads its environ).
+        let err = take_secret_env("AGENTKEYS_NOT_SET_IN_TESTS").unwrap_err();
+        assert!(err.to_string().contains("one thread"), "{err}");
+    }
 
     #[test]
     fn disabling_core_dumps_makes_the_process_non_dumpable_with_core_limit_zero() {

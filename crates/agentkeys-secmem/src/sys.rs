@@ -399,3 +399,83 @@ impl Mapping {
         Ok(())
     }
 }
+
+unsafe extern "C" {
+    /// The C library's environment: a NULL-terminated array of `NAME=value` strings.
+    static environ: *const *mut libc::c_char;
+}
+
+/// How many threads this process runs (`Threads:` in `/proc/self/status`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads line in /proc/self/status"))
+}
+
+/// Copies the value of environment variable `name` out, overwrites the value's bytes with
+/// zeros where they live (for a variable the process was started with, the environment
+/// block that `/proc/<pid>/environ` shows), and removes the variable.
+///
+/// # Safety
+///
+/// No other thread may read or write the environment meanwhile (in practice: the process
+/// is single-threaded), as for `std::env::remove_var`.
+pub(crate) unsafe fn take_env_var(name: &str) -> Option<crate::SecretBytes> {
+    let prefix = format!("{name}=");
+    let mut i = 0;
+    let mut found: Option<(crate::SecretBytes, *mut libc::c_char, usize)> = None;
+    loop {
+        // SAFETY: `environ` is the C library's environment array; reading the pointer value
+        // is sound while no thread changes it (this function's contract).
+        let array = unsafe { environ };
+        if array.is_null() {
+            break;
+        }
+        // SAFETY: the array is NULL-terminated and `i` never passes the NULL entry (the loop
+        // stops there), so the offset stays inside it.
+        let slot = unsafe { array.add(i) };
+        // SAFETY: `slot` points at an entry of the live array (see above).
+        let entry = unsafe { *slot };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: every entry is a NUL-terminated string owned by the environment, alive
+        // while no thread changes the environment (this function's contract).
+        let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
+        if bytes.starts_with(prefix.as_bytes()) {
+            let value_len = bytes.len() - prefix.len();
+            let value = crate::SecretBytes::from_slice(&bytes[prefix.len()..]);
+            // SAFETY: the value starts right after the prefix inside this entry's string.
+            let start = unsafe { entry.add(prefix.len()) };
+            // SAFETY: the value's bytes lie inside this entry's string, which the environment
+            // owns and nothing else reads meanwhile; writing zeros over them (not over the
+            // terminating NUL) keeps it a valid C string.
+            let tail = unsafe { std::slice::from_raw_parts_mut(start.cast::<u8>(), value_len) };
+            zeroize::Zeroize::zeroize(tail);
+            found = Some((value, entry, prefix.len()));
+            break;
+        }
+        i += 1;
+    }
+    let (value, entry, name_len) = found?;
+    // SAFETY: no other thread reads or writes the environment (this function's contract).
+    unsafe { std::env::remove_var(name) };
+    // The name goes too, so /proc/<pid>/environ (the initial block) no longer shows it.
+    // SAFETY: glibc never frees environment strings on unsetenv (the initial block lives in
+    // the process's stack; strings setenv made are kept because code may still hold
+    // pointers into them), so `entry` is still valid memory, and no longer reachable from
+    // `environ`: overwriting the name (not the terminating NUL) touches nothing in use.
+    let name_bytes = unsafe { std::slice::from_raw_parts_mut(entry.cast::<u8>(), name_len) };
+    zeroize::Zeroize::zeroize(name_bytes);
+    Some(value)
+}
+
+/// [`take_env_var`] for a caller that checked this process runs a single thread.
+pub(crate) fn take_env_secret_single_threaded(name: &str) -> Option<crate::SecretBytes> {
+    // SAFETY: the only caller (`process::take_secret_env`) checked that this process runs
+    // one thread, so no other thread can read or write the environment meanwhile.
+    unsafe { take_env_var(name) }
+}

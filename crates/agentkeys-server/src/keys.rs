@@ -38,6 +38,9 @@ pub enum KeyError {
     /// The key file is readable by others.
     #[error("key file {0} is readable by group or others; run: chmod 600 {0}")]
     Permissions(String),
+    /// No secret page could hold the keys (`RLIMIT_MEMLOCK`).
+    #[error("cannot hold the keys in secret memory: {0}")]
+    Memory(String),
 }
 
 /// The server's keys, held in secret memory.
@@ -61,14 +64,15 @@ impl std::fmt::Debug for ServerKeys {
 }
 
 impl ServerKeys {
-    /// Fresh random keys.
-    pub fn generate() -> Self {
-        ServerKeys {
-            kek: Kek::generate(),
-            shielding: HpkeKeyPair::generate(),
-            signing: SigningKeyPair::generate(),
+    /// Fresh random keys, each in a secret page.
+    pub fn generate() -> Result<Self, KeyError> {
+        let memory = |e| KeyError::Memory(format!("{e}"));
+        Ok(ServerKeys {
+            kek: Kek::generate().map_err(memory)?,
+            shielding: HpkeKeyPair::generate().map_err(memory)?,
+            signing: SigningKeyPair::generate().map_err(memory)?,
             source: "generated".to_owned(),
-        }
+        })
     }
 
     fn from_bytes(b: &[u8], source: String) -> Result<Self, KeyError> {
@@ -88,24 +92,25 @@ impl ServerKeys {
         let mut out = SecretBytes::new(FILE_LEN);
         let buf = out.expose_secret_mut();
         buf[..4].copy_from_slice(MAGIC);
-        buf[4..36].copy_from_slice(self.kek.as_secret_bytes().expose_secret());
+        buf[4..36].copy_from_slice(self.kek.expose_secret());
         buf[36..68].copy_from_slice(self.shielding.private_bytes().expose_secret());
         buf[68..100].copy_from_slice(self.signing.seed().expose_secret());
         out
     }
 
-    /// The keys from `AGENTKEYS_SERVER_KEYS` if set, else from `<data_dir>/server.key`,
-    /// generating that file (0600) on first start.
+    /// The keys from the value of `AGENTKEYS_SERVER_KEYS` (base64 of the key file), which
+    /// `main` takes out of the environment (and wipes there) before any thread starts.
+    pub fn from_env_value(raw: &[u8]) -> Result<Self, KeyError> {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim_ascii())
+            .map_err(|_| KeyError::Format(KEYS_ENV.to_owned()))?;
+        let decoded = zeroize::Zeroizing::new(decoded);
+        Self::from_bytes(&decoded, KEYS_ENV.to_owned())
+    }
+
+    /// The keys from `<data_dir>/server.key`, generating that file (0600) on first start.
+    /// Every key is held in a secret page (`memfd_secret` where the kernel has it).
     pub fn load_or_create(data_dir: &Path) -> Result<Self, KeyError> {
-        if let Some(v) = std::env::var_os(KEYS_ENV) {
-            let mut raw = zeroize::Zeroizing::new(v.into_encoded_bytes());
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(raw.trim_ascii())
-                .map_err(|_| KeyError::Format(KEYS_ENV.to_owned()));
-            zeroize::Zeroize::zeroize(&mut *raw);
-            let decoded = zeroize::Zeroizing::new(decoded?);
-            return Self::from_bytes(&decoded, KEYS_ENV.to_owned());
-        }
         let path = data_dir.join("server.key");
         let io = |source| KeyError::Io {
             path: path.display().to_string(),
@@ -127,7 +132,7 @@ impl ServerKeys {
                 Self::from_bytes(buf.expose_secret(), path.display().to_string())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut keys = Self::generate();
+                let mut keys = Self::generate()?;
                 keys.source = format!("{} (created)", path.display());
                 let tmp = data_dir.join("server.key.tmp");
                 let mut f = fs::OpenOptions::new()
@@ -163,9 +168,7 @@ mod tests {
         let b = ServerKeys::load_or_create(dir.path()).unwrap();
         assert_eq!(a.shielding.public_key(), b.shielding.public_key());
         assert_eq!(a.signing.public_key(), b.signing.public_key());
-        assert!(
-            !format!("{a:?}").contains(&format!("{:?}", a.kek.as_secret_bytes().expose_secret()))
-        );
+        assert!(!format!("{a:?}").contains(&format!("{:?}", a.kek.expose_secret())));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agentkeys_server::{AppState, AuthMode, SqliteStore, keys::ServerKeys};
+use agentkeys_server::{AppState, AuthMode, SqliteStore, keys, keys::ServerKeys};
 use anyhow::Context as _;
 use clap::Parser as _;
 
@@ -29,11 +29,28 @@ fn main() -> ExitCode {
             }),
         )
         .init();
+    agentkeys_secmem::process::quiet_panics("agentkeys-server");
     let plan = match cli::Args::parse().plan() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: BAD_REQUEST: {e}\nhint: see agentkeys-server --help");
             return ExitCode::from(2);
+        }
+    };
+    // The server opens every credential it stores or re-seals and holds the key-encryption
+    // key: no core dumps, not dumpable (same-uid processes cannot ptrace it or read its
+    // /proc/<pid>/mem), as the daemon and the CLI.
+    if let Err(e) = agentkeys_secmem::process::disable_core_dumps() {
+        eprintln!("error: HARDENING: cannot make the server non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Before any thread exists: the keys leave the environment (wiped where they were, so
+    // /proc/<pid>/environ and child processes never see them) for secret pages.
+    let env_keys = match agentkeys_secmem::process::take_secret_env(keys::KEYS_ENV) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: INTERNAL: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -46,7 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(plan)) {
+    match runtime.block_on(run(plan, env_keys)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: INTERNAL: {e:#}");
@@ -73,7 +90,10 @@ fn private_dir(p: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("chmod 700 {}", p.display()))
 }
 
-async fn run(plan: cli::Plan) -> anyhow::Result<()> {
+async fn run(
+    plan: cli::Plan,
+    env_keys: Option<agentkeys_secmem::SecretBytes>,
+) -> anyhow::Result<()> {
     let _dev_dir;
     let data_dir = if plan.dev {
         let d = tempfile::Builder::new()
@@ -92,7 +112,10 @@ async fn run(plan: cli::Plan) -> anyhow::Result<()> {
         cli::AuthPlan::Dev => AuthMode::Dev,
         cli::AuthPlan::Tokens(f) => AuthMode::from_tokens_file(f)?,
     };
-    let keys = ServerKeys::load_or_create(&data_dir)?;
+    let keys = match env_keys {
+        Some(raw) => ServerKeys::from_env_value(raw.expose_secret())?,
+        None => ServerKeys::load_or_create(&data_dir)?,
+    };
     let store = SqliteStore::open(&data_dir.join("agentkeys.db"))
         .await
         .context("opening the database")?;

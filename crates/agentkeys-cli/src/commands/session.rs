@@ -358,7 +358,7 @@ pub async fn recover(
     let deadline = output::now() + i64::try_from(wait).unwrap_or(i64::MAX / 2);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     loop {
-        let requester = HpkeKeyPair::generate();
+        let requester = HpkeKeyPair::generate().map_err(agentkeys_core::ClientError::from)?;
         // The OTP shown is the one computed here from our own key; the server's must match.
         let ticket = backend
             .open_requester_request(

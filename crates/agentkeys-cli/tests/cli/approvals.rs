@@ -98,7 +98,7 @@ fn approve_shows_the_request_and_will_not_decide_without_a_terminal_or_yes() {
     let home = Home::new(&server);
     home.init();
     let anon = agentkeys_core::HttpBackend::new(&server.url).unwrap();
-    let key = agentkeys_core::crypto::HpkeKeyPair::generate();
+    let key = agentkeys_core::crypto::HpkeKeyPair::generate().unwrap();
     let ticket = block_on(anon.open_auth_request(&OpenAuthRequest {
         kind: AuthKind::Pair,
         requester_public_key: Some(

@@ -194,7 +194,7 @@ impl Home {
     /// a client holding its session.
     pub fn pair_agent(&self, approve_args: &[&str]) -> (Wallet, HttpBackend) {
         let anon = HttpBackend::new(&self.server).unwrap();
-        let daemon_key = HpkeKeyPair::generate();
+        let daemon_key = HpkeKeyPair::generate().unwrap();
         let ticket = block_on(anon.open_auth_request(&OpenAuthRequest {
             kind: AuthKind::Pair,
             requester_public_key: Some(

@@ -30,20 +30,24 @@ const TAG_LEN: usize = 16;
 /// Length of [`Envelope::wrapped_dek`].
 const WRAPPED_DEK_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 
-/// A key-encryption key: 32 bytes in a zeroizing [`SecretBytes`]; `Debug` is redacted.
+/// A key-encryption key: 32 bytes in a [`SecretPage`] (`memfd_secret` where the kernel has
+/// it: the server holds it for its whole life, unreadable through `/proc/<pid>/mem`);
+/// `Debug` is redacted.
 pub struct Kek {
-    key: SecretBytes,
+    key: SecretPage,
 }
 
 impl Kek {
     /// A fresh random KEK (first server start).
     ///
+    /// Errors: [`CryptoError::Memory`] if no secret page could be allocated.
+    ///
     /// # Panics
     /// If the operating system's random number generator fails.
-    pub fn generate() -> Self {
-        Self {
-            key: SecretBytes::random(KEY_LEN),
-        }
+    pub fn generate() -> Result<Self, CryptoError> {
+        Ok(Self {
+            key: super::random_page(KEY_LEN)?,
+        })
     }
 
     /// Loads a KEK from its 32 raw bytes (the key file). The caller wipes its copy.
@@ -52,13 +56,13 @@ impl Kek {
             return Err(CryptoError::BadKey);
         }
         Ok(Self {
-            key: SecretBytes::from_slice(key),
+            key: super::page_of(key)?,
         })
     }
 
     /// The raw key, for writing the 0600 key file.
-    pub fn as_secret_bytes(&self) -> &SecretBytes {
-        &self.key
+    pub fn expose_secret(&self) -> &[u8] {
+        self.key.expose_secret()
     }
 
     fn key(&self) -> &[u8; KEY_LEN] {
@@ -207,7 +211,7 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_into_the_strongest_secret_page() {
-        let kek = Kek::generate();
+        let kek = Kek::generate().unwrap();
         let env = encrypt(&kek, AAD, SECRET).expect("encrypt");
         assert_eq!(env.wrapped_dek.len(), 72);
         assert_eq!(env.ciphertext.len(), 24 + SECRET.len() + 16);
@@ -220,7 +224,7 @@ mod tests {
 
     #[test]
     fn each_record_gets_its_own_data_key_and_nonce() {
-        let kek = Kek::generate();
+        let kek = Kek::generate().unwrap();
         let a = encrypt(&kek, AAD, SECRET).expect("encrypt");
         let b = encrypt(&kek, AAD, SECRET).expect("encrypt");
         assert_ne!(a.wrapped_dek, b.wrapped_dek);
@@ -229,7 +233,7 @@ mod tests {
 
     #[test]
     fn flipping_any_bit_of_the_wrapped_key_or_the_ciphertext_fails() {
-        let kek = Kek::generate();
+        let kek = Kek::generate().unwrap();
         let env = encrypt(&kek, AAD, SECRET).expect("encrypt");
         for i in 0..env.wrapped_dek.len() {
             for bit in 0..8 {
@@ -255,14 +259,14 @@ mod tests {
 
     #[test]
     fn a_wrong_aad_or_kek_fails_and_so_do_swapped_records() {
-        let kek = Kek::generate();
+        let kek = Kek::generate().unwrap();
         let env = encrypt(&kek, AAD, SECRET).expect("encrypt");
         assert!(matches!(
             decrypt_into_page(&kek, b"credential:0xabc/github", &env),
             Err(CryptoError::Open)
         ));
         assert!(matches!(
-            decrypt_into_page(&Kek::generate(), AAD, &env),
+            decrypt_into_page(&Kek::generate().unwrap(), AAD, &env),
             Err(CryptoError::Open)
         ));
         // A wrapped key from another record does not open this record's ciphertext.
@@ -323,9 +327,9 @@ mod tests {
             Kek::from_bytes(&[1u8; 33]),
             Err(CryptoError::BadKey)
         ));
-        let kek = Kek::generate();
+        let kek = Kek::generate().unwrap();
         let env = encrypt(&kek, AAD, SECRET).expect("encrypt");
-        let loaded = Kek::from_bytes(kek.as_secret_bytes().expose_secret()).expect("load");
+        let loaded = Kek::from_bytes(kek.expose_secret()).expect("load");
         let page = decrypt_into_page(&loaded, AAD, &env).expect("decrypt");
         assert_eq!(page.expose_secret(), SECRET);
     }

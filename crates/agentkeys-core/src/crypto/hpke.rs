@@ -39,21 +39,24 @@ const TAG_LEN: usize = 16;
 /// An X25519 key pair for receiving sealed values (the server's shielding key, the daemon's
 /// pairing key, a reader's ephemeral key).
 ///
-/// The private key is zeroized on drop (x25519-dalek `StaticSecret` with `zeroize`); `Debug`
-/// shows only the public key; no `Clone`, so the private key exists once.
+/// The private key's bytes live in a [`SecretPage`] (`memfd_secret` where the kernel has it:
+/// the server's shielding key stays there for its whole life, unreadable through
+/// `/proc/<pid>/mem`); each open expands them into a key object that x25519-dalek zeroizes
+/// when it is dropped. `Debug` shows only the public key; no `Clone`.
 pub struct HpkeKeyPair {
-    private: PrivateKey,
+    private: SecretPage,
     public: PublicKey,
 }
 
 impl HpkeKeyPair {
     /// A fresh key pair from the operating system's CSPRNG.
     ///
+    /// Errors: [`CryptoError::Memory`] if no secret page could be allocated.
+    ///
     /// # Panics
     /// If the operating system's random number generator fails.
-    pub fn generate() -> Self {
-        let (private, public) = Kem::gen_keypair();
-        Self { private, public }
+    pub fn generate() -> Result<Self, CryptoError> {
+        Self::from_page(super::random_page(PRIVATE_KEY_LEN)?)
     }
 
     /// Loads a 32-byte private key (as written by [`private_bytes`](Self::private_bytes)).
@@ -62,16 +65,22 @@ impl HpkeKeyPair {
         if sk.len() != PRIVATE_KEY_LEN {
             return Err(CryptoError::BadKey);
         }
-        let private = PrivateKey::from_bytes(sk).map_err(|_| CryptoError::BadKey)?;
-        let public = Kem::sk_to_pk(&private);
+        Self::from_page(super::page_of(sk)?)
+    }
+
+    fn from_page(private: SecretPage) -> Result<Self, CryptoError> {
+        let public = Kem::sk_to_pk(&Self::key(&private)?);
         Ok(Self { private, public })
+    }
+
+    /// The private key as the HPKE library takes it, for the length of one operation.
+    fn key(private: &SecretPage) -> Result<PrivateKey, CryptoError> {
+        PrivateKey::from_bytes(private.expose_secret()).map_err(|_| CryptoError::BadKey)
     }
 
     /// The private key, for writing the server's 0600 key file.
     pub fn private_bytes(&self) -> SecretBytes {
-        let mut out = SecretBytes::new(PRIVATE_KEY_LEN);
-        self.private.write_exact(out.expose_secret_mut());
-        out
+        SecretBytes::from_slice(self.private.expose_secret())
     }
 
     /// The public key, to publish (`/v1/server-info`) or send with a read request.
@@ -159,12 +168,13 @@ pub fn open_into_page(
     let enc = EncappedKey::from_bytes(enc).map_err(|_| CryptoError::Open)?;
     let tag = AeadTag::<Aead>::from_bytes(tag).map_err(|_| CryptoError::Open)?;
 
+    let private = HpkeKeyPair::key(&recipient.private)?;
     let mut page = SecretPage::new(ct_len)?;
     let buffer = InOutBuf::new(ciphertext, page.expose_secret_mut())
         .expect("invariant: the page is exactly as long as the ciphertext");
     let opened = ::hpke::single_shot_open_inout_detached::<Aead, Kdf, Kem>(
         &OpModeR::Base,
-        &recipient.private,
+        &private,
         &enc,
         info,
         buffer,
@@ -192,7 +202,7 @@ mod tests {
 
     #[test]
     fn sealed_values_open_to_the_same_plaintext() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&kp.public_key(), INFO, AAD, SECRET).expect("seal");
         assert_eq!(sealed.len(), sealed_len(SECRET.len()));
         assert_eq!(sealed.capacity(), sealed.len(), "allocated once, exactly");
@@ -227,7 +237,7 @@ mod tests {
 
     #[test]
     fn an_empty_plaintext_round_trips() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&kp.public_key(), INFO, AAD, b"").expect("seal");
         assert_eq!(sealed.len(), 48);
         let page = open_into_page(&kp, INFO, AAD, &sealed).expect("open");
@@ -236,7 +246,7 @@ mod tests {
 
     #[test]
     fn flipping_any_bit_of_a_sealed_value_makes_open_fail() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&kp.public_key(), INFO, AAD, SECRET).expect("seal");
         for i in 0..sealed.len() {
             for bit in 0..8 {
@@ -254,7 +264,7 @@ mod tests {
 
     #[test]
     fn truncated_or_extended_values_fail_to_open() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&kp.public_key(), INFO, AAD, SECRET).expect("seal");
         for len in [0, 1, 31, 32, 47, sealed.len() - 1] {
             assert!(matches!(
@@ -272,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_wrong_aad_or_info_fails_to_open() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&kp.public_key(), INFO, AAD, SECRET).expect("seal");
         assert!(matches!(
             open_into_page(&kp, INFO, b"agent=0xabc;service=github", &sealed),
@@ -286,8 +296,8 @@ mod tests {
 
     #[test]
     fn a_value_sealed_to_another_key_fails_to_open() {
-        let kp = HpkeKeyPair::generate();
-        let other = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
+        let other = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&other.public_key(), INFO, AAD, SECRET).expect("seal");
         assert!(matches!(
             open_into_page(&kp, INFO, AAD, &sealed),
@@ -297,7 +307,7 @@ mod tests {
 
     #[test]
     fn opened_plaintext_lives_in_the_strongest_secret_page_this_machine_gives() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sealed = seal(&kp.public_key(), INFO, AAD, SECRET).expect("seal");
         let page = open_into_page(&kp, INFO, AAD, &sealed).expect("open");
         let test =
@@ -307,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_key_pair_survives_its_private_bytes() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let sk = kp.private_bytes();
         assert_eq!(sk.len(), 32);
         let again = HpkeKeyPair::from_private_bytes(sk.expose_secret()).expect("load");
@@ -338,7 +348,7 @@ mod tests {
 
     #[test]
     fn oversized_values_are_refused_before_any_work() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let big = vec![0u8; super::super::MAX_PLAINTEXT_LEN + 1];
         assert!(matches!(
             seal(&kp.public_key(), INFO, AAD, &big),
@@ -353,7 +363,7 @@ mod tests {
 
     #[test]
     fn debug_of_a_key_pair_shows_the_public_key_only() {
-        let kp = HpkeKeyPair::generate();
+        let kp = HpkeKeyPair::generate().unwrap();
         let shown = format!("{kp:?} {kp:#?}");
         let sk = kp.private_bytes();
         assert!(!shown.contains(&hex(sk.expose_secret())), "{shown}");

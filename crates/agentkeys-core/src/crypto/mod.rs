@@ -141,6 +141,19 @@ fn best_page_kind(test: &str) -> agentkeys_secmem::SecretPageKind {
     }
 }
 
+/// A secret page of `len` random bytes (a long-lived key: it never sits in the heap).
+fn random_page(len: usize) -> Result<agentkeys_secmem::SecretPage, CryptoError> {
+    let mut page = agentkeys_secmem::SecretPage::new(len)?;
+    getrandom::fill(page.expose_secret_mut())
+        .expect("invariant: the OS random number generator is available");
+    Ok(page)
+}
+
+/// A secret page holding a copy of `bytes`.
+fn page_of(bytes: &[u8]) -> Result<agentkeys_secmem::SecretPage, CryptoError> {
+    Ok(agentkeys_secmem::SecretPage::from_slice(bytes)?)
+}
+
 /// Checks `len` against [`MAX_PLAINTEXT_LEN`].
 fn check_len(len: usize) -> Result<(), CryptoError> {
     if len > MAX_PLAINTEXT_LEN {

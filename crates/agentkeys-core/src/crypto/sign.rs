@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use agentkeys_secmem::SecretBytes;
+use agentkeys_secmem::{SecretBytes, SecretPage};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use super::{CryptoError, hex};
@@ -14,44 +14,63 @@ use super::{CryptoError, hex};
 /// Length of an Ed25519 seed (the private key as stored).
 const SEED_LEN: usize = 32;
 
-/// An Ed25519 key pair. The secret key is zeroized on drop (ed25519-dalek `zeroize`);
+/// An Ed25519 key pair. The seed lives in a [`SecretPage`] (`memfd_secret` where the kernel
+/// has it: the server holds it for its whole life); each signature expands it into a
+/// `SigningKey` that is zeroized as soon as it is dropped (ed25519-dalek `zeroize`).
 /// `Debug` shows only the public key; no `Clone`.
 pub struct SigningKeyPair {
-    key: SigningKey,
+    seed: SecretPage,
+    public: [u8; 32],
 }
 
 impl SigningKeyPair {
     /// A fresh key pair from the operating system's CSPRNG.
     ///
+    /// Errors: [`CryptoError::Memory`] if no secret page could be allocated.
+    ///
     /// # Panics
     /// If the operating system's random number generator fails.
-    pub fn generate() -> Self {
-        let seed = SecretBytes::random(SEED_LEN);
-        Self::from_seed(seed.expose_secret())
-            .expect("invariant: SecretBytes::random(32) yields a 32-byte seed")
+    pub fn generate() -> Result<Self, CryptoError> {
+        let seed = super::random_page(SEED_LEN)?;
+        Self::from_page(seed)
     }
 
     /// Loads a key pair from its 32-byte seed (as written by [`seed`](Self::seed)).
     pub fn from_seed(seed: &[u8]) -> Result<Self, CryptoError> {
-        let seed: &[u8; SEED_LEN] = seed.try_into().map_err(|_| CryptoError::BadKey)?;
-        Ok(Self {
-            key: SigningKey::from_bytes(seed),
-        })
+        if seed.len() != SEED_LEN {
+            return Err(CryptoError::BadKey);
+        }
+        Self::from_page(super::page_of(seed)?)
+    }
+
+    fn from_page(seed: SecretPage) -> Result<Self, CryptoError> {
+        let public = Self::key(&seed)?.verifying_key().to_bytes();
+        Ok(Self { seed, public })
+    }
+
+    fn key(seed: &SecretPage) -> Result<SigningKey, CryptoError> {
+        let bytes: &[u8; SEED_LEN] = seed
+            .expose_secret()
+            .try_into()
+            .map_err(|_| CryptoError::BadKey)?;
+        Ok(SigningKey::from_bytes(bytes))
     }
 
     /// The 32-byte seed, for writing the server's key file.
     pub fn seed(&self) -> SecretBytes {
-        SecretBytes::from_slice(self.key.as_bytes())
+        SecretBytes::from_slice(self.seed.expose_secret())
     }
 
     /// The public key, to publish (`/v1/server-info`) and pin.
     pub fn public_key(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
+        self.public
     }
 
     /// Signs `msg` (PureEd25519, deterministic).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.key.sign(msg).to_bytes()
+        let key = Self::key(&self.seed)
+            .expect("invariant: the seed page holds the 32 bytes from_page checked");
+        key.sign(msg).to_bytes()
     }
 }
 
@@ -84,14 +103,14 @@ mod tests {
 
     #[test]
     fn signatures_verify_under_the_signers_public_key() {
-        let kp = SigningKeyPair::generate();
+        let kp = SigningKeyPair::generate().unwrap();
         let sig = kp.sign(MSG);
         verify(&kp.public_key(), MSG, &sig).expect("valid signature");
     }
 
     #[test]
     fn a_tampered_message_or_signature_does_not_verify() {
-        let kp = SigningKeyPair::generate();
+        let kp = SigningKeyPair::generate().unwrap();
         let sig = kp.sign(MSG);
         let mut msg = MSG.to_vec();
         msg[0] ^= 1;
@@ -115,8 +134,8 @@ mod tests {
 
     #[test]
     fn another_key_does_not_verify_the_signature() {
-        let kp = SigningKeyPair::generate();
-        let other = SigningKeyPair::generate();
+        let kp = SigningKeyPair::generate().unwrap();
+        let other = SigningKeyPair::generate().unwrap();
         assert!(matches!(
             verify(&other.public_key(), MSG, &kp.sign(MSG)),
             Err(CryptoError::BadSignature)
@@ -155,7 +174,7 @@ mod tests {
 
     #[test]
     fn debug_of_a_key_pair_does_not_show_the_seed() {
-        let kp = SigningKeyPair::generate();
+        let kp = SigningKeyPair::generate().unwrap();
         let shown = format!("{kp:?} {kp:#?}");
         assert!(!shown.contains(&hex(kp.seed().expose_secret())), "{shown}");
         assert!(shown.contains(&hex(&kp.public_key())), "{shown}");

@@ -121,7 +121,7 @@ async fn one_flooding_address_cannot_lock_others_out_of_pairing() {
     let open = |client: reqwest::Client| {
         let url = format!("{}/v1/auth-requests", ts.url);
         async move {
-            let key = HpkeKeyPair::generate();
+            let key = HpkeKeyPair::generate().unwrap();
             client
                 .post(url)
                 .json(&serde_json::json!({"kind": "pair",
@@ -156,7 +156,7 @@ async fn decision_long_polls_beyond_the_cap_answer_at_once() {
         ..Default::default()
     };
     let ts = TestServer::with_config(cfg).await;
-    let key = HpkeKeyPair::generate();
+    let key = HpkeKeyPair::generate().unwrap();
     let t = ts
         .anon()
         .open_auth_request(&OpenAuthRequest {

@@ -14,7 +14,7 @@ use super::common::*;
 
 /// Opens a pair request for a fresh daemon key.
 async fn open_pair(ts: &TestServer) -> (HpkeKeyPair, AuthRequestTicket) {
-    let key = HpkeKeyPair::generate();
+    let key = HpkeKeyPair::generate().unwrap();
     let t = ts
         .anon()
         .open_auth_request(&pair_request(&key))
@@ -91,7 +91,7 @@ async fn a_pair_decision_is_sealed_to_the_requester_and_signed() {
     assert_eq!(grant.session.parent.as_ref(), Some(&m_info.wallet));
     assert_eq!(grant.session.scope, scope(&["openai"], true));
     // Another key cannot open it; another server key does not verify it.
-    assert!(open_decision(&d, &HpkeKeyPair::generate(), &ts.signing_key()).is_err());
+    assert!(open_decision(&d, &HpkeKeyPair::generate().unwrap(), &ts.signing_key()).is_err());
     let other = TestServer::start().await;
     assert!(matches!(
         open_decision(&d, &key, &other.signing_key()),
@@ -188,7 +188,7 @@ async fn pair_requests_need_a_key_and_agents_cannot_approve() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
     let (a, _, _) = ts.agent(&m, Scope::all()).await;
-    let mut req = pair_request(&HpkeKeyPair::generate());
+    let mut req = pair_request(&HpkeKeyPair::generate().unwrap());
     req.requester_public_key = None;
     assert_code(
         ts.anon().open_auth_request(&req).await,
@@ -485,7 +485,7 @@ async fn a_pair_request_addressed_to_a_master_is_only_that_masters() {
     let ts = TestServer::start().await;
     let (m, m_info, _) = ts.master("m").await;
     let (m2, _, _) = ts.master("m2").await;
-    let key = HpkeKeyPair::generate();
+    let key = HpkeKeyPair::generate().unwrap();
     let req = OpenAuthRequest {
         kind: AuthKind::Pair,
         requester_public_key: Some(b64(&key.public_key())),
@@ -586,7 +586,7 @@ async fn link_alias(
 
 /// An anonymous `kind` request naming `identity`, and the requester's key.
 fn naming(kind: AuthKind, identity: &str) -> (HpkeKeyPair, OpenAuthRequest) {
-    let key = HpkeKeyPair::generate();
+    let key = HpkeKeyPair::generate().unwrap();
     let req = OpenAuthRequest {
         kind,
         requester_public_key: Some(b64(&key.public_key())),

@@ -76,7 +76,7 @@ impl TestServer {
         master: &HttpBackend,
         scope: Scope,
     ) -> (HttpBackend, SessionInfo, SecretString) {
-        let daemon_key = HpkeKeyPair::generate();
+        let daemon_key = HpkeKeyPair::generate().unwrap();
         let ticket = self
             .anon()
             .open_auth_request(&OpenAuthRequest {

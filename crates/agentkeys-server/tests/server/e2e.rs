@@ -386,3 +386,113 @@ async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
         "the scanner failed to find a canary it should see"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_is_hardened_and_its_keys_are_nowhere_readable() {
+    use base64::Engine as _;
+    // Keys of our own, handed over the environment the way a secret manager would.
+    let a = tempfile::tempdir().unwrap();
+    drop(Proc::start(a.path(), &[]));
+    let raw = std::fs::read(a.path().join("server.key")).unwrap();
+    let env = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let b = tempfile::tempdir().unwrap();
+    let server = Proc::start(b.path(), &[("AGENTKEYS_SERVER_KEYS", &env)]);
+    let (client, _) = server.master("hardened").await;
+    client
+        .store_credential(None, &svc("openai"), b"sk-exercise-the-keys", None)
+        .await
+        .unwrap();
+    client.read_credential(None, &svc("openai")).await.unwrap();
+    let pid = server.child.id();
+
+    // The environment no longer carries the keys (wiped in place, then removed).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(
+        count(&environ, env.as_bytes()),
+        0,
+        "the keys are in /proc/{pid}/environ"
+    );
+    assert_eq!(count(&environ, b"AGENTKEYS_SERVER_KEYS"), 0);
+    // No core dumps.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(core[4..6], ["0", "0"], "{limits}");
+
+    // The keys (KEK, shielding private key, signing seed), raw or as the base64 the server
+    // was given, are in no readable mapping of the server: they live in secret pages.
+    let kek = &raw[4..36];
+    let shielding = &raw[36..68];
+    let seed = &raw[68..100];
+    let needles: [&[u8]; 4] = [kek, shielding, seed, env.as_bytes()];
+    let target = agentkeys_memscan::scan_all(pid, &needles).unwrap();
+    assert!(
+        target.scanned_bytes > 1 << 20,
+        "scanned {} bytes",
+        target.scanned_bytes
+    );
+    let hits: Vec<String> = target
+        .hits
+        .iter()
+        .map(|h| {
+            format!(
+                "needle {} at {:#x} in {}",
+                h.pattern, h.addr, h.mapping.name
+            )
+        })
+        .collect();
+    if agentkeys_testkit::machine::memfd_secret(
+        "e2e::the_server_is_hardened_and_its_keys_are_nowhere_readable",
+    ) {
+        assert!(hits.is_empty(), "server keys readable in memory: {hits:?}");
+    } else {
+        // The fallback: a sealed memfd page, readable by root, and nothing elsewhere.
+        let outside: Vec<&String> = hits
+            .iter()
+            .filter(|h| !h.contains("memfd:agentkeys-secret"))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "server keys outside secret pages: {outside:?}"
+        );
+    }
+    // The scan can find them: this test holds all four.
+    let control = agentkeys_memscan::scan_all(std::process::id(), &needles).unwrap();
+    for i in 0..needles.len() {
+        assert!(
+            control.hits.iter().any(|h| h.pattern == i),
+            "control needle {i}"
+        );
+    }
+}
+
+#[test]
+fn the_server_is_not_dumpable_so_its_own_uid_cannot_read_it() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--auth", "dev"])
+        .env_remove("AGENTKEYS_SERVER_KEYS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines.any(|l| l.is_ok_and(|l| l.contains("listen=")));
+    let pid = child.id();
+    let environ = std::fs::metadata(format!("/proc/{pid}/environ"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the server did not start as nobody");
+    // A non-dumpable process's /proc files belong to root, whatever uid it runs as: a
+    // process of the server's own uid cannot read its memory or environment.
+    assert_eq!(environ.unwrap().uid(), 0, "the server is dumpable");
+}

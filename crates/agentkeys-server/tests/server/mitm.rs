@@ -53,7 +53,7 @@ impl Proxy {
         let proxy = Arc::new(Proxy {
             upstream: ts.url.clone(),
             http: reqwest::Client::new(),
-            key: HpkeKeyPair::generate(),
+            key: HpkeKeyPair::generate().unwrap(),
             victim,
             real_shielding,
             learned: Mutex::new(Vec::new()),
@@ -174,7 +174,7 @@ async fn an_active_attacker_can_neither_read_a_store_nor_forge_a_read() {
         info.shielding_public_key,
         b64().encode(proxy.key.public_key())
     );
-    let reader = HpkeKeyPair::generate();
+    let reader = HpkeKeyPair::generate().unwrap();
     let raw: Value = ts
         .raw()
         .post(format!("{url}/v1/credentials/read"))
@@ -240,7 +240,7 @@ async fn a_requester_key_swapped_in_transit_is_caught_by_the_requesters_own_otp(
         service: None,
         description: None,
     };
-    let daemon_key = HpkeKeyPair::generate();
+    let daemon_key = HpkeKeyPair::generate().unwrap();
     let via = HttpBackend::new(&url).unwrap();
     assert!(matches!(
         via.open_requester_request(request(), &daemon_key).await,
