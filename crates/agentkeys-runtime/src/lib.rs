@@ -163,7 +163,8 @@ pub fn fd_env_var(service: &str) -> String {
 }
 
 /// The credential for `service`: the descriptor inherited from `agentkeys run --fd` if the
-/// environment names one, else a fresh one from the daemon on the default socket.
+/// environment names one (see [`inherited`]: call it before starting threads), else a fresh
+/// one from the daemon on the default socket.
 pub fn credential(service: &str) -> Result<Credential, Error> {
     if let Some(c) = inherited(service)? {
         return Ok(c);
@@ -171,28 +172,30 @@ pub fn credential(service: &str) -> Result<Credential, Error> {
     Client::connect(None)?.get_credential(service)
 }
 
-/// The descriptor `agentkeys run --fd` passed for `service`, if any. Single use: a second
-/// call for the same service finds it taken.
+/// The descriptor `agentkeys run --fd` passed for `service`
+/// (`AGENTKEYS_FD_<SERVICE>=<fd>:<length>`), if any.
+///
+/// Single use, and sound without the caller's help: the variable is taken out of the
+/// environment (programs started later neither inherit it nor the descriptor, which becomes
+/// close-on-exec), and the descriptor is adopted only if it was inherited across `execve`
+/// and is a secret file; anything else is refused and left open, never closed. Removing a
+/// variable is only safe while no other thread reads the environment, so this fails once
+/// the process runs threads: call it first thing in `main`, before any runtime starts.
 pub fn inherited(service: &str) -> Result<Option<Credential>, Error> {
     let name = fd_env_var(service);
-    let Ok(value) = std::env::var(&name) else {
+    if std::env::var_os(&name).is_none() {
         return Ok(None);
-    };
-    let parsed = value
-        .split_once(':')
-        .and_then(|(fd, len)| Some((fd.parse::<i32>().ok()?, len.parse::<usize>().ok()?)));
-    let Some((fd, len)) = parsed else {
-        return Err(Error::Protocol(format!(
-            "{name} must be '<fd>:<length>', got {value:?}"
-        )));
-    };
-    let page = SecretPage::adopt_inherited(fd, len).map_err(|e| {
+    }
+    let page = SecretPage::take_inherited(&name).map_err(|e| {
         Error::Protocol(format!(
-            "{name} names descriptor {fd}, which is not an unused secret file ({e}); start the \
-             program with 'agentkeys run --fd'"
+            "{name}: {e}; start the program with 'agentkeys run --fd' and take the credential \
+             (agentkeys_runtime::inherited) before starting threads"
         ))
     })?;
-    Credential::new(page, service).map(Some)
+    match page {
+        Some(page) => Credential::new(page, service).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The daemon socket: `$AGENTKEYS_SOCKET`, else `$XDG_RUNTIME_DIR/agentkeys/daemon.sock`,

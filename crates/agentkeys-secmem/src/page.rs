@@ -227,11 +227,33 @@ impl SecretPage {
         })
     }
 
-    /// [`adopt`](Self::adopt) for a descriptor inherited across `execve` (`agentkeys run
-    /// --fd` passes `AGENTKEYS_FD_<SERVICE>=<fd>:<length>`): each number can be taken once,
-    /// and it becomes close-on-exec so programs started later do not inherit it.
-    pub fn adopt_inherited(raw: std::os::fd::RawFd, len: usize) -> io::Result<Self> {
-        Self::adopt(sys::claim_inherited_fd(raw)?, len)
+    /// Takes the credential `agentkeys run --fd` handed this process under the environment
+    /// variable `var` (`<fd>:<length>`, e.g. `AGENTKEYS_FD_OPENAI=3:51`). `Ok(None)` when the
+    /// variable is not set.
+    ///
+    /// Sound as a safe function because of the protocol it checks, not a caller's promise:
+    /// the variable is taken out of the environment (so it can name the descriptor to this
+    /// process, and to programs it starts, once only), which needs the process to run a
+    /// single thread; the descriptor must have been inherited across `execve` (it is not
+    /// close-on-exec, while every descriptor agentkeys opens itself is) and must be a
+    /// `memfd_secret` file or a sealed memfd. Only then does the page take ownership (and
+    /// make it close-on-exec); anything that fails a check is left open, never closed.
+    pub fn take_inherited(var: &str) -> io::Result<Option<Self>> {
+        let Some(value) = crate::process::take_secret_env(var)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(value.expose_secret()).unwrap_or("");
+        let parsed = text
+            .split_once(':')
+            .and_then(|(fd, len)| Some((fd.parse::<i32>().ok()?, len.parse::<usize>().ok()?)));
+        let Some((raw, len)) = parsed else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{var} must be '<fd>:<length>'"),
+            ));
+        };
+        let fd = sys::claim_inherited_fd(raw, |fd| received_kind_of(fd).map(drop))?;
+        Self::adopt(fd, len).map(Some)
     }
 
     /// Unmaps and closes *without wiping*, after the fd was handed to another process
@@ -297,6 +319,10 @@ pub fn memfd_secret_available() -> Result<(), String> {
 /// What a received fd is: `memfd_secret` files link to `/secretmem`, memfds to
 /// `/memfd:…`; a memfd must carry the seals [`SecretPage::with_kind`] sets.
 fn received_kind(fd: &OwnedFd) -> io::Result<SecretPageKind> {
+    received_kind_of(fd.as_fd())
+}
+
+fn received_kind_of(fd: BorrowedFd<'_>) -> io::Result<SecretPageKind> {
     use std::os::fd::AsRawFd as _;
     let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
     let target = target.to_string_lossy();
@@ -677,6 +703,62 @@ mod tests {
         let page = page_of(best_fd_kind(), 1);
         let fd = page.fd().expect("fd").try_clone_to_owned().expect("dup");
         assert!(SecretPage::adopt(fd, page.capacity() + 1).is_err());
+    }
+
+    /// Runs the single-threaded `inherit_probe` example through `sh -c script` (which can
+    /// set up inherited descriptors) and returns its line.
+    fn inherit_probe(script: &str, var: Option<&str>) -> String {
+        let exe = std::env::current_exe().expect("test binary");
+        let probe = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target dir")
+            .join("examples/inherit_probe");
+        assert!(
+            probe.exists(),
+            "build the probe: cargo test builds examples"
+        );
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(script).env("PROBE", &probe);
+        match var {
+            Some(v) => cmd.env("AGENTKEYS_FD_PROBE", v),
+            None => cmd.env_remove("AGENTKEYS_FD_PROBE"),
+        };
+        let out = cmd.output().expect("run the probe");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    #[test]
+    fn taking_an_inherited_fd_never_closes_or_double_owns_a_descriptor() {
+        // A descriptor that is no secret file: refused, left open, and the variable gone.
+        let foreign = inherit_probe(
+            "exec 7</etc/hostname; exec \"$PROBE\" foreign 7",
+            Some("7:1"),
+        );
+        assert_eq!(
+            foreign.trim(),
+            r#"{"refused": "true", "still_open": "true", "variable_left": "false"}"#
+        );
+        // The process's own secret page (close-on-exec): refused, and the page still works.
+        let own = inherit_probe("exec \"$PROBE\" own", None);
+        assert_eq!(
+            own.trim(),
+            r#"{"refused": "true", "still_open": "true", "page_works": "true"}"#
+        );
+        // A sealed memfd handed over across exec: taken once, and the variable is gone.
+        let mut page = page_of(SecretPageKind::SealedMemfd, 5);
+        page.expose_secret_mut().copy_from_slice(b"hello");
+        use std::os::fd::AsRawFd as _;
+        let fd = page.fd().expect("fd").as_raw_fd();
+        let taken = inherit_probe(
+            &format!("exec 8<>/proc/$PPID/fd/{fd}; exec \"$PROBE\" take"),
+            Some("8:5"),
+        );
+        assert_eq!(
+            taken.trim(),
+            r#"{"bytes": "hello", "variable_left": "false", "second_take": "false"}"#
+        );
     }
 
     #[test]

@@ -323,10 +323,15 @@ pub(crate) fn reraise(signal: libc::c_int) -> io::Result<()> {
 /// Descriptors already taken by [`claim_inherited_fd`]: each may be owned once only.
 static CLAIMED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
 
-/// Takes ownership of a descriptor this process inherited (`agentkeys run --fd` names it in
-/// the environment). Refuses a number that is not open, or that was already claimed (two
-/// owners would close it twice). The descriptor is made close-on-exec.
-pub(crate) fn claim_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+/// Takes ownership of a descriptor this process inherited across `execve` (`agentkeys run
+/// --fd` names it in the environment), once `check` accepts it. Refuses, *leaving the
+/// descriptor as it is*: a number that is not open, one already claimed, one marked
+/// close-on-exec (it was opened by this process, so some object here owns it), or one
+/// `check` rejects. The claimed descriptor is made close-on-exec.
+pub(crate) fn claim_inherited_fd(
+    raw: RawFd,
+    check: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
+) -> io::Result<OwnedFd> {
     let mut claimed = CLAIMED
         .lock()
         .map_err(|_| io::Error::other("claimed-fd registry poisoned"))?;
@@ -335,12 +340,24 @@ pub(crate) fn claim_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: F_GETFD only queries the descriptor's flags; it touches no memory and fails
     // with EBADF when the number is not open.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+    if flags < 0 {
         return Err(io::Error::last_os_error());
     }
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the descriptor is close-on-exec: it was opened in this process, not inherited",
+        ));
+    }
+    // SAFETY: the descriptor is open (checked above) and stays open for the borrow: only
+    // this process could close it, and this function holds the claim registry's lock.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    check(borrowed)?;
     claimed.push(raw);
-    // SAFETY: the descriptor is open (checked above), was inherited across execve so no Rust
-    // object of this process owns it, and the registry above guarantees this is the only
+    // SAFETY: the descriptor is open, was inherited across execve (not close-on-exec, while
+    // every descriptor this process's agentkeys code opens is), the environment protocol
+    // named it once (the variable is gone), and the registry guarantees this is the only
     // OwnedFd ever made from it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;

@@ -242,3 +242,30 @@ fn the_mcp_run_tool_redacts_every_form_of_the_secret() {
     assert_eq!(result["timed_out"], true, "{result}");
     assert_eq!(result["signal"], 15);
 }
+
+#[test]
+fn run_fd_hands_the_rust_runtime_its_credential_once() {
+    let a = agent("runfdrust");
+    let check = rust_runtime_check();
+    let out = run_cmd(
+        &a.d,
+        &[
+            "--fd",
+            "--service",
+            "openai",
+            "--",
+            check.to_str().unwrap(),
+            "openai",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["sha256"], sha256_hex(&a.value));
+    let test = "run_fd_hands_the_rust_runtime_its_credential_once";
+    assert_eq!(
+        line["kind"],
+        agentkeys_testkit::machine::best_page_kind(test)
+    );
+}
