@@ -64,6 +64,10 @@ pub struct InFlight {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// `agentkeys/status`, `agentkeys/audit` … answered at once per connection; more are
+/// refused with a "busy" error instead of queueing without bound.
+pub const MAX_BUSY_PER_CONNECTION: usize = 4;
+
 /// One socket connection's context.
 pub struct Conn {
     /// A number for this connection, unique in this daemon.
@@ -78,6 +82,11 @@ pub struct Conn {
     pub fd_delivery: AtomicBool,
     /// Requests whose `_meta` advertised `agentkeys/fd-delivery` (2026-07-28 clients).
     pub fd_requests: Mutex<HashSet<RequestId>>,
+    /// Set once the peer sent a complete line: a connection that never does is dropped
+    /// after [`crate::listener::FIRST_LINE_WITHIN`].
+    pub spoke: AtomicBool,
+    /// `agentkeys/…` requests of this connection being answered right now.
+    pub busy: Arc<tokio::sync::Semaphore>,
 }
 
 impl Conn {
@@ -90,6 +99,8 @@ impl Conn {
             in_flight: Mutex::new(HashMap::new()),
             fd_delivery: AtomicBool::new(false),
             fd_requests: Mutex::new(HashSet::new()),
+            spoke: AtomicBool::new(false),
+            busy: Arc::new(tokio::sync::Semaphore::new(MAX_BUSY_PER_CONNECTION)),
         }
     }
 
@@ -196,6 +207,8 @@ pub struct Daemon {
     reachable: AtomicBool,
     /// The trail line last anchored in the server's audit log.
     anchored: AtomicU64,
+    /// The second (monotonic) a refused connection was last audited.
+    last_refusal_audit: AtomicU64,
     /// `run` children still running, by pid.
     pub children: Mutex<HashMap<u32, ChildEntry>>,
     /// Set once the server said the session is revoked or expired.
@@ -285,6 +298,7 @@ impl Daemon {
             live_scope,
             reachable: AtomicBool::new(true),
             anchored: AtomicU64::new(0),
+            last_refusal_audit: AtomicU64::new(0),
             children: Mutex::new(HashMap::new()),
             revoked: AtomicBool::new(false),
             hardening,
@@ -649,6 +663,20 @@ impl Daemon {
             drop(held);
         }
         self.audit(dropped);
+    }
+
+    /// A refused connection: counted, and audited at most once a second (a flood of
+    /// refusals must not fill the trail).
+    pub fn refused_connection(&self, peer: &Peer, why: &str) {
+        let now = crate::trail::mono_ns() / 1_000_000_000;
+        if self.last_refusal_audit.swap(now, Ordering::Relaxed) != now {
+            self.audit(Event {
+                event: "deny".into(),
+                peer: Some(peer.clone()),
+                detail: Some(why.to_owned()),
+                ..Default::default()
+            });
+        }
     }
 
     /// Drops every page a connection still holds (it closed mid-request).

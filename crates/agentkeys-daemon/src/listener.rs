@@ -1,6 +1,13 @@
 //! The daemon socket (DESIGN decision 7): the path, a private directory, stale sockets
 //! handled safely, and every connection's `SO_PEERCRED` uid checked before a byte is read
 //! (fail closed, audited with pid/uid/exe).
+//!
+//! Connections are shared fairly: at most [`MAX_CONNECTIONS`] at once and
+//! [`MAX_PER_PEER`] per peer process; when the daemon is full, a peer holding fewer
+//! connections than the greediest one takes one of that peer's (one that never spoke first),
+//! and a connection that sends no complete line within [`FIRST_LINE_WITHIN`] is dropped. One
+//! local process opening thousands of half-open connections therefore cannot lock the
+//! other agents out.
 
 use std::io;
 use std::os::unix::fs::{
@@ -12,15 +19,18 @@ use std::sync::atomic::Ordering;
 
 use rmcp::ServiceExt as _;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 use crate::daemon::{Conn, Daemon};
 use crate::service::Mcp;
 use crate::trail::{Event, Peer};
 use crate::transport::LineTransport;
 
-/// Connections served at once; more are refused until one ends.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections one peer process may hold at once.
+pub const MAX_PER_PEER: usize = 64;
+/// A connection that sends no complete line within this is dropped.
+pub const FIRST_LINE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub use agentkeys_core::paths::default_socket;
 
@@ -80,6 +90,61 @@ pub fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     })
 }
 
+/// The connections being served, for the fair-share rules.
+#[derive(Default)]
+struct Table {
+    live: std::collections::HashMap<u64, Slot>,
+}
+
+/// One served connection.
+struct Slot {
+    pid: i32,
+    accepted: std::time::Instant,
+    conn: Arc<Conn>,
+    drop_it: Arc<tokio::sync::Notify>,
+}
+
+impl Table {
+    fn held_by(&self, pid: i32) -> usize {
+        self.live.values().filter(|s| s.pid == pid).count()
+    }
+
+    /// Whether `pid` may have one more connection, evicting another peer's if the daemon is
+    /// full and that peer holds more than `pid` does. `Err` says why not.
+    fn admit(&mut self, pid: i32) -> Result<(), String> {
+        let mine = self.held_by(pid);
+        if mine >= MAX_PER_PEER {
+            return Err(format!(
+                "more than {MAX_PER_PEER} connections from one process"
+            ));
+        }
+        if self.live.len() < MAX_CONNECTIONS {
+            return Ok(());
+        }
+        let mut counts: std::collections::HashMap<i32, usize> = std::collections::HashMap::new();
+        for s in self.live.values() {
+            *counts.entry(s.pid).or_default() += 1;
+        }
+        let Some((&greedy, &most)) = counts.iter().max_by_key(|(_, n)| **n) else {
+            return Err("no connection to share".into());
+        };
+        if most <= mine + 1 {
+            return Err(format!("more than {MAX_CONNECTIONS} connections"));
+        }
+        // The greediest peer's connection that never spoke (else its oldest) makes room.
+        let victim = self
+            .live
+            .iter()
+            .filter(|(_, s)| s.pid == greedy)
+            .min_by_key(|(_, s)| (s.conn.spoke.load(Ordering::Relaxed), s.accepted))
+            .map(|(id, _)| *id);
+        if let Some(slot) = victim.and_then(|id| self.live.remove(&id)) {
+            slot.drop_it.notify_one();
+        }
+        Ok(())
+    }
+}
+
 /// Accepts connections until `shutdown` resolves; each allowed one gets its own MCP
 /// handler over a [`LineTransport`].
 pub async fn serve(
@@ -88,7 +153,7 @@ pub async fn serve(
     allowed_uids: Vec<u32>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let table = Arc::new(std::sync::Mutex::new(Table::default()));
     let own_uid = rustix::process::geteuid().as_raw();
     tokio::pin!(shutdown);
     loop {
@@ -98,6 +163,8 @@ pub async fn serve(
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: let a connection end before trying again.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             },
@@ -119,16 +186,15 @@ pub async fn serve(
             });
             continue;
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let admitted = table
+            .lock()
+            .map_err(|_| "connection table poisoned".to_owned())
+            .and_then(|mut t| t.admit(peer.pid));
+        if let Err(why) = admitted {
             daemon.counters.refused.fetch_add(1, Ordering::Relaxed);
-            daemon.audit(Event {
-                event: "deny".into(),
-                peer: Some(peer),
-                detail: Some(format!("more than {MAX_CONNECTIONS} connections")),
-                ..Default::default()
-            });
+            daemon.refused_connection(&peer, &why);
             continue;
-        };
+        }
         daemon.counters.connections.fetch_add(1, Ordering::Relaxed);
         daemon.audit(Event {
             event: "connect".into(),
@@ -137,22 +203,50 @@ pub async fn serve(
             ..Default::default()
         });
         let gid = stream.peer_cred().map(|c| c.gid()).unwrap_or(u32::MAX);
+        let conn = Arc::new(Conn::new(peer, gid));
+        let drop_it = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut t) = table.lock() {
+            t.live.insert(
+                conn.id,
+                Slot {
+                    pid: conn.peer.pid,
+                    accepted: std::time::Instant::now(),
+                    conn: conn.clone(),
+                    drop_it: drop_it.clone(),
+                },
+            );
+        }
         let daemon = daemon.clone();
+        let table = table.clone();
         tokio::spawn(async move {
-            let conn = Arc::new(Conn::new(peer, gid));
             let (read, write) = stream.into_split();
             let transport = LineTransport::new(read, write, daemon.clone(), conn.clone());
-            match Mcp::new(daemon.clone(), conn.clone())
-                .serve(transport)
-                .await
-            {
-                Ok(running) => {
-                    let _ = running.waiting().await;
+            let session = async {
+                match Mcp::new(daemon.clone(), conn.clone())
+                    .serve(transport)
+                    .await
+                {
+                    Ok(running) => {
+                        let _ = running.waiting().await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "MCP session ended before it began"),
                 }
-                Err(e) => tracing::debug!(error = %e, "MCP session ended before it began"),
+            };
+            let silent = async {
+                tokio::time::sleep(FIRST_LINE_WITHIN).await;
+                if conn.spoke.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = session => {}
+                () = drop_it.notified() => {}
+                () = silent => {}
             }
             daemon.forget(&conn);
-            drop(permit);
+            if let Ok(mut t) = table.lock() {
+                t.live.remove(&conn.id);
+            }
         });
     }
 }

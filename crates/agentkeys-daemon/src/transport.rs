@@ -204,6 +204,17 @@ impl LineTransport {
             self.error(id, -32602, "this method takes no descriptors");
             return;
         }
+        // Backpressure: a connection gets a few of our methods answered at once, not an
+        // unbounded queue of tasks.
+        let Ok(permit) = conn.busy.clone().try_acquire_owned() else {
+            drop(fds);
+            self.error(
+                id,
+                -32000,
+                "busy: too many agentkeys/… requests in flight on this connection",
+            );
+            return;
+        };
         if method == "agentkeys/signal" {
             let answer = crate::runner::forward_signal(&daemon, &conn, &params);
             let body = match answer {
@@ -214,6 +225,7 @@ impl LineTransport {
             return;
         }
         tokio::spawn(async move {
+            let _permit = permit;
             let id = id.unwrap_or(Value::Null);
             let answer = match method.as_str() {
                 "agentkeys/status" => Ok(daemon.status()),
@@ -509,7 +521,10 @@ impl Transport<RoleServer> for LineTransport {
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleServer>> {
         loop {
             let line = match self.read_line().await {
-                Ok(Some(line)) => line,
+                Ok(Some(line)) => {
+                    self.conn.spoke.store(true, Ordering::Relaxed);
+                    line
+                }
                 Ok(None) => return None,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     self.fatal(-32600, "line too long (the limit is 1 MiB); closing")

@@ -227,3 +227,80 @@ fn a_daemon_killed_with_sigkill_leaves_no_credential_in_any_file() {
     }
     assert!(files.len() >= 4, "scanned {files:?}");
 }
+
+#[test]
+fn a_flood_of_half_open_connections_from_one_process_locks_no_agent_out() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let value = canary("flood");
+    master.store("openai", &value, &["--agent", &wallet]);
+    // This process opens 1,500 connections that never send a line.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    let mut flood = Vec::new();
+    for _ in 0..1500 {
+        match std::os::unix::net::UnixStream::connect(&d.socket) {
+            Ok(s) => flood.push(s),
+            Err(e) => {
+                assert!(flood.len() >= 1000, "only {} connections: {e}", flood.len());
+                break;
+            }
+        }
+    }
+    // Another process (the Rust runtime's check program) asks for its credential meanwhile.
+    let started = Instant::now();
+    let out = std::process::Command::new(rust_runtime_check())
+        .arg("openai")
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["sha256"], sha256_hex(&value));
+    eprintln!(
+        "flood: {} half-open connections open; another process got its credential in {took:?}",
+        flood.len()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?} under the flood"
+    );
+    drop(flood);
+}
+
+#[test]
+fn a_connection_gets_a_few_of_the_daemons_own_methods_at_once_not_a_queue() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, _) = paired(&master, home.path(), &["--scope", "openai"]);
+    let mut c = d.client();
+    // Eight audit pages, each asking the server for the trail's anchor, sent at once.
+    for id in 0..8 {
+        let ask = json!({"jsonrpc": "2.0", "id": id, "method": "agentkeys/audit",
+                         "params": {"anchor": true, "limit": 1}});
+        c.send_raw(ask.to_string().as_bytes());
+    }
+    let mut busy = 0;
+    for _ in 0..8 {
+        let v = c.recv().expect("every request is answered");
+        if v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("busy"))
+        {
+            busy += 1;
+        } else {
+            assert!(v["result"]["events"].is_array(), "{v}");
+        }
+    }
+    assert!(busy >= 1, "eight slow requests at once were all queued");
+}
