@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// anything but memfd_secret is readable through /proc/PID/mem by root.
     #[arg(long, value_name = "KIND", value_parser = ["memfd_secret", "sealed_memfd", "locked_anon"])]
     pub cache_page: Option<String>,
+    /// Keep the agent session in this process's memory only: no session file, no keyring
+    /// entry, so no process of the daemon's uid can take it from the disk. A restart needs
+    /// a new approval. For deployments that cannot give the daemon a uid of its own.
+    #[arg(long)]
+    pub ephemeral: bool,
     /// Start (and keep serving) even while a debugger traces the daemon.
     #[arg(long)]
     pub allow_debugger: bool,

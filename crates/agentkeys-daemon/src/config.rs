@@ -52,6 +52,9 @@ pub struct Config {
     pub run_max_output: usize,
     /// Force the cached pages' kind (measurements only: `--cache-page`); `None` = the best.
     pub cache_page: Option<agentkeys_secmem::SecretPageKind>,
+    /// Keep the agent session in memory only (`--ephemeral`): no file, no keyring entry;
+    /// a restart needs a new approval.
+    pub ephemeral: bool,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             run_timeout: Duration::from_secs(60),
             run_max_output: 64 * 1024,
             cache_page: None,
+            ephemeral: false,
         }
     }
 }

@@ -209,6 +209,9 @@ pub struct Daemon {
     anchored: AtomicU64,
     /// The second (monotonic) a refused connection was last audited.
     last_refusal_audit: AtomicU64,
+    /// Connections from the daemon's own uid that asked for more than `status`, and the
+    /// last such peer: agents of the daemon's uid can open its session at rest.
+    same_uid: Mutex<(u64, Option<Peer>)>,
     /// `run` children still running, by pid.
     pub children: Mutex<HashMap<u32, ChildEntry>>,
     /// Set once the server said the session is revoked or expired.
@@ -299,6 +302,7 @@ impl Daemon {
             reachable: AtomicBool::new(true),
             anchored: AtomicU64::new(0),
             last_refusal_audit: AtomicU64::new(0),
+            same_uid: Mutex::new((0, None)),
             children: Mutex::new(HashMap::new()),
             revoked: AtomicBool::new(false),
             hardening,
@@ -665,6 +669,58 @@ impl Daemon {
         self.audit(dropped);
     }
 
+    /// A peer of the daemon's own uid made a request (anything but `agentkeys/status`): said
+    /// once in the log and the trail, and counted for `status` / `agentkeys doctor`.
+    pub fn saw_same_uid(&self, peer: &Peer) {
+        let first = match self.same_uid.lock() {
+            Ok(mut seen) => {
+                seen.0 += 1;
+                seen.1 = Some(peer.clone());
+                seen.0 == 1
+            }
+            Err(_) => false,
+        };
+        if first {
+            let why = self.same_uid_risk();
+            tracing::warn!(
+                "a process of the daemon's own uid (pid {}) is an agent here: {why}",
+                peer.pid
+            );
+            self.audit(Event {
+                event: "same_uid".into(),
+                agent: Some(self.session().wallet.to_string()),
+                peer: Some(peer.clone()),
+                detail: Some(why.to_owned()),
+                ..Default::default()
+            });
+        }
+    }
+
+    fn same_uid_risk(&self) -> &'static str {
+        if self.config.ephemeral {
+            "the session is in memory only (--ephemeral), yet the agent shares the daemon's uid: \
+             run the daemon under a uid of its own"
+        } else {
+            "it can open the session this daemon stores in its home and act as this agent: run \
+             the daemon under a uid of its own (--allow-uid for the agent), or use --ephemeral"
+        }
+    }
+
+    /// The `same_uid` item of `status`.
+    fn same_uid_view(&self) -> serde_json::Value {
+        let (count, last) = self
+            .same_uid
+            .lock()
+            .map(|s| (s.0, s.1.clone()))
+            .unwrap_or((0, None));
+        if count == 0 {
+            json!({"status": "ok", "detail": "no process of the daemon's own uid made a request"})
+        } else {
+            json!({"status": "degraded", "connections": count, "last_peer": last,
+                   "detail": self.same_uid_risk()})
+        }
+    }
+
     /// A refused connection: counted, and audited at most once a second (a flood of
     /// refusals must not fill the trail).
     pub fn refused_connection(&self, peer: &Peer, why: &str) {
@@ -989,6 +1045,8 @@ impl Daemon {
             },
             "revoked": self.is_revoked(),
             "traced": self.is_traced(),
+            "same_uid": self.same_uid_view(),
+            "session_at_rest": if self.config.ephemeral { "none (--ephemeral)" } else { "stored in the daemon's home" },
             "hardening": crate::report_json(&self.hardening),
             "run_children": self.children.lock().map(|c| c.len()).unwrap_or(0),
             "cache": self.cache_view(),

@@ -34,17 +34,27 @@ pub const FIRST_LINE_WITHIN: std::time::Duration = std::time::Duration::from_sec
 
 pub use agentkeys_core::paths::default_socket;
 
-/// Binds the socket: parent directory 0700 (created if missing), a stale socket file from
-/// a dead daemon removed, a live one refused, the socket itself 0600.
-pub async fn bind(path: &Path) -> io::Result<UnixListener> {
+/// Binds the socket: a stale socket file from a dead daemon removed, a live one refused.
+/// Served to the daemon's uid only, the directory is 0700 and the socket 0600. `shared`
+/// (other uids allowed, the recommended deployment): the directory is 0711 (others may
+/// reach the socket but not list the directory) and the socket 0666, so an agent of another
+/// uid can connect; every connection's uid is then checked before a byte is read.
+pub async fn bind(path: &Path, shared: bool) -> io::Result<UnixListener> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let (dir_mode, socket_mode) = if shared {
+        (0o711, 0o666)
+    } else {
+        (0o700, 0o600)
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(dir_mode)
         .create(dir)?;
     let meta = std::fs::metadata(dir)?;
-    if meta.uid() == rustix::process::geteuid().as_raw() && meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if meta.uid() == rustix::process::geteuid().as_raw()
+        && meta.permissions().mode() & 0o777 != dir_mode
+    {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -72,7 +82,7 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
     Ok(listener)
 }
 

@@ -51,6 +51,8 @@ pub struct SessionPlan {
     pub choice: StoreChoice,
     /// A description for the master (host name).
     pub description: String,
+    /// `--ephemeral`: never read or write a stored session.
+    pub ephemeral: bool,
 }
 
 /// The slot of the daemon session of `wallet`.
@@ -88,6 +90,10 @@ pub async fn obtain(
 ) -> Result<StoredSession, DaemonError> {
     if let Some(identity) = &plan.recover {
         return approve_flow(plan, waiting, AuthKind::Recover, Some(identity)).await;
+    }
+    if plan.ephemeral {
+        // Memory only: a stored session is neither used nor written.
+        return approve_flow(plan, waiting, AuthKind::Pair, None).await;
     }
     let wallets = stored_wallets(&plan.home);
     let chosen = match (&plan.session_id, wallets.as_slice()) {
@@ -232,8 +238,10 @@ async fn approve_flow(
                         session: grant.session,
                         server_signing_key: pinned,
                     };
-                    let store = slot(&plan.home, stored.session.wallet.as_str());
-                    store.save(&stored, plan.choice, true)?;
+                    if !plan.ephemeral {
+                        let store = slot(&plan.home, stored.session.wallet.as_str());
+                        store.save(&stored, plan.choice, true)?;
+                    }
                     if let Ok(mut w) = waiting.lock() {
                         *w = None;
                     }

@@ -115,6 +115,7 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, DaemonError> {
         _ => None,
     };
     config.allow_uids.extend(args.allow_uid.iter().copied());
+    config.ephemeral = args.ephemeral;
     Ok(config)
 }
 
@@ -138,7 +139,8 @@ async fn serve(
         .or_else(|| config.socket.clone())
         .unwrap_or_else(|| listener::default_socket(home));
     let server = normalize(&args.server);
-    let listener = listener::bind(&socket).await.map_err(|e| {
+    let shared = !allow_uid.is_empty();
+    let listener = listener::bind(&socket, shared).await.map_err(|e| {
         DaemonError::new(
             "SOCKET",
             1,
@@ -156,7 +158,23 @@ async fn serve(
         server_key: args.server_key,
         choice,
         description: format!("agentkeys-daemon on {}", host.trim()),
+        ephemeral: config.ephemeral,
     };
+    if allow_uid.is_empty() {
+        let uid = rustix::process::geteuid().as_raw();
+        let at_rest = if config.ephemeral {
+            "it holds the session in memory only (--ephemeral), but an agent of that uid still \
+             runs beside the daemon's own processes"
+        } else {
+            "and any process of that uid can open the session this daemon stores in its home and \
+             act as this agent"
+        };
+        eprintln!(
+            "warning: only uid {uid} (the daemon's own) may connect, so agents run as the \
+             daemon's uid, {at_rest}. Run the daemon under a uid of its own and let the agent's \
+             uid in with --allow-uid (docs/daemon.md, \"Deployment\")."
+        );
+    }
     let waiting = WaitingState::default();
     let stored = {
         let responder = answer_while_waiting(&listener, waiting.clone(), &allow_uid);
@@ -350,6 +368,18 @@ async fn status(socket: &Path, as_json: bool) -> Result<(), DaemonError> {
         ),
         ("cache", cache_line(&result["cache"])),
         ("hardening", hardening_line(&result["hardening"])),
+        (
+            "same_uid",
+            match result["same_uid"]["status"].as_str() {
+                Some("degraded") => format!(
+                    "DEGRADED: {} connection(s) of the daemon's own uid; {}",
+                    result["same_uid"]["connections"],
+                    s(&result["same_uid"]["detail"])
+                ),
+                _ => "ok (no agent runs as the daemon's uid)".to_owned(),
+            },
+        ),
+        ("at rest", s(&result["session_at_rest"])),
         (
             "session",
             if result["revoked"] == json!(true) {

@@ -70,6 +70,8 @@ pub struct LineTransport {
     tokens: f64,
     last: Instant,
     partial: Vec<u8>,
+    own_uid: u32,
+    same_uid_noted: bool,
 }
 
 impl LineTransport {
@@ -93,6 +95,8 @@ impl LineTransport {
             tokens: BURST,
             last: Instant::now(),
             partial: Vec::new(),
+            own_uid: rustix::process::geteuid().as_raw(),
+            same_uid_noted: false,
         }
     }
 
@@ -563,7 +567,17 @@ impl Transport<RoleServer> for LineTransport {
                     continue;
                 }
             };
-            match route(value) {
+            let route = route(value);
+            let asks = match &route {
+                Route::Custom { method, .. } => method != "agentkeys/status",
+                Route::Mcp { .. } => true,
+                Route::Invalid { .. } => false,
+            };
+            if asks && !self.same_uid_noted && self.conn.peer.uid == self.own_uid {
+                self.same_uid_noted = true;
+                self.daemon.saw_same_uid(&self.conn.peer);
+            }
+            match route {
                 Route::Custom { id, method, params } => {
                     self.bad_lines = 0;
                     self.custom(id, method, params, fds);

@@ -7,6 +7,7 @@ mod daemon {
     mod clients;
     pub mod common;
     mod delivery;
+    mod deployment;
     mod hardening;
     mod hygiene;
     mod load;

@@ -38,10 +38,14 @@ pub async fn doctor(ctx: &Context) -> CliResult {
         None => json!({"url": null, "reachable": false}),
     };
     let socket = super::run::socket_path(None).ok();
-    let daemon = socket.as_ref().map_or(
-        json!({"socket": null}),
-        |p| json!({"socket": p.display().to_string(), "answers": daemon_wallet(p)}),
-    );
+    let status = socket.as_ref().and_then(|p| daemon_status(p));
+    let daemon = socket.as_ref().map_or(json!({"socket": null}), |p| {
+        json!({
+            "socket": p.display().to_string(),
+            "answers": status.as_ref().and_then(|s| s["wallet"].as_str()),
+            "same_uid": status.as_ref().map(|s| s["same_uid"].clone()),
+        })
+    });
     let hardening: Vec<Value> = report
         .checks
         .iter()
@@ -82,6 +86,19 @@ pub async fn doctor(ctx: &Context) -> CliResult {
                 _ => "no socket path (set AGENTKEYS_SOCKET)".to_owned(),
             }
         ))?;
+        if let Some(same) = daemon.get("same_uid").filter(|v| v.is_object()) {
+            output::line(&format!(
+                "same_uid: {}",
+                match same["status"].as_str() {
+                    Some("degraded") => format!(
+                        "DEGRADED: agents run as the daemon's uid ({} connection(s)): {}",
+                        same["connections"],
+                        same["detail"].as_str().unwrap_or("")
+                    ),
+                    _ => "ok (no agent runs as the daemon's uid)".to_owned(),
+                }
+            ))?;
+        }
     }
     if let Some(c) = report
         .checks
@@ -97,8 +114,8 @@ pub async fn doctor(ctx: &Context) -> CliResult {
     Ok(())
 }
 
-/// The wallet a daemon on `path` serves, if one answers `agentkeys/status` within 2 s.
-fn daemon_wallet(path: &std::path::Path) -> Option<String> {
+/// The `agentkeys/status` answer of a daemon on `path`, if one answers within 2 s.
+fn daemon_status(path: &std::path::Path) -> Option<Value> {
     let mut s = std::os::unix::net::UnixStream::connect(path).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"agentkeys/status\"}\n")
@@ -106,5 +123,5 @@ fn daemon_wallet(path: &std::path::Path) -> Option<String> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     let v: Value = serde_json::from_str(&line).ok()?;
-    v["result"]["wallet"].as_str().map(str::to_owned)
+    v.get("result").cloned()
 }

@@ -1,0 +1,203 @@
+//! The deployment the docs recommend — the daemon under a uid of its own, the agent's uid
+//! let in with `--allow-uid` — against the one the first release showed (one uid for both),
+//! and what a process of the daemon's own uid can take in each: the stored session by
+//! default, nothing with `--ephemeral`.
+
+use std::os::unix::fs::chown;
+use std::process::Command;
+
+use agentkeys_testkit::{TempDir, canary};
+use serde_json::{Value, json};
+
+use super::common::*;
+
+/// The daemon's uid (nobody) and an agent's uid of its own (no passwd entry needed).
+const DAEMON_UID: u32 = 65534;
+const AGENT_UID: u32 = 65533;
+
+fn as_uid(uid: u32) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+    ]
+}
+
+/// A directory owned by `uid`.
+fn dir_of(uid: u32) -> TempDir {
+    let d = TempDir::new("agentkeys-test-deploy");
+    chown(d.path(), Some(uid), Some(uid)).unwrap();
+    d
+}
+
+/// Starts the daemon as `DAEMON_UID` on `home` with a socket under `sock_dir`.
+fn daemon_as_its_own_uid(
+    server: &str,
+    home: &TempDir,
+    sock_dir: &TempDir,
+    extra: &[&str],
+) -> DaemonProc {
+    let socket = sock_dir.path().join("daemon.sock");
+    let mut wrapper = as_uid(DAEMON_UID);
+    // The capabilities to start an allowed caller's `run` commands under its own uid.
+    wrapper.extend([
+        "--inh-caps=+setuid,+setgid".into(),
+        "--ambient-caps=+setuid,+setgid".into(),
+    ]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut args = vec!["--socket", socket.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut d = DaemonProc::spawn_under(&wrapper, server, home.path(), &args);
+    d.socket = socket;
+    d
+}
+
+#[test]
+fn a_daemon_under_its_own_uid_serves_another_uids_agent_that_cannot_reach_its_session() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = dir_of(DAEMON_UID);
+    let sock_dir = dir_of(DAEMON_UID);
+    let agent_uid = AGENT_UID.to_string();
+    let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, &["--allow-uid", &agent_uid]);
+    let (code, _) = d.code();
+    assert!(
+        master
+            .approve(&code, &["--scope", "openai"])
+            .status
+            .success()
+    );
+    let wallet = d.serving();
+    let value = canary("deploy");
+    master.store("openai", &value, &["--agent", &wallet]);
+    // Serving other uids, the daemon said nothing about agents sharing its uid.
+    assert!(
+        !d.log.lock().unwrap().contains("only uid"),
+        "{}",
+        d.log.lock().unwrap()
+    );
+
+    // The agent, under its own uid, gets its credential through the socket.
+    let agent = as_uid(AGENT_UID);
+    let out = Command::new(&agent[0])
+        .args(&agent[1..])
+        .args([
+            "/usr/bin/python3",
+            "-m",
+            "agentkeys_runtime",
+            "check",
+            "openai",
+        ])
+        .env("PYTHONPATH", python_runtime_dir())
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["sha256"], sha256_hex(&value));
+
+    // It cannot reach the daemon's home (0700, the daemon's uid): no session to take.
+    let peek = Command::new(&agent[0])
+        .args(&agent[1..])
+        .args(["ls", home.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!peek.status.success(), "the agent listed the daemon's home");
+    assert!(text(&peek).contains("Permission denied"), "{}", text(&peek));
+    // And the daemon reports no agent of its own uid (asked by its operator, as its uid).
+    let own = as_uid(DAEMON_UID);
+    let out = Command::new(&own[0])
+        .args(&own[1..])
+        .args([DAEMON, "status", "--json"])
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["same_uid"]["status"], "ok", "{status}");
+}
+
+#[test]
+fn an_agent_of_the_daemons_own_uid_is_reported_by_serve_status_and_doctor() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, _) = paired(&master, home.path(), &["--scope", "openai"]);
+    assert!(
+        d.log.lock().unwrap().contains("warning: only uid"),
+        "serve warns at start"
+    );
+    let mut c = d.client();
+    // Asking for the status alone is no agent's work.
+    let before = c.request("agentkeys/status", json!({}));
+    assert_eq!(before["result"]["same_uid"]["status"], "ok", "{before}");
+    c.initialize();
+    let after = c.request("agentkeys/status", json!({}));
+    assert_eq!(after["result"]["same_uid"]["status"], "degraded", "{after}");
+    assert!(
+        after["result"]["same_uid"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("can open the session")
+    );
+    let doctor = Command::new(cli_bin())
+        .args(["doctor", "--json"])
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_HOME", home.path().join("cli"))
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    assert_eq!(
+        report["daemon"]["same_uid"]["status"], "degraded",
+        "{report}"
+    );
+    assert!(
+        trail_lines(&d.trail())
+            .iter()
+            .any(|l| l["event"] == "same_uid"),
+        "the trail says it once"
+    );
+}
+
+#[test]
+fn a_same_uid_process_takes_the_stored_session_but_not_an_ephemeral_one() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    for ephemeral in [false, true] {
+        let home = dir_of(DAEMON_UID);
+        let sock_dir = dir_of(DAEMON_UID);
+        let extra: &[&str] = if ephemeral { &["--ephemeral"] } else { &[] };
+        let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, extra);
+        let (code, _) = d.code();
+        assert!(
+            master
+                .approve(&code, &["--scope", "openai"])
+                .status
+                .success()
+        );
+        let wallet = d.serving();
+
+        // Another process of the daemon's uid, on the same home.
+        let other_sock = dir_of(DAEMON_UID);
+        let thief = daemon_as_its_own_uid(&server.url, &home, &other_sock, &[]);
+        if ephemeral {
+            // Nothing at rest: it has to ask for an approval like any stranger.
+            let (code, _) = thief.code();
+            assert_eq!(code.len(), 9);
+            let files: Vec<String> = std::fs::read_dir(home.path())
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("daemon-") && !n.ends_with(".jsonl"))
+                .collect();
+            assert!(files.is_empty(), "--ephemeral left {files:?}");
+            let log = d.log.lock().unwrap().clone();
+            assert!(log.contains("memory only"), "{log}");
+        } else {
+            // The session at rest is the thief's: it serves as the same agent, unapproved.
+            assert_eq!(thief.serving(), wallet, "the stored session was taken");
+        }
+    }
+}
