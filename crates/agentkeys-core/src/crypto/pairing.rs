@@ -223,6 +223,29 @@ mod tests {
     }
 
     #[test]
+    fn the_worked_examples_of_docs_api_md_hold() {
+        use agentkeys_types::api::{AuthKind, auth_request_canonical_bytes};
+        // docs/api.md, "OTP": nonce a0..af, requester key 01..20, wallet 0x11…11.
+        let nonce: Vec<u8> = (0xa0..=0xaf).collect();
+        let key: Vec<u8> = (1..=32).collect();
+        let wallet = format!("0x{}", "11".repeat(20));
+        let cases = [
+            (AuthKind::Pair, key.as_slice(), String::new(), "765779"),
+            (
+                AuthKind::Recover,
+                key.as_slice(),
+                format!("{wallet}/research-bot"),
+                "183202",
+            ),
+            (AuthKind::HighValue, &[][..], format!("{wallet}/openai"), "248696"),
+        ];
+        for (kind, k, subject, want) in cases {
+            let canonical = auth_request_canonical_bytes(kind, k, &subject);
+            assert_eq!(otp(&nonce, &canonical), want, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn otps_depend_on_both_the_nonce_and_the_canonical_bytes() {
         let base = otp(b"nonce", b"request");
         assert_ne!(otp(b"nonce2", b"request"), base);
