@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: the Python managed runtime's pytest suite, then every Rust test
-# (unit tests and the end-to-end tests that start the real binaries). Extra arguments go
-# to 'cargo test' (e.g. --locked, or a test name filter).
+# (unit tests and the end-to-end tests that start the real binaries), then the independent
+# Python client written from docs/api.md. Extra arguments go to 'cargo test' (e.g.
+# --locked, or a test name filter).
 #
 # Python parts run in a private venv (target/pyenv) holding pytest and the official MCP
 # Python SDK, which the end-to-end tests drive the daemon with (and compare the managed
@@ -10,10 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c "import mcp, pytest" 2>/dev/null; then
-  echo "setting up $venv (pytest, mcp 2.3.0)..." >&2
+if ! "$venv/bin/python" -c "import mcp, pytest, pyhpke, cryptography" 2>/dev/null; then
+  echo "setting up $venv (pytest, mcp 2.3.0, the independent client's pyhpke and cryptography)..." >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0" \
+    -r clients/independent/requirements.txt
 fi
 export AGENTKEYS_TEST_PYTHON="$PWD/$venv/bin/python"
 
@@ -29,3 +31,9 @@ echo "== Python managed runtime (pytest)" >&2
 
 echo "== Rust workspace (cargo test --workspace)" >&2
 cargo test --workspace "$@"
+
+# Written from docs/api.md alone, against the server binary cargo just built: proves the
+# document is enough to write a client.
+echo "== independent client (clients/independent, from docs/api.md)" >&2
+AGENTKEYS_SERVER_BIN="$PWD/target/debug/agentkeys-server" PYTHONDONTWRITEBYTECODE=1 \
+  "$AGENTKEYS_TEST_PYTHON" -m pytest -q -rs -p no:cacheprovider clients/independent

@@ -287,13 +287,18 @@ pub struct TeardownResponse {
     pub deleted_credentials: u64,
 }
 
-/// A credential's policy.
+/// A credential's policy: `{"high_value": bool}` (absent or `null`: false).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Reading it needs a human approval each time (DESIGN decision 5).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_false")]
     pub high_value: bool,
+}
+
+/// An optional flag: `null` reads like an absent field (false).
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// `POST /v1/credentials`.
@@ -922,6 +927,15 @@ mod tests {
     fn responses_tolerate_fields_a_newer_server_adds() {
         let body = r#"{"error":{"code":"DENIED","message":"m","trace_id":"x"},"extra":1}"#;
         assert!(serde_json::from_str::<crate::ErrorBody>(body).is_ok());
+    }
+
+    #[test]
+    fn a_null_flag_reads_like_an_absent_one() {
+        let p: Policy = serde_json::from_str(r#"{"high_value": null}"#).unwrap();
+        assert!(!p.high_value);
+        let p: Policy = serde_json::from_str("{}").unwrap();
+        assert!(!p.high_value);
+        assert!(serde_json::from_str::<Policy>(r#"{"high_value": "yes"}"#).is_err());
     }
 
     #[test]

@@ -11,9 +11,14 @@ use crate::names::ServiceName;
 pub struct Scope {
     /// Service names the holder may read (and, unless read-only, store); `"*"` means all.
     pub services: Vec<String>,
-    /// When true, the holder may not store or change anything.
-    #[serde(default)]
+    /// When true, the holder may not store or change anything (absent or `null`: false).
+    #[serde(default, deserialize_with = "null_as_false")]
     pub read_only: bool,
+}
+
+/// An optional flag: `null` reads like an absent field (false).
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 impl Scope {

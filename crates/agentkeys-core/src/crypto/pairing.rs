@@ -237,7 +237,12 @@ mod tests {
                 format!("{wallet}/research-bot"),
                 "183202",
             ),
-            (AuthKind::HighValue, &[][..], format!("{wallet}/openai"), "248696"),
+            (
+                AuthKind::HighValue,
+                &[][..],
+                format!("{wallet}/openai"),
+                "248696",
+            ),
         ];
         for (kind, k, subject, want) in cases {
             let canonical = auth_request_canonical_bytes(kind, k, &subject);

@@ -61,13 +61,22 @@ pub(super) async fn list<S: Store>(
         return Err(ApiError::bad_request("unknown audit action")
             .hint(format!("one of: {}", names.join(", "))));
     }
+    let limit = match q.limit {
+        None => 100,
+        Some(n @ 1..=1000) => n,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("limit is 1 to 1000").hint("page with since= for more rows")
+            );
+        }
+    };
     let filter = AuditFilter {
         visible_to: visible,
         agent: q.agent.map(|a| a.to_string()),
         service: q.service.map(|s| s.to_string()),
         action: q.action,
         since: q.since,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        limit,
     };
     let rows = state.store.list_audit(&filter).await?;
     Ok(Json(AuditList {

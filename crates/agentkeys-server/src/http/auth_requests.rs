@@ -615,10 +615,14 @@ pub(super) async fn decision<S: Store>(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Json<Decision>> {
+    if q.wait > 60 {
+        return Err(ApiError::bad_request("wait is 0 to 60 seconds")
+            .hint("poll again when it answers pending"));
+    }
     // Only so many polls wait at once; beyond that a poll answers at once with the status
     // it finds, so a flood of long-polls costs the server nothing it must hold.
     let permit = state.long_polls.try_acquire().ok();
-    let wait = if permit.is_some() { q.wait.min(60) } else { 0 };
+    let wait = if permit.is_some() { q.wait } else { 0 };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         // Register for the wake-up before reading, so a decision in between is not missed.

@@ -365,6 +365,9 @@ async fn every_error_carries_a_hint_and_echoes_nothing_the_caller_sent() {
         http.get(url(&format!("/v1/auth-requests/by-code/{c}")))
             .header("authorization", &bearer),
         http.get(url("/v1/auth-requests/req_x/decision?wait=1&x=2")),
+        http.get(url("/v1/auth-requests/req_x/decision?wait=61")),
+        http.get(url("/v1/audit?limit=1001"))
+            .header("authorization", &bearer),
         http.get(url(&format!("/v1/{c}"))),
         // tokens
         http.get(url("/v1/session")),
