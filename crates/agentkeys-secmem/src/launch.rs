@@ -104,17 +104,42 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     drop(sources);
     let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| invalid("fork returned pid 0"))?;
     // The child is unreaped until we wait for it, so its pid cannot be reused meanwhile.
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty());
-    match read_report(report_read.as_fd())? {
-        None => Ok(Child {
+    let pidfd = open_pidfd(pid);
+    match (read_report(report_read.as_fd()), pidfd) {
+        (Ok(None), Ok(pidfd)) => Ok(Child {
             pid: pid.as_raw_nonzero().get().unsigned_abs(),
-            pidfd: pidfd?,
+            pidfd,
         }),
-        Some(errno) => {
+        (Ok(Some(errno)), _) => {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
             Err(io::Error::from_raw_os_error(errno))
         }
+        // The program may be running with its credentials, but nobody could watch or
+        // signal it: kill it (and whatever it started in its group) and reap it.
+        (Err(e), _) | (Ok(None), Err(e)) => {
+            kill_and_reap(pid);
+            Err(e)
+        }
     }
+}
+
+/// `pidfd_open` for the child; tests can make it fail ([`tests::FAIL_PIDFD`]).
+fn open_pidfd(pid: rustix::process::Pid) -> io::Result<OwnedFd> {
+    #[cfg(test)]
+    if tests::FAIL_PIDFD.with(std::cell::Cell::get) {
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(io::Error::from)
+}
+
+/// SIGKILLs an unreaped child of ours and its process group, then reaps it. Safe by pid:
+/// an unreaped child's pid (and so its group's id) cannot be reused.
+fn kill_and_reap(pid: rustix::process::Pid) {
+    use rustix::process::{Signal, WaitOptions, kill_process, kill_process_group, waitpid};
+    let _ = kill_process_group(pid, Signal::KILL);
+    // Before `setsid` the child is not yet its group's leader; kill it by pid as well.
+    let _ = kill_process(pid, Signal::KILL);
+    let _ = waitpid(Some(pid), WaitOptions::empty());
 }
 
 /// `None` once the pipe reaches end of file (the `execve` closed it), or the child's errno.
@@ -156,6 +181,11 @@ mod tests {
     use std::io::Read as _;
 
     use super::*;
+
+    thread_local! {
+        /// Makes [`open_pidfd`] fail on this thread (the test that sets it runs alone on it).
+        pub(super) static FAIL_PIDFD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     fn env_page(entries: &[&str]) -> SecretPage {
         let total: usize = entries.iter().map(|e| e.len() + 1).sum();
@@ -264,6 +294,45 @@ mod tests {
                 ids: None,
             })
             .is_err()
+        );
+    }
+
+    /// Children this thread forked and has not reaped (`/proc/self/task/<tid>/children`),
+    /// or `None` where the kernel does not offer that file.
+    fn my_children() -> Option<String> {
+        let tid = rustix::thread::gettid().as_raw_nonzero();
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()
+    }
+
+    #[test]
+    fn a_child_whose_pidfd_cannot_be_opened_is_killed_and_reaped() {
+        let Some(before) = my_children() else {
+            println!("skipped: no /proc/self/task/<tid>/children on this kernel");
+            return;
+        };
+        assert_eq!(before.trim(), "", "this test thread starts without children");
+        let env = env_page(&["PATH=/usr/bin:/bin"]);
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        FAIL_PIDFD.with(|f| f.set(true));
+        let result = spawn(&Launch {
+            program: c"/bin/sh",
+            argv: &[
+                CString::new("sh").unwrap(),
+                CString::new("-c").unwrap(),
+                CString::new("sleep 300 & exec sleep 300").unwrap(),
+            ],
+            env: &env,
+            fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cwd: None,
+            ids: None,
+        });
+        FAIL_PIDFD.with(|f| f.set(false));
+        let err = result.err().expect("spawn must fail without a pidfd");
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+        assert_eq!(
+            my_children().unwrap_or_default().trim(),
+            "",
+            "the started program was left running (or unreaped)"
         );
     }
 }
