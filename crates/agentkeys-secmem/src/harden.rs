@@ -9,7 +9,9 @@
 //! The seccomp filter binds every process the daemon starts (`run` children) as well:
 //! filters survive `fork` and `execve`. It is therefore a deny-list of calls an ordinary
 //! program never needs: `ptrace`, `process_vm_readv`/`writev`, `pidfd_getfd`, `kcmp`,
-//! `perf_event_open`, `bpf`, `kexec_load`, `kexec_file_load` (each fails with `EPERM`).
+//! `perf_event_open`, `bpf`, `kexec_load`, `kexec_file_load`, and every x32 call (system
+//! call numbers from `0x40000000` on, which would reach the same calls under other numbers);
+//! each fails with `EPERM`. A call through a foreign ABI (i386 `int 0x80`) kills the process.
 //! Debuggers and profilers cannot run under `agentkeys run`; shells, interpreters and
 //! network clients are unaffected.
 
@@ -147,7 +149,7 @@ pub fn harden_daemon(policy: &DaemonPolicy) -> HardeningReport {
             "seccomp",
             Status::Ok,
             format!(
-                "filter on all threads denies {}",
+                "filter on all threads denies {} and every x32 call",
                 DENIED_SYSCALLS.join(", ")
             ),
         ),
@@ -280,33 +282,93 @@ fn drop_capabilities(keep_setid: bool) -> io::Result<String> {
     })
 }
 
-/// The deny-list filter (each call fails with `EPERM`), on every thread (TSYNC).
-fn install_seccomp_deny_list() -> io::Result<()> {
-    use seccompiler::{SeccompAction, SeccompFilter};
-    let numbers = [
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_pidfd_getfd,
-        libc::SYS_kcmp,
-        libc::SYS_perf_event_open,
-        libc::SYS_bpf,
-        libc::SYS_kexec_load,
-        libc::SYS_kexec_file_load,
+/// The numbers of [`DENIED_SYSCALLS`], in the same order.
+const DENIED_NUMBERS: [libc::c_long; 9] = [
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_kcmp,
+    libc::SYS_perf_event_open,
+    libc::SYS_bpf,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+];
+
+/// `__X32_SYSCALL_BIT`: on x86_64 the kernel reads a number with this bit set as an x32
+/// call, which reaches the same code (`ptrace`, `process_vm_readv`, …) under another
+/// number. Every number at or above it is refused, x32 or not (none is a native call).
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// `AUDIT_ARCH_*` of the native system call ABI (`EM_*` | 64-bit | little-endian).
+fn audit_arch() -> io::Result<u32> {
+    const AUDIT_ARCH_64BIT_LE: u32 = 0x8000_0000 | 0x4000_0000;
+    match std::env::consts::ARCH {
+        "x86_64" => Ok(62 | AUDIT_ARCH_64BIT_LE),
+        "aarch64" => Ok(183 | AUDIT_ARCH_64BIT_LE),
+        "riscv64" => Ok(243 | AUDIT_ARCH_64BIT_LE),
+        other => Err(io::Error::other(format!(
+            "seccomp: no filter for the {other} architecture"
+        ))),
+    }
+}
+
+/// The filter as a classic BPF program over `struct seccomp_data` (`nr` at offset 0,
+/// `arch` at offset 4). seccompiler only matches exact numbers, so this is written by hand:
+/// it must also refuse the x32 aliases of the denied calls.
+fn deny_list_program(arch: u32, denied: &[libc::c_long]) -> io::Result<seccompiler::BpfProgram> {
+    use seccompiler::sock_filter;
+    // linux/bpf_common.h and linux/seccomp.h.
+    const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
+    const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K (0)
+    const NR_OFFSET: u32 = 0;
+    const ARCH_OFFSET: u32 = 4;
+    let stmt = |code, k| sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code, k, jt| sock_filter { code, jt, jf: 0, k };
+    let count = u8::try_from(denied.len())
+        .ok()
+        .filter(|n| *n < u8::MAX - 1)
+        .ok_or_else(|| io::Error::other("seccomp: too many denied calls for one jump"))?;
+    let mut program = vec![
+        // 0: A = arch.
+        stmt(LD_W_ABS, ARCH_OFFSET),
+        // 1: the native ABI skips the kill below.
+        jump(JEQ_K, arch, 1),
+        // 2: any other ABI (i386 through `int 0x80`) numbers its calls differently, so the
+        //    list below would not hold: kill the process, as seccompiler's filter did.
+        stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+        // 3: A = nr.
+        stmt(LD_W_ABS, NR_OFFSET),
+        // 4: nr >= 0x40000000 (x32, or no call at all) jumps to the EPERM at the end,
+        //    over the `count` comparisons and the allow.
+        jump(JGE_K, X32_SYSCALL_BIT, count + 1),
     ];
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| io::Error::other(format!("seccomp: {e:?}")))?;
-    let filter = SeccompFilter::new(
-        numbers.iter().map(|n| (*n, vec![])).collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM.unsigned_abs()),
-        arch,
-    )
-    .map_err(|e| io::Error::other(format!("seccomp: {e}")))?;
-    let program: seccompiler::BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| io::Error::other(format!("seccomp: {e}")))?;
+    for (i, &nr) in (0u8..).zip(denied) {
+        let nr = u32::try_from(nr).map_err(|_| io::Error::other("seccomp: a negative number"))?;
+        // 5 + i: a denied call jumps to the EPERM, over the rest of the list and the allow.
+        program.push(jump(JEQ_K, nr, count - i));
+    }
+    // 5 + count: everything else is allowed.
+    program.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+    // 6 + count: EPERM.
+    program.push(stmt(
+        RET_K,
+        libc::SECCOMP_RET_ERRNO | libc::EPERM.unsigned_abs(),
+    ));
+    Ok(program)
+}
+
+/// The deny-list filter (each call, and every x32 call, fails with `EPERM`), on every
+/// thread (TSYNC).
+fn install_seccomp_deny_list() -> io::Result<()> {
+    let program = deny_list_program(audit_arch()?, &DENIED_NUMBERS)?;
     seccompiler::apply_filter_all_threads(&program)
         .map_err(|e| io::Error::other(format!("seccomp: {e}")))
 }
@@ -328,4 +390,72 @@ pub fn ptrace_scope() -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    const PROBE: &str = "AGENTKEYS_SECCOMP_PROBE";
+
+    /// `errno` of a call with all arguments zero, or `ok` when it succeeded.
+    fn outcome(nr: libc::c_long) -> String {
+        match crate::sys::syscall_with_zero_args(nr) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EPERM) => "EPERM".to_owned(),
+                Some(libc::ENOSYS) => "ENOSYS".to_owned(),
+                other => format!("{other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn the_filter_refuses_x32_aliases_and_the_list_and_allows_the_rest() {
+        if std::env::var_os(PROBE).is_some() {
+            // A child process of the test binary: the filter binds all its threads.
+            install_seccomp_deny_list().expect("install the filter");
+            let x32 = libc::c_long::from(X32_SYSCALL_BIT);
+            let pid_matches = crate::sys::syscall_with_zero_args(libc::SYS_getpid)
+                .is_ok_and(|p| u32::try_from(p).ok() == Some(std::process::id()));
+            println!(
+                "probe x32_getpid={} x32_ptrace={} process_vm_readv={} getpid={}",
+                outcome(x32 | libc::SYS_getpid),
+                outcome(x32 | libc::SYS_ptrace),
+                outcome(libc::SYS_process_vm_readv),
+                if pid_matches { "ok" } else { "wrong" },
+            );
+            std::process::exit(0);
+        }
+        let name = "harden::tests::the_filter_refuses_x32_aliases_and_the_list_and_allows_the_rest";
+        let out = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+            .env(PROBE, "1")
+            .output()
+            .expect("run the probe");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split("probe ").nth(1))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no probe line: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        assert_eq!(
+            line,
+            "x32_getpid=EPERM x32_ptrace=EPERM process_vm_readv=EPERM getpid=ok"
+        );
+    }
+
+    #[test]
+    fn every_denied_name_has_its_number() {
+        assert_eq!(DENIED_SYSCALLS.len(), DENIED_NUMBERS.len());
+        let program = deny_list_program(audit_arch().unwrap(), &DENIED_NUMBERS).unwrap();
+        // arch check (3), load nr, x32 check, one per call, allow, EPERM.
+        assert_eq!(program.len(), 3 + 2 + DENIED_NUMBERS.len() + 2);
+    }
 }
