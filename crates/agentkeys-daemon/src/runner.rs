@@ -10,8 +10,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,27 +165,6 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
     })
 }
 
-/// Finds the program: a path as given (relative to `cwd`), else the first executable
-/// match on the child's `PATH`.
-fn resolve(argv0: &str, cwd: Option<&Path>, path_var: Option<&str>) -> Option<PathBuf> {
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if argv0.contains('/') {
-        let p = match cwd {
-            Some(dir) if !argv0.starts_with('/') => dir.join(argv0),
-            _ => PathBuf::from(argv0),
-        };
-        return executable(&p).then_some(p);
-    }
-    path_var
-        .unwrap_or("/usr/local/bin:/usr/bin:/bin")
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(d).join(argv0))
-        .find(|p| executable(p))
-}
-
 /// A page the child can see after fork: `memfd_secret`, else a sealed memfd.
 fn shareable_page(len: usize) -> std::io::Result<SecretPage> {
     SecretPage::with_kind(len, SecretPageKind::MemfdSecret)
@@ -294,17 +272,13 @@ pub async fn start(
              the command as the caller's uid)",
         ));
     };
-    let path_var = spec
+    // The program is looked up in the child, as the caller's uid and from its working
+    // directory (`launch::candidates`), on the `PATH` the child will have.
+    let search_path: Option<String> = spec
         .environ
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .map(str::to_owned);
-    let Some(program) = resolve(&spec.argv[0], spec.cwd.as_deref(), path_var.as_deref()) else {
-        return Err(refusal(
-            "NOT_FOUND",
-            format!("command not found: {}", spec.argv[0]),
-        ));
-    };
 
     let mut pages = Vec::new();
     for b in &spec.bindings {
@@ -346,8 +320,7 @@ pub async fn start(
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
         .map_err(|_| refusal("BAD_REQUEST", "an argument contains a NUL byte"))?;
-    let program = CString::new(program.as_os_str().as_bytes())
-        .map_err(|_| refusal("BAD_REQUEST", "the program path contains a NUL byte"))?;
+    let program = argv[0].clone();
     let cwd = spec
         .cwd
         .as_ref()
@@ -363,6 +336,7 @@ pub async fn start(
         }
         let child = launch::spawn(&Launch {
             program: &program,
+            search_path: search_path.as_deref().map(str::as_bytes),
             argv: &argv,
             env: &env,
             fds: &fds,
@@ -379,7 +353,14 @@ pub async fn start(
     })
     .await
     .map_err(|e| refusal("INTERNAL", e.to_string()))?
-    .map_err(|e| refusal("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0])))?;
+    .map_err(|e| {
+        // The CLI exits 127 on "command not found", 126 on "cannot start".
+        if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) {
+            refusal("NOT_FOUND", format!("command not found: {}", spec.argv[0]))
+        } else {
+            refusal("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0]))
+        }
+    })?;
 
     let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
     let pidfd = Arc::new(spawned.pidfd);
@@ -719,18 +700,5 @@ mod tests {
             String::from_utf8_lossy(&out),
             "a [REDACTED:openai] b [REDACTED:openai] c [REDACTED:openai] d"
         );
-    }
-
-    #[test]
-    fn programs_resolve_on_path_or_as_given() {
-        assert_eq!(
-            resolve("sh", None, Some("/nonexistent:/bin")),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(
-            resolve("/bin/sh", None, None),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(resolve("no-such-program-x", None, Some("/bin")), None);
     }
 }

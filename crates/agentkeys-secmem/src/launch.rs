@@ -15,13 +15,17 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use crate::sys::{self, ExecPlan};
+use crate::sys::{self, ExecPlan, Step};
 use crate::{SecretPage, SecretPageKind};
 
 /// What to start.
 pub struct Launch<'a> {
-    /// Absolute path of the program (resolve `PATH` before calling).
+    /// The program: a path when it contains a `/` (a relative one starts from `cwd`), else a
+    /// name looked up in `search_path`. Both happen in the child, after it has taken `ids`
+    /// and entered `cwd`, so they see what the new uid may see ([`candidates`]).
     pub program: &'a CStr,
+    /// The `PATH` to look a bare name up in; `None` means `/usr/local/bin:/usr/bin:/bin`.
+    pub search_path: Option<&'a [u8]>,
     /// The argument vector, `argv[0]` first.
     pub argv: &'a [CString],
     /// The whole environment: `NAME=value` entries, each followed by one NUL byte.
@@ -44,9 +48,38 @@ pub struct Child {
     pub pidfd: OwnedFd,
 }
 
-/// Forks and execs `launch`, returning once the program is running (or the reason it could
-/// not start: `ENOENT`, `EACCES`, …). The child runs in a new session, with default signal
-/// dispositions and an empty signal mask.
+/// `PATH` when the environment has none (glibc's `execvp` default, minus the current
+/// directory).
+pub const DEFAULT_SEARCH_PATH: &[u8] = b"/usr/local/bin:/usr/bin:/bin";
+
+/// The paths the child tries for `program`, in order, as `execvp` does: `program` itself
+/// when it contains a `/`, else each entry of `search_path` joined with it. Empty entries
+/// (which `execvp` reads as the working directory) are skipped.
+pub fn candidates(program: &CStr, search_path: Option<&[u8]>) -> Vec<CString> {
+    let name = program.to_bytes();
+    if name.contains(&b'/') {
+        return vec![program.to_owned()];
+    }
+    search_path
+        .unwrap_or(DEFAULT_SEARCH_PATH)
+        .split(|&b| b == b':')
+        .filter(|dir| !dir.is_empty())
+        .filter_map(|dir| {
+            let mut path = dir.to_vec();
+            if !dir.ends_with(b"/") {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            CString::new(path).ok()
+        })
+        .collect()
+}
+
+/// Forks and execs `launch`, returning once the program is running, or why it could not
+/// start: the raw `errno` of `execve` (`ENOENT` when no candidate exists, `EACCES` when one
+/// exists but may not be run, …), or a described error for the steps before it (taking the
+/// uid, entering the working directory). The child runs in a new session (its pid is its
+/// process group's id), with default signal dispositions and an empty signal mask.
 pub fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     if launch.env.kind() == SecretPageKind::LockedAnon {
         return Err(invalid(
@@ -75,6 +108,8 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     envp.push(std::ptr::null());
     let mut argv: Vec<*const libc::c_char> = launch.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
+    let paths = candidates(launch.program, launch.search_path);
+    let programs: Vec<&CStr> = paths.iter().map(CString::as_c_str).collect();
 
     // Every source descriptor, and the report pipe, is moved above the targets 0..n so that
     // the child's dup2 calls cannot clobber one another.
@@ -91,7 +126,7 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     let raw: Vec<i32> = sources.iter().map(AsRawFd::as_raw_fd).collect();
 
     let plan = ExecPlan {
-        program: launch.program,
+        programs: &programs,
         argv: &argv,
         envp: &envp,
         fds: &raw,
@@ -110,9 +145,9 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
             pid: pid.as_raw_nonzero().get().unsigned_abs(),
             pidfd,
         }),
-        (Ok(Some(errno)), _) => {
+        (Ok(Some((step, errno))), _) => {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            Err(io::Error::from_raw_os_error(errno))
+            Err(step_error(step, errno))
         }
         // The program may be running with its credentials, but nobody could watch or
         // signal it: kill it (and whatever it started in its group) and reap it.
@@ -142,9 +177,10 @@ fn kill_and_reap(pid: rustix::process::Pid) {
     let _ = waitpid(Some(pid), WaitOptions::empty());
 }
 
-/// `None` once the pipe reaches end of file (the `execve` closed it), or the child's errno.
-fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
-    let mut buf = [0u8; 4];
+/// `None` once the pipe reaches end of file (the `execve` closed it), or the step that
+/// failed and its errno.
+fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<(Option<Step>, i32)>> {
+    let mut buf = [0u8; 8];
     let mut got = 0;
     loop {
         match rustix::io::read(fd, &mut buf[got..]) {
@@ -159,11 +195,29 @@ fn read_report(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
             Err(e) => return Err(e.into()),
         }
     }
+    let word = |at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&buf[at..at + 4]);
+        i32::from_ne_bytes(w)
+    };
     Ok(match got {
         0 => None,
-        4 => Some(i32::from_ne_bytes(buf)),
-        _ => Some(libc::EIO),
+        8 => Some((Step::from_raw(word(0)), word(4))),
+        _ => Some((None, libc::EIO)),
     })
+}
+
+/// The error for a failed child step: `execve`'s errno as is (callers tell "not found" from
+/// "cannot execute" by it), the earlier steps described.
+fn step_error(step: Option<Step>, errno: i32) -> io::Error {
+    let os = io::Error::from_raw_os_error(errno);
+    let what = match step {
+        Some(Step::Exec) => return os,
+        Some(Step::Cwd) => "cannot enter the working directory",
+        Some(Step::Ids) => "cannot take the caller's uid and gid",
+        Some(Step::Stdio | Step::Session) | None => "cannot prepare the child process",
+    };
+    io::Error::new(os.kind(), format!("{what}: {os}"))
 }
 
 fn invalid(msg: &'static str) -> io::Error {
@@ -221,6 +275,7 @@ mod tests {
         ];
         let child = spawn(&Launch {
             program: c"/bin/sh",
+            search_path: None,
             argv: &argv,
             env: &env,
             fds: &[devnull.as_fd(), write.as_fd(), write.as_fd()],
@@ -242,6 +297,7 @@ mod tests {
         let devnull = std::fs::File::open("/dev/null").unwrap();
         let err = spawn(&Launch {
             program: c"/nonexistent/program",
+            search_path: None,
             argv: &[CString::new("x").unwrap()],
             env: &env,
             fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
@@ -266,6 +322,7 @@ mod tests {
         ];
         let child = spawn(&Launch {
             program: c"/bin/sh",
+            search_path: None,
             argv: &argv,
             env: &env,
             fds: &[devnull.as_fd(), write.as_fd(), write.as_fd(), extra.as_fd()],
@@ -287,6 +344,7 @@ mod tests {
         assert!(
             spawn(&Launch {
                 program: c"/bin/true",
+                search_path: None,
                 argv: &[CString::new("true").unwrap()],
                 env: &env,
                 fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
@@ -310,12 +368,17 @@ mod tests {
             println!("skipped: no /proc/self/task/<tid>/children on this kernel");
             return;
         };
-        assert_eq!(before.trim(), "", "this test thread starts without children");
+        assert_eq!(
+            before.trim(),
+            "",
+            "this test thread starts without children"
+        );
         let env = env_page(&["PATH=/usr/bin:/bin"]);
         let devnull = std::fs::File::open("/dev/null").unwrap();
         FAIL_PIDFD.with(|f| f.set(true));
         let result = spawn(&Launch {
             program: c"/bin/sh",
+            search_path: None,
             argv: &[
                 CString::new("sh").unwrap(),
                 CString::new("-c").unwrap(),
@@ -334,5 +397,140 @@ mod tests {
             "",
             "the started program was left running (or unreaped)"
         );
+    }
+
+    #[test]
+    fn candidates_follow_execvp() {
+        let got = |program: &CStr, path: Option<&[u8]>| -> Vec<String> {
+            candidates(program, path)
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            got(c"sh", Some(b"/nonexistent::/bin/")),
+            ["/nonexistent/sh", "/bin/sh"]
+        );
+        assert_eq!(got(c"/bin/sh", Some(b"/usr/bin")), ["/bin/sh"]);
+        assert_eq!(got(c"./run.sh", None), ["./run.sh"]);
+        assert_eq!(
+            got(c"ls", None),
+            ["/usr/local/bin/ls", "/usr/bin/ls", "/bin/ls"]
+        );
+    }
+
+    /// A directory under the temp dir, removed on drop.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str, mode: u32) -> Scratch {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = std::env::temp_dir().join(format!(
+                "agentkeys-launch-{tag}-{}-{}",
+                std::process::id(),
+                rustix::thread::gettid().as_raw_nonzero()
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Scratch(path)
+        }
+
+        fn script(&self, name: &str, body: &str) {
+            use std::os::unix::fs::PermissionsExt as _;
+            let file = self.0.join(name);
+            std::fs::write(&file, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+
+        fn c_path(&self) -> CString {
+            CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const NOBODY: (u32, u32) = (65534, 65534);
+
+    fn as_root() -> bool {
+        let root = rustix::process::geteuid().is_root();
+        if !root {
+            println!("skipped: switching uids needs root");
+        }
+        root
+    }
+
+    #[test]
+    fn the_child_takes_the_callers_uid_before_entering_the_working_directory() {
+        if !as_root() {
+            return;
+        }
+        let private = Scratch::new("cwd", 0o700);
+        let env = env_page(&["PATH=/usr/bin:/bin"]);
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let cwd = private.c_path();
+        let err = spawn(&Launch {
+            program: c"/bin/true",
+            search_path: None,
+            argv: &[CString::new("true").unwrap()],
+            env: &env,
+            fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cwd: Some(&cwd),
+            ids: Some(NOBODY),
+        })
+        .err()
+        .expect("nobody cannot enter a root-only 0700 directory");
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("working directory"), "{err}");
+    }
+
+    #[test]
+    fn a_name_is_looked_up_as_the_callers_uid() {
+        if !as_root() {
+            return;
+        }
+        let private = Scratch::new("private-bin", 0o700);
+        private.script("agentkeys-probe", "echo private");
+        let public = Scratch::new("public-bin", 0o755);
+        public.script("agentkeys-probe", "echo public");
+        let path = format!("{}:{}", private.0.display(), public.0.display());
+        let env = env_page(&["PATH=/usr/bin:/bin"]);
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let child = spawn(&Launch {
+            program: c"agentkeys-probe",
+            search_path: Some(path.as_bytes()),
+            argv: &[CString::new("agentkeys-probe").unwrap()],
+            env: &env,
+            fds: &[devnull.as_fd(), write.as_fd(), write.as_fd()],
+            cwd: Some(c"/"),
+            ids: Some(NOBODY),
+        })
+        .expect("the public copy runs");
+        drop(write);
+        let mut out = String::new();
+        std::fs::File::from(read).read_to_string(&mut out).unwrap();
+        assert_eq!(
+            out, "public\n",
+            "the root-only directory is skipped, as execvp does"
+        );
+        assert_eq!(wait(&child), Some(0));
+
+        // Only the root-only copy: found, but nobody may run it (EACCES, like execvp).
+        let err = spawn(&Launch {
+            program: c"agentkeys-probe",
+            search_path: Some(private.0.as_os_str().as_encoded_bytes()),
+            argv: &[CString::new("agentkeys-probe").unwrap()],
+            env: &env,
+            fds: &[devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cwd: None,
+            ids: Some(NOBODY),
+        })
+        .err()
+        .expect("must not run");
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
     }
 }

@@ -187,8 +187,9 @@ impl Drop for Mapping {
 /// Everything a child needs between `fork` and `execve`, prepared by the parent so the child
 /// only makes async-signal-safe system calls: it never allocates, locks or formats.
 pub(crate) struct ExecPlan<'a> {
-    /// Absolute path of the program.
-    pub(crate) program: &'a CStr,
+    /// The paths to try, in order, as `execvp` would (the program as given, or each `PATH`
+    /// entry joined with its name).
+    pub(crate) programs: &'a [&'a CStr],
     /// `argv`, NULL-terminated, pointing into strings the caller keeps alive.
     pub(crate) argv: &'a [*const libc::c_char],
     /// `envp`, NULL-terminated, pointing into the caller's environment page.
@@ -204,8 +205,33 @@ pub(crate) struct ExecPlan<'a> {
     pub(crate) report: RawFd,
 }
 
-/// Forks; the child prepares itself from `plan` and `execve`s, writing its `errno` to
-/// `plan.report` and exiting 127 if any step fails. Returns the child's pid in the parent.
+/// The step of the child that failed, reported with its `errno`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `dup2` of the inherited descriptors.
+    Stdio = 1,
+    /// `setsid`.
+    Session = 2,
+    /// `setgroups`, `setgid`, `setuid`.
+    Ids = 3,
+    /// `chdir`, as the new uid.
+    Cwd = 4,
+    /// `execve` of every candidate.
+    Exec = 5,
+}
+
+impl Step {
+    /// The step a report names.
+    pub(crate) fn from_raw(raw: i32) -> Option<Step> {
+        [Step::Stdio, Step::Session, Step::Ids, Step::Cwd, Step::Exec]
+            .into_iter()
+            .find(|s| *s as i32 == raw)
+    }
+}
+
+/// Forks; the child prepares itself from `plan` and `execve`s, writing the failed step and
+/// its `errno` to `plan.report` and exiting 127 if it cannot. Returns the child's pid in the
+/// parent.
 pub(crate) fn fork_exec(plan: &ExecPlan<'_>) -> io::Result<libc::pid_t> {
     // SAFETY: fork has no memory-safety preconditions of its own. The child runs only
     // `child_exec`, which makes async-signal-safe system calls on data prepared before the
@@ -221,13 +247,16 @@ pub(crate) fn fork_exec(plan: &ExecPlan<'_>) -> io::Result<libc::pid_t> {
 }
 
 /// The child side of [`fork_exec`]: async-signal-safe calls only, never returns.
+///
+/// The order matters: the new uid is taken before `chdir` and before the program is looked
+/// up, so a root daemon's child can enter and run only what its caller could.
 fn child_exec(plan: &ExecPlan<'_>) -> ! {
     for (target, &src) in plan.fds.iter().enumerate() {
         let target = libc::c_int::try_from(target).unwrap_or(libc::c_int::MAX);
         // SAFETY: dup2 on two integers; it touches no user memory, and the new descriptor
         // (without close-on-exec) is meant to be inherited by the program.
         if unsafe { libc::dup2(src, target) } < 0 {
-            child_fail(plan.report);
+            child_fail(plan.report, Step::Stdio);
         }
     }
     let first = libc::c_uint::try_from(plan.fds.len()).unwrap_or(libc::c_uint::MAX);
@@ -243,27 +272,30 @@ fn child_exec(plan: &ExecPlan<'_>) -> ! {
         )
     };
     // SAFETY: setsid takes no arguments; the child leaves the daemon's session and process
-    // group, so signals meant for the daemon do not reach it and vice versa.
-    let _ = unsafe { libc::setsid() };
-    if let Some(cwd) = plan.cwd {
-        // SAFETY: `cwd` is a NUL-terminated string owned by the parent's plan, still mapped
-        // in this copy of its address space.
-        if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
-            child_fail(plan.report);
-        }
+    // group, so signals meant for the daemon do not reach it and vice versa. Its pid is
+    // then its process group's id, which the daemon signals as a whole.
+    if unsafe { libc::setsid() } < 0 {
+        child_fail(plan.report, Step::Session);
     }
     if let Some((uid, gid)) = plan.ids {
         // SAFETY: setgroups with a count of 0 reads no memory.
         if unsafe { libc::setgroups(0, std::ptr::null()) } < 0 {
-            child_fail(plan.report);
+            child_fail(plan.report, Step::Ids);
         }
         // SAFETY: setgid on an integer.
         if unsafe { libc::setgid(gid) } < 0 {
-            child_fail(plan.report);
+            child_fail(plan.report, Step::Ids);
         }
         // SAFETY: setuid on an integer; after it the child cannot regain the parent's ids.
         if unsafe { libc::setuid(uid) } < 0 {
-            child_fail(plan.report);
+            child_fail(plan.report, Step::Ids);
+        }
+    }
+    if let Some(cwd) = plan.cwd {
+        // SAFETY: `cwd` is a NUL-terminated string owned by the parent's plan, still mapped
+        // in this copy of its address space.
+        if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
+            child_fail(plan.report, Step::Cwd);
         }
     }
     // Default dispositions (Rust ignores SIGPIPE; a program expects the default) and an
@@ -280,16 +312,47 @@ fn child_exec(plan: &ExecPlan<'_>) -> ! {
     let _ = unsafe { libc::sigemptyset(empty.as_mut_ptr()) };
     // SAFETY: the set was initialised just above; the old mask is not requested.
     let _ = unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) };
-    // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated pointer
-    // arrays prepared by the parent and still mapped here; execve only reads them.
-    let _ = unsafe {
-        libc::execve(
-            plan.program.as_ptr(),
-            plan.argv.as_ptr(),
-            plan.envp.as_ptr(),
-        )
-    };
-    child_fail(plan.report)
+    // As execvp: a candidate that is missing, under a non-directory or not accessible is
+    // skipped; "permission denied" is reported if no later candidate runs.
+    let mut denied = false;
+    for program in plan.programs {
+        // SAFETY: program, argv and envp are NUL-terminated strings and NULL-terminated
+        // pointer arrays prepared by the parent and still mapped here; execve only reads
+        // them.
+        let _ = unsafe { libc::execve(program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        match errno() {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => denied = true,
+            _ => child_fail(plan.report, Step::Exec),
+        }
+    }
+    let errno = if denied { libc::EACCES } else { libc::ENOENT };
+    child_report(plan.report, Step::Exec, errno)
+}
+
+/// This thread's `errno` (a thread-local read, async-signal-safe).
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Reports `step` and `errno` on the pipe, then exits.
+fn child_fail(report: RawFd, step: Step) -> ! {
+    child_report(report, step, errno())
+}
+
+/// Writes `step` and `errno` (8 bytes, native order) to the report pipe and exits without
+/// running any destructor or atexit hook.
+fn child_report(report: RawFd, step: Step, errno: i32) -> ! {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&(step as i32).to_ne_bytes());
+    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes 8 bytes from a stack array to a pipe descriptor; a short or failed write
+    // only loses the reason, the parent then reports a generic failure.
+    let _ = unsafe { libc::write(report, bytes.as_ptr().cast::<c_void>(), bytes.len()) };
+    // SAFETY: _exit ends this process at once, which is what a failed child must do.
+    unsafe { libc::_exit(127) }
 }
 
 /// `syscall(nr, 0, 0, 0, 0, 0, 0)`, for the tests that probe the seccomp filter.
@@ -304,19 +367,6 @@ pub(crate) fn syscall_with_zero_args(nr: libc::c_long) -> io::Result<libc::c_lon
         return Err(io::Error::last_os_error());
     }
     Ok(ret)
-}
-
-/// Reports `errno` on the pipe and exits without running any destructor or atexit hook.
-fn child_fail(report: RawFd) -> ! {
-    let errno = io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO);
-    let bytes = errno.to_ne_bytes();
-    // SAFETY: writes 4 bytes from a stack array to a pipe descriptor; a short or failed write
-    // only loses the reason, the parent then reports a generic failure.
-    let _ = unsafe { libc::write(report, bytes.as_ptr().cast::<c_void>(), bytes.len()) };
-    // SAFETY: _exit ends this process at once, which is what a failed child must do.
-    unsafe { libc::_exit(127) }
 }
 
 /// Sets `signal`'s disposition back to the default and sends it to this process, so a

@@ -2,7 +2,9 @@
 //! `run` tool.
 
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use agentkeys_testkit::{TempDir, assert_no_readable_copy, canary};
@@ -268,4 +270,119 @@ fn run_fd_hands_the_rust_runtime_its_credential_once() {
         line["kind"],
         agentkeys_testkit::machine::best_page_kind(test)
     );
+}
+
+const NOBODY: &str = "65534";
+
+/// A root daemon that lets `nobody` in, with its socket reachable by `nobody`; `None` (and
+/// a `skipped:` line) where the tests do not run as root.
+fn agent_serving_nobody(tag: &str) -> Option<Agent> {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: a daemon serving another uid must run as root");
+        return None;
+    }
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--allow-uid", NOBODY],
+    );
+    let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    open(home.path(), 0o755).unwrap();
+    open(d.socket.parent().unwrap(), 0o755).unwrap();
+    open(&d.socket, 0o777).unwrap();
+    let value = canary(tag);
+    master.store("openai", &value, &["--agent", &wallet]);
+    Some(Agent {
+        _server: server,
+        _master: master,
+        _home: home,
+        d,
+        value,
+    })
+}
+
+/// `agentkeys run ARGS…` as `nobody`.
+fn run_as_nobody(d: &DaemonProc, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+    ])
+    .arg(cli_bin())
+    .arg("run")
+    .args(args)
+    .env("AGENTKEYS_SOCKET", &d.socket);
+    cmd
+}
+
+/// A directory with `mode` holding an executable `agentkeys-probe` that prints `says`.
+fn probe_dir(mode: u32, says: &str) -> TempDir {
+    let dir = TempDir::new("agentkeys-test-bin");
+    let probe = dir.path().join("agentkeys-probe");
+    std::fs::write(&probe, format!("#!/bin/sh\necho {says}\n")).unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+#[test]
+fn a_root_daemon_enters_the_working_directory_as_the_caller() {
+    let Some(a) = agent_serving_nobody("runcwd") else {
+        return;
+    };
+    // The caller's cwd is a root-only directory (it got there before dropping to nobody):
+    // its command must not start there with the daemon's rights.
+    let private = TempDir::new("agentkeys-test-private");
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = run_as_nobody(&a.d, &["--service", "openai", "--", "sh", "-c", "pwd; ls"])
+        .current_dir(private.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(text(&out).contains("working directory"), "{}", text(&out));
+
+    // Control: the same caller from a directory it may enter.
+    let out = run_as_nobody(&a.d, &["--service", "openai", "--", "sh", "-c", "pwd"])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/\n");
+}
+
+#[test]
+fn a_root_daemon_looks_the_program_up_as_the_caller() {
+    let Some(a) = agent_serving_nobody("runpath") else {
+        return;
+    };
+    let private = probe_dir(0o700, "private");
+    let public = probe_dir(0o755, "public");
+    // As execvp does for the caller: the root-only directory is skipped.
+    let path = format!(
+        "{}:{}:/usr/bin:/bin",
+        private.path().display(),
+        public.path().display()
+    );
+    let out = run_as_nobody(&a.d, &["--", "agentkeys-probe"])
+        .env("PATH", &path)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "public\n");
+
+    // Reachable only through the root-only directory: never executed.
+    let path = format!("{}:/usr/bin:/bin", private.path().display());
+    let out = run_as_nobody(&a.d, &["--", "agentkeys-probe"])
+        .env("PATH", &path)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(!text(&out).contains("private"), "{}", text(&out));
 }
