@@ -20,6 +20,7 @@ use agentkeys_types::ServiceName;
 use base64::Engine as _;
 use rustix::process::Signal;
 use serde_json::{Value, json};
+use tokio::io::unix::AsyncFd;
 
 use crate::daemon::{ChildEntry, Conn, Daemon, Refusal};
 use crate::trail::Event;
@@ -72,6 +73,9 @@ pub struct Running {
     /// Its pid.
     pub pid: u32,
     pidfd: Arc<OwnedFd>,
+    /// The pidfd registered with the runtime: it turns readable when the child exits.
+    /// `None` if the registration failed; [`wait`] then polls.
+    exited: Option<AsyncFd<Arc<OwnedFd>>>,
 }
 
 /// `OPENAI_API_KEY` for `openai`; `AGENTKEYS_FD_OPENAI` in fd mode.
@@ -395,10 +399,12 @@ pub async fn start(
             ..Default::default()
         });
     }
+    let exited = launch::watch_exit(pidfd.clone()).ok();
     Ok((
         Running {
             pid: spawned.pid,
             pidfd,
+            exited,
         },
         redactor,
     ))
@@ -457,7 +463,7 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
 
 /// Waits for the child to end, reaps it, unregisters it and audits `exit`.
 pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
-    let exit = wait_pidfd(&running.pidfd).await;
+    let exit = wait_pidfd(running).await;
     if let Ok(mut children) = daemon.children.lock() {
         children.remove(&running.pid);
     }
@@ -472,11 +478,24 @@ pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
     exit
 }
 
-async fn wait_pidfd(pidfd: &Arc<OwnedFd>) -> Exit {
+/// Waits on the pidfd's readiness in the runtime (no thread parked per child), then reaps
+/// with `waitid(P_PIDFD, WEXITED | WNOHANG)`. Cancel-safe: dropping the future before the
+/// child exits reaps nothing, and the next wait still finds the child.
+async fn wait_pidfd(running: &Running) -> Exit {
     use rustix::process::{WaitId, WaitIdOptions, waitid};
     loop {
+        let guard = match &running.exited {
+            Some(exited) => match exited.readable().await {
+                Ok(guard) => Some(guard),
+                Err(_) => return Exit::Code(255),
+            },
+            None => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                None
+            }
+        };
         match waitid(
-            WaitId::PidFd(pidfd.as_fd()),
+            WaitId::PidFd(running.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
             Ok(Some(status)) => {
@@ -485,20 +504,14 @@ async fn wait_pidfd(pidfd: &Arc<OwnedFd>) -> Exit {
                 }
                 return Exit::Code(status.exit_status().unwrap_or(0));
             }
-            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            // Not exited yet: forget this readiness and wait for the next.
+            Ok(None) | Err(rustix::io::Errno::INTR) => {
+                if let Some(mut guard) = guard {
+                    guard.clear_ready();
+                }
+            }
             Err(_) => return Exit::Code(255),
         }
-        // Block a pool thread until the child has exited, without reaping it (NOWAIT): if
-        // this future is dropped (a timeout), the thread finishes harmlessly and the next
-        // wait still finds the child to reap.
-        let watched = pidfd.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            waitid(
-                WaitId::PidFd(watched.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
-            )
-        })
-        .await;
     }
 }
 

@@ -224,6 +224,16 @@ fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
+/// The child's pidfd registered with the current tokio runtime: it turns readable when the
+/// child exits, so a waiter needs no thread of its own (reap it with `waitid(P_PIDFD, …,
+/// WNOHANG)` once readable). Call it inside the runtime.
+#[cfg(feature = "tokio")]
+pub fn watch_exit(
+    pidfd: std::sync::Arc<OwnedFd>,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    sys::register_readable(pidfd)
+}
+
 /// Dies by `signal` the way the wrapped program did: the default disposition is restored and
 /// the signal raised. Returns only if that signal does not end a process.
 pub fn reraise(signal: i32) -> io::Result<()> {

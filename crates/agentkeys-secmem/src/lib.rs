@@ -14,7 +14,8 @@
 //!   memory ([`SecretPageKind`]). Wiped, unlocked and unmapped on drop; the fd kinds can be
 //!   handed to another process over `SCM_RIGHTS` (DESIGN decision 8).
 //! - `launch.rs` — starting a program whose environment (or inherited fds) carry credentials,
-//!   built in a secret page and wiped as soon as `execve` has copied it (DESIGN decision 9).
+//!   built in a secret page and wiped as soon as `execve` has copied it (DESIGN decision 9);
+//!   with the `tokio` feature, a child's pidfd registered with the runtime to await its exit.
 //! - `harden.rs` — the start-up hardening of the daemon and the CLI, as a report of
 //!   `ok` / `degraded` / `failed` items (no dumps, no_new_privs, debugger and Yama checks,
 //!   capabilities, seccomp, protection keys).

@@ -384,6 +384,20 @@ pub(crate) fn reraise(signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Registers `fd` with the current tokio runtime for readability (a pidfd turns readable
+/// when its process exits). Must be called inside the runtime.
+#[cfg(feature = "tokio")]
+pub(crate) fn register_readable(
+    fd: std::sync::Arc<OwnedFd>,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    // SAFETY: the AsyncFd owns an Arc of the OwnedFd, and an OwnedFd behind an Arc can be
+    // neither closed nor replaced while any Arc lives: the descriptor stays open, refers to
+    // the same file and `as_raw_fd` returns the same number until the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
 /// Descriptors already taken by [`claim_inherited_fd`]: each may be owned once only.
 static CLAIMED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
 

@@ -272,6 +272,37 @@ fn run_fd_hands_the_rust_runtime_its_credential_once() {
     );
 }
 
+#[test]
+fn waiting_for_run_children_holds_no_daemon_thread_per_child() {
+    let a = agent("runthreads");
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", a.d.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    let mut running = Vec::new();
+    for _ in 0..12 {
+        let mut cli = run_cmd(&a.d, &["--", "sh", "-c", "echo ready; read line; true"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        running.push(cli);
+    }
+    let during = threads();
+    assert!(
+        during <= before + 3,
+        "{before} daemon threads before, {during} while 12 run children wait"
+    );
+    for mut cli in running {
+        drop(cli.stdin.take());
+        assert!(cli.wait().unwrap().success());
+    }
+}
+
 const NOBODY: &str = "65534";
 
 /// A root daemon that lets `nobody` in, with its socket reachable by `nobody`; `None` (and
