@@ -11,7 +11,6 @@
 //! `RATE_LIMITED` answer is waited out within `rate_limit_wait`.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -171,10 +170,10 @@ impl FailedRead {
     }
 }
 
-/// A process started by `run`.
+/// A process group started by `run`, keyed by its id (the child's pid: the child called
+/// `setsid`). It stays after the child is reaped for as long as the group has members
+/// (`runner::wait`, `runner::prune_groups`), so signals still reach what it left behind.
 pub struct ChildEntry {
-    /// Its pidfd, to signal it without pid-reuse races.
-    pub pidfd: Arc<OwnedFd>,
     /// The credentials it was given.
     pub services: Vec<ServiceName>,
     /// The connection that started it.
@@ -212,7 +211,7 @@ pub struct Daemon {
     /// Connections from the daemon's own uid that asked for more than `status`, and the
     /// last such peer: agents of the daemon's uid can open its session at rest.
     same_uid: Mutex<(u64, Option<Peer>)>,
-    /// `run` children still running, by pid.
+    /// `run` children's process groups that still have members, by process group id.
     pub children: Mutex<HashMap<u32, ChildEntry>>,
     /// Set once the server said the session is revoked or expired.
     revoked: AtomicBool,
@@ -926,7 +925,8 @@ impl Daemon {
         });
     }
 
-    /// Sends `signal` to every `run` child `select` picks, each audited as `signal` with
+    /// Sends `signal` to the process group of every `run` child `select` picks (the child
+    /// and whatever it started that stayed in its group), each audited as `signal` with
     /// `why` at the end of its detail (and `peer`, when a connection is the reason).
     fn signal_children(
         &self,
@@ -935,13 +935,13 @@ impl Daemon {
         why: &str,
         peer: Option<&Peer>,
     ) {
-        let targets: Vec<(u32, Arc<OwnedFd>)> = self
+        let targets: Vec<u32> = self
             .children
             .lock()
             .map(|m| {
                 m.iter()
                     .filter(|(_, c)| select(c))
-                    .map(|(pid, c)| (*pid, c.pidfd.clone()))
+                    .map(|(pgid, _)| *pgid)
                     .collect()
             })
             .unwrap_or_default();
@@ -950,14 +950,16 @@ impl Daemon {
             Signal::HUP => "SIGHUP",
             _ => "SIGTERM",
         };
-        for (pid, pidfd) in targets {
-            let sent = rustix::process::pidfd_send_signal(&*pidfd, signal).is_ok();
+        for pgid in targets {
+            let sent = crate::runner::signal_group(pgid, signal).is_ok();
             let gone = if sent { "" } else { " (already gone)" };
             self.audit(Event {
                 event: "signal".into(),
                 agent: Some(self.session().wallet.to_string()),
                 peer: peer.cloned(),
-                detail: Some(format!("{name} to run child {pid}{why}{gone}")),
+                detail: Some(format!(
+                    "{name} to run child {pgid}'s process group{why}{gone}"
+                )),
                 ..Default::default()
             });
         }

@@ -228,8 +228,9 @@ async fn serve(
     Ok(())
 }
 
-/// Evicts idle cache entries on time, checks the session every `revocation_check` and
-/// anchors the trail's head every `anchor_every`.
+/// Evicts idle cache entries on time, drops the entries of `run` process groups that
+/// emptied, checks the session every `revocation_check` and anchors the trail's head every
+/// `anchor_every`.
 async fn housekeeping(daemon: Arc<Daemon>) {
     let mut next_check = tokio::time::Instant::now() + daemon.config.revocation_check;
     let mut next_anchor = tokio::time::Instant::now() + daemon.config.anchor_every;
@@ -243,6 +244,7 @@ async fn housekeeping(daemon: Arc<Daemon>) {
             .min(next_anchor);
         tokio::time::sleep_until(wake).await;
         daemon.check_debugger();
+        crate::runner::prune_groups(&daemon);
         if tokio::time::Instant::now() >= next_check {
             daemon.check_session().await;
             next_check = tokio::time::Instant::now() + daemon.config.revocation_check;

@@ -372,7 +372,6 @@ pub async fn start(
         children.insert(
             spawned.pid,
             ChildEntry {
-                pidfd: pidfd.clone(),
                 services: services.clone(),
                 conn: conn.id,
             },
@@ -461,10 +460,14 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
     Ok(page)
 }
 
-/// Waits for the child to end, reaps it, unregisters it and audits `exit`.
+/// Waits for the child to end, reaps it and audits `exit`. Its process group is
+/// unregistered unless something the child started is still in it: revocation must still
+/// reach that (the housekeeping tick drops the entry once the group is empty).
 pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
     let exit = wait_pidfd(running).await;
-    if let Ok(mut children) = daemon.children.lock() {
+    if !group_alive(running.pid)
+        && let Ok(mut children) = daemon.children.lock()
+    {
         children.remove(&running.pid);
     }
     daemon.note(
@@ -512,6 +515,57 @@ async fn wait_pidfd(running: &Running) -> Exit {
             }
             Err(_) => return Exit::Code(255),
         }
+    }
+}
+
+/// Sends `signal` to process group `pgid`: a `run` child (its pid is its group's id, it
+/// called `setsid`) and everything it started that did not leave the group.
+///
+/// The id cannot name another group while the child is unreaped or any member lives (the
+/// kernel does not hand out a pid still used as a process group id). Once the group is
+/// empty and the child reaped, the entry is dropped ([`wait`], [`prune_groups`]); until
+/// then a new session could take the number: that window is at most one housekeeping tick.
+pub fn signal_group(pgid: u32, signal: Signal) -> rustix::io::Result<()> {
+    let pgid = group_id(pgid)?;
+    rustix::process::kill_process_group(pgid, signal)
+}
+
+/// Whether process group `pgid` still has a member (`kill(-pgid, 0)`; a member we may not
+/// signal counts as one).
+pub fn group_alive(pgid: u32) -> bool {
+    match group_id(pgid).and_then(rustix::process::test_kill_process_group) {
+        Ok(()) => true,
+        Err(e) => e != rustix::io::Errno::SRCH,
+    }
+}
+
+fn group_id(pgid: u32) -> rustix::io::Result<rustix::process::Pid> {
+    i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(rustix::io::Errno::INVAL)
+}
+
+/// Polls until process group `pgid` is empty or `deadline` passes; whether it emptied.
+/// (No event says when the last member of a group exits, and its members are not our
+/// children.)
+async fn wait_group_empty(pgid: u32, deadline: tokio::time::Instant) -> bool {
+    loop {
+        if !group_alive(pgid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drops the entries of process groups whose child has been reaped and that have no member
+/// left. Called on the daemon's housekeeping tick.
+pub fn prune_groups(daemon: &Daemon) {
+    if let Ok(mut children) = daemon.children.lock() {
+        children.retain(|pgid, _| group_alive(*pgid));
     }
 }
 
@@ -574,7 +628,8 @@ const FORWARDABLE: [Signal; 9] = [
     Signal::KILL,
 ];
 
-/// `agentkeys/signal {pid, signal}`: only to a child this connection started.
+/// `agentkeys/signal {pid, signal}`: only to a child this connection started, and to its
+/// whole process group (a terminal's Ctrl-C reaches the whole foreground group too).
 pub fn forward_signal(daemon: &Daemon, conn: &Conn, params: &Value) -> Result<Value, String> {
     let pid = params["pid"]
         .as_u64()
@@ -588,17 +643,15 @@ pub fn forward_signal(daemon: &Daemon, conn: &Conn, params: &Value) -> Result<Va
         .into_iter()
         .find(|s| s.as_raw() == number)
         .ok_or_else(|| format!("signal {number} cannot be forwarded"))?;
-    let pidfd = daemon
+    let ours = daemon
         .children
         .lock()
         .ok()
-        .and_then(|c| {
-            c.get(&pid)
-                .filter(|c| c.conn == conn.id)
-                .map(|c| c.pidfd.clone())
-        })
-        .ok_or_else(|| format!("no running child {pid} started by this connection"))?;
-    rustix::process::pidfd_send_signal(&*pidfd, signal).map_err(|e| e.to_string())?;
+        .is_some_and(|c| c.get(&pid).is_some_and(|c| c.conn == conn.id));
+    if !ours {
+        return Err(format!("no running child {pid} started by this connection"));
+    }
+    signal_group(pid, signal).map_err(|e| e.to_string())?;
     Ok(json!({}))
 }
 
@@ -627,14 +680,7 @@ pub async fn run_captured(
         Ok(exit) => exit,
         Err(_) => {
             timed_out = true;
-            let _ = rustix::process::pidfd_send_signal(&*running.pidfd, Signal::TERM);
-            match tokio::time::timeout(daemon.config.kill_grace, wait(daemon, &running)).await {
-                Ok(exit) => exit,
-                Err(_) => {
-                    let _ = rustix::process::pidfd_send_signal(&*running.pidfd, Signal::KILL);
-                    wait(daemon, &running).await
-                }
-            }
+            stop_group(daemon, &running).await
         }
     };
     let (mut out, out_cut) = stdout.await.unwrap_or_default();
@@ -647,6 +693,25 @@ pub async fn run_captured(
     result["redacted"] = json!(redacted);
     result["timed_out"] = json!(timed_out);
     Ok(result)
+}
+
+/// SIGTERM to the child's whole process group, SIGKILL to what is left of it after
+/// `kill_grace`; returns once the child is reaped and the group empty (or killed).
+async fn stop_group(daemon: &Daemon, running: &Running) -> Exit {
+    let _ = signal_group(running.pid, Signal::TERM);
+    let grace_end = tokio::time::Instant::now() + daemon.config.kill_grace;
+    let exit = match tokio::time::timeout_at(grace_end, wait(daemon, running)).await {
+        Ok(exit) => exit,
+        Err(_) => {
+            let _ = signal_group(running.pid, Signal::KILL);
+            wait(daemon, running).await
+        }
+    };
+    // What the child left in its group gets the rest of the grace period, then SIGKILL.
+    if !wait_group_empty(running.pid, grace_end).await {
+        let _ = signal_group(running.pid, Signal::KILL);
+    }
+    exit
 }
 
 /// Reads a pipe to its end, keeping at most `cap` bytes (the rest is read and discarded,

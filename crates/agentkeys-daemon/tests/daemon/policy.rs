@@ -142,6 +142,52 @@ fn revocation_stops_a_running_child_within_the_grace_period() {
 }
 
 #[test]
+fn revocation_also_stops_what_a_run_child_left_in_its_process_group() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let config = home.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n",
+    )
+    .unwrap();
+    let (d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--config", config.to_str().unwrap()],
+    );
+    master.store("openai", &canary("revokegroup"), &["--agent", &wallet]);
+    // The child starts a grandchild that ignores SIGTERM and SIGHUP, prints its pid and
+    // waits; only a SIGKILL to the whole group ends the grandchild.
+    let mut cli = Command::new(cli_bin())
+        .args(["run", "--service", "openai", "--", "sh", "-c"])
+        .arg("(trap '' TERM HUP; exec sleep 300) & echo $!; wait")
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let grandchild: u32 = line.trim().parse().unwrap();
+
+    let out = master.cli(&["revoke", &wallet]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = cli.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(15),
+        "the child dies of the SIGTERM: {status:?}"
+    );
+    // grace (1 s) + slack for a loaded machine
+    let dead = dies_within(grandchild, Duration::from_secs(10));
+    kill_pid(grandchild);
+    assert!(dead, "the grandchild {grandchild} outlived the revocation");
+}
+
+#[test]
 fn a_bad_config_file_is_refused_with_the_key_named() {
     let home = TempDir::new("agentkeys-test-daemon");
     let config = home.path().join("daemon.toml");

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use agentkeys_testkit::{TempDir, assert_no_readable_copy, canary};
 use serde_json::{Value, json};
@@ -21,10 +22,22 @@ struct Agent {
 }
 
 fn agent(tag: &str) -> Agent {
+    agent_configured(tag, "")
+}
+
+/// [`agent`] with a daemon configuration file holding `config`.
+fn agent_configured(tag: &str, config: &str) -> Agent {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let (d, wallet) = paired(&master, home.path(), &["--scope", "openai"]);
+    let file = home.path().join("daemon.toml");
+    std::fs::write(&file, config).unwrap();
+    let (d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--config", file.to_str().unwrap()],
+    );
     let value = canary(tag);
     master.store("openai", &value, &["--agent", &wallet]);
     Agent {
@@ -270,6 +283,29 @@ fn run_fd_hands_the_rust_runtime_its_credential_once() {
         line["kind"],
         agentkeys_testkit::machine::best_page_kind(test)
     );
+}
+
+#[test]
+fn the_mcp_run_timeout_stops_the_whole_process_group() {
+    let a = agent_configured("runtimeoutgroup", "kill_grace = \"1s\"\n");
+    let mut c = a.d.client();
+    c.initialize();
+    let started = Instant::now();
+    let (is_error, body) = c.tool(
+        "run",
+        json!({"argv": ["sh", "-c", "(trap '' TERM HUP; exec sleep 300) & echo $!; wait"],
+               "timeout_s": 1}),
+    );
+    let took = started.elapsed();
+    assert!(!is_error, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    let grandchild: u32 = result["stdout"].as_str().unwrap().trim().parse().unwrap();
+    let dead = dies_within(grandchild, Duration::from_secs(5));
+    kill_pid(grandchild);
+    assert_eq!(result["timed_out"], true, "{result}");
+    assert!(dead, "the grandchild {grandchild} outlived the timeout");
+    // timeout (1 s) + grace (1 s) + slack for a loaded machine
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
 #[test]
