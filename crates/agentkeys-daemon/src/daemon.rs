@@ -951,8 +951,11 @@ impl Daemon {
             _ => "SIGTERM",
         };
         for pgid in targets {
-            let sent = crate::runner::signal_group(pgid, signal).is_ok();
-            let gone = if sent { "" } else { " (already gone)" };
+            let gone = match crate::runner::signal_group(pgid, signal) {
+                Ok(()) => String::new(),
+                Err(rustix::io::Errno::SRCH) => " (already gone)".to_owned(),
+                Err(e) => format!(" (failed: {e})"),
+            };
             self.audit(Event {
                 event: "signal".into(),
                 agent: Some(self.session().wallet.to_string()),

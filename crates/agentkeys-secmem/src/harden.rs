@@ -117,8 +117,9 @@ pub struct DaemonPolicy {
     pub allow_debugger: bool,
     /// Refuse to start unless Yama's `ptrace_scope` is at least 1 (`--require-ptrace-scope`).
     pub require_ptrace_scope: bool,
-    /// Keep `CAP_SETUID` and `CAP_SETGID` (a root daemon that starts `run` commands under
-    /// an allowed caller's uid).
+    /// Keep `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL` (a root daemon that starts `run`
+    /// commands under an allowed caller's uid, and must be able to signal them: the kernel
+    /// lets uid 0 signal another uid's process only with `CAP_KILL`).
     pub keep_setid: bool,
 }
 
@@ -252,11 +253,12 @@ fn pkeys(r: &mut HardeningReport, detail: &str) {
 }
 
 /// Drops every capability (bounding, ambient, inheritable, effective, permitted), except
-/// `CAP_SETUID`/`CAP_SETGID` when `keep_setid`.
+/// `CAP_SETUID`/`CAP_SETGID`/`CAP_KILL` when `keep_setid`. `CAP_KILL` adds no power a
+/// process holding `CAP_SETUID` lacks (it could become the target's uid and signal it).
 fn drop_capabilities(keep_setid: bool) -> io::Result<String> {
     use rustix::thread::{CapabilitySet, CapabilitySets};
     let keep = if keep_setid {
-        CapabilitySet::SETUID | CapabilitySet::SETGID
+        CapabilitySet::SETUID | CapabilitySet::SETGID | CapabilitySet::KILL
     } else {
         CapabilitySet::empty()
     };
@@ -276,7 +278,9 @@ fn drop_capabilities(keep_setid: bool) -> io::Result<String> {
         },
     )?;
     Ok(if keep_setid {
-        "all dropped but CAP_SETUID, CAP_SETGID (run as an allowed caller)".to_owned()
+        "all dropped but CAP_SETUID, CAP_SETGID, CAP_KILL (run and stop an allowed caller's \
+         commands)"
+            .to_owned()
     } else {
         "all dropped (effective, permitted, inheritable, ambient, bounding)".to_owned()
     })

@@ -15,7 +15,7 @@ use super::common::*;
 
 struct Agent {
     _server: agentkeys_testkit::Server,
-    _master: Master,
+    master: Master,
     _home: TempDir,
     d: DaemonProc,
     value: String,
@@ -42,7 +42,7 @@ fn agent_configured(tag: &str, config: &str) -> Agent {
     master.store("openai", &value, &["--agent", &wallet]);
     Agent {
         _server: server,
-        _master: master,
+        master,
         _home: home,
         d,
         value,
@@ -351,11 +351,17 @@ fn agent_serving_nobody(tag: &str) -> Option<Agent> {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
+    let config = home.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n",
+    )
+    .unwrap();
     let (d, wallet) = paired_with(
         &master,
         home.path(),
         &["--scope", "openai"],
-        &["--allow-uid", NOBODY],
+        &["--allow-uid", NOBODY, "--config", config.to_str().unwrap()],
     );
     let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
     open(home.path(), 0o755).unwrap();
@@ -365,7 +371,7 @@ fn agent_serving_nobody(tag: &str) -> Option<Agent> {
     master.store("openai", &value, &["--agent", &wallet]);
     Some(Agent {
         _server: server,
-        _master: master,
+        master,
         _home: home,
         d,
         value,
@@ -452,4 +458,49 @@ fn a_root_daemon_looks_the_program_up_as_the_caller() {
         .unwrap();
     assert_eq!(out.status.code(), Some(126), "{}", text(&out));
     assert!(!text(&out).contains("private"), "{}", text(&out));
+}
+
+#[test]
+fn a_root_daemon_can_stop_a_child_running_as_the_caller() {
+    let Some(a) = agent_serving_nobody("runkillnobody") else {
+        return;
+    };
+    let mut cli = run_as_nobody(
+        &a.d,
+        &[
+            "--service",
+            "openai",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; while :; do sleep 0.05; done",
+        ],
+    )
+    .current_dir("/")
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let wallet = trail_lines(&a.d.trail())
+        .iter()
+        .find_map(|l| l["agent"].as_str().map(str::to_owned))
+        .unwrap();
+    let child: u32 = trail_lines(&a.d.trail())
+        .iter()
+        .find_map(|l| {
+            l["detail"]
+                .as_str()?
+                .strip_prefix("child pid ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let out = a.master.cli(&["revoke", &wallet]);
+    assert!(out.status.success(), "{}", text(&out));
+    // check period (0.5 s) + grace (1 s) + slack for a loaded machine
+    let dead = dies_within(child, Duration::from_secs(10));
+    kill_pid(child);
+    assert!(dead, "the daemon could not signal its caller's command");
+    assert_eq!(cli.wait().unwrap().signal(), Some(15));
 }
