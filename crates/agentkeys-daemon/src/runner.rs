@@ -655,8 +655,19 @@ pub fn forward_signal(daemon: &Daemon, conn: &Conn, params: &Value) -> Result<Va
     Ok(json!({}))
 }
 
+/// How long the output of a finished command is still read while something it started
+/// holds its stdout or stderr open.
+const DRAIN: Duration = Duration::from_secs(1);
+
 /// Runs `spec` for the MCP `run` tool: stdin from `/dev/null`, stdout and stderr captured
-/// (each capped), the child stopped at the timeout, every delivered secret redacted.
+/// (each capped), the child's process group stopped at the timeout, every delivered secret
+/// redacted.
+///
+/// Output capture is bounded too: once the child is gone (exited, or stopped at the
+/// timeout), the pipes are read for at most [`DRAIN`] more, then capture stops whoever
+/// still holds them; and whatever is left in the child's process group (it holds the
+/// credentials) gets SIGTERM, then SIGKILL after `kill_grace`. The result says so
+/// (`capture_stopped`, `leftovers_stopped`).
 pub async fn run_captured(
     daemon: &Arc<Daemon>,
     conn: &Conn,
@@ -673,8 +684,9 @@ pub async fn run_captured(
     let (running, redactor) =
         start(daemon, conn, request, spec, [devnull, out_w, err_w], true).await?;
     let cap = daemon.config.run_max_output;
-    let stdout = tokio::spawn(capture(out_r, cap));
-    let stderr = tokio::spawn(capture(err_r, cap));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stdout = tokio::spawn(capture(out_r, cap, stopped.clone()));
+    let stderr = tokio::spawn(capture(err_r, cap, stopped));
     let mut timed_out = false;
     let exit = match tokio::time::timeout(timeout, wait(daemon, &running)).await {
         Ok(exit) => exit,
@@ -683,15 +695,24 @@ pub async fn run_captured(
             stop_group(daemon, &running).await
         }
     };
-    let (mut out, out_cut) = stdout.await.unwrap_or_default();
-    let (mut err, err_cut) = stderr.await.unwrap_or_default();
-    let redacted = redactor.map_or(0, |r| r.redact(&mut out) + r.redact(&mut err));
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(DRAIN).await;
+        let _ = stop.send(true);
+    });
+    let out = stdout.await.unwrap_or_default();
+    let err = stderr.await.unwrap_or_default();
+    stopper.abort();
+    let leftovers_stopped = stop_leftovers(daemon, running.pid).await;
+    let (mut out_kept, mut err_kept) = (out.kept, err.kept);
+    let redacted = redactor.map_or(0, |r| r.redact(&mut out_kept) + r.redact(&mut err_kept));
     let mut result = exit.to_json();
-    result["stdout"] = json!(String::from_utf8_lossy(&out));
-    result["stderr"] = json!(String::from_utf8_lossy(&err));
-    result["truncated"] = json!(out_cut || err_cut);
+    result["stdout"] = json!(String::from_utf8_lossy(&out_kept));
+    result["stderr"] = json!(String::from_utf8_lossy(&err_kept));
+    result["truncated"] = json!(out.total > cap || err.total > cap);
     result["redacted"] = json!(redacted);
     result["timed_out"] = json!(timed_out);
+    result["capture_stopped"] = json!(out.stopped || err.stopped);
+    result["leftovers_stopped"] = json!(leftovers_stopped);
     Ok(result)
 }
 
@@ -714,25 +735,65 @@ async fn stop_group(daemon: &Daemon, running: &Running) -> Exit {
     exit
 }
 
-/// Reads a pipe to its end, keeping at most `cap` bytes (the rest is read and discarded,
-/// so the child never blocks on a full pipe).
-async fn capture(fd: OwnedFd, cap: usize) -> (zeroize::Zeroizing<Vec<u8>>, bool) {
+/// SIGTERM to what is left in a reaped child's process group, SIGKILL after `kill_grace`
+/// to what survives it. Whether anything was left.
+async fn stop_leftovers(daemon: &Daemon, pgid: u32) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    let _ = signal_group(pgid, Signal::TERM);
+    let grace_end = tokio::time::Instant::now() + daemon.config.kill_grace;
+    if !wait_group_empty(pgid, grace_end).await {
+        let _ = signal_group(pgid, Signal::KILL);
+    }
+    true
+}
+
+/// What [`capture`] read from one pipe.
+#[derive(Default)]
+struct Captured {
+    /// The first bytes, up to the limit.
+    kept: zeroize::Zeroizing<Vec<u8>>,
+    /// How many bytes arrived in all.
+    total: usize,
+    /// Capture was stopped while the pipe was still open.
+    stopped: bool,
+}
+
+/// Reads a pipe until its end or until `stop` turns true, keeping at most `keep` bytes
+/// (the rest is read and discarded, so the child never blocks on a full pipe). The pipe is
+/// read through the runtime's reactor: no thread waits on it.
+async fn capture(
+    fd: OwnedFd,
+    keep: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Captured {
     use tokio::io::AsyncReadExt as _;
-    let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
-    let mut kept = zeroize::Zeroizing::new(Vec::with_capacity(cap.min(64 * 1024)));
+    let mut got = Captured {
+        kept: zeroize::Zeroizing::new(Vec::with_capacity(keep.min(64 * 1024))),
+        ..Captured::default()
+    };
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return got;
+    };
     let mut chunk = zeroize::Zeroizing::new(vec![0u8; 8192]);
-    let mut cut = false;
     loop {
-        match file.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..n.min(room)]);
-                cut |= n > room;
+        tokio::select! {
+            read = pipe.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = keep.saturating_sub(got.kept.len());
+                    got.kept.extend_from_slice(&chunk[..n.min(room)]);
+                    got.total += n;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => {
+                got.stopped = true;
+                break;
             }
         }
     }
-    (kept, cut)
+    got
 }
 
 #[cfg(test)]

@@ -309,6 +309,35 @@ fn the_mcp_run_timeout_stops_the_whole_process_group() {
 }
 
 #[test]
+fn the_mcp_run_tool_returns_although_a_leftover_holds_its_output() {
+    let a = agent_configured("rundrain", "kill_grace = \"1s\"\n");
+    let mut c = a.d.client();
+    c.initialize();
+    let started = Instant::now();
+    // `sleep` inherits stdout and outlives `sh`: the pipe never closes on its own.
+    let (is_error, body) = c.tool(
+        "run",
+        json!({"argv": ["sh", "-c", "sleep 300 & echo $!; echo hi"], "timeout_s": 2}),
+    );
+    let took = started.elapsed();
+    assert!(!is_error, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    let stdout = result["stdout"].as_str().unwrap();
+    let mut lines = stdout.lines();
+    let leftover: u32 = lines.next().unwrap().parse().unwrap();
+    let dead = dies_within(leftover, Duration::from_secs(5));
+    kill_pid(leftover);
+    assert_eq!(lines.next(), Some("hi"), "{result}");
+    assert_eq!(result["code"], 0, "{result}");
+    assert_eq!(result["timed_out"], false, "{result}");
+    assert_eq!(result["capture_stopped"], true, "{result}");
+    assert_eq!(result["leftovers_stopped"], true, "{result}");
+    assert!(dead, "the leftover sleep {leftover} still runs");
+    // timeout (2 s) + grace (1 s) + slack for a loaded machine
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
 fn waiting_for_run_children_holds_no_daemon_thread_per_child() {
     let a = agent("runthreads");
     let threads = || {
