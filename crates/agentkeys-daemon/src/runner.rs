@@ -175,8 +175,19 @@ fn shareable_page(len: usize) -> std::io::Result<SecretPage> {
         .or_else(|_| SecretPage::with_kind(len, SecretPageKind::SealedMemfd))
 }
 
-/// Secret byte strings to scrub from captured output: each secret raw, in base64 (standard
-/// and URL-safe, padded or not) and in hex (lower and upper case). Kept in a secret page.
+/// Secret byte strings to scrub from captured output, kept in a secret page. Best effort: a
+/// program can always transform a value into something not recognised here. Covered, for
+/// each delivered secret:
+///
+/// - the secret raw, in hex (lower and upper case), and in base64 (standard and URL-safe,
+///   padded or not);
+/// - base64 of a longer string holding the secret (`user:KEY` in an HTTP Basic header,
+///   `KEY\n` from `echo | base64`): the secret sits at one of three byte alignments, and for
+///   each the characters fully determined by the secret's bits are a needle (up to two
+///   boundary characters on each side, which mix in neighbouring bytes, may remain);
+/// - all of these wrapped over lines (`base64` wraps at 76 columns, `openssl base64` at
+///   64): needles are matched with `\r` and `\n` left out of the output, and the whole
+///   original span, line breaks included, is replaced.
 pub struct Redactor {
     page: SecretPage,
     spans: Vec<(usize, usize, ServiceName)>,
@@ -184,18 +195,23 @@ pub struct Redactor {
 
 impl Redactor {
     fn new(secrets: &[(ServiceName, &[u8])]) -> std::io::Result<Self> {
-        let mut forms: Vec<(ServiceName, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        type Form = zeroize::Zeroizing<Vec<u8>>;
+        let mut forms: Vec<(ServiceName, Form)> = Vec::new();
         for (service, s) in secrets {
             if s.is_empty() {
                 continue;
             }
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let b64np = base64::engine::general_purpose::STANDARD_NO_PAD;
-            let url = base64::engine::general_purpose::URL_SAFE;
-            let urlnp = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            let mut all = vec![zeroize::Zeroizing::new(s.to_vec())];
-            for engine in [&b64, &b64np, &url, &urlnp] {
+            let mut all: Vec<Form> = vec![zeroize::Zeroizing::new(s.to_vec())];
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
                 all.push(zeroize::Zeroizing::new(engine.encode(s).into_bytes()));
+            }
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                for offset in 0..3 {
+                    all.push(shifted_base64(engine, s, offset));
+                }
             }
             let hex: zeroize::Zeroizing<String> =
                 zeroize::Zeroizing::new(s.iter().map(|b| format!("{b:02x}")).collect());
@@ -203,11 +219,16 @@ impl Redactor {
             all.push(zeroize::Zeroizing::new(
                 hex.to_ascii_uppercase().into_bytes(),
             ));
-            for f in all {
-                forms.push((service.clone(), f));
+            for mut f in all {
+                // Matched against the output with line breaks left out, so left out here too.
+                f.retain(|b| *b != b'\r' && *b != b'\n');
+                if !f.is_empty() {
+                    forms.push((service.clone(), f));
+                }
             }
         }
-        // Longest first, so a raw secret is not half-replaced inside its own encoding.
+        // Longest first: a match overlapping an earlier (longer) one is skipped, so a raw
+        // secret is not half-replaced inside its own encoding.
         forms.sort_by_key(|(_, f)| std::cmp::Reverse(f.len()));
         forms.dedup_by(|a, b| a.1 == b.1);
         let total = forms.iter().map(|(_, f)| f.len()).sum();
@@ -222,29 +243,77 @@ impl Redactor {
         Ok(Redactor { page, spans })
     }
 
-    /// Replaces every occurrence with `[REDACTED:<service>]`; returns how many.
-    fn redact(&self, out: &mut zeroize::Zeroizing<Vec<u8>>) -> usize {
-        let mut count = 0;
+    /// How many bytes past the output cap to keep, so that a needle starting before the cap
+    /// is matched whole: three times the longest needle (room for a line break of `\r\n`
+    /// after each of its characters).
+    fn slack(&self) -> usize {
+        3 * self.spans.first().map_or(0, |(_, len, _)| *len)
+    }
+
+    /// Replaces every occurrence in `out` with `[REDACTED:<service>]`, then keeps only what
+    /// came from the first `cap` bytes of `out` (a match starting before the cap is replaced
+    /// whole). Returns how many were replaced.
+    fn redact(&self, out: &mut zeroize::Zeroizing<Vec<u8>>, cap: usize) -> usize {
+        // The output without line breaks, and where each of its bytes came from.
+        let mut view = zeroize::Zeroizing::new(Vec::with_capacity(out.len()));
+        let mut origin = Vec::with_capacity(out.len());
+        for (i, &b) in out.iter().enumerate() {
+            if b != b'\r' && b != b'\n' {
+                view.push(b);
+                origin.push(i);
+            }
+        }
+        // Matched spans of `out`, by start: [start, end) and the service.
+        let mut found: std::collections::BTreeMap<usize, (usize, &ServiceName)> =
+            std::collections::BTreeMap::new();
         for (at, len, service) in &self.spans {
             let needle = &self.page.expose_secret()[*at..*at + *len];
-            let finder = memchr::memmem::Finder::new(needle);
-            if finder.find(out).is_none() {
-                continue;
+            for i in memchr::memmem::find_iter(&view, needle) {
+                let (start, end) = (origin[i], origin[i + len - 1] + 1);
+                // Found spans never overlap, so only the last one starting before `end`
+                // can overlap this one.
+                let overlaps = found
+                    .range(..end)
+                    .next_back()
+                    .is_some_and(|(_, (e, _))| *e > start);
+                if !overlaps {
+                    found.insert(start, (end, service));
+                }
             }
-            let mark = format!("[REDACTED:{service}]");
-            let mut result = zeroize::Zeroizing::new(Vec::with_capacity(out.len()));
-            let mut rest: &[u8] = out;
-            while let Some(i) = finder.find(rest) {
-                result.extend_from_slice(&rest[..i]);
-                result.extend_from_slice(mark.as_bytes());
-                rest = &rest[i + needle.len()..];
-                count += 1;
-            }
-            result.extend_from_slice(rest);
-            *out = result;
         }
+        let keep = cap.min(out.len());
+        let mut result = zeroize::Zeroizing::new(Vec::with_capacity(keep + 64));
+        let mut pos = 0;
+        let mut count = 0;
+        for (&start, &(end, service)) in found.range(..keep) {
+            result.extend_from_slice(&out[pos..start]);
+            result.extend_from_slice(format!("[REDACTED:{service}]").as_bytes());
+            pos = end;
+            count += 1;
+        }
+        if pos < keep {
+            result.extend_from_slice(&out[pos..keep]);
+        }
+        *out = result;
         count
     }
+}
+
+/// The characters of base64(`[0; offset] ++ secret`) that depend on the secret's bits only:
+/// character `i` covers input bits `[6i, 6i + 6)`, kept iff `6i >= 8 * offset` and
+/// `6i + 6 <= 8 * (offset + len)`. This is what any base64 of a string holding the secret at
+/// that alignment (mod 3) contains.
+fn shifted_base64(
+    engine: &base64::engine::GeneralPurpose,
+    secret: &[u8],
+    offset: usize,
+) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut input = zeroize::Zeroizing::new(vec![0u8; offset]);
+    input.extend_from_slice(secret);
+    let encoded = zeroize::Zeroizing::new(engine.encode(&*input).into_bytes());
+    let first = (8 * offset).div_ceil(6);
+    let last = 8 * (offset + secret.len()) / 6;
+    zeroize::Zeroizing::new(encoded.get(first..last).unwrap_or_default().to_vec())
 }
 
 /// Starts `spec` with `stdio` as the child's 0, 1, 2. With `redact`, returns a
@@ -684,9 +753,12 @@ pub async fn run_captured(
     let (running, redactor) =
         start(daemon, conn, request, spec, [devnull, out_w, err_w], true).await?;
     let cap = daemon.config.run_max_output;
+    // Redaction comes before truncation: keep enough past the cap to see a secret that
+    // straddles it whole.
+    let keep = cap + redactor.as_ref().map_or(0, Redactor::slack);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stdout = tokio::spawn(capture(out_r, cap, stopped.clone()));
-    let stderr = tokio::spawn(capture(err_r, cap, stopped));
+    let stdout = tokio::spawn(capture(out_r, keep, stopped.clone()));
+    let stderr = tokio::spawn(capture(err_r, keep, stopped));
     let mut timed_out = false;
     let exit = match tokio::time::timeout(timeout, wait(daemon, &running)).await {
         Ok(exit) => exit,
@@ -704,7 +776,14 @@ pub async fn run_captured(
     stopper.abort();
     let leftovers_stopped = stop_leftovers(daemon, running.pid).await;
     let (mut out_kept, mut err_kept) = (out.kept, err.kept);
-    let redacted = redactor.map_or(0, |r| r.redact(&mut out_kept) + r.redact(&mut err_kept));
+    let redacted = match &redactor {
+        Some(r) => r.redact(&mut out_kept, cap) + r.redact(&mut err_kept, cap),
+        None => {
+            out_kept.truncate(cap);
+            err_kept.truncate(cap);
+            0
+        }
+    };
     let mut result = exit.to_json();
     result["stdout"] = json!(String::from_utf8_lossy(&out_kept));
     result["stderr"] = json!(String::from_utf8_lossy(&err_kept));
@@ -824,20 +903,138 @@ mod tests {
         assert_eq!(names, ["OPENAI_API_KEY", "GH"]);
     }
 
+    fn openai() -> ServiceName {
+        ServiceName::parse("openai").unwrap()
+    }
+
+    fn bytes(s: &str) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(s.as_bytes().to_vec())
+    }
+
     #[test]
     fn every_encoding_of_a_secret_is_redacted() {
-        let s = ServiceName::parse("openai").unwrap();
         let secret = b"sk-redact-me-123";
-        let r = Redactor::new(&[(s, secret.as_slice())]).unwrap();
+        let r = Redactor::new(&[(openai(), secret.as_slice())]).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
         let hex: String = secret.iter().map(|b| format!("{b:02X}")).collect();
-        let mut out = zeroize::Zeroizing::new(
-            format!("a {} b {b64} c {hex} d", String::from_utf8_lossy(secret)).into_bytes(),
-        );
-        assert_eq!(r.redact(&mut out), 3);
+        let mut out = bytes(&format!(
+            "a {} b {b64} c {hex} d",
+            String::from_utf8_lossy(secret)
+        ));
+        assert_eq!(r.redact(&mut out, 1000), 3);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "a [REDACTED:openai] b [REDACTED:openai] c [REDACTED:openai] d"
         );
+    }
+
+    #[test]
+    fn a_secret_straddling_the_cap_is_redacted_before_the_output_is_cut() {
+        let secret = "sk-straddle-0123456789";
+        let r = Redactor::new(&[(openai(), secret.as_bytes())]).unwrap();
+        let cap = 20;
+        let whole = format!("{}{secret} and more", "x".repeat(15));
+        // What capture keeps: the cap plus the redactor's slack.
+        let mut out = bytes(&whole[..whole.len().min(cap + r.slack())]);
+        assert_eq!(r.redact(&mut out, cap), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{}[REDACTED:openai]", "x".repeat(15))
+        );
+        // Past the cap nothing is kept, secret or not.
+        let mut out = bytes(&format!("{}{secret}", "x".repeat(25)));
+        assert_eq!(r.redact(&mut out, cap), 0);
+        assert_eq!(String::from_utf8_lossy(&out), "x".repeat(20));
+    }
+
+    /// `text` broken into lines of `width` characters, each ended by `eol`.
+    fn wrapped(text: &str, width: usize, eol: &str) -> String {
+        text.as_bytes()
+            .chunks(width)
+            .map(|line| format!("{}{eol}", String::from_utf8_lossy(line)))
+            .collect()
+    }
+
+    #[test]
+    fn line_wrapped_base64_is_redacted_whole() {
+        let secret = "sk-wrapped-".repeat(8); // 88 bytes: 120 base64 characters
+        let r = Redactor::new(&[(openai(), secret.as_bytes())]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&secret);
+        for (width, eol) in [(76, "\n"), (64, "\n"), (64, "\r\n")] {
+            let mut out = bytes(&format!("before\n{}after\n", wrapped(&b64, width, eol)));
+            assert_eq!(r.redact(&mut out, 1000), 1, "wrapped at {width}");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                format!("before\n[REDACTED:openai]{eol}after\n"),
+                "wrapped at {width}"
+            );
+        }
+    }
+
+    /// Checks that base64 of `prefix ++ secret` (one engine) loses everything the secret
+    /// determines: what is left is the prefix's own characters, the mark, and at most the
+    /// one partial character and the padding.
+    fn assert_redacted_after_prefix(
+        r: &Redactor,
+        engine: &base64::engine::GeneralPurpose,
+        prefix: &str,
+        secret: &str,
+    ) {
+        let encoded = engine.encode(format!("{prefix}{secret}"));
+        let mut out = bytes(&format!("Authorization: Basic {encoded}\n"));
+        assert_eq!(r.redact(&mut out, 1000), 1, "prefix {prefix:?}: {encoded}");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let rest = text
+            .strip_prefix("Authorization: Basic ")
+            .and_then(|t| t.strip_suffix('\n'))
+            .unwrap();
+        let (head, tail) = rest.split_once("[REDACTED:openai]").unwrap();
+        let prefix_chars = (8 * prefix.len()).div_ceil(6);
+        assert_eq!(head, &encoded[..prefix_chars], "prefix {prefix:?}: {text}");
+        assert!(tail.len() <= 3, "prefix {prefix:?}: {text}");
+    }
+
+    #[test]
+    fn base64_of_a_longer_string_holding_the_secret_is_redacted_at_every_alignment() {
+        let secret = "sk-basic-auth-0123456789abcdef";
+        let r = Redactor::new(&[(openai(), secret.as_bytes())]).unwrap();
+        let standard = base64::engine::general_purpose::STANDARD;
+        for n in 0..=5 {
+            // `curl -u user:KEY` sends base64("user:KEY"): the prefix is "user:" (5).
+            assert_redacted_after_prefix(&r, &standard, &"user:"[..n], secret);
+        }
+        // `echo "$KEY" | base64`: the secret (30 bytes, 40 characters) and a newline.
+        let encoded = standard.encode(format!("{secret}\n"));
+        let mut out = bytes(&encoded);
+        assert_eq!(r.redact(&mut out, 1000), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("[REDACTED:openai]{}", &encoded[40..])
+        );
+    }
+
+    #[test]
+    fn url_safe_base64_is_redacted_at_every_alignment() {
+        // '>' and '?' encode to '+' and '/' in the standard alphabet, '-' and '_' here.
+        let secret = "sk-url-safe->>>???~~~-0123";
+        let r = Redactor::new(&[(openai(), secret.as_bytes())]).unwrap();
+        let url = base64::engine::general_purpose::URL_SAFE;
+        for n in 0..=5 {
+            let prefix = &"user:"[..n];
+            let encoded = url.encode(format!("{prefix}{secret}"));
+            assert!(encoded.contains(['-', '_']), "{encoded}");
+            assert_redacted_after_prefix(&r, &url, prefix, secret);
+        }
+    }
+
+    #[test]
+    fn shifted_forms_keep_only_the_characters_the_secret_determines() {
+        let standard = base64::engine::general_purpose::STANDARD_NO_PAD;
+        // "abc" at offset 0 is the whole "YWJj". At offset 1 it holds bits 8..32 of
+        // base64("\0abc") = "AGFiYw": characters 2, 3 and 4 lie inside them. At offset 2,
+        // bits 16..40 of "AABhYmM": characters 3, 4 and 5.
+        assert_eq!(&*shifted_base64(&standard, b"abc", 0), b"YWJj");
+        assert_eq!(&*shifted_base64(&standard, b"abc", 1), b"FiY");
+        assert_eq!(&*shifted_base64(&standard, b"abc", 2), b"hYm");
     }
 }

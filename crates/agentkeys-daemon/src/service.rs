@@ -163,7 +163,8 @@ impl Mcp {
         description = "Run a command with credentials in its environment, without ever \
         seeing them: each service becomes <SERVICE>_API_KEY (e.g. OPENAI_API_KEY). Returns \
         the exit code and the captured stdout/stderr (size-capped), with every credential \
-        value (also in base64 or hex) replaced by [REDACTED:<service>]."
+        value (also in base64, wrapped or embedded, or hex; best effort) replaced by \
+        [REDACTED:<service>]."
     )]
     async fn run(
         &self,

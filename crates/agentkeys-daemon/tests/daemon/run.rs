@@ -258,6 +258,65 @@ fn the_mcp_run_tool_redacts_every_form_of_the_secret() {
     assert_eq!(result["signal"], 15);
 }
 
+/// The base64 characters (both alphabets) that `value`'s bits alone determine when it sits
+/// at byte alignment `offset` (mod 3) inside a longer string, less one at each end.
+fn inner_base64(value: &str, offset: usize) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut input = vec![0u8; offset];
+    input.extend_from_slice(value.as_bytes());
+    let first = (8 * offset).div_ceil(6) + 1;
+    let last = 8 * (offset + value.len()) / 6 - 1;
+    [
+        STANDARD_NO_PAD.encode(&input),
+        URL_SAFE_NO_PAD.encode(&input),
+    ]
+    .into_iter()
+    .map(|e| e[first..last].to_owned())
+    .collect()
+}
+
+#[test]
+fn the_mcp_run_tool_redacts_wrapped_embedded_and_cut_off_forms() {
+    let a = agent_configured("runwrap", "[run]\nmax_output = 1000\n");
+    let mut c = a.d.client();
+    c.initialize();
+    let script = "K=\"$OPENAI_API_KEY\"; \
+                  printf %s \"$K$K$K\" | base64 -w 16; \
+                  printf %s \"$K$K$K\" | openssl base64; \
+                  printf 'user:%s' \"$K\" | base64 -w0; echo; \
+                  printf '%0990d' 0 >&2; printf %s \"$K\" >&2";
+    let (is_error, body) = c.tool(
+        "run",
+        json!({"argv": ["sh", "-c", script], "services": ["openai"], "timeout_s": 30}),
+    );
+    assert!(!is_error, "{body}");
+    let result: Value = serde_json::from_str(&body).unwrap();
+    // The secret straddled the 1000-byte cap of stderr: none of it is left.
+    assert_eq!(
+        result["stderr"],
+        format!("{}[REDACTED:openai]", "0".repeat(990)),
+        "{result}"
+    );
+    assert_eq!(result["truncated"], true, "{result}");
+    // Three copies wrapped at 16 columns, three at 64 (openssl), one after "user:".
+    assert_eq!(result["redacted"], 8, "{result}");
+    let stdout: String = result["stdout"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .filter(|c| *c != '\n')
+        .collect();
+    for offset in 0..3 {
+        for inner in inner_base64(&a.value, offset) {
+            for window in inner.as_bytes().windows(8) {
+                let window = std::str::from_utf8(window).unwrap();
+                assert!(!stdout.contains(window), "{window} left in {stdout}");
+            }
+        }
+    }
+}
+
 #[test]
 fn run_fd_hands_the_rust_runtime_its_credential_once() {
     let a = agent("runfdrust");
