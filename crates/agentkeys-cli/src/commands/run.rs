@@ -139,14 +139,9 @@ pub async fn run(args: RunArgs) -> CliResult {
     }))
     .map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
     line.push(b'\n');
-    send_request(&stream, &line).map_err(|e| unreachable(&path, &e))?;
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| unreachable(&path, &e))?;
-    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| unreachable(&path, &e))?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-
+    // The signals to forward are caught from before the request leaves: a Ctrl-C that
+    // arrives while the daemon is still starting the command must not kill this process
+    // and leave the command running.
     let mut forwarded = Vec::new();
     for kind in [
         SignalKind::interrupt(),
@@ -160,6 +155,13 @@ pub async fn run(args: RunArgs) -> CliResult {
         let s = signal(kind).map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
         forwarded.push((kind.as_raw_value(), s));
     }
+    send_request(&stream, &line).map_err(|e| unreachable(&path, &e))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| unreachable(&path, &e))?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| unreachable(&path, &e))?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
 
     let gone = || {
         CliError::new(
@@ -170,6 +172,8 @@ pub async fn run(args: RunArgs) -> CliResult {
         .hint("see 'agentkeys-daemon status' and the daemon's log; the command may still run")
     };
     let mut pid: Option<u64> = None;
+    // Signals caught before the daemon named the command's pid, forwarded once it does.
+    let mut early: Vec<i32> = Vec::new();
     let mut next_id = 2u64;
     loop {
         let received = {
@@ -189,24 +193,41 @@ pub async fn run(args: RunArgs) -> CliResult {
                         return Err(refused(&v["error"]));
                     }
                     pid = v["result"]["pid"].as_u64();
+                    if let Some(pid) = pid {
+                        for number in std::mem::take(&mut early) {
+                            forward(&mut write, &mut next_id, pid, number)
+                                .await
+                                .map_err(|_| gone())?;
+                        }
+                    }
                 } else if v["method"] == "agentkeys/exit" {
                     finish(&v["params"]);
                 }
             }
             Event::Line(_) => return Err(gone()),
-            Event::Signal(number) => {
-                let Some(pid) = pid else { continue };
-                let body = json!({"jsonrpc": "2.0", "id": next_id, "method": "agentkeys/signal",
-                    "params": {"pid": pid, "signal": number}});
-                next_id += 1;
-                let mut bytes = body.to_string().into_bytes();
-                bytes.push(b'\n');
-                if write.write_all(&bytes).await.is_err() {
-                    return Err(gone());
-                }
-            }
+            Event::Signal(number) => match pid {
+                Some(pid) => forward(&mut write, &mut next_id, pid, number)
+                    .await
+                    .map_err(|_| gone())?,
+                None => early.push(number),
+            },
         }
     }
+}
+
+/// Sends `agentkeys/signal {pid, signal}` with the next request id.
+async fn forward(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    next_id: &mut u64,
+    pid: u64,
+    number: i32,
+) -> std::io::Result<()> {
+    let body = json!({"jsonrpc": "2.0", "id": *next_id, "method": "agentkeys/signal",
+        "params": {"pid": pid, "signal": number}});
+    *next_id += 1;
+    let mut bytes = body.to_string().into_bytes();
+    bytes.push(b'\n');
+    write.write_all(&bytes).await
 }
 
 enum Event {

@@ -146,6 +146,70 @@ fn signals_pass_through_both_ways() {
     assert_eq!(cli.wait().unwrap().code(), Some(42));
 }
 
+/// Whether `signal` is still pending (not yet delivered) for process `pid`.
+fn signal_pending(pid: u32, signal: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+#[test]
+fn a_signal_caught_before_the_daemon_answers_is_forwarded_once_it_does() {
+    // A stand-in daemon, so the test decides when the answer comes.
+    let dir = TempDir::new("agentkeys-test-fake-daemon");
+    let socket = dir.path().join("daemon.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mut cli = Command::new(cli_bin())
+        .args(["run", "--", "true"])
+        .env("AGENTKEYS_SOCKET", &socket)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap(); // its descriptors are dropped with the message
+    assert!(line.contains("agentkeys/run"), "{line}");
+
+    // Ctrl-C while the daemon is still starting the command.
+    Command::new("kill")
+        .args(["-INT", &cli.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while signal_pending(cli.id(), 2) {
+        assert!(Instant::now() < deadline, "SIGINT never delivered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writeln!(
+        stream,
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"pid":4242}}}}"#
+    )
+    .unwrap();
+    line.clear();
+    let read = reader.read_line(&mut line);
+    let forwarded: Option<Value> = read.ok().and_then(|_| serde_json::from_str(&line).ok());
+    writeln!(
+        stream,
+        r#"{{"jsonrpc":"2.0","method":"agentkeys/exit","params":{{"pid":4242,"code":0}}}}"#
+    )
+    .unwrap();
+    let status = cli.wait().unwrap();
+    let forwarded = forwarded.unwrap_or_else(|| panic!("nothing forwarded: {line:?}"));
+    assert_eq!(forwarded["method"], "agentkeys/signal", "{forwarded}");
+    assert_eq!(forwarded["params"], json!({"pid": 4242, "signal": 2}));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
 #[test]
 fn the_cli_never_holds_the_credential_while_the_command_runs() {
     let a = agent("runmem");
