@@ -96,13 +96,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// What `serve`'s flags relax. A root daemon that lets other uids connect keeps the two
-/// capabilities it needs to start their `run` commands under their own uid.
+/// What `serve`'s flags relax. A daemon that lets other uids connect, and is root or was
+/// given `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`, keeps those three to start their `run`
+/// commands under their own uid and to stop them.
 fn policy(serve: &ServeArgs, config: &Config) -> DaemonPolicy {
     DaemonPolicy {
         allow_debugger: serve.allow_debugger,
         require_ptrace_scope: serve.require_ptrace_scope,
-        keep_setid: rustix::process::geteuid().is_root() && !config.allow_uids.is_empty(),
+        keep_setid: !config.allow_uids.is_empty() && agentkeys_secmem::harden::may_run_as_others(),
     }
 }
 

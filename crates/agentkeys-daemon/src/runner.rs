@@ -336,13 +336,14 @@ pub async fn start(
     let own_uid = rustix::process::geteuid().as_raw();
     let ids = if conn.peer.uid == own_uid {
         None
-    } else if own_uid == 0 {
+    } else if agentkeys_secmem::harden::can_run_as_others() {
         Some((conn.peer.uid, conn.gid))
     } else {
         return Err(refusal(
             "DENIED",
-            "run is only offered to the daemon's own uid (or by a root daemon, which starts \
-             the command as the caller's uid)",
+            "run is only offered to the daemon's own uid, unless the daemon holds CAP_SETUID, \
+             CAP_SETGID and CAP_KILL (root, or its own user given them as ambient \
+             capabilities): then it starts the command as the caller's uid",
         ));
     };
     // The program is looked up in the child, as the caller's uid and from its working

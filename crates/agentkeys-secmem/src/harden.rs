@@ -117,7 +117,8 @@ pub struct DaemonPolicy {
     pub allow_debugger: bool,
     /// Refuse to start unless Yama's `ptrace_scope` is at least 1 (`--require-ptrace-scope`).
     pub require_ptrace_scope: bool,
-    /// Keep `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL` (a root daemon that starts `run`
+    /// Keep `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL` where the process has them (a daemon,
+    /// root or a user given them, that starts `run`
     /// commands under an allowed caller's uid, and must be able to signal them: the kernel
     /// lets uid 0 signal another uid's process only with `CAP_KILL`).
     pub keep_setid: bool,
@@ -252,13 +253,36 @@ fn pkeys(r: &mut HardeningReport, detail: &str) {
     }
 }
 
+/// The capabilities that let a daemon start an allowed caller's `run` command under the
+/// caller's uid and signal it: `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`.
+fn run_as_others_caps() -> rustix::thread::CapabilitySet {
+    use rustix::thread::CapabilitySet;
+    CapabilitySet::SETUID | CapabilitySet::SETGID | CapabilitySet::KILL
+}
+
+/// Whether this process may be given, or holds, what it takes to run another uid's
+/// commands: root, or the three capabilities (`run_as_others_caps`) in its permitted set
+/// (a daemon user started with them as ambient capabilities, systemd
+/// `AmbientCapabilities=`).
+pub fn may_run_as_others() -> bool {
+    rustix::process::geteuid().is_root()
+        || rustix::thread::capabilities(None)
+            .is_ok_and(|c| c.permitted.contains(run_as_others_caps()))
+}
+
+/// Whether this process can start a command under another uid and signal it now: the
+/// three capabilities are effective (kept by [`harden_daemon`] with `keep_setid`).
+pub fn can_run_as_others() -> bool {
+    rustix::thread::capabilities(None).is_ok_and(|c| c.effective.contains(run_as_others_caps()))
+}
+
 /// Drops every capability (bounding, ambient, inheritable, effective, permitted), except
 /// `CAP_SETUID`/`CAP_SETGID`/`CAP_KILL` when `keep_setid`. `CAP_KILL` adds no power a
 /// process holding `CAP_SETUID` lacks (it could become the target's uid and signal it).
 fn drop_capabilities(keep_setid: bool) -> io::Result<String> {
     use rustix::thread::{CapabilitySet, CapabilitySets};
     let keep = if keep_setid {
-        CapabilitySet::SETUID | CapabilitySet::SETGID | CapabilitySet::KILL
+        run_as_others_caps()
     } else {
         CapabilitySet::empty()
     };

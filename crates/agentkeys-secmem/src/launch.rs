@@ -375,7 +375,10 @@ mod tests {
     #[test]
     fn a_child_whose_pidfd_cannot_be_opened_is_killed_and_reaped() {
         let Some(before) = my_children() else {
-            println!("skipped: no /proc/self/task/<tid>/children on this kernel");
+            crate::skipped(
+                "launch::tests::a_child_whose_pidfd_cannot_be_opened_is_killed_and_reaped",
+                "no /proc/self/task/<tid>/children on this kernel",
+            );
             return;
         };
         assert_eq!(
@@ -468,7 +471,7 @@ mod tests {
     fn as_root() -> bool {
         let root = rustix::process::geteuid().is_root();
         if !root {
-            println!("skipped: switching uids needs root");
+            crate::skipped("launch::tests (uid switch)", "switching uids needs root");
         }
         root
     }

@@ -40,10 +40,11 @@ fn daemon_as_its_own_uid(
 ) -> DaemonProc {
     let socket = sock_dir.path().join("daemon.sock");
     let mut wrapper = as_uid(DAEMON_UID);
-    // The capabilities to start an allowed caller's `run` commands under its own uid.
+    // The capabilities to start an allowed caller's `run` commands under its own uid and
+    // to stop them (docs/daemon.md, "Deployment").
     wrapper.extend([
-        "--inh-caps=+setuid,+setgid".into(),
-        "--ambient-caps=+setuid,+setgid".into(),
+        "--inh-caps=+setuid,+setgid,+kill".into(),
+        "--ambient-caps=+setuid,+setgid,+kill".into(),
     ]);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let mut args = vec!["--socket", socket.to_str().unwrap()];
@@ -200,4 +201,90 @@ fn a_same_uid_process_takes_the_stored_session_but_not_an_ephemeral_one() {
             assert_eq!(thief.serving(), wallet, "the stored session was taken");
         }
     }
+}
+
+#[test]
+fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = dir_of(DAEMON_UID);
+    let sock_dir = dir_of(DAEMON_UID);
+    let agent_uid = AGENT_UID.to_string();
+    let config = home.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n",
+    )
+    .unwrap();
+    let d = daemon_as_its_own_uid(
+        &server.url,
+        &home,
+        &sock_dir,
+        &[
+            "--allow-uid",
+            &agent_uid,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let (code, _) = d.code();
+    assert!(
+        master
+            .approve(&code, &["--scope", "openai"])
+            .status
+            .success()
+    );
+    let wallet = d.serving();
+    let value = canary("deployrun");
+    master.store("openai", &value, &["--agent", &wallet]);
+    // The daemon kept exactly the three it needs.
+    let caps = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let eff = caps.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert_eq!(
+        eff, "CapEff:\t00000000000000e0",
+        "CAP_KILL, CAP_SETGID, CAP_SETUID only"
+    );
+
+    // The agent's command runs as the agent, with its credential, and no capability.
+    let agent = as_uid(AGENT_UID);
+    let out = Command::new(&agent[0])
+        .args(&agent[1..])
+        .arg(cli_bin())
+        .args(["run", "--service", "openai", "--", "sh", "-c"])
+        .arg("id -u; echo ${#OPENAI_API_KEY}; grep CapEff /proc/self/status")
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], agent_uid, "the command runs as the caller");
+    assert_eq!(lines[1], value.len().to_string());
+    assert_eq!(lines[2], "CapEff:\t0000000000000000");
+
+    // Revocation reaches the agent's command although it runs under another uid (CAP_KILL).
+    let mut long = Command::new(&agent[0])
+        .args(&agent[1..])
+        .arg(cli_bin())
+        .args(["run", "--service", "openai", "--", "sh", "-c"])
+        .arg("trap '' TERM; echo $$; while :; do sleep 0.1; done")
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .current_dir("/")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(long.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let pid: u32 = first.trim().parse().unwrap();
+    assert!(master.cli(&["revoke", &wallet]).status.success());
+    assert!(
+        dies_within(pid, std::time::Duration::from_secs(10)),
+        "the agent's command survived the revocation"
+    );
+    let _ = long.wait();
 }

@@ -497,7 +497,10 @@ const NOBODY: &str = "65534";
 /// a `skipped:` line) where the tests do not run as root.
 fn agent_serving_nobody(tag: &str) -> Option<Agent> {
     if !rustix::process::geteuid().is_root() {
-        println!("skipped: a daemon serving another uid must run as root");
+        agentkeys_testkit::machine::skipped(
+            "run (a daemon serving another uid)",
+            "a daemon serving another uid must run as root",
+        );
         return None;
     }
     let server = start_server(&[]);
