@@ -3,7 +3,9 @@
 # run the quickstart against it (session, store, read, pairing, scope, high-value
 # approval, audit, revocation), then the same story through the master CLI `agentkeys`,
 # then "give an agent a credential": a daemon in its own home pairs, the master approves,
-# and an MCP client gets the credential through the daemon. Then everything stops.
+# and an MCP client gets the credential through the daemon. Run as root, the daemon and the
+# agent each get a system user of their own (created for the demo, removed at the end), as
+# docs/daemon.md recommends. Then everything stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "building agentkeys-server, the agentkeys CLI and the quickstart (the first build takes a few minutes on 2 cores)..." >&2
@@ -14,11 +16,15 @@ server=$!
 home=$(mktemp -d)
 agent_home=$(mktemp -d)
 daemon=
+created_users=()
+shared=
+sock_dir=
 cleanup() {
   [ -n "$daemon" ] && { kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; }
   AGENTKEYS_HOME="$home" ./target/debug/agentkeys revoke >/dev/null 2>&1 || true
   kill $server 2>/dev/null; wait $server 2>/dev/null
-  rm -rf "$log" "$log.out" "$log.daemon" "$home" "$agent_home"
+  rm -rf "$log" "$log.out" "$log.daemon" "$home" "$agent_home" ${shared:+"$shared"} ${sock_dir:+"$sock_dir"}
+  for u in "${created_users[@]}"; do userdel "$u" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 for _ in $(seq 1 200); do
@@ -60,12 +66,54 @@ rm -f "$log.approval"
 echo
 echo "== give an agent a credential =="
 step() { echo; echo "-- $*" >&2; }
+# The deployment docs/daemon.md recommends: the daemon under a uid of its own, the agent
+# under another, the master (this shell) under a third. Any process of the daemon's uid
+# could open the session it keeps; any process of the master's uid, the master session.
+as_daemon=()
+as_agent=()
+bin="$PWD/target/debug"
+pydir="$PWD/clients/python"
+demo_client="$PWD/scripts/mcp-demo-client.py"
+daemon_home="$agent_home"
+socket="$agent_home/run/daemon.sock"
+serve_args=(--ephemeral)
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && command -v useradd >/dev/null; then
+  for u in agentkeys-demo-daemon agentkeys-demo-agent; do
+    if ! id "$u" >/dev/null 2>&1; then
+      useradd --system --no-create-home --shell /usr/sbin/nologin "$u"
+      created_users+=("$u")
+    fi
+  done
+  # Copies both users can read (the checkout may sit under a private home).
+  shared=$(mktemp -d); chmod 755 "$shared"
+  cp target/debug/agentkeys target/debug/agentkeys-daemon scripts/mcp-demo-client.py "$shared/"
+  cp -r clients/python "$shared/python"
+  chmod -R a+rX "$shared"
+  bin="$shared"; pydir="$shared/python"; demo_client="$shared/mcp-demo-client.py"
+  chown agentkeys-demo-daemon: "$daemon_home"; chmod 700 "$daemon_home"
+  sock_dir=$(mktemp -d); chown agentkeys-demo-daemon: "$sock_dir"
+  socket="$sock_dir/daemon.sock"
+  agent_uid=$(id -u agentkeys-demo-agent)
+  as_daemon=(setpriv --reuid=agentkeys-demo-daemon --regid=agentkeys-demo-daemon --init-groups
+             --inh-caps=+setuid,+setgid,+kill --ambient-caps=+setuid,+setgid,+kill)
+  as_agent=(setpriv --reuid=agentkeys-demo-agent --regid=agentkeys-demo-agent --init-groups)
+  serve_args=(--allow-uid "$agent_uid")
+  echo "deployment: the daemon runs as system user agentkeys-demo-daemon (home $daemon_home, 0700;" \
+       "CAP_SETUID, CAP_SETGID and CAP_KILL to run the agent's commands as the agent), the agent" \
+       "as agentkeys-demo-agent (uid $agent_uid, let in with --allow-uid), the master as $(id -un)." \
+       "${created_users[*]:+Created for this demo and removed at the end: ${created_users[*]}.}" >&2
+else
+  echo "deployment: not root, so the daemon and the agent run as $(id -un), like the master;" \
+       "the daemon keeps the agent session in memory only (--ephemeral). See docs/daemon.md," \
+       "'Deployment', for the separate uids to use outside a demo." >&2
+fi
+export AGENTKEYS_SOCKET="$socket"
 step "1. a master initializes and stores a credential"
 AGENTKEYS_AUTH_TOKEN=demo-agent-owner ak init
 printf %s "sk-agent-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')" | ak store openai
-step "2. the daemon starts in the agent's sandbox (its own AGENTKEYS_HOME) and asks to pair"
-export AGENTKEYS_SOCKET="$agent_home/run/daemon.sock"
-AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon serve 2>"$log.daemon" &
+step "2. the daemon starts (its own home, its own uid where possible) and asks to pair"
+"${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" serve \
+  --server "$AGENTKEYS_SERVER" --socket "$socket" "${serve_args[@]}" 2>"$log.daemon" &
 daemon=$!
 for _ in $(seq 1 200); do grep -q "approve with" "$log.daemon" && break; sleep 0.05; done
 cat "$log.daemon" >&2
@@ -75,18 +123,19 @@ ak approve "$code" --scope openai --yes
 for _ in $(seq 1 200); do grep -q "serving agent" "$log.daemon" && break; sleep 0.05; done
 grep "serving agent" "$log.daemon" >&2
 step "4. an MCP client (the agent) connects through 'agentkeys-daemon mcp'"
-echo "openai github" | python3 scripts/mcp-demo-client.py ./target/debug/agentkeys-daemon mcp
+echo "openai github" | "${as_agent[@]}" env AGENTKEYS_SOCKET="$socket" \
+  python3 "$demo_client" "$bin/agentkeys-daemon" mcp
 step "5. the agent runs a command through the daemon: 'agentkeys run' never holds the key"
-echo "\$ agentkeys run --service openai -- sh -c 'echo \"OPENAI_API_KEY: \${#OPENAI_API_KEY} characters\"; exit 3'" >&2
+echo "\$ agentkeys run --service openai -- sh -c 'echo \"uid \$(id -u); OPENAI_API_KEY: \${#OPENAI_API_KEY} characters\"; exit 3'" >&2
 set +e
-AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys run --service openai -- \
-  sh -c 'echo "OPENAI_API_KEY: ${#OPENAI_API_KEY} characters"; exit 3'
+(cd / && "${as_agent[@]}" env AGENTKEYS_SOCKET="$socket" "$bin/agentkeys" run --service openai -- \
+  sh -c 'echo "uid $(id -u); OPENAI_API_KEY: ${#OPENAI_API_KEY} characters"; exit 3')
 rc=$?
 set -e
 [ "$rc" = 3 ] || { echo "expected the command's exit status 3, got $rc" >&2; exit 1; }
-echo "(exit status $rc passed through)" >&2
+echo "(exit status $rc passed through; the command ran as the agent's uid)" >&2
 step "6. a Python agent gets it as a memfd_secret fd (clients/python, stdlib only), used in place and wiped"
-PYTHONPATH=clients/python python3 - <<'PY'
+"${as_agent[@]}" env AGENTKEYS_SOCKET="$socket" PYTHONPATH="$pydir" python3 - <<'PY'
 from agentkeys_runtime import Client
 with Client() as client:
     cred = client.get_credential("openai")
@@ -96,10 +145,10 @@ with Client() as client:
 print("after the block: mapping zeroed, unmapped, fd closed")
 PY
 step "7. the daemon's status and its audit trail (fetch, deliver, drop; never the value)"
-AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon status
-AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon audit | tail -8
-AGENTKEYS_HOME="$agent_home" ./target/debug/agentkeys-daemon audit --verify
-step "8. SIGTERM: the daemon wipes what it holds and stops"
+"${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" status --socket "$socket"
+"${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" audit | tail -8
+"${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" audit --verify --socket "$socket"
+step "8. SIGTERM: the daemon wipes what it holds, anchors its trail, and stops"
 kill -TERM $daemon; wait $daemon; daemon=
 tail -1 "$log.daemon" >&2
 echo "demo: OK" >&2

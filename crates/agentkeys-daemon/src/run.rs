@@ -476,6 +476,9 @@ async fn find_anchor(home: &Path, socket: &Path) -> Option<(u64, String)> {
 async fn audit(home: &Path, socket: &Path, verify: bool, as_json: bool) -> Result<(), DaemonError> {
     let path = &trail_path(home);
     if verify {
+        // The anchor first: asking the running daemon appends to the trail, and the chain
+        // checked below then covers the anchored line.
+        let anchor = find_anchor(home, socket).await;
         let v = trail::verify(path).map_err(|e| {
             DaemonError::new("IO", 1, format!("cannot read {}: {e}", path.display()))
         })?;
@@ -496,7 +499,6 @@ async fn audit(home: &Path, socket: &Path, verify: bool, as_json: bool) -> Resul
         }
         // A chain that holds can still be a truncated or recomputed one: compare it with
         // the head the daemon anchored in the server's audit log.
-        let anchor = find_anchor(home, socket).await;
         let verdict = match &anchor {
             Some((seq, hash)) => trail::check_anchor(path, *seq, hash).map_err(|e| {
                 DaemonError::new("IO", 1, format!("cannot read {}: {e}", path.display()))
