@@ -734,7 +734,7 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// redacted.
 ///
 /// Output capture is bounded too: once the child is gone (exited, or stopped at the
-/// timeout), the pipes are read for at most [`DRAIN`] more, then capture stops whoever
+/// timeout), the pipes are read for at most one second (`DRAIN`) more, then capture stops whoever
 /// still holds them; and whatever is left in the child's process group (it holds the
 /// credentials) gets SIGTERM, then SIGKILL after `kill_grace`. The result says so
 /// (`capture_stopped`, `leftovers_stopped`).
