@@ -448,11 +448,22 @@ mod tests {
             Scratch(path)
         }
 
+        /// Written by a shell, not by this process: a file this (multi-threaded) test
+        /// process held open for writing could be inherited by another test's fork and make
+        /// the exec fail with ETXTBSY.
         fn script(&self, name: &str, body: &str) {
-            use std::os::unix::fs::PermissionsExt as _;
             let file = self.0.join(name);
-            std::fs::write(&file, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let status = std::process::Command::new("/bin/sh")
+                .args([
+                    "-c",
+                    "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+                    "sh",
+                ])
+                .arg(format!("#!/bin/sh\n{body}\n"))
+                .arg(&file)
+                .status()
+                .unwrap();
+            assert!(status.success(), "write {}", file.display());
         }
 
         fn c_path(&self) -> CString {

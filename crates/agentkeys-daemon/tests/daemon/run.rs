@@ -552,8 +552,19 @@ fn run_as_nobody(d: &DaemonProc, args: &[&str]) -> Command {
 fn probe_dir(mode: u32, says: &str) -> TempDir {
     let dir = TempDir::new("agentkeys-test-bin");
     let probe = dir.path().join("agentkeys-probe");
-    std::fs::write(&probe, format!("#!/bin/sh\necho {says}\n")).unwrap();
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by a shell: a write fd of this multi-threaded test process could be inherited
+    // by another test's fork and make the exec fail with ETXTBSY.
+    let status = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+        ])
+        .arg(format!("#!/bin/sh\necho {says}\n"))
+        .arg(&probe)
+        .status()
+        .unwrap();
+    assert!(status.success());
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
     dir
 }
