@@ -5,6 +5,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -134,7 +135,9 @@ impl DaemonProc {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(DAEMON);
+                // A group of its own, so the drop stops the daemon too: killing a tracer
+                // (strace) leaves its tracee running.
+                c.args(args).arg(DAEMON).process_group(0);
                 c
             }
             None => Command::new(DAEMON),
@@ -224,6 +227,11 @@ impl DaemonProc {
 
 impl Drop for DaemonProc {
     fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.child.id() as i32)
+            && rustix::process::getpgid(Some(group)).ok() == Some(group)
+        {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
