@@ -115,22 +115,34 @@ fn revocation_stops_a_running_child_within_the_grace_period() {
     );
     // check period (0.5 s) + grace (1 s) + slack for a loaded machine
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let events: Vec<String> = trail_lines(&d.trail())
-        .iter()
-        .map(|l| {
-            format!(
-                "{} {}",
-                l["event"].as_str().unwrap(),
-                l["detail"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    for needle in [
+    // The daemon writes its trail line just after the signal, so the child can be reaped
+    // before the line is there: read the trail until it is (or give up after 5 s).
+    let events = || -> Vec<String> {
+        trail_lines(&d.trail())
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["event"].as_str().unwrap(),
+                    l["detail"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let needles = [
         "revoked ",
         "evict session revoked",
         "signal SIGTERM",
         "signal SIGKILL",
-    ] {
+    ];
+    let all_there = |events: &[String]| {
+        needles
+            .iter()
+            .all(|n| events.iter().any(|e| e.starts_with(n)))
+    };
+    eventually(5, || all_there(&events()));
+    let events = events();
+    for needle in needles {
         assert!(
             events.iter().any(|e| e.starts_with(needle)),
             "no {needle:?} in {events:#?}"
