@@ -272,13 +272,9 @@ impl HttpBackend {
     /// pairing do when no key is given. Anything signed later must match it.
     pub async fn pinning_first_contact(self) -> Result<Self, ClientError> {
         let info = self.server_info().await?;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(&info.signing_public_key)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| {
-                ClientError::Protocol("the server's signing key is not 32 bytes".into())
-            })?;
+        let key = crate::crypto::key_from_base64(&info.signing_public_key).ok_or_else(|| {
+            ClientError::Protocol("the server's signing key is not 32 bytes".into())
+        })?;
         Ok(self.with_server_key(key))
     }
 
@@ -400,15 +396,10 @@ impl HttpBackend {
         self.shielding_key
             .get_or_try_init(|| async {
                 let info = self.server_info().await?;
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let key = b64
-                    .decode(&info.shielding_public_key)
-                    .ok()
-                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                    .ok_or_else(|| {
-                        ClientError::Protocol("the server's shielding key is not 32 bytes".into())
-                    })?;
-                let sig = b64
+                let key = crate::crypto::key_from_base64(&info.shielding_public_key).ok_or_else(
+                    || ClientError::Protocol("the server's shielding key is not 32 bytes".into()),
+                )?;
+                let sig = base64::engine::general_purpose::STANDARD
                     .decode(&info.shielding_key_signature)
                     .map_err(|_| ClientError::BadSignature)?;
                 sign::verify(&pinned, &shielding_key_signing_bytes(&key), &sig)

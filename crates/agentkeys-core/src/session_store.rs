@@ -303,10 +303,7 @@ impl SessionStore {
                 file.v
             )));
         }
-        let server_signing_key = base64::engine::general_purpose::STANDARD
-            .decode(&file.server_signing_key)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        let server_signing_key = crate::crypto::key_from_base64(&file.server_signing_key)
             .ok_or_else(|| SessionStoreError::Corrupt("bad pinned server key".into()))?;
         Ok((
             StoredSession {

@@ -12,7 +12,6 @@ use agentkeys_core::session_store::{SessionStore, SessionStoreError, StoreChoice
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
 use agentkeys_types::ErrorCode;
 use agentkeys_types::api::{AuthKind, AuthRequestTicket, AuthStatus, OpenAuthRequest};
-use base64::Engine as _;
 
 use crate::error::DaemonError;
 
@@ -77,10 +76,6 @@ pub fn stored_wallets(home: &Path) -> Vec<String> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
 }
 
 /// The session to serve with: stored, paired or recovered.
@@ -174,10 +169,7 @@ async fn pinned_key(plan: &SessionPlan, backend: &HttpBackend) -> Result<[u8; 32
         // First contact: pin what the server presents now.
         None => backend.server_info().await?.signing_public_key,
     };
-    b64()
-        .decode(key.trim())
-        .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+    agentkeys_core::crypto::key_from_base64(key.trim())
         .ok_or_else(|| DaemonError::usage("the server signing key is not 32 bytes of base64"))
 }
 

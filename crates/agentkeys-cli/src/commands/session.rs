@@ -7,17 +7,12 @@ use agentkeys_core::{Backend as _, ClientError, HttpBackend};
 use agentkeys_secmem::SecretString;
 use agentkeys_types::ErrorCode;
 use agentkeys_types::api::{AuthKind, AuthStatus, OpenAuthRequest, RevokeRequest, SessionInfo};
-use base64::Engine as _;
 use serde_json::json;
 
 use crate::context::{Context, normalize_server};
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note, timestamp};
 use crate::secret_io::{self, Source};
-
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
-}
 
 /// Whether a server error means "this session is over" (and a new one may be minted).
 fn session_is_over(e: &ClientError) -> bool {
@@ -65,17 +60,13 @@ fn kind_name(info: &SessionInfo) -> &'static str {
 }
 
 fn decode_key(b64_key: &str, what: &str) -> CliResult<[u8; 32]> {
-    b64()
-        .decode(b64_key)
-        .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-        .ok_or_else(|| {
-            CliError::new(
-                "INTERNAL",
-                exit::INTERNAL,
-                format!("the server's {what} is not a 32-byte key"),
-            )
-        })
+    agentkeys_core::crypto::key_from_base64(b64_key).ok_or_else(|| {
+        CliError::new(
+            "INTERNAL",
+            exit::INTERNAL,
+            format!("the server's {what} is not a 32-byte key"),
+        )
+    })
 }
 
 /// The enrolment token: the flag or `AGENTKEYS_AUTH_TOKEN` (`-` = stdin), else a hidden prompt.

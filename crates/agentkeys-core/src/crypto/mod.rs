@@ -92,6 +92,14 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// A 32-byte public key from its standard base64; `None` when it is not base64 or not 32
+/// bytes.
+pub fn key_from_base64(b64: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    <[u8; 32]>::try_from(bytes).ok()
+}
+
 /// `N` bytes from the operating system's CSPRNG.
 ///
 /// The array is an ordinary stack value and is not wiped: use it for nonces, identifiers and
