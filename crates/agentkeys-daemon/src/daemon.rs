@@ -241,15 +241,8 @@ pub async fn latest_anchor(backend: &HttpBackend) -> Result<Option<(u64, String)
         })
         .await?;
     Ok(list.events.first().and_then(|e| {
-        let detail = e.detail.as_deref()?;
-        let seq = detail
-            .strip_prefix("seq=")?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()?;
-        let hash = detail.split("hash=").nth(1)?.to_owned();
-        Some((seq, hash))
+        let anchor = agentkeys_types::api::AnchorRequest::from_detail(e.detail.as_deref()?)?;
+        Some((anchor.seq, anchor.hash))
     }))
 }
 
@@ -549,10 +542,7 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + self.config.rate_limit_wait;
         loop {
             let result = self.backend.read_credential(None, service).await;
-            self.reachable.store(
-                !matches!(result, Err(ClientError::Transport { .. })),
-                Ordering::Relaxed,
-            );
+            self.note_contact(&result);
             match result {
                 Err(e) if e.code() == ErrorCode::RateLimited => {
                     let [jitter] = agentkeys_core::crypto::random_array::<1>();
@@ -566,6 +556,15 @@ impl Daemon {
                 other => return other,
             }
         }
+    }
+
+    /// Records whether the server answered a call (any answer, refusals included), for
+    /// the `reachable` that `status` reports.
+    fn note_contact<T>(&self, answer: &Result<T, ClientError>) {
+        self.reachable.store(
+            !matches!(answer, Err(ClientError::Transport { .. })),
+            Ordering::Relaxed,
+        );
     }
 
     #[cfg(test)]
@@ -976,10 +975,7 @@ impl Daemon {
             return;
         }
         let answer = self.backend.session().await;
-        self.reachable.store(
-            !matches!(answer, Err(ClientError::Transport { .. })),
-            Ordering::Relaxed,
-        );
+        self.note_contact(&answer);
         match answer {
             Ok(info) => {
                 if let Ok(mut live) = self.live_scope.lock() {
@@ -1147,13 +1143,8 @@ mod tests {
             .await
             .expect("store");
         let info = anon.server_info().await.expect("info");
-        let key: [u8; 32] = base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            &info.signing_public_key,
-        )
-        .expect("b64")
-        .try_into()
-        .expect("32");
+        let key = agentkeys_core::crypto::key_from_base64(&info.signing_public_key)
+            .expect("a 32-byte signing key");
         let stored = StoredSession {
             server: url.clone(),
             token: grant.token,

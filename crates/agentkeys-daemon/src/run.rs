@@ -447,7 +447,7 @@ fn cache_line(cache: &Value) -> String {
 async fn find_anchor(home: &Path, socket: &Path) -> Option<(u64, String)> {
     if let Ok(stream) = UnixStream::connect(socket).await {
         let (read, mut write) = stream.into_split();
-        let ask = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"agentkeys/audit\",                    \"params\":{\"anchor\":true,\"limit\":0}}\n";
+        let ask = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"agentkeys/audit\",\"params\":{\"anchor\":true,\"limit\":0}}\n";
         if write.write_all(ask).await.is_ok()
             && let Ok(Some(line)) = BufReader::new(read).lines().next_line().await
             && let Ok(v) = serde_json::from_str::<Value>(&line)

@@ -131,11 +131,8 @@ impl Trail {
         let (seq, head) = match File::open(path) {
             Ok(f) => {
                 let mut last = None;
-                for line in BufReader::new(f).lines() {
-                    let line = line?;
-                    if !line.trim().is_empty() {
-                        last = Some(line);
-                    }
+                for line in lines_of(f) {
+                    last = Some(line?);
                 }
                 match last {
                     Some(l) => {
@@ -242,44 +239,41 @@ pub fn read(path: &Path) -> io::Result<Vec<Line>> {
 /// Reads at most `limit` lines after line `after` (streamed: the file is never loaded
 /// whole), for `agentkeys/audit`'s pages.
 pub fn read_page(path: &Path, after: u64, limit: usize) -> io::Result<Vec<Line>> {
-    let f = File::open(path)?;
     let mut out = Vec::new();
-    let mut n = 0u64;
-    for line in BufReader::new(f).lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        n += 1;
+    for (n, raw) in (1u64..).zip(lines_of(File::open(path)?)) {
+        let raw = raw?;
         if n <= after {
             continue;
         }
         if out.len() >= limit {
             break;
         }
-        out.push(
-            serde_json::from_str(&line)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
-        );
+        out.push(parse_line(&raw)?);
     }
     Ok(out)
+}
+
+/// A trail file's lines, blank ones left out, streamed.
+fn lines_of(file: File) -> impl Iterator<Item = io::Result<String>> {
+    BufReader::new(file)
+        .lines()
+        .filter(|l| !matches!(l, Ok(l) if l.trim().is_empty()))
+}
+
+fn parse_line(raw: &str) -> io::Result<Line> {
+    serde_json::from_str(raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Checks the trail against an anchor the server holds (line `seq` had hash `hash` when
 /// the daemon anchored it): `Err` says how the trail differs (truncated, or rewritten, even
 /// with recomputed hashes).
 pub fn check_anchor(path: &Path, seq: u64, hash: &str) -> io::Result<Result<(), String>> {
-    let f = File::open(path)?;
     let mut n = 0u64;
-    for raw in BufReader::new(f).lines() {
+    for raw in lines_of(File::open(path)?) {
         let raw = raw?;
-        if raw.trim().is_empty() {
-            continue;
-        }
         n += 1;
         if n == seq {
-            let line: Line = serde_json::from_str(&raw)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let line = parse_line(&raw)?;
             return Ok(if line.seq == seq && line.hash == hash {
                 Ok(())
             } else {

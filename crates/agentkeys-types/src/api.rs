@@ -689,6 +689,22 @@ pub struct AnchorRequest {
     pub hash: String,
 }
 
+impl AnchorRequest {
+    /// The `detail` of the `trail.anchor` audit event an anchor becomes: `seq=<n> hash=<hex>`.
+    pub fn detail(&self) -> String {
+        format!("seq={} hash={}", self.seq, self.hash)
+    }
+
+    /// The anchor a `trail.anchor` event's `detail` records.
+    pub fn from_detail(detail: &str) -> Option<AnchorRequest> {
+        let (seq, hash) = detail.strip_prefix("seq=")?.split_once(" hash=")?;
+        Some(AnchorRequest {
+            seq: seq.parse().ok()?,
+            hash: hash.to_owned(),
+        })
+    }
+}
+
 /// The answer to an anchor: the audit event it became.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorResponse {
@@ -973,6 +989,18 @@ mod tests {
             shielding_key_signing_bytes(b"x"),
             decision_signing_bytes("", AuthStatus::Approved, b"x")
         );
+    }
+
+    #[test]
+    fn an_anchor_reads_back_from_the_detail_it_writes() {
+        let anchor = AnchorRequest {
+            seq: 42,
+            hash: "ab".repeat(32),
+        };
+        assert_eq!(anchor.detail(), format!("seq=42 hash={}", "ab".repeat(32)));
+        assert_eq!(AnchorRequest::from_detail(&anchor.detail()), Some(anchor));
+        assert_eq!(AnchorRequest::from_detail("seq=x hash=ab"), None);
+        assert_eq!(AnchorRequest::from_detail("hash=ab seq=1"), None);
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(super) async fn anchor<S: Store>(
     }
     let e = super::event(caller.wallet().as_str(), AuditAction::TrailAnchor, "ok")
         .agent(caller.wallet())
-        .detail(format!("seq={} hash={}", req.seq, req.hash));
+        .detail(req.detail());
     let audit_seq = super::record_seq(&state, e).await?;
     Ok((StatusCode::CREATED, Json(AnchorResponse { audit_seq })))
 }
