@@ -403,12 +403,17 @@ fn install_seccomp_deny_list() -> io::Result<()> {
 
 /// `TracerPid` from `/proc/self/status`: 0 when nobody traces this process.
 pub fn tracer_pid() -> io::Result<u32> {
+    self_status("TracerPid")
+}
+
+/// The numeric field `name` of `/proc/self/status` (`Threads`, `TracerPid` …).
+pub(crate) fn self_status<T: std::str::FromStr>(name: &str) -> io::Result<T> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no TracerPid line in /proc/self/status"))
+        .ok_or_else(|| io::Error::other(format!("no {name} line in /proc/self/status")))
 }
 
 /// Yama's `kernel.yama.ptrace_scope`, or `None` where Yama is absent.

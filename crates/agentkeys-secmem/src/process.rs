@@ -62,7 +62,7 @@ pub fn is_dumpable() -> io::Result<bool> {
 /// Refuses (`Err`) unless the process runs one thread: changing the environment while
 /// another thread may read it is undefined behaviour in C. Call it first thing in `main`.
 pub fn take_secret_env(name: &str) -> io::Result<Option<crate::SecretBytes>> {
-    if crate::sys::thread_count()? != 1 {
+    if crate::harden::self_status::<usize>("Threads")? != 1 {
         return Err(io::Error::other(format!(
             "{name} can only be taken from the environment while the process runs one \
              thread; take it before starting threads (or a runtime)"

@@ -500,16 +500,6 @@ unsafe extern "C" {
     static environ: *const *mut libc::c_char;
 }
 
-/// How many threads this process runs (`Threads:` in `/proc/self/status`).
-pub(crate) fn thread_count() -> io::Result<usize> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| io::Error::other("no Threads line in /proc/self/status"))
-}
-
 /// Copies the value of environment variable `name` out, overwrites the value's bytes with
 /// zeros where they live (for a variable the process was started with, the environment
 /// block that `/proc/<pid>/environ` shows), and removes the variable.
