@@ -268,12 +268,7 @@ pub(super) async fn open<S: Store>(
                     .hint("name the high-value credential to be released")
             })?;
             let owner = super::credential_owner(&state, &caller, req.agent.as_ref()).await?;
-            if !caller.is_master() && !caller.scope().allows(service) {
-                return Err(
-                    ApiError::denied(format!("{service} is not in this session's scope"))
-                        .hint("ask your operator to add it with 'agentkeys scope'"),
-                );
-            }
+            caller.require_in_scope(service)?;
             // The grant must name the owner the read will find, or it would never match.
             let cred =
                 super::find_credential(&state, &caller, &owner, req.agent.is_some(), service)

@@ -80,12 +80,7 @@ async fn authorize_store<S: Store>(
         return Err(ApiError::denied("this session is read-only")
             .hint("ask your operator to store the credential"));
     }
-    if !caller.is_master() && !caller.scope().allows(service) {
-        return Err(
-            ApiError::denied(format!("{service} is not in this session's scope"))
-                .hint("ask your operator to add it with 'agentkeys scope'"),
-        );
-    }
+    caller.require_in_scope(service)?;
     if !caller.is_master() && req.policy.is_some() {
         return Err(
             ApiError::denied("only a master may set a credential's policy")
@@ -220,14 +215,7 @@ async fn authorize_read<S: Store>(
     }
     let owner = credential_owner(state, caller, req.agent.as_ref()).await?;
     let service = &req.service;
-    if !caller.is_master() && !caller.scope().allows(service) {
-        return Err(
-            ApiError::denied(format!("{service} is not in this agent's scope")).hint(format!(
-                "ask your operator to run 'agentkeys scope {} --add {service}'",
-                caller.wallet()
-            )),
-        );
-    }
+    caller.require_in_scope(service)?;
     Ok(owner)
 }
 

@@ -175,6 +175,19 @@ impl Caller {
                 .hint("run this from the master's workstation with 'agentkeys'"))
         }
     }
+    /// `DENIED` unless the caller is a master or `service` is in its scope.
+    pub fn require_in_scope(&self, service: &agentkeys_types::ServiceName) -> Result<(), ApiError> {
+        if self.is_master() || self.scope().allows(service) {
+            Ok(())
+        } else {
+            Err(
+                ApiError::denied(format!("{service} is not in this agent's scope")).hint(format!(
+                    "ask your operator to run 'agentkeys scope {} --add {service}'",
+                    self.wallet()
+                )),
+            )
+        }
+    }
 }
 
 /// The bearer token of a request, if any; not validated beyond its shape.
