@@ -250,11 +250,41 @@ pub fn paired_with(
     serve_args: &[&str],
 ) -> (DaemonProc, String) {
     let d = DaemonProc::spawn(&master.server, home, serve_args);
+    let wallet = approve_pairing(master, &d, approve_args);
+    (d, wallet)
+}
+
+/// Approves the pair code `d` shows with `approve_args`; returns the wallet it then serves.
+pub fn approve_pairing(master: &Master, d: &DaemonProc, approve_args: &[&str]) -> String {
     let (code, _) = d.code();
     let out = master.approve(&code, approve_args);
     assert!(out.status.success(), "{}", text(&out));
-    let wallet = d.serving();
-    (d, wallet)
+    d.serving()
+}
+
+/// A configuration that notices a revocation within half a second and kills a child that
+/// ignores SIGTERM one second later.
+pub const QUICK_REVOCATION: &str = "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n";
+
+/// Writes `toml` to `daemon.toml` in `home` and returns the path, for `--config`.
+pub fn write_config(home: &Path, toml: &str) -> PathBuf {
+    let file = home.join("daemon.toml");
+    std::fs::write(&file, toml).unwrap();
+    file
+}
+
+/// [`paired_with`], with `toml` as the daemon's configuration file.
+pub fn paired_configured(
+    master: &Master,
+    home: &Path,
+    approve_args: &[&str],
+    toml: &str,
+    serve_args: &[&str],
+) -> (DaemonProc, String) {
+    let config = write_config(home, toml);
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(serve_args);
+    paired_with(master, home, approve_args, &args)
 }
 
 /// Newline-delimited JSON-RPC over the daemon socket, answers matched by id.

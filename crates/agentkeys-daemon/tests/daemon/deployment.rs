@@ -24,6 +24,14 @@ fn as_uid(uid: u32) -> Vec<String> {
     ]
 }
 
+/// A command that runs `program` as `uid` (through `setpriv`).
+fn command_as(uid: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let wrapper = as_uid(uid);
+    let mut cmd = Command::new(&wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(program);
+    cmd
+}
+
 /// A directory owned by `uid`.
 fn dir_of(uid: u32) -> TempDir {
     let d = TempDir::new("agentkeys-test-deploy");
@@ -62,14 +70,7 @@ fn a_daemon_under_its_own_uid_serves_another_uids_agent_that_cannot_reach_its_se
     let sock_dir = dir_of(DAEMON_UID);
     let agent_uid = AGENT_UID.to_string();
     let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, &["--allow-uid", &agent_uid]);
-    let (code, _) = d.code();
-    assert!(
-        master
-            .approve(&code, &["--scope", "openai"])
-            .status
-            .success()
-    );
-    let wallet = d.serving();
+    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
     let value = canary("deploy");
     master.store("openai", &value, &["--agent", &wallet]);
     // Serving other uids, the daemon said nothing about agents sharing its uid.
@@ -80,16 +81,8 @@ fn a_daemon_under_its_own_uid_serves_another_uids_agent_that_cannot_reach_its_se
     );
 
     // The agent, under its own uid, gets its credential through the socket.
-    let agent = as_uid(AGENT_UID);
-    let out = Command::new(&agent[0])
-        .args(&agent[1..])
-        .args([
-            "/usr/bin/python3",
-            "-m",
-            "agentkeys_runtime",
-            "check",
-            "openai",
-        ])
+    let out = command_as(AGENT_UID, "/usr/bin/python3")
+        .args(["-m", "agentkeys_runtime", "check", "openai"])
         .env("PYTHONPATH", python_runtime_dir())
         .env("AGENTKEYS_SOCKET", &d.socket)
         .output()
@@ -99,18 +92,15 @@ fn a_daemon_under_its_own_uid_serves_another_uids_agent_that_cannot_reach_its_se
     assert_eq!(line["sha256"], sha256_hex(&value));
 
     // It cannot reach the daemon's home (0700, the daemon's uid): no session to take.
-    let peek = Command::new(&agent[0])
-        .args(&agent[1..])
-        .args(["ls", home.path().to_str().unwrap()])
+    let peek = command_as(AGENT_UID, "ls")
+        .arg(home.path())
         .output()
         .unwrap();
     assert!(!peek.status.success(), "the agent listed the daemon's home");
     assert!(text(&peek).contains("Permission denied"), "{}", text(&peek));
     // And the daemon reports no agent of its own uid (asked by its operator, as its uid).
-    let own = as_uid(DAEMON_UID);
-    let out = Command::new(&own[0])
-        .args(&own[1..])
-        .args([DAEMON, "status", "--json"])
+    let out = command_as(DAEMON_UID, DAEMON)
+        .args(["status", "--json"])
         .env("AGENTKEYS_SOCKET", &d.socket)
         .env("AGENTKEYS_HOME", home.path())
         .output()
@@ -171,14 +161,7 @@ fn a_same_uid_process_takes_the_stored_session_but_not_an_ephemeral_one() {
         let sock_dir = dir_of(DAEMON_UID);
         let extra: &[&str] = if ephemeral { &["--ephemeral"] } else { &[] };
         let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, extra);
-        let (code, _) = d.code();
-        assert!(
-            master
-                .approve(&code, &["--scope", "openai"])
-                .status
-                .success()
-        );
-        let wallet = d.serving();
+        let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
 
         // Another process of the daemon's uid, on the same home.
         let other_sock = dir_of(DAEMON_UID);
@@ -210,12 +193,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
     let home = dir_of(DAEMON_UID);
     let sock_dir = dir_of(DAEMON_UID);
     let agent_uid = AGENT_UID.to_string();
-    let config = home.path().join("daemon.toml");
-    std::fs::write(
-        &config,
-        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n",
-    )
-    .unwrap();
+    let config = write_config(home.path(), QUICK_REVOCATION);
     let d = daemon_as_its_own_uid(
         &server.url,
         &home,
@@ -227,14 +205,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
             config.to_str().unwrap(),
         ],
     );
-    let (code, _) = d.code();
-    assert!(
-        master
-            .approve(&code, &["--scope", "openai"])
-            .status
-            .success()
-    );
-    let wallet = d.serving();
+    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
     let value = canary("deployrun");
     master.store("openai", &value, &["--agent", &wallet]);
     // The daemon kept exactly the three it needs.
@@ -246,10 +217,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
     );
 
     // The agent's command runs as the agent, with its credential, and no capability.
-    let agent = as_uid(AGENT_UID);
-    let out = Command::new(&agent[0])
-        .args(&agent[1..])
-        .arg(cli_bin())
+    let out = command_as(AGENT_UID, cli_bin())
         .args(["run", "--service", "openai", "--", "sh", "-c"])
         .arg("id -u; echo ${#OPENAI_API_KEY}; grep CapEff /proc/self/status")
         .env("AGENTKEYS_SOCKET", &d.socket)
@@ -264,9 +232,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
     assert_eq!(lines[2], "CapEff:\t0000000000000000");
 
     // Revocation reaches the agent's command although it runs under another uid (CAP_KILL).
-    let mut long = Command::new(&agent[0])
-        .args(&agent[1..])
-        .arg(cli_bin())
+    let mut long = command_as(AGENT_UID, cli_bin())
         .args(["run", "--service", "openai", "--", "sh", "-c"])
         .arg("trap '' TERM; echo $$; while :; do sleep 0.1; done")
         .env("AGENTKEYS_SOCKET", &d.socket)

@@ -191,13 +191,12 @@ fn a_daemon_killed_with_sigkill_leaves_no_credential_in_any_file() {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let config = home.path().join("daemon.toml");
-    std::fs::write(&config, "[cache]\nopenai = \"600s\"\n").unwrap();
-    let (mut d, wallet) = paired_with(
+    let (mut d, wallet) = paired_configured(
         &master,
         home.path(),
         &["--scope", "openai"],
-        &["--config", config.to_str().unwrap()],
+        "[cache]\nopenai = \"600s\"\n",
+        &[],
     );
     let value = canary("sigkill");
     master.store("openai", &value, &["--agent", &wallet]);

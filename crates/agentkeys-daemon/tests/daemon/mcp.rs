@@ -93,101 +93,110 @@ fn get_credential_answers_in_scope_out_of_scope_unknown_high_value_and_revoked()
     );
 }
 
+/// `agentkeys-daemon mcp` on `d`'s socket, spoken to through its stdin and stdout.
+struct Bridge {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    /// Answers read while waiting for another id.
+    early: std::collections::HashMap<i64, Value>,
+}
+
+impl Bridge {
+    /// Starts the bridge and sends `initialize` (id 1) and `notifications/initialized`.
+    fn start(d: &DaemonProc) -> Bridge {
+        let mut child = Command::new(DAEMON)
+            .arg("mcp")
+            .env("AGENTKEYS_SOCKET", &d.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut bridge = Bridge {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            child,
+            early: std::collections::HashMap::new(),
+        };
+        bridge.send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bridge-test","version":"0"}}}));
+        bridge.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+        bridge
+    }
+
+    fn send(&mut self, line: Value) {
+        writeln!(self.stdin.as_mut().unwrap(), "{line}").unwrap();
+    }
+
+    /// Sends `tools/call` of `get_credential` for `service` as request `id`.
+    fn get(&mut self, id: i64, service: &str) {
+        self.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_credential","arguments":{"service":service}}}));
+    }
+
+    /// The answer to request `id`, in whatever order the answers come.
+    fn answer(&mut self, id: i64) -> Value {
+        loop {
+            if let Some(v) = self.early.remove(&id) {
+                return v;
+            }
+            let mut line = String::new();
+            assert!(
+                self.stdout.read_line(&mut line).unwrap() > 0,
+                "the bridge closed early"
+            );
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if let Some(n) = v.get("id").and_then(Value::as_i64) {
+                self.early.insert(n, v);
+            }
+        }
+    }
+
+    /// Closes stdin; the bridge must then end cleanly.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 #[test]
 fn the_stdio_bridge_carries_the_same_conversation() {
     let (_server, _master, _home, d, _wallet, value) = setup();
-    let mut bridge = Command::new(DAEMON)
-        .arg("mcp")
-        .env("AGENTKEYS_SOCKET", &d.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = bridge.stdin.take().unwrap();
-    let mut stdout = BufReader::new(bridge.stdout.take().unwrap());
-    let lines = [
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bridge-test","version":"0"}}}),
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
-        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_credential","arguments":{"service":"openai"}}}),
-        json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get_credential","arguments":{"service":"github"}}}),
-    ];
-    for l in &lines {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    let mut answers = std::collections::HashMap::new();
-    while answers.len() < 3 {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the bridge closed early"
-        );
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if let Some(id) = v.get("id").and_then(Value::as_i64) {
-            answers.insert(id, v);
-        }
-    }
-    assert_eq!(answers[&1]["result"]["serverInfo"]["name"], "agentkeys");
-    assert_eq!(answers[&2]["result"]["content"][0]["text"], value.as_str());
-    assert_eq!(answers[&3]["result"]["isError"], true);
-    drop(stdin);
-    assert!(bridge.wait().unwrap().success());
+    let mut bridge = Bridge::start(&d);
+    bridge.get(2, "openai");
+    bridge.get(3, "github");
+    assert_eq!(
+        bridge.answer(1)["result"]["serverInfo"]["name"],
+        "agentkeys"
+    );
+    assert_eq!(
+        bridge.answer(2)["result"]["content"][0]["text"],
+        value.as_str()
+    );
+    assert_eq!(bridge.answer(3)["result"]["isError"], true);
+    bridge.finish();
 }
 
 #[test]
 fn the_stdio_bridge_keeps_no_copy_of_a_credential_it_passed_on() {
     let (_server, _master, _home, d, _wallet, value) = setup();
-    let mut bridge = Command::new(DAEMON)
-        .arg("mcp")
-        .env("AGENTKEYS_SOCKET", &d.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = bridge.stdin.take().unwrap();
-    let mut stdout = BufReader::new(bridge.stdout.take().unwrap());
-    for l in [
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bridge-test","version":"0"}}}),
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
-        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_credential","arguments":{"service":"openai"}}}),
-    ] {
-        writeln!(stdin, "{l}").unwrap();
-    }
-    loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the bridge closed"
-        );
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["id"] == 2 {
-            assert_eq!(v["result"]["content"][0]["text"], value.as_str());
-            break;
-        }
-    }
+    let mut bridge = Bridge::start(&d);
+    bridge.get(2, "openai");
+    assert_eq!(
+        bridge.answer(2)["result"]["content"][0]["text"],
+        value.as_str()
+    );
     // The bridge zeroes a chunk right after writing it, which can be just after this test
     // read it. A ping answered after the credential comes through a later read of the same
     // thread, so by then the credential's chunk has been wiped: no race in the scan.
-    writeln!(stdin, "{}", json!({"jsonrpc":"2.0","id":3,"method":"ping"})).unwrap();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the bridge closed"
-        );
-        if serde_json::from_str::<Value>(&line).unwrap()["id"] == 3 {
-            break;
-        }
-    }
+    bridge.send(json!({"jsonrpc":"2.0","id":3,"method":"ping"}));
+    bridge.answer(3);
     // The client holds the connection open; the bridge passed the value on and kept nothing.
-    let scan = agentkeys_testkit::assert_no_readable_copy(bridge.id(), &[value.as_bytes()]);
+    let scan = agentkeys_testkit::assert_no_readable_copy(bridge.child.id(), &[value.as_bytes()]);
     eprintln!(
         "scan: stdio bridge after passing an inline credential: 0 copies in {} bytes",
         scan.scanned_bytes
     );
-    drop(stdin);
-    assert!(bridge.wait().unwrap().success());
+    bridge.finish();
 }
 
 #[test]
@@ -215,7 +224,7 @@ fn protocol_2026_07_28_works_without_initialize() {
 
 #[test]
 fn a_connection_from_another_uid_is_refused_unless_allowed() {
-    let (server, master, home, d, _wallet, _value) = setup();
+    let (_server, master, home, d, _wallet, _value) = setup();
     // Open the directories and socket to everyone, so only SO_PEERCRED stands in the way.
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = d.socket.parent().unwrap();
@@ -250,15 +259,12 @@ fn a_connection_from_another_uid_is_refused_unless_allowed() {
 
     let home = TempDir::new("agentkeys-test-daemon");
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let d = DaemonProc::spawn(&server.url, home.path(), &["--allow-uid", "65534"]);
-    let (code, _) = d.code();
-    assert!(
-        master
-            .approve(&code, &["--scope", "openai"])
-            .status
-            .success()
+    let (d, _) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai"],
+        &["--allow-uid", "65534"],
     );
-    d.serving();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(
         d.socket.parent().unwrap(),

@@ -77,17 +77,12 @@ fn revocation_stops_a_running_child_within_the_grace_period() {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let config = home.path().join("daemon.toml");
-    std::fs::write(
-        &config,
-        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n[cache]\nopenai = \"60s\"\n",
-    )
-    .unwrap();
-    let (d, wallet) = paired_with(
+    let (d, wallet) = paired_configured(
         &master,
         home.path(),
         &["--scope", "openai"],
-        &["--config", config.to_str().unwrap()],
+        &format!("{QUICK_REVOCATION}[cache]\nopenai = \"60s\"\n"),
+        &[],
     );
     master.store("openai", &canary("revoke"), &["--agent", &wallet]);
     // A child that ignores SIGTERM: only the SIGKILL after the grace period ends it.
@@ -158,17 +153,12 @@ fn revocation_also_stops_what_a_run_child_left_in_its_process_group() {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let config = home.path().join("daemon.toml");
-    std::fs::write(
-        &config,
-        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n",
-    )
-    .unwrap();
-    let (d, wallet) = paired_with(
+    let (d, wallet) = paired_configured(
         &master,
         home.path(),
         &["--scope", "openai"],
-        &["--config", config.to_str().unwrap()],
+        QUICK_REVOCATION,
+        &[],
     );
     master.store("openai", &canary("revokegroup"), &["--agent", &wallet]);
     // The child starts a grandchild that ignores SIGTERM and SIGHUP, prints its pid and
@@ -221,15 +211,13 @@ fn cached_agent(
     scope: &str,
     extra: &[&str],
 ) -> (DaemonProc, String) {
-    let config = home.path().join("daemon.toml");
-    std::fs::write(
-        &config,
+    paired_configured(
+        master,
+        home.path(),
+        &["--scope", scope],
         "revocation_check = \"500ms\"\n[cache]\nopenai = \"60s\"\n",
+        extra,
     )
-    .unwrap();
-    let mut args = vec!["--config", config.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    paired_with(master, home.path(), &["--scope", scope], &args)
 }
 
 fn evictions(d: &DaemonProc) -> Vec<String> {
@@ -338,13 +326,12 @@ fn the_trail_is_anchored_on_the_server_and_a_truncated_or_rewritten_one_fails_ve
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let config = home.path().join("daemon.toml");
-    std::fs::write(&config, "anchor_every = \"500ms\"\n").unwrap();
-    let (mut d, wallet) = paired_with(
+    let (mut d, wallet) = paired_configured(
         &master,
         home.path(),
         &["--scope", "openai"],
-        &["--config", config.to_str().unwrap()],
+        "anchor_every = \"500ms\"\n",
+        &[],
     );
     master.store("openai", &canary("anchor"), &["--agent", &wallet]);
     let mut c = d.client();

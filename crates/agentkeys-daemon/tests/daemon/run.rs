@@ -30,14 +30,7 @@ fn agent_configured(tag: &str, config: &str) -> Agent {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let file = home.path().join("daemon.toml");
-    std::fs::write(&file, config).unwrap();
-    let (d, wallet) = paired_with(
-        &master,
-        home.path(),
-        &["--scope", "openai"],
-        &["--config", file.to_str().unwrap()],
-    );
+    let (d, wallet) = paired_configured(&master, home.path(), &["--scope", "openai"], config, &[]);
     let value = canary(tag);
     master.store("openai", &value, &["--agent", &wallet]);
     Agent {
@@ -322,6 +315,13 @@ fn the_mcp_run_tool_redacts_every_form_of_the_secret() {
     assert_eq!(result["signal"], 15);
 }
 
+/// Calls the MCP `run` tool with `args`; the call itself must succeed. Returns its result.
+fn run_tool(c: &mut Client, args: Value) -> Value {
+    let (is_error, body) = c.tool("run", args);
+    assert!(!is_error, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// The base64 characters (both alphabets) that `value`'s bits alone determine when it sits
 /// at byte alignment `offset` (mod 3) inside a longer string, less one at each end.
 fn inner_base64(value: &str, offset: usize) -> Vec<String> {
@@ -350,12 +350,10 @@ fn the_mcp_run_tool_redacts_wrapped_embedded_and_cut_off_forms() {
                   printf %s \"$K$K$K\" | openssl base64; \
                   printf 'user:%s' \"$K\" | base64 -w0; echo; \
                   printf '%0990d' 0 >&2; printf %s \"$K\" >&2";
-    let (is_error, body) = c.tool(
-        "run",
+    let result = run_tool(
+        &mut c,
         json!({"argv": ["sh", "-c", script], "services": ["openai"], "timeout_s": 30}),
     );
-    assert!(!is_error, "{body}");
-    let result: Value = serde_json::from_str(&body).unwrap();
     // The secret straddled the 1000-byte cap of stderr: none of it is left.
     assert_eq!(
         result["stderr"],
@@ -414,14 +412,12 @@ fn the_mcp_run_timeout_stops_the_whole_process_group() {
     let mut c = a.d.client();
     c.initialize();
     let started = Instant::now();
-    let (is_error, body) = c.tool(
-        "run",
+    let result = run_tool(
+        &mut c,
         json!({"argv": ["sh", "-c", "(trap '' TERM HUP; exec sleep 300) & echo $!; wait"],
                "timeout_s": 1}),
     );
     let took = started.elapsed();
-    assert!(!is_error, "{body}");
-    let result: Value = serde_json::from_str(&body).unwrap();
     let grandchild: u32 = result["stdout"].as_str().unwrap().trim().parse().unwrap();
     let dead = dies_within(grandchild, Duration::from_secs(5));
     kill_pid(grandchild);
@@ -438,13 +434,11 @@ fn the_mcp_run_tool_returns_although_a_leftover_holds_its_output() {
     c.initialize();
     let started = Instant::now();
     // `sleep` inherits stdout and outlives `sh`: the pipe never closes on its own.
-    let (is_error, body) = c.tool(
-        "run",
+    let result = run_tool(
+        &mut c,
         json!({"argv": ["sh", "-c", "sleep 300 & echo $!; echo hi"], "timeout_s": 2}),
     );
     let took = started.elapsed();
-    assert!(!is_error, "{body}");
-    let result: Value = serde_json::from_str(&body).unwrap();
     let stdout = result["stdout"].as_str().unwrap();
     let mut lines = stdout.lines();
     let leftover: u32 = lines.next().unwrap().parse().unwrap();
@@ -506,17 +500,12 @@ fn agent_serving_nobody(tag: &str) -> Option<Agent> {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let config = home.path().join("daemon.toml");
-    std::fs::write(
-        &config,
-        "revocation_check = \"500ms\"\nkill_grace = \"1s\"\n",
-    )
-    .unwrap();
-    let (d, wallet) = paired_with(
+    let (d, wallet) = paired_configured(
         &master,
         home.path(),
         &["--scope", "openai"],
-        &["--allow-uid", NOBODY, "--config", config.to_str().unwrap()],
+        QUICK_REVOCATION,
+        &["--allow-uid", NOBODY],
     );
     let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
     open(home.path(), 0o755).unwrap();

@@ -2,9 +2,7 @@
 
 use agentkeys_core::client::{AuditQuery, Backend as _};
 use agentkeys_core::crypto::hpke::HpkeKeyPair;
-use agentkeys_types::api::{
-    AuthKind, LinkIdentityRequest, OpenAuthRequest, Policy, RevokeRequest, SessionKind,
-};
+use agentkeys_types::api::{LinkIdentityRequest, Policy, RevokeRequest, SessionKind};
 use agentkeys_types::{ErrorCode, Scope};
 
 use super::common::*;
@@ -159,15 +157,7 @@ async fn decision_long_polls_beyond_the_cap_answer_at_once() {
     let key = HpkeKeyPair::generate().unwrap();
     let t = ts
         .anon()
-        .open_auth_request(&OpenAuthRequest {
-            kind: AuthKind::Pair,
-            requester_public_key: Some(b64(&key.public_key())),
-            identity: None,
-            parent: None,
-            agent: None,
-            service: None,
-            description: None,
-        })
+        .open_auth_request(&pair_request(&key, None))
         .await
         .unwrap();
     let waiting: Vec<_> = (0..2)

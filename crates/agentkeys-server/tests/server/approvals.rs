@@ -1,6 +1,6 @@
 //! Pair, recover and high-value requests: single use, expiry, signatures, OTPs.
 
-use agentkeys_core::client::{Backend as _, open_decision};
+use agentkeys_core::client::{Backend as _, HttpBackend, open_decision};
 use agentkeys_core::crypto::hpke::HpkeKeyPair;
 use agentkeys_core::crypto::pairing;
 use agentkeys_types::api::{
@@ -17,22 +17,10 @@ async fn open_pair(ts: &TestServer) -> (HpkeKeyPair, AuthRequestTicket) {
     let key = HpkeKeyPair::generate().unwrap();
     let t = ts
         .anon()
-        .open_auth_request(&pair_request(&key))
+        .open_auth_request(&pair_request(&key, Some("laptop")))
         .await
         .unwrap();
     (key, t)
-}
-
-fn pair_request(key: &HpkeKeyPair) -> OpenAuthRequest {
-    OpenAuthRequest {
-        kind: AuthKind::Pair,
-        requester_public_key: Some(b64(&key.public_key())),
-        identity: None,
-        parent: None,
-        agent: None,
-        service: None,
-        description: Some("laptop".into()),
-    }
 }
 
 #[tokio::test]
@@ -188,7 +176,7 @@ async fn pair_requests_need_a_key_and_agents_cannot_approve() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
     let (a, _, _) = ts.agent(&m, Scope::all()).await;
-    let mut req = pair_request(&HpkeKeyPair::generate().unwrap());
+    let mut req = pair_request(&HpkeKeyPair::generate().unwrap(), Some("laptop"));
     req.requester_public_key = None;
     assert_code(
         ts.anon().open_auth_request(&req).await,
@@ -281,14 +269,7 @@ async fn a_high_value_credential_needs_one_approval_per_release() {
     let ts = TestServer::start().await;
     let (m, m_info, _) = ts.master("m").await;
     let (a, a_info, _) = ts.agent(&m, scope(&["stripe"], true)).await;
-    m.store_credential(
-        None,
-        &svc("stripe"),
-        b"sk-high",
-        Some(Policy { high_value: true }),
-    )
-    .await
-    .unwrap();
+    store_high_value(&m, "stripe", b"sk-high").await;
     let e = assert_code(
         a.read_credential(None, &svc("stripe")).await,
         ErrorCode::ApprovalRequired,
@@ -338,24 +319,9 @@ async fn a_high_value_credential_needs_one_approval_per_release() {
 async fn a_read_the_server_cannot_seal_does_not_spend_the_grant() {
     let ts = TestServer::start().await;
     let (m, _, token) = ts.master("m").await;
-    m.store_credential(
-        None,
-        &svc("stripe"),
-        b"sk-high",
-        Some(Policy { high_value: true }),
-    )
-    .await
-    .unwrap();
+    store_high_value(&m, "stripe", b"sk-high").await;
     let t = m
-        .open_auth_request(&OpenAuthRequest {
-            kind: AuthKind::HighValue,
-            requester_public_key: None,
-            identity: None,
-            parent: None,
-            agent: None,
-            service: Some(svc("stripe")),
-            description: None,
-        })
+        .open_auth_request(&high_value_request("stripe", None))
         .await
         .unwrap();
     m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
@@ -390,24 +356,9 @@ async fn a_read_the_server_cannot_seal_does_not_spend_the_grant() {
 async fn a_high_value_grant_expires_unused() {
     let ts = TestServer::start().await;
     let (m, _, _) = ts.master("m").await;
-    m.store_credential(
-        None,
-        &svc("stripe"),
-        b"v",
-        Some(Policy { high_value: true }),
-    )
-    .await
-    .unwrap();
+    store_high_value(&m, "stripe", b"v").await;
     let t = m
-        .open_auth_request(&OpenAuthRequest {
-            kind: AuthKind::HighValue,
-            requester_public_key: None,
-            identity: None,
-            parent: None,
-            agent: None,
-            service: Some(svc("stripe")),
-            description: None,
-        })
+        .open_auth_request(&high_value_request("stripe", None))
         .await
         .unwrap();
     m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
@@ -418,17 +369,10 @@ async fn a_high_value_grant_expires_unused() {
     );
     // Opening a high-value request needs a session.
     let anon_client = ts.anon();
-    let req = OpenAuthRequest {
-        kind: AuthKind::HighValue,
-        requester_public_key: None,
-        identity: None,
-        parent: None,
-        agent: None,
-        service: Some(svc("stripe")),
-        description: None,
-    };
     assert_code(
-        anon_client.open_auth_request(&req).await,
+        anon_client
+            .open_auth_request(&high_value_request("stripe", None))
+            .await,
         ErrorCode::Unauthorized,
     );
 }
@@ -440,26 +384,11 @@ async fn an_agent_may_ask_ahead_for_its_masters_high_value_credential() {
     let (a, _, _) = ts
         .agent(&m, scope(&["stripe", "openai", "missing"], true))
         .await;
-    m.store_credential(
-        None,
-        &svc("stripe"),
-        b"sk-ahead",
-        Some(Policy { high_value: true }),
-    )
-    .await
-    .unwrap();
+    store_high_value(&m, "stripe", b"sk-ahead").await;
     m.store_credential(None, &svc("openai"), b"plain", None)
         .await
         .unwrap();
-    let ask = |service: &str| OpenAuthRequest {
-        kind: AuthKind::HighValue,
-        requester_public_key: None,
-        identity: None,
-        parent: None,
-        agent: None,
-        service: Some(svc(service)),
-        description: Some("nightly billing run".into()),
-    };
+    let ask = |service: &str| high_value_request(service, Some("nightly billing run"));
     let t = a.open_auth_request(&ask("stripe")).await.unwrap();
     m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
     assert_eq!(
@@ -487,13 +416,8 @@ async fn a_pair_request_addressed_to_a_master_is_only_that_masters() {
     let (m2, _, _) = ts.master("m2").await;
     let key = HpkeKeyPair::generate().unwrap();
     let req = OpenAuthRequest {
-        kind: AuthKind::Pair,
-        requester_public_key: Some(b64(&key.public_key())),
-        identity: None,
         parent: Some(m_info.wallet.clone()),
-        agent: None,
-        service: None,
-        description: None,
+        ..pair_request(&key, None)
     };
     let t = ts.anon().open_auth_request(&req).await.unwrap();
     assert_hidden_from(&m2, &t).await;
@@ -609,4 +533,29 @@ async fn assert_hidden_from(other: &agentkeys_core::HttpBackend, t: &AuthRequest
         other.approve(&t.id, &ApproveRequest::default()).await,
         ErrorCode::NotFound,
     );
+}
+
+/// Stores `value` for `service` under `m`, marked high-value.
+async fn store_high_value(m: &HttpBackend, service: &str, value: &[u8]) {
+    m.store_credential(
+        None,
+        &svc(service),
+        value,
+        Some(Policy { high_value: true }),
+    )
+    .await
+    .unwrap();
+}
+
+/// A request for one release of `service`.
+fn high_value_request(service: &str, description: Option<&str>) -> OpenAuthRequest {
+    OpenAuthRequest {
+        kind: AuthKind::HighValue,
+        requester_public_key: None,
+        identity: None,
+        parent: None,
+        agent: None,
+        service: Some(svc(service)),
+        description: description.map(str::to_owned),
+    }
 }

@@ -79,15 +79,7 @@ impl TestServer {
         let daemon_key = HpkeKeyPair::generate().unwrap();
         let ticket = self
             .anon()
-            .open_auth_request(&OpenAuthRequest {
-                kind: AuthKind::Pair,
-                requester_public_key: Some(b64(&daemon_key.public_key())),
-                identity: None,
-                parent: None,
-                agent: None,
-                service: None,
-                description: Some("test daemon".into()),
-            })
+            .open_auth_request(&pair_request(&daemon_key, Some("test daemon")))
             .await
             .unwrap();
         let view = master
@@ -142,6 +134,19 @@ pub async fn client_with(url: &str, token: &SecretString) -> HttpBackend {
         .pinning_first_contact()
         .await
         .unwrap()
+}
+
+/// A request to pair the requester holding `key`, addressed to no master in particular.
+pub fn pair_request(key: &HpkeKeyPair, description: Option<&str>) -> OpenAuthRequest {
+    OpenAuthRequest {
+        kind: AuthKind::Pair,
+        requester_public_key: Some(b64(&key.public_key())),
+        identity: None,
+        parent: None,
+        agent: None,
+        service: None,
+        description: description.map(str::to_owned),
+    }
 }
 
 pub fn b64(b: &[u8]) -> String {
