@@ -53,8 +53,11 @@ def shielding_signed_bytes(shielding_pk: bytes) -> bytes:
     return b"agentkeys-shielding-key-v1\0" + lp(shielding_pk)
 
 
-def read_signed_bytes(recipient_pk: bytes, aad: bytes, sealed: bytes, high_value: bool) -> bytes:
-    return b"agentkeys-read-v1\0" + lp(recipient_pk) + lp(aad) + lp(sealed) + lp(bytes([1 if high_value else 0]))
+def read_signed_bytes(recipient_pk: bytes, aad: bytes, sealed: bytes, high_value: bool, binding: str | None = None) -> bytes:
+    parts = lp(recipient_pk) + lp(aad) + lp(sealed) + lp(bytes([1 if high_value else 0]))
+    if binding is None:
+        return b"agentkeys-read-v1\0" + parts
+    return b"agentkeys-read-v2\0" + parts + lp(binding.encode("utf-8"))
 
 
 def decision_signed_bytes(req_id: str, status: str, sealed_session: bytes) -> bytes:
@@ -186,13 +189,15 @@ class Client:
         return self.request("POST", "/v1/sessions/revoke", body)[1]
 
     # credentials
-    def store(self, service: str, secret: bytes, agent: str | None = None, high_value: bool | None = None):
+    def store(self, service: str, secret: bytes, agent: str | None = None, high_value: bool | None = None,
+              binding: dict | None = None):
         if self.shielding_key is None:
             self.server_info()  # verifies the shielding key before sealing anything to it
         owner = agent or self.wallet
         sealed = hpke_seal(self.shielding_key, b"agentkeys store v1", credential_aad(owner, service), secret)
         policy = None if high_value is None else {"high_value": high_value}
-        body = with_optional({"service": service, "sealed_value": b64e(sealed)}, agent=agent, policy=policy)
+        body = with_optional({"service": service, "sealed_value": b64e(sealed)}, agent=agent, policy=policy,
+                             binding=binding)
         return self.request("POST", "/v1/credentials", body)  # (201 new / 200 replaced, metadata)
 
     def read_raw(self, service: str, agent: str | None = None):
@@ -209,7 +214,8 @@ class Client:
         aad = credential_aad(ans["agent"], ans["service"])
         sealed = b64d(ans["sealed_value"])
         high = bool((ans.get("policy") or {}).get("high_value"))
-        verify_sig(self.signing_key, b64d(ans["signature"]), read_signed_bytes(pk, aad, sealed, high), "read answer")
+        signed = read_signed_bytes(pk, aad, sealed, high, ans.get("binding"))
+        verify_sig(self.signing_key, b64d(ans["signature"]), signed, "read answer")
         return hpke_open(sk, b"agentkeys read v1", aad, sealed)
 
     def read(self, service: str, agent: str | None = None) -> bytes:
@@ -220,6 +226,9 @@ class Client:
 
     def list(self, agent: str | None = None) -> list:
         return self.request("GET", "/v1/credentials", query={"agent": agent})[1]["credentials"]
+
+    def set_binding(self, agent: str, service: str, binding: dict | None) -> dict:
+        return self.request("PUT", f"/v1/credentials/{agent}/{service}/binding", {"binding": binding})[1]
 
     def set_policy(self, agent: str, service: str, high_value: bool) -> dict:
         return self.request("PUT", f"/v1/credentials/{agent}/{service}/policy", {"high_value": high_value})[1]

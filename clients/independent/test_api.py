@@ -198,6 +198,24 @@ def test_store_read_round_trip_and_tamper(url):
     expect_error("NOT_FOUND", m.read, "stripe")
 
 
+def test_a_binding_is_signed_with_the_value(url):
+    m = master(url)
+    binding = {"hosts": ["api.example.com"], "paths": ["/v1/"], "inject": {"kind": "header", "name": "x-api-key"}}
+    status, meta = m.store("bound", b"sk-bound-1", binding=binding)
+    assert status == 201 and meta["binding"] == binding
+    ans, sk = m.read_raw("bound")
+    assert json.loads(ans["binding"]) == binding  # a string: the exact signed text
+    assert m.open_read(ans, sk, "bound") == b"sk-bound-1"
+    wider = json.dumps(dict(binding, hosts=["api.example.com", "evil.example.org"]), separators=(",", ":"))
+    for tampered in (dict(ans, binding=wider), {k: v for k, v in ans.items() if k != "binding"}):
+        with pytest.raises(VerifyError):
+            m.open_read(tampered, sk, "bound")
+    assert "binding" not in m.set_binding(m.wallet, "bound", None)
+    ans, sk = m.read_raw("bound")
+    assert "binding" not in ans and m.open_read(ans, sk, "bound") == b"sk-bound-1"
+    expect_error("BAD_REQUEST", m.set_binding, m.wallet, "bound", {"hosts": ["*"], "inject": {"kind": "bearer"}})
+
+
 def test_agent_scope_enforced(url):
     m = master(url)
     m.store("openai", b"o")

@@ -99,8 +99,36 @@ pub enum Command {
         printf %s \"$OPENAI_API_KEY\" | agentkeys store openai\n  \
         agentkeys store github                       # prompts, input hidden\n  \
         agentkeys store stripe --from-env STRIPE_KEY --high-value\n  \
-        agentkeys store openai --agent research-bot --from-file ./key.txt")]
+        agentkeys store openai --agent research-bot --from-file ./key.txt\n  \
+        agentkeys store internal-api --host api.internal.example.com --inject header:x-api-key\n\n\
+        A master storing a well-known service (openai, anthropic, github, stripe, slack,\n\
+        huggingface, google-ai) for the first time binds it to that service's hosts, so\n\
+        'agentkeys run --proxy' can use it without handing the value to the agent; --host\n\
+        binds it elsewhere, --no-bind not at all ('agentkeys bind' changes it later).")]
     Store(StoreArgs),
+
+    /// Show, set or remove where the egress proxy may send a credential (masters).
+    ///
+    /// A bound credential can be used through 'agentkeys run --proxy': the agent gets a
+    /// placeholder, and the daemon's proxy puts the real value into requests to the bound
+    /// hosts only. With no change flags, prints the current binding.
+    #[command(after_help = "Examples:\n  \
+        agentkeys bind openai                                   # show\n  \
+        agentkeys bind openai --well-known                      # the built-in hosts\n  \
+        agentkeys bind internal --host api.example.com --host '*.example.net' \\\n      \
+        --inject header:authorization:'token ' --method GET --path /v2/\n  \
+        agentkeys bind gemini --host generativelanguage.googleapis.com --inject substitute --substitute-query\n  \
+        agentkeys bind openai --agent research-bot --remove\n\n\
+        Injection (--inject):\n  \
+        bearer                  Authorization: Bearer <value>\n  \
+        header:NAME[:PREFIX]    the header NAME, set to PREFIX<value>\n  \
+        basic-user              the user part of Authorization: Basic\n  \
+        basic-password          the password part of Authorization: Basic\n  \
+        substitute              the placeholder replaced in any header (default), and with\n                          \
+        --substitute-query / --substitute-body in the query string / request body\n\n\
+        A placeholder sent anywhere the binding does not allow (another host, method, path,\n\
+        the query, plain http) is refused with 403 and audited as an exfiltration attempt.")]
+    Bind(BindArgs),
 
     /// Print a credential on stdout (nothing else goes to stdout).
     ///
@@ -317,9 +345,66 @@ pub struct StoreArgs {
     /// Read the value from this file ('-' for stdin), byte for byte.
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<PathBuf>,
+    /// Do not bind a well-known service to its hosts.
+    #[arg(long, conflicts_with = "host")]
+    pub no_bind: bool,
+    /// Where the egress proxy may send it (see 'agentkeys bind --help').
+    #[command(flatten)]
+    pub binding: BindingFlags,
     /// Catches a value typed on the command line, so it can be refused without echoing it.
     #[arg(hide = true, num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub stray: Vec<OsString>,
+}
+
+/// Where a credential may be sent and how it is injected (`store` and `bind`).
+#[derive(clap::Args, Default)]
+pub struct BindingFlags {
+    /// A host it may be sent to: a name, or '*.domain' for any name under domain.
+    /// Repeat for more.
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// How it is injected: bearer, header:NAME[:PREFIX], basic-user, basic-password,
+    /// substitute (default).
+    #[arg(long, value_name = "HOW", requires = "host")]
+    pub inject: Option<String>,
+    /// Only with this HTTP method. Repeat for more; default: any.
+    #[arg(long, value_name = "METHOD", requires = "host")]
+    pub method: Vec<String>,
+    /// Only under this path prefix. Repeat for more; default: any path.
+    #[arg(long, value_name = "PREFIX", requires = "host")]
+    pub path: Vec<String>,
+    /// With --inject substitute: also replace the placeholder in the query string.
+    #[arg(long, requires = "host")]
+    pub substitute_query: bool,
+    /// With --inject substitute: also replace the placeholder in the request body.
+    #[arg(long, requires = "host")]
+    pub substitute_body: bool,
+    /// Also inject over plain http:// (default: TLS only).
+    #[arg(long, requires = "host")]
+    pub allow_http: bool,
+    /// The hosts may resolve to loopback or private addresses (default: refused).
+    #[arg(long, requires = "host")]
+    pub allow_private: bool,
+}
+
+/// The flags of `agentkeys bind`.
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("change").args(["host", "remove", "well_known"])))]
+pub struct BindArgs {
+    /// The credential's owner (wallet, alias or e-mail); default: yourself.
+    #[arg(long, value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// The credential's name.
+    pub service: String,
+    /// Remove the binding: the proxy will not inject it anywhere.
+    #[arg(long)]
+    pub remove: bool,
+    /// Bind it to the built-in hosts of a well-known service of the same name.
+    #[arg(long)]
+    pub well_known: bool,
+    /// The binding to set.
+    #[command(flatten)]
+    pub binding: BindingFlags,
 }
 
 /// The flags of `agentkeys scope`.

@@ -10,10 +10,11 @@ use agentkeys_types::api::{
     AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo, CredentialList,
     DecideResponse, Decision, HPKE_INFO_READ, HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity,
     LinkIdentityRequest, OpenAuthRequest, Policy, ReadCredentialRequest, ReadCredentialResponse,
-    RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo, StoreCredentialRequest,
-    TeardownResponse, auth_request_canonical_bytes, credential_aad, decision_signing_bytes,
-    read_signing_bytes, shielding_key_signing_bytes,
+    RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo, SetBindingRequest,
+    StoreCredentialRequest, TeardownResponse, auth_request_canonical_bytes, credential_aad,
+    decision_signing_bytes, read_signing_bytes, shielding_key_signing_bytes,
 };
+use agentkeys_types::binding::Binding;
 use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
 use base64::Engine as _;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -88,6 +89,26 @@ pub trait Backend: Send + Sync {
         service: &ServiceName,
         value: &[u8],
         policy: Option<Policy>,
+    ) -> impl Future<Output = Result<CredentialInfo, ClientError>> + Send {
+        self.store_bound_credential(agent, service, value, policy, None)
+    }
+    /// `POST /v1/credentials` with a binding (masters): stores the value and sets where
+    /// the egress proxy may send it in one call. `binding: None` keeps an existing binding.
+    fn store_bound_credential(
+        &self,
+        agent: Option<&Wallet>,
+        service: &ServiceName,
+        value: &[u8],
+        policy: Option<Policy>,
+        binding: Option<&Binding>,
+    ) -> impl Future<Output = Result<CredentialInfo, ClientError>> + Send;
+    /// `PUT /v1/credentials/{agent}/{service}/binding`: sets (`Some`) or removes (`None`)
+    /// a binding (masters).
+    fn set_binding(
+        &self,
+        agent: &Wallet,
+        service: &ServiceName,
+        binding: Option<&Binding>,
     ) -> impl Future<Output = Result<CredentialInfo, ClientError>> + Send;
     /// `GET /v1/credentials`.
     fn list_credentials(
@@ -160,6 +181,8 @@ pub struct ReadCredential {
     pub page: SecretPage,
     /// The credential's policy at the time of the read.
     pub policy: Policy,
+    /// Where the egress proxy may send it (signed with the value), if bound.
+    pub binding: Option<Binding>,
 }
 
 /// Verifies a pair/recover decision against the pinned server key and opens the session
@@ -484,12 +507,13 @@ impl Backend for HttpBackend {
         self.send(req, true).await
     }
 
-    async fn store_credential(
+    async fn store_bound_credential(
         &self,
         agent: Option<&Wallet>,
         service: &ServiceName,
         value: &[u8],
         policy: Option<Policy>,
+        binding: Option<&Binding>,
     ) -> Result<CredentialInfo, ClientError> {
         let key = self.shielding_key().await?;
         let owner = match agent {
@@ -507,6 +531,7 @@ impl Backend for HttpBackend {
             service: service.clone(),
             sealed_value: base64::engine::general_purpose::STANDARD.encode(sealed),
             policy,
+            binding: binding.cloned(),
         };
         self.post("/v1/credentials", &body, true).await
     }
@@ -549,12 +574,50 @@ impl Backend for HttpBackend {
         let signature = b64
             .decode(&resp.signature)
             .map_err(|_| ClientError::BadSignature)?;
-        let signed = read_signing_bytes(&ephemeral.public_key(), &aad, &sealed, resp.policy);
+        let signed = read_signing_bytes(
+            &ephemeral.public_key(),
+            &aad,
+            &sealed,
+            resp.policy,
+            resp.binding.as_deref(),
+        );
         sign::verify(&pinned, &signed, &signature).map_err(|_| ClientError::BadSignature)?;
+        // Signed, so the server's: still checked, since the daemon's proxy trusts it.
+        let binding = resp
+            .binding
+            .as_deref()
+            .map(|text| {
+                serde_json::from_str::<Binding>(text)
+                    .ok()
+                    .filter(|b| b.validate().is_ok())
+                    .ok_or_else(|| {
+                        ClientError::Protocol("the credential's binding is malformed".into())
+                    })
+            })
+            .transpose()?;
         Ok(ReadCredential {
             page: hpke::open_into_page(&ephemeral, HPKE_INFO_READ, &aad, &sealed)?,
             policy: resp.policy,
+            binding,
         })
+    }
+
+    async fn set_binding(
+        &self,
+        agent: &Wallet,
+        service: &ServiceName,
+        binding: Option<&Binding>,
+    ) -> Result<CredentialInfo, ClientError> {
+        let path = format!(
+            "/v1/credentials/{}/{}/binding",
+            seg(agent.as_str()),
+            seg(service.as_str())
+        );
+        let body = SetBindingRequest {
+            binding: binding.cloned(),
+        };
+        self.send(self.http.put(self.url(&path)).json(&body), true)
+            .await
     }
 
     async fn set_policy(

@@ -518,6 +518,7 @@ impl Daemon {
                 Ok(ReadCredential {
                     page: copy,
                     policy: read.policy,
+                    binding: read.binding.clone(),
                 })
             }
             Err(_) => Err(FailedRead::Shared(flight)),

@@ -8,6 +8,7 @@ mod server {
     mod api;
     mod approvals;
     mod bad_input;
+    mod bindings;
     pub mod common;
     mod e2e;
     mod mitm;

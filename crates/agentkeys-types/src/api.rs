@@ -10,6 +10,7 @@ use agentkeys_secmem::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::UnixSeconds;
+use crate::binding::Binding;
 use crate::names::{ServiceName, Wallet};
 use crate::scope::Scope;
 
@@ -25,6 +26,9 @@ pub const DECISION_SIGNING_CONTEXT: &[u8] = b"agentkeys-decision-v1\0";
 pub const SHIELDING_KEY_SIGNING_CONTEXT: &[u8] = b"agentkeys-shielding-key-v1\0";
 /// Domain separation prefix of the bytes the server signs for a credential read answer.
 pub const READ_SIGNING_CONTEXT: &[u8] = b"agentkeys-read-v1\0";
+
+/// The signing context of a read answer that carries a binding ([`read_signing_bytes`]).
+pub const BOUND_READ_SIGNING_CONTEXT: &[u8] = b"agentkeys-read-v2\0";
 
 /// `context ‖ (u64 big-endian length ‖ part)…`: every signed message of the API, so no
 /// two messages (of one kind or of different kinds) share an encoding.
@@ -49,19 +53,35 @@ pub fn shielding_key_signing_bytes(shielding_public_key: &[u8]) -> Vec<u8> {
 /// The bytes the server signs for a read answer: `"agentkeys-read-v1\0"`, then
 /// length-prefixed the request's recipient public key (32 raw bytes), the aad
 /// ([`credential_aad`] of the owner answered for), the sealed value (raw bytes) and the
-/// policy (one byte: 1 high-value, 0 not). The recipient key is fresh per read, so an answer
-/// cannot be replayed into another read; the reader opens nothing that does not verify.
+/// policy (one byte: 1 high-value, 0 not). An answer that carries a binding is signed
+/// under `"agentkeys-read-v2\0"` with the binding's JSON text (the exact bytes of the
+/// answer's `binding` string) as a fifth part, so a binding can be neither added, changed
+/// nor stripped. The recipient key is fresh per read, so an answer cannot be replayed into
+/// another read; the reader opens nothing that does not verify.
 pub fn read_signing_bytes(
     recipient_public_key: &[u8],
     aad: &[u8],
     sealed_value: &[u8],
     policy: Policy,
+    binding: Option<&str>,
 ) -> Vec<u8> {
     let policy_byte = [u8::from(policy.high_value)];
-    signing_bytes(
-        READ_SIGNING_CONTEXT,
-        &[recipient_public_key, aad, sealed_value, &policy_byte],
-    )
+    match binding {
+        None => signing_bytes(
+            READ_SIGNING_CONTEXT,
+            &[recipient_public_key, aad, sealed_value, &policy_byte],
+        ),
+        Some(text) => signing_bytes(
+            BOUND_READ_SIGNING_CONTEXT,
+            &[
+                recipient_public_key,
+                aad,
+                sealed_value,
+                &policy_byte,
+                text.as_bytes(),
+            ],
+        ),
+    }
 }
 
 /// The associated data binding a sealed credential to its owner and name, so a sealed
@@ -316,6 +336,19 @@ pub struct StoreCredentialRequest {
     /// Policy to set; when absent an existing policy is kept (new credentials: normal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
+    /// Binding to set (masters only); when absent an existing binding is kept (new
+    /// credentials: none). Remove one with `PUT …/binding` and `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+}
+
+/// `PUT /v1/credentials/{agent}/{service}/binding` (masters): `{"binding": {…}}` sets,
+/// `{"binding": null}` removes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetBindingRequest {
+    /// The new binding, or `null`.
+    pub binding: Option<Binding>,
 }
 
 /// One credential's metadata, never its value.
@@ -327,6 +360,9 @@ pub struct CredentialInfo {
     pub service: ServiceName,
     /// Its policy.
     pub policy: Policy,
+    /// Where the egress proxy may send it, if bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
     /// When it was first stored.
     pub created_at: UnixSeconds,
     /// When its value last changed.
@@ -365,6 +401,10 @@ pub struct ReadCredentialResponse {
     /// The credential's policy at the time of this read (a daemon never caches a
     /// high-value credential).
     pub policy: Policy,
+    /// The credential's binding as JSON text (a [`Binding`]), when it has one: signed as
+    /// these exact bytes, then parsed by the reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
     /// Ed25519 signature (base64) by the server's signing key over [`read_signing_bytes`].
     pub signature: String,
 }
@@ -581,11 +621,13 @@ pub enum AuditAction {
     IdentityLink,
     /// `trail.anchor`: a daemon anchored the head of its own audit trail.
     TrailAnchor,
+    /// `binding.set`: a credential bound to hosts for the egress proxy, or unbound.
+    BindingSet,
 }
 
 impl AuditAction {
     /// Every action, in the order the docs list them.
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 13] = [
         AuditAction::SessionCreate,
         AuditAction::SessionRevoke,
         AuditAction::CredentialStore,
@@ -598,6 +640,7 @@ impl AuditAction {
         AuditAction::AuthDeny,
         AuditAction::IdentityLink,
         AuditAction::TrailAnchor,
+        AuditAction::BindingSet,
     ];
 
     /// The wire name (`credential.read`, …).
@@ -615,6 +658,7 @@ impl AuditAction {
             AuditAction::AuthDeny => "auth.deny",
             AuditAction::IdentityLink => "identity.link",
             AuditAction::TrailAnchor => "trail.anchor",
+            AuditAction::BindingSet => "binding.set",
         }
     }
 
@@ -802,12 +846,15 @@ mod tests {
             service: service(),
             sealed_value: "x".into(),
             policy: Some(Policy { high_value: true }),
+            binding: crate::binding::well_known("openai"),
         });
+        round_trip(&SetBindingRequest { binding: None });
         round_trip(&CredentialList {
             credentials: vec![CredentialInfo {
                 agent: wallet(),
                 service: service(),
                 policy: Policy::default(),
+                binding: crate::binding::well_known("github"),
                 created_at: 1,
                 updated_at: 2,
             }],
@@ -822,6 +869,7 @@ mod tests {
             service: service(),
             sealed_value: "c".into(),
             policy: Policy { high_value: true },
+            binding: Some("{}".into()),
             signature: "s".into(),
         });
         round_trip(&OpenAuthRequest {
@@ -980,11 +1028,24 @@ mod tests {
     fn read_signing_bytes_bind_key_aad_value_and_policy() {
         let normal = Policy { high_value: false };
         let high = Policy { high_value: true };
-        let base = read_signing_bytes(b"k", b"a", b"v", normal);
+        let base = read_signing_bytes(b"k", b"a", b"v", normal, None);
         assert!(base.starts_with(READ_SIGNING_CONTEXT));
-        assert_ne!(base, read_signing_bytes(b"k", b"a", b"v", high));
-        assert_ne!(base, read_signing_bytes(b"k2", b"a", b"v", normal));
-        assert_ne!(base, read_signing_bytes(b"k", b"av", b"", normal));
+        assert_ne!(base, read_signing_bytes(b"k", b"a", b"v", high, None));
+        assert_ne!(base, read_signing_bytes(b"k2", b"a", b"v", normal, None));
+        assert_ne!(base, read_signing_bytes(b"k", b"av", b"", normal, None));
+        // A binding changes the context and is a part of its own: it cannot be stripped,
+        // added or moved into another field.
+        let bound = read_signing_bytes(b"k", b"a", b"v", normal, Some("{}"));
+        assert!(bound.starts_with(BOUND_READ_SIGNING_CONTEXT));
+        assert_ne!(base, bound);
+        assert_ne!(
+            bound,
+            read_signing_bytes(b"k", b"a", b"v", normal, Some("{ }"))
+        );
+        assert_ne!(
+            bound,
+            read_signing_bytes(b"k", b"a", b"v{}", normal, Some(""))
+        );
         assert_ne!(
             shielding_key_signing_bytes(b"x"),
             decision_signing_bytes("", AuthStatus::Approved, b"x")

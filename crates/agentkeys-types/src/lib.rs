@@ -4,6 +4,7 @@
 //! - [`error`]: the stable error codes (`BAD_REQUEST` … `INTERNAL`) and the JSON error body.
 //! - [`names`]: validated names: [`Wallet`], [`ServiceName`], and the session token prefixes.
 //! - [`scope`]: what a session may touch ([`Scope`]).
+//! - [`binding`]: where a credential may be sent and how the egress proxy injects it.
 //! - [`api`]: the HTTP API v1 request and response bodies (DESIGN.md "HTTP API v1").
 //!
 //! This crate does no I/O. Types that carry a secret (a session token) do not derive
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod binding;
 pub mod error;
 pub mod names;
 pub mod scope;

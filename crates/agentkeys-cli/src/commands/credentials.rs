@@ -1,11 +1,12 @@
-//! Credential commands: `store`, `read`, `list`, `policy`.
+//! Credential commands: `store`, `read`, `list`, `policy`, `bind`.
 
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
-use agentkeys_types::api::{AuthRequestTicket, AuthStatus, Policy};
+use agentkeys_types::api::{AuthRequestTicket, AuthStatus, Policy, SessionKind};
+use agentkeys_types::binding::{BasicPart, Binding, Inject, WELL_KNOWN, well_known};
 use agentkeys_types::{ErrorCode, ServiceName};
 use serde_json::json;
 
-use crate::cli::StoreArgs;
+use crate::cli::{BindArgs, BindingFlags, StoreArgs};
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note, timestamp};
@@ -34,17 +35,35 @@ pub async fn store(ctx: &Context, args: StoreArgs) -> CliResult {
             label: service.as_str(),
         },
     };
+    let mut binding = binding_from_flags(&args.binding)?;
+    let is_master = session.stored.session.kind == SessionKind::Master;
+    if binding.is_some() && !is_master {
+        return Err(
+            CliError::usage("only a master may bind a credential to hosts")
+                .hint("store without --host; your master binds it with 'agentkeys bind'"),
+        );
+    }
+    if binding.is_none() && is_master && !args.no_bind {
+        binding = first_store_binding(&session, agent.as_ref(), &service).await?;
+    }
     let value = secret_io::read_value(source)?;
     let policy = args.high_value.then_some(Policy { high_value: true });
     let result = session
         .backend
-        .store_credential(agent.as_ref(), &service, value.expose_secret(), policy)
+        .store_bound_credential(
+            agent.as_ref(),
+            &service,
+            value.expose_secret(),
+            policy,
+            binding.as_ref(),
+        )
         .await;
     drop(value);
     let info = result?;
     if ctx.json {
         return output::json(&json!({
             "agent": info.agent, "service": info.service, "policy": info.policy,
+            "binding": info.binding,
             "created_at": info.created_at, "updated_at": info.updated_at,
         }));
     }
@@ -53,7 +72,191 @@ pub async fn store(ctx: &Context, args: StoreArgs) -> CliResult {
     } else {
         ""
     };
-    output::line(&format!("Stored {} for {}{hv}", info.service, info.agent))
+    output::line(&format!("Stored {} for {}{hv}", info.service, info.agent))?;
+    if let Some(b) = &info.binding {
+        note(&format!(
+            "bound to {}: 'agentkeys run --proxy --service {}' keeps the value from the agent",
+            b.hosts.join(", "),
+            info.service
+        ));
+    }
+    Ok(())
+}
+
+/// The built-in binding of a well-known service, for a credential stored for the first
+/// time; an existing credential keeps whatever binding it has.
+async fn first_store_binding(
+    session: &crate::context::Session,
+    agent: Option<&agentkeys_types::Wallet>,
+    service: &ServiceName,
+) -> CliResult<Option<Binding>> {
+    let Some(known) = well_known(service.as_str()) else {
+        return Ok(None);
+    };
+    let existing = session.backend.list_credentials(agent).await?;
+    let owner = agent.unwrap_or(session.wallet());
+    let exists = existing
+        .credentials
+        .iter()
+        .any(|c| &c.service == service && &c.agent == owner);
+    Ok((!exists).then_some(known))
+}
+
+/// The binding the flags describe; `None` without `--host`.
+pub fn binding_from_flags(f: &BindingFlags) -> CliResult<Option<Binding>> {
+    if f.host.is_empty() {
+        return Ok(None);
+    }
+    let bad_inject = |how: &str| {
+        CliError::usage(format!("'{how}' is not an injection"))
+            .hint("use bearer, header:NAME[:PREFIX], basic-user, basic-password or substitute")
+    };
+    let how = f.inject.as_deref().unwrap_or("substitute");
+    let inject = match how {
+        "bearer" => Inject::Bearer,
+        "basic-user" => Inject::Basic {
+            part: BasicPart::User,
+        },
+        "basic-password" => Inject::Basic {
+            part: BasicPart::Password,
+        },
+        "substitute" => Inject::Substitute {
+            query: f.substitute_query,
+            body: f.substitute_body,
+        },
+        other => match other.strip_prefix("header:") {
+            Some(rest) => {
+                let (name, prefix) = rest.split_once(':').unwrap_or((rest, ""));
+                Inject::Header {
+                    name: name.to_ascii_lowercase(),
+                    prefix: prefix.to_owned(),
+                }
+            }
+            None => return Err(bad_inject(other)),
+        },
+    };
+    if (f.substitute_query || f.substitute_body) && !matches!(inject, Inject::Substitute { .. }) {
+        return Err(CliError::usage(
+            "--substitute-query and --substitute-body go with --inject substitute",
+        )
+        .hint("drop them, or use --inject substitute"));
+    }
+    let binding = Binding {
+        hosts: f.host.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        methods: f.method.iter().map(|m| m.to_ascii_uppercase()).collect(),
+        paths: f.path.clone(),
+        inject,
+        allow_http: f.allow_http,
+        allow_private: f.allow_private,
+    };
+    binding.validate().map_err(|e| {
+        CliError::usage(format!("binding: {e}")).hint("see 'agentkeys bind --help'")
+    })?;
+    Ok(Some(binding))
+}
+
+/// One line describing a binding: hosts, then the restrictions and the injection.
+pub fn describe_binding(b: &Binding) -> String {
+    let mut out = b.hosts.join(", ");
+    if !b.methods.is_empty() {
+        out.push_str(&format!("; methods {}", b.methods.join(", ")));
+    }
+    if !b.paths.is_empty() {
+        out.push_str(&format!("; paths {}", b.paths.join(", ")));
+    }
+    let how = match &b.inject {
+        Inject::Bearer => "Authorization: Bearer".to_owned(),
+        Inject::Header { name, prefix } if prefix.is_empty() => format!("header {name}"),
+        Inject::Header { name, prefix } => format!("header {name} ({prefix:?} + value)"),
+        Inject::Basic { part } => format!(
+            "basic auth {}",
+            if *part == BasicPart::User {
+                "user"
+            } else {
+                "password"
+            }
+        ),
+        Inject::Substitute { query, body } => {
+            let mut at = vec!["headers"];
+            if *query {
+                at.push("query");
+            }
+            if *body {
+                at.push("body");
+            }
+            format!("placeholder replaced in {}", at.join(", "))
+        }
+    };
+    out.push_str(&format!("; {how}"));
+    if b.allow_http {
+        out.push_str("; also over plain http");
+    }
+    if b.allow_private {
+        out.push_str("; private addresses allowed");
+    }
+    out
+}
+
+/// `agentkeys bind`.
+pub async fn bind(ctx: &Context, args: BindArgs) -> CliResult {
+    let service = service_name(&args.service)?;
+    let session = ctx.session()?;
+    let owner = match session.resolve_optional(args.agent.as_deref()).await? {
+        Some(w) => w,
+        None => session.wallet().clone(),
+    };
+    let change = if args.remove {
+        Some(None)
+    } else if args.well_known {
+        let known = well_known(service.as_str()).ok_or_else(|| {
+            CliError::usage(format!("{service} is not a well-known service")).hint(format!(
+                "the built-in ones: {}; or give --host",
+                WELL_KNOWN.join(", ")
+            ))
+        })?;
+        Some(Some(known))
+    } else {
+        binding_from_flags(&args.binding)?.map(Some)
+    };
+    let info = match change {
+        Some(binding) => {
+            session
+                .backend
+                .set_binding(&owner, &service, binding.as_ref())
+                .await?
+        }
+        None => {
+            let list = session.backend.list_credentials(Some(&owner)).await?;
+            list.credentials
+                .into_iter()
+                .find(|c| c.service == service)
+                .ok_or_else(|| {
+                    CliError::new(
+                        "NOT_FOUND",
+                        exit::NOT_FOUND,
+                        format!("no credential named {service} for {owner}"),
+                    )
+                    .hint("store it first with 'agentkeys store'")
+                })?
+        }
+    };
+    if ctx.json {
+        return output::json(&json!({
+            "agent": info.agent, "service": info.service, "binding": info.binding,
+        }));
+    }
+    output::line(&match &info.binding {
+        Some(b) => format!(
+            "{} of {}: {}",
+            info.service,
+            info.agent,
+            describe_binding(b)
+        ),
+        None => format!(
+            "{} of {} is not bound: the proxy injects it nowhere",
+            info.service, info.agent
+        ),
+    })
 }
 
 /// `agentkeys read`.
@@ -193,11 +396,17 @@ pub async fn list(ctx: &Context, agent: Option<&str>) -> CliResult {
                 } else {
                     "normal".into()
                 },
+                c.binding
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |b| b.hosts.join(",")),
                 timestamp(c.updated_at),
             ]
         })
         .collect();
-    output::table(&["SERVICE", "OWNER", "POLICY", "UPDATED"], &rows)
+    output::table(
+        &["SERVICE", "OWNER", "POLICY", "BOUND TO", "UPDATED"],
+        &rows,
+    )
 }
 
 /// `agentkeys policy`.

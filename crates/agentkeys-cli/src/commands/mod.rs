@@ -34,6 +34,7 @@ pub async fn run(args: Args) -> CliResult {
         Command::Whoami => session::whoami(&ctx).await,
         Command::Doctor => doctor::doctor(&ctx).await,
         Command::Store(a) => credentials::store(&ctx, a).await,
+        Command::Bind(a) => credentials::bind(&ctx, a).await,
         Command::Read {
             agent,
             service,

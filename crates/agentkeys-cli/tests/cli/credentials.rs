@@ -265,3 +265,113 @@ fn on_a_terminal_the_prompt_hides_what_is_typed() {
     assert!(!screen.contains(&value), "the value was echoed: {screen}");
     assert_eq!(home.read("typed", &[]), value);
 }
+
+/// `bind SERVICE --json` → the binding (or null).
+fn binding_of(home: &Home, service: &str) -> serde_json::Value {
+    let out = home
+        .cmd()
+        .args(["bind", service, "--json"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    v["binding"].clone()
+}
+
+#[test]
+fn a_well_known_service_binds_itself_and_bind_changes_it() {
+    let server = start_server();
+    let home = Home::new(&server);
+    home.init();
+    let value = canary("bind");
+    home.cmd()
+        .args(["store", "openai"])
+        .write_stdin(value.clone())
+        .assert()
+        .success()
+        .stderr(contains("bound to api.openai.com"));
+    let b = binding_of(&home, "openai");
+    assert_eq!(b["hosts"], serde_json::json!(["api.openai.com"]));
+    assert_eq!(b["inject"]["kind"], "bearer");
+
+    // A custom binding survives a new value; --no-bind leaves a new one unbound.
+    home.cmd()
+        .args([
+            "bind", "openai", "--host", "API.example.com", "--host", "*.example.net",
+            "--inject", "header:X-Api-Key:key ", "--method", "post", "--path", "/v1/",
+        ])
+        .assert()
+        .success()
+        .stdout(contains(
+            "api.example.com, *.example.net; methods POST; paths /v1/; header x-api-key (\"key \" + value)",
+        ));
+    home.store_value("openai", &canary("bind2"), &[]);
+    assert_eq!(binding_of(&home, "openai")["hosts"][1], "*.example.net");
+    home.store_value("anthropic", &value, &["--no-bind"]);
+    assert!(binding_of(&home, "anthropic").is_null());
+    home.cmd()
+        .args(["bind", "anthropic", "--well-known"])
+        .assert()
+        .success()
+        .stdout(contains("api.anthropic.com; header x-api-key"));
+    let out = home.cmd().arg("list").assert().success();
+    let text = outputs(out.get_output());
+    assert!(
+        text.contains("BOUND TO") && text.contains("api.anthropic.com"),
+        "{text}"
+    );
+    assert!(!text.contains(&value));
+
+    home.cmd()
+        .args(["bind", "openai", "--remove"])
+        .assert()
+        .success()
+        .stdout(contains("is not bound"));
+    assert!(binding_of(&home, "openai").is_null());
+}
+
+#[test]
+fn a_bad_binding_is_a_usage_error_with_a_hint() {
+    let server = start_server();
+    let home = Home::new(&server);
+    home.init();
+    home.store_value("api", &canary("bad-bind"), &[]);
+    for (args, says) in [
+        (&["--host", "*"][..], "not a host name"),
+        (&["--host", "*.com"][..], "too wide"),
+        (
+            &["--host", "a.example.com", "--inject", "cookie"][..],
+            "not an injection",
+        ),
+        (
+            &["--host", "a.example.com", "--inject", "header:host"][..],
+            "cannot inject into 'host'",
+        ),
+        (
+            &["--host", "a.example.com", "--path", "v1"][..],
+            "not a path prefix",
+        ),
+        (
+            &[
+                "--host",
+                "a.example.com",
+                "--inject",
+                "bearer",
+                "--substitute-query",
+            ][..],
+            "go with --inject substitute",
+        ),
+        (&["--well-known"][..], "not a well-known service"),
+    ] {
+        home.cmd()
+            .args(["bind", "api"])
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(contains(says));
+    }
+    home.cmd()
+        .args(["bind", "missing"])
+        .assert()
+        .code(4)
+        .stderr(contains("store it first"));
+}

@@ -8,9 +8,10 @@ use agentkeys_core::crypto::envelope::{self, Envelope};
 use agentkeys_core::crypto::hpke;
 use agentkeys_types::api::{
     AuthKind, CredentialInfo, CredentialList, HPKE_INFO_READ, HPKE_INFO_STORE, Policy,
-    ReadCredentialRequest, ReadCredentialResponse, StoreCredentialRequest, credential_aad,
-    read_signing_bytes,
+    ReadCredentialRequest, ReadCredentialResponse, SetBindingRequest, StoreCredentialRequest,
+    credential_aad, read_signing_bytes,
 };
+use agentkeys_types::binding::Binding;
 use agentkeys_types::{ServiceName, Wallet};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -32,6 +33,10 @@ const MAX_SEALED: usize = 32 * 1024 + 48;
 
 fn info(c: StoredCredential) -> CredentialInfo {
     CredentialInfo {
+        binding: c
+            .binding
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok()),
         agent: c.owner,
         service: c.service,
         policy: c.policy,
@@ -87,6 +92,12 @@ async fn authorize_store<S: Store>(
                 .hint("store without policy; the master sets it with 'agentkeys policy'"),
         );
     }
+    if !caller.is_master() && req.binding.is_some() {
+        return Err(
+            ApiError::denied("only a master may bind a credential to hosts")
+                .hint("store without binding; the master sets it with 'agentkeys bind'"),
+        );
+    }
     Ok(owner)
 }
 
@@ -118,6 +129,7 @@ pub(super) async fn store<S: Store>(
         )
         .hint("credentials are limited to 32 KiB"));
     }
+    let binding = req.binding.as_ref().map(checked_binding).transpose()?;
     let sealed = b64("sealed_value", &req.sealed_value)?;
     let aad = credential_aad(&owner, service);
     let page = hpke::open_into_page(&state.keys.shielding, HPKE_INFO_STORE, &aad, &sealed).map_err(|_| {
@@ -134,12 +146,13 @@ pub(super) async fn store<S: Store>(
         wrapped_dek: env.wrapped_dek,
         ciphertext: env.ciphertext,
         policy: req.policy.unwrap_or_default(),
+        binding: binding.clone(),
         created_at: now,
         updated_at: now,
     };
     let created = state
         .store
-        .put_credential(&record_row, req.policy.is_none())
+        .put_credential(&record_row, req.policy.is_none(), binding.is_none())
         .await?;
     let stored = state
         .store
@@ -153,6 +166,16 @@ pub(super) async fn store<S: Store>(
             .service(service),
     )
     .await?;
+    if let Some(text) = &binding {
+        record(
+            &state,
+            event(caller.wallet().as_str(), AuditAction::BindingSet, "ok")
+                .agent(&owner)
+                .service(service)
+                .detail(text.clone()),
+        )
+        .await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -326,16 +349,19 @@ pub(super) async fn read<S: Store>(
             .detail(detail),
     )
     .await?;
-    let signature =
-        state
-            .keys
-            .signing
-            .sign(&read_signing_bytes(&recipient, &aad, &sealed, cred.policy));
+    let signature = state.keys.signing.sign(&read_signing_bytes(
+        &recipient,
+        &aad,
+        &sealed,
+        cred.policy,
+        cred.binding.as_deref(),
+    ));
     Ok(Json(ReadCredentialResponse {
         agent: cred.owner,
         service: cred.service,
         sealed_value: b64e(&sealed),
         policy: cred.policy,
+        binding: cred.binding,
         signature: b64e(&signature),
     }))
 }
@@ -348,35 +374,89 @@ pub(super) async fn set_policy<S: Store>(
     ApiJson(policy): ApiJson<Policy>,
 ) -> ApiResult<Json<CredentialInfo>> {
     caller.require_master()?;
-    let agent = Wallet::parse(&agent).map_err(|e| {
-        ApiError::bad_request(e.to_string())
-            .hint("the path is /v1/credentials/WALLET/SERVICE/policy")
-    })?;
-    let service = ServiceName::parse(&service).map_err(|e| {
-        ApiError::bad_request(e.to_string())
-            .hint("the path is /v1/credentials/WALLET/SERVICE/policy")
-    })?;
+    let (agent, service) = credential_path(&agent, &service, "policy")?;
     let owner = credential_owner(&state, &caller, Some(&agent)).await?;
     if !state.store.set_policy(&owner, &service, policy).await? {
-        return Err(
-            ApiError::not_found(format!("no credential named {service} for {owner}"))
-                .hint("list that owner's credentials with 'agentkeys list --agent WALLET'"),
-        );
+        return Err(no_such_credential(&service, &owner));
     }
-    let cred = state
-        .store
-        .credential(&owner, &service)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("no credential named {service}"))
-                .hint("it was deleted meanwhile; store it again")
-        })?;
+    let cred = stored_again(&state, &owner, &service).await?;
     record(
         &state,
         event(caller.wallet().as_str(), AuditAction::PolicySet, "ok")
             .agent(&owner)
             .service(&service)
             .detail(format!("high_value={}", policy.high_value)),
+    )
+    .await?;
+    Ok(Json(info(cred)))
+}
+
+/// The wallet and service of `/v1/credentials/WALLET/SERVICE/<what>`.
+fn credential_path(agent: &str, service: &str, what: &str) -> ApiResult<(Wallet, ServiceName)> {
+    let hint = || format!("the path is /v1/credentials/WALLET/SERVICE/{what}");
+    let agent =
+        Wallet::parse(agent).map_err(|e| ApiError::bad_request(e.to_string()).hint(hint()))?;
+    let service = ServiceName::parse(service)
+        .map_err(|e| ApiError::bad_request(e.to_string()).hint(hint()))?;
+    Ok((agent, service))
+}
+
+fn no_such_credential(service: &ServiceName, owner: &Wallet) -> ApiError {
+    ApiError::not_found(format!("no credential named {service} for {owner}"))
+        .hint("list that owner's credentials with 'agentkeys list --agent WALLET'")
+}
+
+/// The credential just changed, read back for the answer.
+async fn stored_again<S: Store>(
+    state: &AppState<S>,
+    owner: &Wallet,
+    service: &ServiceName,
+) -> ApiResult<StoredCredential> {
+    state
+        .store
+        .credential(owner, service)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no credential named {service}"))
+                .hint("it was deleted meanwhile; store it again")
+        })
+}
+
+/// A binding's canonical text, or why it is refused.
+fn checked_binding(binding: &Binding) -> ApiResult<String> {
+    binding.validate().map_err(|e| {
+        ApiError::bad_request(format!("binding: {e}"))
+            .hint("see 'agentkeys bind --help' for the binding format")
+    })?;
+    Ok(binding.to_json())
+}
+
+/// `PUT /v1/credentials/{agent}/{service}/binding` (masters): sets or (with `null`)
+/// removes where the egress proxy may send the credential.
+pub(super) async fn set_binding<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path((agent, service)): Path<(String, String)>,
+    ApiJson(req): ApiJson<SetBindingRequest>,
+) -> ApiResult<Json<CredentialInfo>> {
+    caller.require_master()?;
+    let (agent, service) = credential_path(&agent, &service, "binding")?;
+    let owner = credential_owner(&state, &caller, Some(&agent)).await?;
+    let text = req.binding.as_ref().map(checked_binding).transpose()?;
+    if !state
+        .store
+        .set_binding(&owner, &service, text.as_deref())
+        .await?
+    {
+        return Err(no_such_credential(&service, &owner));
+    }
+    let cred = stored_again(&state, &owner, &service).await?;
+    record(
+        &state,
+        event(caller.wallet().as_str(), AuditAction::BindingSet, "ok")
+            .agent(&owner)
+            .service(&service)
+            .detail(text.unwrap_or_else(|| "unbound".into())),
     )
     .await?;
     Ok(Json(info(cred)))

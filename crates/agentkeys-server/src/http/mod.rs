@@ -54,6 +54,10 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             "/v1/credentials/{agent}/{service}/policy",
             put(credentials::set_policy::<S>),
         )
+        .route(
+            "/v1/credentials/{agent}/{service}/binding",
+            put(credentials::set_binding::<S>),
+        )
         .route("/v1/auth-requests", post(auth_requests::open::<S>))
         .route(
             "/v1/auth-requests/by-code/{code}",

@@ -105,6 +105,9 @@ pub struct StoredCredential {
     pub ciphertext: Vec<u8>,
     /// Its policy.
     pub policy: Policy,
+    /// Its binding: the canonical JSON text of a validated
+    /// [`Binding`](agentkeys_types::binding::Binding), stored and signed as these bytes.
+    pub binding: Option<String>,
     /// First stored.
     pub created_at: UnixSeconds,
     /// Last changed.
@@ -329,12 +332,13 @@ pub trait Store: Send + Sync + 'static {
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// Inserts or replaces a credential's value; `policy: None` keeps an existing policy.
-    /// Returns true when it was new.
+    /// Inserts or replaces a credential's value; `keep_policy` / `keep_binding` keep an
+    /// existing credential's policy / binding instead of `c`'s. Returns true when it was new.
     fn put_credential(
         &self,
         c: &StoredCredential,
         keep_policy: bool,
+        keep_binding: bool,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// One credential.
     fn credential(
@@ -353,6 +357,14 @@ pub trait Store: Send + Sync + 'static {
         owner: &Wallet,
         service: &ServiceName,
         policy: Policy,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Sets or removes a binding (canonical JSON text); false when there is no such
+    /// credential.
+    fn set_binding(
+        &self,
+        owner: &Wallet,
+        service: &ServiceName,
+        binding: Option<&str>,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Inserts an auth request; `Conflict` if the pair code is taken.

@@ -109,6 +109,7 @@ fn credential_from(row: &SqliteRow) -> StoreResult<StoredCredential> {
         policy: Policy {
             high_value: row.try_get::<i64, _>("high_value")? != 0,
         },
+        binding: row.try_get("binding")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -466,7 +467,12 @@ impl Store for SqliteStore {
         .rows_affected())
     }
 
-    async fn put_credential(&self, c: &StoredCredential, keep_policy: bool) -> StoreResult<bool> {
+    async fn put_credential(
+        &self,
+        c: &StoredCredential,
+        keep_policy: bool,
+        keep_binding: bool,
+    ) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await?;
         let existed = sqlx::query("SELECT 1 FROM credentials WHERE owner = $1 AND service = $2")
             .bind(c.owner.as_str())
@@ -475,11 +481,12 @@ impl Store for SqliteStore {
             .await?
             .is_some();
         sqlx::query(
-            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $8, $6, $6) \
              ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
                ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
-               high_value = CASE WHEN $7 THEN credentials.high_value ELSE excluded.high_value END",
+               high_value = CASE WHEN $7 THEN credentials.high_value ELSE excluded.high_value END, \
+               binding = CASE WHEN $9 THEN credentials.binding ELSE excluded.binding END",
         )
         .bind(c.owner.as_str())
         .bind(c.service.as_str())
@@ -488,6 +495,8 @@ impl Store for SqliteStore {
         .bind(i64::from(c.policy.high_value))
         .bind(c.updated_at)
         .bind(keep_policy)
+        .bind(c.binding.as_deref())
+        .bind(keep_binding)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -500,7 +509,7 @@ impl Store for SqliteStore {
         svc: &ServiceName,
     ) -> StoreResult<Option<StoredCredential>> {
         let row = sqlx::query(
-            "SELECT owner, service, wrapped_dek, ciphertext, high_value, created_at, updated_at \
+            "SELECT owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 AND service = $2",
         )
         .bind(owner.as_str())
@@ -512,7 +521,7 @@ impl Store for SqliteStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, high_value, created_at, updated_at \
+            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, high_value, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -530,6 +539,23 @@ impl Store for SqliteStore {
         let n =
             sqlx::query("UPDATE credentials SET high_value = $1 WHERE owner = $2 AND service = $3")
                 .bind(i64::from(policy.high_value))
+                .bind(owner.as_str())
+                .bind(svc.as_str())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_binding(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+        binding: Option<&str>,
+    ) -> StoreResult<bool> {
+        let n =
+            sqlx::query("UPDATE credentials SET binding = $1 WHERE owner = $2 AND service = $3")
+                .bind(binding)
                 .bind(owner.as_str())
                 .bind(svc.as_str())
                 .execute(&self.writer)

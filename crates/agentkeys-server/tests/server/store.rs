@@ -209,7 +209,7 @@ async fn an_expired_grant_is_not_spent<S: Store>(s: S) {
     );
 }
 
-async fn credentials_upsert_and_keep_policy_on_request<S: Store>(s: S) {
+async fn credentials_upsert_and_keep_policy_and_binding_on_request<S: Store>(s: S) {
     let m = master(&s).await;
     let mut c = StoredCredential {
         owner: m.wallet.clone(),
@@ -217,14 +217,16 @@ async fn credentials_upsert_and_keep_policy_on_request<S: Store>(s: S) {
         wrapped_dek: vec![1],
         ciphertext: vec![2],
         policy: Policy { high_value: true },
+        binding: Some(r#"{"hosts":["api.openai.com"]}"#.into()),
         created_at: NOW,
         updated_at: NOW,
     };
-    assert!(s.put_credential(&c, false).await.unwrap());
+    assert!(s.put_credential(&c, false, false).await.unwrap());
     c.ciphertext = vec![3];
     c.policy = Policy::default();
+    c.binding = None;
     c.updated_at = NOW + 5;
-    assert!(!s.put_credential(&c, true).await.unwrap());
+    assert!(!s.put_credential(&c, true, true).await.unwrap());
     let got = s
         .credential(&m.wallet, &svc("openai"))
         .await
@@ -239,14 +241,28 @@ async fn credentials_upsert_and_keep_policy_on_request<S: Store>(s: S) {
         ),
         (vec![3], true, NOW, NOW + 5)
     );
-    s.put_credential(&c, false).await.unwrap();
+    assert_eq!(
+        got.binding.as_deref(),
+        Some(r#"{"hosts":["api.openai.com"]}"#),
+        "a binding is kept when asked"
+    );
+    s.put_credential(&c, false, false).await.unwrap();
+    let replaced = s
+        .credential(&m.wallet, &svc("openai"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!replaced.policy.high_value);
+    assert_eq!(replaced.binding, None, "and replaced when not");
     assert!(
-        !s.credential(&m.wallet, &svc("openai"))
+        s.set_binding(&m.wallet, &svc("openai"), Some("{}"))
             .await
             .unwrap()
+    );
+    assert!(
+        !s.set_binding(&m.wallet, &svc("nothing"), Some("{}"))
+            .await
             .unwrap()
-            .policy
-            .high_value
     );
     let listed = s.list_credentials(&m.wallet).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -379,7 +395,7 @@ macro_rules! engine {
             decisions_respect_expiry_and_existence,
             a_grant_is_spent_once_under_concurrency,
             an_expired_grant_is_not_spent,
-            credentials_upsert_and_keep_policy_on_request,
+            credentials_upsert_and_keep_policy_and_binding_on_request,
             sessions_revoke_and_teardown_only_what_they_own,
             identities_are_one_namespace_per_master,
             old_auth_requests_are_purged_but_live_grants_kept,
