@@ -284,7 +284,15 @@ pub enum Command {
     /// value. The exit status is the
     /// command's (killed by a signal: this process dies by the same signal); Ctrl-C and
     /// other signals are forwarded. Exit 126: cannot execute; 127: command not found.
+    ///
+    /// With --proxy the command never holds the value at all: OPENAI_API_KEY is a
+    /// placeholder shaped like the key, HTTPS_PROXY points at the daemon's egress proxy for
+    /// this run, and SSL_CERT_FILE (and REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+    /// NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO) at a bundle with the run's CA. The proxy swaps
+    /// the placeholder for the value only in requests to the hosts the credential is bound to
+    /// ('agentkeys bind'), and refuses it anywhere else.
     #[command(after_help = "Examples:\n  \
+        agentkeys run --proxy --service openai -- python agent.py   # the agent never holds the key\n  \
         agentkeys run --service openai -- python agent.py\n  \
         agentkeys run --env GH_TOKEN=github -- gh repo list\n  \
         agentkeys run --fd --service openai -- python -m my_agent   # AGENTKEYS_FD_OPENAI\n  \
@@ -318,8 +326,12 @@ pub struct RunArgs {
     pub env: Vec<String>,
     /// Pass memfd_secret file descriptors (AGENTKEYS_FD_SERVICE=FD:LENGTH) instead of
     /// values, for programs using an agentkeys managed runtime.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "proxy")]
     pub fd: bool,
+    /// Give the command placeholders and the daemon's egress proxy instead of values: the
+    /// value goes only into requests to the credential's bound hosts.
+    #[arg(long)]
+    pub proxy: bool,
     /// The daemon socket.
     #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,

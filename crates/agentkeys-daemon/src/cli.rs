@@ -143,6 +143,17 @@ pub struct ServeArgs {
     /// Refuse to start unless Yama's ptrace_scope is at least 1.
     #[arg(long)]
     pub require_ptrace_scope: bool,
+    /// Egress proxy: send connections for HOST to ADDR:PORT instead of what DNS says (like
+    /// curl's --resolve), e.g. a local test upstream or a private gateway. Repeatable.
+    #[arg(long, value_name = "HOST=ADDR:PORT")]
+    pub proxy_resolve: Vec<String>,
+    /// Egress proxy: also trust this CA (PEM) for upstream TLS, besides the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_upstream_ca: Option<PathBuf>,
+    /// Egress proxy: hosts no credential is bound to are tunnelled untouched (open, the
+    /// default) or refused (strict).
+    #[arg(long, value_name = "MODE", value_parser = ["open", "strict"])]
+    pub egress: Option<String>,
 }
 
 /// `--parent`: a wallet, said plainly when it is not one (names belong to one master, so

@@ -55,6 +55,83 @@ pub struct Config {
     /// Keep the agent session in memory only (`--ephemeral`): no file, no keyring entry;
     /// a restart needs a new approval.
     pub ephemeral: bool,
+    /// The egress proxy's upstream settings.
+    pub proxy: ProxyConfig,
+}
+
+/// The egress proxy's upstream settings (`--proxy-resolve`, `--proxy-upstream-ca`,
+/// `--egress`).
+#[derive(Clone, Debug, Default)]
+pub struct ProxyConfig {
+    /// `HOST=ADDR:PORT`: connections to HOST (any port) go to ADDR:PORT, whatever DNS says
+    /// and whatever the address (the operator chose it).
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Extra roots the upstream's TLS certificate may chain to.
+    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// `--egress strict`: hosts no credential is bound to are refused, not tunnelled.
+    pub strict: bool,
+}
+
+impl ProxyConfig {
+    /// Parses the flags.
+    pub fn from_flags(
+        resolve: &[String],
+        upstream_ca: Option<&Path>,
+        egress: Option<&str>,
+    ) -> Result<ProxyConfig, DaemonError> {
+        let mut config = ProxyConfig::default();
+        for entry in resolve {
+            let parsed = entry.split_once('=').and_then(|(host, addr)| {
+                Some((
+                    host.trim_end_matches('.').to_ascii_lowercase(),
+                    addr.parse().ok()?,
+                ))
+            });
+            let Some((host, addr)) = parsed.filter(|(h, _)| !h.is_empty()) else {
+                return Err(DaemonError::usage(format!(
+                    "--proxy-resolve {entry}: expected HOST=ADDR:PORT, e.g. api.openai.com=127.0.0.1:8443"
+                )));
+            };
+            config.resolve.push((host, addr));
+        }
+        if let Some(path) = upstream_ca {
+            use rustls::pki_types::pem::PemObject as _;
+            let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| {
+                    DaemonError::usage(format!("--proxy-upstream-ca {}: {e}", path.display()))
+                })?
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    DaemonError::usage(format!("--proxy-upstream-ca {}: {e}", path.display()))
+                })?;
+            if certs.is_empty() {
+                return Err(DaemonError::usage(format!(
+                    "--proxy-upstream-ca {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            config.upstream_ca = certs;
+        }
+        config.strict = match egress {
+            None | Some("open") => false,
+            Some("strict") => true,
+            Some(other) => {
+                return Err(DaemonError::usage(format!(
+                    "--egress {other}: expected open (tunnel unbound hosts untouched) or strict (refuse them)"
+                )));
+            }
+        };
+        Ok(config)
+    }
+
+    /// The `--proxy-resolve` address for `host`, if any.
+    pub fn resolve_override(&self, host: &str, _port: u16) -> Option<std::net::SocketAddr> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.resolve
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map(|(_, a)| *a)
+    }
 }
 
 impl Default for Config {
@@ -72,6 +149,7 @@ impl Default for Config {
             run_max_output: 64 * 1024,
             cache_page: None,
             ephemeral: false,
+            proxy: ProxyConfig::default(),
         }
     }
 }

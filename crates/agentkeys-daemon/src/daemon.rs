@@ -21,6 +21,7 @@ use agentkeys_secmem::harden::HardeningReport;
 use agentkeys_secmem::pkey::ProtectedPage;
 use agentkeys_secmem::{SecretPage, SecretPageKind};
 use agentkeys_types::api::SessionInfo;
+use agentkeys_types::binding::Binding;
 use agentkeys_types::{ErrorCode, Scope, ServiceName};
 use rmcp::model::RequestId;
 use rustix::process::Signal;
@@ -117,6 +118,8 @@ impl Conn {
 /// A cached credential (opt-in per service, never high-value).
 struct Cached {
     page: ProtectedPage,
+    /// The binding that came signed with the value.
+    binding: Option<Binding>,
     kind: SecretPageKind,
     last_used: Instant,
     ttl: Duration,
@@ -421,6 +424,20 @@ impl Daemon {
         peer: &Peer,
         request: &str,
     ) -> Result<SecretPage, Refusal> {
+        self.fetch_bound(service, peer, request)
+            .await
+            .map(|(page, _)| page)
+    }
+
+    /// [`Daemon::fetch`], with the credential's binding (signed with the value by the
+    /// server, or kept with the cached copy): the egress proxy checks every injection
+    /// against the binding of the value it injects.
+    pub async fn fetch_bound(
+        self: &Arc<Self>,
+        service: &ServiceName,
+        peer: &Peer,
+        request: &str,
+    ) -> Result<(SecretPage, Option<Binding>), Refusal> {
         let deny = |detail: &str| {
             let mut e = self.event("deny", Some(service), peer, Some(request));
             e.detail = Some(detail.to_owned());
@@ -433,12 +450,12 @@ impl Daemon {
         }
         let ttl = self.config.cache.get(service).copied();
         if ttl.is_some()
-            && let Some(page) = self.cache_hit(service)
+            && let Some((page, binding)) = self.cache_hit(service)
         {
             let mut e = self.event("fetch", Some(service), peer, Some(request));
             e.detail = Some(format!("cache hit, page={}", page.kind().as_str()));
             self.audit(e);
-            return Ok(page);
+            return Ok((page, binding));
         }
         let read = self.read_shared(service).await;
         #[cfg(test)]
@@ -462,10 +479,10 @@ impl Daemon {
                             "not cached: high-value, each release needs an approval".into(),
                         );
                     } else {
-                        self.cache_store(service, &read.page, ttl);
+                        self.cache_store(service, &read.page, read.binding.as_ref(), ttl);
                     }
                 }
-                Ok(read.page)
+                Ok((read.page, read.binding))
             }
             Err(failed) => {
                 let err = failed.error();
@@ -758,7 +775,7 @@ impl Daemon {
     }
 
     /// A copy of a fresh cached entry, refreshing its idle clock (never past its max age).
-    fn cache_hit(&self, service: &ServiceName) -> Option<SecretPage> {
+    fn cache_hit(&self, service: &ServiceName) -> Option<(SecretPage, Option<Binding>)> {
         let mut cache = self.cache.lock().ok()?;
         let entry = cache.get_mut(service)?;
         let now = Instant::now();
@@ -767,13 +784,19 @@ impl Daemon {
         }
         let copy = entry.page.with_access(SecretPage::from_slice).ok()?;
         entry.last_used = now;
-        Some(copy)
+        Some((copy, entry.binding.clone()))
     }
 
     /// Caches a copy of `page`, unless the session was revoked or a debugger attached
     /// meanwhile: checked under the cache lock, which `on_revoked` and `check_debugger` take
     /// after setting their flag, so no value can slip in after their wipe.
-    fn cache_store(&self, service: &ServiceName, page: &SecretPage, ttl: Duration) {
+    fn cache_store(
+        &self,
+        service: &ServiceName,
+        page: &SecretPage,
+        binding: Option<&Binding>,
+        ttl: Duration,
+    ) {
         let copy = match self.config.cache_page {
             Some(kind) => SecretPage::with_kind(page.len(), kind).map(|mut p| {
                 p.expose_secret_mut().copy_from_slice(page.expose_secret());
@@ -792,6 +815,7 @@ impl Daemon {
                     service.clone(),
                     Cached {
                         kind,
+                        binding: binding.cloned(),
                         page: ProtectedPage::new(copy),
                         last_used: now,
                         ttl,
@@ -862,10 +886,14 @@ impl Daemon {
     /// credentials' current policies (the server's list, which is scope-filtered): a service
     /// no longer in scope, no longer listed, or now high-value is evicted.
     async fn revalidate_cache(&self, scope: &Scope) {
-        let cached: Vec<ServiceName> = self
+        let cached: Vec<(ServiceName, Option<Binding>)> = self
             .cache
             .lock()
-            .map(|c| c.keys().cloned().collect())
+            .map(|c| {
+                c.iter()
+                    .map(|(s, e)| (s.clone(), e.binding.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         if cached.is_empty() {
             return;
@@ -873,7 +901,7 @@ impl Daemon {
         let listed = self.backend.list_credentials(None).await.ok();
         let reasons = cached
             .into_iter()
-            .filter_map(|service| {
+            .filter_map(|(service, binding)| {
                 let why = if !scope.allows(&service) {
                     "no longer in this agent's scope"
                 } else {
@@ -885,6 +913,9 @@ impl Daemon {
                         Some(None) => "no longer listed for this agent",
                         Some(Some(c)) if c.policy.high_value => {
                             "now high-value: each release needs an approval"
+                        }
+                        Some(Some(c)) if c.binding != binding => {
+                            "its binding changed: the proxy must see the new one"
                         }
                         Some(Some(_)) => return None,
                     }
@@ -1218,7 +1249,7 @@ mod tests {
         let d = f.daemon.clone();
         let page = SecretPage::from_slice(b"sk-unit-canary").expect("page");
         d.revoked.store(true, Ordering::SeqCst);
-        d.cache_store(&service(), &page, Duration::from_secs(60));
+        d.cache_store(&service(), &page, None, Duration::from_secs(60));
         assert_eq!(cached(&d), 0);
     }
 

@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod error;
 pub mod listener;
 pub mod pairing;
+pub mod proxy;
 pub mod run;
 pub mod runner;
 pub mod service;

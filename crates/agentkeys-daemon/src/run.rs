@@ -116,6 +116,11 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, DaemonError> {
     };
     config.allow_uids.extend(args.allow_uid.iter().copied());
     config.ephemeral = args.ephemeral;
+    config.proxy = crate::config::ProxyConfig::from_flags(
+        &args.proxy_resolve,
+        args.proxy_upstream_ca.as_deref(),
+        args.egress.as_deref(),
+    )?;
     Ok(config)
 }
 

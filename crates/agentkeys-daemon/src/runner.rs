@@ -44,6 +44,8 @@ pub struct RunSpec {
     pub bindings: Vec<Binding>,
     /// Hand the child fds (`AGENTKEYS_FD_<SERVICE>=<fd>:<length>`) instead of values.
     pub fd_mode: bool,
+    /// Hand the child placeholders and the run's egress proxy instead of values.
+    pub proxy: bool,
     /// Working directory.
     pub cwd: Option<PathBuf>,
     /// The child's base environment (`NAME=value`), before the bindings are added.
@@ -76,6 +78,8 @@ pub struct Running {
     /// The pidfd registered with the runtime: it turns readable when the child exits.
     /// `None` if the registration failed; [`wait`] then polls.
     exited: Option<AsyncFd<Arc<OwnedFd>>>,
+    /// The run's egress proxy (`proxy` runs): it stops when the run is dropped.
+    _proxy: Option<crate::proxy::ProxyRun>,
 }
 
 /// `OPENAI_API_KEY` for `openai`; `AGENTKEYS_FD_OPENAI` in fd mode.
@@ -118,6 +122,12 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
         return Err(bad("argv must name a command"));
     }
     let fd_mode = params["fd_mode"].as_bool().unwrap_or(false);
+    let proxy = params["proxy"].as_bool().unwrap_or(false);
+    if fd_mode && proxy {
+        return Err(bad(
+            "fd_mode and proxy exclude each other: with the proxy the child holds no value at all",
+        ));
+    }
     let mut bindings = Vec::new();
     let services: Vec<String> = match &params["services"] {
         Value::Null => Vec::new(),
@@ -160,10 +170,14 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
             .map_err(|_| bad("environ must be a list of NAME=value strings"))?,
     };
     let cwd = params["cwd"].as_str().map(PathBuf::from);
+    if proxy && bindings.is_empty() {
+        return Err(bad("proxy needs at least one service to inject"));
+    }
     Ok(RunSpec {
         argv,
         bindings,
         fd_mode,
+        proxy,
         cwd,
         environ,
     })
@@ -354,8 +368,31 @@ pub async fn start(
         .find_map(|e| e.strip_prefix("PATH="))
         .map(str::to_owned);
 
+    let mut spec = spec;
     let mut pages = Vec::new();
-    for b in &spec.bindings {
+    let proxy = if spec.proxy {
+        let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
+        let proxy = crate::proxy::start(daemon, conn, request, &services).await?;
+        for placeholder in &proxy.placeholders {
+            pages.push(
+                SecretPage::from_slice(placeholder.as_bytes())
+                    .map_err(|e| refusal("INTERNAL", e.to_string()))?,
+            );
+        }
+        // The proxy's variables replace any of the caller's of the same name.
+        let names: Vec<&str> = proxy
+            .env
+            .iter()
+            .filter_map(|e| e.split('=').next())
+            .collect();
+        spec.environ
+            .retain(|e| !names.contains(&e.split('=').next().unwrap_or("")));
+        spec.environ.extend(proxy.env.iter().cloned());
+        Some(proxy)
+    } else {
+        None
+    };
+    for b in spec.bindings.iter().skip(pages.len()) {
         let page = daemon.fetch(&b.service, &conn.peer, request).await?;
         if spec.fd_mode && page.fd().is_none() {
             return Err(refusal(
@@ -375,7 +412,7 @@ pub async fn start(
         }
         pages.push(page);
     }
-    let redactor = if redact {
+    let redactor = if redact && proxy.is_none() {
         let secrets: Vec<(ServiceName, &[u8])> = spec
             .bindings
             .iter()
@@ -452,7 +489,14 @@ pub async fn start(
             event: "deliver".into(),
             agent: Some(daemon.session().wallet.to_string()),
             service: Some(service.to_string()),
-            mode: Some(if fd_mode { "run-fd" } else { "run-env" }.into()),
+            mode: Some(
+                match (fd_mode, proxy.is_some()) {
+                    (true, _) => "run-fd",
+                    (_, true) => "run-proxy",
+                    _ => "run-env",
+                }
+                .into(),
+            ),
             peer: Some(conn.peer.clone()),
             request: Some(request.to_owned()),
             detail: Some(format!("child pid {}", spawned.pid)),
@@ -474,6 +518,7 @@ pub async fn start(
             pid: spawned.pid,
             pidfd,
             exited,
+            _proxy: proxy,
         },
         redactor,
     ))

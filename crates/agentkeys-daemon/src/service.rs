@@ -46,6 +46,11 @@ pub struct Run {
     /// Stop the command after this many seconds (default from the daemon's config).
     #[serde(default)]
     pub timeout_s: Option<u64>,
+    /// Give the command a placeholder instead of each value, and an HTTPS proxy that puts
+    /// the value only into requests to the hosts the credential is bound to: the command
+    /// never holds the key.
+    #[serde(default)]
+    pub proxy: bool,
 }
 
 /// `list_credentials` and `whoami` take no arguments.
@@ -164,7 +169,9 @@ impl Mcp {
         seeing them: each service becomes <SERVICE>_API_KEY (e.g. OPENAI_API_KEY). Returns \
         the exit code and the captured stdout/stderr (size-capped), with every credential \
         value (also in base64, wrapped or embedded, or hex; best effort) replaced by \
-        [REDACTED:<service>]."
+        [REDACTED:<service>]. With proxy=true the command gets a placeholder instead of \
+        each value and an HTTPS proxy (HTTPS_PROXY, SSL_CERT_FILE set) that puts the value \
+        only into requests to the credential's bound hosts: use this for HTTP API calls."
     )]
     async fn run(
         &self,
@@ -172,6 +179,7 @@ impl Mcp {
             argv,
             services,
             timeout_s,
+            proxy,
         }): Parameters<Run>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
@@ -180,7 +188,7 @@ impl Mcp {
             .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
             .collect();
         let spec = match runner::parse_spec(&json!({
-            "argv": argv, "services": services, "environ": environ,
+            "argv": argv, "services": services, "environ": environ, "proxy": proxy,
         })) {
             Ok(spec) => spec,
             Err(r) => return error(r.message),

@@ -14,5 +14,6 @@ mod daemon {
     mod mcp;
     mod pairing;
     mod policy;
+    mod proxy;
     mod run;
 }

@@ -260,17 +260,13 @@ pub fn well_known(service: &str) -> Option<Binding> {
     };
     let b = match service {
         "openai" => Binding::new(hosts(&["api.openai.com"]), Inject::Bearer),
-        "anthropic" => Binding::new(
-            hosts(&["api.anthropic.com"]),
-            Inject::Header {
-                name: "x-api-key".into(),
-                prefix: String::new(),
-            },
-        ),
+        // The SDK sends the key as `x-api-key` and, depending on its version and settings,
+        // as `Authorization: Bearer` too: both are headers.
+        "anthropic" => Binding::new(hosts(&["api.anthropic.com"]), headers_only.clone()),
         // The REST API takes `Bearer`/`token`, git over HTTPS basic auth: both are headers.
         "github" => Binding::new(
             hosts(&["api.github.com", "github.com", "uploads.github.com"]),
-            headers_only,
+            headers_only.clone(),
         ),
         // SDKs send `Bearer`, curl examples basic auth with the key as the user.
         "stripe" => Binding::new(hosts(&["api.stripe.com", "files.stripe.com"]), headers_only),

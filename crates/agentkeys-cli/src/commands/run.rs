@@ -75,6 +75,7 @@ fn params(args: &RunArgs) -> CliResult<Value> {
         "services": args.services,
         "env": env,
         "fd_mode": args.fd,
+        "proxy": args.proxy,
         "cwd": cwd,
         "environ": environ,
     }))

@@ -312,7 +312,9 @@ fn a_well_known_service_binds_itself_and_bind_changes_it() {
         .args(["bind", "anthropic", "--well-known"])
         .assert()
         .success()
-        .stdout(contains("api.anthropic.com; header x-api-key"));
+        .stdout(contains(
+            "api.anthropic.com; placeholder replaced in headers",
+        ));
     let out = home.cmd().arg("list").assert().success();
     let text = outputs(out.get_output());
     assert!(

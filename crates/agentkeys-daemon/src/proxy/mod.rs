@@ -1,0 +1,293 @@
+//! The egress proxy (DESIGN decision 35): the agent never holds the key.
+//!
+//! `run --proxy` gives the child a placeholder per credential instead of its value, an
+//! `HTTPS_PROXY` with a per-run credential, and a CA bundle holding the run's own CA. The
+//! proxy, inside the daemon (its hardening applies), intercepts TLS to the hosts the
+//! credentials are bound to, puts the real value where the binding says in place of the
+//! placeholder, refuses (403, audited) a placeholder on its way anywhere else, and replaces
+//! an echoed value in the answer by the placeholder. Hosts no credential is bound to are
+//! tunnelled untouched (or refused under `--egress strict`).
+//!
+//! - [`placeholder`]: format-preserving random placeholders.
+//! - [`ca`]: the run's name-constrained CA and its leaves.
+//! - [`inspect`]: where a request carries a placeholder, the binding check, the rewrite.
+//! - [`scrub`]: streaming replacement across chunk boundaries.
+//! - [`upstream`]: resolve once, refuse internal addresses, verified TLS.
+//! - [`serve`]: the listener and the HTTP plumbing.
+
+pub mod ca;
+pub mod inspect;
+pub mod placeholder;
+pub mod scrub;
+pub mod serve;
+pub mod upstream;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentkeys_types::ServiceName;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::daemon::{Conn, Daemon, Refusal};
+use crate::trail::{Event, Peer};
+use ca::RunCa;
+use inspect::Route;
+
+/// The state the run's proxy listener serves from.
+pub struct RunProxy {
+    /// The daemon (fetches, trail, config).
+    pub daemon: Arc<Daemon>,
+    /// This run's id in the trail.
+    pub run: String,
+    /// Who started the run.
+    pub peer: Peer,
+    /// The `Proxy-Authorization` password.
+    token: String,
+    /// The run's credentials.
+    pub routes: Vec<Route>,
+    /// The run's CA.
+    pub ca: RunCa,
+}
+
+/// Constant-time equality, for the proxy credential.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl RunProxy {
+    /// Writes a trail event of this run.
+    pub fn audit(&self, mut e: Event) {
+        e.agent = Some(self.daemon.session().wallet.to_string());
+        e.peer = Some(self.peer.clone());
+        e.request = Some(self.run.clone());
+        self.daemon.audit(e);
+    }
+
+    /// A refused connection or request (not an exfiltration attempt).
+    pub fn refused(&self, service: Option<&ServiceName>, why: &str) {
+        self.audit(Event {
+            event: "proxy-deny".into(),
+            service: service.map(ToString::to_string),
+            mode: Some("proxy".into()),
+            detail: Some(why.to_owned()),
+            ..Default::default()
+        });
+    }
+
+    /// A placeholder on its way where its binding does not allow: audited as an
+    /// exfiltration attempt, answered 403 with the reason.
+    pub fn exfiltration(&self, route: &Route, why: &str) -> http::Response<serve::Body> {
+        self.audit(Event {
+            event: "exfiltration".into(),
+            service: Some(route.service.to_string()),
+            mode: Some("proxy".into()),
+            detail: Some(why.to_owned()),
+            ..Default::default()
+        });
+        forbidden(
+            &format!("refused: {why}; nothing was replaced or forwarded"),
+            "the credential may only go where its master bound it ('agentkeys bind SERVICE' shows where)",
+        )
+    }
+
+    /// The value could not be fetched (revoked, out of scope, approval needed…).
+    pub fn fetch_refused(&self, route: &Route, refusal: &Refusal) -> http::Response<serve::Body> {
+        self.refused(Some(&route.service), refusal.message.as_str());
+        forbidden(&refusal.message, "")
+    }
+
+    /// A CONNECT to a host no credential is bound to, tunnelled untouched.
+    pub fn note_tunnel(&self, host: &str, port: u16) {
+        self.audit(Event {
+            event: "tunnel".into(),
+            mode: Some("proxy".into()),
+            detail: Some(format!("{host}:{port}: not bound, tunnelled untouched")),
+            ..Default::default()
+        });
+    }
+}
+
+fn forbidden(message: &str, hint: &str) -> http::Response<serve::Body> {
+    use http_body_util::BodyExt as _;
+    let body = json!({"error": {"code": "DENIED", "message": message, "hint": hint}}).to_string();
+    let mut r = http::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(body))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = http::StatusCode::FORBIDDEN;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A run's proxy while the run lives: dropping it stops the listener and removes the CA
+/// bundle file.
+pub struct ProxyRun {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The placeholders, in the order of the services given to [`start`].
+    pub placeholders: Vec<String>,
+    /// The environment the child gets besides the placeholders.
+    pub env: Vec<String>,
+    bundle: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProxyRun {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.bundle);
+    }
+}
+
+fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The system's CA bundle, for the child's bundle next to the run's CA.
+fn system_roots_pem() -> String {
+    let candidates = [
+        std::env::var("SSL_CERT_FILE").ok(),
+        Some("/etc/ssl/certs/ca-certificates.crt".into()),
+        Some("/etc/pki/tls/certs/ca-bundle.crt".into()),
+        Some("/etc/ssl/cert.pem".into()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+}
+
+/// The child's CA bundle: the system roots and the run's CA, in a new file readable by
+/// the child (the certificates are public; the file is removed when the run ends).
+fn write_bundle(run: &str, ca_pem: &str) -> std::io::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("agentkeys-proxy-{run}.pem"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&path)?;
+    let mut text = system_roots_pem();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(ca_pem);
+    f.write_all(text.as_bytes())?;
+    Ok(path)
+}
+
+/// Starts the proxy for a run of `services`: fetches each (its binding comes signed with
+/// it), makes its placeholder from the value's shape, drops the value, generates the run's
+/// CA constrained to the bound hosts, and listens on a loopback port.
+pub async fn start(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    services: &[ServiceName],
+) -> Result<ProxyRun, Refusal> {
+    let mut routes = Vec::with_capacity(services.len());
+    for service in services {
+        let (page, binding) = daemon.fetch_bound(service, &conn.peer, request).await?;
+        let Some(binding) = binding else {
+            return Err(refusal(
+                "DENIED",
+                format!(
+                    "{service} is not bound to any host, so the proxy cannot inject it; its master \
+                     binds it with 'agentkeys bind {service} --host HOST' (or --well-known)"
+                ),
+            ));
+        };
+        let placeholder = placeholder::for_key(page.expose_secret());
+        drop(page);
+        routes.push(Route {
+            service: service.clone(),
+            placeholder,
+            binding,
+        });
+    }
+    let mut hosts: Vec<String> = routes
+        .iter()
+        .flat_map(|r| r.binding.hosts.iter().cloned())
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let internal = |e: String| refusal("INTERNAL", e);
+    let ca = RunCa::new(&hosts).map_err(|e| internal(e.to_string()))?;
+    let token = placeholder::token();
+    let run = format!("proxy-{}", &placeholder::token()[..12]);
+    let bundle = write_bundle(&run, &ca.cert_pem)
+        .map_err(|e| internal(format!("cannot write the run's CA bundle: {e}")))?;
+    let listener = match TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&bundle);
+            return Err(internal(format!("cannot listen for the proxy: {e}")));
+        }
+    };
+    let addr = listener.local_addr().map_err(|e| internal(e.to_string()))?;
+    let proxy_url = format!("http://agentkeys:{token}@{addr}");
+    let ca_path = bundle.display().to_string();
+    let mut env = Vec::new();
+    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        env.push(format!("{name}={proxy_url}"));
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        env.push(format!("{name}=localhost,127.0.0.1,::1"));
+    }
+    for name in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+    ] {
+        env.push(format!("{name}={ca_path}"));
+    }
+    let placeholders = routes.iter().map(|r| r.placeholder.clone()).collect();
+    let state = Arc::new(RunProxy {
+        daemon: daemon.clone(),
+        run: run.clone(),
+        peer: conn.peer.clone(),
+        token,
+        routes,
+        ca,
+    });
+    state.audit(Event {
+        event: "proxy".into(),
+        mode: Some("proxy".into()),
+        detail: Some(format!(
+            "listening on {addr} for {} (hosts {}){}",
+            services
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            hosts.join(", "),
+            if state.ca.holds_key() {
+                "; CA key held for wildcard leaves"
+            } else {
+                "; CA key already dropped"
+            }
+        )),
+        ..Default::default()
+    });
+    let task = tokio::spawn(serve::listen(state, listener));
+    Ok(ProxyRun {
+        addr,
+        placeholders,
+        env,
+        bundle,
+        task,
+    })
+}

@@ -1,0 +1,217 @@
+//! Streaming replacement of byte strings across chunk boundaries: the real key by its
+//! placeholder in responses (raw, base64 and hex, so an upstream echoing the key gives the
+//! agent only the placeholder), and the placeholder by the key in an opted-in request body.
+//!
+//! The pairs live in a secret page. A chunk is held back only by the longest pattern less
+//! one byte, so a stream (SSE, a download) flows with at most that much delay.
+
+use agentkeys_secmem::SecretPage;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+
+/// Pattern → replacement pairs, kept in one secret page.
+pub struct Replacer {
+    page: SecretPage,
+    /// (pattern start, pattern len, replacement start, replacement len) in `page`.
+    pairs: Vec<(usize, usize, usize, usize)>,
+    /// The held-back tail of the stream (may end inside a pattern).
+    carry: BytesMut,
+    longest: usize,
+    /// How many replacements were made.
+    pub replaced: usize,
+}
+
+/// The encodings an echoed key is recognised in: raw, standard and URL-safe base64 (with
+/// and without padding), lower- and upper-case hex.
+fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let hex_lower: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| {
+            let h = format!("{b:02x}");
+            h.into_bytes()
+        })
+        .collect();
+    let hex_upper = hex_lower.to_ascii_uppercase();
+    vec![
+        bytes.to_vec(),
+        STANDARD.encode(bytes).into_bytes(),
+        STANDARD_NO_PAD.encode(bytes).into_bytes(),
+        URL_SAFE.encode(bytes).into_bytes(),
+        URL_SAFE_NO_PAD.encode(bytes).into_bytes(),
+        hex_lower,
+        hex_upper,
+    ]
+}
+
+impl Replacer {
+    /// Replaces each `from` by its `to` exactly (no encodings).
+    pub fn exact(pairs: &[(&[u8], &[u8])]) -> std::io::Result<Replacer> {
+        let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs
+            .iter()
+            .map(|(f, t)| (f.to_vec(), t.to_vec()))
+            .collect();
+        Replacer::from_pairs(owned)
+    }
+
+    /// Replaces each secret by its placeholder, in every encoding of [`encodings`] (the
+    /// placeholder in the same encoding).
+    pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Replacer> {
+        let mut owned = Vec::new();
+        for (secret, placeholder) in secrets {
+            for (f, t) in encodings(secret).into_iter().zip(encodings(placeholder)) {
+                if !owned.iter().any(|(o, _): &(Vec<u8>, Vec<u8>)| o == &f) {
+                    owned.push((f, t));
+                }
+            }
+        }
+        Replacer::from_pairs(owned)
+    }
+
+    fn from_pairs(mut owned: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<Replacer> {
+        owned.retain(|(f, _)| !f.is_empty());
+        // Longest first, so a pattern that contains another wins.
+        owned.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
+        let total: usize = owned.iter().map(|(f, t)| f.len() + t.len()).sum();
+        let mut page = SecretPage::new(total.max(1))?;
+        let mut pairs = Vec::with_capacity(owned.len());
+        let mut at = 0;
+        {
+            let out = page.expose_secret_mut();
+            for (f, t) in &owned {
+                out[at..at + f.len()].copy_from_slice(f);
+                out[at + f.len()..at + f.len() + t.len()].copy_from_slice(t);
+                pairs.push((at, f.len(), at + f.len(), t.len()));
+                at += f.len() + t.len();
+            }
+        }
+        for (f, t) in &mut owned {
+            zeroize::Zeroize::zeroize(f);
+            zeroize::Zeroize::zeroize(t);
+        }
+        let longest = pairs.iter().map(|p| p.1).max().unwrap_or(0);
+        Ok(Replacer {
+            page,
+            pairs,
+            carry: BytesMut::new(),
+            longest,
+            replaced: 0,
+        })
+    }
+
+    /// Feeds a chunk; returns what can be passed on now (possibly empty).
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        self.carry.extend_from_slice(chunk);
+        let (out, keep_from) = self.scan(false);
+        let rest = self.carry.split_off(keep_from);
+        zeroize::Zeroize::zeroize(&mut self.carry[..]);
+        self.carry = rest;
+        out
+    }
+
+    /// The end of the stream: everything still held back.
+    pub fn finish(&mut self) -> Bytes {
+        let (out, _) = self.scan(true);
+        zeroize::Zeroize::zeroize(&mut self.carry[..]);
+        self.carry.clear();
+        out
+    }
+
+    /// Replaces in `carry`; returns the output and where the unprocessed tail starts.
+    fn scan(&mut self, last: bool) -> (Bytes, usize) {
+        let data = &self.carry[..];
+        let secret = self.page.expose_secret();
+        // Bytes from `safe_end` on may be the start of a pattern completed by a later chunk.
+        let safe_end = if last {
+            data.len()
+        } else {
+            data.len().saturating_sub(self.longest.saturating_sub(1))
+        };
+        let mut out = BytesMut::with_capacity(data.len());
+        let mut i = 0;
+        let mut replaced = 0;
+        while i < safe_end {
+            let hit = self.pairs.iter().find(|(ps, pl, _, _)| {
+                data.len() - i >= *pl && data[i..i + pl] == secret[*ps..ps + pl]
+            });
+            match hit {
+                Some((_, pl, rs, rl)) => {
+                    out.extend_from_slice(&secret[*rs..rs + rl]);
+                    i += pl;
+                    replaced += 1;
+                }
+                None => {
+                    out.extend_from_slice(&data[i..=i]);
+                    i += 1;
+                }
+            }
+        }
+        self.replaced += replaced;
+        (out.freeze(), i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(r: &mut Replacer, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&r.push(c));
+        }
+        out.extend_from_slice(&r.finish());
+        out
+    }
+
+    #[test]
+    fn a_key_split_across_every_boundary_is_replaced() {
+        let key = b"sk-real-key-0123456789";
+        let ph = b"sk-fake-xyz-ABCDEFGHIJ";
+        let text = [b"{\"echo\": \"".as_slice(), key, b"\"}"].concat();
+        for cut in 0..text.len() {
+            for cut2 in cut..text.len() {
+                let mut r = Replacer::echoes(&[(key, ph)]).unwrap();
+                let out = run(&mut r, &[&text[..cut], &text[cut..cut2], &text[cut2..]]);
+                assert_eq!(out, [b"{\"echo\": \"".as_slice(), ph, b"\"}"].concat());
+                assert_eq!(r.replaced, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_echoes_become_the_placeholder_in_the_same_encoding() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let key = b"sk-real-key-0123456789?>";
+        let ph = b"sk-fake-xyz-ABCDEFGHIJ~~";
+        let mut r = Replacer::echoes(&[(key, ph)]).unwrap();
+        let input = format!(
+            "b64={} url={} hex={} HEX={}",
+            STANDARD.encode(key),
+            URL_SAFE_NO_PAD.encode(key),
+            key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            key.iter().map(|b| format!("{b:02X}")).collect::<String>(),
+        );
+        let out = run(&mut r, &[input.as_bytes()]);
+        let expect = format!(
+            "b64={} url={} hex={} HEX={}",
+            STANDARD.encode(ph),
+            URL_SAFE_NO_PAD.encode(ph),
+            ph.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            ph.iter().map(|b| format!("{b:02X}")).collect::<String>(),
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expect);
+    }
+
+    #[test]
+    fn a_stream_without_the_key_passes_unchanged_with_little_held_back() {
+        let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
+        let first = r.push(b"data: hello world\n\n");
+        // Held back: the longest pattern less one byte (10 of 19).
+        assert_eq!(&first[..], b"data: hel");
+        let out = [first.to_vec(), r.finish().to_vec()].concat();
+        assert_eq!(out, b"data: hello world\n\n");
+        let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
+        assert_eq!(run(&mut r, &[b"a PLACEHOLD", b"ER b"]), b"a value b");
+    }
+}

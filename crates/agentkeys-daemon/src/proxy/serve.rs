@@ -1,0 +1,874 @@
+//! The proxy's listener: HTTP/1.1 forward proxy with per-run `Proxy-Authorization`,
+//! `CONNECT` intercepted with the run's CA for bound hosts (tunnelled untouched, or refused
+//! under `--egress strict`, for the others), plain `http://` forwarded, WebSocket upgrades
+//! spliced, every body streamed.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use super::RunProxy;
+use super::inspect::{self, Route, Target, Where};
+use super::scrub::Replacer;
+use super::upstream;
+use crate::trail::Event;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the proxy hands hyper.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long connecting to an upstream (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn empty() -> Body {
+    http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+}
+
+fn json_response(status: StatusCode, code: &str, message: &str, hint: &str) -> Response<Body> {
+    let body = json!({"error": {"code": code, "message": message, "hint": hint}}).to_string();
+    let mut r = Response::new(
+        http_body_util::Full::new(Bytes::from(body))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves the run's proxy listener until the task is aborted.
+pub async fn listen(proxy: Arc<RunProxy>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| outer(proxy.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// Whether the request carries this run's proxy credential (basic auth, any user).
+fn authorized(proxy: &RunProxy, headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    let Some(v) = headers.get(header::PROXY_AUTHORIZATION) else {
+        return false;
+    };
+    let v = v.as_bytes();
+    if v.len() < 6 || !v[..6].eq_ignore_ascii_case(b"basic ") {
+        return false;
+    }
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(v[6..].trim_ascii()) else {
+        return false;
+    };
+    let decoded = zeroize::Zeroizing::new(decoded);
+    let pass = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(&[][..], |c| &decoded[c + 1..]);
+    super::ct_eq(pass, proxy.token.as_bytes())
+}
+
+async fn outer(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if !authorized(&proxy, req.headers()) {
+        let mut r = json_response(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "UNAUTHORIZED",
+            "this proxy serves one agentkeys run and needs its credential",
+            "use the HTTPS_PROXY the run was started with (it carries the credential)",
+        );
+        r.headers_mut().insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"agentkeys\""),
+        );
+        return Ok(r);
+    }
+    if req.method() == Method::CONNECT {
+        return Ok(connect(proxy, req).await);
+    }
+    Ok(plain(proxy, req).await)
+}
+
+/// `host` and `port` of an authority, lower-cased, without a trailing dot.
+fn host_port(authority: &http::uri::Authority, default_port: u16) -> (String, u16) {
+    (
+        authority.host().trim_end_matches('.').to_ascii_lowercase(),
+        authority.port_u16().unwrap_or(default_port),
+    )
+}
+
+async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "CONNECT needs host:port",
+            "",
+        );
+    };
+    let (host, port) = host_port(&authority, 443);
+    if proxy.routes.iter().any(|r| r.binding.allows_host(&host)) {
+        let tls = match proxy.ca.server_config(&host) {
+            Ok(c) => c,
+            Err(e) => {
+                return json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &e.to_string(), "");
+            }
+        };
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls)
+                .accept(TokioIo::new(upgraded))
+                .await
+            else {
+                return;
+            };
+            let conn = Arc::new(Intercepted {
+                proxy,
+                host,
+                port,
+                upstream: Mutex::new(None),
+            });
+            let svc = service_fn(move |req| inner(conn.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+        return Response::new(empty());
+    }
+    if proxy.daemon.config.proxy.strict {
+        let why =
+            format!("{host}:{port} is not bound to any credential of this run (--egress strict)");
+        proxy.refused(None, &why);
+        return json_response(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            &why,
+            "bind a credential to it with 'agentkeys bind', or run the daemon with --egress open",
+        );
+    }
+    // Not ours: a blind tunnel. The placeholder is worthless there, and the run's CA cannot
+    // certify this host, so nothing is decrypted.
+    let upstream = match reach(&proxy, &host, port, false).await {
+        Ok(tcp) => tcp,
+        Err(r) => return r,
+    };
+    proxy.note_tunnel(&host, port);
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let mut client = TokioIo::new(upgraded);
+        let mut upstream = upstream;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    Response::new(empty())
+}
+
+/// A TCP connection to `host:port` (resolved once, internal addresses refused unless
+/// allowed), or the error response.
+async fn reach(
+    proxy: &RunProxy,
+    host: &str,
+    port: u16,
+    allow_internal: bool,
+) -> Result<TcpStream, Response<Body>> {
+    let config = &proxy.daemon.config.proxy;
+    let dialed = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let addr = upstream::resolve(config, host, port, allow_internal).await?;
+        upstream::dial(addr).await
+    })
+    .await;
+    match dialed {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e @ upstream::UpstreamError::Private { .. })) => {
+            proxy.refused(None, &e.to_string());
+            Err(json_response(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                &e.to_string(),
+                "a binding with allow_private (agentkeys bind --allow-private) permits it",
+            ))
+        }
+        Ok(Err(e)) => Err(json_response(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            &e.to_string(),
+            "",
+        )),
+        Err(_) => Err(json_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "UNAVAILABLE",
+            &format!("{host}:{port} did not answer within {CONNECT_TIMEOUT:?}"),
+            "",
+        )),
+    }
+}
+
+/// One intercepted client connection (one CONNECT): its target and its upstream
+/// connection, reused while it lives.
+struct Intercepted {
+    proxy: Arc<RunProxy>,
+    host: String,
+    port: u16,
+    upstream: Mutex<Option<SendRequest<Body>>>,
+}
+
+impl Intercepted {
+    /// Whether any binding lets this host resolve to internal addresses.
+    fn allow_internal(&self) -> bool {
+        self.proxy
+            .routes
+            .iter()
+            .any(|r| r.binding.allow_private && r.binding.allows_host(&self.host))
+    }
+
+    async fn send(
+        &self,
+        req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, Response<Body>> {
+        let mut slot = self.upstream.lock().await;
+        if slot.as_ref().is_none_or(SendRequest::is_closed) {
+            *slot = Some(self.open().await?);
+        }
+        let Some(sender) = slot.as_mut() else {
+            return Err(bad_gateway("no upstream connection"));
+        };
+        if sender.ready().await.is_err() {
+            *slot = Some(self.open().await?);
+        }
+        let Some(sender) = slot.as_mut() else {
+            return Err(bad_gateway("no upstream connection"));
+        };
+        let answer = sender
+            .send_request(req)
+            .await
+            .map_err(|e| bad_gateway(&format!("{}: {e}", self.host)));
+        if upgrade {
+            slot.take(); // the connection becomes the upgraded stream
+        }
+        answer
+    }
+
+    async fn open(&self) -> Result<SendRequest<Body>, Response<Body>> {
+        let tcp = reach(&self.proxy, &self.host, self.port, self.allow_internal()).await?;
+        let config = &self.proxy.daemon.config.proxy;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, upstream::tls(config, &self.host, tcp))
+            .await
+            .map_err(|_| bad_gateway(&format!("{}: TLS handshake timed out", self.host)))?
+            .map_err(|e| bad_gateway(&e.to_string()))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| bad_gateway(&format!("{}: {e}", self.host)))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+}
+
+fn bad_gateway(message: &str) -> Response<Body> {
+    json_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", message, "")
+}
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1), dropped before forwarding; `upgrade`
+/// and `connection: upgrade` are kept for WebSocket.
+fn strip_hop_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
+    for h in [
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(h);
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .windows(7)
+                .any(|w| w == b"upgrade")
+        })
+}
+
+async fn inner(
+    conn: Arc<Intercepted>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let host = conn.host.clone();
+    let port = conn.port;
+    let prepared = prepare(&conn.proxy, req, &host, port, true).await;
+    let (req, plan) = match prepared {
+        Ok(p) => p,
+        Err(r) => return Ok(r),
+    };
+    let upgrade = plan.client_upgrade.is_some();
+    let answer = match conn.send(req, upgrade).await {
+        Ok(a) => a,
+        Err(r) => return Ok(r),
+    };
+    Ok(answer_back(&conn.proxy, answer, plan))
+}
+
+/// Plain `http://` through the proxy (absolute-form requests).
+async fn plain(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "a proxy request needs an absolute http:// URI",
+            "",
+        );
+    };
+    if req.uri().scheme_str() != Some("http") {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "only http:// is proxied without CONNECT",
+            "https goes through CONNECT",
+        );
+    }
+    let (host, port) = host_port(&authority, 80);
+    let bound = proxy.routes.iter().any(|r| r.binding.allows_host(&host));
+    if !bound && proxy.daemon.config.proxy.strict {
+        let why =
+            format!("{host}:{port} is not bound to any credential of this run (--egress strict)");
+        proxy.refused(None, &why);
+        return json_response(StatusCode::FORBIDDEN, "DENIED", &why, "");
+    }
+    let (req, plan) = match prepare(&proxy, req, &host, port, false).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let allow_internal = proxy
+        .routes
+        .iter()
+        .any(|r| r.binding.allow_private && r.binding.allows_host(&host));
+    let tcp = match reach(&proxy, &host, port, allow_internal).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Ok((mut sender, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await else {
+        return bad_gateway(&format!("{host}: handshake failed"));
+    };
+    tokio::spawn(async move {
+        let _ = c.with_upgrades().await;
+    });
+    match sender.send_request(req).await {
+        Ok(answer) => answer_back(&proxy, answer, plan),
+        Err(e) => bad_gateway(&format!("{host}: {e}")),
+    }
+}
+
+/// What was injected into a request, for scrubbing its answer and auditing it.
+struct Plan {
+    /// `(service, placeholder, the value)` of every injected credential.
+    injected: Vec<(
+        agentkeys_types::ServiceName,
+        String,
+        agentkeys_secmem::SecretPage,
+    )>,
+    method: String,
+    /// `host` + path, without the query.
+    target: String,
+    started: Instant,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Inspects, checks and rewrites a request: refuses it (403) when a placeholder goes where
+/// its binding does not allow, fetches the values to inject (checking the binding that came
+/// with each), puts them in, and fixes the head for the upstream (origin-form, `Host` set to
+/// the target, hop headers gone).
+async fn prepare(
+    proxy: &Arc<RunProxy>,
+    mut req: Request<Incoming>,
+    host: &str,
+    port: u16,
+    tls: bool,
+) -> Result<(Request<Body>, Plan), Response<Body>> {
+    let started = Instant::now();
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let target = Target {
+        host,
+        method: &method,
+        path: &path,
+        tls,
+    };
+    let found = inspect::find(&proxy.routes, &parts);
+    let mut chosen: Vec<usize> = found.iter().map(|f| f.0).collect();
+    // Opted-in body substitution: the value goes in wherever the body holds the placeholder,
+    // so it is fetched for any allowed request to a host bound that way.
+    for (i, r) in proxy.routes.iter().enumerate() {
+        if matches!(
+            r.binding.inject,
+            agentkeys_types::binding::Inject::Substitute { body: true, .. }
+        ) && inspect::check(&r.service, &r.binding, &target, &[]).is_ok()
+        {
+            chosen.push(i);
+        }
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    let at_of = |i: usize| -> Vec<Where> {
+        found
+            .iter()
+            .filter(|f| f.0 == i)
+            .map(|f| f.1.clone())
+            .collect()
+    };
+    for &i in &chosen {
+        let r = &proxy.routes[i];
+        if let Err(why) = inspect::check(&r.service, &r.binding, &target, &at_of(i)) {
+            return Err(proxy.exfiltration(r, &why));
+        }
+    }
+    let mut injected = Vec::new();
+    let mut body_pairs: Vec<usize> = Vec::new();
+    for &i in &chosen {
+        let r = &proxy.routes[i];
+        let (page, binding) = proxy
+            .daemon
+            .fetch_bound(&r.service, &proxy.peer, &proxy.run)
+            .await
+            .map_err(|refusal| proxy.fetch_refused(r, &refusal))?;
+        // The binding that came with this very value decides.
+        let Some(binding) = binding else {
+            return Err(
+                proxy.exfiltration(r, &format!("{} is no longer bound to any host", r.service))
+            );
+        };
+        if let Err(why) = inspect::check(&r.service, &binding, &target, &at_of(i)) {
+            return Err(proxy.exfiltration(r, &why));
+        }
+        let current = Route {
+            binding,
+            ..r.clone()
+        };
+        if !at_of(i).is_empty() {
+            inspect::inject(&mut parts, &current, page.expose_secret())
+                .map_err(|why| json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &why, ""))?;
+        }
+        if matches!(
+            current.binding.inject,
+            agentkeys_types::binding::Inject::Substitute { body: true, .. }
+        ) {
+            body_pairs.push(injected.len());
+        }
+        injected.push((r.service.clone(), r.placeholder.clone(), page));
+    }
+
+    // Origin-form, Host = the target, no hop headers.
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = http::Uri::from(pq);
+    let default_port = if tls { 443 } else { 80 };
+    let host_header = if port == default_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_header) {
+        parts.headers.insert(header::HOST, v);
+    }
+    strip_hop_headers(&mut parts.headers, upgrade);
+    if !injected.is_empty() {
+        // An answer is scrubbed of the value: ask for it uncompressed.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let body: Body = if body_pairs.is_empty() {
+        body.map_err(BoxError::from).boxed()
+    } else {
+        let pairs: Vec<(&[u8], &[u8])> = body_pairs
+            .iter()
+            .map(|&k| {
+                let (_, ph, page) = &injected[k];
+                (ph.as_bytes(), page.expose_secret())
+            })
+            .collect();
+        let replacer = Replacer::exact(&pairs)
+            .map_err(|e| json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &e.to_string(), ""))?;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Streamed::new(body, Some(replacer), None).boxed()
+    };
+    let plan = Plan {
+        injected,
+        method,
+        target: format!("{host}{path}"),
+        started,
+        client_upgrade,
+    };
+    Ok((Request::from_parts(parts, body), plan))
+}
+
+/// The upstream's answer on its way back: WebSocket spliced, or the body streamed with any
+/// echo of an injected value replaced by its placeholder; the injection audited once the
+/// body is done.
+fn answer_back(
+    proxy: &Arc<RunProxy>,
+    mut answer: Response<Incoming>,
+    plan: Plan,
+) -> Response<Body> {
+    let status = answer.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = plan.client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut answer);
+        let record = Record::new(
+            proxy,
+            &plan.injected,
+            &plan.method,
+            &plan.target,
+            plan.started,
+        );
+        tokio::spawn(async move {
+            let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            if let Some(mut record) = record {
+                record.status = 101;
+                record.bytes = copied.map_or(0, |(a, b)| a + b);
+            }
+        });
+        let (parts, _) = answer.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+    let (mut parts, body) = answer.into_parts();
+    strip_hop_headers(&mut parts.headers, false);
+    let mut record = Record::new(
+        proxy,
+        &plan.injected,
+        &plan.method,
+        &plan.target,
+        plan.started,
+    );
+    if let Some(r) = record.as_mut() {
+        r.status = status.as_u16();
+    }
+    if plan.injected.is_empty() {
+        return Response::from_parts(parts, Streamed::new(body, None, record).boxed());
+    }
+    let secrets: Vec<(&[u8], &[u8])> = plan
+        .injected
+        .iter()
+        .map(|(_, ph, page)| (page.expose_secret(), ph.as_bytes()))
+        .collect();
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes().trim_ascii().to_ascii_lowercase());
+    // Asked for identity, an upstream may still compress: gzip and deflate are opened (and
+    // passed on uncompressed) so an echo inside is found; anything else the proxy cannot
+    // look into, so the agent gets nothing rather than a body that might hold the value.
+    let decoder = match encoding.as_deref() {
+        None | Some(b"identity") => None,
+        Some(b"gzip" | b"x-gzip") => Some(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
+        Some(b"deflate") => Some(Decoder::Deflate(
+            flate2::write::ZlibDecoder::new(Vec::new()),
+        )),
+        Some(_) => {
+            if let Some(r) = record.as_mut() {
+                r.status = 502;
+            }
+            return json_response(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                "the upstream answered in an encoding the proxy cannot check for the credential",
+                "",
+            );
+        }
+    };
+    if decoder.is_some() {
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    // Headers: each value scrubbed.
+    let names: Vec<header::HeaderName> = parts.headers.keys().cloned().collect();
+    for name in names {
+        let values: Vec<HeaderValue> = parts.headers.get_all(&name).iter().cloned().collect();
+        let mut changed = false;
+        let mut scrubbed = Vec::with_capacity(values.len());
+        for v in &values {
+            let Ok(mut r) = Replacer::echoes(&secrets) else {
+                continue;
+            };
+            let mut out = r.push(v.as_bytes()).to_vec();
+            out.extend_from_slice(&r.finish());
+            changed |= r.replaced > 0;
+            scrubbed.push(HeaderValue::from_bytes(&out).unwrap_or_else(|_| v.clone()));
+        }
+        if changed {
+            parts.headers.remove(&name);
+            for v in scrubbed {
+                parts.headers.append(name.clone(), v);
+            }
+        }
+    }
+    let same_length = plan
+        .injected
+        .iter()
+        .all(|(_, ph, page)| ph.len() == page.len());
+    if !same_length {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let replacer = Replacer::echoes(&secrets).ok();
+    let mut streamed = Streamed::new(body, replacer, record);
+    streamed.decoder = decoder;
+    Response::from_parts(parts, streamed.boxed())
+}
+
+/// A compressed answer, opened as it streams.
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Decoder {
+    /// Feeds compressed bytes; returns what they decompress to so far.
+    fn push(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write as _;
+        match self {
+            Decoder::Gzip(d) => {
+                d.write_all(data)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Deflate(d) => {
+                d.write_all(data)?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+
+    /// The end of the compressed stream.
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Decoder::Deflate(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+        }
+    }
+}
+
+/// An injection's trail line, written when its answer is done (or dropped).
+struct Record {
+    proxy: Arc<RunProxy>,
+    services: Vec<agentkeys_types::ServiceName>,
+    method: String,
+    target: String,
+    started: Instant,
+    status: u16,
+    bytes: u64,
+}
+
+impl Record {
+    fn new(
+        proxy: &Arc<RunProxy>,
+        injected: &[(
+            agentkeys_types::ServiceName,
+            String,
+            agentkeys_secmem::SecretPage,
+        )],
+        method: &str,
+        target: &str,
+        started: Instant,
+    ) -> Option<Record> {
+        (!injected.is_empty()).then(|| Record {
+            proxy: proxy.clone(),
+            services: injected.iter().map(|i| i.0.clone()).collect(),
+            method: method.to_owned(),
+            target: target.to_owned(),
+            started,
+            status: 0,
+            bytes: 0,
+        })
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        for service in &self.services {
+            self.proxy.audit(Event {
+                event: "inject".into(),
+                service: Some(service.to_string()),
+                mode: Some("proxy".into()),
+                detail: Some(format!(
+                    "{} {} -> {}, {} bytes, {} ms",
+                    self.method,
+                    self.target,
+                    self.status,
+                    self.bytes,
+                    self.started.elapsed().as_millis()
+                )),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// A body passed through, optionally decompressed and with replacements, counting its
+/// bytes for the trail.
+struct Streamed<B> {
+    inner: B,
+    decoder: Option<Decoder>,
+    replacer: Option<Replacer>,
+    record: Option<Record>,
+    done: bool,
+}
+
+impl<B> Streamed<B> {
+    fn new(inner: B, replacer: Option<Replacer>, record: Option<Record>) -> Self {
+        Streamed {
+            inner,
+            decoder: None,
+            replacer,
+            record,
+            done: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for Streamed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            let data = match this.decoder.as_mut().map(|d| d.push(&data)) {
+                                None => data,
+                                Some(Ok(plain)) => Bytes::from(plain),
+                                Some(Err(e)) => {
+                                    this.done = true;
+                                    return Poll::Ready(Some(Err(e.into())));
+                                }
+                            };
+                            let out = match this.replacer.as_mut() {
+                                Some(r) => r.push(&data),
+                                None => data,
+                            };
+                            if let Some(r) = this.record.as_mut() {
+                                r.bytes += out.len() as u64;
+                            }
+                            if out.is_empty() {
+                                continue;
+                            }
+                            Frame::data(out)
+                        }
+                        Err(frame) => frame,
+                    };
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let tail = match this.decoder.as_mut().map(Decoder::finish) {
+                        None => Bytes::new(),
+                        Some(Ok(plain)) => Bytes::from(plain),
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    };
+                    let rest = match this.replacer.as_mut() {
+                        Some(r) => {
+                            let mut all = r.push(&tail).to_vec();
+                            all.extend_from_slice(&r.finish());
+                            Some(Bytes::from(all))
+                        }
+                        None => Some(tail),
+                    };
+                    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+                        if let Some(r) = this.record.as_mut() {
+                            r.bytes += rest.len() as u64;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.replacer.is_none() && self.decoder.is_none() {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
+    }
+}

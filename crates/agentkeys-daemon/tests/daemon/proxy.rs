@@ -1,0 +1,541 @@
+//! The egress proxy (`agentkeys run --proxy`): unmodified clients reach a local HTTPS fake
+//! upstream (`upstream.py`, reached through `--proxy-resolve`) with the real key, while the
+//! command only ever holds a placeholder; placeholders sent anywhere their binding does not
+//! allow are refused and audited; echoes of the key come back as the placeholder.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use agentkeys_testkit::TempDir;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+
+use super::common::*;
+
+/// The fake upstream: HTTPS and plain HTTP, recording every request to `log`.
+struct Upstream {
+    child: Child,
+    https: u16,
+    http: u16,
+    log: PathBuf,
+    /// The CA its certificate chains to (the daemon's `--proxy-upstream-ca`).
+    ca: PathBuf,
+    _dir: TempDir,
+}
+
+/// The names the upstream's certificate is for.
+const UPSTREAM_NAMES: [&str; 5] = [
+    "api.openai.com",
+    "api.anthropic.com",
+    "api.github.com",
+    "plain.example.com",
+    "unbound.example.com",
+];
+
+impl Upstream {
+    fn start() -> Upstream {
+        let dir = TempDir::new("agentkeys-test-upstream");
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "agentkeys test upstream CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let names: Vec<String> = UPSTREAM_NAMES.iter().map(|s| (*s).to_owned()).collect();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(path("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(path("key.pem"), leaf_key.serialize_pem()).unwrap();
+        let log = path("seen.jsonl");
+        std::fs::write(&log, "").unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/daemon/upstream.py");
+        let mut child = Command::new(sdk_python())
+            .arg(script)
+            .arg(path("cert.pem"))
+            .arg(path("key.pem"))
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = |key: &str| -> u16 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("upstream said {line:?}"))
+        };
+        Upstream {
+            https: port("https="),
+            http: port("http="),
+            child,
+            log,
+            ca: path("ca.pem"),
+            _dir: dir,
+        }
+    }
+
+    /// Every request it received so far.
+    fn seen(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Whether `needle` appears anywhere in what it received.
+    fn received(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log).unwrap().contains(needle)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A realistic key: kind prefix, then 48 random hex digits (unique, for memory scans).
+fn key(prefix: &str) -> String {
+    let r: [u8; 24] = agentkeys_core::crypto::random_array();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{hex}")
+}
+
+struct ProxyAgent {
+    _server: agentkeys_testkit::Server,
+    _master: Master,
+    _home: TempDir,
+    d: DaemonProc,
+    up: Upstream,
+    openai: String,
+    anthropic: String,
+    github: String,
+}
+
+/// A daemon whose agent may read openai, anthropic, github and plain (each bound), with
+/// every upstream name resolved to the fake upstream.
+fn proxy_agent(serve_extra: &[&str]) -> ProxyAgent {
+    let up = Upstream::start();
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-proxy");
+    let mut args: Vec<String> = Vec::new();
+    for name in UPSTREAM_NAMES {
+        let port = if name == "plain.example.com" {
+            up.http
+        } else {
+            up.https
+        };
+        args.push("--proxy-resolve".into());
+        args.push(format!("{name}=127.0.0.1:{port}"));
+    }
+    args.push("--proxy-upstream-ca".into());
+    args.push(up.ca.display().to_string());
+    args.extend(serve_extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (d, wallet) = paired_with(
+        &master,
+        home.path(),
+        &["--scope", "openai,anthropic,github,plain,plainok"],
+        &args,
+    );
+    let openai = key("sk-proj-");
+    let anthropic = key("sk-ant-api03-");
+    let github = key("ghp_");
+    // Well-known names bind themselves on a first store.
+    master.store("openai", &openai, &["--agent", &wallet]);
+    master.store("anthropic", &anthropic, &["--agent", &wallet]);
+    master.store("github", &github, &["--agent", &wallet]);
+    master.store(
+        "plain",
+        &key("plain-"),
+        &[
+            "--agent",
+            &wallet,
+            "--host",
+            "plain.example.com",
+            "--inject",
+            "bearer",
+        ],
+    );
+    master.store(
+        "plainok",
+        &key("plainok-"),
+        &[
+            "--agent",
+            &wallet,
+            "--host",
+            "plain.example.com",
+            "--inject",
+            "header:x-api-key",
+            "--allow-http",
+        ],
+    );
+    ProxyAgent {
+        _server: server,
+        _master: master,
+        _home: home,
+        d,
+        up,
+        openai,
+        anthropic,
+        github,
+    }
+}
+
+/// `agentkeys run --proxy --service S… -- ARGV…`.
+fn run_proxy(d: &DaemonProc, services: &[&str], argv: &[&str]) -> Output {
+    let mut cmd = Command::new(cli_bin());
+    cmd.arg("run").arg("--proxy");
+    for s in services {
+        cmd.args(["--service", s]);
+    }
+    cmd.arg("--")
+        .args(argv)
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap()
+}
+
+fn sh(d: &DaemonProc, services: &[&str], script: &str) -> Output {
+    run_proxy(d, services, &["sh", "-c", script])
+}
+
+fn python(d: &DaemonProc, services: &[&str], code: &str) -> Output {
+    let py = sdk_python();
+    run_proxy(d, services, &[py.to_str().unwrap(), "-c", code])
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn requests_to(up: &Upstream, path: &str) -> Vec<Value> {
+    up.seen()
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(path)))
+        .collect()
+}
+
+#[test]
+fn curl_gets_the_real_key_upstream_while_the_command_holds_a_placeholder() {
+    let a = proxy_agent(&[]);
+    let out = sh(
+        &a.d,
+        &["openai"],
+        "curl -sS -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; \
+         echo; printf '%s\\n' \"$OPENAI_API_KEY\"; env | grep -c '^HTTPS_PROXY=http://agentkeys:'",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    let placeholder = lines[1];
+    assert!(placeholder.starts_with("sk-proj-"), "{placeholder}");
+    assert_eq!(placeholder.len(), a.openai.len(), "the key's shape is kept");
+    assert_ne!(placeholder, a.openai);
+    assert_eq!(lines[2], "1", "the command got the proxy");
+    // The upstream got the real key; the command saw only its placeholder (the echo was
+    // replaced on the way back).
+    let seen = requests_to(&a.up, "/echo");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
+    );
+    assert!(!printed.contains(&a.openai), "{printed}");
+    let echoed: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(echoed["authorization"], format!("Bearer {placeholder}"));
+
+    // The trail has the injection: service, method, host and path (no query), status.
+    wait_for_events(&a.d.trail(), "inject", 1);
+    let inject = trail_lines(&a.d.trail())
+        .into_iter()
+        .find(|l| l["event"] == "inject")
+        .unwrap();
+    assert_eq!(inject["service"], "openai");
+    let detail = inject["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("GET api.openai.com/echo -> 200, "),
+        "{detail}"
+    );
+}
+
+#[test]
+fn python_clients_and_the_official_sdks_work_unmodified() {
+    let a = proxy_agent(&[]);
+    let code = r#"
+import os, json, requests, httpx, openai, anthropic
+key = os.environ["OPENAI_API_KEY"]
+r = requests.get("https://api.openai.com/echo", headers={"Authorization": "Bearer " + key})
+print("requests", r.status_code, r.json()["authorization"] == "Bearer " + key)
+r = httpx.get("https://api.openai.com/echo", headers={"Authorization": "Bearer " + key})
+print("httpx", r.status_code, r.json()["authorization"] == "Bearer " + key)
+client = openai.OpenAI()
+c = client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+print("openai", c.choices[0].message.content)
+parts = [ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+    model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True) if ch.choices]
+print("openai-stream", "".join(parts))
+m = anthropic.Anthropic().messages.create(model="claude-test", max_tokens=10,
+    messages=[{"role": "user", "content": "hi"}])
+print("anthropic", m.content[0].text)
+"#;
+    let out = python(&a.d, &["openai", "anthropic"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [
+            "requests 200 True",
+            "httpx 200 True",
+            "openai hello from the fake upstream",
+            "openai-stream hello from the stream",
+            "anthropic hello from the fake upstream",
+        ],
+        "{}",
+        text(&out)
+    );
+    let chats = requests_to(&a.up, "/v1/chat/completions");
+    assert_eq!(chats.len(), 2);
+    for c in &chats {
+        assert_eq!(
+            c["headers"]["authorization"],
+            format!("Bearer {}", a.openai)
+        );
+    }
+    let messages = requests_to(&a.up, "/v1/messages");
+    assert_eq!(messages.len(), 1);
+    // The SDK puts the key in x-api-key or Authorization (depending on its version):
+    // whichever it used carried the real key.
+    let sent = messages[0]["headers"].to_string();
+    assert!(sent.contains(&a.anthropic), "{sent}");
+    assert!(
+        !sent.contains("sk-ant-api03-")
+            || sent.matches("sk-ant-api03-").count() == sent.matches(&a.anthropic).count(),
+        "{sent}"
+    );
+    assert!(!printed.contains(&a.openai) && !printed.contains(&a.anthropic));
+}
+
+#[test]
+fn the_command_memory_holds_the_placeholder_and_never_the_key() {
+    let a = proxy_agent(&[]);
+    let py = sdk_python();
+    let code = r#"
+import os, sys, requests
+key = os.environ["OPENAI_API_KEY"]
+r = requests.get("https://api.openai.com/echo", headers={"Authorization": "Bearer " + key})
+print(r.status_code, key, flush=True)
+sys.stdin.readline()
+"#;
+    let mut child = Command::new(cli_bin())
+        .args(["run", "--proxy", "--service", "openai", "--"])
+        .args([py.to_str().unwrap(), "-c", code])
+        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let placeholder = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(line.starts_with("200 "), "{line}");
+    assert!(a.up.received(&a.openai), "the upstream got the key");
+    let pid: u32 = trail_lines(&a.d.trail())
+        .iter()
+        .find(|l| l["event"] == "deliver")
+        .and_then(|l| {
+            l["detail"]
+                .as_str()?
+                .strip_prefix("child pid ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    // While it runs, after its request: the key 0 times, the placeholder (control: the
+    // scan sees what the process holds) at least once.
+    let key_copies = copies_in(pid, &a.openai);
+    let placeholder_copies = copies_in(pid, &placeholder);
+    eprintln!(
+        "scan: the command (python requests) after its request: key {key_copies} times, \
+         placeholder {placeholder_copies} times"
+    );
+    assert_eq!(key_copies, 0);
+    assert!(placeholder_copies > 0);
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_placeholder_sent_where_its_binding_does_not_allow_is_refused_and_audited() {
+    let a = proxy_agent(&[]);
+    let http = a.up.http;
+    let out = sh(
+        &a.d,
+        &["openai", "github", "plain", "plainok"],
+        &format!(
+            "set -u
+            code() {{ curl -s -o /dev/null -w '%{{http_code}}\\n' \"$@\"; }}
+            # another bound host (github's), not openai's
+            code -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.github.com/user
+            # openai's host, but in the query (bearer binding: the Authorization header only)
+            code \"https://api.openai.com/v1/models?key=$OPENAI_API_KEY\"
+            # openai's host, in another header
+            code -H \"X-Leak: $OPENAI_API_KEY\" https://api.openai.com/v1/models
+            # plain http where the binding allows TLS only
+            code -H \"Authorization: Bearer $PLAIN_API_KEY\" http://plain.example.com:{http}/x
+            # plain http where the binding allows it
+            code -H \"X-Api-Key: $PLAINOK_API_KEY\" http://plain.example.com:{http}/ok
+            # github's placeholder to github: allowed
+            code -H \"Authorization: token $GITHUB_API_KEY\" https://api.github.com/user
+            "
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["403", "403", "403", "403", "200", "200"],
+        "{}",
+        text(&out)
+    );
+    // Nothing refused reached the upstream; what was allowed carried the real value.
+    assert!(!a.up.received(&a.openai));
+    assert_eq!(requests_to(&a.up, "/x").len(), 0);
+    let ok = requests_to(&a.up, "/ok");
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0]["tls"], false);
+    assert!(
+        ok[0]["headers"]["x-api-key"]
+            .as_str()
+            .unwrap()
+            .starts_with("plainok-")
+    );
+    let gh = requests_to(&a.up, "/user");
+    assert_eq!(gh.len(), 1, "only the allowed github request arrived");
+    assert_eq!(
+        gh[0]["headers"]["authorization"],
+        format!("token {}", a.github)
+    );
+
+    wait_for_events(&a.d.trail(), "exfiltration", 4);
+    let reasons: Vec<String> = trail_lines(&a.d.trail())
+        .into_iter()
+        .filter(|l| l["event"] == "exfiltration")
+        .map(|l| l["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(reasons[0].contains("toward api.github.com"), "{reasons:?}");
+    assert!(reasons[1].contains("query string"), "{reasons:?}");
+    assert!(reasons[2].contains("x-leak"), "{reasons:?}");
+    assert!(reasons[3].contains("plain http"), "{reasons:?}");
+}
+
+#[test]
+fn unbound_hosts_are_tunnelled_untouched_or_refused_under_strict_egress() {
+    let a = proxy_agent(&[]);
+    // The upstream's own certificate is not in the command's bundle; -k accepts it, and
+    // what arrives is the placeholder, never the key.
+    let out = sh(
+        &a.d,
+        &["openai"],
+        "curl -sk -H \"Authorization: Bearer $OPENAI_API_KEY\" https://unbound.example.com/echo; echo",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = requests_to(&a.up, "/echo");
+    assert_eq!(seen.len(), 1);
+    let sent = seen[0]["headers"]["authorization"].as_str().unwrap();
+    assert!(
+        sent.starts_with("Bearer sk-proj-") && !sent.contains(&a.openai),
+        "{sent}"
+    );
+    wait_for_events(&a.d.trail(), "tunnel", 1);
+
+    let strict = proxy_agent(&["--egress", "strict"]);
+    let out = sh(
+        &strict.d,
+        &["openai"],
+        "curl -sk -o /dev/null -w '%{http_code}' https://unbound.example.com/echo; echo",
+    );
+    // CONNECT refused: curl reports no HTTP code from the tunnel, and nothing arrives.
+    assert_ne!(stdout(&out).trim(), "200", "{}", text(&out));
+    assert!(requests_to(&strict.up, "/echo").is_empty());
+    wait_for_events(&strict.d.trail(), "proxy-deny", 1);
+}
+
+#[test]
+fn an_echoed_key_comes_back_as_the_placeholder_in_every_form() {
+    let a = proxy_agent(&[]);
+    let code = r#"
+import base64, os, requests
+key = os.environ["OPENAI_API_KEY"]
+h = {"Authorization": "Bearer " + key}
+r = requests.get("https://api.openai.com/echo", headers=h)
+print("header", r.headers["x-echo"] == "Bearer " + key)
+print("json", r.json()["authorization"] == "Bearer " + key)
+r = requests.get("https://api.openai.com/echo-gzip", headers=h)
+print("gzip", r.json()["authorization"] == "Bearer " + key)
+r = requests.get("https://api.openai.com/echo-b64", headers=h)
+print("b64", base64.b64decode(r.json()["b64"]).decode() == key)
+print("hex", bytes.fromhex(r.json()["hex"]).decode() == key)
+r = requests.get("https://api.openai.com/echo-sse", headers=h, stream=True)
+print("sse", b"".join(r.iter_content(None)).decode().startswith("data: Bearer " + key + "\n\n"))
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "header True",
+            "json True",
+            "gzip True",
+            "b64 True",
+            "hex True",
+            "sse True"
+        ],
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout(&out).contains(&a.openai));
+    // Each echo really carried the key upstream.
+    assert_eq!(
+        a.up.seen()
+            .iter()
+            .filter(|r| r["headers"]["authorization"] == format!("Bearer {}", a.openai))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn requests_without_the_proxy_credential_get_407() {
+    let a = proxy_agent(&[]);
+    let out = sh(
+        &a.d,
+        &["openai"],
+        "bare=$(printf %s \"$HTTPS_PROXY\" | sed 's#//[^@]*@#//#'); \
+         curl -s -o /dev/null -w '%{http_code}\\n' --proxy \"$bare\" http://plain.example.com/; \
+         curl -s -o /dev/null -w '%{http_code}\\n' --proxy \"$(printf %s \"$HTTPS_PROXY\" | sed 's#:[^:@]*@#:wrong@#')\" http://plain.example.com/",
+    );
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["407", "407"],
+        "{}",
+        text(&out)
+    );
+}

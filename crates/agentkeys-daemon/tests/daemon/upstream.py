@@ -1,0 +1,233 @@
+"""A fake HTTPS (and plain HTTP) upstream for the egress proxy tests: it records every
+request it receives (one JSON line each: method, path with query, headers, body) and
+answers like the APIs the clients expect, echoing credentials back where asked.
+
+    python upstream.py CERT KEY LOG    prints "https=PORT http=PORT" once listening
+
+Routes:
+  POST /v1/chat/completions  OpenAI chat completion; SSE chunks when the body says stream
+  POST /v1/messages          Anthropic message
+  GET  /echo                 the Authorization / x-api-key / query back, in a header and JSON
+  GET  /echo-gzip            the same JSON, gzip-compressed whatever the client asked for
+  GET  /echo-sse             the Authorization value in an SSE stream, split across chunks
+  GET  /echo-b64             the bearer token base64- and hex-encoded in JSON
+  GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
+  GET  /cut                  promises 1 MiB and closes after 10 KiB
+  GET  /ws                   WebSocket: sends the Authorization it saw, then echoes frames
+  anything else              {"ok": true, "path": ...}
+"""
+
+import base64
+import gzip
+import hashlib
+import json
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def record(self, body):
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode("utf-8", "replace"),
+            "tls": isinstance(self.connection, ssl.SSLSocket),
+        }
+        with LOCK, open(self.server.log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def read_body(self):
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def send(self, status, body, ctype="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def seen(self):
+        q = self.path.split("?", 1)[1] if "?" in self.path else ""
+        return {
+            "authorization": self.headers.get("authorization"),
+            "x-api-key": self.headers.get("x-api-key"),
+            "query": q,
+        }
+
+    def do_GET(self):
+        self.handle_any()
+
+    def do_POST(self):
+        self.handle_any()
+
+    def do_PUT(self):
+        self.handle_any()
+
+    def handle_any(self):
+        body = self.read_body()
+        self.record(body)
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/chat/completions":
+            return self.chat(json.loads(body or b"{}"))
+        if path == "/v1/messages":
+            msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+                   "content": [{"type": "text", "text": "hello from the fake upstream"}],
+                   "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": {"input_tokens": 1, "output_tokens": 5}}
+            return self.send(200, json.dumps(msg).encode())
+        if path == "/echo":
+            seen = json.dumps(self.seen()).encode()
+            return self.send(200, seen, extra=[("x-echo", self.headers.get("authorization") or "")])
+        if path == "/echo-gzip":
+            return self.send(200, gzip.compress(json.dumps(self.seen()).encode()),
+                             extra=[("content-encoding", "gzip")])
+        if path == "/echo-b64":
+            token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
+            return self.send(200, json.dumps({"b64": base64.b64encode(token).decode(),
+                                              "hex": token.hex()}).encode())
+        if path == "/echo-sse":
+            auth = (self.headers.get("authorization") or "").encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            line = b"data: " + auth + b"\n\n"
+            half = len(line) // 2
+            self.chunk(line[:half])
+            time.sleep(0.05)
+            self.chunk(line[half:])
+            self.chunk(b"data: done\n\n")
+            self.chunk(b"")
+            return
+        if path == "/stream":
+            n = int(self.path.split("n=", 1)[1]) if "n=" in self.path else 8
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for _ in range(n):
+                self.chunk(b"a" * 1024)
+            self.chunk(b"")
+            return
+        if path == "/cut":
+            self.send_response(200)
+            self.send_header("content-length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"b" * 10240)
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if path == "/ws":
+            return self.websocket()
+        return self.send(200, json.dumps({"ok": True, "path": self.path}).encode())
+
+    def chat(self, req):
+        base = {"id": "chatcmpl-1", "created": 0, "model": req.get("model", "gpt-test")}
+        if not req.get("stream"):
+            out = dict(base, object="chat.completion", choices=[{
+                "index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hello from the fake upstream"}}],
+                usage={"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6})
+            return self.send(200, json.dumps(out).encode())
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for i, piece in enumerate(["hello ", "from the ", "stream"]):
+            chunk = dict(base, object="chat.completion.chunk", choices=[{
+                "index": 0, "delta": {"content": piece} if i else {"role": "assistant", "content": piece},
+                "finish_reason": None}])
+            self.chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        last = dict(base, object="chat.completion.chunk",
+                    choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        self.chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
+        self.chunk(b"data: [DONE]\n\n")
+        self.chunk(b"")
+
+    def websocket(self):
+        key = self.headers.get("sec-websocket-key", "")
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "Upgrade")
+        self.send_header("sec-websocket-accept", accept.decode())
+        self.end_headers()
+        self.wfile.flush()
+        ws_send(self.wfile, (self.headers.get("authorization") or "").encode())
+        while True:
+            data = ws_recv(self.rfile)
+            if data is None:
+                return
+            ws_send(self.wfile, b"echo:" + data)
+
+
+def ws_send(w, data):
+    """One unmasked text frame (server to client)."""
+    header = bytes([0x81])
+    n = len(data)
+    header += bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
+    w.write(header + data)
+    w.flush()
+
+
+def ws_recv(r):
+    """One masked frame (client to server); None on close."""
+    head = r.read(2)
+    if len(head) < 2 or head[0] & 0x0F == 0x8:
+        return None
+    n = head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(r.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(r.read(8), "big")
+    mask = r.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = r.read(n)
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def main():
+    cert, key, log = sys.argv[1:4]
+    tls = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+    plain = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for s in (tls, plain):
+        s.log_path = log
+        s.daemon_threads = True
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print(f"https={tls.server_address[1]} http={plain.server_address[1]}", flush=True)
+    sys.stdin.read()  # until the test closes stdin (or dies)
+
+
+if __name__ == "__main__":
+    main()
