@@ -54,26 +54,33 @@ fn subtree(pattern: &str) -> GeneralSubtree {
     }
 }
 
+/// The run CA's certificate parameters: a CA that may sign leaves only (path length 0),
+/// for names under `hosts` only and for no IP address.
+pub fn constrained_ca_params(hosts: &[String]) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "agentkeys run proxy CA (this run only)");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: hosts.iter().map(|h| subtree(h)).collect(),
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+        ],
+    });
+    validity(&mut params);
+    Ok(params)
+}
+
 impl RunCa {
     /// A new CA constrained to `hosts` (binding host patterns). Leaves for the exact hosts
     /// are minted now; the key is kept (in a secret page) only if a wildcard needs leaves
     /// minted later, per name.
     pub fn new(hosts: &[String]) -> Result<RunCa, CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "agentkeys run proxy CA (this run only)");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.name_constraints = Some(NameConstraints {
-            permitted_subtrees: hosts.iter().map(|h| subtree(h)).collect(),
-            excluded_subtrees: vec![
-                GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
-                GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
-            ],
-        });
-        validity(&mut params);
+        let params = constrained_ca_params(hosts)?;
         let cert = params.self_signed(&key).map_err(err)?;
         let pkcs8 = SecretPage::from_slice(&key.serialize_der()).map_err(err)?;
         drop(key);

@@ -539,3 +539,82 @@ fn requests_without_the_proxy_credential_get_407() {
         text(&out)
     );
 }
+
+/// Whether Python's TLS stack (OpenSSL, as in requests, httpx and the SDKs), trusting only
+/// `ca`, accepts `leaf` (with its key) for `host`: a real handshake over a socket pair.
+fn python_accepts(dir: &Path, ca: &str, leaf: &str, leaf_key: &str, host: &str) -> (bool, String) {
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca, leaf, leaf_key) = (
+        write("ca.pem", ca),
+        write("leaf.pem", leaf),
+        write("leaf.key", leaf_key),
+    );
+    let code = r#"
+import socket, ssl, sys, threading
+ca, leaf, key, host = sys.argv[1:5]
+a, b = socket.socketpair()
+srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+srv.load_cert_chain(leaf, key)
+def serve():
+    try:
+        srv.wrap_socket(a, server_side=True).close()
+    except Exception:
+        a.close()
+threading.Thread(target=serve, daemon=True).start()
+cli = ssl.create_default_context(cafile=ca)
+try:
+    cli.wrap_socket(b, server_hostname=host).close()
+    print("accepted")
+except ssl.SSLError as e:
+    print("rejected:", e)
+"#;
+    let out = Command::new(sdk_python())
+        .args(["-c", code])
+        .arg(ca)
+        .arg(leaf)
+        .arg(leaf_key)
+        .arg(host)
+        .output()
+        .unwrap();
+    let said = stdout(&out);
+    (said.starts_with("accepted"), said)
+}
+
+#[test]
+fn the_run_ca_cannot_certify_any_host_but_the_bound_ones_even_with_its_key() {
+    use agentkeys_daemon::proxy::ca::constrained_ca_params;
+    let dir = TempDir::new("agentkeys-test-constraints");
+    // The run CA's own construction, with a key the test holds: as if the key were stolen.
+    let hosts = vec!["api.openai.com".to_owned(), "*.example.com".to_owned()];
+    let ca_key = KeyPair::generate().unwrap();
+    let params = constrained_ca_params(&hosts).unwrap();
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_for = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    for (name, accepted) in [
+        ("api.openai.com", true),
+        ("a.example.com", true),
+        ("evil.example.org", false),
+        ("api.openai.com.evil.org", false),
+        ("example.com", false),
+        ("127.0.0.1", false),
+    ] {
+        let (leaf, key) = leaf_for(name);
+        let (ok, said) = python_accepts(dir.path(), &ca_cert.pem(), &leaf, &key, name);
+        assert_eq!(ok, accepted, "{name}: {said}");
+        if !accepted {
+            eprintln!("name constraints: a leaf for {name} minted with the CA key: {said}");
+        }
+    }
+}
