@@ -9,6 +9,7 @@
 //! rate_limit_wait = "30s"     # how long a read may wait out the server's rate limit
 //! anchor_every = "60s"        # how often the trail's head is anchored in the server's log
 //! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
+//! approval_wait = "120s"      # how long the proxy holds a request for a high-value approval
 //!
 //! [cache]                     # per-service opt-in; no entry = never cached (the default)
 //! openai = "60s"              # idle TTL for this service
@@ -46,6 +47,8 @@ pub struct Config {
     pub revocation_check: Duration,
     /// SIGTERM → SIGKILL delay for `run` children after a revocation.
     pub kill_grace: Duration,
+    /// How long the egress proxy holds a request waiting for a high-value approval.
+    pub approval_wait: Duration,
     /// Default timeout of the MCP `run` tool.
     pub run_timeout: Duration,
     /// Bytes of stdout (and of stderr) the MCP `run` tool keeps.
@@ -145,6 +148,7 @@ impl Default for Config {
             anchor_every: Duration::from_secs(60),
             revocation_check: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
+            approval_wait: Duration::from_secs(120),
             run_timeout: Duration::from_secs(60),
             run_max_output: 64 * 1024,
             cache_page: None,
@@ -167,6 +171,7 @@ struct File {
     rate_limit_wait: Option<String>,
     anchor_every: Option<String>,
     kill_grace: Option<String>,
+    approval_wait: Option<String>,
     #[serde(default)]
     cache: BTreeMap<String, CacheEntry>,
     #[serde(default)]
@@ -233,6 +238,7 @@ impl Config {
             ("rate_limit_wait", &file.rate_limit_wait),
             ("anchor_every", &file.anchor_every),
             ("kill_grace", &file.kill_grace),
+            ("approval_wait", &file.approval_wait),
             ("run.timeout", &file.run.timeout),
         ] {
             if let Some(v) = value {
@@ -243,6 +249,7 @@ impl Config {
                     "rate_limit_wait" => config.rate_limit_wait = d,
                     "anchor_every" => config.anchor_every = d,
                     "kill_grace" => config.kill_grace = d,
+                    "approval_wait" => config.approval_wait = d,
                     _ => config.run_timeout = d,
                 }
             }

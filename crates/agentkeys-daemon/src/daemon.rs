@@ -269,6 +269,9 @@ pub struct Refusal {
     pub code: &'static str,
     /// The message for the model.
     pub message: String,
+    /// The pending high-value request (`APPROVAL_REQUIRED`): its id, to wait for the
+    /// decision.
+    pub pending: Option<String>,
 }
 
 impl Daemon {
@@ -390,7 +393,7 @@ impl Daemon {
 
     /// Why nothing may be served right now (a debugger traces the daemon, or the session
     /// is revoked), as the refusal and the audit detail; `None` when serving is allowed.
-    fn stopped(&self) -> Option<(Refusal, &'static str)> {
+    pub fn stopped(&self) -> Option<(Refusal, &'static str)> {
         if self.is_traced() {
             return Some((
                 Refusal {
@@ -398,6 +401,7 @@ impl Daemon {
                     message: "the agentkeys daemon is being traced by a debugger and serves no \
                               credential until it detaches; tell your operator"
                         .to_owned(),
+                    pending: None,
                 },
                 "a debugger traces the daemon",
             ));
@@ -407,6 +411,7 @@ impl Daemon {
                 Refusal {
                     code: "REVOKED",
                     message: REVOKED_MESSAGE.to_owned(),
+                    pending: None,
                 },
                 "the session is revoked",
             ));
@@ -646,7 +651,11 @@ impl Daemon {
                 ),
             },
         };
-        Refusal { code, message }
+        Refusal {
+            code,
+            message,
+            pending: err.auth_request().map(|t| t.id.clone()),
+        }
     }
 
     /// Called by the transport once the response line for `id` is written (or failed):

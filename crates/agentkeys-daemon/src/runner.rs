@@ -110,6 +110,7 @@ fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
+        pending: None,
     }
 }
 

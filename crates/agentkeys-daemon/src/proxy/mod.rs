@@ -26,9 +26,15 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use agentkeys_core::Backend as _;
+use agentkeys_secmem::SecretPage;
 use agentkeys_types::ServiceName;
+use agentkeys_types::api::AuthStatus;
+use agentkeys_types::binding::Binding;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -51,6 +57,13 @@ pub struct RunProxy {
     pub routes: Vec<Route>,
     /// The run's CA.
     pub ca: RunCa,
+    /// High-value values approved for this run: one approval covers the run. Wiped when
+    /// the run ends, and never used once the session is revoked or a debugger attaches.
+    held: std::sync::Mutex<HashMap<ServiceName, (SecretPage, Binding)>>,
+    /// One approval wait at a time, so concurrent requests share one approval.
+    approving: tokio::sync::Mutex<()>,
+    /// Set when the run ends: nothing more is injected.
+    closed: AtomicBool,
 }
 
 /// Constant-time equality, for the proxy credential.
@@ -59,6 +72,125 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl RunProxy {
+    /// The value (and the binding that came with it) to inject for `route`: a value held for
+    /// this run after an approval, else a fetch; a fetch refused for want of an approval
+    /// waits for it (up to `approval_wait`), and the approved value is held for the run.
+    pub async fn value_for(
+        &self,
+        route: &Route,
+    ) -> Result<(SecretPage, Option<Binding>), http::Response<serve::Body>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(forbidden("this run has ended", ""));
+        }
+        if let Some((refusal, why)) = self.daemon.stopped() {
+            self.wipe_held();
+            self.refused(Some(&route.service), why);
+            return Err(forbidden(&refusal.message, ""));
+        }
+        if let Some(held) = self.held_copy(&route.service) {
+            return Ok(held);
+        }
+        match self
+            .daemon
+            .fetch_bound(&route.service, &self.peer, &self.run)
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(refusal) if refusal.pending.is_some() => self.await_approval(route).await,
+            Err(refusal) => Err(self.fetch_refused(route, &refusal)),
+        }
+    }
+
+    fn held_copy(&self, service: &ServiceName) -> Option<(SecretPage, Option<Binding>)> {
+        let held = self.held.lock().ok()?;
+        let (page, binding) = held.get(service)?;
+        let copy = SecretPage::from_slice(page.expose_secret()).ok()?;
+        Some((copy, Some(binding.clone())))
+    }
+
+    fn wipe_held(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.clear();
+        }
+    }
+
+    /// Waits (one waiter at a time) for the high-value request the server opened to be
+    /// decided, then reads the value once and holds it for the run.
+    async fn await_approval(
+        &self,
+        route: &Route,
+    ) -> Result<(SecretPage, Option<Binding>), http::Response<serve::Body>> {
+        let _turn = self.approving.lock().await;
+        if let Some(held) = self.held_copy(&route.service) {
+            return Ok(held); // approved while this request waited for its turn
+        }
+        // Ask again under the turn: the request an earlier waiter saw may be spent.
+        let refusal = match self
+            .daemon
+            .fetch_bound(&route.service, &self.peer, &self.run)
+            .await
+        {
+            Ok(v) => return Ok(v),
+            Err(r) => r,
+        };
+        let Some(id) = refusal.pending.clone() else {
+            return Err(self.fetch_refused(route, &refusal));
+        };
+        let wait = self.daemon.config.approval_wait;
+        self.audit(Event {
+            event: "approval-wait".into(),
+            service: Some(route.service.to_string()),
+            mode: Some("proxy".into()),
+            detail: Some(format!(
+                "holding the request up to {} s: {}",
+                wait.as_secs(),
+                refusal.message
+            )),
+            ..Default::default()
+        });
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                self.refused(Some(&route.service), "no approval in time");
+                return Err(forbidden(
+                    &format!(
+                        "{} (the proxy waited {} s for it)",
+                        refusal.message,
+                        wait.as_secs()
+                    ),
+                    "once approved, send the request again: one approval covers the rest of the run",
+                ));
+            }
+            let poll = left.min(std::time::Duration::from_secs(25)).as_secs().max(1);
+            match self.daemon.backend.decision(&id, poll).await {
+                Ok(d) if d.status == AuthStatus::Approved => break,
+                Ok(d) if d.status == AuthStatus::Pending => {}
+                Ok(d) => {
+                    let why = format!("the approval request was {}", d.status.as_str());
+                    self.refused(Some(&route.service), &why);
+                    return Err(forbidden(&why, ""));
+                }
+                Err(e) => {
+                    let refusal = self.daemon.refusal(Some(&route.service), &e);
+                    return Err(self.fetch_refused(route, &refusal));
+                }
+            }
+        }
+        let (page, binding) = self
+            .daemon
+            .fetch_bound(&route.service, &self.peer, &self.run)
+            .await
+            .map_err(|r| self.fetch_refused(route, &r))?;
+        if let (Some(b), Ok(copy)) = (&binding, SecretPage::from_slice(page.expose_secret()))
+            && !self.closed.load(Ordering::Relaxed)
+            && let Ok(mut held) = self.held.lock()
+        {
+            held.insert(route.service.clone(), (copy, b.clone()));
+        }
+        Ok((page, binding))
+    }
+
     /// Writes a trail event of this run.
     pub fn audit(&self, mut e: Event) {
         e.agent = Some(self.daemon.session().wallet.to_string());
@@ -138,10 +270,14 @@ pub struct ProxyRun {
     pub env: Vec<String>,
     bundle: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    state: Arc<RunProxy>,
 }
 
 impl Drop for ProxyRun {
     fn drop(&mut self) {
+        // Connections still open (a leftover of the run) get nothing more.
+        self.state.closed.store(true, Ordering::Relaxed);
+        self.state.wipe_held();
         self.task.abort();
         let _ = std::fs::remove_file(&self.bundle);
     }
@@ -151,6 +287,7 @@ fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
+        pending: None,
     }
 }
 
@@ -196,9 +333,24 @@ pub async fn start(
     request: &str,
     services: &[ServiceName],
 ) -> Result<ProxyRun, Refusal> {
+    // High-value credentials are not read here (that would ask for an approval before the
+    // run needs one): their binding comes from the listing, their placeholder is generic.
+    // Injection checks the binding signed with the value, read once approved.
+    let listed = daemon
+        .backend
+        .list_credentials(None)
+        .await
+        .map_err(|e| daemon.refusal(None, &e))?;
     let mut routes = Vec::with_capacity(services.len());
     for service in services {
-        let (page, binding) = daemon.fetch_bound(service, &conn.peer, request).await?;
+        let meta = listed.credentials.iter().find(|c| &c.service == service);
+        let (placeholder, binding) = match meta {
+            Some(c) if c.policy.high_value => (placeholder::for_key(b""), c.binding.clone()),
+            _ => {
+                let (page, binding) = daemon.fetch_bound(service, &conn.peer, request).await?;
+                (placeholder::for_key(page.expose_secret()), binding)
+            }
+        };
         let Some(binding) = binding else {
             return Err(refusal(
                 "DENIED",
@@ -208,8 +360,6 @@ pub async fn start(
                 ),
             ));
         };
-        let placeholder = placeholder::for_key(page.expose_secret());
-        drop(page);
         routes.push(Route {
             service: service.clone(),
             placeholder,
@@ -262,6 +412,9 @@ pub async fn start(
         token,
         routes,
         ca,
+        held: std::sync::Mutex::new(HashMap::new()),
+        approving: tokio::sync::Mutex::new(()),
+        closed: AtomicBool::new(false),
     });
     state.audit(Event {
         event: "proxy".into(),
@@ -282,12 +435,13 @@ pub async fn start(
         )),
         ..Default::default()
     });
-    let task = tokio::spawn(serve::listen(state, listener));
+    let task = tokio::spawn(serve::listen(state.clone(), listener));
     Ok(ProxyRun {
         addr,
         placeholders,
         env,
         bundle,
         task,
+        state,
     })
 }

@@ -469,11 +469,7 @@ async fn prepare(
     let mut body_pairs: Vec<usize> = Vec::new();
     for &i in &chosen {
         let r = &proxy.routes[i];
-        let (page, binding) = proxy
-            .daemon
-            .fetch_bound(&r.service, &proxy.peer, &proxy.run)
-            .await
-            .map_err(|refusal| proxy.fetch_refused(r, &refusal))?;
+        let (page, binding) = proxy.value_for(r).await?;
         // The binding that came with this very value decides.
         let Some(binding) = binding else {
             return Err(

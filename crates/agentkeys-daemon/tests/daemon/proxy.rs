@@ -3,7 +3,7 @@
 //! command only ever holds a placeholder; placeholders sent anywhere their binding does not
 //! allow are refused and audited; echoes of the key come back as the placeholder.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -116,9 +116,10 @@ fn key(prefix: &str) -> String {
 
 struct ProxyAgent {
     _server: agentkeys_testkit::Server,
-    _master: Master,
+    master: Master,
     _home: TempDir,
     d: DaemonProc,
+    wallet: String,
     up: Upstream,
     openai: String,
     anthropic: String,
@@ -128,11 +129,17 @@ struct ProxyAgent {
 /// A daemon whose agent may read openai, anthropic, github and plain (each bound), with
 /// every upstream name resolved to the fake upstream.
 fn proxy_agent(serve_extra: &[&str]) -> ProxyAgent {
+    proxy_agent_configured("", serve_extra)
+}
+
+/// [`proxy_agent`] with `toml` as the daemon's configuration file.
+fn proxy_agent_configured(toml: &str, serve_extra: &[&str]) -> ProxyAgent {
     let up = Upstream::start();
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-proxy");
-    let mut args: Vec<String> = Vec::new();
+    let config = write_config(home.path(), toml);
+    let mut args: Vec<String> = vec!["--config".into(), config.display().to_string()];
     for name in UPSTREAM_NAMES {
         let port = if name == "plain.example.com" {
             up.http
@@ -186,9 +193,10 @@ fn proxy_agent(serve_extra: &[&str]) -> ProxyAgent {
     );
     ProxyAgent {
         _server: server,
-        _master: master,
+        master,
         _home: home,
         d,
+        wallet,
         up,
         openai,
         anthropic,
@@ -617,4 +625,118 @@ fn the_run_ca_cannot_certify_any_host_but_the_bound_ones_even_with_its_key() {
             eprintln!("name constraints: a leaf for {name} minted with the CA key: {said}");
         }
     }
+}
+
+/// Spawns `agentkeys run --proxy --service S… -- ARGV…` with piped stdin and stdout.
+fn spawn_proxy(
+    d: &DaemonProc,
+    services: &[&str],
+    argv: &[&str],
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut cmd = Command::new(cli_bin());
+    cmd.arg("run").arg("--proxy");
+    for s in services {
+        cmd.args(["--service", s]);
+    }
+    let mut child = cmd
+        .arg("--")
+        .args(argv)
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (child, out)
+}
+
+fn next_line(out: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+/// The pair code of the approval the proxy is waiting for, from the trail.
+fn approval_code(d: &DaemonProc) -> String {
+    wait_for_events(&d.trail(), "approval-wait", 1);
+    let line = trail_lines(&d.trail())
+        .into_iter()
+        .rfind(|l| l["event"] == "approval-wait")
+        .unwrap();
+    let detail = line["detail"].as_str().unwrap().to_owned();
+    detail
+        .split("agentkeys approve ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in {detail}"))
+        .to_owned()
+}
+
+#[test]
+fn a_high_value_credential_waits_for_one_approval_that_covers_the_run() {
+    let a = proxy_agent_configured("approval_wait = \"60s\"\n", &[]);
+    let out = a
+        .master
+        .cli(&["policy", "openai", "--agent", &a.wallet, "--high-value"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let script = "for i in 1 2; do curl -s -o /dev/null -w '%{http_code}\\n' \
+                  -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; done; \
+                  printf '%s\\n' \"$OPENAI_API_KEY\"";
+    let (mut child, mut out) = spawn_proxy(&a.d, &["openai"], &["sh", "-c", script]);
+    // The first request is held until the master approves; nothing reached the upstream.
+    let code = approval_code(&a.d);
+    assert!(requests_to(&a.up, "/echo").is_empty());
+    let approved = a.master.approve(&code, &[]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    assert_eq!(next_line(&mut out), "200");
+    assert_eq!(next_line(&mut out), "200", "the second request needs no new approval");
+    let placeholder = next_line(&mut out);
+    assert!(placeholder.starts_with("agentkeys-placeholder-"), "{placeholder}");
+    assert!(child.wait().unwrap().success());
+    let seen = requests_to(&a.up, "/echo");
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r["headers"]["authorization"], format!("Bearer {}", a.openai));
+    }
+    assert_eq!(server_reads(&a.master, &a.wallet), 1, "one release for the run");
+}
+
+#[test]
+fn without_an_approval_in_time_the_request_is_refused_with_the_approve_command() {
+    let a = proxy_agent_configured("approval_wait = \"1s\"\n", &[]);
+    let out = a
+        .master
+        .cli(&["policy", "openai", "--agent", &a.wallet, "--high-value"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sh(
+        &a.d,
+        &["openai"],
+        "curl -s -w '\\n%{http_code}\\n' -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo",
+    );
+    let printed = stdout(&out);
+    assert!(printed.trim_end().ends_with("403"), "{printed}");
+    assert!(printed.contains("agentkeys approve "), "{printed}");
+    assert!(requests_to(&a.up, "/echo").is_empty());
+}
+
+#[test]
+fn after_a_revocation_the_next_request_is_refused() {
+    let a = proxy_agent_configured(
+        "revocation_check = \"300ms\"\nkill_grace = \"20s\"\n",
+        &[],
+    );
+    // The command ignores SIGTERM, so it outlives the revocation long enough to try again.
+    let script = "trap '' TERM; \
+        req() { curl -s -o /dev/null -w '%{http_code}\\n' -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; }; \
+        req; read go; req";
+    let (mut child, mut out) = spawn_proxy(&a.d, &["openai"], &["sh", "-c", script]);
+    assert_eq!(next_line(&mut out), "200");
+    let revoked = a.master.cli(&["revoke", &a.wallet]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    wait_for_events(&a.d.trail(), "revoked", 1);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(next_line(&mut out), "403");
+    assert_eq!(requests_to(&a.up, "/echo").len(), 1, "nothing after the revocation");
+    let _ = child.kill();
+    let _ = child.wait();
 }
