@@ -389,6 +389,14 @@ sys.stdin.readline()
     assert!(placeholder_copies > 0);
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     assert!(child.wait().unwrap().success());
+    // The daemon injected the key into the request and scrubbed the echo: once the run is
+    // over, no readable copy is left in its memory (secret pages are not readable).
+    wait_for_events(&a.d.trail(), "exit", 1);
+    let daemon = agentkeys_testkit::assert_no_readable_copy(a.d.pid(), &[a.openai.as_bytes()]);
+    eprintln!(
+        "scan: daemon after a proxied run: 0 copies of the key in {} bytes",
+        daemon.scanned_bytes
+    );
 }
 
 #[test]
