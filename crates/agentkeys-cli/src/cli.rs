@@ -299,6 +299,25 @@ pub enum Command {
         agentkeys run --service openai -- sh -c 'curl -H \"Authorization: Bearer $OPENAI_API_KEY\" ...'")]
     Run(RunArgs),
 
+    /// Print the environment that routes an agent the daemon does not start (a long-lived
+    /// Claude Code, an IDE) through the daemon's egress proxy: a placeholder per service,
+    /// HTTPS_PROXY and the CA bundle. The daemon keeps this listener until it stops or the
+    /// session is revoked; a high-value approval there covers one request.
+    #[command(after_help = "Examples:\n  \
+        eval \"$(agentkeys proxy-env --service openai)\"   # then start the agent in this shell\n  \
+        agentkeys proxy-env --service openai --service github --json   # for an MCP client's env block")]
+    ProxyEnv {
+        /// A bound credential to put behind the proxy. Repeatable.
+        #[arg(long = "service", value_name = "SERVICE", required = true)]
+        services: Vec<String>,
+        /// The daemon socket.
+        #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print JSON instead of shell lines.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Check this machine: the CLI's process hardening (not dumpable, no core dumps,
     /// debugger, Yama, protection keys), where the session is kept, whether the server
     /// answers, and whether a daemon answers on the socket.

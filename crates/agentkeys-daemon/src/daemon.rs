@@ -201,6 +201,8 @@ pub struct Daemon {
     pub config: Config,
     /// Cached credentials, by service (only services the config opts in).
     cache: Mutex<HashMap<ServiceName, Cached>>,
+    /// Persistent egress proxies (`agentkeys proxy-env`), by caller uid and services.
+    pub proxies: Mutex<HashMap<(u32, Vec<ServiceName>), crate::proxy::ProxyRun>>,
     /// Server reads in flight, by service.
     flights: Mutex<HashMap<ServiceName, Flight>>,
     /// The scope as the server last described it (the revocation tick refreshes it).
@@ -295,6 +297,7 @@ impl Daemon {
             socket,
             config,
             cache: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             live_scope,
             reachable: AtomicBool::new(true),
@@ -956,6 +959,13 @@ impl Daemon {
         for service in wiped {
             self.note("evict", Some(&service), "session revoked".into());
         }
+        // Persistent proxies stop: their held values are wiped, their listeners close.
+        let stopped: Vec<crate::proxy::ProxyRun> = self
+            .proxies
+            .lock()
+            .map(|mut p| p.drain().map(|(_, run)| run).collect())
+            .unwrap_or_default();
+        drop(stopped);
         let credentialed = |c: &ChildEntry| !c.services.is_empty();
         self.signal_children(credentialed, Signal::TERM, " after revocation", None);
         let daemon = self.clone();

@@ -32,6 +32,10 @@ says exactly what they must run (for example 'agentkeys approve ABCD-EFGH').";
 pub struct GetCredential {
     /// The credential's service name, e.g. "openai" or "github" (see list_credentials).
     pub service: String,
+    /// Proxy mode: get a placeholder and an HTTPS proxy setting instead of the value; the
+    /// proxy puts the value into requests to the credential's bound hosts only.
+    #[serde(default)]
+    pub proxy: bool,
 }
 
 /// `run` arguments.
@@ -84,11 +88,13 @@ impl Mcp {
         description = "Get one API credential (for example an OpenAI or GitHub key) by its \
         service name. Returns the secret value as text: use it for the request you are \
         making and do not store or echo it. Errors explain what your human must do \
-        (approve a high-value release, widen your scope, re-pair)."
+        (approve a high-value release, widen your scope, re-pair). With proxy=true you get \
+        a placeholder instead, and the HTTPS_PROXY and SSL_CERT_FILE settings to make your \
+        requests through: the value is put in only on the way to the service's own hosts."
     )]
     async fn get_credential(
         &self,
-        Parameters(GetCredential { service }): Parameters<GetCredential>,
+        Parameters(GetCredential { service, proxy }): Parameters<GetCredential>,
         context: RequestContext<RoleServer>,
     ) -> CallToolResult {
         let Ok(service) = ServiceName::parse(&service) else {
@@ -98,6 +104,30 @@ impl Mcp {
                 service.chars().take(64).collect::<String>()
             ));
         };
+        if proxy {
+            let request = context.id.to_string();
+            return match crate::proxy::persistent_env(
+                &self.daemon,
+                &self.conn,
+                &request,
+                vec![service.clone()],
+            )
+            .await
+            {
+                Ok(described) => {
+                    let mut answer = described;
+                    answer["service"] = json!(service.as_str());
+                    answer["placeholder"] = answer["placeholders"][service.as_str()].clone();
+                    answer["how"] = json!(
+                        "use placeholder where the API key goes, and make the request through \
+                         proxy (HTTPS_PROXY), trusting ca_bundle (SSL_CERT_FILE); env has every \
+                         variable to set"
+                    );
+                    CallToolResult::success(vec![ContentBlock::text(answer.to_string())])
+                }
+                Err(r) => error(r.message),
+            };
+        }
         let page = match self
             .daemon
             .fetch(&service, &self.conn.peer, &context.id.to_string())

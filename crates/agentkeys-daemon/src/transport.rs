@@ -234,6 +234,7 @@ impl LineTransport {
             let answer = match method.as_str() {
                 "agentkeys/status" => Ok(daemon.status()),
                 "agentkeys/audit" => audit_page(&daemon, &params).await,
+                "agentkeys/proxy-env" => proxy_env(&daemon, &conn, &id, &params).await,
                 _ => Err((-32601, format!("unknown method {method}"))),
             };
             let body = match answer {
@@ -243,6 +244,32 @@ impl LineTransport {
             let _ = write_line(&writer, &body).await;
         });
     }
+}
+
+/// `agentkeys/proxy-env {services}`: the persistent egress proxy's environment.
+async fn proxy_env(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    id: &Value,
+    params: &Value,
+) -> Result<Value, (i64, String)> {
+    let services: Vec<String> =
+        serde_json::from_value(params["services"].clone()).map_err(|_| {
+            (
+                -32602,
+                "services must be a list of service names".to_owned(),
+            )
+        })?;
+    let services = services
+        .iter()
+        .map(|s| {
+            agentkeys_types::ServiceName::parse(s)
+                .map_err(|_| (-32602, format!("'{s}' is not a service name")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::proxy::persistent_env(daemon, conn, &id.to_string(), services)
+        .await
+        .map_err(|r| (-32000, format!("{}: {}", r.code, r.message)))
 }
 
 /// Lines the daemon answers `agentkeys/audit` with at most, per call.

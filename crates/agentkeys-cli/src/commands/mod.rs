@@ -28,6 +28,14 @@ pub async fn run(args: Args) -> CliResult {
     if let Command::Run(a) = args.command {
         return run::run(a).await;
     }
+    if let Command::ProxyEnv {
+        services,
+        socket,
+        json,
+    } = args.command
+    {
+        return run::proxy_env(&services, socket, json || args.json);
+    }
     let ctx = Context::new(args.server, args.json)?;
     match args.command {
         Command::Init { auth_token, force } => session::init(&ctx, auth_token, force).await,
@@ -64,6 +72,6 @@ pub async fn run(args: Args) -> CliResult {
             wait,
             force,
         } => session::recover(&ctx, &identity, parent.as_deref(), wait, force).await,
-        Command::Completions { .. } | Command::Run(_) => Ok(()),
+        Command::Completions { .. } | Command::Run(_) | Command::ProxyEnv { .. } => Ok(()),
     }
 }

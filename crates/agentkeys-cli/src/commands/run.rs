@@ -264,3 +264,58 @@ fn finish(params: &Value) -> ! {
         .unwrap_or(1);
     std::process::exit(code)
 }
+
+/// Single-quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `agentkeys proxy-env`: asks the daemon for its persistent egress proxy for `services`
+/// and prints the environment to use it (`export NAME='value'` lines, or JSON).
+pub fn proxy_env(services: &[String], socket: Option<PathBuf>, as_json: bool) -> CliResult {
+    use std::io::{BufRead as _, Write as _};
+    let path = socket_path(socket)?;
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&path).map_err(|e| unreachable(&path, &e))?;
+    let request = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "agentkeys/proxy-env",
+        "params": {"services": services},
+    });
+    let mut line = request.to_string();
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| unreachable(&path, &e))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| unreachable(&path, &e))?;
+    let v: Value = serde_json::from_str(&answer)
+        .map_err(|_| CliError::new("INTERNAL", 1, "the daemon's answer is not JSON"))?;
+    if let Some(err) = v.get("error") {
+        let message = err["message"].as_str().unwrap_or("the daemon refused");
+        let exit = if message.starts_with("DENIED") || message.starts_with("NOT_IN_SCOPE") {
+            3
+        } else if message.starts_with("NOT_FOUND") {
+            4
+        } else {
+            1
+        };
+        return Err(CliError::new("REFUSED", exit, message.to_owned()).hint(
+            "the service must be in the agent's scope and bound to hosts ('agentkeys bind')",
+        ));
+    }
+    let result = &v["result"];
+    if as_json {
+        println!("{result}");
+        return Ok(());
+    }
+    let mut out = String::new();
+    for entry in result["env"].as_array().into_iter().flatten() {
+        if let Some((name, value)) = entry.as_str().and_then(|e| e.split_once('=')) {
+            out.push_str(&format!("export {name}={}\n", shell_quote(value)));
+        }
+    }
+    print!("{out}");
+    Ok(())
+}

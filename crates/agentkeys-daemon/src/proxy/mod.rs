@@ -22,11 +22,11 @@ pub mod scrub;
 pub mod serve;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -64,6 +64,9 @@ pub struct RunProxy {
     approving: tokio::sync::Mutex<()>,
     /// Set when the run ends: nothing more is injected.
     closed: AtomicBool,
+    /// Whether an approved high-value value is held for the rest of the run (`run`), or
+    /// covers one request only (a persistent listener, which has no end to wait for).
+    hold_approvals: bool,
 }
 
 /// Constant-time equality, for the proxy credential.
@@ -162,7 +165,10 @@ impl RunProxy {
                     "once approved, send the request again: one approval covers the rest of the run",
                 ));
             }
-            let poll = left.min(std::time::Duration::from_secs(25)).as_secs().max(1);
+            let poll = left
+                .min(std::time::Duration::from_secs(25))
+                .as_secs()
+                .max(1);
             match self.daemon.backend.decision(&id, poll).await {
                 Ok(d) if d.status == AuthStatus::Approved => break,
                 Ok(d) if d.status == AuthStatus::Pending => {}
@@ -183,6 +189,7 @@ impl RunProxy {
             .await
             .map_err(|r| self.fetch_refused(route, &r))?;
         if let (Some(b), Ok(copy)) = (&binding, SecretPage::from_slice(page.expose_secret()))
+            && self.hold_approvals
             && !self.closed.load(Ordering::Relaxed)
             && let Ok(mut held) = self.held.lock()
         {
@@ -273,6 +280,38 @@ pub struct ProxyRun {
     state: Arc<RunProxy>,
 }
 
+impl ProxyRun {
+    /// What an agent needs to use it: the proxy URL, the CA bundle, the placeholder of each
+    /// service, and the whole environment as `NAME=value` lines.
+    pub fn describe(&self) -> serde_json::Value {
+        let placeholders: serde_json::Map<String, serde_json::Value> = self
+            .state
+            .routes
+            .iter()
+            .map(|r| (r.service.to_string(), json!(r.placeholder)))
+            .collect();
+        let mut env: Vec<String> = self
+            .state
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}={}",
+                    crate::runner::default_name(&r.service, false),
+                    r.placeholder
+                )
+            })
+            .collect();
+        env.extend(self.env.iter().cloned());
+        json!({
+            "proxy": self.env.first().and_then(|e| e.split_once('=')).map(|(_, v)| v),
+            "ca_bundle": self.bundle.display().to_string(),
+            "placeholders": placeholders,
+            "env": env,
+        })
+    }
+}
+
 impl Drop for ProxyRun {
     fn drop(&mut self) {
         // Connections still open (a leftover of the run) get nothing more.
@@ -332,6 +371,60 @@ pub async fn start(
     conn: &Conn,
     request: &str,
     services: &[ServiceName],
+) -> Result<ProxyRun, Refusal> {
+    start_with(daemon, conn, request, services, true).await
+}
+
+/// Most persistent listeners a daemon keeps (`agentkeys proxy-env`).
+pub const MAX_PERSISTENT: usize = 16;
+
+/// `agentkeys/proxy-env {services}`: the persistent listener for this caller's uid and these
+/// services (started on first use, kept until the daemon stops or the session is
+/// revoked), as the environment an agent the daemon does not start should use. A
+/// high-value approval covers one request there.
+pub async fn persistent_env(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    services: Vec<ServiceName>,
+) -> Result<serde_json::Value, Refusal> {
+    let mut key = services;
+    key.sort();
+    key.dedup();
+    if key.is_empty() {
+        return Err(refusal("BAD_REQUEST", "name at least one service"));
+    }
+    let uid = conn.peer.uid;
+    let existing = daemon
+        .proxies
+        .lock()
+        .ok()
+        .and_then(|p| p.get(&(uid, key.clone())).map(ProxyRun::describe));
+    if let Some(found) = existing {
+        return Ok(found);
+    }
+    let run = start_with(daemon, conn, request, &key, false).await?;
+    let mut proxies = daemon
+        .proxies
+        .lock()
+        .map_err(|_| refusal("INTERNAL", "the proxy table is unavailable"))?;
+    if proxies.len() >= MAX_PERSISTENT && !proxies.contains_key(&(uid, key.clone())) {
+        return Err(refusal(
+            "BUSY",
+            format!("this daemon already keeps {MAX_PERSISTENT} persistent proxies"),
+        ));
+    }
+    // Another caller may have raced this one: keep the first, answer with it.
+    let kept = proxies.entry((uid, key)).or_insert(run);
+    Ok(kept.describe())
+}
+
+async fn start_with(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    services: &[ServiceName],
+    hold_approvals: bool,
 ) -> Result<ProxyRun, Refusal> {
     // High-value credentials are not read here (that would ask for an approval before the
     // run needs one): their binding comes from the listing, their placeholder is generic.
@@ -415,6 +508,7 @@ pub async fn start(
         held: std::sync::Mutex::new(HashMap::new()),
         approving: tokio::sync::Mutex::new(()),
         closed: AtomicBool::new(false),
+        hold_approvals,
     });
     state.audit(Event {
         event: "proxy".into(),

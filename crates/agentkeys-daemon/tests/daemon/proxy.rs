@@ -697,16 +697,30 @@ fn a_high_value_credential_waits_for_one_approval_that_covers_the_run() {
     let approved = a.master.approve(&code, &[]);
     assert!(approved.status.success(), "{}", text(&approved));
     assert_eq!(next_line(&mut out), "200");
-    assert_eq!(next_line(&mut out), "200", "the second request needs no new approval");
+    assert_eq!(
+        next_line(&mut out),
+        "200",
+        "the second request needs no new approval"
+    );
     let placeholder = next_line(&mut out);
-    assert!(placeholder.starts_with("agentkeys-placeholder-"), "{placeholder}");
+    assert!(
+        placeholder.starts_with("agentkeys-placeholder-"),
+        "{placeholder}"
+    );
     assert!(child.wait().unwrap().success());
     let seen = requests_to(&a.up, "/echo");
     assert_eq!(seen.len(), 2);
     for r in &seen {
-        assert_eq!(r["headers"]["authorization"], format!("Bearer {}", a.openai));
+        assert_eq!(
+            r["headers"]["authorization"],
+            format!("Bearer {}", a.openai)
+        );
     }
-    assert_eq!(server_reads(&a.master, &a.wallet), 1, "one release for the run");
+    assert_eq!(
+        server_reads(&a.master, &a.wallet),
+        1,
+        "one release for the run"
+    );
 }
 
 #[test]
@@ -729,10 +743,7 @@ fn without_an_approval_in_time_the_request_is_refused_with_the_approve_command()
 
 #[test]
 fn after_a_revocation_the_next_request_is_refused() {
-    let a = proxy_agent_configured(
-        "revocation_check = \"300ms\"\nkill_grace = \"20s\"\n",
-        &[],
-    );
+    let a = proxy_agent_configured("revocation_check = \"300ms\"\nkill_grace = \"20s\"\n", &[]);
     // The command ignores SIGTERM, so it outlives the revocation long enough to try again.
     let script = "trap '' TERM; \
         req() { curl -s -o /dev/null -w '%{http_code}\\n' -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; }; \
@@ -744,7 +755,78 @@ fn after_a_revocation_the_next_request_is_refused() {
     wait_for_events(&a.d.trail(), "revoked", 1);
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(next_line(&mut out), "403");
-    assert_eq!(requests_to(&a.up, "/echo").len(), 1, "nothing after the revocation");
+    assert_eq!(
+        requests_to(&a.up, "/echo").len(),
+        1,
+        "nothing after the revocation"
+    );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn an_agent_the_daemon_does_not_start_uses_the_persistent_proxy_from_proxy_env() {
+    let a = proxy_agent(&[]);
+    let proxy_env = |args: &[&str]| {
+        let out = Command::new(cli_bin())
+            .arg("proxy-env")
+            .args(args)
+            .env("AGENTKEYS_SOCKET", &a.d.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        stdout(&out)
+    };
+    let lines = proxy_env(&["--service", "openai"]);
+    assert!(lines.contains("export OPENAI_API_KEY='sk-proj-"), "{lines}");
+    assert!(
+        lines.contains("export HTTPS_PROXY='http://agentkeys:"),
+        "{lines}"
+    );
+    assert!(lines.contains("export SSL_CERT_FILE='"), "{lines}");
+    assert!(!lines.contains(&a.openai));
+    // The same listener for the same services: same placeholder.
+    assert_eq!(proxy_env(&["--service", "openai"]), lines);
+    let json: Value = serde_json::from_str(&proxy_env(&["--service", "openai", "--json"])).unwrap();
+    let placeholder = json["placeholders"]["openai"].as_str().unwrap().to_owned();
+    assert!(lines.contains(&placeholder));
+
+    // A shell that evaluates the lines, as a long-lived agent's would.
+    let script = format!(
+        "{lines}\ncurl -s -o /dev/null -w '%{{http_code}}\\n' -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(stdout(&out).trim(), "200", "{}", text(&out));
+    let seen = requests_to(&a.up, "/echo");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
+    );
+
+    // MCP get_credential in proxy mode answers with the same listener's placeholder.
+    let mut c = a.d.client();
+    c.initialize();
+    let (is_error, answer) = c.tool(
+        "get_credential",
+        serde_json::json!({"service": "openai", "proxy": true}),
+    );
+    assert!(!is_error, "{answer}");
+    assert!(!answer.contains(&a.openai), "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["placeholder"], placeholder.as_str());
+    assert!(
+        v["proxy"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://agentkeys:")
+    );
+
+    // An unbound or out-of-scope service is refused with the reason.
+    let out = Command::new(cli_bin())
+        .args(["proxy-env", "--service", "stripe"])
+        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("stripe"), "{}", text(&out));
 }
