@@ -2,8 +2,9 @@
 //! placeholder in responses (raw, base64 and hex, so an upstream echoing the key gives the
 //! agent only the placeholder), and the placeholder by the key in an opted-in request body.
 //!
-//! The pairs live in a secret page. A chunk is held back only by the longest pattern less
-//! one byte, so a stream (SSE, a download) flows with at most that much delay.
+//! The pairs live in a secret page. Only a chunk's tail that is the start of a pattern is
+//! held back for the next chunk, so a stream (SSE, a WebSocket) flows without delay unless
+//! a chunk ends in the middle of a key.
 
 use agentkeys_secmem::SecretPage;
 use base64::Engine as _;
@@ -121,12 +122,22 @@ impl Replacer {
     fn scan(&mut self, last: bool) -> (Bytes, usize) {
         let data = &self.carry[..];
         let secret = self.page.expose_secret();
-        // Bytes from `safe_end` on may be the start of a pattern completed by a later chunk.
-        let safe_end = if last {
-            data.len()
+        // Only a tail that is the start of some pattern waits for the next chunk: anything
+        // else flows now, so an interactive stream (a WebSocket, SSE) is never held up.
+        let hold = if last {
+            0
         } else {
-            data.len().saturating_sub(self.longest.saturating_sub(1))
+            (1..self.longest.min(data.len() + 1))
+                .rev()
+                .find(|&k| {
+                    let tail = &data[data.len() - k..];
+                    self.pairs
+                        .iter()
+                        .any(|(ps, pl, _, _)| *pl > k && secret[*ps..ps + k] == *tail)
+                })
+                .unwrap_or(0)
         };
+        let safe_end = data.len() - hold;
         let mut out = BytesMut::with_capacity(data.len());
         let mut i = 0;
         let mut replaced = 0;
@@ -204,14 +215,19 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_without_the_key_passes_unchanged_with_little_held_back() {
+    fn a_stream_without_the_key_passes_at_once() {
         let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
-        let first = r.push(b"data: hello world\n\n");
-        // Held back: the longest pattern less one byte (10 of 19).
-        assert_eq!(&first[..], b"data: hel");
-        let out = [first.to_vec(), r.finish().to_vec()].concat();
-        assert_eq!(out, b"data: hello world\n\n");
+        // Nothing is held back unless the chunk ends like the start of a pattern.
+        assert_eq!(
+            &r.push(b"data: hello world\n\n")[..],
+            b"data: hello world\n\n"
+        );
+        assert_eq!(&r.push(b"data: PLACE")[..], b"data: ");
+        assert_eq!(&r.push(b"MAT\n")[..], b"PLACEMAT\n");
+        assert_eq!(&r.finish()[..], b"");
         let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
         assert_eq!(run(&mut r, &[b"a PLACEHOLD", b"ER b"]), b"a value b");
+        let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
+        assert_eq!(run(&mut r, &[b"a PLACEHOLDE"]), b"a PLACEHOLDE");
     }
 }

@@ -513,6 +513,10 @@ async fn prepare(
         parts.headers.insert(header::HOST, v);
     }
     strip_hop_headers(&mut parts.headers, upgrade);
+    if upgrade && !injected.is_empty() {
+        // No permessage-deflate: the upstream's frames stay readable for the scrubber.
+        parts.headers.remove("sec-websocket-extensions");
+    }
     if !injected.is_empty() {
         // An answer is scrubbed of the value: ask for it uncompressed.
         parts.headers.insert(
@@ -565,16 +569,31 @@ fn answer_back(
             &plan.target,
             plan.started,
         );
+        // The upstream's frames are scrubbed as a byte stream: with extensions refused they
+        // are uncompressed, and a placeholder as long as its key keeps every frame length.
+        let scrub = !plan.injected.is_empty()
+            && plan
+                .injected
+                .iter()
+                .all(|(_, ph, page)| ph.len() == page.len());
+        let replacer = if scrub {
+            let secrets: Vec<(&[u8], &[u8])> = plan
+                .injected
+                .iter()
+                .map(|(_, ph, page)| (page.expose_secret(), ph.as_bytes()))
+                .collect();
+            Replacer::exact(&secrets).ok()
+        } else {
+            None
+        };
         tokio::spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                 return;
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            let copied = splice(TokioIo::new(client), TokioIo::new(upstream), replacer).await;
             if let Some(mut record) = record {
                 record.status = 101;
-                record.bytes = copied.map_or(0, |(a, b)| a + b);
+                record.bytes = copied;
             }
         });
         let (parts, _) = answer.into_parts();
@@ -699,6 +718,52 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Copies both ways until either side closes, the upstream's bytes through `replacer`;
+/// returns the bytes moved.
+async fn splice<C, U>(client: C, upstream: U, mut replacer: Option<Replacer>) -> u64
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut upstream_r, mut upstream_w) = tokio::io::split(upstream);
+    let up = async {
+        let n = tokio::io::copy(&mut client_r, &mut upstream_w)
+            .await
+            .unwrap_or(0);
+        let _ = upstream_w.shutdown().await;
+        n
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut n = 0u64;
+        loop {
+            let read = match upstream_r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(r) => r,
+            };
+            let out = match replacer.as_mut() {
+                Some(r) => r.push(&buf[..read]),
+                None => Bytes::copy_from_slice(&buf[..read]),
+            };
+            n += out.len() as u64;
+            if client_w.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+        if let Some(r) = replacer.as_mut() {
+            let rest = r.finish();
+            let _ = client_w.write_all(&rest).await;
+        }
+        zeroize::Zeroize::zeroize(&mut buf[..]);
+        let _ = client_w.shutdown().await;
+        n
+    };
+    let (a, b) = tokio::join!(up, down);
+    a + b
 }
 
 /// An injection's trail line, written when its answer is done (or dropped).

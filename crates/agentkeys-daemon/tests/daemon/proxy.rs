@@ -830,3 +830,37 @@ fn an_agent_the_daemon_does_not_start_uses_the_persistent_proxy_from_proxy_env()
     assert!(!out.status.success());
     assert!(text(&out).contains("stripe"), "{}", text(&out));
 }
+
+#[test]
+fn a_websocket_client_gets_through_with_the_key_injected_and_echoes_scrubbed() {
+    let a = proxy_agent(&[]);
+    let code = r#"
+import asyncio, os, websockets
+async def main():
+    key = os.environ["OPENAI_API_KEY"]
+    async with websockets.connect("wss://api.openai.com/ws",
+                                  additional_headers={"Authorization": "Bearer " + key}) as ws:
+        first = await ws.recv()
+        print("echoed", first == "Bearer " + key)
+        for word in ("hello", "again"):
+            await ws.send(word)
+            print(await ws.recv())
+asyncio.run(main())
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["echoed True", "echo:hello", "echo:again"],
+        "{}",
+        text(&out)
+    );
+    let ws = requests_to(&a.up, "/ws");
+    assert_eq!(ws.len(), 1);
+    assert_eq!(
+        ws[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
+    );
+    assert!(ws[0]["headers"].get("sec-websocket-extensions").is_none());
+    assert!(!stdout(&out).contains(&a.openai));
+}

@@ -186,6 +186,9 @@ class Handler(BaseHTTPRequestHandler):
         while True:
             data = ws_recv(self.rfile)
             if data is None:
+                self.wfile.write(bytes([0x88, 0]))  # close, answered
+                self.wfile.flush()
+                self.close_connection = True
                 return
             ws_send(self.wfile, b"echo:" + data)
 
