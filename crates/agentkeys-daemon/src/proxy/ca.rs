@@ -142,7 +142,7 @@ impl RunCa {
                 .with_no_client_auth()
                 .with_single_cert(chain, key_der)
                 .map_err(err)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let config = Arc::new(config);
         self.leaves
             .lock()

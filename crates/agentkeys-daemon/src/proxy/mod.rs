@@ -35,6 +35,8 @@ use agentkeys_secmem::SecretPage;
 use agentkeys_types::ServiceName;
 use agentkeys_types::api::AuthStatus;
 use agentkeys_types::binding::Binding;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -67,6 +69,10 @@ pub struct RunProxy {
     /// Whether an approved high-value value is held for the rest of the run (`run`), or
     /// covers one request only (a persistent listener, which has no end to wait for).
     hold_approvals: bool,
+    /// The upstream client: pooled connections, HTTP/2 where the upstream offers it.
+    pub client: Client<upstream::Connector, serve::Body>,
+    /// The same over HTTP/1.1-only connections, for upgrades (WebSocket).
+    pub client_h1: Client<upstream::Connector, serve::Body>,
 }
 
 /// Constant-time equality, for the proxy credential.
@@ -498,6 +504,26 @@ async fn start_with(
         env.push(format!("{name}={ca_path}"));
     }
     let placeholders = routes.iter().map(|r| r.placeholder.clone()).collect();
+    let private: Vec<Binding> = routes
+        .iter()
+        .filter(|r| r.binding.allow_private)
+        .map(|r| r.binding.clone())
+        .collect();
+    let connector = upstream::Connector {
+        config: Arc::new(daemon.config.proxy.clone()),
+        allow_internal: Arc::new(move |host: &str| private.iter().any(|b| b.allows_host(host))),
+        h1_only: false,
+    };
+    let pooled = |connector: upstream::Connector| {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector)
+    };
+    let client_h1 = pooled(upstream::Connector {
+        h1_only: true,
+        ..connector.clone()
+    });
+    let client = pooled(connector);
     let state = Arc::new(RunProxy {
         daemon: daemon.clone(),
         run: run.clone(),
@@ -509,6 +535,8 @@ async fn start_with(
         approving: tokio::sync::Mutex::new(()),
         closed: AtomicBool::new(false),
         hold_approvals,
+        client,
+        client_h1,
     });
     state.audit(Event {
         event: "proxy".into(),

@@ -16,12 +16,10 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 
 use super::RunProxy;
 use super::inspect::{self, Route, Target, Where};
@@ -33,8 +31,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy hands hyper.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// How long connecting to an upstream (TCP and TLS) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+use upstream::CONNECT_TIMEOUT;
 
 fn empty() -> Body {
     http_body_util::Empty::new().map_err(|e| match e {}).boxed()
@@ -150,17 +147,19 @@ async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body>
             else {
                 return;
             };
-            let conn = Arc::new(Intercepted {
-                proxy,
-                host,
-                port,
-                upstream: Mutex::new(None),
-            });
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let conn = Arc::new(Intercepted { proxy, host, port });
             let svc = service_fn(move |req| inner(conn.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            }
         });
         return Response::new(empty());
     }
@@ -233,67 +232,69 @@ async fn reach(
     }
 }
 
-/// One intercepted client connection (one CONNECT): its target and its upstream
-/// connection, reused while it lives.
+/// One intercepted client connection (one CONNECT): its target. Upstream connections
+/// come from the run's pooled client (HTTP/2 multiplexed where the upstream offers it).
 struct Intercepted {
     proxy: Arc<RunProxy>,
     host: String,
     port: u16,
-    upstream: Mutex<Option<SendRequest<Body>>>,
 }
 
-impl Intercepted {
-    /// Whether any binding lets this host resolve to internal addresses.
-    fn allow_internal(&self) -> bool {
-        self.proxy
-            .routes
-            .iter()
-            .any(|r| r.binding.allow_private && r.binding.allows_host(&self.host))
-    }
-
-    async fn send(
-        &self,
-        req: Request<Body>,
-        upgrade: bool,
-    ) -> Result<Response<Incoming>, Response<Body>> {
-        let mut slot = self.upstream.lock().await;
-        if slot.as_ref().is_none_or(SendRequest::is_closed) {
-            *slot = Some(self.open().await?);
+/// Sends `req` (origin-form) to `scheme://host:port` through the run's pooled client:
+/// `Host` (or `:authority`) is the target, whatever the request said. Upgrades go over a
+/// connection that speaks HTTP/1.1 only.
+async fn send_upstream(
+    proxy: &RunProxy,
+    mut req: Request<Body>,
+    https: bool,
+    host: &str,
+    port: u16,
+    upgrade: bool,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let default_port = if https { 443 } else { 80 };
+    let authority = if port == default_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str)
+        .to_owned();
+    let scheme = if https { "https" } else { "http" };
+    *req.uri_mut() = format!("{scheme}://{authority}{pq}")
+        .parse()
+        .map_err(|_| bad_gateway("the request's path cannot be forwarded"))?;
+    req.headers_mut().remove(header::HOST);
+    *req.version_mut() = http::Version::HTTP_11;
+    let client = if upgrade {
+        &proxy.client_h1
+    } else {
+        &proxy.client
+    };
+    client.request(req).await.map_err(|e| {
+        // The connector's own refusal (an internal address) is the agent's to know.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(up @ upstream::UpstreamError::Private { .. }) =
+                err.downcast_ref::<upstream::UpstreamError>()
+            {
+                proxy.refused(None, &up.to_string());
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    &up.to_string(),
+                    "a binding with allow_private (agentkeys bind --allow-private) permits it",
+                );
+            }
+            if let Some(up) = err.downcast_ref::<upstream::UpstreamError>() {
+                return bad_gateway(&up.to_string());
+            }
+            source = err.source();
         }
-        let Some(sender) = slot.as_mut() else {
-            return Err(bad_gateway("no upstream connection"));
-        };
-        if sender.ready().await.is_err() {
-            *slot = Some(self.open().await?);
-        }
-        let Some(sender) = slot.as_mut() else {
-            return Err(bad_gateway("no upstream connection"));
-        };
-        let answer = sender
-            .send_request(req)
-            .await
-            .map_err(|e| bad_gateway(&format!("{}: {e}", self.host)));
-        if upgrade {
-            slot.take(); // the connection becomes the upgraded stream
-        }
-        answer
-    }
-
-    async fn open(&self) -> Result<SendRequest<Body>, Response<Body>> {
-        let tcp = reach(&self.proxy, &self.host, self.port, self.allow_internal()).await?;
-        let config = &self.proxy.daemon.config.proxy;
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, upstream::tls(config, &self.host, tcp))
-            .await
-            .map_err(|_| bad_gateway(&format!("{}: TLS handshake timed out", self.host)))?
-            .map_err(|e| bad_gateway(&e.to_string()))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| bad_gateway(&format!("{}: {e}", self.host)))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
-    }
+        bad_gateway(&format!("{authority}: {e}"))
+    })
 }
 
 fn bad_gateway(message: &str) -> Response<Body> {
@@ -336,13 +337,13 @@ async fn inner(
 ) -> Result<Response<Body>, Infallible> {
     let host = conn.host.clone();
     let port = conn.port;
-    let prepared = prepare(&conn.proxy, req, &host, port, true).await;
+    let prepared = prepare(&conn.proxy, req, &host, true).await;
     let (req, plan) = match prepared {
         Ok(p) => p,
         Err(r) => return Ok(r),
     };
     let upgrade = plan.client_upgrade.is_some();
-    let answer = match conn.send(req, upgrade).await {
+    let answer = match send_upstream(&conn.proxy, req, true, &host, port, upgrade).await {
         Ok(a) => a,
         Err(r) => return Ok(r),
     };
@@ -375,27 +376,14 @@ async fn plain(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body> {
         proxy.refused(None, &why);
         return json_response(StatusCode::FORBIDDEN, "DENIED", &why, "");
     }
-    let (req, plan) = match prepare(&proxy, req, &host, port, false).await {
+    let (req, plan) = match prepare(&proxy, req, &host, false).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let allow_internal = proxy
-        .routes
-        .iter()
-        .any(|r| r.binding.allow_private && r.binding.allows_host(&host));
-    let tcp = match reach(&proxy, &host, port, allow_internal).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let Ok((mut sender, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await else {
-        return bad_gateway(&format!("{host}: handshake failed"));
-    };
-    tokio::spawn(async move {
-        let _ = c.with_upgrades().await;
-    });
-    match sender.send_request(req).await {
+    let upgrade = plan.client_upgrade.is_some();
+    match send_upstream(&proxy, req, false, &host, port, upgrade).await {
         Ok(answer) => answer_back(&proxy, answer, plan),
-        Err(e) => bad_gateway(&format!("{host}: {e}")),
+        Err(r) => r,
     }
 }
 
@@ -422,7 +410,6 @@ async fn prepare(
     proxy: &Arc<RunProxy>,
     mut req: Request<Incoming>,
     host: &str,
-    port: u16,
     tls: bool,
 ) -> Result<(Request<Body>, Plan), Response<Body>> {
     let started = Instant::now();
@@ -496,22 +483,7 @@ async fn prepare(
         injected.push((r.service.clone(), r.placeholder.clone(), page));
     }
 
-    // Origin-form, Host = the target, no hop headers.
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = http::Uri::from(pq);
-    let default_port = if tls { 443 } else { 80 };
-    let host_header = if port == default_port {
-        host.to_owned()
-    } else {
-        format!("{host}:{port}")
-    };
-    if let Ok(v) = HeaderValue::from_str(&host_header) {
-        parts.headers.insert(header::HOST, v);
-    }
+    // No hop headers; the target and `Host` are set when it is sent.
     strip_hop_headers(&mut parts.headers, upgrade);
     if upgrade && !injected.is_empty() {
         // No permessage-deflate: the upstream's frames stay readable for the scrubber.

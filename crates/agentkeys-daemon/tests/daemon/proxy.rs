@@ -21,16 +21,17 @@ struct Upstream {
     log: PathBuf,
     /// The CA its certificate chains to (the daemon's `--proxy-upstream-ca`).
     ca: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// The names the upstream's certificate is for.
-const UPSTREAM_NAMES: [&str; 5] = [
+const UPSTREAM_NAMES: [&str; 6] = [
     "api.openai.com",
     "api.anthropic.com",
     "api.github.com",
     "plain.example.com",
     "unbound.example.com",
+    "h2.example.com",
 ];
 
 impl Upstream {
@@ -81,7 +82,7 @@ impl Upstream {
             child,
             log,
             ca: path("ca.pem"),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -134,17 +135,28 @@ fn proxy_agent(serve_extra: &[&str]) -> ProxyAgent {
 
 /// [`proxy_agent`] with `toml` as the daemon's configuration file.
 fn proxy_agent_configured(toml: &str, serve_extra: &[&str]) -> ProxyAgent {
+    proxy_agent_full(toml, serve_extra, |_| None)
+}
+
+/// [`proxy_agent_configured`], with `h2.example.com` resolved to the port `h2_port` gives
+/// (started with the upstream's certificate), else to the Python upstream.
+fn proxy_agent_full(
+    toml: &str,
+    serve_extra: &[&str],
+    h2_port: impl FnOnce(&Upstream) -> Option<u16>,
+) -> ProxyAgent {
     let up = Upstream::start();
+    let h2 = h2_port(&up);
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-proxy");
     let config = write_config(home.path(), toml);
     let mut args: Vec<String> = vec!["--config".into(), config.display().to_string()];
     for name in UPSTREAM_NAMES {
-        let port = if name == "plain.example.com" {
-            up.http
-        } else {
-            up.https
+        let port = match name {
+            "plain.example.com" => up.http,
+            "h2.example.com" => h2.unwrap_or(up.https),
+            _ => up.https,
         };
         args.push("--proxy-resolve".into());
         args.push(format!("{name}=127.0.0.1:{port}"));
@@ -156,7 +168,7 @@ fn proxy_agent_configured(toml: &str, serve_extra: &[&str]) -> ProxyAgent {
     let (d, wallet) = paired_with(
         &master,
         home.path(),
-        &["--scope", "openai,anthropic,github,plain,plainok"],
+        &["--scope", "openai,anthropic,github,plain,plainok,h2svc"],
         &args,
     );
     let openai = key("sk-proj-");
@@ -189,6 +201,18 @@ fn proxy_agent_configured(toml: &str, serve_extra: &[&str]) -> ProxyAgent {
             "--inject",
             "header:x-api-key",
             "--allow-http",
+        ],
+    );
+    master.store(
+        "h2svc",
+        &key("h2-"),
+        &[
+            "--agent",
+            &wallet,
+            "--host",
+            "h2.example.com",
+            "--inject",
+            "bearer",
         ],
     );
     ProxyAgent {
@@ -863,4 +887,116 @@ asyncio.run(main())
     );
     assert!(ws[0]["headers"].get("sec-websocket-extensions").is_none());
     assert!(!stdout(&out).contains(&a.openai));
+}
+
+/// What the HTTP/2 upstream saw: `(connection number, version, authorization)` per request.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, String, String)>>>;
+
+/// An HTTP/2-only TLS upstream (hyper), with the fake upstream's certificate; returns its
+/// port and what it sees.
+fn start_h2_upstream(up: &Upstream) -> (u16, Seen) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(up.dir.path().join("cert.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(up.dir.path().join("key.pem")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let seen: Seen = Default::default();
+    let record = seen.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            for connection in 0.. {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            record.lock().unwrap().push((
+                                connection,
+                                format!("{:?}", req.version()),
+                                auth,
+                            ));
+                            async {
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+    });
+    (rx.recv().unwrap(), seen)
+}
+
+#[test]
+fn http2_is_spoken_on_both_sides_with_many_streams_on_one_connection() {
+    let mut seen: Option<Seen> = None;
+    let a = proxy_agent_full("", &[], |up| {
+        let (port, s) = start_h2_upstream(up);
+        seen = Some(s);
+        Some(port)
+    });
+    let seen = seen.unwrap();
+    let urls: String = (0..40)
+        .map(|i| format!(" -o /dev/null https://h2.example.com/stream/{i}"))
+        .collect();
+    let out = sh(
+        &a.d,
+        &["h2svc"],
+        &format!(
+            "curl --http2 --parallel --parallel-max 40 -s \
+             -w '%{{http_version}} %{{http_code}}\\n' \
+             -H \"Authorization: Bearer $H2SVC_API_KEY\"{urls}"
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 40, "{}", text(&out));
+    assert!(lines.iter().all(|l| l == "2 200"), "{lines:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 40);
+    let real = seen[0].2.clone();
+    assert!(real.starts_with("Bearer h2-"), "{real}");
+    assert!(
+        seen.iter()
+            .all(|(c, v, auth)| *c == seen[0].0 && v == "HTTP/2.0" && *auth == real),
+        "all 40 streams on one upstream connection, with the key: {seen:?}"
+    );
 }
