@@ -1000,3 +1000,75 @@ fn http2_is_spoken_on_both_sides_with_many_streams_on_one_connection() {
         "all 40 streams on one upstream connection, with the key: {seen:?}"
     );
 }
+
+/// The daemon's resident set, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn faults_leave_the_daemon_serving_with_flat_memory() {
+    let a = proxy_agent(&[]);
+    // Each round: an upstream that closes mid-body, a client that aborts a long stream, one
+    // that never reads a large one, and 64 concurrent streams; then a plain request.
+    let code = r#"
+import os, socket, sys, threading, requests
+key = os.environ["OPENAI_API_KEY"]
+h = {"Authorization": "Bearer " + key}
+base = "https://api.openai.com"
+try:
+    requests.get(base + "/cut", headers=h).content
+    print("cut: no error?")
+except requests.exceptions.RequestException:
+    print("cut: error")
+r = requests.get(base + "/stream?n=200000", headers=h, stream=True)  # 200 MiB
+r.raw.read(256 * 1024)
+r.close()  # the client gives up mid-stream
+print("abort: done")
+r = requests.get(base + "/stream?n=100000", headers=h, stream=True)  # 100 MiB, never read
+lens, errors = [], []
+def one():
+    try:
+        lens.append(len(requests.get(base + "/stream?n=64", headers=h).content))
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=one) for _ in range(64)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("concurrent:", len(lens), set(lens), errors[:1])
+r.close()
+print("after:", requests.get(base + "/echo", headers=h).status_code)
+"#;
+    let expect = [
+        "cut: error",
+        "abort: done",
+        "concurrent: 64 {65536} []",
+        "after: 200",
+    ];
+    let round = || {
+        let out = python(&a.d, &["openai"], code);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            stdout(&out).lines().collect::<Vec<_>>(),
+            expect,
+            "{}",
+            text(&out)
+        );
+    };
+    round(); // warm: pools, TLS sessions, allocator arenas
+    let before = rss_kib(a.d.pid());
+    for _ in 0..3 {
+        round();
+    }
+    let after = rss_kib(a.d.pid());
+    eprintln!("daemon RSS across 3 fault rounds: {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 8 * 1024,
+        "daemon RSS grew from {before} KiB to {after} KiB"
+    );
+}
