@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod proxy;
 mod setup;
 mod stats;
 
@@ -33,7 +34,7 @@ use agentkeys_types::ServiceName;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use crate::setup::{Bins, CACHED, Stack, UNCACHED, rss_kib};
+use crate::setup::{Bins, CACHED, PROXIED, Stack, UNCACHED, rss_kib};
 use crate::stats::{Report, Samples, human, ratio};
 
 /// agentkeys-bench: latency, throughput and memory of agentkeys, with peers, in one run.
@@ -105,8 +106,20 @@ fn run(args: &Args) -> Result<Report, String> {
         }
     };
     let bins = Bins::locate(args.no_build)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let upstream = proxy::Upstream::start(&rt)?;
     eprintln!("bench: starting a server and pairing a daemon...");
-    let stack = Stack::start(&bins)?;
+    let daemon_extra = [
+        "--proxy-resolve".to_owned(),
+        format!("{}=127.0.0.1:{}", proxy::HOST, upstream.port),
+        "--proxy-upstream-ca".to_owned(),
+        upstream.ca.display().to_string(),
+    ];
+    let stack = Stack::start(&bins, &daemon_extra, proxy::HOST)?;
     let mut report = Report::default();
     let idle_daemon = rss_kib(stack.daemon.id());
     let idle_server = rss_kib(stack.server.pid());
@@ -227,11 +240,6 @@ fn run(args: &Args) -> Result<Report, String> {
     );
 
     eprintln!("bench: server throughput...");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     let backend = rt.block_on(master_backend(&stack.server.url))?;
     for c in [1usize, 8, 32] {
         let rate = rt.block_on(reads_per_second(&backend, c, sizes.secs))?;
@@ -310,6 +318,8 @@ fn run(args: &Args) -> Result<Report, String> {
             Value::Null,
         ),
     }
+    eprintln!("bench: the egress proxy against direct TLS...");
+    egress_proxy(&stack, &upstream, &rt, &sizes, &mut report)?;
     for peer in ["fnox", "teller", "pass"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {peer}")])
@@ -628,4 +638,114 @@ async fn stores_per_second(
         let _ = t.await;
     }
     Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The egress proxy (`proxy-env`'s persistent listener) against direct TLS to the same
+/// upstream, in this run.
+fn egress_proxy(
+    stack: &Stack,
+    upstream: &proxy::Upstream,
+    rt: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
+    let out = Command::new(stack.cli())
+        .args(["proxy-env", "--service", PROXIED, "--json"])
+        .env("AGENTKEYS_SOCKET", &stack.socket)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "proxy-env: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let env = Arc::new(proxy::ProxyEnv::parse(&v, PROXIED)?);
+    let direct = proxy::Path2::Direct {
+        port: upstream.port,
+        ca: upstream.ca.clone(),
+        key: stack.value.clone(),
+    };
+    let proxied = proxy::Path2::Proxied(env);
+    let (n, warm) = (sizes.n, sizes.warm);
+    let fresh_n = (sizes.n / 20).max(50);
+
+    let held_direct = rt.block_on(proxy::held(&direct, warm, n))?;
+    let held_proxy = rt.block_on(proxy::held(&proxied, warm, n))?;
+    let added = |a: &Samples, b: &Samples| {
+        format!(
+            "+{} p50 over direct ({}); peers: fnox proxy +1.3 ms, ficta +1.9–2.9 ms",
+            human(a.p50().saturating_sub(b.p50())),
+            human(b.p50())
+        )
+    };
+    report.latency(
+        "proxy_direct_held",
+        "HTTPS GET, held HTTP/1.1 connection, direct to a local upstream (baseline)",
+        &held_direct,
+        "",
+        String::new(),
+    );
+    report.latency(
+        "proxy_held",
+        "the same through the egress proxy (placeholder swapped for the key)",
+        &held_proxy,
+        "≤ +250 µs p50",
+        added(&held_proxy, &held_direct),
+    );
+    let fresh_direct = rt.block_on(proxy::fresh(&direct, 5, fresh_n))?;
+    let fresh_proxy = rt.block_on(proxy::fresh(&proxied, 5, fresh_n))?;
+    report.latency(
+        "proxy_direct_new",
+        "HTTPS GET on a new connection (TCP + TLS), direct (baseline)",
+        &fresh_direct,
+        "",
+        String::new(),
+    );
+    report.latency(
+        "proxy_new",
+        "the same through the proxy (TCP + CONNECT + TLS, leaf cached)",
+        &fresh_proxy,
+        "≤ +2 ms p50",
+        format!(
+            "+{} p50 over direct",
+            human(fresh_proxy.p50().saturating_sub(fresh_direct.p50()))
+        ),
+    );
+    let h2_direct = rt.block_on(proxy::h2_streams(&direct, 20))?;
+    let h2_proxy = rt.block_on(proxy::h2_streams(&proxied, 20))?;
+    report.latency(
+        "proxy_direct_h2",
+        "HTTP/2, 100 concurrent streams on one connection, direct (baseline)",
+        &h2_direct,
+        "",
+        String::new(),
+    );
+    report.latency(
+        "proxy_h2",
+        "the same through the proxy (HTTP/2 on both sides)",
+        &h2_proxy,
+        "",
+        format!("{} direct p99", ratio(h2_proxy.p99(), h2_direct.p99())),
+    );
+    let direct_rate = rt.block_on(proxy::stream(&direct))?;
+    let before = rss_kib(stack.daemon.id());
+    let (proxy_rate, peak) =
+        proxy::peak_rss_during(stack.daemon.id(), || rt.block_on(proxy::stream(&proxied)));
+    let proxy_rate = proxy_rate?;
+    let growth = peak.saturating_sub(before);
+    report.other(
+        "proxy_stream",
+        "256 MiB streamed through the proxy: throughput, daemon RSS growth",
+        format!(
+            "{proxy_rate:.0} MiB/s ({:.0}% of direct {direct_rate:.0} MiB/s); +{} RSS",
+            proxy_rate / direct_rate * 100.0,
+            mib(growth)
+        ),
+        "≥ 50% of direct; ≤ +8 MiB",
+        "fnox proxy: refused (10 MiB cap, peer-baselines.md)".to_owned(),
+        json!({"direct_mib_s": direct_rate, "proxy_mib_s": proxy_rate, "rss_growth_kib": growth}),
+    );
+    Ok(())
 }

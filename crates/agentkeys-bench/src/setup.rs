@@ -84,10 +84,18 @@ pub(crate) struct Stack {
 pub(crate) const UNCACHED: &str = "openai";
 /// The cached service.
 pub(crate) const CACHED: &str = "cached";
+/// The service bound to the proxy benchmark's upstream.
+pub(crate) const PROXIED: &str = "proxied";
 
 impl Stack {
     /// Starts and pairs everything.
-    pub(crate) fn start(bins: &Bins) -> Result<Stack, String> {
+    /// `daemon_extra` goes to `agentkeys-daemon serve`; `proxied_host` is the host the
+    /// `proxied` credential is bound to.
+    pub(crate) fn start(
+        bins: &Bins,
+        daemon_extra: &[String],
+        proxied_host: &str,
+    ) -> Result<Stack, String> {
         let server = Server::start(
             &bins.path("agentkeys-server"),
             &["--read-rate", "0", "--pair-ttl", "60s"],
@@ -136,6 +144,7 @@ impl Stack {
                 "--cache",
                 &format!("{CACHED}=3600s"),
             ])
+            .args(daemon_extra)
             .env("AGENTKEYS_HOME", daemon_home.path())
             .env("AGENTKEYS_SOCKET", &socket)
             .env("AGENTKEYS_SESSION_STORE", "file")
@@ -175,7 +184,7 @@ impl Stack {
                 "approve",
                 &code,
                 "--scope",
-                &format!("{UNCACHED},{CACHED}"),
+                &format!("{UNCACHED},{CACHED},{PROXIED}"),
                 "--yes",
             ],
             None,
@@ -191,6 +200,19 @@ impl Stack {
         for service in [UNCACHED, CACHED] {
             stack_cli(&["store", service, "--agent", &wallet], Some(&value))?;
         }
+        stack_cli(
+            &[
+                "store",
+                PROXIED,
+                "--agent",
+                &wallet,
+                "--host",
+                proxied_host,
+                "--inject",
+                "bearer",
+            ],
+            Some(&value),
+        )?;
         Ok(Stack {
             server,
             _master_home: master_home,

@@ -10,6 +10,7 @@
 //! anchor_every = "60s"        # how often the trail's head is anchored in the server's log
 //! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
 //! approval_wait = "120s"      # how long the proxy holds a request for a high-value approval
+//! proxy_hold = "60s"          # how long a run's proxy reuses a fetched value ("0s": fetch per request)
 //!
 //! [cache]                     # per-service opt-in; no entry = never cached (the default)
 //! openai = "60s"              # idle TTL for this service
@@ -49,6 +50,8 @@ pub struct Config {
     pub kill_grace: Duration,
     /// How long the egress proxy holds a request waiting for a high-value approval.
     pub approval_wait: Duration,
+    /// How long a run's egress proxy reuses a value it fetched (zero: fetch per request).
+    pub proxy_hold: Duration,
     /// Default timeout of the MCP `run` tool.
     pub run_timeout: Duration,
     /// Bytes of stdout (and of stderr) the MCP `run` tool keeps.
@@ -149,6 +152,7 @@ impl Default for Config {
             revocation_check: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
             approval_wait: Duration::from_secs(120),
+            proxy_hold: Duration::from_secs(60),
             run_timeout: Duration::from_secs(60),
             run_max_output: 64 * 1024,
             cache_page: None,
@@ -172,6 +176,7 @@ struct File {
     anchor_every: Option<String>,
     kill_grace: Option<String>,
     approval_wait: Option<String>,
+    proxy_hold: Option<String>,
     #[serde(default)]
     cache: BTreeMap<String, CacheEntry>,
     #[serde(default)]
@@ -239,6 +244,7 @@ impl Config {
             ("anchor_every", &file.anchor_every),
             ("kill_grace", &file.kill_grace),
             ("approval_wait", &file.approval_wait),
+            ("proxy_hold", &file.proxy_hold),
             ("run.timeout", &file.run.timeout),
         ] {
             if let Some(v) = value {
@@ -250,6 +256,7 @@ impl Config {
                     "anchor_every" => config.anchor_every = d,
                     "kill_grace" => config.kill_grace = d,
                     "approval_wait" => config.approval_wait = d,
+                    "proxy_hold" => config.proxy_hold = d,
                     _ => config.run_timeout = d,
                 }
             }

@@ -29,6 +29,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use agentkeys_core::Backend as _;
 use agentkeys_secmem::SecretPage;
@@ -59,9 +60,11 @@ pub struct RunProxy {
     pub routes: Vec<Route>,
     /// The run's CA.
     pub ca: RunCa,
-    /// High-value values approved for this run: one approval covers the run. Wiped when
-    /// the run ends, and never used once the session is revoked or a debugger attaches.
-    held: std::sync::Mutex<HashMap<ServiceName, (SecretPage, Binding)>>,
+    /// Values this run's requests reuse, each with the binding that came with it and when
+    /// it stops being reused (`None`: a high-value value approved for the whole run). In
+    /// protected secret pages; wiped when the run ends, and never used once the session is
+    /// revoked or a debugger attaches.
+    held: std::sync::Mutex<HashMap<ServiceName, Held>>,
     /// One approval wait at a time, so concurrent requests share one approval.
     approving: tokio::sync::Mutex<()>,
     /// Set when the run ends: nothing more is injected.
@@ -75,6 +78,38 @@ pub struct RunProxy {
     pub client_h1: Client<upstream::Connector, serve::Body>,
 }
 
+/// A value to inject: the value, the binding signed with it, and the table that turns
+/// its echoes back into the placeholder. Shared (not copied) by the requests that reuse it.
+#[derive(Clone)]
+pub struct Fetched {
+    /// The value, in a secret page.
+    pub page: Arc<SecretPage>,
+    /// The binding that came with it.
+    pub binding: Option<Binding>,
+    /// Its echoes (raw, base64, hex) → the placeholder's.
+    pub echoes: Arc<scrub::Table>,
+}
+
+/// A value held for a run's later requests.
+struct Held {
+    fetched: Fetched,
+    until: Option<Instant>,
+}
+
+/// A fetched value with its echo table.
+fn fetched(route: &Route, page: SecretPage, binding: Option<Binding>) -> std::io::Result<Fetched> {
+    let echoes = scrub::Table::echoes(&[(page.expose_secret(), route.placeholder.as_bytes())])?;
+    Ok(Fetched {
+        page: Arc::new(page),
+        binding,
+        echoes,
+    })
+}
+
+fn no_page(e: std::io::Error) -> http::Response<serve::Body> {
+    forbidden(&format!("no secret page for the scrubber: {e}"), "")
+}
+
 /// Constant-time equality, for the proxy credential.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -84,10 +119,7 @@ impl RunProxy {
     /// The value (and the binding that came with it) to inject for `route`: a value held for
     /// this run after an approval, else a fetch; a fetch refused for want of an approval
     /// waits for it (up to `approval_wait`), and the approved value is held for the run.
-    pub async fn value_for(
-        &self,
-        route: &Route,
-    ) -> Result<(SecretPage, Option<Binding>), http::Response<serve::Body>> {
+    pub async fn value_for(&self, route: &Route) -> Result<Fetched, http::Response<serve::Body>> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(forbidden("this run has ended", ""));
         }
@@ -104,17 +136,48 @@ impl RunProxy {
             .fetch_bound(&route.service, &self.peer, &self.run)
             .await
         {
-            Ok(v) => Ok(v),
+            Ok((page, binding)) => {
+                let fetched = fetched(route, page, binding).map_err(no_page)?;
+                let hold = self.daemon.config.proxy_hold;
+                if !hold.is_zero() {
+                    self.hold(&route.service, &fetched, Some(Instant::now() + hold));
+                }
+                Ok(fetched)
+            }
             Err(refusal) if refusal.pending.is_some() => self.await_approval(route).await,
             Err(refusal) => Err(self.fetch_refused(route, &refusal)),
         }
     }
 
-    fn held_copy(&self, service: &ServiceName) -> Option<(SecretPage, Option<Binding>)> {
-        let held = self.held.lock().ok()?;
-        let (page, binding) = held.get(service)?;
-        let copy = SecretPage::from_slice(page.expose_secret()).ok()?;
-        Some((copy, Some(binding.clone())))
+    /// The value held for `service`, if it is still to be reused.
+    fn held_copy(&self, service: &ServiceName) -> Option<Fetched> {
+        let mut held = self.held.lock().ok()?;
+        let entry = held.get(service)?;
+        if entry.until.is_some_and(|u| Instant::now() >= u) {
+            held.remove(service);
+            return None;
+        }
+        Some(entry.fetched.clone())
+    }
+
+    /// Keeps `fetched` for this run's later requests (until `until`, or the run's end),
+    /// unless the run ended or serving stopped meanwhile.
+    fn hold(&self, service: &ServiceName, fetched: &Fetched, until: Option<Instant>) {
+        if fetched.binding.is_none()
+            || self.closed.load(Ordering::Relaxed)
+            || self.daemon.stopped().is_some()
+        {
+            return;
+        }
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(
+                service.clone(),
+                Held {
+                    fetched: fetched.clone(),
+                    until,
+                },
+            );
+        }
     }
 
     fn wipe_held(&self) {
@@ -125,10 +188,7 @@ impl RunProxy {
 
     /// Waits (one waiter at a time) for the high-value request the server opened to be
     /// decided, then reads the value once and holds it for the run.
-    async fn await_approval(
-        &self,
-        route: &Route,
-    ) -> Result<(SecretPage, Option<Binding>), http::Response<serve::Body>> {
+    async fn await_approval(&self, route: &Route) -> Result<Fetched, http::Response<serve::Body>> {
         let _turn = self.approving.lock().await;
         if let Some(held) = self.held_copy(&route.service) {
             return Ok(held); // approved while this request waited for its turn
@@ -139,7 +199,7 @@ impl RunProxy {
             .fetch_bound(&route.service, &self.peer, &self.run)
             .await
         {
-            Ok(v) => return Ok(v),
+            Ok((page, binding)) => return fetched(route, page, binding).map_err(no_page),
             Err(r) => r,
         };
         let Some(id) = refusal.pending.clone() else {
@@ -194,14 +254,11 @@ impl RunProxy {
             .fetch_bound(&route.service, &self.peer, &self.run)
             .await
             .map_err(|r| self.fetch_refused(route, &r))?;
-        if let (Some(b), Ok(copy)) = (&binding, SecretPage::from_slice(page.expose_secret()))
-            && self.hold_approvals
-            && !self.closed.load(Ordering::Relaxed)
-            && let Ok(mut held) = self.held.lock()
-        {
-            held.insert(route.service.clone(), (copy, b.clone()));
+        let fetched = fetched(route, page, binding).map_err(no_page)?;
+        if self.hold_approvals {
+            self.hold(&route.service, &fetched, None);
         }
-        Ok((page, binding))
+        Ok(fetched)
     }
 
     /// Writes a trail event of this run.

@@ -6,18 +6,26 @@
 //! held back for the next chunk, so a stream (SSE, a WebSocket) flows without delay unless
 //! a chunk ends in the middle of a key.
 
+use std::sync::Arc;
+
 use agentkeys_secmem::SecretPage;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 
-/// Pattern → replacement pairs, kept in one secret page.
-pub struct Replacer {
+/// Pattern → replacement pairs, kept in one secret page; shared by every stream that uses
+/// them (made once per held value, not per request).
+pub struct Table {
     page: SecretPage,
     /// (pattern start, pattern len, replacement start, replacement len) in `page`.
     pairs: Vec<(usize, usize, usize, usize)>,
+    longest: usize,
+}
+
+/// One stream's replacement state over a [`Table`].
+pub struct Replacer {
+    table: Arc<Table>,
     /// The held-back tail of the stream (may end inside a pattern).
     carry: BytesMut,
-    longest: usize,
     /// How many replacements were made.
     pub replaced: usize,
 }
@@ -46,18 +54,39 @@ fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 impl Replacer {
-    /// Replaces each `from` by its `to` exactly (no encodings).
+    /// A fresh stream over `table`.
+    pub fn new(table: Arc<Table>) -> Replacer {
+        Replacer {
+            table,
+            carry: BytesMut::new(),
+            replaced: 0,
+        }
+    }
+
+    /// A stream replacing each `from` by its `to` exactly.
     pub fn exact(pairs: &[(&[u8], &[u8])]) -> std::io::Result<Replacer> {
+        Ok(Replacer::new(Table::exact(pairs)?))
+    }
+
+    /// A stream replacing each secret by its placeholder, in every encoding.
+    pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Replacer> {
+        Ok(Replacer::new(Table::echoes(secrets)?))
+    }
+}
+
+impl Table {
+    /// Replaces each `from` by its `to` exactly (no encodings).
+    pub fn exact(pairs: &[(&[u8], &[u8])]) -> std::io::Result<Arc<Table>> {
         let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs
             .iter()
             .map(|(f, t)| (f.to_vec(), t.to_vec()))
             .collect();
-        Replacer::from_pairs(owned)
+        Table::from_pairs(owned)
     }
 
     /// Replaces each secret by its placeholder, in every encoding of [`encodings`] (the
     /// placeholder in the same encoding).
-    pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Replacer> {
+    pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Arc<Table>> {
         let mut owned = Vec::new();
         for (secret, placeholder) in secrets {
             for (f, t) in encodings(secret).into_iter().zip(encodings(placeholder)) {
@@ -66,10 +95,15 @@ impl Replacer {
                 }
             }
         }
-        Replacer::from_pairs(owned)
+        Table::from_pairs(owned)
     }
 
-    fn from_pairs(mut owned: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<Replacer> {
+    /// Whether every replacement has its pattern's length (a stream keeps its framing).
+    pub fn same_length(&self) -> bool {
+        self.pairs.iter().all(|p| p.1 == p.3)
+    }
+
+    fn from_pairs(mut owned: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<Arc<Table>> {
         owned.retain(|(f, _)| !f.is_empty());
         // Longest first, so a pattern that contains another wins.
         owned.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
@@ -91,74 +125,103 @@ impl Replacer {
             zeroize::Zeroize::zeroize(t);
         }
         let longest = pairs.iter().map(|p| p.1).max().unwrap_or(0);
-        Ok(Replacer {
+        Ok(Arc::new(Table {
             page,
             pairs,
-            carry: BytesMut::new(),
             longest,
-            replaced: 0,
-        })
+        }))
+    }
+}
+
+impl Replacer {
+    /// Feeds a chunk; returns what can be passed on now (possibly empty). A chunk with no
+    /// pattern in it and no held tail before it passes without a copy.
+    pub fn push(&mut self, chunk: &Bytes) -> Bytes {
+        if self.carry.is_empty() {
+            let (out, keep_from) = self.scan(chunk, false);
+            self.carry.extend_from_slice(&chunk[keep_from..]);
+            return out.unwrap_or_else(|| chunk.slice(..keep_from));
+        }
+        self.carry.extend_from_slice(chunk);
+        let data = std::mem::take(&mut self.carry);
+        let (out, keep_from) = self.scan(&data, false);
+        let out = out.unwrap_or_else(|| Bytes::copy_from_slice(&data[..keep_from]));
+        self.carry.extend_from_slice(&data[keep_from..]);
+        let mut data = data;
+        zeroize::Zeroize::zeroize(&mut data[..]);
+        out
     }
 
-    /// Feeds a chunk; returns what can be passed on now (possibly empty).
-    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.carry.extend_from_slice(chunk);
-        let (out, keep_from) = self.scan(false);
-        let rest = self.carry.split_off(keep_from);
-        zeroize::Zeroize::zeroize(&mut self.carry[..]);
-        self.carry = rest;
-        out
+    /// [`Replacer::push`] for a borrowed slice.
+    pub fn push_slice(&mut self, chunk: &[u8]) -> Bytes {
+        self.push(&Bytes::copy_from_slice(chunk))
     }
 
     /// The end of the stream: everything still held back.
     pub fn finish(&mut self) -> Bytes {
-        let (out, _) = self.scan(true);
-        zeroize::Zeroize::zeroize(&mut self.carry[..]);
-        self.carry.clear();
+        let mut data = std::mem::take(&mut self.carry);
+        let (out, _) = self.scan(&data, true);
+        let out = out.unwrap_or_else(|| Bytes::copy_from_slice(&data));
+        zeroize::Zeroize::zeroize(&mut data[..]);
         out
     }
 
-    /// Replaces in `carry`; returns the output and where the unprocessed tail starts.
-    fn scan(&mut self, last: bool) -> (Bytes, usize) {
-        let data = &self.carry[..];
-        let secret = self.page.expose_secret();
+    /// Replaces in `data`: the output (`None`: nothing replaced, pass `data[..end]` as is)
+    /// and where the unprocessed tail starts.
+    fn scan(&mut self, data: &[u8], last: bool) -> (Option<Bytes>, usize) {
+        let table = &*self.table;
+        let secret = table.page.expose_secret();
         // Only a tail that is the start of some pattern waits for the next chunk: anything
         // else flows now, so an interactive stream (a WebSocket, SSE) is never held up.
         let hold = if last {
             0
         } else {
-            (1..self.longest.min(data.len() + 1))
+            (1..table.longest.min(data.len() + 1))
                 .rev()
                 .find(|&k| {
                     let tail = &data[data.len() - k..];
-                    self.pairs
+                    table
+                        .pairs
                         .iter()
                         .any(|(ps, pl, _, _)| *pl > k && secret[*ps..ps + k] == *tail)
                 })
                 .unwrap_or(0)
         };
         let safe_end = data.len() - hold;
+        // Every whole occurrence starting before `safe_end`, found with SIMD substring search
+        // over the pattern in the secret page (no copy of it); leftmost first, the longest
+        // pattern first at one position.
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for (k, (ps, pl, _, _)) in table.pairs.iter().enumerate() {
+            let finder = memchr::memmem::Finder::new(&secret[*ps..ps + pl]);
+            hits.extend(
+                finder
+                    .find_iter(data)
+                    .take_while(|&at| at < safe_end)
+                    .map(|at| (at, k)),
+            );
+        }
+        if hits.is_empty() {
+            return (None, safe_end);
+        }
+        hits.sort_unstable_by_key(|&(at, k)| (at, std::cmp::Reverse(table.pairs[k].1)));
         let mut out = BytesMut::with_capacity(data.len());
         let mut i = 0;
         let mut replaced = 0;
-        while i < safe_end {
-            let hit = self.pairs.iter().find(|(ps, pl, _, _)| {
-                data.len() - i >= *pl && data[i..i + pl] == secret[*ps..ps + pl]
-            });
-            match hit {
-                Some((_, pl, rs, rl)) => {
-                    out.extend_from_slice(&secret[*rs..rs + rl]);
-                    i += pl;
-                    replaced += 1;
-                }
-                None => {
-                    out.extend_from_slice(&data[i..=i]);
-                    i += 1;
-                }
+        for (at, k) in hits {
+            if at < i {
+                continue; // inside a replaced occurrence
             }
+            let (_, pl, rs, rl) = table.pairs[k];
+            out.extend_from_slice(&data[i..at]);
+            out.extend_from_slice(&secret[rs..rs + rl]);
+            i = at + pl;
+            replaced += 1;
         }
         self.replaced += replaced;
-        (out.freeze(), i)
+        let end = safe_end.max(i);
+        out.extend_from_slice(&data[i..end]);
+        (Some(out.freeze()), end)
     }
 }
 
@@ -169,7 +232,7 @@ mod tests {
     fn run(r: &mut Replacer, chunks: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for c in chunks {
-            out.extend_from_slice(&r.push(c));
+            out.extend_from_slice(&r.push_slice(c));
         }
         out.extend_from_slice(&r.finish());
         out
@@ -219,11 +282,11 @@ mod tests {
         let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
         // Nothing is held back unless the chunk ends like the start of a pattern.
         assert_eq!(
-            &r.push(b"data: hello world\n\n")[..],
+            &r.push_slice(b"data: hello world\n\n")[..],
             b"data: hello world\n\n"
         );
-        assert_eq!(&r.push(b"data: PLACE")[..], b"data: ");
-        assert_eq!(&r.push(b"MAT\n")[..], b"PLACEMAT\n");
+        assert_eq!(&r.push_slice(b"data: PLACE")[..], b"data: ");
+        assert_eq!(&r.push_slice(b"MAT\n")[..], b"PLACEMAT\n");
         assert_eq!(&r.finish()[..], b"");
         let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
         assert_eq!(run(&mut r, &[b"a PLACEHOLD", b"ER b"]), b"a value b");

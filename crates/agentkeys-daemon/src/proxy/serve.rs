@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::RunProxy;
 use super::inspect::{self, Route, Target, Where};
-use super::scrub::Replacer;
+use super::scrub::{Replacer, Table};
 use super::upstream;
 use crate::trail::Event;
 
@@ -387,14 +387,32 @@ async fn plain(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// One credential injected into a request.
+struct Injected {
+    service: agentkeys_types::ServiceName,
+    placeholder: String,
+    value: super::Fetched,
+}
+
+/// The table scrubbing an answer of the injected credentials: the held one for a single
+/// credential, else one made for the set.
+fn echo_table(injected: &[Injected]) -> std::io::Result<Arc<Table>> {
+    match injected {
+        [one] => Ok(one.value.echoes.clone()),
+        many => {
+            let secrets: Vec<(&[u8], &[u8])> = many
+                .iter()
+                .map(|i| (i.value.page.expose_secret(), i.placeholder.as_bytes()))
+                .collect();
+            Table::echoes(&secrets)
+        }
+    }
+}
+
 /// What was injected into a request, for scrubbing its answer and auditing it.
 struct Plan {
-    /// `(service, placeholder, the value)` of every injected credential.
-    injected: Vec<(
-        agentkeys_types::ServiceName,
-        String,
-        agentkeys_secmem::SecretPage,
-    )>,
+    /// Every injected credential.
+    injected: Vec<Injected>,
     method: String,
     /// `host` + path, without the query.
     target: String,
@@ -456,7 +474,8 @@ async fn prepare(
     let mut body_pairs: Vec<usize> = Vec::new();
     for &i in &chosen {
         let r = &proxy.routes[i];
-        let (page, binding) = proxy.value_for(r).await?;
+        let fetched = proxy.value_for(r).await?;
+        let (page, binding) = (fetched.page.clone(), fetched.binding.clone());
         // The binding that came with this very value decides.
         let Some(binding) = binding else {
             return Err(
@@ -480,7 +499,11 @@ async fn prepare(
         ) {
             body_pairs.push(injected.len());
         }
-        injected.push((r.service.clone(), r.placeholder.clone(), page));
+        injected.push(Injected {
+            service: r.service.clone(),
+            placeholder: r.placeholder.clone(),
+            value: fetched,
+        });
     }
 
     // No hop headers; the target and `Host` are set when it is sent.
@@ -502,8 +525,8 @@ async fn prepare(
         let pairs: Vec<(&[u8], &[u8])> = body_pairs
             .iter()
             .map(|&k| {
-                let (_, ph, page) = &injected[k];
-                (ph.as_bytes(), page.expose_secret())
+                let i = &injected[k];
+                (i.placeholder.as_bytes(), i.value.page.expose_secret())
             })
             .collect();
         let replacer = Replacer::exact(&pairs)
@@ -543,20 +566,13 @@ fn answer_back(
         );
         // The upstream's frames are scrubbed as a byte stream: with extensions refused they
         // are uncompressed, and a placeholder as long as its key keeps every frame length.
-        let scrub = !plan.injected.is_empty()
-            && plan
-                .injected
-                .iter()
-                .all(|(_, ph, page)| ph.len() == page.len());
-        let replacer = if scrub {
-            let secrets: Vec<(&[u8], &[u8])> = plan
-                .injected
-                .iter()
-                .map(|(_, ph, page)| (page.expose_secret(), ph.as_bytes()))
-                .collect();
-            Replacer::exact(&secrets).ok()
-        } else {
+        let replacer = if plan.injected.is_empty() {
             None
+        } else {
+            echo_table(&plan.injected)
+                .ok()
+                .filter(|t| t.same_length())
+                .map(Replacer::new)
         };
         tokio::spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
@@ -586,11 +602,17 @@ fn answer_back(
     if plan.injected.is_empty() {
         return Response::from_parts(parts, Streamed::new(body, None, record).boxed());
     }
-    let secrets: Vec<(&[u8], &[u8])> = plan
-        .injected
-        .iter()
-        .map(|(_, ph, page)| (page.expose_secret(), ph.as_bytes()))
-        .collect();
+    let table = match echo_table(&plan.injected) {
+        Ok(t) => t,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_GATEWAY,
+                "INTERNAL",
+                &format!("no secret page for the scrubber: {e}"),
+                "",
+            );
+        }
+    };
     let encoding = parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -627,10 +649,8 @@ fn answer_back(
         let mut changed = false;
         let mut scrubbed = Vec::with_capacity(values.len());
         for v in &values {
-            let Ok(mut r) = Replacer::echoes(&secrets) else {
-                continue;
-            };
-            let mut out = r.push(v.as_bytes()).to_vec();
+            let mut r = Replacer::new(table.clone());
+            let mut out = r.push_slice(v.as_bytes()).to_vec();
             out.extend_from_slice(&r.finish());
             changed |= r.replaced > 0;
             scrubbed.push(HeaderValue::from_bytes(&out).unwrap_or_else(|_| v.clone()));
@@ -642,15 +662,10 @@ fn answer_back(
             }
         }
     }
-    let same_length = plan
-        .injected
-        .iter()
-        .all(|(_, ph, page)| ph.len() == page.len());
-    if !same_length {
+    if !table.same_length() {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let replacer = Replacer::echoes(&secrets).ok();
-    let mut streamed = Streamed::new(body, replacer, record);
+    let mut streamed = Streamed::new(body, Some(Replacer::new(table)), record);
     streamed.decoder = decoder;
     Response::from_parts(parts, streamed.boxed())
 }
@@ -718,7 +733,7 @@ where
                 Ok(r) => r,
             };
             let out = match replacer.as_mut() {
-                Some(r) => r.push(&buf[..read]),
+                Some(r) => r.push_slice(&buf[..read]),
                 None => Bytes::copy_from_slice(&buf[..read]),
             };
             n += out.len() as u64;
@@ -752,18 +767,14 @@ struct Record {
 impl Record {
     fn new(
         proxy: &Arc<RunProxy>,
-        injected: &[(
-            agentkeys_types::ServiceName,
-            String,
-            agentkeys_secmem::SecretPage,
-        )],
+        injected: &[Injected],
         method: &str,
         target: &str,
         started: Instant,
     ) -> Option<Record> {
         (!injected.is_empty()).then(|| Record {
             proxy: proxy.clone(),
-            services: injected.iter().map(|i| i.0.clone()).collect(),
+            services: injected.iter().map(|i| i.service.clone()).collect(),
             method: method.to_owned(),
             target: target.to_owned(),
             started,
