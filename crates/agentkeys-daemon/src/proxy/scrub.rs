@@ -16,9 +16,12 @@ use bytes::{Bytes, BytesMut};
 /// them (made once per held value, not per request).
 pub struct Table {
     page: SecretPage,
-    /// (pattern start, pattern len, replacement start, replacement len) in `page`.
+    /// (pattern start, pattern len, replacement start, replacement len) in `page`, longest
+    /// pattern first.
     pairs: Vec<(usize, usize, usize, usize)>,
     longest: usize,
+    /// The distinct first bytes of the patterns (a key's first byte says nothing of it).
+    firsts: Vec<u8>,
 }
 
 /// One stream's replacement state over a [`Table`].
@@ -125,11 +128,66 @@ impl Table {
             zeroize::Zeroize::zeroize(t);
         }
         let longest = pairs.iter().map(|p| p.1).max().unwrap_or(0);
+        let mut firsts: Vec<u8> = pairs
+            .iter()
+            .map(|&(ps, _, _, _)| page.expose_secret()[ps])
+            .collect();
+        firsts.sort_unstable();
+        firsts.dedup();
         Ok(Arc::new(Table {
             page,
             pairs,
             longest,
+            firsts,
         }))
+    }
+}
+
+impl Table {
+    /// Occurrences found from their first bytes (at most three distinct ones: one SIMD
+    /// pass), each candidate compared against the patterns that start with its byte.
+    fn hits_by_first_byte(&self, data: &[u8], safe_end: usize) -> Vec<(usize, usize)> {
+        let secret = self.page.expose_secret();
+        let head = &data[..safe_end];
+        let candidates: Box<dyn Iterator<Item = usize>> = match self.firsts[..] {
+            [] => return Vec::new(),
+            [a] => Box::new(memchr::memchr_iter(a, head)),
+            [a, b] => Box::new(memchr::memchr2_iter(a, b, head)),
+            [a, b, c, ..] => Box::new(memchr::memchr3_iter(a, b, c, head)),
+        };
+        let mut hits = Vec::new();
+        let mut next_free = 0;
+        for at in candidates {
+            if at < next_free {
+                continue;
+            }
+            // Pairs are sorted longest first: the first that matches is the longest.
+            let found = self.pairs.iter().enumerate().find(|(_, (ps, pl, _, _))| {
+                data.len() - at >= *pl && data[at..at + pl] == secret[*ps..ps + pl]
+            });
+            if let Some((k, (_, pl, _, _))) = found {
+                hits.push((at, k));
+                next_free = at + pl;
+            }
+        }
+        hits
+    }
+
+    /// Occurrences found with one SIMD substring search per pattern.
+    fn hits_by_substring(&self, data: &[u8], safe_end: usize) -> Vec<(usize, usize)> {
+        let secret = self.page.expose_secret();
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for (k, (ps, pl, _, _)) in self.pairs.iter().enumerate() {
+            let finder = memchr::memmem::Finder::new(&secret[*ps..ps + pl]);
+            hits.extend(
+                finder
+                    .find_iter(data)
+                    .take_while(|&at| at < safe_end)
+                    .map(|at| (at, k)),
+            );
+        }
+        hits.sort_unstable_by_key(|&(at, k)| (at, std::cmp::Reverse(self.pairs[k].1)));
+        hits
     }
 }
 
@@ -188,23 +246,17 @@ impl Replacer {
                 .unwrap_or(0)
         };
         let safe_end = data.len() - hold;
-        // Every whole occurrence starting before `safe_end`, found with SIMD substring search
-        // over the pattern in the secret page (no copy of it); leftmost first, the longest
-        // pattern first at one position.
-        let mut hits: Vec<(usize, usize)> = Vec::new();
-        for (k, (ps, pl, _, _)) in table.pairs.iter().enumerate() {
-            let finder = memchr::memmem::Finder::new(&secret[*ps..ps + pl]);
-            hits.extend(
-                finder
-                    .find_iter(data)
-                    .take_while(|&at| at < safe_end)
-                    .map(|at| (at, k)),
-            );
-        }
+        // Every whole occurrence starting before `safe_end`, leftmost first, the longest
+        // pattern first at one position, compared against the patterns in the secret page
+        // (no copy of them anywhere else).
+        let hits = if table.firsts.len() <= 3 {
+            table.hits_by_first_byte(data, safe_end)
+        } else {
+            table.hits_by_substring(data, safe_end)
+        };
         if hits.is_empty() {
             return (None, safe_end);
         }
-        hits.sort_unstable_by_key(|&(at, k)| (at, std::cmp::Reverse(table.pairs[k].1)));
         let mut out = BytesMut::with_capacity(data.len());
         let mut i = 0;
         let mut replaced = 0;
@@ -251,6 +303,36 @@ mod tests {
                 assert_eq!(r.replaced, 1);
             }
         }
+    }
+
+    #[test]
+    fn both_search_strategies_find_the_same_occurrences() {
+        let many: Vec<(Vec<u8>, Vec<u8>)> = (b'a'..=b'e')
+            .map(|c| (vec![c, b'1', b'2'], vec![b'X'; 3]))
+            .collect();
+        let pairs: Vec<(&[u8], &[u8])> = many.iter().map(|(f, t)| (&f[..], &t[..])).collect();
+        let wide = Table::exact(&pairs).unwrap();
+        let narrow = Table::exact(&pairs[..3]).unwrap();
+        assert!(wide.firsts.len() > 3 && narrow.firsts.len() <= 3);
+        let data = b"a12 b12 zz c12 d12 e1 e12 a1";
+        let at: Vec<usize> = wide
+            .hits_by_substring(data, data.len())
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(at, [0, 4, 11, 15, 22]);
+        let by_first: Vec<usize> = narrow
+            .hits_by_first_byte(data, data.len())
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        let by_sub: Vec<usize> = narrow
+            .hits_by_substring(data, data.len())
+            .iter()
+            .map(|h| h.0)
+            .collect();
+        assert_eq!(by_first, by_sub);
+        assert_eq!(by_first, [0, 4, 11]);
     }
 
     #[test]

@@ -25,8 +25,9 @@ struct Upstream {
 }
 
 /// The names the upstream's certificate is for.
-const UPSTREAM_NAMES: [&str; 6] = [
+const UPSTREAM_NAMES: [&str; 7] = [
     "api.openai.com",
+    "github.com",
     "api.anthropic.com",
     "api.github.com",
     "plain.example.com",
@@ -57,11 +58,14 @@ impl Upstream {
         let log = path("seen.jsonl");
         std::fs::write(&log, "").unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/daemon/upstream.py");
+        let static_dir = path("static");
+        std::fs::create_dir(&static_dir).unwrap();
         let mut child = Command::new(sdk_python())
             .arg(script)
             .arg(path("cert.pem"))
             .arg(path("key.pem"))
             .arg(&log)
+            .arg(&static_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -1079,4 +1083,57 @@ print("after:", requests.get(base + "/echo", headers=h).status_code)
         "daemon RSS climbs round after round: {rss:?} KiB"
     );
     assert!(rss.iter().all(|&k| k < 160 * 1024), "{rss:?} KiB");
+}
+
+#[test]
+fn git_clones_over_https_with_the_token_injected_into_basic_auth() {
+    let a = proxy_agent(&[]);
+    // A bare repository, served by the fake upstream as github.com/repo.git (dumb HTTP).
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    };
+    let work = a.up.dir.path().join("src");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    std::fs::write(work.join("README"), "cloned through the agentkeys proxy\n").unwrap();
+    git(&work, &["add", "README"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    let static_dir = a.up.dir.path().join("static");
+    git(
+        &static_dir,
+        &["clone", "-q", "--bare", work.to_str().unwrap(), "repo.git"],
+    );
+    git(&static_dir.join("repo.git"), &["update-server-info"]);
+
+    let out = sh(
+        &a.d,
+        &["github"],
+        "cd \"$(mktemp -d)\" && \
+         git clone -q \"https://x-access-token:$GITHUB_API_KEY@github.com/repo.git\" out && cat out/README",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out), "cloned through the agentkeys proxy\n");
+    let with_auth: Vec<Value> = requests_to(&a.up, "/repo.git/")
+        .into_iter()
+        .filter(|r| r["headers"]["authorization"].is_string())
+        .collect();
+    assert!(!with_auth.is_empty());
+    use base64::Engine as _;
+    for r in &with_auth {
+        let basic = r["headers"]["authorization"].as_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.strip_prefix("Basic ").unwrap())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            format!("x-access-token:{}", a.github),
+            "the upstream got the real token in basic auth"
+        );
+    }
 }

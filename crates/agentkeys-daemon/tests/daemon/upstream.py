@@ -2,7 +2,7 @@
 request it receives (one JSON line each: method, path with query, headers, body) and
 answers like the APIs the clients expect, echoing credentials back where asked.
 
-    python upstream.py CERT KEY LOG    prints "https=PORT http=PORT" once listening
+    python upstream.py CERT KEY LOG [STATIC]   prints "https=PORT http=PORT" once listening
 
 Routes:
   POST /v1/chat/completions  OpenAI chat completion; SSE chunks when the body says stream
@@ -14,6 +14,8 @@ Routes:
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
   GET  /cut                  promises 1 MiB and closes after 10 KiB
   GET  /ws                   WebSocket: sends the Authorization it saw, then echoes frames
+  GET  /repo.git/...         files under STATIC (a bare repository for git's dumb HTTP),
+                             401 with a basic-auth challenge until a request has credentials
   anything else              {"ok": true, "path": ...}
 """
 
@@ -21,6 +23,7 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import ssl
 import sys
 import threading
@@ -148,6 +151,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/ws":
             return self.websocket()
+        if path.startswith("/repo.git/") and self.server.static_dir:
+            if not self.headers.get("authorization"):
+                return self.send(401, b"credentials required\n", "text/plain",
+                                 extra=[("www-authenticate", 'Basic realm="git"')])
+            file = os.path.realpath(os.path.join(self.server.static_dir, path.lstrip("/")))
+            if not file.startswith(self.server.static_dir) or not os.path.isfile(file):
+                return self.send(404, b"not found\n", "text/plain")
+            with open(file, "rb") as f:
+                return self.send(200, f.read(), "application/octet-stream")
         return self.send(200, json.dumps({"ok": True, "path": self.path}).encode())
 
     def chat(self, req):
@@ -224,6 +236,7 @@ class Server(ThreadingHTTPServer):
 
 def main():
     cert, key, log = sys.argv[1:4]
+    static = os.path.realpath(sys.argv[4]) if len(sys.argv) > 4 else None
     tls = Server(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
@@ -231,6 +244,7 @@ def main():
     plain = Server(("127.0.0.1", 0), Handler)
     for s in (tls, plain):
         s.log_path = log
+        s.static_dir = static
         s.daemon_threads = True
         threading.Thread(target=s.serve_forever, daemon=True).start()
     print(f"https={tls.server_address[1]} http={plain.server_address[1]}", flush=True)
