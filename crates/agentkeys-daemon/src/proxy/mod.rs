@@ -577,6 +577,10 @@ async fn start_with(
             // Bulk downloads over HTTP/2: windows that grow with the measured bandwidth,
             // instead of a fixed 64 KiB stream window waiting on round trips.
             .http2_adaptive_window(true)
+            // HTTP/1.1 bodies in reads of one size: the allocator reuses the same blocks
+            // instead of growing a buffer per download (measured: +16 MiB of RSS during a
+            // 256 MiB download with the growing default).
+            .http1_read_buf_exact_size(64 * 1024)
             .build(connector)
     };
     let client_h1 = pooled(upstream::Connector {

@@ -268,8 +268,9 @@ async fn send_upstream(
         .map_err(|_| bad_gateway("the request's path cannot be forwarded"))?;
     req.headers_mut().remove(header::HOST);
     // The upstream hop mirrors the agent's: HTTP/2 where the agent multiplexes (and the
-    // upstream offers it), HTTP/1.1 for an HTTP/1.1 agent, whose one request at a time
-    // gains nothing from HTTP/2 framing and flow control (bulk downloads lose).
+    // upstream offers it); HTTP/1.1 for an HTTP/1.1 agent, whose one request at a time
+    // gains nothing from HTTP/2's framing and flow control (measured: +300 µs per request
+    // and a third less download throughput through an HTTP/2 hop). Upgrades need HTTP/1.1.
     let h2_agent = req.version() == http::Version::HTTP_2;
     *req.version_mut() = http::Version::HTTP_11;
     let client = if upgrade || !h2_agent {
