@@ -394,7 +394,7 @@ pub struct BindingFlags {
     /// Repeat for more.
     #[arg(long, value_name = "HOST")]
     pub host: Vec<String>,
-    /// How it is injected: bearer, header:NAME[:PREFIX], basic-user, basic-password,
+    /// How it is injected: bearer, header:NAME (or header:NAME:PREFIX), basic-user, basic-password,
     /// substitute (default).
     #[arg(long, value_name = "HOW", requires = "host")]
     pub inject: Option<String>,

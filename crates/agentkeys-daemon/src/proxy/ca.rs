@@ -135,14 +135,14 @@ impl RunCa {
         drop(key_guard);
         let chain = vec![leaf_cert.der().clone(), self.cert_der.clone()];
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(err)?
-                .with_no_client_auth()
-                .with_single_cert(chain, key_der)
-                .map_err(err)?;
+        let mut config = ServerConfig::builder_with_provider(super::tls_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(err)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(err)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.ignore_client_order = true;
         let config = Arc::new(config);
         self.leaves
             .lock()

@@ -40,7 +40,7 @@ fn kind_prefix(key: &[u8]) -> &[u8] {
 
 /// A fresh placeholder for `key`: its kind prefix, then random characters from the key's
 /// own alphabet (lower-case hex, or letters and digits) up to the key's length, and at
-/// least [`MIN_RANDOM`] of them. A key that is not printable ASCII gets
+/// least 32 of them. A key that is not printable ASCII gets
 /// `agentkeys-placeholder-` and random letters and digits.
 pub fn for_key(key: &[u8]) -> String {
     let printable = !key.is_empty() && key.iter().all(|b| b.is_ascii_graphic());

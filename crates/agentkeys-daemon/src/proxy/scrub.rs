@@ -87,7 +87,7 @@ impl Table {
         Table::from_pairs(owned)
     }
 
-    /// Replaces each secret by its placeholder, in every encoding of [`encodings`] (the
+    /// Replaces each secret by its placeholder, in every encoding (raw, base64, hex; the
     /// placeholder in the same encoding).
     pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Arc<Table>> {
         let mut owned = Vec::new();
