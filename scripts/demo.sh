@@ -134,7 +134,13 @@ rc=$?
 set -e
 [ "$rc" = 3 ] || { echo "expected the command's exit status 3, got $rc" >&2; exit 1; }
 echo "(exit status $rc passed through; the command ran as the agent's uid)" >&2
-step "6. a Python agent gets it as a memfd_secret fd (clients/python, stdlib only), used in place and wiped"
+step "6. with --proxy the command never holds the key: a placeholder, and the daemon's egress proxy"
+(cd / && "${as_agent[@]}" env AGENTKEYS_SOCKET="$socket" "$bin/agentkeys" run --proxy --service openai -- sh -c '
+  echo "OPENAI_API_KEY holds a placeholder shaped like the key: ${OPENAI_API_KEY%"${OPENAI_API_KEY#sk-agent-}"}... (${#OPENAI_API_KEY} characters)"
+  echo "HTTPS_PROXY points at this run'"'"'s proxy in the daemon: ${HTTPS_PROXY##*@}; SSL_CERT_FILE holds the run'"'"'s CA"
+  echo "the placeholder sent in a query string to api.openai.com (its binding: the Authorization header only):"
+  curl -s "https://api.openai.com/v1/models?key=$OPENAI_API_KEY"; echo')
+step "7. a Python agent gets it as a memfd_secret fd (clients/python, stdlib only), used in place and wiped"
 "${as_agent[@]}" env AGENTKEYS_SOCKET="$socket" PYTHONPATH="$pydir" python3 - <<'PY'
 from agentkeys_runtime import Client
 with Client() as client:
@@ -144,11 +150,11 @@ with Client() as client:
         print(f"used in place: {len(key)} bytes, never copied into a Python string")
 print("after the block: mapping zeroed, unmapped, fd closed")
 PY
-step "7. the daemon's status and its audit trail (fetch, deliver, drop; never the value)"
+step "8. the daemon's status and its audit trail (fetch, deliver, drop, exfiltration; never the value)"
 "${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" status --socket "$socket"
 "${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" audit | tail -8
 "${as_daemon[@]}" env AGENTKEYS_HOME="$daemon_home" "$bin/agentkeys-daemon" audit --verify --socket "$socket"
-step "8. SIGTERM: the daemon wipes what it holds, anchors its trail, and stops"
+step "9. SIGTERM: the daemon wipes what it holds, anchors its trail, and stops"
 kill -TERM $daemon; wait $daemon; daemon=
 tail -1 "$log.daemon" >&2
 echo "demo: OK" >&2
