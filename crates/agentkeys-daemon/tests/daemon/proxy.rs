@@ -351,6 +351,7 @@ sys.stdin.readline()
     );
     // The command, after five clients used both keys through the proxy: neither key in its
     // memory (its heap holds the SDKs' clients, headers and responses).
+    wait_for_events(&a.d.trail(), "deliver", 1);
     let pid: u32 = trail_lines(&a.d.trail())
         .iter()
         .find(|l| l["event"] == "deliver")
@@ -411,6 +412,7 @@ sys.stdin.readline()
     let placeholder = line.split_whitespace().nth(1).unwrap().to_owned();
     assert!(line.starts_with("200 "), "{line}");
     assert!(a.up.received(&a.openai), "the upstream got the key");
+    wait_for_events(&a.d.trail(), "deliver", 1);
     let pid: u32 = trail_lines(&a.d.trail())
         .iter()
         .find(|l| l["event"] == "deliver")

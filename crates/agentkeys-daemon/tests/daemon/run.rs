@@ -637,6 +637,8 @@ fn a_root_daemon_can_stop_a_child_running_as_the_caller() {
     .unwrap();
     let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // The command can print before the daemon has written its `deliver` line.
+    wait_for_events(&a.d.trail(), "deliver", 1);
     let wallet = trail_lines(&a.d.trail())
         .iter()
         .find_map(|l| l["agent"].as_str().map(str::to_owned))
