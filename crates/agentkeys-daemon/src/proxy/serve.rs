@@ -208,21 +208,7 @@ async fn reach(
     .await;
     match dialed {
         Ok(Ok(tcp)) => Ok(tcp),
-        Ok(Err(e @ upstream::UpstreamError::Private { .. })) => {
-            proxy.refused(None, &e.to_string());
-            Err(json_response(
-                StatusCode::FORBIDDEN,
-                "DENIED",
-                &e.to_string(),
-                "a binding with allow_private (agentkeys bind --allow-private) permits it",
-            ))
-        }
-        Ok(Err(e)) => Err(json_response(
-            StatusCode::BAD_GATEWAY,
-            "UNAVAILABLE",
-            &e.to_string(),
-            "",
-        )),
+        Ok(Err(e)) => Err(upstream_failed(proxy, &e)),
         Err(_) => Err(json_response(
             StatusCode::GATEWAY_TIMEOUT,
             "UNAVAILABLE",
@@ -230,6 +216,21 @@ async fn reach(
             "",
         )),
     }
+}
+
+/// The answer when an upstream cannot be reached: 403 (audited) for an internal address
+/// the binding does not allow, 502 otherwise.
+fn upstream_failed(proxy: &RunProxy, e: &upstream::UpstreamError) -> Response<Body> {
+    if matches!(e, upstream::UpstreamError::Private { .. }) {
+        proxy.refused(None, &e.to_string());
+        return json_response(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            &e.to_string(),
+            "a binding with allow_private (agentkeys bind --allow-private) permits it",
+        );
+    }
+    bad_gateway(&e.to_string())
 }
 
 /// One intercepted client connection (one CONNECT): its target. Upstream connections
@@ -282,19 +283,8 @@ async fn send_upstream(
         // The connector's own refusal (an internal address) is the agent's to know.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {
-            if let Some(up @ upstream::UpstreamError::Private { .. }) =
-                err.downcast_ref::<upstream::UpstreamError>()
-            {
-                proxy.refused(None, &up.to_string());
-                return json_response(
-                    StatusCode::FORBIDDEN,
-                    "DENIED",
-                    &up.to_string(),
-                    "a binding with allow_private (agentkeys bind --allow-private) permits it",
-                );
-            }
             if let Some(up) = err.downcast_ref::<upstream::UpstreamError>() {
-                return bad_gateway(&up.to_string());
+                return upstream_failed(proxy, up);
             }
             source = err.source();
         }
