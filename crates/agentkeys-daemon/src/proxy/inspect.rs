@@ -11,7 +11,7 @@ use http::request::Parts;
 use zeroize::Zeroizing;
 
 /// One credential of the run: its placeholder and the binding it came with.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Route {
     /// The credential.
     pub service: ServiceName,
@@ -319,6 +319,14 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    /// Where `r`'s placeholder appears in `p`.
+    fn places(r: &Route, p: &Parts) -> Vec<Where> {
+        find(std::slice::from_ref(r), p)
+            .into_iter()
+            .map(|f| f.1)
+            .collect()
+    }
+
     fn target<'a>(host: &'a str, path: &'a str) -> Target<'a> {
         Target {
             host,
@@ -339,8 +347,7 @@ mod tests {
     fn bearer_replaces_only_the_authorization_header() {
         let r = route(Inject::Bearer);
         let mut p = parts("/v1/x", &[("authorization", "Bearer ph-0123456789abcdef")]);
-        let found = find(std::slice::from_ref(&r), &p);
-        let at: Vec<Where> = found.into_iter().map(|f| f.1).collect();
+        let at = places(&r, &p);
         assert_eq!(at, [Where::Header(AUTHORIZATION)]);
         check(
             &r.service,
@@ -354,10 +361,7 @@ mod tests {
 
         // The same placeholder in the query, another header, or toward another host: refused.
         let q = parts("/v1/x?key=ph-0123456789abcdef", &[]);
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &q)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &q);
         let e = check(
             &r.service,
             &r.binding,
@@ -367,10 +371,7 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("query string"), "{e}");
         let h = parts("/", &[("x-leak", "ph-0123456789abcdef")]);
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &h)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &h);
         assert!(check(&r.service, &r.binding, &target("api.example.com", "/"), &at).is_err());
         let e = check(
             &r.service,
@@ -405,10 +406,7 @@ mod tests {
                 &basic("x-access-token", "ph-0123456789abcdef"),
             )],
         );
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &p)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &p);
         assert_eq!(at, [Where::BasicPassword]);
         check(&r.service, &r.binding, &target("api.example.com", "/"), &at).unwrap();
         inject(&mut p, &r, b"ghp_real").unwrap();
@@ -418,10 +416,7 @@ mod tests {
         );
 
         let p = parts("/", &[("authorization", &basic("ph-0123456789abcdef", ""))]);
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &p)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &p);
         assert!(check(&r.service, &r.binding, &target("api.example.com", "/"), &at).is_err());
     }
 
@@ -438,10 +433,7 @@ mod tests {
                 ("authorization", &basic("u", "ph-0123456789abcdef")),
             ],
         );
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &p)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &p);
         check(
             &r.service,
             &r.binding,
@@ -460,10 +452,7 @@ mod tests {
             body: false,
         });
         let p = parts("/v1/models?key=ph-0123456789abcdef", &[]);
-        let at: Vec<Where> = find(std::slice::from_ref(&headers_only), &p)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&headers_only, &p);
         assert!(
             check(
                 &r.service,
@@ -475,10 +464,7 @@ mod tests {
         );
         // Never in the path.
         let p = parts("/ph-0123456789abcdef/x", &[]);
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &p)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &p);
         assert!(check(&r.service, &r.binding, &target("api.example.com", "/"), &at).is_err());
     }
 
@@ -489,10 +475,7 @@ mod tests {
             prefix: "key ".into(),
         });
         let mut p = parts("/", &[("x-api-key", "ph-0123456789abcdef")]);
-        let at: Vec<Where> = find(std::slice::from_ref(&r), &p)
-            .into_iter()
-            .map(|f| f.1)
-            .collect();
+        let at = places(&r, &p);
         check(&r.service, &r.binding, &target("api.example.com", "/"), &at).unwrap();
         inject(&mut p, &r, b"real").unwrap();
         assert_eq!(p.headers["x-api-key"], "key real");
