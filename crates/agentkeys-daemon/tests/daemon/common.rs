@@ -359,6 +359,23 @@ impl Client {
     }
 }
 
+/// The pid of the first command a `run` started, from its `deliver` line (waited for: the
+/// command can print before the daemon writes it).
+pub fn first_child_pid(trail: &Path) -> u32 {
+    wait_for_events(trail, "deliver", 1);
+    trail_lines(trail)
+        .iter()
+        .find(|l| l["event"] == "deliver")
+        .and_then(|l| {
+            l["detail"]
+                .as_str()?
+                .strip_prefix("child pid ")?
+                .parse()
+                .ok()
+        })
+        .expect("a deliver line naming the child pid")
+}
+
 /// The daemon trail, parsed.
 pub fn trail_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -351,18 +351,7 @@ sys.stdin.readline()
     );
     // The command, after five clients used both keys through the proxy: neither key in its
     // memory (its heap holds the SDKs' clients, headers and responses).
-    wait_for_events(&a.d.trail(), "deliver", 1);
-    let pid: u32 = trail_lines(&a.d.trail())
-        .iter()
-        .find(|l| l["event"] == "deliver")
-        .and_then(|l| {
-            l["detail"]
-                .as_str()?
-                .strip_prefix("child pid ")?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let pid = first_child_pid(&a.d.trail());
     let (k1, k2) = (copies_in(pid, &a.openai), copies_in(pid, &a.anthropic));
     eprintln!(
         "scan: python with requests, httpx, openai, anthropic after their calls: keys {k1} + {k2} times"
@@ -412,18 +401,7 @@ sys.stdin.readline()
     let placeholder = line.split_whitespace().nth(1).unwrap().to_owned();
     assert!(line.starts_with("200 "), "{line}");
     assert!(a.up.received(&a.openai), "the upstream got the key");
-    wait_for_events(&a.d.trail(), "deliver", 1);
-    let pid: u32 = trail_lines(&a.d.trail())
-        .iter()
-        .find(|l| l["event"] == "deliver")
-        .and_then(|l| {
-            l["detail"]
-                .as_str()?
-                .strip_prefix("child pid ")?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let pid = first_child_pid(&a.d.trail());
     // While it runs, after its request: the key 0 times, the placeholder (control: the
     // scan sees what the process holds) at least once.
     let key_copies = copies_in(pid, &a.openai);

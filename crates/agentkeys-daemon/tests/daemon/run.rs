@@ -233,17 +233,7 @@ fn the_cli_never_holds_the_credential_while_the_command_runs() {
     );
     // The command itself holds what it was given: env mode puts the value in its
     // environment (the README says so, and --fd avoids it).
-    let child: u32 = trail_lines(&a.d.trail())
-        .iter()
-        .find(|l| l["event"] == "deliver")
-        .and_then(|l| {
-            l["detail"]
-                .as_str()?
-                .strip_prefix("child pid ")?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let child = first_child_pid(&a.d.trail());
     let in_child = copies_in(child, &a.value);
     eprintln!("scan: the command started by run (env mode): {in_child} copies");
     assert!(in_child > 0, "the child's environment holds the value");
@@ -643,16 +633,7 @@ fn a_root_daemon_can_stop_a_child_running_as_the_caller() {
         .iter()
         .find_map(|l| l["agent"].as_str().map(str::to_owned))
         .unwrap();
-    let child: u32 = trail_lines(&a.d.trail())
-        .iter()
-        .find_map(|l| {
-            l["detail"]
-                .as_str()?
-                .strip_prefix("child pid ")?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let child = first_child_pid(&a.d.trail());
     let out = a.master.cli(&["revoke", &wallet]);
     assert!(out.status.success(), "{}", text(&out));
     // check period (0.5 s) + grace (1 s) + slack for a loaded machine
