@@ -78,8 +78,9 @@ pub struct Running {
     /// The pidfd registered with the runtime: it turns readable when the child exits.
     /// `None` if the registration failed; [`wait`] then polls.
     exited: Option<AsyncFd<Arc<OwnedFd>>>,
-    /// The run's egress proxy (`proxy` runs): it stops when the run is dropped.
-    _proxy: Option<crate::proxy::ProxyRun>,
+    /// The run's egress proxy (`proxy` runs): [`wait`] shuts it down once the child has
+    /// exited (and dropping the run stops it too).
+    proxy: Option<crate::proxy::ProxyRun>,
 }
 
 /// `OPENAI_API_KEY` for `openai`; `AGENTKEYS_FD_OPENAI` in fd mode.
@@ -519,7 +520,7 @@ pub async fn start(
             pid: spawned.pid,
             pidfd,
             exited,
-            _proxy: proxy,
+            proxy,
         },
         redactor,
     ))
@@ -581,6 +582,11 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
 /// reach that (the housekeeping tick drops the entry once the group is empty).
 pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
     let exit = wait_pidfd(running).await;
+    // The proxy's connections end before `exit` is audited: once the trail says the run is
+    // over, no buffer of it holds a key any more.
+    if let Some(proxy) = &running.proxy {
+        proxy.shutdown().await;
+    }
     if !group_alive(running.pid)
         && let Ok(mut children) = daemon.children.lock()
     {

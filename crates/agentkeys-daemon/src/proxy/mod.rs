@@ -37,7 +37,6 @@ use agentkeys_types::ServiceName;
 use agentkeys_types::api::AuthStatus;
 use agentkeys_types::binding::Binding;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -76,6 +75,58 @@ pub struct RunProxy {
     pub client: Client<upstream::Connector, serve::Body>,
     /// The same over HTTP/1.1-only connections, for upgrades (WebSocket).
     pub client_h1: Client<upstream::Connector, serve::Body>,
+    /// Every task the proxy runs, its listener's and its upstream pool's included.
+    pub tasks: Tasks,
+}
+
+/// The tasks of one proxy: its listener, the agent's connections, tunnels, HTTP/2 streams
+/// and the upstream pool's connections. Their buffers hold injected keys (hyper reuses a
+/// connection's header buffer without clearing it), so the run's end stops them all and
+/// waits until each is dropped: the allocator then scrubs what they held.
+#[derive(Clone, Default)]
+pub struct Tasks(Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>);
+
+impl Tasks {
+    /// Runs `task` on the runtime, as one of these tasks.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut set = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while set.try_join_next().is_some() {} // forget the finished ones
+        set.spawn(task);
+    }
+
+    /// Aborts every task and returns once each has been dropped. A task can spawn another
+    /// while it is being stopped (a pooled connection, say): those are stopped in turn.
+    async fn stop(&self) {
+        loop {
+            let mut set = std::mem::take(
+                &mut *self
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if set.is_empty() {
+                return;
+            }
+            set.shutdown().await;
+        }
+    }
+
+    /// Aborts every task without waiting (a drop that could not wait).
+    fn abort(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .abort_all();
+    }
+}
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Tasks {
+    fn execute(&self, task: F) {
+        self.spawn(task);
+    }
 }
 
 /// A value to inject: the value, the binding signed with it, and the table that turns
@@ -350,7 +401,6 @@ pub struct ProxyRun {
     /// The environment the child gets besides the placeholders.
     pub env: Vec<String>,
     bundle: PathBuf,
-    task: tokio::task::JoinHandle<()>,
     state: Arc<RunProxy>,
 }
 
@@ -384,6 +434,16 @@ impl ProxyRun {
             "env": env,
         })
     }
+
+    /// Ends the proxy: nothing more is injected, the held values are wiped, and every
+    /// connection is closed and dropped before this returns, so no buffer of the run is
+    /// left holding a key (the run's end calls it before it audits `exit`).
+    pub async fn shutdown(&self) {
+        self.state.closed.store(true, Ordering::Relaxed);
+        self.state.wipe_held();
+        self.state.tasks.stop().await;
+        let _ = std::fs::remove_file(&self.bundle);
+    }
 }
 
 impl Drop for ProxyRun {
@@ -391,7 +451,7 @@ impl Drop for ProxyRun {
         // Connections still open (a leftover of the run) get nothing more.
         self.state.closed.store(true, Ordering::Relaxed);
         self.state.wipe_held();
-        self.task.abort();
+        self.state.tasks.abort();
         let _ = std::fs::remove_file(&self.bundle);
     }
 }
@@ -582,8 +642,9 @@ async fn start_with(
         allow_internal: Arc::new(move |host: &str| private.iter().any(|b| b.allows_host(host))),
         h1_only: false,
     };
+    let tasks = Tasks::default();
     let pooled = |connector: upstream::Connector| {
-        Client::builder(TokioExecutor::new())
+        Client::builder(tasks.clone())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             // Bulk downloads over HTTP/2: windows that grow with the measured bandwidth,
             // instead of a fixed 64 KiB stream window waiting on round trips.
@@ -612,6 +673,7 @@ async fn start_with(
         hold_approvals,
         client,
         client_h1,
+        tasks,
     });
     state.audit(Event {
         event: "proxy".into(),
@@ -632,13 +694,12 @@ async fn start_with(
         )),
         ..Default::default()
     });
-    let task = tokio::spawn(serve::listen(state.clone(), listener));
+    state.tasks.spawn(serve::listen(state.clone(), listener));
     Ok(ProxyRun {
         addr,
         placeholders,
         env,
         bundle,
-        task,
         state,
     })
 }

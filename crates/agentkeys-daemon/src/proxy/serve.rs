@@ -17,7 +17,7 @@ use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -61,7 +61,7 @@ pub async fn listen(proxy: Arc<RunProxy>, listener: TcpListener) {
         };
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
-        tokio::spawn(async move {
+        proxy.tasks.clone().spawn(async move {
             let svc = service_fn(move |req| outer(proxy.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -137,7 +137,7 @@ async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body>
                 return json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &e.to_string(), "");
             }
         };
-        tokio::spawn(async move {
+        proxy.tasks.clone().spawn(async move {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
                 return;
             };
@@ -148,10 +148,11 @@ async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body>
                 return;
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let tasks = proxy.tasks.clone();
             let conn = Arc::new(Intercepted { proxy, host, port });
             let svc = service_fn(move |req| inner(conn.clone(), req));
             if h2 {
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                let _ = hyper::server::conn::http2::Builder::new(tasks)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             } else {
@@ -181,7 +182,7 @@ async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body>
         Err(r) => return r,
     };
     proxy.note_tunnel(&host, port);
-    tokio::spawn(async move {
+    proxy.tasks.spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
@@ -569,7 +570,7 @@ fn answer_back(
                 .filter(|t| t.same_length())
                 .map(Replacer::new)
         };
-        tokio::spawn(async move {
+        proxy.tasks.spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                 return;
             };
