@@ -11,12 +11,22 @@ use clap::Parser;
 #[command(
     name = "agentkeys-server",
     version,
-    after_help = "Examples:\n  agentkeys-server --dev\n  agentkeys-server --data-dir /var/lib/agentkeys --listen 0.0.0.0:8090 --auth tokens /etc/agentkeys/enrol.txt\n\nLogs go to stderr; set RUST_LOG=debug for more."
+    after_help = "Examples:\n  agentkeys-server --dev\n  agentkeys-server --data-dir /var/lib/agentkeys --listen 0.0.0.0:8090 --auth tokens /etc/agentkeys/enrol.txt\n  AGENTKEYS_DATABASE_URL=postgres://agentkeys@db.internal/agentkeys agentkeys-server --auth tokens /etc/agentkeys/enrol.txt\n\nLogs go to stderr; set RUST_LOG=debug for more."
 )]
 pub(crate) struct Args {
     /// Where the SQLite file and the 0600 key file live [default: $XDG_DATA_HOME/agentkeys-server]
     #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// The database: `sqlite:PATH`, or `postgres://USER@HOST/DB` for N replicas sharing one
+    /// PostgreSQL (each also needs the same keys: AGENTKEYS_SERVER_KEYS, docs/operations.md)
+    /// [default: sqlite:DATA_DIR/agentkeys.db]
+    #[arg(
+        long,
+        env = "AGENTKEYS_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub(crate) database: Option<String>,
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8090", env = "AGENTKEYS_LISTEN")]
     pub(crate) listen: SocketAddr,
@@ -81,6 +91,7 @@ pub(crate) enum AuthPlan {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) database: Option<String>,
     pub(crate) listen: SocketAddr,
     pub(crate) auth: AuthPlan,
     pub(crate) dev: bool,
@@ -123,6 +134,20 @@ impl Args {
                     .into(),
             );
         }
+        if let Some(url) = &self.database {
+            let known = ["postgres://", "postgresql://", "sqlite:"];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                return Err(
+                    "--database is sqlite:PATH or postgres://USER@HOST/DB (a URL, not a path)"
+                        .into(),
+                );
+            }
+            if self.dev {
+                return Err(
+                    "--dev uses a throwaway SQLite file; drop --database, or drop --dev".into(),
+                );
+            }
+        }
         if !(self.read_rate >= 0.0 && self.read_burst >= 1.0) {
             return Err("--read-rate must be >= 0 and --read-burst >= 1".into());
         }
@@ -137,6 +162,7 @@ impl Args {
         };
         Ok(Plan {
             data_dir: self.data_dir,
+            database: self.database,
             listen: self.listen,
             auth,
             dev: self.dev,

@@ -9,7 +9,8 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agentkeys_server::{AppState, AuthMode, SqliteStore, keys, keys::ServerKeys};
+use agentkeys_server::store::AnyStore;
+use agentkeys_server::{AppState, AuthMode, keys, keys::ServerKeys};
 use anyhow::Context as _;
 use clap::Parser as _;
 
@@ -116,7 +117,11 @@ async fn run(
         Some(raw) => ServerKeys::from_env_value(raw.expose_secret())?,
         None => ServerKeys::load_or_create(&data_dir)?,
     };
-    let store = SqliteStore::open(&data_dir.join("agentkeys.db"))
+    let database = plan
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("agentkeys.db").display()));
+    let store = AnyStore::open(&database)
         .await
         .context("opening the database")?;
     let listener = tokio::net::TcpListener::bind(plan.listen)
@@ -132,7 +137,7 @@ async fn run(
              is that master's only secret; use --auth tokens FILE outside development"
         );
     }
-    tracing::info!(listen = %addr, data_dir = %data_dir.display(), keys = %keys.source, "agentkeys-server ready");
+    tracing::info!(listen = %addr, data_dir = %data_dir.display(), database = store.engine(), keys = %keys.source, "agentkeys-server ready");
     if plan.dev {
         println!("export AGENTKEYS_SERVER=http://{addr}");
         println!(

@@ -244,10 +244,12 @@ pub struct AppState<S: Store> {
     pub config: Config,
     /// The audit writer.
     pub audit: AuditLog,
-    /// Per-session read limiter.
-    pub limiter: RateLimiter,
-    /// Wakes long-polls when any auth request is decided.
-    pub decisions: Notify,
+    /// Wakes long-polls when any auth request is decided (here, or on another server
+    /// sharing the store).
+    pub decisions: Arc<Notify>,
+    /// How often a long-poll re-reads anyway, when other servers share the store and a
+    /// wake-up from them can be lost.
+    pub decision_poll: Option<std::time::Duration>,
     /// Long-polls allowed to wait at once (`max_long_polls`).
     pub long_polls: tokio::sync::Semaphore,
     /// Refused enrolments: at most one audit row per address a minute (and one a second
@@ -279,13 +281,15 @@ impl<S: Store> AppState<S> {
         };
         tokio::spawn(purge_loop(Arc::downgrade(&store)));
         let long_polls = tokio::sync::Semaphore::new(config.max_long_polls);
+        let decisions = Arc::new(Notify::new());
+        let decision_poll = store.watch_decisions(&decisions);
         Arc::new(AppState {
             audit: AuditLog::start(store.clone()),
             store,
             keys,
             config,
-            limiter: RateLimiter::default(),
-            decisions: Notify::new(),
+            decisions,
+            decision_poll,
             long_polls,
             refused_enrolments: RefusalTally::default(),
             clock: Clock::default(),

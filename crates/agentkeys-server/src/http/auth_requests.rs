@@ -203,7 +203,7 @@ pub(super) async fn open<S: Store>(
                 (format!("open:{address}"), rate),
                 ("open:*".to_owned(), rate * 10.0),
             ] {
-                if let Err(wait) = state.limiter.take(&key, rate, rate * 2.0) {
+                if let Err(wait) = state.store.take_token(&key, rate, rate * 2.0).await? {
                     return Err(ApiError::rate_limited(
                         "too many pairing requests; retry shortly",
                         wait,
@@ -646,10 +646,14 @@ pub(super) async fn decision<S: Store>(
                 signature,
             }));
         }
-        // Wake at the request's own expiry too, to report it as expired.
+        // Wake at the request's own expiry too, to report it as expired; and, where other
+        // servers share the store, every `decision_poll` (their wake-up can be lost).
         let until_expiry = u64::try_from(pending_until - state.clock.now()).unwrap_or(0);
-        let wake =
-            deadline.min(tokio::time::Instant::now() + Duration::from_secs(until_expiry + 1));
+        let now = tokio::time::Instant::now();
+        let mut wake = deadline.min(now + Duration::from_secs(until_expiry + 1));
+        if let Some(poll) = state.decision_poll {
+            wake = wake.min(now + poll);
+        }
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep_until(wake) => {}

@@ -225,8 +225,9 @@ async fn authorize_read<S: Store>(
 ) -> ApiResult<Wallet> {
     let cfg = &state.config;
     if let Err(wait) = state
-        .limiter
-        .take(&caller.session.id, cfg.read_rate, cfg.read_burst)
+        .store
+        .take_token(&caller.session.id, cfg.read_rate, cfg.read_burst)
+        .await?
     {
         return Err(ApiError::rate_limited(
             format!(

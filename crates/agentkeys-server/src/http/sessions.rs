@@ -49,7 +49,11 @@ pub(super) async fn create<S: Store>(
         (format!("enrol:{address}"), rate),
         ("enrol:*".to_owned(), rate * 10.0),
     ] {
-        if let Err(wait) = state.limiter.take(&key, rate, (rate * 10.0).max(1.0)) {
+        if let Err(wait) = state
+            .store
+            .take_token(&key, rate, (rate * 10.0).max(1.0))
+            .await?
+        {
             return Err(ApiError::rate_limited("too many enrolment attempts", wait));
         }
     }

@@ -1,14 +1,20 @@
 //! Storage behind one trait (DESIGN decision 11): every SQL statement of the server lives
-//! under this module. [`sqlite::SqliteStore`] is the embedded engine; PostgreSQL implements
-//! the same trait in a later issue, and its migrations already sit in `migrations/postgres`.
+//! under this module. [`sqlite::SqliteStore`] is the embedded engine (one node);
+//! [`postgres::PgStore`] serves N replicas on one database; [`AnyStore`] is whichever
+//! `--database` names.
 //!
 //! Methods are domain operations, each one transaction, so handlers never compose
 //! partial writes. Conditional updates (`WHERE status = 'pending'`) make single-use
 //! requests and grants race-free across connections.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
 use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
@@ -458,4 +464,108 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<AuditRow>>> + Send;
+
+    /// Takes one token from `key`'s bucket (`rate` per second, at most `burst`), or says
+    /// how long until one is there. Every server sharing the store shares the bucket.
+    fn take_token(
+        &self,
+        key: &str,
+        rate: f64,
+        burst: f64,
+    ) -> impl Future<Output = StoreResult<Result<(), Duration>>> + Send;
+
+    /// Arranges for `wake` to be notified when another server sharing this store decides
+    /// an auth request, and returns how often long-polls must re-read anyway (a wake-up
+    /// can be lost); `None` when no other server shares it.
+    fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
+        let _ = wake;
+        None
+    }
+}
+
+/// The engine `--database` names: SQLite (`sqlite:PATH`, the default) or PostgreSQL
+/// (`postgres://…`).
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// The embedded engine.
+    Sqlite(sqlite::SqliteStore),
+    /// The shared engine.
+    Postgres(postgres::PgStore),
+}
+
+impl AnyStore {
+    /// Opens `url`: `postgres://` or `postgresql://` for PostgreSQL, `sqlite:PATH` or a
+    /// plain path for SQLite.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(postgres::PgStore::connect(url).await?))
+        } else {
+            Ok(AnyStore::Sqlite(sqlite::SqliteStore::open_url(url).await?))
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Forwards each [`Store`] method to the engine inside.
+macro_rules! forward {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $out:ty;)*) => {
+        impl Store for AnyStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $out {
+                    match self {
+                        AnyStore::Sqlite(s) => s.$name($($arg),*).await,
+                        AnyStore::Postgres(s) => s.$name($($arg),*).await,
+                    }
+                }
+            )*
+
+            fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
+                match self {
+                    AnyStore::Sqlite(s) => s.watch_decisions(wake),
+                    AnyStore::Postgres(s) => s.watch_decisions(wake),
+                }
+            }
+        }
+    };
+}
+
+forward! {
+    fn ensure_master(&self, enrol_hash: &[u8; 32], new_wallet: &Wallet, now: UnixSeconds) -> StoreResult<Account>;
+    fn account(&self, wallet: &Wallet) -> StoreResult<Option<Account>>;
+    fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>>;
+    fn list_agents(&self, parent: &Wallet, now: UnixSeconds) -> StoreResult<Vec<AgentSummary>>;
+    fn set_agent_scope(&self, parent: &Wallet, agent: &Wallet, scope: &Scope) -> StoreResult<bool>;
+    fn teardown_agent(&self, parent: &Wallet, agent: &Wallet, now: UnixSeconds) -> StoreResult<Option<(u64, u64)>>;
+    fn insert_session(&self, s: &NewSession) -> StoreResult<()>;
+    fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>>;
+    fn touch_session(&self, id: &str, now: UnixSeconds) -> StoreResult<()>;
+    fn session_by_id(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
+    fn revoke_session(&self, id: &str, now: UnixSeconds) -> StoreResult<u64>;
+    fn revoke_wallet(&self, wallet: &Wallet, now: UnixSeconds) -> StoreResult<u64>;
+    fn put_credential(&self, c: &StoredCredential, keep_policy: bool, keep_binding: bool) -> StoreResult<bool>;
+    fn credential(&self, owner: &Wallet, service: &ServiceName) -> StoreResult<Option<StoredCredential>>;
+    fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>>;
+    fn set_policy(&self, owner: &Wallet, service: &ServiceName, policy: Policy) -> StoreResult<bool>;
+    fn set_binding(&self, owner: &Wallet, service: &ServiceName, binding: Option<&str>) -> StoreResult<bool>;
+    fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()>;
+    fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>>;
+    fn auth_request_by_code(&self, code: &str) -> StoreResult<Option<AuthRequestRecord>>;
+    fn pending_high_value(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<AuthRequestRecord>>;
+    fn approve(&self, id: &str, by: &Wallet, now: UnixSeconds, approval: &Approval) -> StoreResult<DecideOutcome>;
+    fn deny(&self, id: &str, by: &Wallet, now: UnixSeconds, signature: &[u8]) -> StoreResult<DecideOutcome>;
+    fn consume_grant(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<bool>;
+    fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64>;
+    fn link_identity(&self, master: &Wallet, kind: &str, value: &str, wallet: &Wallet, now: UnixSeconds) -> StoreResult<()>;
+    fn resolve_identity(&self, master: &Wallet, kind: &str, value: &str) -> StoreResult<Option<Wallet>>;
+    fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>>;
+    fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRow>>;
+    fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>>;
+    fn take_token(&self, key: &str, rate: f64, burst: f64) -> StoreResult<Result<(), Duration>>;
 }

@@ -6,6 +6,7 @@
 //! (WAL lets readers run beside the writer).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
@@ -21,12 +22,15 @@ use super::{
     NewAuditEvent, NewSession, SessionRecord, Store, StoreError, StoreResult, StoredCredential,
 };
 use crate::audit::chain_hash;
+use crate::state::RateLimiter;
 
 /// SQLite storage.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The token buckets: one process serves this file, so they live in its memory.
+    buckets: Arc<RateLimiter>,
 }
 
 impl SqliteStore {
@@ -54,7 +58,11 @@ impl SqliteStore {
             .max_connections(u32::try_from(readers * 2).unwrap_or(4))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            buckets: Arc::default(),
+        })
     }
 
     /// Opens a database given as a `sqlite:` URL or a plain path.
@@ -917,5 +925,14 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(audit_from).collect()
+    }
+
+    async fn take_token(
+        &self,
+        key: &str,
+        rate: f64,
+        burst: f64,
+    ) -> StoreResult<Result<(), Duration>> {
+        Ok(self.buckets.take(key, rate, burst))
     }
 }

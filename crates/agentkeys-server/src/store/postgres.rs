@@ -1,0 +1,1045 @@
+//! The PostgreSQL engine, for N stateless replicas on one database (docs/operations.md).
+//!
+//! What one process kept in memory with SQLite lives in the database here, so every
+//! replica sees the same thing:
+//! - the read and enrolment budgets: a token bucket per key, taken by one `UPDATE` in an
+//!   unlogged table (a crash refills the buckets; nothing else is lost);
+//! - the audit chain head: each batch takes a transaction-scoped advisory lock before it
+//!   reads the head, so the replicas' writers append to one chain, one batch at a time;
+//! - decision wake-ups: an approval or denial sends `NOTIFY` in its own transaction, and
+//!   every replica's listener wakes its long-polls (which also re-read every second, since
+//!   a notification missed while a listener reconnects is not replayed);
+//! - the purge of ended auth requests: one replica at a time, under an advisory lock.
+//!
+//! Single-use rows stay race-free across replicas as across connections: a decision is a
+//! conditional `UPDATE` re-checked under the row lock, and a grant is spent with
+//! `FOR UPDATE SKIP LOCKED`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
+use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row as _};
+use tokio::sync::Notify;
+
+use super::{
+    Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
+    NewAuditEvent, NewSession, SessionRecord, Store, StoreError, StoreResult, StoredCredential,
+};
+use crate::audit::chain_hash;
+
+/// The advisory lock that serializes audit appends across replicas.
+const AUDIT_LOCK: i64 = 0x6167_6b79_0001;
+/// The advisory lock that lets one replica at a time run the purge.
+const PURGE_LOCK: i64 = 0x6167_6b79_0002;
+/// The channel decisions are announced on.
+const DECISIONS: &str = "agentkeys_decisions";
+
+/// PostgreSQL storage.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host/db`, libpq parameters and `PG*` variables
+    /// apply) and runs the migrations. Replicas starting together serialize on the
+    /// migrator's own lock.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let opts: PgConnectOptions = url.parse()?;
+        let size = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 16);
+        let pool = PgPoolOptions::new()
+            .max_connections(u32::try_from(size * 4).unwrap_or(16))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))?;
+        Ok(PgStore { pool })
+    }
+
+    /// The connection pool (metrics, health checks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn wallet(s: String) -> StoreResult<Wallet> {
+    Wallet::parse(&s).map_err(|_| StoreError::Corrupt("wallet"))
+}
+
+fn opt_wallet(s: Option<String>) -> StoreResult<Option<Wallet>> {
+    s.map(wallet).transpose()
+}
+
+fn service(s: String) -> StoreResult<ServiceName> {
+    ServiceName::parse(&s).map_err(|_| StoreError::Corrupt("service"))
+}
+
+fn scope(json: &str) -> StoreResult<Scope> {
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("scope"))
+}
+
+fn scope_json(s: &Scope) -> String {
+    // Serializing a struct of strings and a bool cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "{\"services\":[]}".to_owned())
+}
+
+fn account_from(row: &PgRow, prefix: &str) -> StoreResult<Account> {
+    let col = |c: &str| format!("{prefix}{c}");
+    let kind: String = row.try_get(col("kind").as_str())?;
+    Ok(Account {
+        wallet: wallet(row.try_get(col("wallet").as_str())?)?,
+        is_master: kind == "master",
+        parent: opt_wallet(row.try_get(col("parent").as_str())?)?,
+        scope: scope(&row.try_get::<String, _>(col("scope_json").as_str())?)?,
+        created_at: row.try_get(col("created_at").as_str())?,
+    })
+}
+
+fn credential_from(row: &PgRow) -> StoreResult<StoredCredential> {
+    Ok(StoredCredential {
+        owner: wallet(row.try_get("owner")?)?,
+        service: service(row.try_get("service")?)?,
+        wrapped_dek: row.try_get("wrapped_dek")?,
+        ciphertext: row.try_get("ciphertext")?,
+        policy: Policy {
+            high_value: row.try_get("high_value")?,
+        },
+        binding: row.try_get("binding")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn auth_request_from(row: &PgRow) -> StoreResult<AuthRequestRecord> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    Ok(AuthRequestRecord {
+        id: row.try_get("id")?,
+        kind: AuthKind::parse(&kind).ok_or(StoreError::Corrupt("auth kind"))?,
+        pair_code: row.try_get("pair_code")?,
+        nonce: row.try_get("nonce")?,
+        otp: row.try_get("otp")?,
+        requester_key: row.try_get("requester_key")?,
+        agent: opt_wallet(row.try_get("agent")?)?,
+        service: row
+            .try_get::<Option<String>, _>("service")?
+            .map(service)
+            .transpose()?,
+        requested_by: opt_wallet(row.try_get("requested_by")?)?,
+        requested_session: row.try_get("requested_session")?,
+        description: row.try_get("description")?,
+        status: AuthStatus::parse(&status).ok_or(StoreError::Corrupt("auth status"))?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        decided_by: opt_wallet(row.try_get("decided_by")?)?,
+        grant_expires_at: row.try_get("grant_expires_at")?,
+        sealed_session: row.try_get("sealed_session")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+fn audit_from(row: &PgRow) -> StoreResult<AuditRow> {
+    Ok(AuditRow {
+        seq: row.try_get("seq")?,
+        event: NewAuditEvent {
+            ts: row.try_get("ts")?,
+            actor: row.try_get("actor")?,
+            agent: row.try_get("agent")?,
+            service: row.try_get("service")?,
+            action: row.try_get("action")?,
+            outcome: row.try_get("outcome")?,
+            detail: row.try_get("detail")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const SESSION_SELECT: &str = "SELECT s.id, s.created_at AS s_created_at, s.expires_at, s.revoked_at, \
+     s.last_used_at, a.wallet AS a_wallet, a.kind AS a_kind, a.parent AS a_parent, \
+     a.scope_json AS a_scope_json, a.created_at AS a_created_at \
+     FROM sessions s JOIN accounts a ON a.wallet = s.wallet";
+
+const AUTH_REQUEST_COLUMNS: &str = "id, kind, pair_code, nonce, otp, requester_key, agent, \
+     service, requested_by, requested_session, description, status, created_at, expires_at, \
+     decided_by, grant_expires_at, sealed_session, signature";
+
+const AUDIT_COLUMNS: &str =
+    "seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash";
+
+fn session_from(row: &PgRow) -> StoreResult<SessionRecord> {
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        account: account_from(row, "a_")?,
+        created_at: row.try_get("s_created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
+}
+
+async fn insert_session_in(
+    conn: &mut sqlx::PgConnection,
+    s: &NewSession,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, wallet, kind, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&s.id)
+    .bind(&s.token_hash[..])
+    .bind(s.wallet.as_str())
+    .bind(if s.is_master { "master" } else { "agent" })
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a decision writes onto its request row.
+struct DecisionWrite<'a> {
+    status: AuthStatus,
+    by: &'a Wallet,
+    now: UnixSeconds,
+    grant_expires_at: Option<UnixSeconds>,
+    sealed_session: Option<&'a [u8]>,
+    signature: &'a [u8],
+}
+
+/// Marks a pending, unexpired request decided and announces it (the notification leaves
+/// at commit); tells apart why it could not be.
+async fn decide_in(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    d: DecisionWrite<'_>,
+) -> Result<DecideOutcome, sqlx::Error> {
+    let DecisionWrite {
+        status,
+        by,
+        now,
+        grant_expires_at,
+        sealed_session,
+        signature,
+    } = d;
+    let done = sqlx::query(
+        "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
+         grant_expires_at = $4, sealed_session = $5, signature = $6 \
+         WHERE id = $7 AND status = 'pending' AND expires_at > $3",
+    )
+    .bind(status.as_str())
+    .bind(by.as_str())
+    .bind(now)
+    .bind(grant_expires_at)
+    .bind(sealed_session)
+    .bind(signature)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if done == 1 {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(DECISIONS)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(DecideOutcome::Decided);
+    }
+    let row = sqlx::query("SELECT status FROM auth_requests WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        None => DecideOutcome::NotFound,
+        Some(r) => {
+            let st: String = r.try_get("status")?;
+            if st == "pending" {
+                DecideOutcome::Expired
+            } else {
+                DecideOutcome::AlreadyDecided
+            }
+        }
+    })
+}
+
+/// Listens for decisions announced by any replica and wakes this one's long-polls; on a
+/// lost connection it wakes them too (they re-read), then listens again. Stops when the
+/// last holder of `wake` is gone.
+async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Notify>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for decisions; long-polls poll meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if wake.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(DECISIONS).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+            let Some(notify) = wake.upgrade() else { return };
+            match got {
+                // Quiet: check that someone still listens, then go on.
+                Err(_) => continue,
+                Ok(Ok(Some(_))) => notify.notify_waiters(),
+                // The connection was lost: what was announced meanwhile is gone.
+                Ok(Ok(None)) => notify.notify_waiters(),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the decision listener failed; reconnecting");
+                    notify.notify_waiters();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Store for PgStore {
+    async fn ensure_master(
+        &self,
+        enrol_hash: &[u8; 32],
+        new_wallet: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Account> {
+        // Two replicas enrolling the same token at once: one insert wins, both read it.
+        sqlx::query(
+            "INSERT INTO accounts (wallet, kind, enrol_hash, scope_json, created_at) \
+             VALUES ($1, 'master', $2, $3, $4) ON CONFLICT (enrol_hash) DO NOTHING",
+        )
+        .bind(new_wallet.as_str())
+        .bind(&enrol_hash[..])
+        .bind(scope_json(&Scope::all()))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
+             WHERE enrol_hash = $1 AND deleted_at IS NULL",
+        )
+        .bind(&enrol_hash[..])
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::Corrupt("master account"))?;
+        account_from(&row, "")
+    }
+
+    async fn account(&self, w: &Wallet) -> StoreResult<Option<Account>> {
+        let row = sqlx::query(
+            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
+             WHERE wallet = $1 AND deleted_at IS NULL",
+        )
+        .bind(w.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| account_from(&r, "")).transpose()
+    }
+
+    async fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>> {
+        let rows = sqlx::query("SELECT wallet FROM accounts WHERE parent = $1 ORDER BY wallet")
+            .bind(parent.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| wallet(r.try_get("wallet")?)).collect()
+    }
+
+    async fn list_agents(
+        &self,
+        parent: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Vec<AgentSummary>> {
+        let rows = sqlx::query(
+            "SELECT a.wallet, a.kind, a.parent, a.scope_json, a.created_at, \
+               (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
+               (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
+                  AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
+               (SELECT string_agg(value, E'\\n') FROM identities i \
+                  WHERE i.wallet = a.wallet AND i.master = $1) AS idents \
+             FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet",
+        )
+        .bind(parent.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let idents: Option<String> = r.try_get("idents")?;
+                let mut identities: Vec<String> = idents
+                    .map(|s| s.split('\n').map(str::to_owned).collect())
+                    .unwrap_or_default();
+                identities.sort();
+                Ok(AgentSummary {
+                    account: account_from(r, "")?,
+                    last_used_at: r.try_get("last_used")?,
+                    active_sessions: u64::try_from(r.try_get::<i64, _>("active")?).unwrap_or(0),
+                    identities,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_agent_scope(
+        &self,
+        parent: &Wallet,
+        agent: &Wallet,
+        s: &Scope,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE accounts SET scope_json = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
+        )
+        .bind(scope_json(s))
+        .bind(agent.as_str())
+        .bind(parent.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn teardown_agent(
+        &self,
+        parent: &Wallet,
+        agent: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Option<(u64, u64)>> {
+        let mut tx = self.pool.begin().await?;
+        let owned = sqlx::query(
+            "UPDATE accounts SET deleted_at = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent.as_str())
+        .bind(parent.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if owned != 1 {
+            return Ok(None);
+        }
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let deleted = sqlx::query("DELETE FROM credentials WHERE owner = $1")
+            .bind(agent.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM identities WHERE wallet = $1")
+            .bind(agent.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((revoked, deleted)))
+    }
+
+    async fn insert_session(&self, s: &NewSession) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_session_in(&mut conn, s).await?;
+        Ok(())
+    }
+
+    async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL"
+        )))
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| session_from(&r)).transpose()
+    }
+
+    async fn touch_session(&self, id: &str, now: UnixSeconds) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_by_id(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| session_from(&r)).transpose()
+    }
+
+    async fn revoke_session(&self, id: &str, now: UnixSeconds) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn revoke_wallet(&self, w: &Wallet, now: UnixSeconds) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(w.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn put_credential(
+        &self,
+        c: &StoredCredential,
+        keep_policy: bool,
+        keep_binding: bool,
+    ) -> StoreResult<bool> {
+        // `xmax = 0` on the returned row: it was inserted, not updated (one statement, so
+        // two replicas storing the same name at once agree on which one created it).
+        let row = sqlx::query(
+            "INSERT INTO credentials AS c (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $8, $6, $6) \
+             ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
+               ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
+               high_value = CASE WHEN $7 THEN c.high_value ELSE excluded.high_value END, \
+               binding = CASE WHEN $9 THEN c.binding ELSE excluded.binding END \
+             RETURNING (xmax = 0) AS inserted",
+        )
+        .bind(c.owner.as_str())
+        .bind(c.service.as_str())
+        .bind(&c.wrapped_dek)
+        .bind(&c.ciphertext)
+        .bind(c.policy.high_value)
+        .bind(c.updated_at)
+        .bind(keep_policy)
+        .bind(c.binding.as_deref())
+        .bind(keep_binding)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("inserted")?)
+    }
+
+    async fn credential(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+    ) -> StoreResult<Option<StoredCredential>> {
+        let row = sqlx::query(
+            "SELECT owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at \
+             FROM credentials WHERE owner = $1 AND service = $2",
+        )
+        .bind(owner.as_str())
+        .bind(svc.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| credential_from(&r)).transpose()
+    }
+
+    async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
+        let rows = sqlx::query(
+            "SELECT owner, service, ''::bytea AS wrapped_dek, ''::bytea AS ciphertext, high_value, \
+               binding, created_at, updated_at \
+             FROM credentials WHERE owner = $1 ORDER BY service",
+        )
+        .bind(owner.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(credential_from).collect()
+    }
+
+    async fn set_policy(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+        policy: Policy,
+    ) -> StoreResult<bool> {
+        let n =
+            sqlx::query("UPDATE credentials SET high_value = $1 WHERE owner = $2 AND service = $3")
+                .bind(policy.high_value)
+                .bind(owner.as_str())
+                .bind(svc.as_str())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_binding(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+        binding: Option<&str>,
+    ) -> StoreResult<bool> {
+        let n =
+            sqlx::query("UPDATE credentials SET binding = $1 WHERE owner = $2 AND service = $3")
+                .bind(binding)
+                .bind(owner.as_str())
+                .bind(svc.as_str())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO auth_requests (id, kind, pair_code, nonce, otp, requester_key, agent, service, \
+               requested_by, requested_session, description, status, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&r.id)
+        .bind(r.kind.as_str())
+        .bind(&r.pair_code)
+        .bind(&r.nonce)
+        .bind(&r.otp)
+        .bind(r.requester_key.as_deref())
+        .bind(r.agent.as_ref().map(Wallet::as_str))
+        .bind(r.service.as_ref().map(ServiceName::as_str))
+        .bind(r.requested_by.as_ref().map(Wallet::as_str))
+        .bind(r.requested_session.as_deref())
+        .bind(r.description.as_deref())
+        .bind(r.status.as_str())
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pair code") } else { e.into() })?;
+        Ok(())
+    }
+
+    async fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn auth_request_by_code(&self, code: &str) -> StoreResult<Option<AuthRequestRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE pair_code = $1"
+        )))
+        .bind(code)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn pending_high_value(
+        &self,
+        session: &str,
+        agent: &Wallet,
+        svc: &ServiceName,
+        now: UnixSeconds,
+    ) -> StoreResult<Option<AuthRequestRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE requested_session = $1 \
+             AND agent = $2 AND service = $3 AND kind = 'high_value' AND status = 'pending' \
+             AND expires_at > $4 ORDER BY created_at DESC LIMIT 1"
+        )))
+        .bind(session)
+        .bind(agent.as_str())
+        .bind(svc.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn approve(
+        &self,
+        id: &str,
+        by: &Wallet,
+        now: UnixSeconds,
+        approval: &Approval,
+    ) -> StoreResult<DecideOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let (grant, sealed, signature) = match approval {
+            Approval::Pair {
+                sealed_session,
+                signature,
+                ..
+            }
+            | Approval::Recover {
+                sealed_session,
+                signature,
+                ..
+            } => (None, Some(sealed_session.as_slice()), signature.as_slice()),
+            Approval::HighValue {
+                grant_expires_at,
+                signature,
+            } => (Some(*grant_expires_at), None, signature.as_slice()),
+        };
+        let outcome = decide_in(
+            &mut tx,
+            id,
+            DecisionWrite {
+                status: AuthStatus::Approved,
+                by,
+                now,
+                grant_expires_at: grant,
+                sealed_session: sealed,
+                signature,
+            },
+        )
+        .await?;
+        if outcome != DecideOutcome::Decided {
+            return Ok(outcome);
+        }
+        match approval {
+            Approval::Pair { agent, session, .. } => {
+                sqlx::query(
+                    "INSERT INTO accounts (wallet, kind, parent, scope_json, created_at) \
+                     VALUES ($1, 'agent', $2, $3, $4)",
+                )
+                .bind(agent.wallet.as_str())
+                .bind(agent.parent.as_ref().map(Wallet::as_str))
+                .bind(scope_json(&agent.scope))
+                .bind(agent.created_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE auth_requests SET agent = $1 WHERE id = $2")
+                    .bind(agent.wallet.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_session_in(&mut tx, session).await?;
+            }
+            Approval::Recover { session, .. } => {
+                // Recovery replaces a lost or compromised daemon: its sessions end now, in
+                // the same transaction that mints the new one.
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(session.wallet.as_str())
+                .execute(&mut *tx)
+                .await?;
+                insert_session_in(&mut tx, session).await?;
+            }
+            Approval::HighValue { .. } => {}
+        }
+        tx.commit().await?;
+        Ok(DecideOutcome::Decided)
+    }
+
+    async fn deny(
+        &self,
+        id: &str,
+        by: &Wallet,
+        now: UnixSeconds,
+        signature: &[u8],
+    ) -> StoreResult<DecideOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = decide_in(
+            &mut tx,
+            id,
+            DecisionWrite {
+                status: AuthStatus::Denied,
+                by,
+                now,
+                grant_expires_at: None,
+                sealed_session: None,
+                signature,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn consume_grant(
+        &self,
+        session: &str,
+        agent: &Wallet,
+        svc: &ServiceName,
+        now: UnixSeconds,
+    ) -> StoreResult<bool> {
+        // SKIP LOCKED: a grant another replica is spending right now is not this one's to
+        // take; the outer status check holds under the row lock.
+        let n = sqlx::query(
+            "UPDATE auth_requests SET status = 'consumed' WHERE status = 'approved' AND id = ( \
+               SELECT id FROM auth_requests WHERE requested_session = $1 AND agent = $2 \
+               AND service = $3 AND kind = 'high_value' AND status = 'approved' \
+               AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(session)
+        .bind(agent.as_str())
+        .bind(svc.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(PURGE_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !ours {
+            return Ok(0); // another replica is purging
+        }
+        let n = sqlx::query(
+            "DELETE FROM auth_requests WHERE expires_at < $1 \
+             AND (grant_expires_at IS NULL OR grant_expires_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Buckets untouched for an hour are full again: forgetting them changes nothing.
+        sqlx::query("DELETE FROM rate_buckets WHERE at < now() - interval '1 hour'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn link_identity(
+        &self,
+        master: &Wallet,
+        kind: &str,
+        value: &str,
+        w: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO identities (master, kind, value, wallet, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (master, kind, value) DO NOTHING",
+        )
+        .bind(master.as_str())
+        .bind(kind)
+        .bind(value)
+        .bind(w.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let owner: String = sqlx::query_scalar(
+            "SELECT wallet FROM identities WHERE master = $1 AND kind = $2 AND value = $3",
+        )
+        .bind(master.as_str())
+        .bind(kind)
+        .bind(value)
+        .fetch_one(&self.pool)
+        .await?;
+        if owner != w.as_str() {
+            return Err(StoreError::Conflict("identity"));
+        }
+        Ok(())
+    }
+
+    async fn resolve_identity(
+        &self,
+        master: &Wallet,
+        kind: &str,
+        value: &str,
+    ) -> StoreResult<Option<Wallet>> {
+        let row = sqlx::query(
+            "SELECT i.wallet FROM identities i JOIN accounts a ON a.wallet = i.wallet \
+             WHERE i.master = $1 AND i.kind = $2 AND i.value = $3 AND a.deleted_at IS NULL",
+        )
+        .bind(master.as_str())
+        .bind(kind)
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| wallet(r.try_get("wallet")?)).transpose()
+    }
+
+    async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        // One chain for every replica: the head is read and extended under this lock,
+        // which the commit releases.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev): (i64, Vec<u8>) = match head {
+            Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
+            None => (0, vec![0; 32]),
+        };
+        let mut cols = AuditColumns::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let hash = chain_hash(&prev, seq, e).to_vec();
+            cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
+        }
+        // The whole batch in one statement: one round trip, however many events.
+        sqlx::query(
+            "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[])",
+        )
+        .bind(&cols.seq)
+        .bind(&cols.ts)
+        .bind(&cols.actor)
+        .bind(&cols.agent)
+        .bind(&cols.service)
+        .bind(&cols.action)
+        .bind(&cols.outcome)
+        .bind(&cols.detail)
+        .bind(&cols.prev_hash)
+        .bind(&cols.hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(cols.seq)
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
+        if f.visible_to.is_empty() {
+            return Ok(Vec::new());
+        }
+        let visible: Vec<&str> = f.visible_to.iter().map(String::as_str).collect();
+        // Absent filters are NULL and match everything: one fixed statement.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit \
+             WHERE (actor = ANY($1) OR agent = ANY($1)) \
+             AND ($2::text IS NULL OR agent = $2) AND ($3::text IS NULL OR service = $3) \
+             AND ($4::text IS NULL OR action = $4) AND ($5::bigint IS NULL OR ts >= $5) \
+             ORDER BY seq DESC LIMIT $6"
+        )))
+        .bind(&visible)
+        .bind(f.agent.as_deref())
+        .bind(f.service.as_deref())
+        .bind(f.action.as_deref())
+        .bind(f.since)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from).collect()
+    }
+
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
+        )))
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from).collect()
+    }
+
+    async fn take_token(
+        &self,
+        key: &str,
+        rate: f64,
+        burst: f64,
+    ) -> StoreResult<Result<(), Duration>> {
+        if rate <= 0.0 {
+            return Ok(Ok(()));
+        }
+        // One statement, the database's clock: every replica takes from the same bucket,
+        // refilled by the time since its last take. A full bucket has no row yet.
+        let left: Option<f64> = sqlx::query_scalar(
+            "INSERT INTO rate_buckets AS b (key, tokens, at) VALUES ($1, $3 - 1, statement_timestamp()) \
+             ON CONFLICT (key) DO UPDATE SET \
+               tokens = LEAST($3, b.tokens + EXTRACT(EPOCH FROM statement_timestamp() - b.at)::float8 * $2) - 1, \
+               at = statement_timestamp() \
+             WHERE LEAST($3, b.tokens + EXTRACT(EPOCH FROM statement_timestamp() - b.at)::float8 * $2) >= 1 \
+             RETURNING tokens",
+        )
+        .bind(key)
+        .bind(rate)
+        .bind(burst)
+        .fetch_optional(&self.pool)
+        .await?;
+        if left.is_some() {
+            return Ok(Ok(()));
+        }
+        let have: Option<f64> = sqlx::query_scalar(
+            "SELECT LEAST($3, tokens + EXTRACT(EPOCH FROM statement_timestamp() - at)::float8 * $2) \
+             FROM rate_buckets WHERE key = $1",
+        )
+        .bind(key)
+        .bind(rate)
+        .bind(burst)
+        .fetch_optional(&self.pool)
+        .await?;
+        let missing = (1.0 - have.unwrap_or(0.0)).max(0.0);
+        Ok(Err(Duration::from_secs_f64(missing / rate)))
+    }
+
+    fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
+        tokio::spawn(listen_for_decisions(
+            self.pool.clone(),
+            Arc::downgrade(wake),
+        ));
+        Some(Duration::from_secs(1))
+    }
+}
+
+/// An audit batch as columns, for one `UNNEST` insert.
+struct AuditColumns {
+    seq: Vec<i64>,
+    ts: Vec<i64>,
+    actor: Vec<String>,
+    agent: Vec<Option<String>>,
+    service: Vec<Option<String>>,
+    action: Vec<String>,
+    outcome: Vec<String>,
+    detail: Vec<Option<String>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl AuditColumns {
+    fn with_capacity(n: usize) -> Self {
+        AuditColumns {
+            seq: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            agent: Vec::with_capacity(n),
+            service: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            detail: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, seq: i64, e: &NewAuditEvent, prev_hash: Vec<u8>, hash: Vec<u8>) {
+        self.seq.push(seq);
+        self.ts.push(e.ts);
+        self.actor.push(e.actor.clone());
+        self.agent.push(e.agent.clone());
+        self.service.push(e.service.clone());
+        self.action.push(e.action.clone());
+        self.outcome.push(e.outcome.clone());
+        self.detail.push(e.detail.clone());
+        self.prev_hash.push(prev_hash);
+        self.hash.push(hash);
+    }
+}
