@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: the Python managed runtime's pytest suite, then every Rust test
-# (unit tests and the end-to-end tests that start the real binaries), then the independent
-# Python client written from docs/api.md. Extra arguments go to 'cargo test' (e.g.
-# --locked, or a test name filter).
+# (unit tests and the end-to-end tests that start the real binaries), the server's
+# integration suite a second time on PostgreSQL, then the independent Python client
+# written from docs/api.md. Extra arguments go to 'cargo test' (e.g. --locked, or a test
+# name filter).
+#
+# A throwaway PostgreSQL (scripts/pg-throwaway.sh: Debian's postgresql package, a cluster
+# in a temp dir on a free port) serves the PostgreSQL engine's tests and is stopped and
+# deleted at the end, even when a test fails. Without PostgreSQL the run fails.
 #
 # Python parts run in a private venv (target/pyenv) holding pytest and the official MCP
 # Python SDK, which the end-to-end tests drive the daemon with (and compare the managed
@@ -29,11 +34,21 @@ if [ ! -x target/npm/node_modules/.bin/mcp-inspector ]; then
   (cd target/npm && npm install --no-audit --no-fund --silent @modelcontextprotocol/inspector@2.12.0)
 fi
 
+echo "== throwaway PostgreSQL (scripts/pg-throwaway.sh)" >&2
+pg_env=$(bash scripts/pg-throwaway.sh)
+eval "$pg_env"
+trap 'bash scripts/pg-throwaway.sh stop "$AGENTKEYS_TEST_PG_DIR"' EXIT
+echo "listening at ${AGENTKEYS_TEST_DATABASE_URL#*@}" >&2
+
 echo "== Python managed runtime (pytest)" >&2
 (cd clients/python && PYTHONDONTWRITEBYTECODE=1 "$AGENTKEYS_TEST_PYTHON" -m pytest -q -rs -p no:cacheprovider tests)
 
 echo "== Rust workspace (cargo test --workspace)" >&2
 cargo test --workspace "$@"
+
+echo "== the server's integration suite again, on PostgreSQL" >&2
+# (the replica suites always run on PostgreSQL: once is enough)
+AGENTKEYS_TEST_ENGINE=postgres cargo test -p agentkeys-server --test server "$@" -- --skip replicas
 
 # Written from docs/api.md alone, against the server binary cargo just built: proves the
 # document is enough to write a client.

@@ -12,5 +12,6 @@ mod server {
     pub mod common;
     mod e2e;
     mod mitm;
+    mod replicas;
     mod store;
 }

@@ -255,33 +255,22 @@ async fn a_tampered_audit_row_is_named_by_verify() {
             .unwrap();
     }
     assert!(m.verify_audit().await.unwrap().ok);
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite:{}",
-        ts.dir.path().join("agentkeys.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("UPDATE audit SET detail = 'forged' WHERE seq = 3")
-        .execute(&db)
-        .await
-        .unwrap();
+    execute_sql(
+        &ts.database,
+        "UPDATE audit SET detail = 'forged' WHERE seq = 3",
+    )
+    .await;
     let v = m.verify_audit().await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_broken_seq, Some(3));
     assert!(v.reason.unwrap().contains("content"));
     // Deleting a row is caught as a gap.
-    sqlx::query("UPDATE audit SET detail = NULL WHERE seq = 3")
-        .execute(&db)
-        .await
-        .unwrap();
+    execute_sql(&ts.database, "UPDATE audit SET detail = NULL WHERE seq = 3").await;
     assert!(
         m.verify_audit().await.unwrap().ok,
         "restoring the row restores the chain"
     );
-    sqlx::query("DELETE FROM audit WHERE seq = 4")
-        .execute(&db)
-        .await
-        .unwrap();
+    execute_sql(&ts.database, "DELETE FROM audit WHERE seq = 4").await;
     let v = m.verify_audit().await.unwrap();
     assert_eq!(v.first_broken_seq, Some(5));
 }

@@ -44,8 +44,21 @@ impl Proc {
         ])
         .args(extra_args)
         .env_remove("AGENTKEYS_SERVER_KEYS")
+        .env_remove("AGENTKEYS_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+        // One database per data dir, so a restart on the same dir finds its data (and
+        // replicas are data dirs given the same database).
+        let marker = data_dir.join("test-database-url");
+        if super::common::postgres_engine() || marker.exists() {
+            std::fs::create_dir_all(data_dir).unwrap();
+            let url = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+                let url = super::common::fresh_database_blocking();
+                std::fs::write(&marker, &url).unwrap();
+                url
+            });
+            cmd.args(["--database", &url]);
+        }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -222,9 +235,27 @@ async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
     server.kill9();
     let token = grant.token.expose_secret().as_bytes().to_vec();
     let mut scanned = 0;
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
+    // The data dir, and on PostgreSQL the database's own files, the WAL and the server log.
+    let mut files = Vec::new();
+    walk(dir.path(), &mut files);
+    if super::common::postgres_engine() {
+        let url = std::fs::read_to_string(dir.path().join("test-database-url")).unwrap();
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        let oid: i64 = sqlx::query_scalar(
+            "SELECT oid::bigint FROM pg_database WHERE datname = current_database()",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let cluster = std::path::PathBuf::from(std::env::var("AGENTKEYS_TEST_PG_DIR").unwrap());
+        walk(&cluster.join(format!("data/base/{oid}")), &mut files);
+        walk(&cluster.join("data/pg_wal"), &mut files);
+        files.push(cluster.join("server.log"));
+    }
+    for path in files {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue; // a file PostgreSQL removed meanwhile
+        };
         scanned += bytes.len();
         assert_eq!(
             count(&bytes, secret.as_bytes()),
@@ -251,6 +282,18 @@ async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
         "canary found in the log"
     );
     assert_eq!(count(log.as_bytes(), &token), 0, "token found in the log");
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk(&path, out),
+            Ok(t) if t.is_file() => out.push(path),
+            _ => {}
+        }
+    }
 }
 
 #[test]
@@ -464,4 +507,198 @@ fn the_server_is_not_dumpable_so_its_own_uid_cannot_read_it() {
     // A non-dumpable process's /proc files belong to root, whatever uid it runs as: a
     // process of the server's own uid cannot read its memory or environment.
     assert_eq!(environ.unwrap().uid(), 0, "the server is dumpable");
+}
+
+/// Runs `pg_ctl` on `pg`'s cluster, as its owner.
+fn pg_ctl(pg: &super::common::OwnPostgres, args: &[&str]) {
+    let ctl = format!("{}/pg_ctl", pg.bin);
+    let data = format!("{}/data", pg.dir);
+    let log = format!("{}/server.log", pg.dir);
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            &ctl,
+        ]);
+        c
+    } else {
+        Command::new(&ctl)
+    };
+    // The log file keeps the restarted server off this pipe (which it would hold open).
+    let out = cmd
+        .args(["-D", &data, "-l", &log, "-w", "-t", "60"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the load saw: acknowledged writes and reads, and every error with when and where.
+#[derive(Default)]
+struct Ledger {
+    written: Vec<(String, String)>,
+    read: Vec<String>,
+    errors: Vec<(usize, Instant, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_lose_nothing_acknowledged_through_kill_9_and_a_database_restart() {
+    use base64::Engine as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // A cluster of its own: the restart below must not hit the other tests' databases.
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(super::common::OwnPostgres::start)
+            .await
+            .unwrap(),
+    );
+    let url = pg.url.clone();
+    // Three replicas: one database, the same keys (from the environment), each its own dir.
+    let first = tempfile::tempdir().unwrap();
+    std::fs::write(first.path().join("test-database-url"), &url).unwrap();
+    drop(Proc::start(first.path(), &[]));
+    let keys = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(first.path().join("server.key")).unwrap());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut procs: Vec<Proc> = dirs
+        .iter()
+        .map(|d| {
+            std::fs::write(d.path().join("test-database-url"), &url).unwrap();
+            Proc::start(d.path(), &[("AGENTKEYS_SERVER_KEYS", &keys)])
+        })
+        .collect();
+    let (_, grant) = procs[0].master("replicas").await;
+    let mut clients = Vec::new();
+    for p in &procs {
+        clients.push(Arc::new(
+            super::common::client_with(&p.url, &grant.token).await,
+        ));
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    // Two clients per replica, each writing new names and reading each back.
+    for t in 0..6 {
+        let (client, ledger, stop) = (clients[t % 3].clone(), ledger.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let (name, value) = (format!("w-{t}-{i}"), format!("v-{t}-{i}"));
+                let err = match client
+                    .store_credential(None, &svc(&name), value.as_bytes(), None)
+                    .await
+                {
+                    Ok(_) => {
+                        ledger.lock().unwrap().written.push((name.clone(), value));
+                        match client.read_credential(None, &svc(&name)).await {
+                            Ok(_) => {
+                                ledger.lock().unwrap().read.push(name);
+                                continue;
+                            }
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                };
+                ledger
+                    .lock()
+                    .unwrap()
+                    .errors
+                    .push((t % 3, Instant::now(), err));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_2 = Instant::now();
+    procs[2].kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_1 = Instant::now();
+    procs[1].kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restart = Instant::now();
+    let restarting = pg.clone();
+    tokio::task::spawn_blocking(move || pg_ctl(&restarting, &["-m", "immediate", "restart"]))
+        .await
+        .unwrap();
+    let restarted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    let errors_on = |r: usize| ledger.errors.iter().filter(|e| e.0 == r).count();
+    eprintln!(
+        "load over 3 replicas: {} writes and {} reads acknowledged; errors on the survivor {}, \
+         on the killed ones {} and {}; the database restart took {:?}",
+        ledger.written.len(),
+        ledger.read.len(),
+        errors_on(0),
+        errors_on(1),
+        errors_on(2),
+        restarted - restart
+    );
+    // The survivor served before and after the restart.
+    let before = ledger
+        .written
+        .iter()
+        .filter(|(n, _)| n.starts_with("w-0-") || n.starts_with("w-3-"))
+        .count();
+    assert!(before > 10, "the survivor served only {before} writes");
+    // Errors: on a killed replica only from its kill on; on the survivor only while the
+    // database restarted (and its pool reconnected).
+    for (replica, at, e) in &ledger.errors {
+        let allowed_from = match replica {
+            2 => killed_2,
+            1 => killed_1,
+            _ => restart,
+        };
+        let in_window =
+            *at >= allowed_from && (*replica != 0 || *at <= restarted + Duration::from_secs(2));
+        assert!(in_window, "replica {replica}: unexpected error {e}");
+    }
+    // Every acknowledged write reads back, through the survivor.
+    let check = &clients[0];
+    for (name, value) in &ledger.written {
+        let got = check.read_credential(None, &svc(name)).await.unwrap();
+        assert_eq!(got.page.expose_secret(), value.as_bytes(), "{name}");
+    }
+    // Every acknowledged read is in the audit, and the chain verifies.
+    let store = agentkeys_server::store::postgres::PgStore::connect(&url)
+        .await
+        .unwrap();
+    let mut audited = std::collections::HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = agentkeys_server::store::Store::audit_page(&store, after, 1000)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for row in page {
+            if row.event.action == "credential.read" {
+                audited.insert(row.event.service.unwrap_or_default());
+            }
+        }
+    }
+    for name in &ledger.read {
+        assert!(
+            audited.contains(name),
+            "read of {name} acknowledged, not audited"
+        );
+    }
+    let v = check.verify_audit().await.unwrap();
+    assert!(v.ok, "{v:?}");
+    drop(procs);
+    drop(store);
 }

@@ -1,5 +1,5 @@
 //! The storage suite, written once against the `Store` trait and instantiated per engine
-//! (STYLE habit 12). PostgreSQL joins with one more `engine!` line when it is wired in.
+//! (STYLE habit 12): SQLite, and PostgreSQL on the throwaway server scripts/test.sh starts.
 
 use std::sync::Arc;
 
@@ -419,4 +419,14 @@ macro_rules! engine {
 engine!(sqlite, |dir: &std::path::Path| {
     let path = dir.join("agentkeys.db");
     async move { agentkeys_server::SqliteStore::open(&path).await.unwrap() }
+});
+
+// A fresh database per case on the throwaway PostgreSQL scripts/test.sh starts; without
+// one these fail (the engine is tested on every run, never skipped).
+engine!(postgres, |_: &std::path::Path| async {
+    agentkeys_server::store::postgres::PgStore::connect(
+        &crate::server::common::fresh_database().await,
+    )
+    .await
+    .unwrap()
 });

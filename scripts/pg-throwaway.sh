@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL for the PostgreSQL engine's tests and prints the lines to
+# eval: AGENTKEYS_TEST_DATABASE_URL (a superuser URL on 127.0.0.1, a free port) and
+# AGENTKEYS_TEST_PG_DIR. 'pg-throwaway.sh stop DIR' stops it and deletes DIR.
+#
+# Debian's postgresql package (.ci/run installs it); initdb refuses root, so as root the
+# cluster belongs to 'nobody'. It fails, never skips, when PostgreSQL cannot start.
+set -euo pipefail
+
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+  echo "error: no PostgreSQL server binaries under /usr/lib/postgresql/*/bin" >&2
+  echo "hint: apt-get install postgresql (the PostgreSQL engine's tests need a throwaway server)" >&2
+  exit 1
+fi
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"; else "$@"; fi
+}
+
+if [ "${1:-}" = stop ]; then
+  dir=${2:?usage: pg-throwaway.sh stop DIR}
+  as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -rf "$dir"
+  exit 0
+fi
+
+dir=$(mktemp -d /tmp/agentkeys-pg.XXXXXX)
+chmod 0700 "$dir"
+[ "$(id -u)" = 0 ] && chown nobody:nogroup "$dir"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+if ! as_owner "$bin/initdb" -D "$dir/data" -U agentkeys --auth=trust -E UTF8 --no-instructions >"$dir/initdb.log" 2>&1; then
+  cat "$dir/initdb.log" >&2
+  echo "error: initdb failed" >&2
+  exit 1
+fi
+# fsync off: a throwaway cluster need not survive the machine crashing; commits are still
+# synchronous, so a PostgreSQL restart keeps every acknowledged write.
+if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null; then
+  cat "$dir/server.log" >&2
+  echo "error: PostgreSQL did not start" >&2
+  exit 1
+fi
+echo "export AGENTKEYS_TEST_DATABASE_URL=postgres://agentkeys@127.0.0.1:$port/postgres"
+echo "export AGENTKEYS_TEST_PG_DIR=$dir"
+echo "export AGENTKEYS_TEST_PG_BIN=$bin"
