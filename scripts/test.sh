@@ -47,8 +47,8 @@ echo "== Rust workspace (cargo test --workspace)" >&2
 cargo test --workspace "$@"
 
 echo "== the server's integration suite again, on PostgreSQL" >&2
-# (the replica suites always run on PostgreSQL: once is enough)
-AGENTKEYS_TEST_ENGINE=postgres cargo test -p agentkeys-server --test server "$@" -- --skip replicas
+# (the replica and tool suites pick their engines themselves: once is enough)
+AGENTKEYS_TEST_ENGINE=postgres cargo test -p agentkeys-server --test server "$@" -- --skip replicas --skip tools
 
 # Written from docs/api.md alone, against the server binary cargo just built: proves the
 # document is enough to write a client.

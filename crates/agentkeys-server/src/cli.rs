@@ -13,7 +13,11 @@ use clap::Parser;
     version,
     after_help = "Examples:\n  agentkeys-server --dev\n  agentkeys-server --data-dir /var/lib/agentkeys --listen 0.0.0.0:8090 --auth tokens /etc/agentkeys/enrol.txt\n  AGENTKEYS_DATABASE_URL=postgres://agentkeys@db.internal/agentkeys agentkeys-server --auth tokens /etc/agentkeys/enrol.txt\n\nLogs go to stderr; set RUST_LOG=debug for more."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
+    /// A maintenance command instead of serving
+    #[command(subcommand)]
+    pub(crate) command: Option<Tool>,
     /// Where the SQLite file and the 0600 key file live [default: $XDG_DATA_HOME/agentkeys-server]
     #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
@@ -58,6 +62,65 @@ pub(crate) struct Args {
     /// How long a pair or recover code stays valid (DESIGN decision 4: 60 s)
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) pair_ttl: i64,
+}
+
+/// Maintenance commands: each runs, prints what it did, and exits.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Tool {
+    /// Copy a single-node SQLite deployment into an empty PostgreSQL database, the audit
+    /// chain with it, and verify the copy's chain
+    #[command(
+        after_help = "Example:\n  agentkeys-server migrate --from sqlite:/var/lib/agentkeys/agentkeys.db --to postgres://agentkeys@db.internal/agentkeys\n\nStop the SQLite server first (rows written meanwhile would not be copied). The replicas\nthen need the same keys as the single node: AGENTKEYS_SERVER_KEYS=\"$(base64 -w0 server.key)\"."
+    )]
+    Migrate {
+        /// The SQLite database: sqlite:PATH
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The PostgreSQL database, empty (its schema is created): postgres://USER@HOST/DB
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// An online, consistent copy of the SQLite database (the server may keep serving);
+    /// the copy is written 0600 and its audit chain verified
+    #[command(
+        after_help = "Example:\n  agentkeys-server backup --database sqlite:/var/lib/agentkeys/agentkeys.db --to /backups/agentkeys-$(date +%F).db\n\nThe keys are not in the database: back up server.key (or AGENTKEYS_SERVER_KEYS) separately.\nOn PostgreSQL use pg_dump -Fc or pg_basebackup (docs/operations.md)."
+    )]
+    Backup {
+        /// The database to copy [default: sqlite:DATA_DIR/agentkeys.db]
+        #[arg(
+            long,
+            env = "AGENTKEYS_DATABASE_URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        database: Option<String>,
+        /// Where the SQLite data dir is, when --database is not given
+        #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The file to write (must not exist)
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Recompute a database's whole audit chain and report the first broken link
+    #[command(
+        after_help = "Example:\n  agentkeys-server verify --database postgres://agentkeys@db.internal/agentkeys --json"
+    )]
+    Verify {
+        /// The database [default: sqlite:DATA_DIR/agentkeys.db]
+        #[arg(
+            long,
+            env = "AGENTKEYS_DATABASE_URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        database: Option<String>,
+        /// Where the SQLite data dir is, when --database is not given
+        #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses `90`, `90s`, `15m`, `12h`, `30d` into seconds.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod tools;
 
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,11 @@ fn main() -> ExitCode {
         )
         .init();
     agentkeys_secmem::process::quiet_panics("agentkeys-server");
-    let plan = match cli::Args::parse().plan() {
+    let mut args = cli::Args::parse();
+    if let Some(tool) = args.command.take() {
+        return tools::run(tool);
+    }
+    let plan = match args.plan() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: BAD_REQUEST: {e}\nhint: see agentkeys-server --help");
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))

@@ -14,4 +14,5 @@ mod server {
     mod mitm;
     mod replicas;
     mod store;
+    mod tools;
 }

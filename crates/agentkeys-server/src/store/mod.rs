@@ -7,6 +7,7 @@
 //! partial writes. Conditional updates (`WHERE status = 'pending'`) make single-use
 //! requests and grants race-free across connections.
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 
@@ -31,6 +32,9 @@ pub enum StoreError {
     /// A stored value could not be decoded (corruption or a newer schema).
     #[error("corrupt row: {0}")]
     Corrupt(&'static str),
+    /// A file beside the database (a backup) could not be written.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// Result alias for storage calls.

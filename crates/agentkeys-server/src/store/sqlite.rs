@@ -65,6 +65,11 @@ impl SqliteStore {
         })
     }
 
+    /// The read-only pool (copies and backups read through it).
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
     /// Opens a database given as a `sqlite:` URL or a plain path.
     pub async fn open_url(url: &str) -> StoreResult<Self> {
         let path = url

@@ -45,6 +45,23 @@ impl TestServer {
         Self::serve(store, database, keys, dir, config).await
     }
 
+    /// A server on SQLite whatever the suite's engine (the single node tools copy from).
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("sqlite:{}", dir.path().join("agentkeys.db").display());
+        let store = AnyStore::open(&database).await.unwrap();
+        let keys = ServerKeys::load_or_create(dir.path()).unwrap();
+        Self::serve(store, database, keys, dir, Config::default()).await
+    }
+
+    /// A server on `database` with the keys in `keys_dir` (a copy's new home).
+    pub async fn on(database: &str, keys_dir: &std::path::Path) -> Self {
+        let store = AnyStore::open(database).await.unwrap();
+        let keys = ServerKeys::load_or_create(keys_dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        Self::serve(store, database.to_owned(), keys, dir, Config::default()).await
+    }
+
     /// `n` servers on one fresh PostgreSQL database, with the same keys: replicas, each
     /// with its own connection pool, long-poll wake-ups and audit writer.
     pub async fn replicas(n: usize, config: Config) -> Vec<Self> {
