@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL for the PostgreSQL engine's tests and prints the lines to
-# eval: AGENTKEYS_TEST_DATABASE_URL (a superuser URL on 127.0.0.1, a free port) and
-# AGENTKEYS_TEST_PG_DIR. 'pg-throwaway.sh stop DIR' stops it and deletes DIR.
+# eval: AGENTKEYS_TEST_DATABASE_URL (a superuser URL on 127.0.0.1, a free port),
+# AGENTKEYS_TEST_PG_DIR, AGENTKEYS_TEST_PG_BIN, and AGENTKEYS_TEST_PG_CA (the CA of the
+# server's TLS certificate, for sslmode=verify-full). 'pg-throwaway.sh stop DIR' stops it
+# and deletes DIR.
 #
 # Debian's postgresql package (.ci/run installs it); initdb refuses root, so as root the
 # cluster belongs to 'nobody'. It fails, never skips, when PostgreSQL cannot start.
@@ -33,10 +35,24 @@ if ! as_owner "$bin/initdb" -D "$dir/data" -U agentkeys --auth=trust -E UTF8 --n
   echo "error: initdb failed" >&2
   exit 1
 fi
+# TLS with a certificate for 127.0.0.1 from a CA of this cluster's own.
+(
+  cd "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=agentkeys test PostgreSQL CA" -keyout ca.key -out ca.crt 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile san.ext -out server.crt 2>/dev/null
+  chmod 0600 server.key
+  [ "$(id -u)" = 0 ] && chown nobody:nogroup server.key server.crt
+  rm -f ca.key server.csr san.ext ca.srl
+) || { echo "error: cannot make the test cluster's TLS certificate (openssl)" >&2; exit 1; }
 # fsync off: a throwaway cluster need not survive the machine crashing; commits are still
 # synchronous, so a PostgreSQL restart keeps every acknowledged write.
 if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null; then
+  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" start >/dev/null; then
   cat "$dir/server.log" >&2
   echo "error: PostgreSQL did not start" >&2
   exit 1
@@ -44,3 +60,4 @@ fi
 echo "export AGENTKEYS_TEST_DATABASE_URL=postgres://agentkeys@127.0.0.1:$port/postgres"
 echo "export AGENTKEYS_TEST_PG_DIR=$dir"
 echo "export AGENTKEYS_TEST_PG_BIN=$bin"
+echo "export AGENTKEYS_TEST_PG_CA=$dir/ca.crt"

@@ -702,3 +702,52 @@ async fn replicas_lose_nothing_acknowledged_through_kill_9_and_a_database_restar
     drop(procs);
     drop(store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reaches_postgres_over_verified_tls_or_not_at_all() {
+    let ca = std::env::var("AGENTKEYS_TEST_PG_CA").expect("AGENTKEYS_TEST_PG_CA (scripts/test.sh)");
+    let plain = super::common::fresh_database().await;
+    // The cluster's own CA, the name checked: the server comes up, and its connections
+    // are TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!("{plain}?sslmode=verify-full&sslrootcert={ca}");
+    std::fs::write(dir.path().join("test-database-url"), &tls).unwrap();
+    let server = Proc::start(dir.path(), &[]);
+    let (client, _) = server.master("tls").await;
+    client
+        .store_credential(None, &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    let db = sqlx::PgPool::connect(&plain).await.unwrap();
+    let (all, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s ON s.pid = a.pid \
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(
+        all > 0 && encrypted == all,
+        "{encrypted} of {all} connections use TLS"
+    );
+    drop(server);
+    // A CA that did not sign the server's certificate: no connection, a clear error.
+    let wrong = tempfile::tempdir().unwrap();
+    let url = format!("{plain}?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt");
+    let out = Command::new(BIN)
+        .args([
+            "--auth",
+            "dev",
+            "--data-dir",
+            wrong.path().to_str().unwrap(),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--database", &url])
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("opening the database"), "{err}");
+    assert!(!err.contains("sslrootcert"), "the URL is not echoed: {err}");
+}
