@@ -36,6 +36,7 @@ pub mod launch;
 mod page;
 pub mod pkey;
 pub mod process;
+pub mod stack;
 mod sys;
 
 pub use bytes::{SecretBytes, SecretString};

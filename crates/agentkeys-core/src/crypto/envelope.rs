@@ -94,6 +94,11 @@ pub struct Envelope {
 ///
 /// Errors: [`CryptoError::TooLarge`] above [`super::MAX_PLAINTEXT_LEN`].
 pub fn encrypt(kek: &Kek, aad: &[u8], plaintext: &[u8]) -> Result<Envelope, CryptoError> {
+    agentkeys_secmem::stack::scrubbed(|| encrypt_unscrubbed(kek, aad, plaintext))
+}
+
+/// The body of [`encrypt`], whose stack the caller scrubs.
+fn encrypt_unscrubbed(kek: &Kek, aad: &[u8], plaintext: &[u8]) -> Result<Envelope, CryptoError> {
     check_len(plaintext.len())?;
     let dek = SecretBytes::random(KEY_LEN);
     let dek_key: &[u8; KEY_LEN] = dek
@@ -113,6 +118,15 @@ pub fn encrypt(kek: &Kek, aad: &[u8], plaintext: &[u8]) -> Result<Envelope, Cryp
 /// Errors: [`CryptoError::Open`] for a wrong KEK or `aad`, or any modified byte in either
 /// part; [`CryptoError::Memory`] if no secret page could be allocated.
 pub fn decrypt_into_page(kek: &Kek, aad: &[u8], env: &Envelope) -> Result<SecretPage, CryptoError> {
+    agentkeys_secmem::stack::scrubbed(|| decrypt_into_page_unscrubbed(kek, aad, env))
+}
+
+/// The body of [`decrypt_into_page`], whose stack the caller scrubs.
+fn decrypt_into_page_unscrubbed(
+    kek: &Kek,
+    aad: &[u8],
+    env: &Envelope,
+) -> Result<SecretPage, CryptoError> {
     if env.wrapped_dek.len() != WRAPPED_DEK_LEN {
         return Err(CryptoError::Open);
     }

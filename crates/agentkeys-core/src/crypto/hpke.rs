@@ -69,7 +69,8 @@ impl HpkeKeyPair {
     }
 
     fn from_page(private: SecretPage) -> Result<Self, CryptoError> {
-        let public = Kem::sk_to_pk(&Self::key(&private)?);
+        let public =
+            agentkeys_secmem::stack::scrubbed(|| Self::key(&private).map(|k| Kem::sk_to_pk(&k)))?;
         Ok(Self { private, public })
     }
 
@@ -119,6 +120,16 @@ pub fn seal(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
+    agentkeys_secmem::stack::scrubbed(|| seal_unscrubbed(recipient_public, info, aad, plaintext))
+}
+
+/// The body of [`seal`], whose stack the caller scrubs.
+fn seal_unscrubbed(
+    recipient_public: &[u8; PUBLIC_KEY_LEN],
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     check_len(plaintext.len())?;
     let public = PublicKey::from_bytes(recipient_public).map_err(|_| CryptoError::BadKey)?;
 
@@ -153,6 +164,16 @@ pub fn seal(
 /// truncation, tampering); [`CryptoError::TooLarge`] above [`super::MAX_PLAINTEXT_LEN`];
 /// [`CryptoError::Memory`] if no secret page could be allocated.
 pub fn open_into_page(
+    recipient: &HpkeKeyPair,
+    info: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<SecretPage, CryptoError> {
+    agentkeys_secmem::stack::scrubbed(|| open_into_page_unscrubbed(recipient, info, aad, sealed))
+}
+
+/// The body of [`open_into_page`], whose stack the caller scrubs.
+fn open_into_page_unscrubbed(
     recipient: &HpkeKeyPair,
     info: &[u8],
     aad: &[u8],

@@ -44,7 +44,11 @@ impl SigningKeyPair {
     }
 
     fn from_page(seed: SecretPage) -> Result<Self, CryptoError> {
-        let public = Self::key(&seed)?.verifying_key().to_bytes();
+        // The expanded key's copies on the stack are overwritten before this returns
+        // (agentkeys_secmem::stack).
+        let public = agentkeys_secmem::stack::scrubbed(|| {
+            Self::key(&seed).map(|k| k.verifying_key().to_bytes())
+        })?;
         Ok(Self { seed, public })
     }
 
@@ -68,9 +72,11 @@ impl SigningKeyPair {
 
     /// Signs `msg` (PureEd25519, deterministic).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        let key = Self::key(&self.seed)
-            .expect("invariant: the seed page holds the 32 bytes from_page checked");
-        key.sign(msg).to_bytes()
+        agentkeys_secmem::stack::scrubbed(|| {
+            let key = Self::key(&self.seed)
+                .expect("invariant: the seed page holds the 32 bytes from_page checked");
+            key.sign(msg).to_bytes()
+        })
     }
 }
 
