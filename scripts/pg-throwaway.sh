@@ -49,10 +49,21 @@ fi
   [ "$(id -u)" = 0 ] && chown nobody:nogroup server.key server.crt
   rm -f ca.key server.csr san.ext ca.srl
 ) || { echo "error: cannot make the test cluster's TLS certificate (openssl)" >&2; exit 1; }
-# fsync off: a throwaway cluster need not survive the machine crashing; commits are still
-# synchronous, so a PostgreSQL restart keeps every acknowledged write.
-if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" start >/dev/null; then
+# The settings go into the cluster's own config, so a test that stops and starts it gets
+# the same server back. fsync off: a throwaway cluster need not survive the machine
+# crashing; commits are still synchronous, so a PostgreSQL restart keeps every
+# acknowledged write.
+cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 300
+fsync = off
+ssl = on
+ssl_cert_file = '$dir/server.crt'
+ssl_key_file = '$dir/server.key'
+CONF
+if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null; then
   cat "$dir/server.log" >&2
   echo "error: PostgreSQL did not start" >&2
   exit 1

@@ -59,9 +59,27 @@ pub(crate) struct Args {
     /// Burst of reads allowed per session before the rate applies
     #[arg(long, default_value_t = 100.0)]
     pub(crate) read_burst: f64,
+    /// Log lines as text, or as one JSON object per line (for log shippers)
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "AGENTKEYS_LOG_FORMAT",
+        global = true
+    )]
+    pub(crate) log_format: LogFormat,
     /// How long a pair or recover code stays valid (DESIGN decision 4: 60 s)
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) pair_ttl: i64,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Maintenance commands: each runs, prints what it did, and exits.

@@ -25,16 +25,24 @@ use std::sync::Arc;
 pub use state::{AppState, AuthMode, Config};
 pub use store::sqlite::SqliteStore;
 
-/// Serves the API on an already-bound listener until `shutdown` resolves. Binding first
-/// lets callers (tests, `--dev`) know the address before the first request.
+/// Serves the API on an already-bound listener until `shutdown` resolves, then stops
+/// gracefully. Binding first lets callers (tests, `--dev`) know the address before the
+/// first request.
 pub async fn serve<S: store::Store>(
     listener: tokio::net::TcpListener,
     state: Arc<AppState<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Connect info gives handlers the client address (per-address rate limits).
-    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app =
+        http::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Graceful: stop accepting, answer the long-polls at once, let requests in flight
+    // finish (each waits for its audit batch to commit), then return.
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("stopping: answering long-polls, finishing requests in flight");
+            state.stop();
+        })
         .await
 }

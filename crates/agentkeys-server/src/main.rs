@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agentkeys_server::store::AnyStore;
+use agentkeys_server::store::{AnyStore, Store as _};
 use agentkeys_server::{AppState, AuthMode, keys, keys::ServerKeys};
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -22,17 +22,20 @@ static ALLOCATOR: zeroizing_alloc::ZeroAlloc<mimalloc::MiMalloc> =
     zeroizing_alloc::ZeroAlloc(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info")
-            }),
-        )
-        .init();
-    agentkeys_secmem::process::quiet_panics("agentkeys-server");
     let mut args = cli::Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if args.log_format == cli::LogFormat::Json {
+        // One JSON object per line, for log shippers; the fields are the text format's.
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    agentkeys_secmem::process::quiet_panics("agentkeys-server");
     if let Some(tool) = args.command.take() {
         return tools::run(tool);
     }

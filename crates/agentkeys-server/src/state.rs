@@ -259,6 +259,8 @@ pub struct AppState<S: Store> {
     pub clock: Clock,
     /// Precomputed `GET /v1/server-info`.
     pub info: ServerInfo,
+    /// Set when shutdown begins: long-polls answer at once, `/v1/ready` says 503.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Store> AppState<S> {
@@ -294,7 +296,20 @@ impl<S: Store> AppState<S> {
             refused_enrolments: RefusalTally::default(),
             clock: Clock::default(),
             info,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Begins shutdown: waiting long-polls answer with what they find, new ones do not
+    /// wait, and `/v1/ready` answers 503 so load balancers move traffic away.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.decisions.notify_waiters();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 }
 

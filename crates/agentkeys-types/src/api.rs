@@ -186,6 +186,18 @@ pub struct Health {
     pub version: String,
 }
 
+/// `GET /v1/ready`: the server can serve (its database answers, with every migration of
+/// this version applied). A server that is not ready answers 503 with the error body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Always `"ready"` in a 200 answer.
+    pub status: String,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+    /// Migrations applied.
+    pub migrations: u32,
+}
+
 /// `GET /v1/server-info`: what a client needs to seal to the server and verify it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {

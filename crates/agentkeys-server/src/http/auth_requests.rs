@@ -628,7 +628,10 @@ pub(super) async fn decision<S: Store>(
         })?;
         let status = r.status_at(state.clock.now());
         let pending_until = r.expires_at;
-        if status != AuthStatus::Pending || tokio::time::Instant::now() >= deadline {
+        if status != AuthStatus::Pending
+            || tokio::time::Instant::now() >= deadline
+            || state.stopping()
+        {
             let sealed = match (status, r.kind) {
                 (AuthStatus::Approved, AuthKind::Pair | AuthKind::Recover) => {
                     r.sealed_session.as_deref().map(b64e)

@@ -32,6 +32,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     let limit = state.config.body_limit;
     Router::new()
         .route("/v1/health", get(meta::health))
+        .route("/v1/ready", get(meta::ready::<S>))
         .route("/v1/server-info", get(meta::server_info::<S>))
         .route("/v1/sessions", post(sessions::create::<S>))
         .route("/v1/session", get(sessions::current))

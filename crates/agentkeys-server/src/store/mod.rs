@@ -20,6 +20,15 @@ use tokio::sync::Notify;
 use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
 use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
 
+/// Checks that `applied` migrations cover the `known` ones of this build.
+fn migrations_cover(applied: i64, known: usize) -> StoreResult<u32> {
+    let applied = u32::try_from(applied).unwrap_or(0);
+    if (applied as usize) < known {
+        return Err(StoreError::Corrupt("migrations not applied"));
+    }
+    Ok(applied)
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -478,6 +487,13 @@ pub trait Store: Send + Sync + 'static {
         burst: f64,
     ) -> impl Future<Output = StoreResult<Result<(), Duration>>> + Send;
 
+    /// `sqlite` or `postgres`.
+    fn engine(&self) -> &'static str;
+
+    /// Whether the database answers with every migration this build knows applied;
+    /// returns how many are.
+    fn ready(&self) -> impl Future<Output = StoreResult<u32>> + Send;
+
     /// Arranges for `wake` to be notified when another server sharing this store decides
     /// an auth request, and returns how often long-polls must re-read anyway (a wake-up
     /// can be lost); `None` when no other server shares it.
@@ -507,14 +523,6 @@ impl AnyStore {
             Ok(AnyStore::Sqlite(sqlite::SqliteStore::open_url(url).await?))
         }
     }
-
-    /// `sqlite` or `postgres`.
-    pub fn engine(&self) -> &'static str {
-        match self {
-            AnyStore::Sqlite(_) => "sqlite",
-            AnyStore::Postgres(_) => "postgres",
-        }
-    }
 }
 
 /// Forwards each [`Store`] method to the engine inside.
@@ -529,6 +537,13 @@ macro_rules! forward {
                     }
                 }
             )*
+
+            fn engine(&self) -> &'static str {
+                match self {
+                    AnyStore::Sqlite(s) => s.engine(),
+                    AnyStore::Postgres(s) => s.engine(),
+                }
+            }
 
             fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
                 match self {
@@ -572,4 +587,5 @@ forward! {
     fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRow>>;
     fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>>;
     fn take_token(&self, key: &str, rate: f64, burst: f64) -> StoreResult<Result<(), Duration>>;
+    fn ready(&self) -> StoreResult<u32>;
 }

@@ -991,6 +991,21 @@ impl Store for PgStore {
         Ok(Err(Duration::from_secs_f64(missing / rate)))
     }
 
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ready(&self) -> StoreResult<u32> {
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        super::migrations_cover(
+            applied,
+            sqlx::migrate!("./migrations/postgres").migrations.len(),
+        )
+    }
+
     fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
         tokio::spawn(listen_for_decisions(
             self.pool.clone(),

@@ -940,4 +940,19 @@ impl Store for SqliteStore {
     ) -> StoreResult<Result<(), Duration>> {
         Ok(self.buckets.take(key, rate, burst))
     }
+
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ready(&self) -> StoreResult<u32> {
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.reader)
+                .await?;
+        super::migrations_cover(
+            applied,
+            sqlx::migrate!("./migrations/sqlite").migrations.len(),
+        )
+    }
 }

@@ -18,6 +18,30 @@ async fn health_and_server_info_answer_anonymously() {
 }
 
 #[tokio::test]
+async fn ready_names_the_engine_and_its_migrations() {
+    let ts = TestServer::start().await;
+    let r: serde_json::Value = ts
+        .raw()
+        .get(format!("{}/v1/ready", ts.url))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "ready");
+    let engine = if postgres_engine() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(r["database"], engine);
+    assert!(r["migrations"].as_u64().unwrap() >= 3, "{r}");
+}
+
+#[tokio::test]
 async fn a_master_session_is_created_and_describes_itself_without_its_token() {
     let ts = TestServer::start().await;
     let (m, info, token) = ts.master("enrol-1").await;

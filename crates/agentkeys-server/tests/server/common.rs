@@ -155,6 +155,8 @@ impl TestServer {
 
     /// A raw reqwest client for requests the typed client would never send.
     pub fn raw(&self) -> reqwest::Client {
+        // The typed client installs the process's TLS provider, which reqwest needs.
+        let _ = self.anon();
         reqwest::Client::new()
     }
 }

@@ -751,3 +751,132 @@ async fn the_server_reaches_postgres_over_verified_tls_or_not_at_all() {
     assert!(err.contains("opening the database"), "{err}");
     assert!(!err.contains("sslrootcert"), "the URL is not echoed: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_long_polls_at_once_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Proc::start(dir.path(), &[]);
+    let key = agentkeys_core::crypto::hpke::HpkeKeyPair::generate().unwrap();
+    let anon = HttpBackend::new(&server.url).unwrap();
+    let ticket = anon
+        .open_auth_request(&super::common::pair_request(&key, Some("shutdown")))
+        .await
+        .unwrap();
+    let id = ticket.id.clone();
+    let poller = HttpBackend::new(&server.url).unwrap();
+    let poll = tokio::spawn(async move { poller.decision(&id, 60).await });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the poll is waiting
+    let sent = Instant::now();
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let answered = poll.await.unwrap().unwrap();
+    let took = sent.elapsed();
+    assert_eq!(
+        answered.status,
+        agentkeys_types::api::AuthStatus::Pending,
+        "the poll answers with what it finds"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "a 60 s poll held the shutdown for {took:?}"
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("stopping"), "{log}");
+    eprintln!("SIGTERM to the answer of a waiting long-poll: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--auth",
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "debug")
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        seen.push(line);
+        if let Some(a) = v["listen"].as_str() {
+            break a.to_owned();
+        }
+    };
+    let url = format!("http://{addr}");
+    let (client, grant) = super::common::enrol_master(&url, "json-logs").await;
+    let secret = canary();
+    client
+        .store_credential(None, &svc("openai"), secret.as_bytes(), None)
+        .await
+        .unwrap();
+    client.read_credential(None, &svc("openai")).await.unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for line in lines {
+        let line = line.unwrap();
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        seen.push(line);
+    }
+    child.wait().unwrap();
+    let all = seen.join("\n");
+    assert!(
+        all.contains("credentials/read"),
+        "requests are logged:\n{all}"
+    );
+    assert_eq!(count(all.as_bytes(), secret.as_bytes()), 0);
+    assert_eq!(
+        count(all.as_bytes(), grant.token.expose_secret().as_bytes()),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_turns_503_while_the_database_is_down_and_back_after() {
+    let pg = Arc::new(
+        tokio::task::spawn_blocking(super::common::OwnPostgres::start)
+            .await
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("test-database-url"), &pg.url).unwrap();
+    let server = Proc::start(dir.path(), &[]);
+    let ready = |url: String| async move { reqwest::get(format!("{url}/v1/ready")).await.unwrap() };
+    assert_eq!(ready(server.url.clone()).await.status(), 200);
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || pg_ctl(&p, &["-m", "fast", "stop"]))
+        .await
+        .unwrap();
+    let down = ready(server.url.clone()).await;
+    assert_eq!(down.status(), 503);
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{body}"
+    );
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || pg_ctl(&p, &["start"]))
+        .await
+        .unwrap();
+    assert_eq!(ready(server.url.clone()).await.status(), 200);
+}
