@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod engines;
 mod proxy;
 mod setup;
 mod stats;
@@ -262,6 +263,8 @@ fn run(args: &Args) -> Result<Report, String> {
         String::new(),
         json!(stores),
     );
+
+    engines::run(&bins, &rt, sizes.secs, &mut report)?;
 
     let loaded_daemon = rss_kib(stack.daemon.id());
     let loaded_server = rss_kib(stack.server.pid());

@@ -32,6 +32,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     bin: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -62,13 +63,21 @@ impl Drop for TempDir {
 
 /// Starts `agentkeys-server` on `listen` with `--auth dev` and waits for its ready line;
 /// returns the child and the address it listens on.
-fn spawn_server(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+fn spawn_server(
+    bin: &Path,
+    data_dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> (Child, String) {
     let mut child = Command::new(bin)
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", listen, "--auth", "dev"])
         .args(extra)
         .env_remove("AGENTKEYS_SERVER_KEYS")
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -98,14 +107,25 @@ impl Server {
     /// Starts `server_bin` with `--auth dev` on a free port plus `extra` flags, and waits
     /// for its ready line.
     pub fn start(server_bin: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(server_bin, extra, &[])
+    }
+
+    /// [`Server::start`] with environment variables (`AGENTKEYS_SERVER_KEYS` for a replica
+    /// that must hold another's keys).
+    pub fn start_with_env(server_bin: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = TempDir::new("agentkeys-test-server");
-        let (child, addr) = spawn_server(server_bin, dir.path(), "127.0.0.1:0", extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, addr) = spawn_server(server_bin, dir.path(), "127.0.0.1:0", extra, &env);
         Server {
             child,
             url: format!("http://{addr}"),
             data_dir: dir.path().to_owned(),
             bin: server_bin.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env,
             _dir: dir,
         }
     }
@@ -116,7 +136,7 @@ impl Server {
         self.stop();
         let addr = self.url.trim_start_matches("http://").to_owned();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let (child, _) = spawn_server(&self.bin, &self.data_dir, &addr, &extra);
+        let (child, _) = spawn_server(&self.bin, &self.data_dir, &addr, &extra, &self.env);
         self.child = child;
     }
 
