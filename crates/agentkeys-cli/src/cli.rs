@@ -44,6 +44,10 @@ pub struct Args {
     /// Server URL, e.g. http://127.0.0.1:8090.
     #[arg(long, global = true, env = "AGENTKEYS_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// server, besides the system's
+    /// (a server with a private CA).
+    #[arg(long, global = true, env = "AGENTKEYS_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
     /// Print results (and errors, on stderr) as JSON.
     #[arg(long, global = true)]
     pub json: bool,

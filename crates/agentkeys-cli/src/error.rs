@@ -128,10 +128,21 @@ impl From<ClientError> for CliError {
                 exit: CliError::exit_for(code),
                 auth_request,
             },
-            ClientError::Transport { ref url, .. } => {
-                CliError::new("UNREACHABLE", exit::UNREACHABLE, e.to_string()).hint(format!(
-                    "check that agentkeys-server runs at {url} (or fix --server / AGENTKEYS_SERVER)"
-                ))
+            ClientError::Transport {
+                ref url,
+                ref reason,
+            } => {
+                let hint = if agentkeys_core::client::is_certificate_error(reason) {
+                    format!(
+                        "{url} presents a certificate this machine does not trust: if its CA \
+                         is private, pass --ca FILE (or set AGENTKEYS_CA) with that CA's PEM"
+                    )
+                } else {
+                    format!(
+                        "check that agentkeys-server runs at {url} (or fix --server / AGENTKEYS_SERVER)"
+                    )
+                };
+                CliError::new("UNREACHABLE", exit::UNREACHABLE, e.to_string()).hint(hint)
             }
             ClientError::NoSession => CliError::new("NO_SESSION", exit::AUTH, e.to_string())
                 .hint("run 'agentkeys init' first"),

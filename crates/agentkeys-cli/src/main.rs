@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     agentkeys_secmem::process::quiet_panics("agentkeys");
     let args = Args::parse();
     init_logging(args.verbose);
+    if let Some(ca) = &args.ca {
+        agentkeys_core::client::trust_ca(ca);
+    }
     for c in &hardening.checks {
         if let agentkeys_secmem::harden::Status::Failed(why) = &c.status {
             tracing::warn!("hardening: {} failed: {why}", c.name);

@@ -13,4 +13,5 @@ mod cli {
     mod hygiene;
     mod memory;
     mod session;
+    mod tls;
 }

@@ -246,6 +246,48 @@ impl std::fmt::Debug for HttpBackend {
     }
 }
 
+/// A private CA the clients of this process trust besides the system's roots
+/// ([`trust_ca`], else `AGENTKEYS_CA`).
+static EXTRA_CA: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every client this process creates trust the CA certificates in `pem_file` (a
+/// PEM bundle) besides the system's roots: the CLI's and the daemon's `--ca`. The first
+/// call wins.
+pub fn trust_ca(pem_file: &std::path::Path) {
+    let _ = EXTRA_CA.set(pem_file.to_owned());
+}
+
+fn extra_ca() -> Option<std::path::PathBuf> {
+    EXTRA_CA
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os("AGENTKEYS_CA").map(std::path::PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Whether a transport failure's reason is the server's certificate being refused (an
+/// unknown issuer, a name mismatch, an expired certificate), for a hint about `--ca`.
+pub fn is_certificate_error(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("certificate") || r.contains("unknownissuer")
+}
+
+/// The certificates of a PEM bundle, or why there are none.
+fn read_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read the CA file {} (--ca, AGENTKEYS_CA): {e}",
+            path.display()
+        )
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 impl HttpBackend {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8090`), without a session.
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
@@ -258,15 +300,18 @@ impl HttpBackend {
         }
         // reqwest is built without a default TLS provider; ring is the one we ship.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let transport = |reason: String| ClientError::Transport {
+            url: base.clone(),
+            reason,
+        };
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("agentkeys/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(90))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.clone(),
-                reason: e.to_string(),
-            })?;
+            .timeout(std::time::Duration::from_secs(90));
+        if let Some(path) = extra_ca() {
+            builder = builder.tls_certs_merge(read_ca(&path).map_err(transport)?);
+        }
+        let http = builder.build().map_err(|e| transport(e.to_string()))?;
         Ok(HttpBackend {
             base,
             http,
@@ -350,10 +395,21 @@ impl HttpBackend {
     }
 
     fn transport(&self, e: &reqwest::Error) -> ClientError {
-        // reqwest's Display names the URL only; the token travels in a header.
+        // reqwest's Display names the URL only; the token travels in a header. The causes
+        // say why (a refused certificate, a refused connection).
+        let mut reason = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !reason.contains(&text) {
+                reason.push_str(": ");
+                reason.push_str(&text);
+            }
+            cause = c.source();
+        }
         ClientError::Transport {
             url: self.base.clone(),
-            reason: e.to_string(),
+            reason,
         }
     }
 

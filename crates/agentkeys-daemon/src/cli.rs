@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// The server's Ed25519 signing key (base64) to pin, instead of trusting first contact.
     #[arg(long, value_name = "BASE64")]
     pub server_key: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// server, besides the system's.
+    #[arg(long, env = "AGENTKEYS_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// Also accept connections from this uid (repeatable). Default: only the daemon's uid.
     #[arg(long, value_name = "UID")]
     pub allow_uid: Vec<u32>,

@@ -131,6 +131,9 @@ async fn serve(
     report: HardeningReport,
 ) -> Result<(), DaemonError> {
     agentkeys_core::session_store::create_private_dir(home)?;
+    if let Some(ca) = &args.ca {
+        agentkeys_core::client::trust_ca(ca);
+    }
     let choice_raw = std::env::var("AGENTKEYS_SESSION_STORE").unwrap_or_default();
     let choice = StoreChoice::parse(&choice_raw).ok_or_else(|| {
         DaemonError::usage(format!(

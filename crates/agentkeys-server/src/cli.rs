@@ -11,7 +11,7 @@ use clap::Parser;
 #[command(
     name = "agentkeys-server",
     version,
-    after_help = "Examples:\n  agentkeys-server --dev\n  agentkeys-server --data-dir /var/lib/agentkeys --listen 0.0.0.0:8090 --auth tokens /etc/agentkeys/enrol.txt\n  AGENTKEYS_DATABASE_URL=postgres://agentkeys@db.internal/agentkeys agentkeys-server --auth tokens /etc/agentkeys/enrol.txt\n\nLogs go to stderr; set RUST_LOG=debug for more."
+    after_help = "Examples:\n  agentkeys-server --dev\n  agentkeys-server --data-dir /var/lib/agentkeys --listen 0.0.0.0:8090 --auth tokens /etc/agentkeys/enrol.txt\n  agentkeys-server --listen 0.0.0.0:8443 --tls-cert /etc/agentkeys/tls.crt --tls-key /etc/agentkeys/tls.key --auth tokens /etc/agentkeys/enrol.txt\n  AGENTKEYS_DATABASE_URL=postgres://agentkeys@db.internal/agentkeys agentkeys-server --auth tokens /etc/agentkeys/enrol.txt\n\nLogs go to stderr; set RUST_LOG=debug for more."
 )]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
@@ -31,6 +31,22 @@ pub(crate) struct Args {
         value_name = "URL"
     )]
     pub(crate) database: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); SIGHUP reloads both
+    #[arg(
+        long,
+        env = "AGENTKEYS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (keep it 0600)
+    #[arg(
+        long,
+        env = "AGENTKEYS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8090", env = "AGENTKEYS_LISTEN")]
     pub(crate) listen: SocketAddr,
@@ -171,6 +187,7 @@ pub(crate) enum AuthPlan {
 /// The validated plan.
 #[derive(Debug)]
 pub(crate) struct Plan {
+    pub(crate) tls: Option<agentkeys_server::tls::TlsFiles>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) database: Option<String>,
     pub(crate) listen: SocketAddr,
@@ -241,7 +258,12 @@ impl Args {
             enrol_rate: self.enrol_rate,
             ..Default::default()
         };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(agentkeys_server::tls::TlsFiles { cert, key }),
+            _ => None,
+        };
         Ok(Plan {
+            tls,
             data_dir: self.data_dir,
             database: self.database,
             listen: self.listen,

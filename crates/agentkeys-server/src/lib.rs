@@ -8,6 +8,7 @@
 //! - [`store`]: the [`store::Store`] trait and the SQLite engine; every SQL statement.
 //! - [`audit`]: the hash chain, its group-commit writer, and the verifier.
 //! - [`keys`]: the key file (KEK, shielding key, signing key).
+//! - [`tls`]: serving HTTPS itself, the certificate reloaded on SIGHUP.
 //!
 //! Start with `http/credentials.rs`: it is the hot path and shows every layer.
 
@@ -18,6 +19,7 @@ pub mod http;
 pub mod keys;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -125,6 +125,10 @@ async fn run(
         Some(raw) => ServerKeys::from_env_value(raw.expose_secret())?,
         None => ServerKeys::load_or_create(&data_dir)?,
     };
+    // A bad certificate or key fails the start, before anything else is opened.
+    if let Some(files) = &plan.tls {
+        agentkeys_server::tls::load(files).context("--tls-cert / --tls-key")?;
+    }
     let database = plan
         .database
         .clone()
@@ -136,8 +140,8 @@ async fn run(
         .await
         .with_context(|| format!("binding {}", plan.listen))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(listen = %addr, "serving plain HTTP beyond loopback: bearer tokens would cross the network in clear; put a TLS terminator in front (docs/operations.md)");
+    if !addr.ip().is_loopback() && plan.tls.is_none() {
+        tracing::warn!(listen = %addr, "serving plain HTTP beyond loopback: bearer tokens would cross the network in clear; give --tls-cert and --tls-key, or put a TLS terminator in front (docs/operations.md)");
     }
     if matches!(config.auth, AuthMode::Dev) && !plan.dev {
         tracing::warn!(
@@ -145,16 +149,22 @@ async fn run(
              is that master's only secret; use --auth tokens FILE outside development"
         );
     }
-    tracing::info!(listen = %addr, data_dir = %data_dir.display(), database = store.engine(), keys = %keys.source, "agentkeys-server ready");
+    let scheme = if plan.tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %addr, scheme, data_dir = %data_dir.display(), database = store.engine(), keys = %keys.source, "agentkeys-server ready");
     if plan.dev {
-        println!("export AGENTKEYS_SERVER=http://{addr}");
+        println!("export AGENTKEYS_SERVER={scheme}://{addr}");
         println!(
             "# development server; data in {} is deleted on exit",
             data_dir.display()
         );
     }
     let state = AppState::new(store, keys, config);
-    agentkeys_server::serve(listener, state, shutdown_signal()).await?;
+    match plan.tls {
+        Some(files) => {
+            agentkeys_server::tls::serve_tls(listener, state, files, shutdown_signal()).await?;
+        }
+        None => agentkeys_server::serve(listener, state, shutdown_signal()).await?,
+    }
     tracing::info!("agentkeys-server stopped");
     Ok(())
 }

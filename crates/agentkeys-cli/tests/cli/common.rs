@@ -101,6 +101,7 @@ impl Home {
             "AGENTKEYS_HOME",
             "AGENTKEYS_SESSION_STORE",
             "AGENTKEYS_AUTH_TOKEN",
+            "AGENTKEYS_CA",
         ] {
             c.env_remove(var);
         }

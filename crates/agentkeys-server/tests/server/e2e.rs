@@ -880,3 +880,205 @@ async fn ready_turns_503_while_the_database_is_down_and_back_after() {
         .unwrap();
     assert_eq!(ready(server.url.clone()).await.status(), 200);
 }
+
+/// A CA and leaves for 127.0.0.1 it signs, as PEM files.
+struct TestPki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca: std::path::PathBuf,
+}
+
+impl TestPki {
+    fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        TestPki {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+            ca,
+        }
+    }
+
+    /// A new leaf written over `name.crt` / `name.key` (0600); returns its DER.
+    fn leaf(&self, name: &str) -> Vec<u8> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let key_path = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(self.dir.path().join(format!("{name}.crt")), cert.pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// A TLS connection to `addr` trusting this CA only.
+    async fn connect(&self, addr: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+}
+
+fn presented(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// One keep-alive `GET /v1/health` on an open connection; the answer's status line.
+async fn health_on(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tls.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"status\":\"ok\"") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection was closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_and_a_certificate_reloaded_on_sighup() {
+    let pki = TestPki::new();
+    let first = pki.leaf("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Proc::start_with(
+        dir.path(),
+        &[],
+        &[
+            "--tls-cert",
+            &pki.path("tls.crt"),
+            "--tls-key",
+            &pki.path("tls.key"),
+        ],
+    );
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let https = format!("https://{addr}");
+    // The typed client, trusting the private CA as `--ca` / AGENTKEYS_CA make it.
+    agentkeys_core::client::trust_ca(&pki.ca);
+    let (client, _) = super::common::enrol_master(&https, "tls").await;
+    client
+        .store_credential(None, &svc("openai"), b"sk-over-tls", None)
+        .await
+        .unwrap();
+    let read = client.read_credential(None, &svc("openai")).await.unwrap();
+    assert_eq!(read.page.expose_secret(), b"sk-over-tls");
+    // Plain HTTP on the TLS port gets nothing.
+    assert!(
+        reqwest::get(format!("http://{addr}/v1/health"))
+            .await
+            .is_err()
+    );
+
+    // A connection opened before the reload.
+    let mut before = pki.connect(&addr).await;
+    assert_eq!(presented(&before), first);
+    assert!(health_on(&mut before).await.contains("200"));
+    let second = pki.leaf("tls"); // a new certificate and key over the same files
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh = pki.connect(&addr).await;
+        if presented(&fresh) == second {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The old connection was not dropped: it still answers, with the old certificate.
+    assert!(health_on(&mut before).await.contains("200"));
+    assert_eq!(presented(&before), first);
+
+    // A broken file on the next reload: the last good certificate stays.
+    std::fs::write(pki.path("tls.crt"), "not a certificate").unwrap();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log.lock().unwrap().contains("TLS reload failed") {
+        assert!(Instant::now() < deadline, "no reload failure logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(presented(&pki.connect(&addr).await), second);
+}
+
+#[test]
+fn a_bad_certificate_or_key_stops_the_start_with_the_file_named() {
+    let pki = TestPki::new();
+    pki.leaf("a");
+    pki.leaf("b");
+    let dir = tempfile::tempdir().unwrap();
+    // The key of another certificate.
+    let out = Command::new(BIN)
+        .args(["--auth", "dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--tls-cert",
+            &pki.path("a.crt"),
+            "--tls-key",
+            &pki.path("b.key"),
+        ])
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-cert / --tls-key"), "{err}");
+    // A missing file, named.
+    let out = Command::new(BIN)
+        .args(["--auth", "dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--tls-cert",
+            "/nonexistent.crt",
+            "--tls-key",
+            &pki.path("a.key"),
+        ])
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.crt"));
+    // One without the other: refused by the flags.
+    let out = Command::new(BIN)
+        .args(["--auth", "dev", "--tls-cert", &pki.path("a.crt")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
