@@ -52,9 +52,12 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the writer task on the current runtime.
-    pub fn start<S: Store>(store: std::sync::Arc<S>) -> Self {
+    pub fn start<S: Store>(
+        store: std::sync::Arc<S>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(4096);
-        tokio::spawn(writer(store, rx));
+        tokio::spawn(writer(store, rx, metrics));
         AuditLog { tx }
     }
 
@@ -74,11 +77,19 @@ impl AuditLog {
 #[error("the audit log could not record the event")]
 pub struct AuditError;
 
-async fn writer<S: Store>(store: std::sync::Arc<S>, mut rx: mpsc::Receiver<Job>) {
+async fn writer<S: Store>(
+    store: std::sync::Arc<S>,
+    mut rx: mpsc::Receiver<Job>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let events: Vec<NewAuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+        let started = std::time::Instant::now();
         let result = store.append_audit(&events).await;
+        if result.is_ok() {
+            metrics.audit_committed(events.len(), started.elapsed());
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "audit append failed");
         }

@@ -47,6 +47,10 @@ pub(crate) struct Args {
         requires = "tls_cert"
     )]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Serve GET /metrics on this address only (e.g. 127.0.0.1:9090), not on the API
+    /// listener
+    #[arg(long, env = "AGENTKEYS_METRICS_LISTEN", value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:8090", env = "AGENTKEYS_LISTEN")]
     pub(crate) listen: SocketAddr,
@@ -187,6 +191,7 @@ pub(crate) enum AuthPlan {
 /// The validated plan.
 #[derive(Debug)]
 pub(crate) struct Plan {
+    pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) tls: Option<agentkeys_server::tls::TlsFiles>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) database: Option<String>,
@@ -256,6 +261,7 @@ impl Args {
             read_burst: self.read_burst,
             pair_ttl: self.pair_ttl,
             enrol_rate: self.enrol_rate,
+            metrics_on_api: self.metrics_listen.is_none(),
             ..Default::default()
         };
         let tls = match (self.tls_cert, self.tls_key) {
@@ -263,6 +269,7 @@ impl Args {
             _ => None,
         };
         Ok(Plan {
+            metrics_listen: self.metrics_listen,
             tls,
             data_dir: self.data_dir,
             database: self.database,

@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod tls;

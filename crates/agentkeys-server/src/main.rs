@@ -159,6 +159,18 @@ async fn run(
         );
     }
     let state = AppState::new(store, keys, config);
+    if let Some(at) = plan.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding --metrics-listen {at}"))?;
+        tracing::info!(metrics = %metrics.local_addr()?, "serving GET /metrics");
+        let app = agentkeys_server::http::metrics_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, app).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     match plan.tls {
         Some(files) => {
             agentkeys_server::tls::serve_tls(listener, state, files, shutdown_signal()).await?;

@@ -130,6 +130,8 @@ pub struct Config {
     pub anon_open_rate: f64,
     /// Decision long-polls waiting at once, server-wide; beyond it a poll answers at once.
     pub max_long_polls: usize,
+    /// Whether `GET /metrics` is served on the API listener (not when it has its own).
+    pub metrics_on_api: bool,
 }
 
 impl Default for Config {
@@ -146,6 +148,7 @@ impl Default for Config {
             enrol_rate: 1.0,
             anon_open_rate: 5.0,
             max_long_polls: 512,
+            metrics_on_api: true,
         }
     }
 }
@@ -259,6 +262,8 @@ pub struct AppState<S: Store> {
     pub clock: Clock,
     /// Precomputed `GET /v1/server-info`.
     pub info: ServerInfo,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set when shutdown begins: long-polls answer at once, `/v1/ready` says 503.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -285,8 +290,10 @@ impl<S: Store> AppState<S> {
         let long_polls = tokio::sync::Semaphore::new(config.max_long_polls);
         let decisions = Arc::new(Notify::new());
         let decision_poll = store.watch_decisions(&decisions);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         Arc::new(AppState {
-            audit: AuditLog::start(store.clone()),
+            audit: AuditLog::start(store.clone(), metrics.clone()),
+            metrics,
             store,
             keys,
             config,

@@ -204,6 +204,7 @@ pub(super) async fn open<S: Store>(
                 ("open:*".to_owned(), rate * 10.0),
             ] {
                 if let Err(wait) = state.store.take_token(&key, rate, rate * 2.0).await? {
+                    state.metrics.rate_limited("pair");
                     return Err(ApiError::rate_limited(
                         "too many pairing requests; retry shortly",
                         wait,

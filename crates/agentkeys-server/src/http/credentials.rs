@@ -229,6 +229,7 @@ async fn authorize_read<S: Store>(
         .take_token(&caller.session.id, cfg.read_rate, cfg.read_burst)
         .await?
     {
+        state.metrics.rate_limited("read");
         return Err(ApiError::rate_limited(
             format!(
                 "too many credential reads for this session (limit {} per second)",

@@ -30,8 +30,11 @@ use crate::store::{NewAuditEvent, Store};
 /// The router over a shared state; `serve` puts it on a listener, tests call it in-process.
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     let limit = state.config.body_limit;
-    Router::new()
-        .route("/v1/health", get(meta::health))
+    let mut api = Router::new();
+    if state.config.metrics_on_api {
+        api = api.route("/metrics", get(crate::metrics::render::<S>));
+    }
+    api.route("/v1/health", get(meta::health))
         .route("/v1/ready", get(meta::ready::<S>))
         .route("/v1/server-info", get(meta::server_info::<S>))
         .route("/v1/sessions", post(sessions::create::<S>))
@@ -84,7 +87,19 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track::<S>,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `GET /metrics` alone, for its own listener (`--metrics-listen`).
+pub fn metrics_router<S: Store>(state: Arc<AppState<S>>) -> Router {
+    Router::new()
+        .route("/metrics", get(crate::metrics::render::<S>))
+        .fallback(not_found)
         .with_state(state)
 }
 

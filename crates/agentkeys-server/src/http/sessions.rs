@@ -54,6 +54,7 @@ pub(super) async fn create<S: Store>(
             .take_token(&key, rate, (rate * 10.0).max(1.0))
             .await?
         {
+            state.metrics.rate_limited("enrol");
             return Err(ApiError::rate_limited("too many enrolment attempts", wait));
         }
     }

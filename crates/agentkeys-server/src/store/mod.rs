@@ -20,6 +20,11 @@ use tokio::sync::Notify;
 use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
 use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
 
+/// The two counts `gauges` reads, in one statement for either engine.
+const GAUGES_SQL: &str = "SELECT \
+     (SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1) AS sessions, \
+     (SELECT COUNT(*) FROM auth_requests WHERE status = 'pending' AND expires_at > $1) AS pending";
+
 /// Checks that `applied` migrations cover the `known` ones of this build.
 fn migrations_cover(applied: i64, known: usize) -> StoreResult<u32> {
     let applied = u32::try_from(applied).unwrap_or(0);
@@ -279,6 +284,19 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// What `GET /metrics` reads from the store at scrape time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Sessions neither revoked nor expired.
+    pub active_sessions: i64,
+    /// Auth requests pending and unexpired.
+    pub pending_auth_requests: i64,
+    /// Connections open in this process's pools.
+    pub pool_size: i64,
+    /// Of those, idle.
+    pub pool_idle: i64,
+}
+
 /// Everything the server persists. One implementation per engine; one test suite for all.
 pub trait Store: Send + Sync + 'static {
     /// Finds or creates the master account enrolled with this credential hash.
@@ -490,6 +508,9 @@ pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
 
+    /// Counts for `GET /metrics`, as of `now`.
+    fn gauges(&self, now: UnixSeconds) -> impl Future<Output = StoreResult<Gauges>> + Send;
+
     /// Whether the database answers with every migration this build knows applied;
     /// returns how many are.
     fn ready(&self) -> impl Future<Output = StoreResult<u32>> + Send;
@@ -588,4 +609,5 @@ forward! {
     fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>>;
     fn take_token(&self, key: &str, rate: f64, burst: f64) -> StoreResult<Result<(), Duration>>;
     fn ready(&self) -> StoreResult<u32>;
+    fn gauges(&self, now: UnixSeconds) -> StoreResult<Gauges>;
 }

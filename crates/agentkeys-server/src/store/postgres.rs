@@ -995,6 +995,20 @@ impl Store for PgStore {
         "postgres"
     }
 
+    async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {
+        let row = sqlx::query(super::GAUGES_SQL)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        let (size, idle) = (self.pool.size(), self.pool.num_idle());
+        Ok(super::Gauges {
+            active_sessions: row.try_get("sessions")?,
+            pending_auth_requests: row.try_get("pending")?,
+            pool_size: i64::from(size),
+            pool_idle: i64::try_from(idle).unwrap_or(i64::MAX),
+        })
+    }
+
     async fn ready(&self) -> StoreResult<u32> {
         let applied: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")

@@ -945,6 +945,23 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {
+        let row = sqlx::query(super::GAUGES_SQL)
+            .bind(now)
+            .fetch_one(&self.reader)
+            .await?;
+        let (size, idle) = (
+            self.writer.size() + self.reader.size(),
+            self.writer.num_idle() + self.reader.num_idle(),
+        );
+        Ok(super::Gauges {
+            active_sessions: row.try_get("sessions")?,
+            pending_auth_requests: row.try_get("pending")?,
+            pool_size: i64::from(size),
+            pool_idle: i64::try_from(idle).unwrap_or(i64::MAX),
+        })
+    }
+
     async fn ready(&self) -> StoreResult<u32> {
         let applied: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")

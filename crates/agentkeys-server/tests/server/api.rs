@@ -42,6 +42,61 @@ async fn ready_names_the_engine_and_its_migrations() {
 }
 
 #[tokio::test]
+async fn metrics_count_requests_reads_audits_and_refusals_without_naming_anyone() {
+    let config = agentkeys_server::Config {
+        read_rate: 1.0,
+        read_burst: 2.0,
+        ..Default::default()
+    };
+    let ts = TestServer::with_config(config).await;
+    let (m, info, _) = ts.master("metrics").await;
+    m.store_credential(None, &svc("openai"), b"sk-metrics-value", None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        m.read_credential(None, &svc("openai")).await.unwrap();
+    }
+    assert_code(
+        m.read_credential(None, &svc("openai")).await,
+        ErrorCode::RateLimited,
+    );
+    let resp = ts
+        .raw()
+        .get(format!("{}/metrics", ts.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = resp.text().await.unwrap();
+    let has = |needle: &str| assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    has(
+        r#"agentkeys_http_requests_total{route="/v1/credentials/read",method="POST",code="200"} 2"#,
+    );
+    has(
+        r#"agentkeys_http_requests_total{route="/v1/credentials/read",method="POST",code="429"} 1"#,
+    );
+    has("agentkeys_read_duration_seconds_count 3");
+    has(r#"agentkeys_rate_limited_total{limit="read"} 1"#);
+    has("agentkeys_active_sessions 1");
+    has("agentkeys_pending_auth_requests 0");
+    has("agentkeys_long_poll_waiters 0");
+    has("agentkeys_audit_batch_events_count");
+    has("agentkeys_audit_commit_duration_seconds_bucket");
+    has("agentkeys_db_pool_connections");
+    assert!(text.ends_with("# EOF\n"));
+    // Labels are route templates: no wallet, no service name, no value.
+    assert!(!text.contains(info.wallet.as_str()));
+    assert!(!text.contains("openai"));
+    assert!(!text.contains("sk-metrics-value"));
+}
+
+#[tokio::test]
 async fn a_master_session_is_created_and_describes_itself_without_its_token() {
     let ts = TestServer::start().await;
     let (m, info, token) = ts.master("enrol-1").await;

@@ -1082,3 +1082,33 @@ fn a_bad_certificate_or_key_stops_the_start_with_the_file_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = Proc::start_with(
+        dir.path(),
+        &[],
+        &["--metrics-listen", &format!("127.0.0.1:{port}")],
+    );
+    let (_, _) = server.master("metrics").await;
+    let own = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(
+        own.text()
+            .await
+            .unwrap()
+            .contains("agentkeys_http_requests_total")
+    );
+    // Not on the API listener then.
+    let api = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
+}
