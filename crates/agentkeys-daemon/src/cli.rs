@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Also accept connections from this uid (repeatable). Default: only the daemon's uid.
     #[arg(long, value_name = "UID")]
     pub allow_uid: Vec<u32>,
+    /// Give the socket and its directory to this group (name or gid), mode 0660 / 0710:
+    /// only its members reach the socket (each connection's uid is still checked)
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// The configuration file (TOML; see docs/daemon.md). Flags override it.
     #[arg(long, env = "AGENTKEYS_DAEMON_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

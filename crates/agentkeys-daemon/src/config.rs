@@ -3,6 +3,7 @@
 //! ```toml
 //! socket = "/run/agentkeys/daemon.sock"
 //! allow_uids = [1001]
+//! socket_group = "agentkeys-agents"   # only this group's members reach the socket
 //! idle_ttl = "60s"            # default idle TTL of a cached credential
 //! cache_max_age = "5m"        # a cached credential is refetched this long after its fetch
 //! revocation_check = "30s"    # how often the daemon re-checks its session, scope and policies
@@ -36,6 +37,8 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     /// Extra uids allowed to connect.
     pub allow_uids: Vec<u32>,
+    /// The group the socket belongs to (name or gid): then only its members reach it.
+    pub socket_group: Option<String>,
     /// Services that may be cached, with their idle TTL.
     pub cache: BTreeMap<ServiceName, Duration>,
     /// Longest a cached credential is served after its fetch, however often it is used.
@@ -145,6 +148,7 @@ impl Default for Config {
         Config {
             socket: None,
             allow_uids: Vec::new(),
+            socket_group: None,
             cache: BTreeMap::new(),
             cache_max_age: DEFAULT_CACHE_MAX_AGE,
             rate_limit_wait: Duration::from_secs(30),
@@ -169,6 +173,7 @@ struct File {
     socket: Option<PathBuf>,
     #[serde(default)]
     allow_uids: Vec<u32>,
+    socket_group: Option<String>,
     idle_ttl: Option<String>,
     cache_max_age: Option<String>,
     revocation_check: Option<String>,
@@ -230,6 +235,7 @@ impl Config {
         let mut config = Config {
             socket: file.socket,
             allow_uids: file.allow_uids,
+            socket_group: file.socket_group,
             ..Config::default()
         };
         let idle_ttl = match flags.idle_ttl.or(file.idle_ttl.as_deref()) {

@@ -38,22 +38,25 @@ pub use agentkeys_core::paths::default_socket;
 /// Served to the daemon's uid only, the directory is 0700 and the socket 0600. `shared`
 /// (other uids allowed, the recommended deployment): the directory is 0711 (others may
 /// reach the socket but not list the directory) and the socket 0666, so an agent of another
-/// uid can connect; every connection's uid is then checked before a byte is read.
-pub async fn bind(path: &Path, shared: bool) -> io::Result<UnixListener> {
+/// uid can connect; every connection's uid is then checked before a byte is read. With a
+/// `group`, both belong to it and are 0710 / 0660: only its members reach the socket.
+pub async fn bind(path: &Path, shared: bool, group: Option<u32>) -> io::Result<UnixListener> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let (dir_mode, socket_mode) = if shared {
-        (0o711, 0o666)
-    } else {
-        (0o700, 0o600)
+    let (dir_mode, socket_mode) = match (group, shared) {
+        (Some(_), _) => (0o710, 0o660),
+        (None, true) => (0o711, 0o666),
+        (None, false) => (0o700, 0o600),
     };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(dir_mode)
         .create(dir)?;
     let meta = std::fs::metadata(dir)?;
-    if meta.uid() == rustix::process::geteuid().as_raw()
-        && meta.permissions().mode() & 0o777 != dir_mode
-    {
+    let own_dir = meta.uid() == rustix::process::geteuid().as_raw();
+    if own_dir && let Some(gid) = group {
+        rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+    }
+    if own_dir && meta.permissions().mode() & 0o777 != dir_mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
     }
     match std::fs::symlink_metadata(path) {
@@ -82,8 +85,34 @@ pub async fn bind(path: &Path, shared: bool) -> io::Result<UnixListener> {
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
+    if let Some(gid) = group {
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
     Ok(listener)
+}
+
+/// A group's id: a number as is, a name looked up in `/etc/group` (give the number for a
+/// group only NSS knows, LDAP say).
+pub fn group_id(group: &str) -> io::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let table = std::fs::read_to_string("/etc/group")?;
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such group in /etc/group (create it, or give its gid)",
+            )
+        })
 }
 
 /// The peer of a connection.

@@ -115,6 +115,9 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, DaemonError> {
         _ => None,
     };
     config.allow_uids.extend(args.allow_uid.iter().copied());
+    if args.socket_group.is_some() {
+        config.socket_group.clone_from(&args.socket_group);
+    }
     config.ephemeral = args.ephemeral;
     config.proxy = crate::config::ProxyConfig::from_flags(
         &args.proxy_resolve,
@@ -148,7 +151,14 @@ async fn serve(
         .unwrap_or_else(|| listener::default_socket(home));
     let server = normalize(&args.server);
     let shared = !allow_uid.is_empty();
-    let listener = listener::bind(&socket, shared).await.map_err(|e| {
+    let group = match &config.socket_group {
+        Some(g) => Some(
+            listener::group_id(g)
+                .map_err(|e| DaemonError::usage(format!("--socket-group {g}: {e}")))?,
+        ),
+        None => None,
+    };
+    let listener = listener::bind(&socket, shared, group).await.map_err(|e| {
         DaemonError::new(
             "SOCKET",
             1,

@@ -254,3 +254,95 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
     );
     let _ = long.wait();
 }
+
+#[test]
+fn a_socket_group_lets_its_members_reach_the_socket_and_no_one_else() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    const AGENTS_GID: u32 = 65530;
+    const OUTSIDER_UID: u32 = 65532;
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = dir_of(DAEMON_UID);
+    let sock_dir = dir_of(DAEMON_UID);
+    let socket = sock_dir.path().join("daemon.sock");
+    // The daemon's uid, a member of the agents' group (as systemd's SupplementaryGroups=).
+    let wrapper = [
+        "setpriv".to_owned(),
+        format!("--reuid={DAEMON_UID}"),
+        format!("--regid={DAEMON_UID}"),
+        format!("--groups={AGENTS_GID}"),
+    ];
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let allowed = format!("{AGENT_UID}");
+    let outsider = format!("{OUTSIDER_UID}");
+    let gid = AGENTS_GID.to_string();
+    let mut d = DaemonProc::spawn_under(
+        &wrapper,
+        &server.url,
+        home.path(),
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--socket-group",
+            &gid,
+            "--allow-uid",
+            &allowed,
+            "--allow-uid",
+            &outsider,
+        ],
+    );
+    d.socket = socket.clone();
+    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+    master.store("openai", &canary("group"), &["--agent", &wallet]);
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        (meta.gid(), meta.permissions().mode() & 0o777),
+        (AGENTS_GID, 0o660)
+    );
+    let dir = std::fs::metadata(socket.parent().unwrap()).unwrap();
+    assert_eq!(
+        (dir.gid(), dir.permissions().mode() & 0o777),
+        (AGENTS_GID, 0o710)
+    );
+    let check = |uid: u32, groups: &str| {
+        Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                groups.to_owned(),
+            ])
+            .args([
+                "/usr/bin/python3",
+                "-m",
+                "agentkeys_runtime",
+                "check",
+                "openai",
+            ])
+            .env("PYTHONPATH", python_runtime_dir())
+            .env("AGENTKEYS_SOCKET", &socket)
+            .output()
+            .unwrap()
+    };
+    // A member: served. A uid the daemon would serve, outside the group: cannot connect.
+    let member = check(AGENT_UID, &format!("--groups={AGENTS_GID}"));
+    assert!(member.status.success(), "{}", text(&member));
+    let outside = Command::new("setpriv")
+        .args([
+            format!("--reuid={OUTSIDER_UID}"),
+            format!("--regid={OUTSIDER_UID}"),
+            "--clear-groups".to_owned(),
+        ])
+        .args(["/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?})",
+            socket.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert!(!outside.status.success(), "a non-member reached the socket");
+    assert!(
+        text(&outside).contains("PermissionError"),
+        "{}",
+        text(&outside)
+    );
+}
