@@ -291,6 +291,16 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> 
 impl HttpBackend {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8090`), without a session.
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        Self::trusting(base_url, extra_ca().as_deref())
+    }
+
+    /// [`HttpBackend::new`], trusting the CA certificates in `ca` (a PEM bundle) besides
+    /// the system's roots, whatever [`trust_ca`] or `AGENTKEYS_CA` say.
+    pub fn new_with_ca(base_url: &str, ca: &std::path::Path) -> Result<Self, ClientError> {
+        Self::trusting(base_url, Some(ca))
+    }
+
+    fn trusting(base_url: &str, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::Transport {
@@ -308,8 +318,8 @@ impl HttpBackend {
             .user_agent(concat!("agentkeys/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(90));
-        if let Some(path) = extra_ca() {
-            builder = builder.tls_certs_merge(read_ca(&path).map_err(transport)?);
+        if let Some(path) = ca {
+            builder = builder.tls_certs_merge(read_ca(path).map_err(transport)?);
         }
         let http = builder.build().map_err(|e| transport(e.to_string()))?;
         Ok(HttpBackend {

@@ -139,6 +139,13 @@ pub(crate) enum Tool {
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
     },
+    /// Rotate the key-encryption key online: make a key set with a new KEK, re-wrap every
+    /// record's data key under it while the servers serve, then retire the old KEK
+    #[command(
+        subcommand,
+        after_help = "Steps (docs/operations.md, \"Rotating the KEK\"):\n  agentkeys-server rotate-kek new-key --keys /var/lib/agentkeys/server.key --out /secure/server.key.next\n  # give every replica the new key set (server.key or AGENTKEYS_SERVER_KEYS), restart them one by one\n  agentkeys-server rotate-kek rewrap --database URL --keys /secure/server.key.next\n  agentkeys-server rotate-kek retire --database URL --keys /secure/server.key.next --out /secure/server.key.final"
+    )]
+    RotateKek(RotateStep),
     /// Recompute a database's whole audit chain and report the first broken link
     #[command(
         after_help = "Example:\n  agentkeys-server verify --database postgres://agentkeys@db.internal/agentkeys --json"
@@ -158,6 +165,61 @@ pub(crate) enum Tool {
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// The steps of a KEK rotation.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RotateStep {
+    /// Write a key set holding a new, current KEK and the old ones (the other keys kept)
+    NewKey {
+        /// The key set in use [default: AGENTKEYS_SERVER_KEYS, else DATA_DIR/server.key]
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
+        /// Where the data dir is, when neither --keys nor AGENTKEYS_SERVER_KEYS is given
+        #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The new key file to write (0600; must not exist)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Re-wrap every record's data key under the current KEK, while the servers serve
+    /// (they must all hold the new key set first)
+    Rewrap {
+        /// The database [default: sqlite:DATA_DIR/agentkeys.db]
+        #[arg(
+            long,
+            env = "AGENTKEYS_DATABASE_URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        database: Option<String>,
+        /// The new key set [default: AGENTKEYS_SERVER_KEYS, else DATA_DIR/server.key]
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
+        /// Where the data dir is, for the defaults above
+        #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write the key set without the KEKs no record uses any more
+    Retire {
+        /// The database whose records are checked [default: sqlite:DATA_DIR/agentkeys.db]
+        #[arg(
+            long,
+            env = "AGENTKEYS_DATABASE_URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        database: Option<String>,
+        /// The key set [default: AGENTKEYS_SERVER_KEYS, else DATA_DIR/server.key]
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
+        /// Where the data dir is, for the defaults above
+        #[arg(long, env = "AGENTKEYS_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The new key file to write (0600; must not exist)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 

@@ -37,7 +37,20 @@ fn main() -> ExitCode {
     }
     agentkeys_secmem::process::quiet_panics("agentkeys-server");
     if let Some(tool) = args.command.take() {
-        return tools::run(tool);
+        // The tools that handle keys are hardened as the server is, and take the keys
+        // from the environment the same way, before any thread starts.
+        if let Err(e) = agentkeys_secmem::process::disable_core_dumps() {
+            eprintln!("error: HARDENING: cannot make this process non-dumpable: {e}");
+            return ExitCode::FAILURE;
+        }
+        let env_keys = match agentkeys_secmem::process::take_secret_env(keys::KEYS_ENV) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: INTERNAL: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return tools::run(tool, env_keys);
     }
     let plan = match args.plan() {
         Ok(p) => p,

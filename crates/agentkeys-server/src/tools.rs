@@ -1,5 +1,5 @@
-//! The maintenance commands (`migrate`, `backup`, `verify`): each opens what it needs,
-//! reports progress on stderr and its result on stdout, and exits.
+//! The maintenance commands (`migrate`, `backup`, `verify`, `rotate-kek`): each opens
+//! what it needs, reports progress on stderr and its result on stdout, and exits.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,10 +10,15 @@ use agentkeys_server::store::postgres::PgStore;
 use agentkeys_server::store::sqlite::SqliteStore;
 use anyhow::{Context as _, bail};
 
-use crate::cli::Tool;
+use agentkeys_secmem::SecretBytes;
+use agentkeys_server::keys::ServerKeys;
+use agentkeys_server::store::Store as _;
 
-/// Runs one command on a runtime of its own.
-pub(crate) fn run(tool: Tool) -> ExitCode {
+use crate::cli::{RotateStep, Tool};
+
+/// Runs one command on a runtime of its own. `env_keys`: `AGENTKEYS_SERVER_KEYS`, already
+/// taken out of the environment.
+pub(crate) fn run(tool: Tool, env_keys: Option<SecretBytes>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,7 +29,7 @@ pub(crate) fn run(tool: Tool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(tool)) {
+    match runtime.block_on(dispatch(tool, env_keys)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -33,8 +38,9 @@ pub(crate) fn run(tool: Tool) -> ExitCode {
     }
 }
 
-async fn dispatch(tool: Tool) -> anyhow::Result<ExitCode> {
+async fn dispatch(tool: Tool, env_keys: Option<SecretBytes>) -> anyhow::Result<ExitCode> {
     match tool {
+        Tool::RotateKek(step) => rotate(step, env_keys).await,
         Tool::Migrate { from, to } => migrate(&from, &to).await,
         Tool::Backup {
             database,
@@ -186,4 +192,166 @@ async fn verify(database: &str, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The key set to work with: `--keys FILE`, else `AGENTKEYS_SERVER_KEYS`, else the data
+/// dir's `server.key` (never created here).
+fn key_set(
+    keys: Option<&Path>,
+    env_keys: Option<&SecretBytes>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<ServerKeys> {
+    if let Some(file) = keys {
+        return read_key_file(file);
+    }
+    if let Some(raw) = env_keys {
+        return Ok(ServerKeys::from_env_value(raw.expose_secret())?);
+    }
+    let dir = data_dir.unwrap_or_else(crate::default_data_dir);
+    read_key_file(&dir.join("server.key"))
+}
+
+fn read_key_file(file: &Path) -> anyhow::Result<ServerKeys> {
+    if !file.is_file() {
+        bail!(
+            "NOT_FOUND: no key file at {}\nhint: give --keys FILE, or set AGENTKEYS_SERVER_KEYS",
+            file.display()
+        );
+    }
+    Ok(ServerKeys::load_file(file)?)
+}
+
+async fn rotate(step: RotateStep, env_keys: Option<SecretBytes>) -> anyhow::Result<ExitCode> {
+    match step {
+        RotateStep::NewKey {
+            keys,
+            data_dir,
+            out,
+        } => {
+            let current = key_set(keys.as_deref(), env_keys.as_ref(), data_dir)?;
+            let next = current.with_new_kek()?;
+            next.write_new_file(&out)?;
+            println!(
+                "wrote {} (0600): KEKs {:?}, the first one current; the shielding and signing keys are unchanged",
+                out.display(),
+                next.kek_ids()
+            );
+            println!(
+                "next: give every server this key set (as server.key, or AGENTKEYS_SERVER_KEYS=\"$(base64 -w0 FILE)\"), restart them one by one, then run 'agentkeys-server rotate-kek rewrap'"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RotateStep::Rewrap {
+            database,
+            keys,
+            data_dir,
+        } => {
+            let keys = key_set(keys.as_deref(), env_keys.as_ref(), data_dir.clone())?;
+            let store = open_any(&database_url(database, data_dir)).await?;
+            rewrap(&store, &keys).await
+        }
+        RotateStep::Retire {
+            database,
+            keys,
+            data_dir,
+            out,
+        } => {
+            let keys = key_set(keys.as_deref(), env_keys.as_ref(), data_dir.clone())?;
+            let store = open_any(&database_url(database, data_dir)).await?;
+            let usage = store.kek_usage().await?;
+            let current = keys.kek().0;
+            if let Some((id, n)) = usage.iter().find(|(id, _)| keys.kek_by_id(*id).is_none()) {
+                bail!(
+                    "CONFLICT: {n} records are wrapped under KEK {id}, which this key set does not hold\nhint: use the key set that has it"
+                );
+            }
+            let in_use: Vec<u32> = usage.iter().map(|(id, _)| *id).collect();
+            let still = in_use.iter().filter(|id| **id != current).count();
+            if still > 0 {
+                bail!(
+                    "CONFLICT: records still use KEKs other than the current one ({usage:?})\nhint: run 'agentkeys-server rotate-kek rewrap' first"
+                );
+            }
+            let retired = keys.retiring(|id| in_use.contains(&id))?;
+            retired.write_new_file(&out)?;
+            println!(
+                "wrote {} (0600): KEKs {:?} (retired {:?}); give it to every server",
+                out.display(),
+                retired.kek_ids(),
+                keys.kek_ids()
+                    .into_iter()
+                    .filter(|id| !retired.kek_ids().contains(id))
+                    .collect::<Vec<_>>()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn open_any(database: &str) -> anyhow::Result<AnyStore> {
+    if sqlite_path(database).is_some() {
+        Ok(AnyStore::Sqlite(
+            existing_sqlite(database, "--database").await?,
+        ))
+    } else {
+        Ok(AnyStore::open(database)
+            .await
+            .context("opening the database")?)
+    }
+}
+
+/// Re-wraps every record not under the current KEK, page by page, each row with a
+/// compare-and-set so a store meanwhile (already under the current KEK) wins.
+async fn rewrap(store: &AnyStore, keys: &ServerKeys) -> anyhow::Result<ExitCode> {
+    use agentkeys_core::crypto::envelope;
+    const PAGE: u32 = 500;
+    let (current, new) = keys.kek();
+    let mut after = None;
+    let (mut moved, mut raced) = (0u64, 0u64);
+    loop {
+        let page = store
+            .credentials_to_rewrap(current, after.clone(), PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.owner.clone(), last.service.clone()));
+        for c in &page {
+            let Some(old) = keys.kek_by_id(c.kek_id) else {
+                bail!(
+                    "CONFLICT: {}/{} is wrapped under KEK {}, which this key set does not hold\nhint: use the key set from 'rotate-kek new-key', which keeps the old KEKs",
+                    c.owner,
+                    c.service,
+                    c.kek_id
+                );
+            };
+            let aad = agentkeys_types::api::credential_aad(&c.owner, &c.service);
+            let wrapped = envelope::rewrap(old, new, &aad, &c.wrapped_dek).map_err(|e| {
+                anyhow::anyhow!(
+                    "INTERNAL: {}/{} does not open under KEK {}: {e}",
+                    c.owner,
+                    c.service,
+                    c.kek_id
+                )
+            })?;
+            if store
+                .rewrap(&c.owner, &c.service, &c.wrapped_dek, &wrapped, current)
+                .await?
+            {
+                moved += 1;
+            } else {
+                raced += 1;
+            }
+        }
+        eprint!("\rre-wrapped {moved} records   ");
+    }
+    eprintln!();
+    let usage = store.kek_usage().await?;
+    println!(
+        "re-wrapped {moved} records under KEK {current} ({raced} stored meanwhile were already); records per KEK now: {usage:?}"
+    );
+    if usage.iter().all(|(id, _)| *id == current) {
+        println!(
+            "next: 'agentkeys-server rotate-kek retire' writes the key set without the old KEKs"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

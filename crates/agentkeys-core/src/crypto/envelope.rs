@@ -139,6 +139,26 @@ fn decrypt_into_page_unscrubbed(
     xchacha_open_into_page(dek_key, aad, &env.ciphertext)
 }
 
+/// Re-wraps a record's data key from `old` to `new` (KEK rotation): the value itself is
+/// never decrypted, and the data key exists only in a zeroizing buffer for the call.
+///
+/// Errors: [`CryptoError::Open`] when `old` (or `aad`) does not open `wrapped_dek`.
+pub fn rewrap(
+    old: &Kek,
+    new: &Kek,
+    aad: &[u8],
+    wrapped_dek: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    agentkeys_secmem::stack::scrubbed(|| {
+        if wrapped_dek.len() != WRAPPED_DEK_LEN {
+            return Err(CryptoError::Open);
+        }
+        let mut dek = SecretBytes::new(KEY_LEN);
+        xchacha_open_into(old.key(), aad, wrapped_dek, dek.expose_secret_mut())?;
+        xchacha_seal(new.key(), aad, dek.expose_secret())
+    })
+}
+
 /// XChaCha20-Poly1305 with a random nonce: returns `nonce (24) || ciphertext || tag (16)`.
 ///
 /// The output is allocated once with its exact size and the ciphertext written into it
@@ -209,6 +229,33 @@ fn xchacha_open_into(
     XChaCha20Poly1305::new(key.into())
         .decrypt_inout_detached(&nonce, aad, buffer, &tag)
         .map_err(|_| CryptoError::Open)
+}
+
+#[cfg(test)]
+mod rewrap_tests {
+    use super::*;
+
+    #[test]
+    fn a_rewrapped_record_opens_under_the_new_kek_only() {
+        let (old, new) = (Kek::generate().expect("kek"), Kek::generate().expect("kek"));
+        let env = encrypt(&old, b"aad", b"the value").expect("encrypt");
+        let wrapped = rewrap(&old, &new, b"aad", &env.wrapped_dek).expect("rewrap");
+        let moved = Envelope {
+            wrapped_dek: wrapped,
+            ciphertext: env.ciphertext.clone(),
+        };
+        let page = decrypt_into_page(&new, b"aad", &moved).expect("opens under the new KEK");
+        assert_eq!(page.expose_secret(), b"the value");
+        assert!(decrypt_into_page(&old, b"aad", &moved).is_err());
+        assert!(
+            rewrap(&new, &old, b"aad", &env.wrapped_dek).is_err(),
+            "wrong old KEK"
+        );
+        assert!(
+            rewrap(&old, &new, b"other", &env.wrapped_dek).is_err(),
+            "wrong record"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -136,8 +136,9 @@ pub(super) async fn store<S: Store>(
         ApiError::bad_request("sealed_value could not be opened: tampered, or sealed for another agent, service or server")
             .hint("seal the value to this server's shielding key from GET /v1/server-info")
     })?;
-    let env = envelope::encrypt(&state.keys.kek, &aad, page.expose_secret())
-        .map_err(|e| ApiError::internal(&e))?;
+    let (kek_id, kek) = state.keys.kek();
+    let env =
+        envelope::encrypt(kek, &aad, page.expose_secret()).map_err(|e| ApiError::internal(&e))?;
     drop(page);
     let now = state.clock.now();
     let record_row = StoredCredential {
@@ -145,6 +146,7 @@ pub(super) async fn store<S: Store>(
         service: service.clone(),
         wrapped_dek: env.wrapped_dek,
         ciphertext: env.ciphertext,
+        kek_id,
         policy: req.policy.unwrap_or_default(),
         binding: binding.clone(),
         created_at: now,
@@ -291,8 +293,13 @@ pub(super) async fn read<S: Store>(
         wrapped_dek: cred.wrapped_dek,
         ciphertext: cred.ciphertext,
     };
-    let page = envelope::decrypt_into_page(&state.keys.kek, &aad, &env)
-        .map_err(|e| ApiError::internal(&e))?;
+    let kek = state.keys.kek_by_id(cred.kek_id).ok_or_else(|| {
+        ApiError::internal(&format!(
+            "the credential is wrapped under KEK {}, which this server's keys lack",
+            cred.kek_id
+        ))
+    })?;
+    let page = envelope::decrypt_into_page(kek, &aad, &env).map_err(|e| ApiError::internal(&e))?;
     let sealed =
         hpke::seal(&recipient, HPKE_INFO_READ, &aad, page.expose_secret()).map_err(|_| {
             ApiError::bad_request("recipient_public_key is not a usable X25519 key")

@@ -127,6 +127,8 @@ pub struct StoredCredential {
     pub wrapped_dek: Vec<u8>,
     /// The value under the per-record key.
     pub ciphertext: Vec<u8>,
+    /// The id of the KEK `wrapped_dek` is wrapped under.
+    pub kek_id: u32,
     /// Its policy.
     pub policy: Policy,
     /// Its binding: the canonical JSON text of a validated
@@ -508,6 +510,30 @@ pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
 
+    /// Up to `limit` credentials whose data key is wrapped under a KEK other than
+    /// `current`, after `after` (owner, service) in that order: what a KEK rotation
+    /// re-wraps, page by page.
+    fn credentials_to_rewrap(
+        &self,
+        current: u32,
+        after: Option<(Wallet, ServiceName)>,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<StoredCredential>>> + Send;
+
+    /// Replaces a credential's wrapped data key if it is still `from` (a store meanwhile
+    /// wins: its key is already under the current KEK); whether it was replaced.
+    fn rewrap(
+        &self,
+        owner: &Wallet,
+        service: &ServiceName,
+        from: &[u8],
+        to: &[u8],
+        kek_id: u32,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// How many credentials each KEK id wraps.
+    fn kek_usage(&self) -> impl Future<Output = StoreResult<Vec<(u32, i64)>>> + Send;
+
     /// Counts for `GET /metrics`, as of `now`.
     fn gauges(&self, now: UnixSeconds) -> impl Future<Output = StoreResult<Gauges>> + Send;
 
@@ -610,4 +636,7 @@ forward! {
     fn take_token(&self, key: &str, rate: f64, burst: f64) -> StoreResult<Result<(), Duration>>;
     fn ready(&self) -> StoreResult<u32>;
     fn gauges(&self, now: UnixSeconds) -> StoreResult<Gauges>;
+    fn credentials_to_rewrap(&self, current: u32, after: Option<(Wallet, ServiceName)>, limit: u32) -> StoreResult<Vec<StoredCredential>>;
+    fn rewrap(&self, owner: &Wallet, service: &ServiceName, from: &[u8], to: &[u8], kek_id: u32) -> StoreResult<bool>;
+    fn kek_usage(&self) -> StoreResult<Vec<(u32, i64)>>;
 }

@@ -109,6 +109,8 @@ fn credential_from(row: &PgRow) -> StoreResult<StoredCredential> {
         service: service(row.try_get("service")?)?,
         wrapped_dek: row.try_get("wrapped_dek")?,
         ciphertext: row.try_get("ciphertext")?,
+        kek_id: u32::try_from(row.try_get::<i64, _>("kek_id")?)
+            .map_err(|_| StoreError::Corrupt("kek_id"))?,
         policy: Policy {
             high_value: row.try_get("high_value")?,
         },
@@ -519,9 +521,10 @@ impl Store for PgStore {
         // `xmax = 0` on the returned row: it was inserted, not updated (one statement, so
         // two replicas storing the same name at once agree on which one created it).
         let row = sqlx::query(
-            "INSERT INTO credentials AS c (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $8, $6, $6) \
+            "INSERT INTO credentials AS c (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at, kek_id) \
+             VALUES ($1, $2, $3, $4, $5, $8, $6, $6, $10) \
              ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
+               kek_id = excluded.kek_id, \
                ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
                high_value = CASE WHEN $7 THEN c.high_value ELSE excluded.high_value END, \
                binding = CASE WHEN $9 THEN c.binding ELSE excluded.binding END \
@@ -536,6 +539,7 @@ impl Store for PgStore {
         .bind(keep_policy)
         .bind(c.binding.as_deref())
         .bind(keep_binding)
+        .bind(i32::try_from(c.kek_id).unwrap_or(i32::MAX))
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("inserted")?)
@@ -547,7 +551,7 @@ impl Store for PgStore {
         svc: &ServiceName,
     ) -> StoreResult<Option<StoredCredential>> {
         let row = sqlx::query(
-            "SELECT owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at \
+            "SELECT owner, service, wrapped_dek, ciphertext, kek_id::bigint AS kek_id, high_value, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 AND service = $2",
         )
         .bind(owner.as_str())
@@ -559,8 +563,8 @@ impl Store for PgStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, ''::bytea AS wrapped_dek, ''::bytea AS ciphertext, high_value, \
-               binding, created_at, updated_at \
+            "SELECT owner, service, ''::bytea AS wrapped_dek, ''::bytea AS ciphertext, \
+               kek_id::bigint AS kek_id, high_value, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -1007,6 +1011,68 @@ impl Store for PgStore {
             pool_size: i64::from(size),
             pool_idle: i64::try_from(idle).unwrap_or(i64::MAX),
         })
+    }
+
+    async fn credentials_to_rewrap(
+        &self,
+        current: u32,
+        after: Option<(Wallet, ServiceName)>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredCredential>> {
+        let (owner, svc) = after
+            .map(|(o, s)| (o.as_str().to_owned(), s.as_str().to_owned()))
+            .unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT owner, service, wrapped_dek, ''::bytea AS ciphertext, kek_id::bigint AS kek_id, high_value, binding, \
+               created_at, updated_at FROM credentials \
+             WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
+             ORDER BY owner, service LIMIT $4",
+        )
+        .bind(i32::try_from(current).unwrap_or(i32::MAX))
+        .bind(owner)
+        .bind(svc)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(credential_from).collect()
+    }
+
+    async fn rewrap(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+        from: &[u8],
+        to: &[u8],
+        kek_id: u32,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE credentials SET wrapped_dek = $1, kek_id = $2 \
+             WHERE owner = $3 AND service = $4 AND wrapped_dek = $5",
+        )
+        .bind(to)
+        .bind(i32::try_from(kek_id).unwrap_or(i32::MAX))
+        .bind(owner.as_str())
+        .bind(svc.as_str())
+        .bind(from)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn kek_usage(&self) -> StoreResult<Vec<(u32, i64)>> {
+        let rows = sqlx::query("SELECT kek_id::bigint AS kek_id, COUNT(*) AS n FROM credentials GROUP BY kek_id ORDER BY kek_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("kek_id")?;
+                Ok((
+                    u32::try_from(id).map_err(|_| StoreError::Corrupt("kek_id"))?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
     }
 
     async fn ready(&self) -> StoreResult<u32> {

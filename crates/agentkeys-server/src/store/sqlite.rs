@@ -65,6 +65,13 @@ impl SqliteStore {
         })
     }
 
+    /// A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`): another
+    /// process writing the same file (`rotate-kek rewrap`, say) then makes it wait out the
+    /// busy timeout, where a deferred transaction upgrading to a write would fail.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// The read-only pool (copies and backups read through it).
     pub fn reader(&self) -> &SqlitePool {
         &self.reader
@@ -119,6 +126,8 @@ fn credential_from(row: &SqliteRow) -> StoreResult<StoredCredential> {
         service: service(row.try_get("service")?)?,
         wrapped_dek: row.try_get("wrapped_dek")?,
         ciphertext: row.try_get("ciphertext")?,
+        kek_id: u32::try_from(row.try_get::<i64, _>("kek_id")?)
+            .map_err(|_| StoreError::Corrupt("kek_id"))?,
         policy: Policy {
             high_value: row.try_get::<i64, _>("high_value")? != 0,
         },
@@ -278,7 +287,7 @@ impl Store for SqliteStore {
         new_wallet: &Wallet,
         now: UnixSeconds,
     ) -> StoreResult<Account> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(
             "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
              WHERE enrol_hash = $1 AND deleted_at IS NULL",
@@ -391,7 +400,7 @@ impl Store for SqliteStore {
         agent: &Wallet,
         now: UnixSeconds,
     ) -> StoreResult<Option<(u64, u64)>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let owned = sqlx::query(
             "UPDATE accounts SET deleted_at = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
         )
@@ -486,7 +495,7 @@ impl Store for SqliteStore {
         keep_policy: bool,
         keep_binding: bool,
     ) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existed = sqlx::query("SELECT 1 FROM credentials WHERE owner = $1 AND service = $2")
             .bind(c.owner.as_str())
             .bind(c.service.as_str())
@@ -494,9 +503,10 @@ impl Store for SqliteStore {
             .await?
             .is_some();
         sqlx::query(
-            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $8, $6, $6) \
+            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at, kek_id) \
+             VALUES ($1, $2, $3, $4, $5, $8, $6, $6, $10) \
              ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
+               kek_id = excluded.kek_id, \
                ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
                high_value = CASE WHEN $7 THEN credentials.high_value ELSE excluded.high_value END, \
                binding = CASE WHEN $9 THEN credentials.binding ELSE excluded.binding END",
@@ -510,6 +520,7 @@ impl Store for SqliteStore {
         .bind(keep_policy)
         .bind(c.binding.as_deref())
         .bind(keep_binding)
+        .bind(i64::from(c.kek_id))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -522,7 +533,7 @@ impl Store for SqliteStore {
         svc: &ServiceName,
     ) -> StoreResult<Option<StoredCredential>> {
         let row = sqlx::query(
-            "SELECT owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at \
+            "SELECT owner, service, wrapped_dek, ciphertext, kek_id, high_value, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 AND service = $2",
         )
         .bind(owner.as_str())
@@ -534,7 +545,7 @@ impl Store for SqliteStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, high_value, binding, created_at, updated_at \
+            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, kek_id, high_value, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -647,7 +658,7 @@ impl Store for SqliteStore {
         now: UnixSeconds,
         approval: &Approval,
     ) -> StoreResult<DecideOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let (grant, sealed, signature) = match approval {
             Approval::Pair {
                 sealed_session,
@@ -782,7 +793,7 @@ impl Store for SqliteStore {
         w: &Wallet,
         now: UnixSeconds,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing = sqlx::query(
             "SELECT wallet FROM identities WHERE master = $1 AND kind = $2 AND value = $3",
         )
@@ -835,7 +846,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
@@ -960,6 +971,70 @@ impl Store for SqliteStore {
             pool_size: i64::from(size),
             pool_idle: i64::try_from(idle).unwrap_or(i64::MAX),
         })
+    }
+
+    async fn credentials_to_rewrap(
+        &self,
+        current: u32,
+        after: Option<(Wallet, ServiceName)>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredCredential>> {
+        let (owner, svc) = after
+            .map(|(o, s)| (o.as_str().to_owned(), s.as_str().to_owned()))
+            .unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT owner, service, wrapped_dek, X'' AS ciphertext, kek_id, high_value, binding, \
+               created_at, updated_at FROM credentials \
+             WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
+             ORDER BY owner, service LIMIT $4",
+        )
+        .bind(i64::from(current))
+        .bind(owner)
+        .bind(svc)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(credential_from).collect()
+    }
+
+    async fn rewrap(
+        &self,
+        owner: &Wallet,
+        svc: &ServiceName,
+        from: &[u8],
+        to: &[u8],
+        kek_id: u32,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE credentials SET wrapped_dek = $1, kek_id = $2 \
+             WHERE owner = $3 AND service = $4 AND wrapped_dek = $5",
+        )
+        .bind(to)
+        .bind(i64::from(kek_id))
+        .bind(owner.as_str())
+        .bind(svc.as_str())
+        .bind(from)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn kek_usage(&self) -> StoreResult<Vec<(u32, i64)>> {
+        let rows = sqlx::query(
+            "SELECT kek_id, COUNT(*) AS n FROM credentials GROUP BY kek_id ORDER BY kek_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("kek_id")?;
+                Ok((
+                    u32::try_from(id).map_err(|_| StoreError::Corrupt("kek_id"))?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
     }
 
     async fn ready(&self) -> StoreResult<u32> {

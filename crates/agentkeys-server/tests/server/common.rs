@@ -56,10 +56,15 @@ impl TestServer {
 
     /// A server on `database` with the keys in `keys_dir` (a copy's new home).
     pub async fn on(database: &str, keys_dir: &std::path::Path) -> Self {
+        Self::on_with(database, keys_dir, Config::default()).await
+    }
+
+    /// [`TestServer::on`] with `config`.
+    pub async fn on_with(database: &str, keys_dir: &std::path::Path, config: Config) -> Self {
         let store = AnyStore::open(database).await.unwrap();
         let keys = ServerKeys::load_or_create(keys_dir).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        Self::serve(store, database.to_owned(), keys, dir, Config::default()).await
+        Self::serve(store, database.to_owned(), keys, dir, config).await
     }
 
     /// `n` servers on one fresh PostgreSQL database, with the same keys: replicas, each

@@ -988,8 +988,28 @@ async fn https_with_a_private_ca_and_a_certificate_reloaded_on_sighup() {
     let addr = server.url.trim_start_matches("http://").to_owned();
     let https = format!("https://{addr}");
     // The typed client, trusting the private CA as `--ca` / AGENTKEYS_CA make it.
-    agentkeys_core::client::trust_ca(&pki.ca);
-    let (client, _) = super::common::enrol_master(&https, "tls").await;
+    let grant = HttpBackend::new_with_ca(&https, &pki.ca)
+        .unwrap()
+        .create_session(SecretString::from_str_copy("tls"))
+        .await
+        .unwrap();
+    let client = HttpBackend::new_with_ca(&https, &pki.ca)
+        .unwrap()
+        .with_token(&grant.token)
+        .unwrap()
+        .pinning_first_contact()
+        .await
+        .unwrap();
+    // Without the CA, the certificate is refused.
+    let refused = HttpBackend::new(&https)
+        .unwrap()
+        .health()
+        .await
+        .unwrap_err();
+    assert!(
+        agentkeys_core::client::is_certificate_error(&refused.to_string()),
+        "{refused}"
+    );
     client
         .store_credential(None, &svc("openai"), b"sk-over-tls", None)
         .await

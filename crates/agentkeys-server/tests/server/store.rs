@@ -216,6 +216,7 @@ async fn credentials_upsert_and_keep_policy_and_binding_on_request<S: Store>(s: 
         service: svc("openai"),
         wrapped_dek: vec![1],
         ciphertext: vec![2],
+        kek_id: 1,
         policy: Policy { high_value: true },
         binding: Some(r#"{"hosts":["api.openai.com"]}"#.into()),
         created_at: NOW,
@@ -387,6 +388,74 @@ async fn audit_appends_chain_across_batches<S: Store>(s: S) {
     );
 }
 
+async fn rewrapping_pages_through_old_keks_and_never_clobbers_a_newer_store<S: Store>(s: S) {
+    let m = master(&s).await;
+    for i in 0..5 {
+        let c = StoredCredential {
+            owner: m.wallet.clone(),
+            service: svc(&format!("s{i}")),
+            wrapped_dek: vec![i, 1],
+            ciphertext: vec![9],
+            kek_id: 1,
+            policy: Policy::default(),
+            binding: None,
+            created_at: NOW,
+            updated_at: NOW,
+        };
+        s.put_credential(&c, false, false).await.unwrap();
+    }
+    assert_eq!(s.kek_usage().await.unwrap(), vec![(1, 5)]);
+    // Two pages of two, then one: every row under KEK 1, in order.
+    let first = s.credentials_to_rewrap(2, None, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(
+        first
+            .iter()
+            .all(|c| c.kek_id == 1 && !c.wrapped_dek.is_empty())
+    );
+    let last = first.last().unwrap();
+    let next = s
+        .credentials_to_rewrap(2, Some((last.owner.clone(), last.service.clone())), 10)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 3);
+    // A store under the new KEK lands between the read and the re-wrap: it wins.
+    let raced = &next[0];
+    let newer = StoredCredential {
+        wrapped_dek: vec![7, 7],
+        kek_id: 2,
+        ..raced.clone()
+    };
+    s.put_credential(&newer, true, true).await.unwrap();
+    assert!(
+        !s.rewrap(&raced.owner, &raced.service, &raced.wrapped_dek, &[8, 8], 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.credential(&raced.owner, &raced.service)
+            .await
+            .unwrap()
+            .unwrap()
+            .wrapped_dek,
+        vec![7, 7]
+    );
+    for c in first.iter().chain(&next[1..]) {
+        assert!(
+            s.rewrap(&c.owner, &c.service, &c.wrapped_dek, &[8, 8], 2)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(s.kek_usage().await.unwrap(), vec![(2, 5)]);
+    assert!(
+        s.credentials_to_rewrap(2, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Instantiates every suite function for one engine.
 macro_rules! engine {
     ($name:ident, $open:expr) => {
@@ -400,6 +469,7 @@ macro_rules! engine {
             identities_are_one_namespace_per_master,
             old_auth_requests_are_purged_but_live_grants_kept,
             audit_appends_chain_across_batches,
+            rewrapping_pages_through_old_keks_and_never_clobbers_a_newer_store,
         ]);
     };
     ($name:ident, $open:expr, [$($case:ident),* $(,)?]) => {

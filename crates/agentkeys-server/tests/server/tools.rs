@@ -194,3 +194,175 @@ async fn verify_names_a_tampered_row() {
         text(&v.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kek_rotates_online_without_a_single_failed_read() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    // A single node's records, under its first KEK.
+    let single = TestServer::sqlite().await;
+    let (m, _, m_token) = single.master("m").await;
+    for i in 0..60 {
+        m.store_credential(
+            None,
+            &svc(&format!("s{i}")),
+            format!("v{i}").as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // Step 1: a key set with a new current KEK (the old one kept).
+    let keys = tempfile::tempdir().unwrap();
+    let next = keys.path().join("server.key.next");
+    let out = tool(&[
+        "rotate-kek",
+        "new-key",
+        "--keys",
+        single.dir.path().join("server.key").to_str().unwrap(),
+        "--out",
+        next.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("KEKs [2, 1]"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Two servers restarted with it, on the same database, under load: readers of every
+    // record and a writer of new ones.
+    let rotated = tempfile::tempdir().unwrap();
+    std::fs::copy(&next, rotated.path().join("server.key")).unwrap();
+    let unlimited = || agentkeys_server::Config {
+        read_rate: 0.0,
+        ..Default::default()
+    };
+    let a = TestServer::on_with(&single.database, rotated.path(), unlimited()).await;
+    let b = TestServer::on_with(&single.database, rotated.path(), unlimited()).await;
+    let clients = Arc::new([
+        client_with(&a.url, &m_token).await,
+        client_with(&b.url, &m_token).await,
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for t in 0..4usize {
+        let (clients, stop, reads, failed) =
+            (clients.clone(), stop.clone(), reads.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let c = &clients[i % 2];
+                let n = i % 60;
+                match c.read_credential(None, &svc(&format!("s{n}"))).await {
+                    Ok(r) if r.page.expose_secret() == format!("v{n}").as_bytes() => {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failed read: {:?}", other.map(|_| "wrong value"));
+                        }
+                    }
+                }
+                if t == 0 && i % 7 == 0 {
+                    c.store_credential(None, &svc(&format!("new{i}")), b"fresh", None)
+                        .await
+                        .unwrap();
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Step 2: re-wrap while they serve.
+    let before = reads.load(Ordering::Relaxed);
+    let database = single.database.clone();
+    let next_s = next.to_str().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        tool(&[
+            "rotate-kek",
+            "rewrap",
+            "--database",
+            &database,
+            "--keys",
+            &next_s,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let during = reads.load(Ordering::Relaxed) - before;
+    eprintln!(
+        "KEK rotation under load: {} reads in all, {during} during the re-wrap, {} failed; {}",
+        reads.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        text(&out.stdout).trim()
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a read failed during the rotation"
+    );
+    assert!(during > 0, "no read ran during the re-wrap");
+    assert!(
+        text(&out.stdout).contains("re-wrapped 60 records under KEK 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Every record is under the new KEK now.
+    let usage = agentkeys_server::store::Store::kek_usage(&*a.state.store)
+        .await
+        .unwrap();
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(usage[0].0, 2);
+
+    // Step 3: retire the old KEK; a server with only the new one reads everything.
+    let last = keys.path().join("server.key.final");
+    let out = tool(&[
+        "rotate-kek",
+        "retire",
+        "--database",
+        &single.database,
+        "--keys",
+        next.to_str().unwrap(),
+        "--out",
+        last.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("KEKs [2] (retired [1])"),
+        "{}",
+        text(&out.stdout)
+    );
+    let final_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&last, final_dir.path().join("server.key")).unwrap();
+    let c = TestServer::on(&single.database, final_dir.path()).await;
+    let reader = client_with(&c.url, &m_token).await;
+    for n in [0, 33, 59] {
+        let r = reader
+            .read_credential(None, &svc(&format!("s{n}")))
+            .await
+            .unwrap();
+        assert_eq!(r.page.expose_secret(), format!("v{n}").as_bytes());
+    }
+    // Retiring before re-wrapping is refused; a key set without the records' KEK too.
+    let early = tool(&[
+        "rotate-kek",
+        "rewrap",
+        "--database",
+        &single.database,
+        "--keys",
+        single.dir.path().join("server.key").to_str().unwrap(),
+    ]);
+    assert!(!early.status.success());
+    assert!(
+        text(&early.stderr).contains("KEK 2"),
+        "{}",
+        text(&early.stderr)
+    );
+}
