@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: the Python managed runtime's pytest suite, then every Rust test
 # (unit tests and the end-to-end tests that start the real binaries), the server's
-# integration suite a second time on PostgreSQL, then the independent Python client
+# integration suite a second time on PostgreSQL, the OpenAPI document through a validator,
+# then the independent Python client
 # written from docs/api.md. Extra arguments go to 'cargo test' (e.g. --locked, or a test
 # name filter).
 #
@@ -17,12 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c "import mcp, pytest, pyhpke, cryptography, openai, anthropic, httpx, requests, websockets" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import mcp, pytest, pyhpke, cryptography, openai, anthropic, httpx, requests, websockets, openapi_spec_validator" 2>/dev/null; then
   echo "setting up $venv (pytest, mcp 2.3.0, the independent client's pyhpke and cryptography," \
     "and the unmodified HTTP clients the egress proxy is tested with)..." >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0" \
     "openai==3.57.0" "anthropic==2.14.0" "httpx==0.28.1" "requests==2.34.2" "websockets==17.4" \
+    "openapi-spec-validator==0.7.2" \
     -r clients/independent/requirements.txt
 fi
 export AGENTKEYS_TEST_PYTHON="$PWD/$venv/bin/python"
@@ -49,6 +51,10 @@ cargo test --workspace "$@"
 echo "== the server's integration suite again, on PostgreSQL" >&2
 # (the replica and tool suites pick their engines themselves: once is enough)
 AGENTKEYS_TEST_ENGINE=postgres cargo test -p agentkeys-server --test server "$@" -- --skip replicas --skip tools
+
+echo "== the server's OpenAPI document (openapi-spec-validator)" >&2
+target/debug/agentkeys-server openapi >target/openapi.json
+"$AGENTKEYS_TEST_PYTHON" -m openapi_spec_validator target/openapi.json
 
 # Written from docs/api.md alone, against the server binary cargo just built: proves the
 # document is enough to write a client.

@@ -146,6 +146,8 @@ pub(crate) enum Tool {
         after_help = "Steps (docs/operations.md, \"Rotating the KEK\"):\n  agentkeys-server rotate-kek new-key --keys /var/lib/agentkeys/server.key --out /secure/server.key.next\n  # give every replica the new key set (server.key or AGENTKEYS_SERVER_KEYS), restart them one by one\n  agentkeys-server rotate-kek rewrap --database URL --keys /secure/server.key.next\n  agentkeys-server rotate-kek retire --database URL --keys /secure/server.key.next --out /secure/server.key.final"
     )]
     RotateKek(RotateStep),
+    /// Print the OpenAPI 3.1 document the server serves at /v1/openapi.json
+    Openapi,
     /// Recompute a database's whole audit chain and report the first broken link
     #[command(
         after_help = "Example:\n  agentkeys-server verify --database postgres://agentkeys@db.internal/agentkeys --json"

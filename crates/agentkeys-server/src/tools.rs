@@ -41,6 +41,13 @@ pub(crate) fn run(tool: Tool, env_keys: Option<SecretBytes>) -> ExitCode {
 async fn dispatch(tool: Tool, env_keys: Option<SecretBytes>) -> anyhow::Result<ExitCode> {
     match tool {
         Tool::RotateKek(step) => rotate(step, env_keys).await,
+        Tool::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&agentkeys_server::http::openapi::document())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Tool::Migrate { from, to } => migrate(&from, &to).await,
         Tool::Backup {
             database,

@@ -179,6 +179,7 @@ pub mod secret_serde {
 
 /// `GET /v1/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Health {
     /// Always `"ok"` when the server answers.
     pub status: String,
@@ -189,6 +190,7 @@ pub struct Health {
 /// `GET /v1/ready`: the server can serve (its database answers, with every migration of
 /// this version applied). A server that is not ready answers 503 with the error body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Readiness {
     /// Always `"ready"` in a 200 answer.
     pub status: String,
@@ -200,6 +202,7 @@ pub struct Readiness {
 
 /// `GET /v1/server-info`: what a client needs to seal to the server and verify it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ServerInfo {
     /// The server's version.
     pub version: String,
@@ -217,6 +220,7 @@ pub struct ServerInfo {
 
 /// The kind of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     /// A human master's session (`akm_` token).
@@ -227,15 +231,18 @@ pub enum SessionKind {
 
 /// `POST /v1/sessions`: the enrolment credential. No `Debug`: it is a secret.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     /// The enrolment credential the server's `--auth` mode checks.
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     #[serde(with = "secret_serde")]
     pub auth_token: SecretString,
 }
 
 /// A session's metadata: never the token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SessionInfo {
     /// The session's id (not a secret; used to revoke it).
     pub session_id: String,
@@ -257,8 +264,10 @@ pub struct SessionInfo {
 /// A freshly minted session: the token and its metadata. No `Debug`: it holds the token.
 /// A response (and the sealed pairing payload), so it tolerates fields added later.
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SessionGrant {
     /// The bearer token (`akm_…` or `aka_…`).
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     #[serde(with = "secret_serde")]
     pub token: SecretString,
     /// Its metadata.
@@ -267,6 +276,7 @@ pub struct SessionGrant {
 
 /// `POST /v1/sessions/revoke`. With neither field, the caller's own session is revoked.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Revoke this one session (the caller's own, or one of a wallet it owns).
@@ -279,6 +289,7 @@ pub struct RevokeRequest {
 
 /// The answer to a revocation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RevokeResponse {
     /// How many live sessions were revoked.
     pub revoked: u64,
@@ -286,6 +297,7 @@ pub struct RevokeResponse {
 
 /// One child agent, as `GET /v1/agents` lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AgentInfo {
     /// The agent's wallet.
     pub wallet: Wallet,
@@ -305,6 +317,7 @@ pub struct AgentInfo {
 
 /// `GET /v1/agents`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AgentList {
     /// The caller's child agents.
     pub agents: Vec<AgentInfo>,
@@ -312,6 +325,7 @@ pub struct AgentList {
 
 /// `DELETE /v1/agents/{wallet}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TeardownResponse {
     /// Sessions revoked.
     pub revoked_sessions: u64,
@@ -321,6 +335,7 @@ pub struct TeardownResponse {
 
 /// A credential's policy: `{"high_value": bool}` (absent or `null`: false).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Reading it needs a human approval each time (DESIGN decision 5).
@@ -335,6 +350,7 @@ fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Erro
 
 /// `POST /v1/credentials`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StoreCredentialRequest {
     /// Whose credential (default: the caller's own wallet).
@@ -357,6 +373,7 @@ pub struct StoreCredentialRequest {
 /// `PUT /v1/credentials/{agent}/{service}/binding` (masters): `{"binding": {…}}` sets,
 /// `{"binding": null}` removes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetBindingRequest {
     /// The new binding, or `null`.
@@ -365,6 +382,7 @@ pub struct SetBindingRequest {
 
 /// One credential's metadata, never its value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CredentialInfo {
     /// The owner.
     pub agent: Wallet,
@@ -383,6 +401,7 @@ pub struct CredentialInfo {
 
 /// `GET /v1/credentials`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CredentialList {
     /// The credentials the caller may see, scope-filtered.
     pub credentials: Vec<CredentialInfo>,
@@ -390,6 +409,7 @@ pub struct CredentialList {
 
 /// `POST /v1/credentials/read`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReadCredentialRequest {
     /// Whose credential (default: the caller's own wallet).
@@ -403,6 +423,7 @@ pub struct ReadCredentialRequest {
 
 /// The answer to a read: ciphertext only, signed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReadCredentialResponse {
     /// The owner the value was found under (the caller's wallet, or its master's).
     pub agent: Wallet,
@@ -423,6 +444,7 @@ pub struct ReadCredentialResponse {
 
 /// The kind of an auth request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthKind {
     /// A new daemon asks to become a child agent.
@@ -456,6 +478,7 @@ impl AuthKind {
 
 /// Where an auth request stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuthStatus {
     /// Waiting for a master.
@@ -497,6 +520,7 @@ impl AuthStatus {
 
 /// `POST /v1/auth-requests`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OpenAuthRequest {
     /// What is asked.
@@ -525,6 +549,7 @@ pub struct OpenAuthRequest {
 
 /// What opening an auth request returns (also inside `APPROVAL_REQUIRED`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthRequestTicket {
     /// The request id (polled for the decision).
     pub id: String,
@@ -540,6 +565,7 @@ pub struct AuthRequestTicket {
 
 /// `GET /v1/auth-requests/by-code/{code}`: what a master is asked to approve.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthRequestView {
     /// The request id.
     pub id: String,
@@ -571,6 +597,7 @@ pub struct AuthRequestView {
 
 /// `POST /v1/auth-requests/{id}/approve`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
     /// Pair: the scope the new agent gets (default: no services, read-only).
@@ -580,6 +607,7 @@ pub struct ApproveRequest {
 
 /// The answer to approve/deny.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DecideResponse {
     /// The request id.
     pub id: String,
@@ -592,6 +620,7 @@ pub struct DecideResponse {
 
 /// `GET /v1/auth-requests/{id}/decision`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Decision {
     /// The request id.
     pub id: String,
@@ -682,6 +711,7 @@ impl AuditAction {
 
 /// One audit event, as the server's hash chain stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditEvent {
     /// Position in the chain, from 1.
     pub seq: i64,
@@ -711,6 +741,7 @@ pub struct AuditEvent {
 
 /// `GET /v1/audit`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditList {
     /// Newest first.
     pub events: Vec<AuditEvent>,
@@ -718,6 +749,7 @@ pub struct AuditList {
 
 /// `GET /v1/audit/verify`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditVerify {
     /// True when every link holds.
     pub ok: bool,
@@ -737,6 +769,7 @@ pub struct AuditVerify {
 /// `POST /v1/audit/anchor`: a daemon records the head of its own trail in the server's
 /// audit log, so a trail truncated or rewritten later no longer matches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnchorRequest {
     /// The trail's last line number.
@@ -763,6 +796,7 @@ impl AnchorRequest {
 
 /// The answer to an anchor: the audit event it became.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AnchorResponse {
     /// The event's position in the server's chain.
     pub audit_seq: i64,
@@ -770,6 +804,7 @@ pub struct AnchorResponse {
 
 /// `POST /v1/identities`: link an alias or e-mail to a wallet the caller owns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LinkIdentityRequest {
     /// The wallet (the caller's own, or one of its agents).
@@ -784,6 +819,7 @@ pub struct LinkIdentityRequest {
 
 /// An identity link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Identity {
     /// `alias` or `email`.
     pub kind: String,

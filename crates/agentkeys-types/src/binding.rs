@@ -14,6 +14,7 @@ pub const MAX_HOSTS: usize = 32;
 
 /// Where a credential may be sent, and how it is injected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     /// Host names it may be sent to: exact (`api.openai.com`) or one leading wildcard label
@@ -42,6 +43,7 @@ fn is_false(b: &bool) -> bool {
 
 /// How the proxy puts the value into a request that carries the credential's placeholder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Inject {
     /// `Authorization: Bearer <value>`; the placeholder is accepted only there.
@@ -74,6 +76,7 @@ pub enum Inject {
 
 /// The part of a basic-auth pair that holds the credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BasicPart {
     /// `value:…`

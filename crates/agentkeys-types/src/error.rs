@@ -6,6 +6,7 @@ use crate::api::AuthRequestTicket;
 
 /// A stable, machine-readable error code. The set is closed: clients switch on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     /// The request was malformed: bad JSON, unknown field, invalid name, body too large.
@@ -85,6 +86,7 @@ impl std::fmt::Display for ErrorCode {
 /// The body of every HTTP error response. Responses accept unknown fields, so a newer
 /// server can add some without breaking older clients; only requests are strict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
@@ -92,6 +94,7 @@ pub struct ErrorBody {
 
 /// One error: a stable code, a human message and, where there is one, how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorDetail {
     /// The stable code.
     pub code: ErrorCode,

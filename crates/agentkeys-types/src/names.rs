@@ -112,6 +112,36 @@ impl<'de> Deserialize<'de> for ServiceName {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Wallet {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Wallet".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An account's wallet address: 0x and 40 lower-case hex digits",
+            "pattern": "^0x[0-9a-f]{40}$"
+        })
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for ServiceName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ServiceName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A credential's name: lower-case letters, digits, '-', '_' and '.'",
+            "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

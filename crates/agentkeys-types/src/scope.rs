@@ -7,6 +7,7 @@ use crate::names::ServiceName;
 
 /// A session's or agent's scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
     /// Service names the holder may read (and, unless read-only, store); `"*"` means all.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 mod identities;
 mod meta;
+pub mod openapi;
 mod sessions;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     api.route("/v1/health", get(meta::health))
         .route("/v1/ready", get(meta::ready::<S>))
         .route("/v1/server-info", get(meta::server_info::<S>))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/sessions", post(sessions::create::<S>))
         .route("/v1/session", get(sessions::current))
         .route("/v1/sessions/revoke", post(sessions::revoke::<S>))

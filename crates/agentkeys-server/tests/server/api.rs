@@ -96,6 +96,115 @@ async fn metrics_count_requests_reads_audits_and_refusals_without_naming_anyone(
     assert!(!text.contains("sk-metrics-value"));
 }
 
+/// `(METHOD, /path)` pairs of the router's source (`.route("PATH", get(..).put(..))`).
+fn routed() -> std::collections::BTreeSet<(String, String)> {
+    let src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs")).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for call in src.split(".route(").skip(1) {
+        let path = call.split('"').nth(1).unwrap().to_owned();
+        // The handler expression: up to the end of this .route(...) call.
+        let mut depth = 1;
+        let end = call
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(call.len(), |(i, _)| i);
+        let handlers = &call[..end];
+        for method in ["get", "post", "put", "delete"] {
+            if handlers.contains(&format!("{method}(")) {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out.remove(&("GET".to_owned(), "/metrics".to_owned())); // Prometheus text, not the API
+    out
+}
+
+/// `(METHOD, /path)` pairs docs/api.md's endpoint table names.
+fn documented() -> std::collections::BTreeSet<(String, String)> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md")).unwrap();
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| {
+            let (method, rest) = l.split_once(' ')?;
+            if !["GET", "POST", "PUT", "DELETE"].contains(&method) {
+                return None;
+            }
+            let path = rest.split(['`', '?', ' ']).next()?;
+            Some((method.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_the_docs_name_the_same() {
+    let ts = TestServer::start().await;
+    let doc: serde_json::Value = ts
+        .raw()
+        .get(format!("{}/v1/openapi.json", ts.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut in_doc = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            in_doc.insert((method.to_uppercase(), path.clone()));
+            // Every schema it refers to is in the document.
+            for r in op.to_string().split("#/components/schemas/").skip(1) {
+                let name = r.split('"').next().unwrap();
+                assert!(
+                    doc["components"]["schemas"].get(name).is_some(),
+                    "{name} missing"
+                );
+            }
+        }
+    }
+    let routes = routed();
+    assert_eq!(in_doc, routes, "the OpenAPI paths are the routed ones");
+    assert_eq!(
+        documented(),
+        routes,
+        "docs/api.md names the routed endpoints"
+    );
+    // And each answers as a route (never the fallback's "no such endpoint").
+    let client = ts.raw();
+    for (method, path) in &routes {
+        let url = format!("{}{}", ts.url, path.replace(['{', '}'], "x"));
+        let req = client.request(method.parse().unwrap(), url);
+        let req = if method == "GET" || method == "DELETE" {
+            req
+        } else {
+            req.json(&serde_json::json!({}))
+        };
+        let text = req.send().await.unwrap().text().await.unwrap();
+        assert!(
+            !text.contains("no such endpoint"),
+            "{method} {path}: {text}"
+        );
+    }
+    // The wire types' schemas come from their serde shape: a sample.
+    let read = &doc["components"]["schemas"]["ReadCredentialRequest"];
+    assert!(
+        read["required"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("recipient_public_key")),
+        "{read}"
+    );
+}
+
 #[tokio::test]
 async fn a_master_session_is_created_and_describes_itself_without_its_token() {
     let ts = TestServer::start().await;
