@@ -9,6 +9,7 @@
 
 pub mod copy;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::future::Future;

@@ -87,120 +87,12 @@ impl SqliteStore {
     }
 }
 
-fn wallet(s: String) -> StoreResult<Wallet> {
-    Wallet::parse(&s).map_err(|_| StoreError::Corrupt("wallet"))
-}
+use super::rows::{
+    DecisionWrite, SESSION_SELECT, is_unique_violation, opt_wallet, scope, scope_json, service,
+    wallet,
+};
 
-fn opt_wallet(s: Option<String>) -> StoreResult<Option<Wallet>> {
-    s.map(wallet).transpose()
-}
-
-fn service(s: String) -> StoreResult<ServiceName> {
-    ServiceName::parse(&s).map_err(|_| StoreError::Corrupt("service"))
-}
-
-fn scope(json: &str) -> StoreResult<Scope> {
-    serde_json::from_str(json).map_err(|_| StoreError::Corrupt("scope"))
-}
-
-fn scope_json(s: &Scope) -> String {
-    // Serializing a struct of strings and a bool cannot fail.
-    serde_json::to_string(s).unwrap_or_else(|_| "{\"services\":[]}".to_owned())
-}
-
-fn account_from(row: &SqliteRow, prefix: &str) -> StoreResult<Account> {
-    let col = |c: &str| format!("{prefix}{c}");
-    let kind: String = row.try_get(col("kind").as_str())?;
-    Ok(Account {
-        wallet: wallet(row.try_get(col("wallet").as_str())?)?,
-        is_master: kind == "master",
-        parent: opt_wallet(row.try_get(col("parent").as_str())?)?,
-        scope: scope(&row.try_get::<String, _>(col("scope_json").as_str())?)?,
-        created_at: row.try_get(col("created_at").as_str())?,
-    })
-}
-
-fn credential_from(row: &SqliteRow) -> StoreResult<StoredCredential> {
-    Ok(StoredCredential {
-        owner: wallet(row.try_get("owner")?)?,
-        service: service(row.try_get("service")?)?,
-        wrapped_dek: row.try_get("wrapped_dek")?,
-        ciphertext: row.try_get("ciphertext")?,
-        kek_id: u32::try_from(row.try_get::<i64, _>("kek_id")?)
-            .map_err(|_| StoreError::Corrupt("kek_id"))?,
-        policy: Policy {
-            high_value: row.try_get::<i64, _>("high_value")? != 0,
-        },
-        binding: row.try_get("binding")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn auth_request_from(row: &SqliteRow) -> StoreResult<AuthRequestRecord> {
-    let kind: String = row.try_get("kind")?;
-    let status: String = row.try_get("status")?;
-    Ok(AuthRequestRecord {
-        id: row.try_get("id")?,
-        kind: AuthKind::parse(&kind).ok_or(StoreError::Corrupt("auth kind"))?,
-        pair_code: row.try_get("pair_code")?,
-        nonce: row.try_get("nonce")?,
-        otp: row.try_get("otp")?,
-        requester_key: row.try_get("requester_key")?,
-        agent: opt_wallet(row.try_get("agent")?)?,
-        service: row
-            .try_get::<Option<String>, _>("service")?
-            .map(service)
-            .transpose()?,
-        requested_by: opt_wallet(row.try_get("requested_by")?)?,
-        requested_session: row.try_get("requested_session")?,
-        description: row.try_get("description")?,
-        status: AuthStatus::parse(&status).ok_or(StoreError::Corrupt("auth status"))?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        decided_by: opt_wallet(row.try_get("decided_by")?)?,
-        grant_expires_at: row.try_get("grant_expires_at")?,
-        sealed_session: row.try_get("sealed_session")?,
-        signature: row.try_get("signature")?,
-    })
-}
-
-fn audit_from(row: &SqliteRow) -> StoreResult<AuditRow> {
-    Ok(AuditRow {
-        seq: row.try_get("seq")?,
-        event: NewAuditEvent {
-            ts: row.try_get("ts")?,
-            actor: row.try_get("actor")?,
-            agent: row.try_get("agent")?,
-            service: row.try_get("service")?,
-            action: row.try_get("action")?,
-            outcome: row.try_get("outcome")?,
-            detail: row.try_get("detail")?,
-        },
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-const SESSION_SELECT: &str = "SELECT s.id, s.created_at AS s_created_at, s.expires_at, s.revoked_at, \
-     s.last_used_at, a.wallet AS a_wallet, a.kind AS a_kind, a.parent AS a_parent, \
-     a.scope_json AS a_scope_json, a.created_at AS a_created_at \
-     FROM sessions s JOIN accounts a ON a.wallet = s.wallet";
-
-fn session_from(row: &SqliteRow) -> StoreResult<SessionRecord> {
-    Ok(SessionRecord {
-        id: row.try_get("id")?,
-        account: account_from(row, "a_")?,
-        created_at: row.try_get("s_created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-    })
-}
+super::rows::row_decoders!(SqliteRow);
 
 async fn insert_session_in(
     conn: &mut sqlx::SqliteConnection,
@@ -219,16 +111,6 @@ async fn insert_session_in(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// What a decision writes onto its request row.
-struct DecisionWrite<'a> {
-    status: AuthStatus,
-    by: &'a Wallet,
-    now: UnixSeconds,
-    grant_expires_at: Option<UnixSeconds>,
-    sealed_session: Option<&'a [u8]>,
-    signature: &'a [u8],
 }
 
 /// Marks a pending, unexpired request decided; tells apart why it could not be.
