@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// The agentkeys backend: accounts, sessions, encrypted credentials, approvals, audit.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "agentkeys-server",
     version,
@@ -102,8 +102,9 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Maintenance commands: each runs, prints what it did, and exits.
-#[derive(Debug, clap::Subcommand)]
+/// Maintenance commands: each runs, prints what it did, and exits. No `Debug`: a database
+/// URL can carry a password (STYLE habit 3).
+#[derive(clap::Subcommand)]
 pub(crate) enum Tool {
     /// Copy a single-node SQLite deployment into an empty PostgreSQL database, the audit
     /// chain with it, and verify the copy's chain
@@ -170,8 +171,8 @@ pub(crate) enum Tool {
     },
 }
 
-/// The steps of a KEK rotation.
-#[derive(Debug, clap::Subcommand)]
+/// The steps of a KEK rotation (no `Debug`, as [`Tool`]).
+#[derive(clap::Subcommand)]
 pub(crate) enum RotateStep {
     /// Write a key set holding a new, current KEK and the old ones (the other keys kept)
     NewKey {
@@ -252,8 +253,7 @@ pub(crate) enum AuthPlan {
     Tokens(PathBuf),
 }
 
-/// The validated plan.
-#[derive(Debug)]
+/// The validated plan. Its `Debug` leaves the database URL out: it can carry a password.
 pub(crate) struct Plan {
     pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) tls: Option<agentkeys_server::tls::TlsFiles>,
@@ -263,6 +263,20 @@ pub(crate) struct Plan {
     pub(crate) auth: AuthPlan,
     pub(crate) dev: bool,
     pub(crate) config: agentkeys_server::Config,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database.as_ref().map(|_| "[REDACTED]"))
+            .field("tls", &self.tls)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("auth", &self.auth)
+            .field("dev", &self.dev)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Args {
