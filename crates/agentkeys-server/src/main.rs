@@ -36,34 +36,22 @@ fn main() -> ExitCode {
             .init();
     }
     agentkeys_secmem::process::quiet_panics("agentkeys-server");
-    if let Some(tool) = args.command.take() {
-        // The tools that handle keys are hardened as the server is, and take the keys
-        // from the environment the same way, before any thread starts.
-        if let Err(e) = agentkeys_secmem::process::disable_core_dumps() {
-            eprintln!("error: HARDENING: cannot make this process non-dumpable: {e}");
-            return ExitCode::FAILURE;
-        }
-        let env_keys = match agentkeys_secmem::process::take_secret_env(keys::KEYS_ENV) {
-            Ok(v) => v,
+    let tool = args.command.take();
+    let plan = match tool {
+        Some(_) => None,
+        None => match args.plan() {
+            Ok(p) => Some(p),
             Err(e) => {
-                eprintln!("error: INTERNAL: {e}");
-                return ExitCode::FAILURE;
+                eprintln!("error: BAD_REQUEST: {e}\nhint: see agentkeys-server --help");
+                return ExitCode::from(2);
             }
-        };
-        return tools::run(tool, env_keys);
-    }
-    let plan = match args.plan() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: BAD_REQUEST: {e}\nhint: see agentkeys-server --help");
-            return ExitCode::from(2);
-        }
+        },
     };
-    // The server opens every credential it stores or re-seals and holds the key-encryption
-    // key: no core dumps, not dumpable (same-uid processes cannot ptrace it or read its
-    // /proc/<pid>/mem), as the daemon and the CLI.
+    // The server, and the tools that handle its keys, open credentials and hold the
+    // key-encryption key: no core dumps, not dumpable (same-uid processes cannot ptrace
+    // them or read their /proc/<pid>/mem), as the daemon and the CLI.
     if let Err(e) = agentkeys_secmem::process::disable_core_dumps() {
-        eprintln!("error: HARDENING: cannot make the server non-dumpable: {e}");
+        eprintln!("error: HARDENING: cannot make this process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
     // Before any thread exists: the keys leave the environment (wiped where they were, so
@@ -85,12 +73,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(plan, env_keys)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: INTERNAL: {e:#}");
-            ExitCode::FAILURE
-        }
+    match (tool, plan) {
+        (Some(tool), _) => runtime.block_on(tools::run(tool, env_keys)),
+        (None, Some(plan)) => match runtime.block_on(run(plan, env_keys)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: INTERNAL: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        (None, None) => ExitCode::FAILURE, // no tool always comes with a plan
     }
 }
 

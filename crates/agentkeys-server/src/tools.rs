@@ -16,20 +16,10 @@ use agentkeys_server::store::Store as _;
 
 use crate::cli::{RotateStep, Tool};
 
-/// Runs one command on a runtime of its own. `env_keys`: `AGENTKEYS_SERVER_KEYS`, already
-/// taken out of the environment.
-pub(crate) fn run(tool: Tool, env_keys: Option<SecretBytes>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: INTERNAL: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(tool, env_keys)) {
+/// Runs one command. `env_keys`: `AGENTKEYS_SERVER_KEYS`, already taken out of the
+/// environment.
+pub(crate) async fn run(tool: Tool, env_keys: Option<SecretBytes>) -> ExitCode {
+    match dispatch(tool, env_keys).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
