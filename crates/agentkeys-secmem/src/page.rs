@@ -15,6 +15,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use zeroize::Zeroize;
@@ -63,13 +64,71 @@ impl fmt::Display for SecretPageKind {
 /// its own mapping; the contents are plain bytes, so that can garble them but cannot break
 /// memory safety here, and the seals (or `memfd_secret`'s fixed size) keep the mapping valid.
 pub struct SecretPage {
-    // Field order matters: the mapping is unmapped before the fd is closed.
-    mapping: Mapping,
+    // Field order matters: the mapping is unmapped before the fd is closed. `Some` until
+    // `Drop`, which may move it (wiped) into the [`pool`].
+    mapping: Option<Mapping>,
     len: usize,
     kind: SecretPageKind,
     fd: Option<OwnedFd>,
     /// Set by [`SecretPage::hand_off`]: another process owns the bytes, do not wipe.
     handed_off: bool,
+    /// Whether the page may go back to the [`pool`] when dropped: a one-page `memfd_secret`
+    /// page made by [`SecretPage::new`] whose fd was never lent out ([`SecretPage::fd`]) and
+    /// whose protection was never changed (a protection key). Cleared, never set again.
+    reusable: AtomicBool,
+}
+
+/// Wiped one-page `memfd_secret` pages kept for reuse.
+///
+/// Creating a `memfd_secret` page removes it from the kernel's direct map and destroying it
+/// puts it back, each with a TLB flush on every core: measured, that was the largest single
+/// cost of a cached `get_credential` in the daemon and a tenth of a sealed read on the server.
+/// A spare stays what it was (mapped only here, locked, out of the direct map, never dumped)
+/// and holds only zeros: [`SecretPage`]'s `Drop` wipes the whole mapping before it returns.
+/// A page whose fd ever left through [`SecretPage::fd`] is never kept, since another process
+/// may still map that file.
+mod pool {
+    use std::os::fd::OwnedFd;
+    use std::sync::Mutex;
+
+    use crate::sys::Mapping;
+
+    /// Spares kept at most (one page each: 64 KiB of `RLIMIT_MEMLOCK` with 4 KiB pages).
+    pub(super) const MAX: usize = 16;
+
+    /// A wiped page and its file.
+    pub(super) type Spare = (Mapping, OwnedFd);
+
+    /// A set of spares.
+    #[derive(Default)]
+    pub(super) struct Pool(Mutex<Vec<Spare>>);
+
+    impl Pool {
+        pub(super) const fn new() -> Self {
+            Pool(Mutex::new(Vec::new()))
+        }
+
+        pub(super) fn take(&self) -> Option<Spare> {
+            self.0.lock().ok()?.pop()
+        }
+
+        /// Keeps `spare` unless the pool is full (then it is unmapped and closed).
+        pub(super) fn put(&self, spare: Spare) {
+            if let Ok(mut spares) = self.0.lock()
+                && spares.len() < MAX
+            {
+                spares.push(spare);
+            }
+        }
+
+        #[cfg(test)]
+        pub(super) fn len(&self) -> usize {
+            self.0.lock().map_or(0, |s| s.len())
+        }
+    }
+
+    /// The process's pool.
+    pub(super) static GLOBAL: Pool = Pool::new();
 }
 
 impl SecretPage {
@@ -79,10 +138,50 @@ impl SecretPage {
     /// on any failure (`ENOSYS` on kernels without `secretmem`, `mlock` hitting
     /// `RLIMIT_MEMLOCK`, …). When every kind fails, returns the last kind's error. Check
     /// [`kind`](Self::kind) to report which protection is in effect.
+    ///
+    /// A page of one page's capacity comes from the process's pool of wiped `memfd_secret`
+    /// pages when it has one, and goes back to it when dropped (unless its fd was lent out).
     pub fn new(len: usize) -> io::Result<Self> {
-        Self::with_kind(len, SecretPageKind::MemfdSecret)
+        Self::new_in(&pool::GLOBAL, len)
+    }
+
+    fn new_in(pool: &pool::Pool, len: usize) -> io::Result<Self> {
+        let one_page = capacity_for(len)? == rustix::param::page_size();
+        if one_page && let Some((mapping, fd)) = pool.take() {
+            return Ok(Self {
+                mapping: Some(mapping),
+                len,
+                kind: SecretPageKind::MemfdSecret,
+                fd: Some(fd),
+                handed_off: false,
+                reusable: AtomicBool::new(true),
+            });
+        }
+        let page = Self::with_kind(len, SecretPageKind::MemfdSecret)
             .or_else(|_| Self::with_kind(len, SecretPageKind::SealedMemfd))
-            .or_else(|_| Self::with_kind(len, SecretPageKind::LockedAnon))
+            .or_else(|_| Self::with_kind(len, SecretPageKind::LockedAnon))?;
+        if one_page && page.kind == SecretPageKind::MemfdSecret {
+            page.reusable.store(true, Ordering::Relaxed);
+        }
+        Ok(page)
+    }
+
+    /// What `Drop` does, with the pool given (tests use their own): wipes the whole mapping
+    /// and, if the page may be reused, moves it into `pool`. A handed-off page is left alone.
+    fn retire(&mut self, pool: &pool::Pool) {
+        if self.handed_off || self.mapping.is_none() {
+            return;
+        }
+        #[cfg(test)]
+        let before = drop_probe::nonzero(self.map().bytes());
+        self.wipe();
+        #[cfg(test)]
+        drop_probe::record(before, drop_probe::nonzero(self.map().bytes()));
+        if self.reusable.swap(false, Ordering::Relaxed)
+            && let (Some(mapping), Some(fd)) = (self.mapping.take(), self.fd.take())
+        {
+            pool.put((mapping, fd));
+        }
     }
 
     /// A zero-filled page of exactly `kind`, or that kind's error (no fallback).
@@ -122,11 +221,12 @@ impl SecretPage {
             }
         };
         Ok(Self {
-            mapping,
+            mapping: Some(mapping),
             len,
             kind,
             fd,
             handed_off: false,
+            reusable: AtomicBool::new(false),
         })
     }
 
@@ -155,18 +255,18 @@ impl SecretPage {
 
     /// Mapped bytes: `len` rounded up to whole pages, at least one page.
     pub fn capacity(&self) -> usize {
-        self.mapping.bytes().len()
+        self.map().bytes().len()
     }
 
     /// The first `len()` bytes. The one greppable door out of the type.
     pub fn expose_secret(&self) -> &[u8] {
-        &self.mapping.bytes()[..self.len]
+        &self.map().bytes()[..self.len]
     }
 
     /// The first `len()` bytes, writable.
     pub fn expose_secret_mut(&mut self) -> &mut [u8] {
         let len = self.len;
-        &mut self.mapping.bytes_mut()[..len]
+        &mut self.map_mut().bytes_mut()[..len]
     }
 
     /// Changes the logical length within the capacity. When shrinking, the bytes beyond the
@@ -181,20 +281,37 @@ impl SecretPage {
             "SecretPage::set_len({len}) exceeds the page capacity ({capacity})"
         );
         if len < self.len {
-            self.mapping.bytes_mut()[len..self.len].zeroize();
+            let old = self.len;
+            self.map_mut().bytes_mut()[len..old].zeroize();
         }
         self.len = len;
     }
 
     /// The page's file descriptor (for `SCM_RIGHTS` delivery), or `None` for
     /// [`SecretPageKind::LockedAnon`].
+    ///
+    /// A page whose fd was asked for is never reused after it is dropped: another process
+    /// may hold the file by then.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.reusable.store(false, Ordering::Relaxed);
         self.fd.as_ref().map(AsFd::as_fd)
     }
 
     /// Zeroizes the whole mapping (volatile writes) and keeps it mapped; `len()` is unchanged.
     pub fn wipe(&mut self) {
-        self.mapping.bytes_mut().zeroize();
+        self.map_mut().bytes_mut().zeroize();
+    }
+
+    fn map(&self) -> &Mapping {
+        self.mapping
+            .as_ref()
+            .expect("invariant: a live page has its mapping")
+    }
+
+    fn map_mut(&mut self) -> &mut Mapping {
+        self.mapping
+            .as_mut()
+            .expect("invariant: a live page has its mapping")
     }
 
     /// Maps a secret file received from another process (fd delivery, DESIGN decision 8):
@@ -219,11 +336,12 @@ impl SecretPage {
             mapping.advise(Advice::DontDump)?;
         }
         Ok(Self {
-            mapping,
+            mapping: Some(mapping),
             len,
             kind,
             fd: Some(fd),
             handed_off: false,
+            reusable: AtomicBool::new(false),
         })
     }
 
@@ -269,27 +387,22 @@ impl SecretPage {
 
     /// The mapping, for tagging it with a protection key ([`crate::pkey`]).
     pub(crate) fn mapping_mut(&mut self) -> &mut Mapping {
-        &mut self.mapping
+        self.reusable.store(false, Ordering::Relaxed);
+        self.map_mut()
     }
 
     /// Start address of the mapping, for tests that read it from outside.
     #[cfg(test)]
     fn addr(&self) -> usize {
-        self.mapping.addr()
+        self.map().addr()
     }
 }
 
 impl Drop for SecretPage {
     fn drop(&mut self) {
-        if self.handed_off {
-            return;
-        }
-        #[cfg(test)]
-        let before = drop_probe::nonzero(self.mapping.bytes());
-        self.wipe();
-        #[cfg(test)]
-        drop_probe::record(before, drop_probe::nonzero(self.mapping.bytes()));
-        // Then the fields drop in order: `mapping` (munlock where locked, munmap), `fd` (close).
+        self.retire(&pool::GLOBAL);
+        // Then the fields drop in order: `mapping` (munlock where locked, munmap), `fd` (close),
+        // unless the page went back to the pool.
     }
 }
 
@@ -411,6 +524,65 @@ mod tests {
                 ALL_KINDS[1..].to_vec()
             }
         }
+    }
+
+    fn inode(page: &SecretPage) -> u64 {
+        // The field, not `fd()`: asking for the fd would make the page unusable for the pool.
+        rustix::fs::fstat(page.fd.as_ref().expect("fd"))
+            .expect("fstat")
+            .st_ino
+    }
+
+    #[test]
+    fn a_dropped_one_page_secret_comes_back_wiped_from_the_pool() {
+        if let Err(why) = memfd_secret_available() {
+            crate::skipped(
+                "a_dropped_one_page_secret_comes_back_wiped_from_the_pool",
+                &format!(
+                    "no memfd_secret, so nothing is pooled ({why}); checked instead that a fallback page is not kept"
+                ),
+            );
+            let pool = pool::Pool::new();
+            let mut page = SecretPage::new_in(&pool, 8).expect("page");
+            page.retire(&pool);
+            assert_eq!(pool.len(), 0);
+            return;
+        }
+        let pool = pool::Pool::new();
+        let mut page = SecretPage::new_in(&pool, CANARY.len()).expect("page");
+        page.expose_secret_mut().copy_from_slice(CANARY);
+        let first = inode(&page);
+        page.retire(&pool);
+        assert_eq!(pool.len(), 1, "a one-page memfd_secret page is kept");
+        drop(page);
+        let again = SecretPage::new_in(&pool, 100).expect("page");
+        assert_eq!(inode(&again), first, "the spare is handed out again");
+        assert_eq!(again.kind(), SecretPageKind::MemfdSecret);
+        assert_eq!(again.len(), 100);
+        assert!(
+            again.map().bytes().iter().all(|&b| b == 0),
+            "a spare holds only zeros"
+        );
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn pages_whose_fd_was_lent_or_that_span_pages_are_never_pooled() {
+        let pool = pool::Pool::new();
+        let mut lent = SecretPage::new_in(&pool, 8).expect("page");
+        let _ = lent.fd();
+        lent.retire(&pool);
+        let mut big = SecretPage::new_in(&pool, rustix::param::page_size() + 1).expect("page");
+        big.retire(&pool);
+        let mut chosen = SecretPage::with_kind(8, best_fd_kind()).expect("page");
+        chosen.retire(&pool);
+        assert_eq!(pool.len(), 0);
+        for _ in 0..pool::MAX + 4 {
+            let mut p = SecretPage::new_in(&pool, 8).expect("page");
+            p.retire(&pool);
+            let _ = SecretPage::new_in(&pool, 8);
+        }
+        assert!(pool.len() <= pool::MAX);
     }
 
     /// The strongest fd kind this machine gives (for tests of what every fd kind does).
@@ -564,7 +736,7 @@ mod tests {
             let mut page = page_with_canary(kind);
             page.wipe();
             assert_eq!(page.len(), CANARY.len());
-            assert!(page.mapping.bytes().iter().all(|&b| b == 0), "{kind}");
+            assert!(page.map().bytes().iter().all(|&b| b == 0), "{kind}");
             page.expose_secret_mut()[0] = 1;
             assert_eq!(page.expose_secret()[0], 1);
         }
@@ -578,7 +750,7 @@ mod tests {
             page.set_len(6);
             assert_eq!(page.expose_secret(), &CANARY[..6]);
             assert!(
-                page.mapping.bytes()[6..].iter().all(|&b| b == 0),
+                page.map().bytes()[6..].iter().all(|&b| b == 0),
                 "{kind}: tail not wiped"
             );
             page.set_len(CANARY.len());
@@ -678,7 +850,7 @@ mod tests {
             assert_eq!(received.expose_secret(), CANARY);
             drop(received);
             assert!(
-                sender.mapping.bytes().iter().all(|&b| b == 0),
+                sender.map().bytes().iter().all(|&b| b == 0),
                 "{kind}: the receiver's drop did not wipe the shared file"
             );
         }
