@@ -1,7 +1,8 @@
 //! Starting a program whose environment holds credentials (DESIGN decision 9).
 //!
 //! The environment block is built by the caller inside a [`SecretPage`]; [`spawn`] points the
-//! child's `envp` straight into that page, forks, and the child only makes async-signal-safe
+//! child's `envp` straight into that page, starts the child with `clone(CLONE_VM | CLONE_VFORK)`
+//! (no page tables copied; see `sys::fork_exec`), and the child only makes async-signal-safe
 //! calls before `execve` copies the strings into the new program. `spawn` returns once the
 //! `execve` succeeded (a close-on-exec pipe reports failure), so the caller can wipe the page
 //! right away: no copy of the environment ever sits in the daemon's heap.
