@@ -43,8 +43,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each acquire (sqlx's default): a SQLite connection is a file handle
+        // in this process that cannot drop, and the ping was a round trip to the
+        // connection's worker thread before every statement (sqlx still pings on release).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite")
@@ -56,6 +60,7 @@ impl SqliteStore {
             .clamp(2, 8);
         let reader = SqlitePoolOptions::new()
             .max_connections(u32::try_from(readers * 2).unwrap_or(4))
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(SqliteStore {
