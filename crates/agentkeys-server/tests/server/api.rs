@@ -295,6 +295,7 @@ async fn an_enrolment_flood_is_rate_limited_and_does_not_grow_the_audit_log() {
 /// A raw client whose connections come from `source` (any 127.0.0.0/8 address reaches the
 /// loopback server), to play several client addresses.
 fn from(source: [u8; 4]) -> reqwest::Client {
+    super::common::tls_provider();
     reqwest::Client::builder()
         .local_address(std::net::IpAddr::from(source))
         .build()

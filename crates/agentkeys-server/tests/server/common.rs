@@ -39,6 +39,7 @@ impl TestServer {
     }
 
     pub async fn with_config(config: Config) -> Self {
+        tls_provider();
         let dir = tempfile::tempdir().unwrap();
         let (store, database) = open_store(dir.path()).await;
         let keys = ServerKeys::load_or_create(dir.path()).unwrap();
@@ -354,4 +355,11 @@ pub fn canary() -> String {
         "sk-canary-{}",
         agentkeys_server::audit::hex(&agentkeys_core::crypto::random_array::<16>())
     )
+}
+
+/// Installs the process's TLS provider, which every reqwest client needs (the typed client
+/// does it too): a test that builds a raw client first must not depend on another test in
+/// the same process having made one.
+pub fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

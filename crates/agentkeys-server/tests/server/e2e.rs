@@ -25,11 +25,13 @@ struct Proc {
 impl Proc {
     /// Starts the binary and waits for its ready line (no sleeps: the line is printed after bind).
     fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        super::common::tls_provider();
         Self::start_with(data_dir, extra_env, &[])
     }
 
     /// [`Proc::start`] with extra flags.
     fn start_with(data_dir: &Path, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Proc {
+        super::common::tls_provider();
         let mut cmd = Command::new(BIN);
         if !extra_args.contains(&"--auth") {
             cmd.args(["--auth", "dev"]);
