@@ -44,12 +44,20 @@ use crate::stats::{Report, Samples, human, ratio};
     version,
     after_help = "Examples:\n  \
     cargo run --release -p agentkeys-bench -- all\n  \
-    cargo run --release -p agentkeys-bench -- all --quick --out target/bench.json"
+    cargo run --release -p agentkeys-bench -- all --quick --out target/bench.json\n  \
+    perf record -a -g -o perf.data -- target/release/agentkeys-bench profile-reads --no-build"
 )]
 struct Args {
-    /// What to run (only `all` exists: everything, in order).
-    #[arg(value_parser = ["all"])]
+    /// What to run: `all` (everything, in order), or one load for a profiler to watch
+    /// (`profile-reads`: sealed reads at concurrency 32 on the server; `profile-gets`: cached
+    /// `get_credential` on a held connection; `profile-run`: `agentkeys run --service openai
+    /// -- /bin/true` in a loop; `profile-read-cli`: `agentkeys read openai` in a loop). A profile load prints the pids, waits a second, and runs
+    /// for `--secs`.
+    #[arg(value_parser = ["all", "profile-reads", "profile-gets", "profile-run", "profile-read-cli"])]
     what: String,
+    /// How long a profile load runs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
     /// Fewer iterations (about 10× fewer), for a smoke run.
     #[arg(long)]
     quick: bool,
@@ -64,6 +72,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
+        Ok(_) if args.what != "all" => ExitCode::SUCCESS,
         Ok(report) => {
             print!("{}", report.markdown());
             if let Some(path) = &args.out {
@@ -112,6 +121,10 @@ fn run(args: &Args) -> Result<Report, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    if args.what != "all" {
+        profile(&args.what, &bins, &rt, Duration::from_secs(args.secs))?;
+        return Ok(Report::default());
+    }
     let upstream = proxy::Upstream::start(&rt)?;
     eprintln!("bench: starting a server and pairing a daemon...");
     let daemon_extra = [
@@ -240,6 +253,23 @@ fn run(args: &Args) -> Result<Report, String> {
         format!("{} baseline", ratio(mediated_none.p50(), bare.p50())),
     );
 
+    let per_process = Samples::measure(3, sizes.runs, || {
+        let _ = stack
+            .master_cli(&["read", UNCACHED])
+            .stdout(Stdio::null())
+            .status();
+    });
+    report.latency(
+        "read_per_process",
+        "`agentkeys read openai`, a new process per fetch (server round trip)",
+        &per_process,
+        "≤ 4 ms p50",
+        format!(
+            "{} baseline; peers: ssh-add 7 ms, fnox get 10 ms, pass 31 ms (peer-baselines.md)",
+            ratio(per_process.p50(), bare.p50())
+        ),
+    );
+
     eprintln!("bench: server throughput...");
     let backend = rt.block_on(master_backend(&stack.server.url))?;
     for c in [1usize, 8, 32] {
@@ -340,6 +370,66 @@ fn run(args: &Args) -> Result<Report, String> {
         }
     }
     Ok(report)
+}
+
+/// One load, for `perf record -a` to watch: the stack's pids go to stderr first.
+fn profile(
+    what: &str,
+    bins: &Bins,
+    rt: &tokio::runtime::Runtime,
+    secs: Duration,
+) -> Result<(), String> {
+    let stack = Stack::start(bins, &[], proxy::HOST)?;
+    eprintln!(
+        "bench: server pid {}, daemon pid {}; {what} for {}s in 1s",
+        stack.server.pid(),
+        stack.daemon.id(),
+        secs.as_secs()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let deadline = Instant::now() + secs;
+    match what {
+        "profile-reads" => {
+            let backend = rt.block_on(master_backend(&stack.server.url))?;
+            let rate = rt.block_on(reads_per_second(&backend, 32, secs))?;
+            eprintln!("bench: {rate:.0} reads/s");
+        }
+        "profile-gets" => {
+            let mut calls = 0u64;
+            while Instant::now() < deadline {
+                let mut c = Mcp::connect(&stack)?;
+                let args = json!({"name": "get_credential", "arguments": {"service": CACHED}});
+                for _ in 0..PER_CONNECTION {
+                    c.call("tools/call", args.clone())?;
+                    calls += 1;
+                }
+            }
+            eprintln!("bench: {calls} gets");
+        }
+        "profile-read-cli" => {
+            let mut reads = 0u64;
+            while Instant::now() < deadline {
+                let _ = stack
+                    .master_cli(&["read", UNCACHED])
+                    .stdout(Stdio::null())
+                    .status();
+                reads += 1;
+            }
+            eprintln!("bench: {reads} reads");
+        }
+        _ => {
+            let mut runs = 0u64;
+            while Instant::now() < deadline {
+                let _ = Command::new(stack.cli())
+                    .args(["run", "--service", UNCACHED, "--", "/bin/true"])
+                    .env("AGENTKEYS_SOCKET", &stack.socket)
+                    .status();
+                runs += 1;
+            }
+            eprintln!("bench: {runs} runs");
+        }
+    }
+    Ok(())
 }
 
 fn mib(kib: u64) -> String {

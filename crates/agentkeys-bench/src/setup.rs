@@ -68,7 +68,7 @@ pub(crate) struct Stack {
     /// The server.
     pub(crate) server: Server,
     /// The master's CLI home.
-    _master_home: TempDir,
+    master_home: TempDir,
     /// The daemon's home.
     pub(crate) daemon_home: TempDir,
     /// The daemon socket.
@@ -200,6 +200,8 @@ impl Stack {
         for service in [UNCACHED, CACHED] {
             stack_cli(&["store", service, "--agent", &wallet], Some(&value))?;
         }
+        // The master's own copy, for `agentkeys read` in a new process per fetch.
+        stack_cli(&["store", UNCACHED], Some(&value))?;
         stack_cli(
             &[
                 "store",
@@ -215,7 +217,7 @@ impl Stack {
         )?;
         Ok(Stack {
             server,
-            _master_home: master_home,
+            master_home,
             daemon_home,
             socket,
             daemon,
@@ -227,6 +229,16 @@ impl Stack {
     /// The CLI binary.
     pub(crate) fn cli(&self) -> &Path {
         &self.cli
+    }
+
+    /// `agentkeys ARGS` as the enrolled master (its home, the server, the file session store).
+    pub(crate) fn master_cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.cli);
+        c.args(args)
+            .env("AGENTKEYS_HOME", self.master_home.path())
+            .env("AGENTKEYS_SERVER", &self.server.url)
+            .env("AGENTKEYS_SESSION_STORE", "file");
+        c
     }
 
     /// The daemon's audit trail.
