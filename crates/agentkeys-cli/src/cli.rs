@@ -59,6 +59,46 @@ pub struct Args {
     pub command: Command,
 }
 
+impl Args {
+    /// Parses this process's command line.
+    ///
+    /// A plain `agentkeys run [RUN OPTIONS] -- COMMAND` is parsed by a parser that knows only
+    /// `run`: building clap's whole command tree (every subcommand, every help text) was a
+    /// fifth of the CLI's start-up, which `run` pays in front of every command an agent
+    /// starts. Any other line, and any `run` line that parser does not take as it is (help,
+    /// a global flag, a mistake), goes to the full parser, so help and errors read the same.
+    pub fn parse_process() -> Args {
+        Self::parse_argv(std::env::args_os().collect())
+    }
+
+    /// [`Args::parse_process`] on `argv` (the program name first); exits on a usage error.
+    pub fn parse_argv(argv: Vec<OsString>) -> Args {
+        if argv.get(1).is_some_and(|a| a == "run") {
+            let asks = argv
+                .iter()
+                .take_while(|a| *a != "--")
+                .any(|a| ["-h", "--help", "-V", "--version"].iter().any(|f| a == f));
+            if !asks && let Ok(RunLine::Run(run)) = RunLine::try_parse_from(&argv) {
+                return Args {
+                    server: None,
+                    ca: None,
+                    json: false,
+                    verbose: 0,
+                    command: Command::Run(run),
+                };
+            }
+        }
+        Args::parse_from(argv)
+    }
+}
+
+/// The command line with `run` as its only subcommand ([`Args::parse_process`]).
+#[derive(Parser)]
+#[command(name = "agentkeys")]
+enum RunLine {
+    Run(RunArgs),
+}
+
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Command {
@@ -552,5 +592,45 @@ mod tests {
                 sub.get_name()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod run_line {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<OsString> {
+        line.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_run_only_parser_reads_run_lines_as_the_full_one_does() {
+        for line in [
+            "agentkeys run -- true",
+            "agentkeys run --service openai -s github --env GH=github -- sh -c x",
+            "agentkeys run --fd --service openai --socket /tmp/s -- python -m agent --help",
+            "agentkeys run --proxy -s openai -- curl -v",
+        ] {
+            let full = Args::parse_from(argv(line));
+            let fast = Args::parse_argv(argv(line));
+            let (Command::Run(a), Command::Run(b)) = (full.command, fast.command) else {
+                panic!("not a run: {line}");
+            };
+            assert_eq!(a.services, b.services, "{line}");
+            assert_eq!(a.env, b.env, "{line}");
+            assert_eq!((a.fd, a.proxy), (b.fd, b.proxy), "{line}");
+            assert_eq!(a.socket, b.socket, "{line}");
+            assert_eq!(a.command, b.command, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_run_line_with_a_global_flag_goes_to_the_full_parser() {
+        let args = Args::parse_argv(argv("agentkeys run --json -v -s openai -- true"));
+        assert!(args.json);
+        assert_eq!(args.verbose, 1);
+        assert!(matches!(args.command, Command::Run(_)));
+        let args = Args::parse_argv(argv("agentkeys --json run -- true"));
+        assert!(args.json);
     }
 }

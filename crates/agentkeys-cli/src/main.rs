@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use agentkeys_cli::cli::Args;
 use agentkeys_cli::error::{CliError, exit};
-use clap::Parser as _;
 
 /// Every freed block is zeroized before mimalloc (built `secure`) reuses it: tokens and
 /// credentials that passed through a heap buffer do not linger (platform-scouting 2(d)).
@@ -19,7 +18,7 @@ fn main() -> ExitCode {
     // Before anything holds a secret: no core dumps, no same-uid ptrace or /proc/<pid>/mem.
     let hardening = agentkeys_secmem::harden::harden_cli();
     agentkeys_secmem::process::quiet_panics("agentkeys");
-    let args = Args::parse();
+    let args = Args::parse_process();
     init_logging(args.verbose);
     if let Some(ca) = &args.ca {
         agentkeys_core::client::trust_ca(ca);
