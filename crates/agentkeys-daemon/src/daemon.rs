@@ -356,7 +356,12 @@ impl Daemon {
     /// Appends to the trail; a failed append is logged (the trail is best kept, but a
     /// full disk must not stop credentials from being dropped).
     pub fn audit(&self, event: Event) -> u64 {
-        match self.trail.append(event) {
+        self.audit_at(event, crate::trail::mono_ns())
+    }
+
+    /// [`audit`](Self::audit) at the monotonic time `at` the event happened.
+    pub fn audit_at(&self, event: Event, at: u64) -> u64 {
+        match self.trail.append_at(event, at) {
             Ok(mono) => mono,
             Err(e) => {
                 tracing::error!(error = %e, "cannot append to the daemon audit trail");
@@ -675,16 +680,15 @@ impl Daemon {
         let Some(held) = held else { return };
         let service = held.service.clone();
         let id = id.to_string();
+        // The page goes first; the trail lines carry the times things happened, so writing
+        // them is not part of the plaintext window.
+        let delivered_at = crate::trail::mono_ns();
         let mut dropped = self.event("drop", Some(&service), &conn.peer, Some(&id));
-        if written {
-            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            let mut e = self.event("deliver", Some(&service), &conn.peer, Some(&id));
-            e.mode = Some(match held.delivery {
-                Delivery::Inline => "inline".into(),
-                Delivery::Fd => format!("fd:{}", held.page.kind()),
-            });
-            self.audit(e);
-        } else {
+        let mode = match held.delivery {
+            Delivery::Inline => "inline".to_owned(),
+            Delivery::Fd => format!("fd:{}", held.page.kind()),
+        };
+        if !written {
             dropped.detail = Some("the client went away before the response".into());
         }
         if written && held.delivery == Delivery::Fd {
@@ -694,7 +698,14 @@ impl Daemon {
         } else {
             drop(held);
         }
-        self.audit(dropped);
+        let dropped_at = crate::trail::mono_ns();
+        if written {
+            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            let mut e = self.event("deliver", Some(&service), &conn.peer, Some(&id));
+            e.mode = Some(mode);
+            self.audit_at(e, delivered_at);
+        }
+        self.audit_at(dropped, dropped_at);
     }
 
     /// A peer of the daemon's own uid made a request (anything but `agentkeys/status`): said

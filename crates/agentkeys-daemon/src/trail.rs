@@ -123,6 +123,8 @@ struct Tail {
     file: File,
     seq: u64,
     head: String,
+    /// The monotonic time of the last line written by this process (lines never go back).
+    mono: u64,
 }
 
 impl Trail {
@@ -157,7 +159,12 @@ impl Trail {
             .open(path)?;
         Ok(Trail {
             path: path.to_owned(),
-            inner: Mutex::new(Tail { file, seq, head }),
+            inner: Mutex::new(Tail {
+                file,
+                seq,
+                head,
+                mono: 0,
+            }),
         })
     }
 
@@ -179,12 +186,19 @@ impl Trail {
     /// per event (no fsync: the trail is flushed to the kernel at once and synced at
     /// shutdown, keeping appends off the credential's critical path).
     pub fn append(&self, event: Event) -> io::Result<u64> {
+        self.append_at(event, mono_ns())
+    }
+
+    /// [`append`](Self::append) with the monotonic time the event happened at, taken before
+    /// (the page dropped before its `deliver` and `drop` lines are written, so writing them is
+    /// not part of the plaintext window). Never earlier than the line before it.
+    pub fn append_at(&self, event: Event, at: u64) -> io::Result<u64> {
         let mut tail = self
             .inner
             .lock()
             .map_err(|_| io::Error::other("audit trail lock poisoned"))?;
         let seq = tail.seq + 1;
-        let (ts_ms, mono) = (wall_ms(), mono_ns());
+        let (ts_ms, mono) = (wall_ms(), at.max(tail.mono));
         let hash = line_hash(seq, ts_ms, mono, &event, &tail.head);
         let line = Line {
             seq,
@@ -203,6 +217,7 @@ impl Trail {
         }
         tail.seq = seq;
         tail.head = hash;
+        tail.mono = mono;
         Ok(mono)
     }
 
