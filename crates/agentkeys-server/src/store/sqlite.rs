@@ -3,7 +3,9 @@
 //!
 //! Two pools: a single-connection writer, so write transactions queue in-process instead
 //! of failing with `SQLITE_BUSY` on lock upgrades, and a reader pool sized for the machine
-//! (WAL lets readers run beside the writer).
+//! (WAL lets readers run beside the writer). The two lookups every request makes (its
+//! session, and for a read the credential) go through a few read-only connections of their
+//! own ([`HotReaders`]), without the pool's per-statement bookkeeping.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +33,53 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// The token buckets: one process serves this file, so they live in its memory.
     buckets: Arc<RateLimiter>,
+    /// Connections for the per-request lookups.
+    hot: Arc<HotReaders>,
+}
+
+/// Read-only connections held outside sqlx's pool, for the lookups on every request.
+///
+/// Measured, a pooled statement cost three round trips to the connection's worker thread
+/// (a ping on acquire, the statement, a ping on release, each with two thread wake-ups)
+/// for one point lookup. Here a statement is one round trip. A cancelled request leaves
+/// its connection usable: sqlx resets a statement whose rows are no longer wanted.
+struct HotReaders {
+    conns: Vec<tokio::sync::Mutex<sqlx::SqliteConnection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for HotReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotReaders")
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl HotReaders {
+    async fn open(opts: &SqliteConnectOptions, n: usize) -> Result<Self, sqlx::Error> {
+        use sqlx::ConnectOptions as _;
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(tokio::sync::Mutex::new(opts.connect().await?));
+        }
+        Ok(HotReaders {
+            conns,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// A free connection if one is, else the next in turn once it is.
+    async fn get(&self) -> tokio::sync::MutexGuard<'_, sqlx::SqliteConnection> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.conns.len();
+        for i in 0..n {
+            if let Ok(conn) = self.conns[(start + i) % n].try_lock() {
+                return conn;
+            }
+        }
+        self.conns[start % n].lock().await
+    }
 }
 
 impl SqliteStore {
@@ -58,15 +107,18 @@ impl SqliteStore {
         let readers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 8);
+        let read_only = opts.read_only(true);
         let reader = SqlitePoolOptions::new()
             .max_connections(u32::try_from(readers * 2).unwrap_or(4))
             .test_before_acquire(false)
-            .connect_with(opts.read_only(true))
+            .connect_with(read_only.clone())
             .await?;
+        let hot = HotReaders::open(&read_only, readers).await?;
         Ok(SqliteStore {
             writer,
             reader,
             buckets: Arc::default(),
+            hot: Arc::new(hot),
         })
     }
 
@@ -332,7 +384,7 @@ impl Store for SqliteStore {
             "{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL"
         )))
         .bind(&hash[..])
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.hot.get().await)
         .await?;
         row.map(|r| session_from(&r)).transpose()
     }
@@ -425,7 +477,7 @@ impl Store for SqliteStore {
         )
         .bind(owner.as_str())
         .bind(svc.as_str())
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *self.hot.get().await)
         .await?;
         row.map(|r| credential_from(&r)).transpose()
     }
