@@ -44,6 +44,10 @@ pub enum StoreError {
     /// The database failed; logged, never sent to clients.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// SQLite failed on a connection of the server's own (the hot lookups); logged, never
+    /// sent to clients.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A stored value could not be decoded (corruption or a newer schema).
     #[error("corrupt row: {0}")]
     Corrupt(&'static str),
