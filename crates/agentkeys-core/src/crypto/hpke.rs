@@ -17,7 +17,7 @@ use std::fmt;
 use ::hpke::aead::AeadTag;
 use ::hpke::inout::InOutBuf;
 use ::hpke::kem::X25519HkdfSha256;
-use ::hpke::{Deserializable, Kem as _, OpModeR, Serializable};
+use ::hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use agentkeys_secmem::{SecretBytes, SecretPage};
 
 use super::{CryptoError, check_len, hex};
@@ -124,111 +124,35 @@ pub fn seal(
 }
 
 /// The body of [`seal`], whose stack the caller scrubs.
-///
-/// RFC 9180 base mode written out on ring's X25519 (assembly with ADX/BMI2 on x86-64, where
-/// curve25519-dalek's Montgomery ladder is portable 64-bit code: measured, the two X25519
-/// operations of a seal were a fifth of the server's CPU time per read) and the `hkdf` and
-/// `chacha20poly1305` crates. The `hpke` crate still opens; the tests check that it opens
-/// what this seals, and that a value sealed here matches RFC 9180's key schedule.
 fn seal_unscrubbed(
     recipient_public: &[u8; PUBLIC_KEY_LEN],
     info: &[u8],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    use chacha20poly1305::aead::inout::InOutBuf;
-    use chacha20poly1305::{AeadInOut as _, ChaCha20Poly1305, KeyInit as _};
-    use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-
     check_len(plaintext.len())?;
-    let rng = ring::rand::SystemRandom::new();
-    let ephemeral = EphemeralPrivateKey::generate(&X25519, &rng)
-        .expect("invariant: the OS random number generator is available");
-    let enc = ephemeral
-        .compute_public_key()
-        .map_err(|_| CryptoError::BadKey)?;
-    let mut kem_context = [0u8; 2 * PUBLIC_KEY_LEN];
-    kem_context[..PUBLIC_KEY_LEN].copy_from_slice(enc.as_ref());
-    kem_context[PUBLIC_KEY_LEN..].copy_from_slice(recipient_public);
-    let peer = UnparsedPublicKey::new(&X25519, recipient_public);
-    // ring refuses an all-zero shared secret (a low-order public key), as RFC 9180 requires.
-    let (key, nonce) = agreement::agree_ephemeral(ephemeral, &peer, |dh| {
-        let (_, eae_prk) = labeled_extract(KEM_SUITE, b"", b"eae_prk", dh);
-        let mut shared = zeroize::Zeroizing::new([0u8; 32]);
-        labeled_expand(
-            &eae_prk,
-            KEM_SUITE,
-            b"shared_secret",
-            &kem_context,
-            &mut shared[..],
-        );
-        key_schedule(&shared[..], info)
-    })
-    .map_err(|_| CryptoError::BadKey)?;
-    let cipher = ChaCha20Poly1305::new(&(*key).into());
+    let public = PublicKey::from_bytes(recipient_public).map_err(|_| CryptoError::BadKey)?;
+
     let mut sealed = vec![0u8; sealed_len(plaintext.len())];
     let (enc_out, rest) = sealed.split_at_mut(PUBLIC_KEY_LEN);
-    enc_out.copy_from_slice(enc.as_ref());
     let (ct_out, tag_out) = rest.split_at_mut(plaintext.len());
     let buffer = InOutBuf::new(plaintext, ct_out)
         .expect("invariant: the ciphertext slot is exactly as long as the plaintext");
-    let tag = cipher
-        .encrypt_inout_detached(&nonce.into(), aad, buffer)
-        .map_err(|_| CryptoError::TooLarge)?;
-    tag_out.copy_from_slice(&tag);
+    let (enc, tag) = ::hpke::single_shot_seal_inout_detached::<Aead, Kdf, Kem>(
+        &OpModeS::Base,
+        &public,
+        info,
+        buffer,
+        aad,
+    )
+    .map_err(|e| match e {
+        // Encapsulation fails only for a public key whose DH result is all zeros.
+        ::hpke::HpkeError::EncapError => CryptoError::BadKey,
+        _ => CryptoError::TooLarge,
+    })?;
+    enc.write_exact(enc_out);
+    tag.write_exact(tag_out);
     Ok(sealed)
-}
-
-/// `"KEM" || I2OSP(0x0020, 2)`: DHKEM(X25519, HKDF-SHA256).
-const KEM_SUITE: &[u8] = b"KEM\x00\x20";
-/// `"HPKE" || kem 0x0020 || kdf 0x0001 (HKDF-SHA256) || aead 0x0003 (ChaCha20-Poly1305)`.
-const HPKE_SUITE: &[u8] = b"HPKE\x00\x20\x00\x01\x00\x03";
-
-/// RFC 9180 `LabeledExtract(salt, label, ikm)`: the PRK, and it ready to expand.
-fn labeled_extract(
-    suite: &[u8],
-    salt: &[u8],
-    label: &[u8],
-    ikm: &[u8],
-) -> (zeroize::Zeroizing<[u8; 32]>, hkdf::Hkdf<sha2::Sha256>) {
-    let mut extract = hkdf::HkdfExtract::<sha2::Sha256>::new(Some(salt));
-    for part in [b"HPKE-v1".as_slice(), suite, label, ikm] {
-        extract.input_ikm(part);
-    }
-    let (prk, expander) = extract.finalize();
-    let mut out = zeroize::Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(&prk);
-    (out, expander)
-}
-
-/// RFC 9180 `LabeledExpand(prk, label, info, L)` into `out` (`L` is its length).
-fn labeled_expand(
-    prk: &hkdf::Hkdf<sha2::Sha256>,
-    suite: &[u8],
-    label: &[u8],
-    info: &[u8],
-    out: &mut [u8],
-) {
-    let len = u16::try_from(out.len())
-        .expect("invariant: HPKE expands at most 64 bytes")
-        .to_be_bytes();
-    prk.expand_multi_info(&[&len, b"HPKE-v1", suite, label, info], out)
-        .expect("invariant: HKDF-SHA256 expands up to 8160 bytes");
-}
-
-/// RFC 9180 `KeySchedule` in base mode (no PSK): the AEAD key and base nonce.
-fn key_schedule(shared_secret: &[u8], info: &[u8]) -> (zeroize::Zeroizing<[u8; 32]>, [u8; 12]) {
-    let (psk_id_hash, _) = labeled_extract(HPKE_SUITE, b"", b"psk_id_hash", b"");
-    let (info_hash, _) = labeled_extract(HPKE_SUITE, b"", b"info_hash", info);
-    let mut context = [0u8; 65];
-    context[1..33].copy_from_slice(&psk_id_hash[..]);
-    context[33..].copy_from_slice(&info_hash[..]);
-    let (_, secret) = labeled_extract(HPKE_SUITE, shared_secret, b"secret", b"");
-    let mut key = zeroize::Zeroizing::new([0u8; 32]);
-    labeled_expand(&secret, HPKE_SUITE, b"key", &context, &mut key[..]);
-    let mut nonce = [0u8; 12];
-    labeled_expand(&secret, HPKE_SUITE, b"base_nonce", &context, &mut nonce);
-    (key, nonce)
 }
 
 /// Opens a value sealed by [`seal`] to `recipient`, decrypting straight into a [`SecretPage`].
@@ -330,65 +254,6 @@ mod tests {
         let aad = unhex("436f756e742d30"); // "Count-0"
         let page = open_into_page(&kp, &info, &aad, &sealed).expect("RFC vector opens");
         assert_eq!(page.expose_secret(), b"Beauty is truth, truth beauty");
-    }
-
-    #[test]
-    fn the_seal_side_key_schedule_matches_rfc_9180_appendix_a_2_1() {
-        // The same vector from the sender's side: the KEM's shared secret and the key
-        // schedule written out for `seal` turn the RFC's DH inputs into the key and nonce
-        // that decrypt the RFC's ciphertext.
-        use chacha20poly1305::aead::inout::InOutBuf;
-        use chacha20poly1305::{AeadInOut as _, ChaCha20Poly1305, KeyInit as _, Tag};
-        let sk_r: [u8; 32] =
-            unhex("8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb")
-                .try_into()
-                .unwrap();
-        let enc: [u8; 32] =
-            unhex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a")
-                .try_into()
-                .unwrap();
-        let secret = x25519_dalek::StaticSecret::from(sk_r);
-        let pk_r = x25519_dalek::PublicKey::from(&secret);
-        let dh = secret.diffie_hellman(&x25519_dalek::PublicKey::from(enc));
-        let mut kem_context = [0u8; 64];
-        kem_context[..32].copy_from_slice(&enc);
-        kem_context[32..].copy_from_slice(pk_r.as_bytes());
-        let (_, eae_prk) = labeled_extract(KEM_SUITE, b"", b"eae_prk", dh.as_bytes());
-        let mut shared = [0u8; 32];
-        labeled_expand(
-            &eae_prk,
-            KEM_SUITE,
-            b"shared_secret",
-            &kem_context,
-            &mut shared,
-        );
-        let info = unhex("4f6465206f6e2061204772656369616e2055726e");
-        let (key, nonce) = key_schedule(&shared, &info);
-        let ct = unhex("1c5250d8034ec2b784ba2cfd69dbdb8af406cfe3ff938e131f0def8c8b");
-        let tag = Tag::try_from(&unhex("60b4db21993c62ce81883d2dd1b51a28")[..]).unwrap();
-        let mut out = vec![0u8; ct.len()];
-        ChaCha20Poly1305::new(&(*key).into())
-            .decrypt_inout_detached(
-                &nonce.into(),
-                &unhex("436f756e742d30"),
-                InOutBuf::new(&ct, &mut out).unwrap(),
-                &tag,
-            )
-            .expect("the RFC ciphertext opens under the derived key and nonce");
-        assert_eq!(out, b"Beauty is truth, truth beauty");
-    }
-
-    #[test]
-    fn seals_to_many_keys_and_lengths_open_with_the_hpke_crate() {
-        for len in [0usize, 1, 31, 32, 33, 64, 1000, 4096] {
-            let kp = HpkeKeyPair::generate().unwrap();
-            let value: Vec<u8> = (0..len).map(|i| b"agentkeys"[(i + len) % 9]).collect();
-            let sealed = seal(&kp.public_key(), INFO, AAD, &value).expect("seal");
-            let page = open_into_page(&kp, INFO, AAD, &sealed).expect("open");
-            assert_eq!(page.expose_secret(), &value[..]);
-            let again = seal(&kp.public_key(), INFO, AAD, &value).expect("seal");
-            assert_ne!(again[..32], sealed[..32], "a fresh ephemeral key per seal");
-        }
     }
 
     #[test]
