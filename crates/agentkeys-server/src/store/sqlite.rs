@@ -5,7 +5,7 @@
 //! of failing with `SQLITE_BUSY` on lock upgrades, and a reader pool sized for the machine
 //! (WAL lets readers run beside the writer). The two lookups every request makes (its
 //! session, and for a read the credential) go through a few read-only connections of their
-//! own ([`HotReaders`]), without the pool's per-statement bookkeeping.
+//! own (`HotReaders`, rusqlite on the calling thread), without sqlx's worker threads.
 
 use std::path::Path;
 use std::sync::Arc;
