@@ -377,12 +377,19 @@ pub fn first_child_pid(trail: &Path) -> u32 {
 }
 
 /// The daemon trail, parsed.
+///
+/// Only whole lines: the daemon writes each line with one `write(2)`, but a read racing
+/// that write may see part of it, so a last line without its newline is left out.
 pub fn trail_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
+    complete_lines(&std::fs::read_to_string(path).unwrap())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The newline-terminated lines of `text`, without their newlines.
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
 }
 
 pub use agentkeys_testkit::block_on;
@@ -399,9 +406,8 @@ impl Client {
 pub fn wait_for_events(path: &Path, event: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let n = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let n = complete_lines(&text)
             .filter(|l| l.contains(&format!("\"event\":\"{event}\"")))
             .count();
         if n >= count {
