@@ -71,8 +71,8 @@ impl PgStore {
 }
 
 use super::rows::{
-    DecisionWrite, SESSION_SELECT, is_unique_violation, opt_wallet, scope, scope_json, service,
-    wallet,
+    DecisionWrite, SESSION_BY_TOKEN, SESSION_SELECT, is_unique_violation, opt_wallet, scope,
+    scope_json, service, wallet,
 };
 
 super::rows::row_decoders!(PgRow);
@@ -346,12 +346,10 @@ impl Store for PgStore {
     }
 
     async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL"
-        )))
-        .bind(&hash[..])
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(AssertSqlSafe(SESSION_BY_TOKEN.as_str()))
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| session_from(&r)).transpose()
     }
 

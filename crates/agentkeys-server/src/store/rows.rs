@@ -37,6 +37,12 @@ pub(super) const SESSION_SELECT: &str = "SELECT s.id, s.created_at AS s_created_
      a.scope_json AS a_scope_json, a.created_at AS a_created_at \
      FROM sessions s JOIN accounts a ON a.wallet = s.wallet";
 
+/// The live session with a token hash, joined with its account: the lookup every request
+/// makes, so its text is built once.
+pub(super) static SESSION_BY_TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL")
+});
+
 /// What a decision writes onto its request row.
 pub(super) struct DecisionWrite<'a> {
     pub(super) status: AuthStatus,

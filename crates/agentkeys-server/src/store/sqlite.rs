@@ -108,6 +108,10 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// One credential by owner and service: the lookup every read makes.
+const CREDENTIAL_BY_KEY: &str = "SELECT owner, service, wrapped_dek, ciphertext, kek_id, high_value, \
+     binding, created_at, updated_at FROM credentials WHERE owner = $1 AND service = $2";
+
 /// A rusqlite row with the `try_get` the shared decoders call.
 struct HotRow<'a>(&'a rusqlite::Row<'a>);
 
@@ -207,8 +211,8 @@ impl SqliteStore {
 }
 
 use super::rows::{
-    DecisionWrite, SESSION_SELECT, is_unique_violation, opt_wallet, scope, scope_json, service,
-    wallet,
+    DecisionWrite, SESSION_BY_TOKEN, SESSION_SELECT, is_unique_violation, opt_wallet, scope,
+    scope_json, service, wallet,
 };
 
 super::rows::row_decoders!(SqliteRow);
@@ -442,8 +446,8 @@ impl Store for SqliteStore {
     }
 
     async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
-        let sql = format!("{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL");
-        if let Some(found) = self.hot.query(&sql, &[&&hash[..]], hot::session) {
+        let sql = SESSION_BY_TOKEN.as_str();
+        if let Some(found) = self.hot.query(sql, &[&&hash[..]], hot::session) {
             return found;
         }
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -535,15 +539,14 @@ impl Store for SqliteStore {
         owner: &Wallet,
         svc: &ServiceName,
     ) -> StoreResult<Option<StoredCredential>> {
-        const SQL: &str = "SELECT owner, service, wrapped_dek, ciphertext, kek_id, high_value, binding, created_at, updated_at \
-             FROM credentials WHERE owner = $1 AND service = $2";
-        if let Some(found) = self
-            .hot
-            .query(SQL, &[&owner.as_str(), &svc.as_str()], hot::credential)
-        {
+        if let Some(found) = self.hot.query(
+            CREDENTIAL_BY_KEY,
+            &[&owner.as_str(), &svc.as_str()],
+            hot::credential,
+        ) {
             return found;
         }
-        let row = sqlx::query(SQL)
+        let row = sqlx::query(CREDENTIAL_BY_KEY)
             .bind(owner.as_str())
             .bind(svc.as_str())
             .fetch_optional(&self.reader)
@@ -1100,10 +1103,10 @@ mod hot_tests {
             .await
             .expect("put");
 
-        let sql = format!("{SESSION_SELECT} WHERE s.token_hash = $1 AND a.deleted_at IS NULL");
+        let sql = SESSION_BY_TOKEN.as_str();
         let hot_session = store
             .hot
-            .query(&sql, &[&&[9u8; 32][..]], hot::session)
+            .query(sql, &[&&[9u8; 32][..]], hot::session)
             .expect("answered without the pool")
             .expect("no error")
             .expect("found");
@@ -1116,15 +1119,14 @@ mod hot_tests {
         assert!(
             store
                 .hot
-                .query(&sql, &[&&[8u8; 32][..]], hot::session)
+                .query(sql, &[&&[8u8; 32][..]], hot::session)
                 .expect("answered")
                 .expect("no error")
                 .is_none(),
             "an unknown token finds nothing"
         );
 
-        let sql = "SELECT owner, service, wrapped_dek, ciphertext, kek_id, high_value, binding, \
-                   created_at, updated_at FROM credentials WHERE owner = $1 AND service = $2";
+        let sql = CREDENTIAL_BY_KEY;
         let hot = store
             .hot
             .query(sql, &[&wallet.as_str(), &service.as_str()], hot::credential)
