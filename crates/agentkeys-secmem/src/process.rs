@@ -81,9 +81,62 @@ pub fn join_anonymous_session_keyring() -> io::Result<()> {
     crate::sys::join_anonymous_session_keyring()
 }
 
+/// Signals read from a descriptor (a `signalfd`) instead of delivered: for a process that
+/// forwards what it receives (`agentkeys run`) without installing handlers or starting a
+/// runtime.
+///
+/// The signals are blocked in the calling thread only. Create it in a process that runs one
+/// thread, before starting any other: a thread started earlier would still take them with
+/// their default action. [`crate::launch::reraise`] unblocks the signal it raises.
+#[derive(Debug)]
+pub struct SignalQueue {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl SignalQueue {
+    /// Blocks `signals` and queues them on a new non-blocking descriptor.
+    pub fn block(signals: &[i32]) -> io::Result<Self> {
+        Ok(SignalQueue {
+            fd: crate::sys::signalfd_for(signals)?,
+        })
+    }
+
+    /// The next queued signal, or `None` when none is pending.
+    pub fn next(&self) -> io::Result<Option<i32>> {
+        use std::os::fd::AsFd as _;
+        crate::sys::read_signalfd(self.fd.as_fd())
+    }
+}
+
+impl std::os::fd::AsFd for SignalQueue {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_signal_is_read_from_the_queue_not_delivered() {
+        // On a thread of its own: the mask is per thread, and the signal is sent to this
+        // thread only (tgkill), so the rest of the test binary never sees it.
+        std::thread::spawn(|| {
+            let queue = SignalQueue::block(&[libc_sigusr2()]).unwrap();
+            assert_eq!(queue.next().unwrap(), None, "nothing pending yet");
+            crate::sys::raise_in_this_thread(libc_sigusr2()).unwrap();
+            // Its default action would have ended the process; it waits in the queue instead.
+            assert_eq!(queue.next().unwrap(), Some(libc_sigusr2()));
+            assert_eq!(queue.next().unwrap(), None, "read once");
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn libc_sigusr2() -> i32 {
+        rustix::process::Signal::USR2.as_raw()
+    }
 
     #[test]
     fn a_secret_is_taken_out_of_the_environment_only_by_a_single_threaded_process() {

@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, c_void};
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use rustix::mm::{self, MapFlags, ProtFlags};
@@ -431,11 +431,80 @@ pub(crate) fn reraise(signal: libc::c_int) -> io::Result<()> {
     // stop receiving this signal, which is the point. SIGKILL and SIGSTOP refuse a new
     // disposition (EINVAL) and need none: raising them below does what is asked.
     let _ = unsafe { libc::signal(signal, libc::SIG_DFL) };
+    // A signal this thread blocked (to read it from a signalfd) would only pend: unblock it
+    // first. Unblocking a signal that is not blocked changes nothing.
+    let _ = set_mask(libc::SIG_UNBLOCK, &[signal]);
     // SAFETY: raise sends a signal to the calling thread and touches no memory.
     if unsafe { libc::raise(signal) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sends `signal` to the calling thread only (`raise`), for the signal queue's test.
+#[cfg(test)]
+pub(crate) fn raise_in_this_thread(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: raise sends a signal to the calling thread and touches no memory.
+    if unsafe { libc::raise(signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `pthread_sigmask(how, {signals})` for the calling thread.
+fn set_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t on this stack frame.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: as above; an invalid signal number is refused with EINVAL, not UB.
+        if unsafe { libc::sigaddset(&mut set, s) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: `set` is initialised; a NULL old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+/// Blocks `signals` in the calling thread and returns a non-blocking signalfd that reads
+/// them.
+pub(crate) fn signalfd_for(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let set = set_mask(libc::SIG_BLOCK, signals)?;
+    // SAFETY: `set` is an initialised sigset_t; -1 asks for a new descriptor.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        let _ = set_mask(libc::SIG_UNBLOCK, signals);
+        return Err(err);
+    }
+    // SAFETY: signalfd returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The next signal queued on a signalfd, or `None` when none is pending.
+pub(crate) fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: signalfd_siginfo is plain data (integers and padding).
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads at most `size` bytes into `info`, which is exactly that large.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&raw mut info).cast::<c_void>(), size) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(err),
+        };
+    }
+    if usize::try_from(n).ok() != Some(size) {
+        return Err(io::Error::other("short read from a signalfd"));
+    }
+    Ok(libc::c_int::try_from(info.ssi_signo).ok())
 }
 
 /// Registers `fd` with the current tokio runtime for readability (a pidfd turns readable
