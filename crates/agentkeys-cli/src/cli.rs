@@ -62,41 +62,88 @@ pub struct Args {
 impl Args {
     /// Parses this process's command line.
     ///
-    /// A plain `agentkeys run [RUN OPTIONS] -- COMMAND` is parsed by a parser that knows only
-    /// `run`: building clap's whole command tree (every subcommand, every help text) was a
-    /// fifth of the CLI's start-up, which `run` pays in front of every command an agent
-    /// starts. Any other line, and any `run` line that parser does not take as it is (help,
-    /// a global flag, a mistake), goes to the full parser, so help and errors read the same.
+    /// A plain `agentkeys run [RUN OPTIONS] -- COMMAND` is read by `plain_run`, a few lines
+    /// that know only `run`'s own flags: building clap's command tree was a fifth of the
+    /// CLI's start-up, and `run` pays its start-up in front of every command an agent starts.
+    /// Any other line, and any `run` line `plain_run` does not take as it is (help, a
+    /// global flag, a mistake), goes to clap, so help and errors read the same.
     pub fn parse_process() -> Args {
         Self::parse_argv(std::env::args_os().collect())
     }
 
     /// [`Args::parse_process`] on `argv` (the program name first); exits on a usage error.
     pub fn parse_argv(argv: Vec<OsString>) -> Args {
-        if argv.get(1).is_some_and(|a| a == "run") {
-            let asks = argv
-                .iter()
-                .take_while(|a| *a != "--")
-                .any(|a| ["-h", "--help", "-V", "--version"].iter().any(|f| a == f));
-            if !asks && let Ok(RunLine::Run(run)) = RunLine::try_parse_from(&argv) {
-                return Args {
-                    server: None,
-                    ca: None,
-                    json: false,
-                    verbose: 0,
-                    command: Command::Run(run),
-                };
-            }
+        if let Some(run) = plain_run(&argv) {
+            return Args {
+                server: None,
+                ca: None,
+                json: false,
+                verbose: 0,
+                command: Command::Run(run),
+            };
         }
         Args::parse_from(argv)
     }
 }
 
-/// The command line with `run` as its only subcommand ([`Args::parse_process`]).
-#[derive(Parser)]
-#[command(name = "agentkeys")]
-enum RunLine {
-    Run(RunArgs),
+/// `agentkeys run` with only `run`'s own flags, in the forms `--flag VALUE`, `--flag=VALUE`
+/// and `-s VALUE`/`-e VALUE`, then `--` and the command; `None` for anything else.
+fn plain_run(argv: &[OsString]) -> Option<RunArgs> {
+    if argv.get(1)? != "run" {
+        return None;
+    }
+    let mut run = RunArgs {
+        services: Vec::new(),
+        env: Vec::new(),
+        fd: false,
+        proxy: false,
+        socket: None,
+        command: Vec::new(),
+    };
+    let mut rest = argv[2..].iter();
+    loop {
+        let arg = rest.next()?.to_str()?;
+        if arg == "--" {
+            break;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (arg, None),
+        };
+        let mut value = || -> Option<String> {
+            match inline {
+                Some(v) => Some(v.to_owned()),
+                None => Some(rest.next()?.to_str()?.to_owned()),
+            }
+        };
+        match flag {
+            "--service" | "-s" => run.services.push(value()?),
+            "--env" | "-e" => run.env.push(value()?),
+            "--socket" => run.socket = Some(PathBuf::from(value()?)),
+            "--fd" if inline.is_none() && !run.fd => run.fd = true,
+            "--proxy" if inline.is_none() && !run.proxy => run.proxy = true,
+            _ => return None,
+        }
+    }
+    run.command = rest.cloned().collect();
+    if run.command.is_empty()
+        || (run.fd && run.proxy)
+        || run
+            .services
+            .iter()
+            .chain(&run.env)
+            .any(|v| v.starts_with('-'))
+    {
+        return None;
+    }
+    if run.socket.is_none() {
+        match std::env::var_os("AGENTKEYS_SOCKET") {
+            Some(s) if s.is_empty() => return None,
+            Some(s) => run.socket = Some(PathBuf::from(s)),
+            None => {}
+        }
+    }
+    Some(run)
 }
 
 /// The subcommands.
@@ -610,7 +657,10 @@ mod run_line {
             "agentkeys run --service openai -s github --env GH=github -- sh -c x",
             "agentkeys run --fd --service openai --socket /tmp/s -- python -m agent --help",
             "agentkeys run --proxy -s openai -- curl -v",
+            "agentkeys run --service=openai --env=GH=github --socket=/tmp/s -- env",
+            "agentkeys run -- agentkeys run -s x -- true",
         ] {
+            assert!(plain_run(&argv(line)).is_some(), "{line}");
             let full = Args::parse_from(argv(line));
             let fast = Args::parse_argv(argv(line));
             let (Command::Run(a), Command::Run(b)) = (full.command, fast.command) else {
@@ -621,6 +671,27 @@ mod run_line {
             assert_eq!((a.fd, a.proxy), (b.fd, b.proxy), "{line}");
             assert_eq!(a.socket, b.socket, "{line}");
             assert_eq!(a.command, b.command, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_run_line_the_plain_parser_does_not_take_is_left_to_clap() {
+        for line in [
+            "agentkeys run --help",
+            "agentkeys run -h -- true",
+            "agentkeys run --fd --proxy -s openai -- true",
+            "agentkeys run -s openai true",
+            "agentkeys run -s -- true",
+            "agentkeys run --service --fd -- true",
+            "agentkeys run --fd --fd -- true",
+            "agentkeys run --fd=yes -- true",
+            "agentkeys run -sopenai -- true",
+            "agentkeys run --",
+            "agentkeys run --json -- true",
+            "agentkeys --json run -- true",
+            "agentkeys read openai",
+        ] {
+            assert!(plain_run(&argv(line)).is_none(), "{line}");
         }
     }
 

@@ -29,6 +29,12 @@ fn main() -> ExitCode {
         }
     }
     let json = args.json;
+    if !agentkeys_cli::commands::needs_runtime(&args.command) {
+        return match agentkeys_cli::commands::run_without_runtime(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => render(&e, json),
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -14,27 +14,46 @@ use crate::cli::{Args, Command};
 use crate::context::Context;
 use crate::error::CliResult;
 
+/// Whether `command` needs an async runtime. `run`, `proxy-env` and `completions` do not:
+/// they only talk to the local daemon, or to nobody, and `agentkeys run` starts for every
+/// command an agent runs, so it does not pay for a runtime it would not use.
+pub fn needs_runtime(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Run(_) | Command::ProxyEnv { .. } | Command::Completions { .. }
+    )
+}
+
+/// Runs a command line for which [`needs_runtime`] is false (others end in `INTERNAL`).
+pub fn run_without_runtime(args: Args) -> CliResult {
+    match args.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "agentkeys",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Run(a) => run::run(a),
+        Command::ProxyEnv {
+            services,
+            socket,
+            json,
+        } => run::proxy_env(&services, socket, json || args.json),
+        _ => Err(crate::error::CliError::new(
+            "INTERNAL",
+            crate::error::exit::INTERNAL,
+            "this command needs the async runtime",
+        )),
+    }
+}
+
 /// Runs one command line to completion.
 pub async fn run(args: Args) -> CliResult {
-    if let Command::Completions { shell } = args.command {
-        clap_complete::generate(
-            shell,
-            &mut Args::command(),
-            "agentkeys",
-            &mut std::io::stdout(),
-        );
-        return Ok(());
-    }
-    if let Command::Run(a) = args.command {
-        return run::run(a).await;
-    }
-    if let Command::ProxyEnv {
-        services,
-        socket,
-        json,
-    } = args.command
-    {
-        return run::proxy_env(&services, socket, json || args.json);
+    if !needs_runtime(&args.command) {
+        return run_without_runtime(args);
     }
     let ctx = Context::new(args.server, args.json)?;
     match args.command {

@@ -11,10 +11,11 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
 
+use agentkeys_secmem::process::SignalQueue;
+use rustix::event::{PollFd, PollFlags};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use serde_json::{Map, Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::signal::unix::{SignalKind, signal};
+use rustix::process::Signal;
+use serde_json::{Value, json};
 
 use crate::cli::RunArgs;
 use crate::error::{CliError, CliResult};
@@ -38,47 +39,91 @@ pub(crate) fn socket_path(flag: Option<PathBuf>) -> CliResult<PathBuf> {
     ))
 }
 
-fn utf8(what: &str, s: &std::ffi::OsStr) -> CliResult<String> {
-    s.to_str().map(str::to_owned).ok_or_else(|| {
-        CliError::usage(format!(
-            "{what} is not valid UTF-8: {}",
-            String::from_utf8_lossy(s.as_bytes())
-        ))
-    })
-}
-
-/// The `agentkeys/run` parameters.
-fn params(args: &RunArgs) -> CliResult<Value> {
-    let argv: Vec<String> = args
+/// The `agentkeys/run` request line (newline included).
+///
+/// Serialized straight from borrowed strings: `run` is on the path of every command an
+/// agent starts, and a JSON tree of copies of the whole environment cost a visible share of
+/// its start-up.
+fn request_line(args: &RunArgs) -> CliResult<Vec<u8>> {
+    let argv: Vec<&str> = args
         .command
         .iter()
-        .map(|a| utf8("an argument", a))
+        .map(|a| {
+            a.to_str().ok_or_else(|| {
+                CliError::usage(format!(
+                    "an argument is not valid UTF-8: {}",
+                    String::from_utf8_lossy(a.as_bytes())
+                ))
+            })
+        })
         .collect::<CliResult<_>>()?;
-    let mut env = Map::new();
+    let mut env = std::collections::BTreeMap::new();
     for pair in &args.env {
         let (name, service) = pair.split_once('=').ok_or_else(|| {
             CliError::usage(format!(
                 "--env {pair}: write NAME=SERVICE, e.g. GH_TOKEN=github"
             ))
         })?;
-        env.insert(name.to_owned(), json!(service));
+        env.insert(name, service);
     }
-    // Variables that are not UTF-8 are left out rather than mangled.
-    let environ: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v.to_str()?)))
-        .collect();
-    let cwd = std::env::current_dir()
-        .ok()
-        .and_then(|d| d.to_str().map(str::to_owned));
-    Ok(json!({
-        "argv": argv,
-        "services": args.services,
-        "env": env,
-        "fd_mode": args.fd,
-        "proxy": args.proxy,
-        "cwd": cwd,
-        "environ": environ,
-    }))
+    let cwd = std::env::current_dir().ok();
+    let request = RunRequest {
+        jsonrpc: "2.0",
+        id: 1,
+        method: "agentkeys/run",
+        params: RunParams {
+            argv,
+            services: &args.services,
+            env,
+            fd_mode: args.fd,
+            proxy: args.proxy,
+            cwd: cwd.as_deref().and_then(std::path::Path::to_str),
+            environ: Environ,
+        },
+        fds: 3,
+    };
+    let mut line = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut line, &request)
+        .map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+#[derive(serde::Serialize)]
+struct RunRequest<'a> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'static str,
+    params: RunParams<'a>,
+    fds: u32,
+}
+
+#[derive(serde::Serialize)]
+struct RunParams<'a> {
+    argv: Vec<&'a str>,
+    services: &'a [String],
+    env: std::collections::BTreeMap<&'a str, &'a str>,
+    fd_mode: bool,
+    proxy: bool,
+    cwd: Option<&'a str>,
+    environ: Environ,
+}
+
+/// This process's environment as `NAME=value` strings, written as it is read. Variables
+/// that are not UTF-8 are left out rather than mangled.
+struct Environ;
+
+impl serde::Serialize for Environ {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = serializer.serialize_seq(None)?;
+        for (k, v) in std::env::vars_os() {
+            if let (Some(k), Some(v)) = (k.to_str(), v.to_str()) {
+                seq.serialize_element(&format_args!("{k}={v}"))?;
+            }
+        }
+        seq.end()
+    }
 }
 
 fn unreachable(path: &std::path::Path, e: &std::io::Error) -> CliError {
@@ -129,40 +174,34 @@ fn refused(error: &Value) -> CliError {
     CliError::new(code, exit, message)
 }
 
+/// The signals `run` forwards to the command rather than acting on.
+const FORWARDED: [Signal; 7] = [
+    Signal::INT,
+    Signal::TERM,
+    Signal::HUP,
+    Signal::QUIT,
+    Signal::USR1,
+    Signal::USR2,
+    Signal::WINCH,
+];
+
 /// Runs the command through the daemon and exits as it exited.
-pub async fn run(args: RunArgs) -> CliResult {
+///
+/// Synchronous on purpose: this process waits on two descriptors (the daemon's socket and a
+/// signalfd), and an async runtime cost more to start than the whole exchange.
+pub fn run(args: RunArgs) -> CliResult {
     let path = socket_path(args.socket.clone())?;
     let stream =
         std::os::unix::net::UnixStream::connect(&path).map_err(|e| unreachable(&path, &e))?;
-    let mut line = serde_json::to_vec(&json!({
-        "jsonrpc": "2.0", "id": 1, "method": "agentkeys/run",
-        "params": params(&args)?, "fds": 3,
-    }))
-    .map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
-    line.push(b'\n');
+    let line = request_line(&args)?;
     // The signals to forward are caught from before the request leaves: a Ctrl-C that
     // arrives while the daemon is still starting the command must not kill this process
-    // and leave the command running.
-    let mut forwarded = Vec::new();
-    for kind in [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-        SignalKind::window_change(),
-    ] {
-        let s = signal(kind).map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?;
-        forwarded.push((kind.as_raw_value(), s));
-    }
+    // and leave the command running. This process runs one thread, so blocking them here
+    // blocks them for good.
+    let numbers = FORWARDED.map(Signal::as_raw);
+    let signals = SignalQueue::block(&numbers)
+        .map_err(|e| CliError::new("INTERNAL", 1, format!("cannot catch signals: {e}")))?;
     send_request(&stream, &line).map_err(|e| unreachable(&path, &e))?;
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| unreachable(&path, &e))?;
-    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| unreachable(&path, &e))?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
 
     let gone = || {
         CliError::new(
@@ -176,49 +215,87 @@ pub async fn run(args: RunArgs) -> CliResult {
     // Signals caught before the daemon named the command's pid, forwarded once it does.
     let mut early: Vec<i32> = Vec::new();
     let mut next_id = 2u64;
+    let mut lines = Lines::default();
     loop {
-        let received = {
-            let signals = first_signal(&mut forwarded);
-            tokio::select! {
-                l = lines.next_line() => Event::Line(l),
-                n = signals => Event::Signal(n),
-            }
-        };
-        match received {
-            Event::Line(Ok(Some(l))) => {
-                let Ok(v) = serde_json::from_str::<Value>(&l) else {
-                    continue;
-                };
-                if v["id"] == json!(1) {
-                    if v.get("error").is_some() {
-                        return Err(refused(&v["error"]));
-                    }
-                    pid = v["result"]["pid"].as_u64();
-                    if let Some(pid) = pid {
-                        for number in std::mem::take(&mut early) {
-                            forward(&mut write, &mut next_id, pid, number)
-                                .await
-                                .map_err(|_| gone())?;
-                        }
-                    }
-                } else if v["method"] == "agentkeys/exit" {
-                    finish(&v["params"]);
-                }
-            }
-            Event::Line(_) => return Err(gone()),
-            Event::Signal(number) => match pid {
-                Some(pid) => forward(&mut write, &mut next_id, pid, number)
-                    .await
-                    .map_err(|_| gone())?,
+        let mut fds = [
+            PollFd::new(&stream, PollFlags::IN),
+            PollFd::new(&signals, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(CliError::new("INTERNAL", 1, e.to_string())),
+        }
+        while let Some(number) = signals
+            .next()
+            .map_err(|e| CliError::new("INTERNAL", 1, e.to_string()))?
+        {
+            match pid {
+                Some(pid) => forward(&stream, &mut next_id, pid, number).map_err(|_| gone())?,
                 None => early.push(number),
-            },
+            }
+        }
+        if fds[0].revents().is_empty() {
+            continue;
+        }
+        if !lines.fill(&stream).map_err(|_| gone())? {
+            return Err(gone());
+        }
+        while let Some(l) = lines.next_line() {
+            let Ok(v) = serde_json::from_slice::<Value>(&l) else {
+                continue;
+            };
+            if v["id"] == json!(1) {
+                if v.get("error").is_some() {
+                    return Err(refused(&v["error"]));
+                }
+                pid = v["result"]["pid"].as_u64();
+                if let Some(pid) = pid {
+                    for number in std::mem::take(&mut early) {
+                        forward(&stream, &mut next_id, pid, number).map_err(|_| gone())?;
+                    }
+                }
+            } else if v["method"] == "agentkeys/exit" {
+                finish(&v["params"]);
+            }
         }
     }
 }
 
+/// Newline-delimited lines read from the daemon, as they arrive.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// Reads what is there (one read). `Ok(false)` at end of stream.
+    fn fill(&mut self, stream: &std::os::unix::net::UnixStream) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut &*stream, &mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next complete line, without its newline.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let end = self.buf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+        line.pop();
+        Some(line)
+    }
+}
+
 /// Sends `agentkeys/signal {pid, signal}` with the next request id.
-async fn forward(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+fn forward(
+    mut stream: &std::os::unix::net::UnixStream,
     next_id: &mut u64,
     pid: u64,
     number: i32,
@@ -228,25 +305,7 @@ async fn forward(
     *next_id += 1;
     let mut bytes = body.to_string().into_bytes();
     bytes.push(b'\n');
-    write.write_all(&bytes).await
-}
-
-enum Event {
-    Line(std::io::Result<Option<String>>),
-    Signal(i32),
-}
-
-/// The first of the registered signals to arrive, as its number.
-async fn first_signal(signals: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
-    std::future::poll_fn(|cx| {
-        for (number, s) in signals.iter_mut() {
-            if s.poll_recv(cx).is_ready() {
-                return std::task::Poll::Ready(*number);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
+    std::io::Write::write_all(&mut stream, &bytes)
 }
 
 /// Ends this process the way the command ended.
