@@ -51,9 +51,10 @@ struct Args {
     /// What to run: `all` (everything, in order), or one load for a profiler to watch
     /// (`profile-reads`: sealed reads at concurrency 32 on the server; `profile-gets`: cached
     /// `get_credential` on a held connection; `profile-run`: `agentkeys run --service openai
-    /// -- /bin/true` in a loop; `profile-read-cli`: `agentkeys read openai` in a loop). A profile load prints the pids, waits a second, and runs
+    /// -- /bin/true` in a loop; `profile-read-cli`: `agentkeys read openai` in a loop;
+    /// `profile-idle`: the stack alone, with the environment to try commands on it by hand). A profile load prints the pids, waits a second, and runs
     /// for `--secs`.
-    #[arg(value_parser = ["all", "profile-reads", "profile-gets", "profile-run", "profile-read-cli"])]
+    #[arg(value_parser = ["all", "profile-reads", "profile-gets", "profile-run", "profile-read-cli", "profile-idle"])]
     what: String,
     /// How long a profile load runs, in seconds.
     #[arg(long, default_value_t = 10)]
@@ -405,6 +406,15 @@ fn profile(
                 }
             }
             eprintln!("bench: {calls} gets");
+        }
+        "profile-idle" => {
+            println!(
+                "AGENTKEYS_SOCKET={} AGENTKEYS_HOME={} AGENTKEYS_SERVER={} AGENTKEYS_SESSION_STORE=file",
+                stack.socket.display(),
+                stack.master_home.path().display(),
+                stack.server.url
+            );
+            std::thread::sleep(secs);
         }
         "profile-read-cli" => {
             let mut reads = 0u64;

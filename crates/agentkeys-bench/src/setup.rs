@@ -68,7 +68,7 @@ pub(crate) struct Stack {
     /// The server.
     pub(crate) server: Server,
     /// The master's CLI home.
-    master_home: TempDir,
+    pub(crate) master_home: TempDir,
     /// The daemon's home.
     pub(crate) daemon_home: TempDir,
     /// The daemon socket.
