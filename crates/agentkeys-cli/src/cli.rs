@@ -148,6 +148,9 @@ fn plain_run(argv: &[OsString]) -> Option<RunArgs> {
 
 /// The subcommands.
 #[derive(Subcommand)]
+// Each subcommand's flags are built only when it is the one used: building them all was
+// most of the parse, paid by every command line.
+#[command(defer = true)]
 pub enum Command {
     /// Create (or check) this machine's master session.
     ///
@@ -404,9 +407,6 @@ pub enum Command {
         /// The daemon socket.
         #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
         socket: Option<PathBuf>,
-        /// Print JSON instead of shell lines.
-        #[arg(long)]
-        json: bool,
     },
 
     /// Check this machine: the CLI's process hardening (not dumpable, no core dumps,
@@ -425,7 +425,9 @@ pub enum Command {
     },
 }
 
-/// The flags of `agentkeys run`.
+// The flags of `agentkeys run`. No doc comment: clap would take it for the subcommand's
+// about, over the variant's (subcommands are deferred, so the struct's methods run last).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Put this credential in the environment as SERVICE_API_KEY (repeatable).
@@ -450,7 +452,9 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// The flags of `agentkeys store`.
+// The flags of `agentkeys store`. No doc comment: clap would take it for the subcommand's
+// about, over the variant's (subcommands are deferred, so the struct's methods run last).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct StoreArgs {
     /// Store it for this agent (wallet, alias or e-mail) instead of yourself.
@@ -478,7 +482,9 @@ pub struct StoreArgs {
     pub stray: Vec<OsString>,
 }
 
-/// Where a credential may be sent and how it is injected (`store` and `bind`).
+// Where a credential may be sent and how it is injected (`store` and `bind`). No doc comment: clap would take it for the
+// subcommand's about (see RunArgs).
+#[allow(missing_docs)]
 #[derive(clap::Args, Default)]
 pub struct BindingFlags {
     /// A host it may be sent to: a name, or '*.domain' for any name under domain.
@@ -509,7 +515,9 @@ pub struct BindingFlags {
     pub allow_private: bool,
 }
 
-/// The flags of `agentkeys bind`.
+// The flags of `agentkeys bind`. No doc comment: clap would take it for the subcommand's
+// about, over the variant's (subcommands are deferred, so the struct's methods run last).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 #[command(group(ArgGroup::new("change").args(["host", "remove", "well_known"])))]
 pub struct BindArgs {
@@ -529,7 +537,9 @@ pub struct BindArgs {
     pub binding: BindingFlags,
 }
 
-/// The flags of `agentkeys scope`.
+// The flags of `agentkeys scope`. No doc comment: clap would take it for the subcommand's
+// about, over the variant's (subcommands are deferred, so the struct's methods run last).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct ScopeArgs {
     /// The agent (wallet, alias or e-mail).
@@ -539,7 +549,9 @@ pub struct ScopeArgs {
     pub change: ScopeChange,
 }
 
-/// The change flags of `agentkeys scope` (none: just show the scope).
+// The change flags of `agentkeys scope` (none: just show the scope). No doc comment: clap would take it for the
+// subcommand's about (see RunArgs).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct ScopeChange {
     /// Allow this service too (repeatable, or comma-separated).
@@ -559,7 +571,9 @@ pub struct ScopeChange {
     pub read_write: bool,
 }
 
-/// The flags of `agentkeys usage`.
+// The flags of `agentkeys usage`. No doc comment: clap would take it for the subcommand's
+// about, over the variant's (subcommands are deferred, so the struct's methods run last).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct UsageArgs {
     /// Only this agent (wallet, alias or e-mail).
@@ -584,7 +598,9 @@ pub struct UsageArgs {
     pub verify: bool,
 }
 
-/// The flags of `agentkeys approve`.
+// The flags of `agentkeys approve`. No doc comment: clap would take it for the subcommand's
+// about, over the variant's (subcommands are deferred, so the struct's methods run last).
+#[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct ApproveArgs {
     /// The pair code (ABCD-EFGH; case and dash do not matter).

@@ -37,11 +37,7 @@ pub fn run_without_runtime(args: Args) -> CliResult {
             Ok(())
         }
         Command::Run(a) => run::run(a),
-        Command::ProxyEnv {
-            services,
-            socket,
-            json,
-        } => run::proxy_env(&services, socket, json || args.json),
+        Command::ProxyEnv { services, socket } => run::proxy_env(&services, socket, args.json),
         _ => Err(crate::error::CliError::new(
             "INTERNAL",
             crate::error::exit::INTERNAL,
