@@ -5,7 +5,9 @@
 //! of failing with `SQLITE_BUSY` on lock upgrades, and a reader pool sized for the machine
 //! (WAL lets readers run beside the writer). The two lookups every request makes (its
 //! session, and for a read the credential) go through a few read-only connections of their
-//! own (`HotReaders`, rusqlite on the calling thread), without sqlx's worker threads.
+//! own (`HotReaders`, rusqlite on the calling thread), without sqlx's worker threads, and
+//! audit batches are appended by a thread of their own (`AuditAppender`), one hand-off per
+//! batch.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +37,122 @@ pub struct SqliteStore {
     buckets: Arc<RateLimiter>,
     /// Connections for the per-request lookups.
     hot: Arc<HotReaders>,
+    /// The thread that appends audit batches.
+    audit: Arc<AuditAppender>,
+}
+
+/// Appends audit batches on a thread of its own, with a rusqlite connection of its own.
+///
+/// Measured, an append through the sqlx writer cost about 650 µs against a 110–150 µs
+/// `fdatasync`: `BEGIN`, the head lookup, the insert and `COMMIT` were each a round trip to
+/// the connection's worker thread, each two thread wake-ups. Here a batch is one hand-off
+/// to this thread and one back. The transaction is the same (`BEGIN IMMEDIATE`, read the
+/// head, insert, commit with `synchronous=FULL`), so the chain stays one chain however many
+/// connections write the file; a writer holding the lock makes this one wait in short
+/// sleeps (`busy_wait`), up to ten seconds as for the sqlx pool.
+struct AuditAppender {
+    jobs: std::sync::mpsc::Sender<AppendJob>,
+}
+
+type AppendJob = (
+    Vec<NewAuditEvent>,
+    tokio::sync::oneshot::Sender<StoreResult<Vec<i64>>>,
+);
+
+impl std::fmt::Debug for AuditAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditAppender").finish_non_exhaustive()
+    }
+}
+
+impl AuditAppender {
+    /// Opens the connection and starts the thread; the thread ends with the last sender.
+    fn start(path: &Path) -> StoreResult<Self> {
+        use rusqlite::OpenFlags;
+        let mut conn = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_handler(Some(busy_wait))?;
+        let (tx, rx) = std::sync::mpsc::channel::<AppendJob>();
+        std::thread::Builder::new()
+            .name("audit-append".into())
+            .spawn(move || {
+                while let Ok((events, done)) = rx.recv() {
+                    let _ = done.send(append_chained(&mut conn, &events));
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the audit thread: {e}")))?;
+        Ok(AuditAppender { jobs: tx })
+    }
+
+    async fn append(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Io("the audit append thread has stopped".into());
+        self.jobs
+            .send((events.to_vec(), done))
+            .map_err(|_| gone())?;
+        wait.await.map_err(|_| gone())?
+    }
+}
+
+/// SQLite's busy handler for the appender: sleeps 100 µs at a time for the first 10 ms (a
+/// write transaction here lasts about a millisecond; SQLite's own handler sleeps at least
+/// one), then 2 ms at a time; gives up after about ten seconds.
+fn busy_wait(attempt: i32) -> bool {
+    let step = if attempt < 100 {
+        Duration::from_micros(100)
+    } else {
+        Duration::from_millis(2)
+    };
+    std::thread::sleep(step);
+    attempt < 100 + 5_000
+}
+
+/// Appends `events` to the chain in one `BEGIN IMMEDIATE` transaction.
+fn append_chained(
+    conn: &mut rusqlite::Connection,
+    events: &[NewAuditEvent],
+) -> StoreResult<Vec<i64>> {
+    use rusqlite::OptionalExtension as _;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let head: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (mut seq, mut prev) = head.unwrap_or((0, vec![0; 32]));
+    let mut seqs = Vec::with_capacity(events.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in events {
+            seq += 1;
+            let hash = chain_hash(&prev, seq, e);
+            insert.execute(rusqlite::params![
+                seq,
+                e.ts,
+                e.actor,
+                e.agent,
+                e.service,
+                e.action,
+                e.outcome,
+                e.detail,
+                prev,
+                &hash[..],
+            ])?;
+            prev = hash.to_vec();
+            seqs.push(seq);
+        }
+    }
+    tx.commit()?;
+    Ok(seqs)
 }
 
 /// Read-only connections of their own (rusqlite, on the calling thread) for the lookups
@@ -180,11 +298,13 @@ impl SqliteStore {
             .await?;
         let hot = HotReaders::open(path, readers)
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        let audit = AuditAppender::start(path)?;
         Ok(SqliteStore {
             writer,
             reader,
             buckets: Arc::default(),
             hot: Arc::new(hot),
+            audit: Arc::new(audit),
         })
     }
 
@@ -857,39 +977,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
-        let mut tx = self.write_tx().await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (mut seq, mut prev): (i64, Vec<u8>) = match head {
-            Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
-            None => (0, vec![0; 32]),
-        };
-        let mut seqs = Vec::with_capacity(events.len());
-        for e in events {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, e);
-            sqlx::query(
-                "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(seq)
-            .bind(e.ts)
-            .bind(&e.actor)
-            .bind(e.agent.as_deref())
-            .bind(e.service.as_deref())
-            .bind(&e.action)
-            .bind(&e.outcome)
-            .bind(e.detail.as_deref())
-            .bind(&prev)
-            .bind(&hash[..])
-            .execute(&mut *tx)
-            .await?;
-            prev = hash.to_vec();
-            seqs.push(seq);
-        }
-        tx.commit().await?;
-        Ok(seqs)
+        self.audit.append(events).await
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {

@@ -388,6 +388,58 @@ async fn audit_appends_chain_across_batches<S: Store>(s: S) {
     );
 }
 
+/// Appends from many tasks at once, while other writes go on, make one gapless chain.
+async fn concurrent_audit_appends_stay_one_chain<S: Store + 'static>(s: S) {
+    let s = Arc::new(s);
+    let m = master(&*s).await;
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                seqs.extend(s.append_audit(&[event(t * 100 + i)]).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let writes = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..20u8 {
+                let c = StoredCredential {
+                    owner: m.wallet.clone(),
+                    service: svc(&format!("w{i}")),
+                    wrapped_dek: vec![i],
+                    ciphertext: vec![i],
+                    kek_id: 1,
+                    policy: Policy::default(),
+                    binding: None,
+                    created_at: NOW,
+                    updated_at: NOW,
+                };
+                s.put_credential(&c, false, false).await.unwrap();
+            }
+        })
+    };
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    writes.await.unwrap();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<i64>>(),
+        "one position each, no gap"
+    );
+    let verified = agentkeys_server::audit::verify(&*s, |_| true)
+        .await
+        .unwrap();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.checked, 200);
+}
+
 async fn rewrapping_pages_through_old_keks_and_never_clobbers_a_newer_store<S: Store>(s: S) {
     let m = master(&s).await;
     for i in 0..5 {
@@ -469,6 +521,7 @@ macro_rules! engine {
             identities_are_one_namespace_per_master,
             old_auth_requests_are_purged_but_live_grants_kept,
             audit_appends_chain_across_batches,
+            concurrent_audit_appends_stay_one_chain,
             rewrapping_pages_through_old_keks_and_never_clobbers_a_newer_store,
         ]);
     };
@@ -500,3 +553,52 @@ engine!(postgres, |_: &std::path::Path| async {
     .await
     .unwrap()
 });
+
+/// SQLite appends audit batches on a connection of its own: a second server process on the
+/// same file, and a third connection holding the write lock, make it wait, not fail, and
+/// the chain stays one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_appends_wait_out_other_writers_and_stay_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentkeys.db");
+    let a = Arc::new(agentkeys_server::SqliteStore::open(&path).await.unwrap());
+    let b = Arc::new(agentkeys_server::SqliteStore::open(&path).await.unwrap());
+    // Another writer takes the lock and keeps it a while.
+    let (locked, wait_locked) = std::sync::mpsc::channel();
+    let holder = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            tx.commit().unwrap();
+        })
+    };
+    wait_locked.recv().unwrap();
+    let mut tasks = Vec::new();
+    for (n, store) in [(0u32, a.clone()), (1, b.clone())] {
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..20u32 {
+                let batch = [event(n * 100 + i), event(n * 100 + 50 + i)];
+                seqs.extend(store.append_audit(&batch).await.unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    holder.join().unwrap();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=80).collect::<Vec<i64>>());
+    let verified = agentkeys_server::audit::verify(&*a, |_| true)
+        .await
+        .unwrap();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.checked, 80);
+}
