@@ -83,11 +83,29 @@ fn wall_ms() -> u64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The hash of a line: SHA-256 over `prev` ‖ the line's JSON without `hash`.
 fn line_hash(seq: u64, ts_ms: u64, mono_ns: u64, event: &Event, prev: &str) -> String {
+    hash_of(prev, &hashed_body(seq, ts_ms, mono_ns, event, prev))
+}
+
+fn hash_of(prev: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(body);
+    hex(&h.finalize())
+}
+
+/// The line's JSON without `hash`: the same fields, in the same order, as [`Line`].
+fn hashed_body(seq: u64, ts_ms: u64, mono_ns: u64, event: &Event, prev: &str) -> Vec<u8> {
     #[derive(Serialize)]
     struct Hashed<'a> {
         seq: u64,
@@ -97,18 +115,14 @@ fn line_hash(seq: u64, ts_ms: u64, mono_ns: u64, event: &Event, prev: &str) -> S
         event: &'a Event,
         prev: &'a str,
     }
-    let body = serde_json::to_vec(&Hashed {
+    serde_json::to_vec(&Hashed {
         seq,
         ts_ms,
         mono_ns,
         event,
         prev,
     })
-    .unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(prev.as_bytes());
-    h.update(&body);
-    hex(&h.finalize())
+    .unwrap_or_default()
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -199,22 +213,21 @@ impl Trail {
             .map_err(|_| io::Error::other("audit trail lock poisoned"))?;
         let seq = tail.seq + 1;
         let (ts_ms, mono) = (wall_ms(), at.max(tail.mono));
-        let hash = line_hash(seq, ts_ms, mono, &event, &tail.head);
-        let line = Line {
-            seq,
-            ts_ms,
-            mono_ns: mono,
-            event,
-            prev: std::mem::take(&mut tail.head),
-            hash: hash.clone(),
-        };
-        let mut bytes = serde_json::to_vec(&line).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        let written = tail.file.write_all(&bytes);
-        if written.is_err() {
-            tail.head = line.prev;
-            return written.map(|()| 0);
+        // The stored line is the hashed body with `hash` added as its last field: what
+        // serializing a `Line` gives, without serializing the event twice.
+        let mut bytes = hashed_body(seq, ts_ms, mono, &event, &tail.head);
+        if bytes.pop() != Some(b'}') {
+            return Err(io::Error::other("the audit line did not serialize"));
         }
+        let mut h = Sha256::new();
+        h.update(tail.head.as_bytes());
+        h.update(&bytes);
+        h.update(b"}");
+        let hash = hex(&h.finalize());
+        bytes.extend_from_slice(b",\"hash\":\"");
+        bytes.extend_from_slice(hash.as_bytes());
+        bytes.extend_from_slice(b"\"}\n");
+        tail.file.write_all(&bytes)?;
         tail.seq = seq;
         tail.head = hash;
         tail.mono = mono;
@@ -381,6 +394,31 @@ mod tests {
         let names: Vec<&str> = lines.iter().map(|l| l.event.event.as_str()).collect();
         assert_eq!(names, ["fetch", "deliver", "drop"]);
         assert_eq!(lines[2].seq, 3);
+    }
+
+    #[test]
+    fn a_stored_line_is_exactly_the_serialized_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let t = Trail::open(&path).unwrap();
+        let mut e = ev("deliver");
+        e.detail = Some("quote \" and \\ and \u{1}".into());
+        t.append(e).unwrap();
+        t.append(ev("drop")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (stored, parsed) in text.lines().zip(read(&path).unwrap()) {
+            assert_eq!(stored.as_bytes(), serde_json::to_vec(&parsed).unwrap());
+            assert_eq!(
+                parsed.hash,
+                line_hash(
+                    parsed.seq,
+                    parsed.ts_ms,
+                    parsed.mono_ns,
+                    &parsed.event,
+                    &parsed.prev
+                )
+            );
+        }
     }
 
     #[test]
