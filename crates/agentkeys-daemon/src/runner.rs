@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentkeys_secmem::SecretPage;
 use agentkeys_secmem::launch::{self, Launch};
-use agentkeys_secmem::{SecretPage, SecretPageKind};
 use agentkeys_types::ServiceName;
 use base64::Engine as _;
 use rustix::process::Signal;
@@ -183,12 +183,6 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
         cwd,
         environ,
     })
-}
-
-/// A page the child can see after fork: `memfd_secret`, else a sealed memfd.
-fn shareable_page(len: usize) -> std::io::Result<SecretPage> {
-    SecretPage::with_kind(len, SecretPageKind::MemfdSecret)
-        .or_else(|_| SecretPage::with_kind(len, SecretPageKind::SealedMemfd))
 }
 
 /// Secret byte strings to scrub from captured output, kept in a secret page. Best effort: a
@@ -553,7 +547,11 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
         };
         total += b.name.len() + 1 + value_len + 1;
     }
-    let mut page = shareable_page(total)?;
+    // `memfd_secret`, else a sealed memfd (`launch::spawn` refuses the last fallback,
+    // locked anonymous memory). A one-page block comes from the pool of wiped
+    // `memfd_secret` pages instead of costing a new one, and the TLB shootdown of its
+    // unmapping, per run.
+    let mut page = SecretPage::new(total)?;
     let out = page.expose_secret_mut();
     let mut at = 0;
     let mut put = |bytes: &[u8]| {
