@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod engines;
+mod peers;
 mod proxy;
 mod setup;
 mod stats;
@@ -68,6 +69,10 @@ struct Args {
     /// Do not build the server, CLI and daemon first (they must exist next to this binary).
     #[arg(long)]
     no_build: bool,
+    /// A fnox binary to run side by side (default: `$AGENTKEYS_BENCH_FNOX`, else `fnox` on
+    /// the PATH). A prebuilt one: `xz -dc fnox-1.46.0-x86_64-linux.xz > target/fnox`.
+    #[arg(long, value_name = "PATH")]
+    fnox: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -354,7 +359,58 @@ fn run(args: &Args) -> Result<Report, String> {
     }
     eprintln!("bench: the egress proxy against direct TLS...");
     egress_proxy(&stack, &upstream, &rt, &sizes, &mut report)?;
-    for peer in ["fnox", "teller", "pass"] {
+    match peers::locate(args.fnox.as_deref()) {
+        Some(bin) => {
+            eprintln!("bench: fnox, side by side...");
+            let fnox = peers::Fnox::new(&bin, &agentkeys_testkit::canary("bench"))?;
+            let exec = fnox.exec(3, sizes.runs);
+            let get = fnox.get(3, sizes.runs);
+            let mcp = fnox.mcp(sizes.warm, sizes.n)?;
+            report.latency(
+                "peer_fnox_exec",
+                &format!(
+                    "peer: `fnox exec -- /bin/true` ({}, plain provider)",
+                    fnox.version
+                ),
+                &exec,
+                "",
+                format!(
+                    "{} baseline; agentkeys run --service openai: {} baseline",
+                    ratio(exec.p50(), bare.p50()),
+                    ratio(mediated.p50(), bare.p50())
+                ),
+            );
+            report.latency(
+                "peer_fnox_get",
+                "peer: `fnox get OPENAI_API_KEY`, a new process per fetch",
+                &get,
+                "",
+                format!(
+                    "agentkeys read openai: {} of it",
+                    ratio(per_process.p50(), get.p50())
+                ),
+            );
+            report.latency(
+                "peer_fnox_mcp",
+                "peer: `fnox mcp` get_secret, held stdio session",
+                &mcp,
+                "",
+                format!(
+                    "agentkeys cached get_credential: {} of it",
+                    ratio(cached.p50(), mcp.p50())
+                ),
+            );
+        }
+        None => report.other(
+            "peer_fnox",
+            "peer: fnox",
+            "not found: pass --fnox PATH (see the README's Performance section)".into(),
+            "",
+            String::new(),
+            Value::Null,
+        ),
+    }
+    for peer in ["teller", "pass"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {peer}")])
             .output()
