@@ -110,30 +110,25 @@ fn plain_run(argv: &[OsString]) -> Option<RunArgs> {
             Some((f, v)) if f.starts_with("--") => (f, Some(v)),
             _ => (arg, None),
         };
+        // A value that is empty or looks like a flag is left to clap, which refuses some.
         let mut value = || -> Option<String> {
-            match inline {
-                Some(v) => Some(v.to_owned()),
-                None => Some(rest.next()?.to_str()?.to_owned()),
-            }
+            let v = match inline {
+                Some(v) => v,
+                None => rest.next()?.to_str()?,
+            };
+            (!v.is_empty() && !v.starts_with('-')).then(|| v.to_owned())
         };
         match flag {
             "--service" | "-s" => run.services.push(value()?),
             "--env" | "-e" => run.env.push(value()?),
-            "--socket" => run.socket = Some(PathBuf::from(value()?)),
+            "--socket" if run.socket.is_none() => run.socket = Some(PathBuf::from(value()?)),
             "--fd" if inline.is_none() && !run.fd => run.fd = true,
             "--proxy" if inline.is_none() && !run.proxy => run.proxy = true,
             _ => return None,
         }
     }
     run.command = rest.cloned().collect();
-    if run.command.is_empty()
-        || (run.fd && run.proxy)
-        || run
-            .services
-            .iter()
-            .chain(&run.env)
-            .any(|v| v.starts_with('-'))
-    {
+    if run.command.is_empty() || (run.fd && run.proxy) {
         return None;
     }
     if run.socket.is_none() {
@@ -691,6 +686,67 @@ mod run_line {
     }
 
     #[test]
+    fn whatever_the_plain_parser_takes_clap_reads_the_same_way() {
+        // Random lines over run's flags, values and mistakes (a fixed xorshift sequence):
+        // where the plain parser answers, clap must accept the line and agree field by
+        // field.
+        const TOKENS: [&str; 22] = [
+            "--service",
+            "-s",
+            "--env",
+            "-e",
+            "--fd",
+            "--proxy",
+            "--socket",
+            "--",
+            "openai",
+            "GH=github",
+            "/tmp/s",
+            "--service=openai",
+            "--env=GH=github",
+            "--socket=/tmp/s",
+            "-x",
+            "--json",
+            "true",
+            "-sopenai",
+            "--help",
+            "-v",
+            "",
+            "--fd=1",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut taken = 0;
+        for _ in 0..20_000 {
+            let mut line: Vec<OsString> = vec!["agentkeys".into(), "run".into()];
+            for _ in 0..(next() % 9) {
+                let i = usize::try_from(next() % TOKENS.len() as u64).unwrap_or(0);
+                line.push(TOKENS[i].into());
+            }
+            let Some(fast) = plain_run(&line) else {
+                continue;
+            };
+            taken += 1;
+            let full = Args::try_parse_from(&line)
+                .unwrap_or_else(|e| panic!("clap refuses {line:?}, which was taken: {e}"));
+            let Command::Run(full) = full.command else {
+                panic!("not a run: {line:?}");
+            };
+            assert_eq!(fast.services, full.services, "{line:?}");
+            assert_eq!(fast.env, full.env, "{line:?}");
+            assert_eq!((fast.fd, fast.proxy), (full.fd, full.proxy), "{line:?}");
+            assert_eq!(fast.socket, full.socket, "{line:?}");
+            assert_eq!(fast.command, full.command, "{line:?}");
+        }
+        assert!(taken > 500, "only {taken} lines were plain enough");
+    }
+
+    #[test]
     fn a_run_line_the_plain_parser_does_not_take_is_left_to_clap() {
         for line in [
             "agentkeys run --help",
@@ -700,6 +756,7 @@ mod run_line {
             "agentkeys run -s -- true",
             "agentkeys run --service --fd -- true",
             "agentkeys run --fd --fd -- true",
+            "agentkeys run --socket /a --socket /b -- true",
             "agentkeys run --fd=yes -- true",
             "agentkeys run -sopenai -- true",
             "agentkeys run --",
