@@ -661,6 +661,15 @@ mod run_line {
         line.split(' ').map(OsString::from).collect()
     }
 
+    /// Every field of two parses of `line` agrees.
+    fn assert_same(a: &RunArgs, b: &RunArgs, line: &str) {
+        assert_eq!(a.services, b.services, "{line}");
+        assert_eq!(a.env, b.env, "{line}");
+        assert_eq!((a.fd, a.proxy), (b.fd, b.proxy), "{line}");
+        assert_eq!(a.socket, b.socket, "{line}");
+        assert_eq!(a.command, b.command, "{line}");
+    }
+
     #[test]
     fn the_run_only_parser_reads_run_lines_as_the_full_one_does() {
         for line in [
@@ -677,11 +686,7 @@ mod run_line {
             let (Command::Run(a), Command::Run(b)) = (full.command, fast.command) else {
                 panic!("not a run: {line}");
             };
-            assert_eq!(a.services, b.services, "{line}");
-            assert_eq!(a.env, b.env, "{line}");
-            assert_eq!((a.fd, a.proxy), (b.fd, b.proxy), "{line}");
-            assert_eq!(a.socket, b.socket, "{line}");
-            assert_eq!(a.command, b.command, "{line}");
+            assert_same(&a, &b, line);
         }
     }
 
@@ -737,11 +742,7 @@ mod run_line {
             let Command::Run(full) = full.command else {
                 panic!("not a run: {line:?}");
             };
-            assert_eq!(fast.services, full.services, "{line:?}");
-            assert_eq!(fast.env, full.env, "{line:?}");
-            assert_eq!((fast.fd, fast.proxy), (full.fd, full.proxy), "{line:?}");
-            assert_eq!(fast.socket, full.socket, "{line:?}");
-            assert_eq!(fast.command, full.command, "{line:?}");
+            assert_same(&fast, &full, &format!("{line:?}"));
         }
         assert!(taken > 500, "only {taken} lines were plain enough");
     }

@@ -94,6 +94,26 @@ fn pair_approval(parent: &Wallet) -> Approval {
     }
 }
 
+/// A credential under KEK 1 with the default policy and no binding.
+fn credential(
+    owner: &Wallet,
+    service: &str,
+    wrapped_dek: Vec<u8>,
+    ciphertext: Vec<u8>,
+) -> StoredCredential {
+    StoredCredential {
+        owner: owner.clone(),
+        service: svc(service),
+        wrapped_dek,
+        ciphertext,
+        kek_id: 1,
+        policy: Policy::default(),
+        binding: None,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
 fn event(n: u32) -> NewAuditEvent {
     NewAuditEvent {
         ts: NOW,
@@ -407,17 +427,7 @@ async fn concurrent_audit_appends_stay_one_chain<S: Store + 'static>(s: S) {
         let s = s.clone();
         tokio::spawn(async move {
             for i in 0..20u8 {
-                let c = StoredCredential {
-                    owner: m.wallet.clone(),
-                    service: svc(&format!("w{i}")),
-                    wrapped_dek: vec![i],
-                    ciphertext: vec![i],
-                    kek_id: 1,
-                    policy: Policy::default(),
-                    binding: None,
-                    created_at: NOW,
-                    updated_at: NOW,
-                };
+                let c = credential(&m.wallet, &format!("w{i}"), vec![i], vec![i]);
                 s.put_credential(&c, false, false).await.unwrap();
             }
         })
@@ -443,17 +453,7 @@ async fn concurrent_audit_appends_stay_one_chain<S: Store + 'static>(s: S) {
 async fn rewrapping_pages_through_old_keks_and_never_clobbers_a_newer_store<S: Store>(s: S) {
     let m = master(&s).await;
     for i in 0..5 {
-        let c = StoredCredential {
-            owner: m.wallet.clone(),
-            service: svc(&format!("s{i}")),
-            wrapped_dek: vec![i, 1],
-            ciphertext: vec![9],
-            kek_id: 1,
-            policy: Policy::default(),
-            binding: None,
-            created_at: NOW,
-            updated_at: NOW,
-        };
+        let c = credential(&m.wallet, &format!("s{i}"), vec![i, 1], vec![9]);
         s.put_credential(&c, false, false).await.unwrap();
     }
     assert_eq!(s.kek_usage().await.unwrap(), vec![(1, 5)]);
