@@ -173,9 +173,12 @@ async fn acknowledged_stores_survive_kill_9() {
         "only {} stores were acknowledged before the kill",
         acked.len()
     );
-    // The last acknowledged value of each service must read back after a restart.
+    // The last acknowledged value of each service must read back after a restart, and
+    // every acknowledged store must have its audit row (committed before the answer).
     let mut latest = std::collections::BTreeMap::new();
+    let mut stores_acked = std::collections::BTreeMap::<String, usize>::new();
     for (s, v) in acked {
+        *stores_acked.entry(s.clone()).or_default() += 1;
         latest.insert(s, v);
     }
     let server = Proc::start(dir.path(), &[]);
@@ -200,6 +203,23 @@ async fn acknowledged_stores_survive_kill_9() {
         assert!(
             i_got >= i_ack,
             "{service}: acknowledged {value} but read back {got}"
+        );
+    }
+    for (service, acked) in &stores_acked {
+        let rows = client
+            .audit(&agentkeys_core::client::AuditQuery {
+                service: Some(svc(service)),
+                action: Some("credential.store".into()),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .events;
+        assert!(
+            rows.len() >= *acked,
+            "{service}: {acked} stores acknowledged, {} audited",
+            rows.len()
         );
     }
     assert!(client.verify_audit().await.unwrap().ok);
