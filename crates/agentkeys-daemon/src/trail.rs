@@ -94,13 +94,16 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The hash of a line: SHA-256 over `prev` ‖ the line's JSON without `hash`.
 fn line_hash(seq: u64, ts_ms: u64, mono_ns: u64, event: &Event, prev: &str) -> String {
-    hash_of(prev, &hashed_body(seq, ts_ms, mono_ns, event, prev))
+    hash_of(prev, &[&hashed_body(seq, ts_ms, mono_ns, event, prev)])
 }
 
-fn hash_of(prev: &str, body: &[u8]) -> String {
+/// SHA-256 over `prev` ‖ the body (given in pieces), as hex.
+fn hash_of(prev: &str, body: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
-    h.update(body);
+    for piece in body {
+        h.update(piece);
+    }
     hex(&h.finalize())
 }
 
@@ -219,11 +222,7 @@ impl Trail {
         if bytes.pop() != Some(b'}') {
             return Err(io::Error::other("the audit line did not serialize"));
         }
-        let mut h = Sha256::new();
-        h.update(tail.head.as_bytes());
-        h.update(&bytes);
-        h.update(b"}");
-        let hash = hex(&h.finalize());
+        let hash = hash_of(&tail.head, &[&bytes, b"}"]);
         bytes.extend_from_slice(b",\"hash\":\"");
         bytes.extend_from_slice(hash.as_bytes());
         bytes.extend_from_slice(b"\"}\n");
