@@ -329,11 +329,15 @@ pub enum Command {
         agentkeys usage --verify")]
     Usage(UsageArgs),
 
-    /// Decide on a pairing, recovery or high-value release.
+    /// Decide on a pairing, recovery or high-value release; without a code, list the inbox.
     ///
     /// Shows what is asked and the OTP to compare with the one the requester shows, then
-    /// asks y/N (unless --yes).
+    /// asks y/N (unless --yes). Without CODE it lists the pending requests you may decide
+    /// (pairings addressed to you, recoveries and high-value releases of your agents) and,
+    /// on a terminal, lets you pick one; with --json it prints them for scripts.
     #[command(after_help = "Examples:\n  \
+        agentkeys approve\n  \
+        agentkeys approve --json\n  \
         agentkeys approve ABCD-EFGH --scope openai,github\n  \
         agentkeys approve ABCD-EFGH --scope openai --read-only --yes\n  \
         agentkeys approve ABCD-EFGH --deny")]
@@ -598,8 +602,9 @@ pub struct UsageArgs {
 #[allow(missing_docs)]
 #[derive(clap::Args)]
 pub struct ApproveArgs {
-    /// The pair code (ABCD-EFGH; case and dash do not matter).
-    pub code: String,
+    /// The pair code (ABCD-EFGH; case and dash do not matter). Without it: list the
+    /// pending requests you may decide and, on a terminal, pick one.
+    pub code: Option<String>,
     /// For a pairing: the services the agent may use ('*' = all).
     #[arg(long, value_name = "A,B")]
     pub scope: Option<String>,

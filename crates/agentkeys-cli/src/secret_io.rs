@@ -180,10 +180,16 @@ fn open_tty() -> CliResult<File> {
 
 /// Asks a y/N question on the terminal; anything but y/yes is no.
 pub fn confirm(question: &str) -> CliResult<bool> {
+    let text = ask(&format!("{question} [y/N] "))?.to_ascii_lowercase();
+    Ok(text == "y" || text == "yes")
+}
+
+/// Asks on the terminal and returns the answer's first line, trimmed (at most 16 bytes
+/// are read: the answers asked for are short).
+pub fn ask(prompt: &str) -> CliResult<String> {
     let tty = open_tty()?;
     let mut out = &tty;
-    io::Write::write_all(&mut out, format!("{question} [y/N] ").as_bytes())
-        .map_err(|e| io_error("terminal", &e))?;
+    io::Write::write_all(&mut out, prompt.as_bytes()).map_err(|e| io_error("terminal", &e))?;
     let mut answer = [0u8; 16];
     let mut n = 0;
     while n < answer.len() {
@@ -194,10 +200,7 @@ pub fn confirm(question: &str) -> CliResult<bool> {
         }
         n += 1;
     }
-    let text = String::from_utf8_lossy(&answer[..n])
-        .trim()
-        .to_ascii_lowercase();
-    Ok(text == "y" || text == "yes")
+    Ok(String::from_utf8_lossy(&answer[..n]).trim().to_owned())
 }
 
 /// Whether stdin is a terminal.

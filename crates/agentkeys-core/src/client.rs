@@ -7,12 +7,12 @@ use std::future::Future;
 use agentkeys_secmem::{SecretPage, SecretString};
 use agentkeys_types::api::{
     AgentList, AnchorRequest, AnchorResponse, ApproveRequest, AuditList, AuditVerify,
-    AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo, CredentialList,
-    DecideResponse, Decision, HPKE_INFO_READ, HPKE_INFO_SESSION, HPKE_INFO_STORE, Health, Identity,
-    LinkIdentityRequest, OpenAuthRequest, Policy, ReadCredentialRequest, ReadCredentialResponse,
-    RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo, SetBindingRequest,
-    StoreCredentialRequest, TeardownResponse, auth_request_canonical_bytes, credential_aad,
-    decision_signing_bytes, read_signing_bytes, shielding_key_signing_bytes,
+    AuthRequestList, AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo,
+    CredentialList, DecideResponse, Decision, HPKE_INFO_READ, HPKE_INFO_SESSION, HPKE_INFO_STORE,
+    Health, Identity, LinkIdentityRequest, OpenAuthRequest, Policy, ReadCredentialRequest,
+    ReadCredentialResponse, RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo,
+    SetBindingRequest, StoreCredentialRequest, TeardownResponse, auth_request_canonical_bytes,
+    credential_aad, decision_signing_bytes, read_signing_bytes, shielding_key_signing_bytes,
 };
 use agentkeys_types::binding::Binding;
 use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
@@ -134,6 +134,13 @@ pub trait Backend: Send + Sync {
         &self,
         req: &OpenAuthRequest,
     ) -> impl Future<Output = Result<AuthRequestTicket, ClientError>> + Send;
+    /// `GET /v1/auth-requests?cursor=&wait=`: the master's inbox; with a cursor, it answers
+    /// once the list differs from that one or `wait_secs` have passed.
+    fn inbox(
+        &self,
+        cursor: Option<&str>,
+        wait_secs: u64,
+    ) -> impl Future<Output = Result<AuthRequestList, ClientError>> + Send;
     /// `GET /v1/auth-requests/by-code/{code}`.
     fn auth_request_by_code(
         &self,
@@ -714,6 +721,18 @@ impl Backend for HttpBackend {
     ) -> Result<AuthRequestTicket, ClientError> {
         let authed = self.auth.is_some();
         self.post("/v1/auth-requests", req, authed).await
+    }
+
+    async fn inbox(
+        &self,
+        cursor: Option<&str>,
+        wait_secs: u64,
+    ) -> Result<AuthRequestList, ClientError> {
+        let mut req = self.http.get(self.url("/v1/auth-requests"));
+        if let Some(c) = cursor {
+            req = req.query(&[("cursor", c)]).query(&[("wait", wait_secs)]);
+        }
+        self.send(req, true).await
     }
 
     async fn auth_request_by_code(&self, code: &str) -> Result<AuthRequestView, ClientError> {

@@ -247,8 +247,8 @@ pub struct AppState<S: Store> {
     pub config: Config,
     /// The audit writer.
     pub audit: AuditLog,
-    /// Wakes long-polls when any auth request is decided (here, or on another server
-    /// sharing the store).
+    /// Wakes long-polls when any auth request is opened or decided (here, or on another
+    /// server sharing the store).
     pub decisions: Arc<Notify>,
     /// How often a long-poll re-reads anyway, when other servers share the store and a
     /// wake-up from them can be lost.

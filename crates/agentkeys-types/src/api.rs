@@ -593,6 +593,21 @@ pub struct AuthRequestView {
     /// The requester's free text.
     #[serde(default)]
     pub description: Option<String>,
+    /// Recover/high-value: the aliases and e-mails the master linked to `agent` (the
+    /// inbox fills it; `by-code` leaves it empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_names: Vec<String>,
+}
+
+/// `GET /v1/auth-requests`: the master's inbox of pending requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AuthRequestList {
+    /// Pending, unexpired requests this master may decide, oldest first: pair requests
+    /// addressed to it, recover and high-value requests about it or its agents.
+    pub requests: Vec<AuthRequestView>,
+    /// Opaque; pass it back as `cursor` to wait until the list changes.
+    pub cursor: String,
 }
 
 /// `POST /v1/auth-requests/{id}/approve`.
@@ -949,6 +964,7 @@ mod tests {
             service: Some(service()),
             requested_by: Some(wallet()),
             description: None,
+            agent_names: vec!["bot".into()],
         });
         round_trip(&ApproveRequest {
             scope: Some(Scope::all()),

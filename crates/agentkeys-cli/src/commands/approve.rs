@@ -70,14 +70,133 @@ fn kind_word(kind: AuthKind) -> &'static str {
     }
 }
 
-/// `agentkeys approve`.
+/// `agentkeys approve`: the request named by its code, or one picked from the inbox.
 pub async fn approve(ctx: &Context, args: ApproveArgs) -> CliResult {
-    let code = normalize_pair_code(&args.code).ok_or_else(|| {
-        CliError::usage(format!("'{}' is not a pair code", args.code))
-            .hint("a pair code is 8 letters and digits, shown as ABCD-EFGH")
-    })?;
     let session = ctx.session()?;
-    let view = session.backend.auth_request_by_code(&code).await?;
+    let view = match &args.code {
+        Some(code) => {
+            let code = normalize_pair_code(code).ok_or_else(|| {
+                CliError::usage(format!("'{code}' is not a pair code"))
+                    .hint("a pair code is 8 letters and digits, shown as ABCD-EFGH")
+            })?;
+            session.backend.auth_request_by_code(&code).await?
+        }
+        None => match pick(ctx, &session, &args).await? {
+            Some(view) => view,
+            None => return Ok(()),
+        },
+    };
+    decide(ctx, &session, view, &args).await
+}
+
+/// One row of the inbox table: what a master needs to tell requests apart.
+pub fn inbox_row(view: &AuthRequestView) -> Vec<String> {
+    let agent = view.agent.as_ref().map_or_else(
+        || "(new agent)".to_owned(),
+        |w| {
+            let short = output::short_wallet(w.as_str());
+            match view.agent_names.first() {
+                Some(name) => format!("{short} ({name})"),
+                None => short,
+            }
+        },
+    );
+    let what = match view.kind {
+        AuthKind::Pair => "a session; you pick the scope".to_owned(),
+        AuthKind::Recover => "a new session".to_owned(),
+        AuthKind::HighValue => view
+            .service
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), |s| format!("one read of {s}")),
+    };
+    vec![
+        kind_word(view.kind).to_owned(),
+        view.pair_code.clone(),
+        agent,
+        what,
+        view.requested_by
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |w| output::short_wallet(w.as_str())),
+        view.otp.clone(),
+        duration(view.expires_at - output::now()),
+        view.description.clone().unwrap_or_default(),
+    ]
+}
+
+/// The inbox table's header, matching [`inbox_row`].
+pub const INBOX_HEADER: [&str; 8] = [
+    "KIND",
+    "CODE",
+    "AGENT",
+    "ASKS FOR",
+    "ASKED BY",
+    "OTP",
+    "EXPIRES IN",
+    "DESCRIPTION",
+];
+
+/// Lists the inbox; on a terminal, lets the master pick the request to decide.
+async fn pick(
+    ctx: &Context,
+    session: &crate::context::Session,
+    args: &ApproveArgs,
+) -> CliResult<Option<AuthRequestView>> {
+    if args.yes {
+        return Err(
+            CliError::usage("--yes needs the CODE of the request it answers").hint(
+                "run 'agentkeys approve' to list the requests, then 'agentkeys approve CODE --yes'",
+            ),
+        );
+    }
+    let list = session.backend.inbox(None, 0).await?;
+    if ctx.json {
+        output::json(&json!({ "requests": list.requests }))?;
+        return Ok(None);
+    }
+    if list.requests.is_empty() {
+        output::line("No pending requests.")?;
+        return Ok(None);
+    }
+    let rows: Vec<Vec<String>> = list
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut row = vec![(i + 1).to_string()];
+            row.extend(inbox_row(v));
+            row
+        })
+        .collect();
+    let mut header = vec!["#"];
+    header.extend(INBOX_HEADER);
+    output::table(&header, &rows)?;
+    if !secret_io::stdin_is_tty() {
+        note("Decide one with 'agentkeys approve CODE' (--deny to refuse it).");
+        return Ok(None);
+    }
+    let n = list.requests.len();
+    let answer = secret_io::ask(&format!("Decide which one? [1-{n}, Enter for none] "))?;
+    if answer.is_empty() {
+        return Ok(None);
+    }
+    let index = answer
+        .parse::<usize>()
+        .ok()
+        .filter(|i| (1..=n).contains(i))
+        .ok_or_else(|| {
+            CliError::usage(format!("'{answer}' is not one of 1 to {n}"))
+                .hint("run it again and type the number in the # column")
+        })?;
+    Ok(list.requests.into_iter().nth(index - 1))
+}
+
+/// Shows the request, confirms and decides.
+async fn decide(
+    ctx: &Context,
+    session: &crate::context::Session,
+    view: AuthRequestView,
+    args: &ApproveArgs,
+) -> CliResult {
     if view.status != AuthStatus::Pending {
         let (code_str, exit_code) = match view.status {
             AuthStatus::Expired => ("EXPIRED", exit::AUTH),

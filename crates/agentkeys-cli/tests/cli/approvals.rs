@@ -186,3 +186,87 @@ fn on_a_terminal_approve_asks_and_only_y_approves() {
     assert!(ok, "{screen}");
     assert_eq!(home.read("stripe", &["--wait", "5"]), value);
 }
+
+#[test]
+fn approve_without_a_code_lists_only_this_masters_requests_and_decides_one_picked() {
+    let server = start_server();
+    let one = Home::new(&server);
+    one.init();
+    let two = Home::new(&server);
+    two.init();
+    let value = high_value(&one);
+    let (code, otp) = read_needs_approval(&one);
+
+    let out = one.cmd().args(["approve", "--json"]).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let listed = v["requests"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{v}");
+    assert_eq!(listed[0]["pair_code"], code.as_str());
+    assert_eq!(listed[0]["otp"], otp.as_str());
+    assert_eq!(listed[0]["kind"], "high_value");
+    assert_eq!(listed[0]["service"], "stripe");
+    // The other master sees none of it.
+    two.cmd()
+        .args(["approve"])
+        .assert()
+        .success()
+        .stdout("No pending requests.\n");
+    two.cmd()
+        .args(["approve", "--json"])
+        .assert()
+        .success()
+        .stdout(contains("\"requests\": []"));
+    // Without a terminal: the table and how to decide, and nothing decided.
+    let out = std::process::Command::new("setsid")
+        .args(["-w", CLI, "approve"])
+        .envs(one.cmd_env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = outputs(&out);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "KIND",
+        "high-value release",
+        code.as_str(),
+        otp.as_str(),
+        "one read of stripe",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
+    assert!(text.contains("agentkeys approve CODE"), "{text}");
+    // --yes with no code would decide blindly: refused.
+    one.cmd()
+        .args(["approve", "--yes"])
+        .assert()
+        .code(2)
+        .stderr(contains("--yes needs the CODE"));
+
+    // On a terminal (script(1) gives it one): pick 1, confirm y.
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &format!("{CLI} approve"), "/dev/null"])
+        .envs(one.cmd_env())
+        .stdin({
+            let (r, mut w) = std::io::pipe().unwrap();
+            std::io::Write::write_all(&mut w, b"1\ny\n").unwrap();
+            r
+        })
+        .output()
+        .unwrap();
+    let text = outputs(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Decide which one?"), "{text}");
+    assert!(text.contains("Approved: one release of stripe"), "{text}");
+    one.cmd()
+        .args(["read", "stripe", "--wait", "30"])
+        .assert()
+        .success()
+        .stdout(value);
+    // Decided once: it left the inbox, and the same code is consumed.
+    one.cmd()
+        .args(["approve"])
+        .assert()
+        .success()
+        .stdout("No pending requests.\n");
+    one.cmd().args(["approve", &code, "--yes"]).assert().code(7);
+}

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use agentkeys_core::crypto::{hpke, pairing, random_array, sha256};
 use agentkeys_types::api::{
-    ApproveRequest, AuthKind, AuthRequestTicket, AuthRequestView, AuthStatus, DecideResponse,
-    Decision, HPKE_INFO_SESSION, OpenAuthRequest, SessionGrant, SessionInfo, SessionKind,
-    auth_request_canonical_bytes, decision_signing_bytes,
+    ApproveRequest, AuthKind, AuthRequestList, AuthRequestTicket, AuthRequestView, AuthStatus,
+    DecideResponse, Decision, HPKE_INFO_SESSION, OpenAuthRequest, SessionGrant, SessionInfo,
+    SessionKind, auth_request_canonical_bytes, decision_signing_bytes,
 };
 use agentkeys_types::names::AGENT_TOKEN_PREFIX;
 use agentkeys_types::{ErrorCode, Scope, ServiceName, Wallet};
@@ -113,6 +113,8 @@ pub(super) async fn open_request<S: Store>(
         };
         match state.store.insert_auth_request(&rec).await {
             Ok(()) => {
+                // Inbox long-polls re-read.
+                state.decisions.notify_waiters();
                 let actor = caller.map_or("-", |c| c.wallet().as_str());
                 let mut e = event(actor, AuditAction::AuthOpen, "ok").detail(format!(
                     "{} {}",
@@ -358,8 +360,12 @@ pub(super) async fn by_code<S: Store>(
         state.store.auth_request_by_code(&code).await?,
     )
     .await?;
-    let now = state.clock.now();
-    Ok(Json(AuthRequestView {
+    Ok(Json(view(r, state.clock.now(), Vec::new())))
+}
+
+/// What a master is shown of a request.
+fn view(r: AuthRequestRecord, now: i64, agent_names: Vec<String>) -> AuthRequestView {
+    AuthRequestView {
         status: r.status_at(now),
         id: r.id,
         kind: r.kind,
@@ -371,7 +377,109 @@ pub(super) async fn by_code<S: Store>(
         service: r.service,
         requested_by: r.requested_by,
         description: r.description,
-    }))
+        agent_names,
+    }
+}
+
+/// Query of the inbox.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InboxQuery {
+    /// Seconds to wait for the list to differ from `cursor` (0–60).
+    #[serde(default)]
+    wait: u64,
+    /// The cursor of the list the caller last saw.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// Names a list by the ids in it: a pending request does not change until it leaves it.
+fn inbox_cursor(rows: &[AuthRequestRecord]) -> String {
+    let mut ids = String::with_capacity(rows.len() * 40);
+    for r in rows {
+        ids.push_str(&r.id);
+        ids.push('\n');
+    }
+    crate::audit::hex(&sha256(ids.as_bytes())[..16])
+}
+
+/// `GET /v1/auth-requests?cursor=&wait=`: the caller's inbox. With a cursor, it answers
+/// once the list differs from the one the cursor names (a request opened, decided or
+/// expired), or when `wait` seconds have passed: a watcher holds one request, not a
+/// polling loop.
+pub(super) async fn inbox<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<InboxQuery>,
+) -> ApiResult<Json<AuthRequestList>> {
+    caller.require_master()?;
+    if q.wait > 60 {
+        return Err(ApiError::bad_request("wait is 0 to 60 seconds")
+            .hint("ask again with the cursor of the answer when it comes back unchanged"));
+    }
+    let permit = state.long_polls.try_acquire().ok();
+    let wait = match (&permit, &q.cursor) {
+        (Some(_), Some(_)) => q.wait,
+        _ => 0,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        // Registered before the read, so a change in between is not missed.
+        let notified = state.decisions.notified();
+        let now = state.clock.now();
+        let rows = state.store.inbox(caller.wallet(), now).await?;
+        let cursor = inbox_cursor(&rows);
+        if q.cursor.as_deref() != Some(cursor.as_str())
+            || tokio::time::Instant::now() >= deadline
+            || state.stopping()
+        {
+            return Ok(Json(inbox_list(&state, &caller, rows, cursor, now).await?));
+        }
+        // Wake when the first of them expires, and, where other servers share the store,
+        // every `decision_poll`.
+        let first_expiry = rows.iter().map(|r| r.expires_at).min();
+        let until = first_expiry.map_or(u64::MAX, |e| u64::try_from(e - now).unwrap_or(0) + 1);
+        let at = tokio::time::Instant::now();
+        let mut wake = deadline.min(at + Duration::from_secs(until.min(60)));
+        if let Some(poll) = state.decision_poll {
+            wake = wake.min(at + poll);
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// The inbox's rows as views, with the names the master gave its agents.
+async fn inbox_list<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    rows: Vec<AuthRequestRecord>,
+    cursor: String,
+    now: i64,
+) -> ApiResult<AuthRequestList> {
+    let agents = if rows
+        .iter()
+        .any(|r| r.agent.as_ref().is_some_and(|a| a != caller.wallet()))
+    {
+        state.store.list_agents(caller.wallet(), now).await?
+    } else {
+        Vec::new()
+    };
+    let requests = rows
+        .into_iter()
+        .map(|r| {
+            let names = r
+                .agent
+                .as_ref()
+                .and_then(|w| agents.iter().find(|a| &a.account.wallet == w))
+                .map(|a| a.identities.clone())
+                .unwrap_or_default();
+            view(r, now, names)
+        })
+        .collect();
+    Ok(AuthRequestList { requests, cursor })
 }
 
 fn decided_error(outcome: DecideOutcome) -> ApiError {

@@ -64,7 +64,10 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             "/v1/credentials/{agent}/{service}/binding",
             put(credentials::set_binding::<S>),
         )
-        .route("/v1/auth-requests", post(auth_requests::open::<S>))
+        .route(
+            "/v1/auth-requests",
+            post(auth_requests::open::<S>).get(auth_requests::inbox::<S>),
+        )
         .route(
             "/v1/auth-requests/by-code/{code}",
             get(auth_requests::by_code::<S>),

@@ -8,11 +8,11 @@
 use agentkeys_types::ErrorBody;
 use agentkeys_types::api::{
     AgentList, AnchorRequest, AnchorResponse, ApproveRequest, AuditList, AuditVerify,
-    AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo, CredentialList,
-    DecideResponse, Decision, Health, Identity, LinkIdentityRequest, OpenAuthRequest, Policy,
-    ReadCredentialRequest, ReadCredentialResponse, Readiness, RevokeRequest, RevokeResponse,
-    ServerInfo, SessionGrant, SessionInfo, SetBindingRequest, StoreCredentialRequest,
-    TeardownResponse,
+    AuthRequestList, AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo,
+    CredentialList, DecideResponse, Decision, Health, Identity, LinkIdentityRequest,
+    OpenAuthRequest, Policy, ReadCredentialRequest, ReadCredentialResponse, Readiness,
+    RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo, SetBindingRequest,
+    StoreCredentialRequest, TeardownResponse,
 };
 use agentkeys_types::scope::Scope;
 use axum::Json;
@@ -213,6 +213,28 @@ pub const ROUTES: &[Route] = &[
         Some("OpenAuthRequest"),
         (201, "AuthRequestTicket"),
     ),
+    Route {
+        query: &[
+            (
+                "cursor",
+                "string",
+                "the cursor of the list last seen: answer once the list differs",
+            ),
+            (
+                "wait",
+                "integer",
+                "with cursor, seconds to wait for a change, 0 to 60 (default 0)",
+            ),
+        ],
+        ..route(
+            "get",
+            "/v1/auth-requests",
+            "The master's inbox of pending requests, long-polled with a cursor",
+            Auth::Master,
+            None,
+            (200, "AuthRequestList"),
+        )
+    },
     route(
         "get",
         "/v1/auth-requests/by-code/{code}",
@@ -354,6 +376,7 @@ fn schemas() -> Map<String, Value> {
         OpenAuthRequest,
         AuthRequestTicket,
         AuthRequestView,
+        AuthRequestList,
         ApproveRequest,
         DecideResponse,
         Decision,

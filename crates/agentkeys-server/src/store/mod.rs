@@ -26,6 +26,16 @@ const GAUGES_SQL: &str = "SELECT \
      (SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1) AS sessions, \
      (SELECT COUNT(*) FROM auth_requests WHERE status = 'pending' AND expires_at > $1) AS pending";
 
+/// How many requests the inbox lists at most.
+pub const INBOX_LIMIT: usize = 100;
+
+/// The inbox's filter and order after `FROM auth_requests WHERE` ($1 the master, $2 now),
+/// the same for either engine.
+const INBOX_SQL: &str = "status = 'pending' AND expires_at > $2 AND \
+     ((kind = 'pair' AND requested_by = $1) OR (kind <> 'pair' AND (agent = $1 OR agent IN \
+     (SELECT wallet FROM accounts WHERE parent = $1 AND deleted_at IS NULL)))) \
+     ORDER BY created_at, id LIMIT 100";
+
 /// Checks that `applied` migrations cover the `known` ones of this build.
 fn migrations_cover(applied: i64, known: usize) -> StoreResult<u32> {
     let applied = u32::try_from(applied).unwrap_or(0);
@@ -426,6 +436,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         code: &str,
     ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
+    /// The pending, unexpired requests `master` may decide, oldest first, at most
+    /// [`INBOX_LIMIT`]: pair requests addressed to it, and recover and high-value requests
+    /// whose agent is `master` or one of its live agents. The same visibility as
+    /// `by-code`, less the unaddressed pair requests (knowing their code is the capability).
+    fn inbox(
+        &self,
+        master: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Vec<AuthRequestRecord>>> + Send;
     /// A pending, unexpired high-value request of this session for this credential.
     fn pending_high_value(
         &self,
@@ -628,6 +647,7 @@ forward! {
     fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()>;
     fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>>;
     fn auth_request_by_code(&self, code: &str) -> StoreResult<Option<AuthRequestRecord>>;
+    fn inbox(&self, master: &Wallet, now: UnixSeconds) -> StoreResult<Vec<AuthRequestRecord>>;
     fn pending_high_value(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<AuthRequestRecord>>;
     fn approve(&self, id: &str, by: &Wallet, now: UnixSeconds, approval: &Approval) -> StoreResult<DecideOutcome>;
     fn deny(&self, id: &str, by: &Wallet, now: UnixSeconds, signature: &[u8]) -> StoreResult<DecideOutcome>;

@@ -510,6 +510,12 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pair code") } else { e.into() })?;
+        // Wakes the inbox long-polls of every replica, as a decision does.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(DECISIONS)
+            .bind(&r.id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -531,6 +537,22 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| auth_request_from(&r)).transpose()
+    }
+
+    async fn inbox(
+        &self,
+        master: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Vec<AuthRequestRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE {}",
+            super::INBOX_SQL
+        )))
+        .bind(master.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(auth_request_from).collect()
     }
 
     async fn pending_high_value(

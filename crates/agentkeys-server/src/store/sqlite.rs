@@ -761,6 +761,22 @@ impl Store for SqliteStore {
         row.map(|r| auth_request_from(&r)).transpose()
     }
 
+    async fn inbox(
+        &self,
+        master: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Vec<AuthRequestRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM auth_requests WHERE {}",
+            super::INBOX_SQL
+        )))
+        .bind(master.as_str())
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(auth_request_from).collect()
+    }
+
     async fn pending_high_value(
         &self,
         session: &str,

@@ -559,3 +559,123 @@ fn high_value_request(service: &str, description: Option<&str>) -> OpenAuthReque
         description: description.map(str::to_owned),
     }
 }
+
+#[tokio::test]
+async fn each_master_lists_only_the_requests_it_may_decide() {
+    let ts = TestServer::start().await;
+    let (m1, m1_info, _) = ts.master("m1").await;
+    let (m2, m2_info, _) = ts.master("m2").await;
+    let (a1, a1_info, _) = ts.agent(&m1, scope(&["stripe"], true)).await;
+    m1.link_identity(&LinkIdentityRequest {
+        wallet: a1_info.wallet.clone(),
+        alias: Some("billing-bot".into()),
+        email: None,
+    })
+    .await
+    .unwrap();
+    store_high_value(&m1, "stripe", b"sk-one").await;
+    let hv = a1
+        .open_auth_request(&high_value_request("stripe", Some("month end")))
+        .await
+        .unwrap();
+    // A pairing addressed to m2, and one addressed to nobody (its code is the capability:
+    // it shows in no inbox).
+    let mut to_m2 = pair_request(&HpkeKeyPair::generate().unwrap(), Some("m2's laptop"));
+    to_m2.parent = Some(m2_info.wallet.clone());
+    let p2 = ts.anon().open_auth_request(&to_m2).await.unwrap();
+    ts.anon()
+        .open_auth_request(&pair_request(&HpkeKeyPair::generate().unwrap(), None))
+        .await
+        .unwrap();
+
+    let l1 = m1.inbox(None, 0).await.unwrap();
+    let ids: Vec<&str> = l1.requests.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [hv.id.as_str()]);
+    let r = &l1.requests[0];
+    assert_eq!(
+        (
+            r.kind,
+            r.agent.as_ref(),
+            r.service.as_ref(),
+            r.requested_by.as_ref()
+        ),
+        (
+            AuthKind::HighValue,
+            Some(&m1_info.wallet),
+            Some(&svc("stripe")),
+            Some(&a1_info.wallet)
+        )
+    );
+    assert_eq!(
+        (r.otp.as_str(), r.description.as_deref(), r.status),
+        (hv.otp.as_str(), Some("month end"), AuthStatus::Pending)
+    );
+    let l2 = m2.inbox(None, 0).await.unwrap();
+    let ids: Vec<&str> = l2.requests.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [p2.id.as_str()]);
+    // Agents have no inbox.
+    assert_code(a1.inbox(None, 0).await, ErrorCode::Denied);
+
+    // Deciding from the inbox consumes the request once; it leaves the inbox.
+    m1.approve(&hv.id, &ApproveRequest::default())
+        .await
+        .unwrap();
+    assert_code(
+        m1.approve(&hv.id, &ApproveRequest::default()).await,
+        ErrorCode::AlreadyConsumed,
+    );
+    assert!(m1.inbox(None, 0).await.unwrap().requests.is_empty());
+    // A recovery of m1's agent, by alias, shows to m1 with the alias.
+    let recover = OpenAuthRequest {
+        kind: AuthKind::Recover,
+        requester_public_key: Some(b64(&HpkeKeyPair::generate().unwrap().public_key())),
+        identity: Some("billing-bot".into()),
+        parent: Some(m1_info.wallet.clone()),
+        agent: None,
+        service: None,
+        description: None,
+    };
+    let rc = ts.anon().open_auth_request(&recover).await.unwrap();
+    let l1 = m1.inbox(None, 0).await.unwrap();
+    assert_eq!(l1.requests.len(), 1);
+    assert_eq!(l1.requests[0].id, rc.id);
+    assert_eq!(l1.requests[0].agent.as_ref(), Some(&a1_info.wallet));
+    assert_eq!(l1.requests[0].agent_names, ["billing-bot"]);
+    assert!(m2.inbox(None, 0).await.unwrap().requests.len() == 1);
+}
+
+#[tokio::test]
+async fn the_inbox_long_poll_answers_when_a_request_arrives() {
+    let ts = TestServer::start().await;
+    let m = std::sync::Arc::new(ts.master("m").await.0);
+    store_high_value(&m, "stripe", b"v").await;
+    let first = m.inbox(None, 0).await.unwrap();
+    assert!(first.requests.is_empty());
+    // Unchanged: the long-poll waits out its time and answers the same cursor.
+    let started = std::time::Instant::now();
+    let same = m.inbox(Some(&first.cursor), 1).await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(same.cursor, first.cursor);
+    // A request opened while it waits wakes it at once.
+    let waiter = {
+        let m = m.clone();
+        let cursor = first.cursor.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            (m.inbox(Some(&cursor), 30).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let t = m
+        .open_auth_request(&high_value_request("stripe", None))
+        .await
+        .unwrap();
+    let (got, took) = waiter.await.unwrap();
+    let got = got.unwrap();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert_eq!(got.requests.len(), 1);
+    assert_eq!(got.requests[0].id, t.id);
+    assert_ne!(got.cursor, first.cursor);
+    // A wait over 60 s is refused.
+    assert_code(m.inbox(Some(&got.cursor), 61).await, ErrorCode::BadRequest);
+}

@@ -96,6 +96,39 @@ async fn an_approval_on_one_replica_wakes_a_long_poll_waiting_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_opened_on_one_replica_wakes_an_inbox_watch_on_another() {
+    let rs = TestServer::replicas(2, agentkeys_server::Config::default()).await;
+    let (m, m_info, _) = rs[1].master("m").await;
+    let first = m.inbox(None, 0).await.unwrap();
+    let mut woke = Vec::new();
+    let mut cursor = first.cursor;
+    for _ in 0..3 {
+        // The watch waits on replica B (1); the request is opened on replica A (0).
+        let watch = {
+            let (m, _, _) = rs[1].master("m").await;
+            let cursor = cursor.clone();
+            tokio::spawn(async move {
+                let l = m.inbox(Some(&cursor), 30).await.unwrap();
+                (l, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut req = pair_request(&HpkeKeyPair::generate().unwrap(), Some("replica inbox"));
+        req.parent = Some(m_info.wallet.clone());
+        let opening = Instant::now();
+        let t = rs[0].anon().open_auth_request(&req).await.unwrap();
+        let (list, at) = watch.await.unwrap();
+        assert!(list.requests.iter().any(|r| r.id == t.id));
+        cursor = list.cursor;
+        woke.push(at.saturating_duration_since(opening));
+    }
+    woke.sort();
+    eprintln!("cross-replica inbox wake-up, from sending the open to A: {woke:?}");
+    // Woken by the notification or at worst the 1 s re-read, never the 30 s wait.
+    assert!(woke[2] < Duration::from_secs(5), "{woke:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_through_one_replica_is_refused_on_the_others_at_once() {
     let rs = TestServer::replicas(3, agentkeys_server::Config::default()).await;
     let (m, _, _) = rs[0].master("m").await;
