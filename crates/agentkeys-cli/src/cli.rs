@@ -343,6 +343,23 @@ pub enum Command {
         agentkeys approve ABCD-EFGH --deny")]
     Approve(ApproveArgs),
 
+    /// Follow the requests you may decide and tell a person about each new one.
+    ///
+    /// Prints each new request (one JSON object per line with --json) as it is opened:
+    /// pairings addressed to you, recoveries and high-value releases of your agents. It
+    /// keeps one long-poll open on the server, so it notices a request within a moment
+    /// without polling. Each request can also go to a command (--exec, the request as JSON
+    /// on stdin), and to ntfy, Slack or Discord webhooks. Every notice carries the code, the OTP and a link to the
+    /// approval page; none carries a way to approve: deciding happens where you
+    /// authenticate ('agentkeys approve CODE', or the page with your passkey).
+    #[command(after_help = "Examples:\n  \
+        agentkeys watch\n  \
+        agentkeys watch --ntfy https://ntfy.sh/my-private-topic\n  \
+        agentkeys watch --slack https://hooks.slack.com/services/T000/B000/XXXX\n  \
+        agentkeys watch --exec 'jq -r .pair_code >> ~/requests.log'\n  \
+        agentkeys watch --json --once")]
+    Watch(WatchArgs),
+
     /// Get a session for an existing agent on this machine (a recovery your master approves).
     ///
     /// Prints a pair code and the OTP it computed itself for 'agentkeys approve' (a server
@@ -617,6 +634,27 @@ pub struct ApproveArgs {
     /// Deny the request instead.
     #[arg(long)]
     pub deny: bool,
+}
+
+// The flags of `agentkeys watch` (no doc comment, as for `ApproveArgs`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// Run CMD (with sh -c) for each new request, the request as JSON on its stdin.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Post each new request to this ntfy topic URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub ntfy: Vec<String>,
+    /// Post each new request to this Slack incoming-webhook URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub slack: Vec<String>,
+    /// Post each new request to this Discord webhook URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    pub discord: Vec<String>,
+    /// Exit after the first new request(s) have been announced.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// `--action`: one of the server's audit action names.

@@ -14,4 +14,5 @@ mod cli {
     mod memory;
     mod session;
     mod tls;
+    mod watch;
 }

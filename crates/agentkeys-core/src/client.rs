@@ -272,6 +272,22 @@ fn extra_ca() -> Option<std::path::PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
 }
 
+/// A client for calls beyond the agentkeys server (webhooks): the system's roots plus the
+/// CA of [`trust_ca`] or `AGENTKEYS_CA`, short timeouts, and no redirects (a notification
+/// goes where it was configured to, not where an answer points).
+pub fn outbound_client() -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("agentkeys/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(certs) = extra_ca().as_deref().map(read_ca).transpose()? {
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 /// Whether a transport failure's reason is the server's certificate being refused (an
 /// unknown issuer, a name mismatch, an expired certificate), for a hint about `--ca`.
 pub fn is_certificate_error(reason: &str) -> bool {

@@ -62,7 +62,8 @@ fn describe(view: &AuthRequestView, scope: Option<&Scope>) -> Vec<String> {
     lines
 }
 
-fn kind_word(kind: AuthKind) -> &'static str {
+/// A request kind in words.
+pub fn kind_word(kind: AuthKind) -> &'static str {
     match kind {
         AuthKind::Pair => "pairing",
         AuthKind::Recover => "recovery",

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod run;
 pub mod session;
 pub mod usage;
+pub mod watch;
 
 use clap::CommandFactory as _;
 
@@ -81,6 +82,7 @@ pub async fn run(args: Args) -> CliResult {
         } => agents::link(&ctx, &wallet, alias, email).await,
         Command::Usage(a) => usage::usage(&ctx, a).await,
         Command::Approve(a) => approve::approve(&ctx, a).await,
+        Command::Watch(a) => watch::watch(&ctx, a).await,
         Command::Recover {
             identity,
             parent,

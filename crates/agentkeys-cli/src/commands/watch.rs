@@ -1,0 +1,333 @@
+//! `agentkeys watch`: follows the inbox and tells a person that a request waits, wherever
+//! they are. A notice carries the code, the OTP and a link, never a way to approve: the
+//! decision is taken where the master authenticates (Teleport's lesson: a link, not a
+//! button).
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use agentkeys_core::Backend as _;
+use agentkeys_core::ClientError;
+use agentkeys_types::api::{AuthKind, AuthRequestView};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::WatchArgs;
+use crate::commands::approve::kind_word;
+use crate::context::Context;
+use crate::error::{CliError, CliResult};
+use crate::output::{self, duration, note};
+
+/// How long one long-poll waits on the server before it is renewed.
+const POLL_SECS: u64 = 30;
+
+/// What a watcher announces: the request as the inbox shows it, and where to decide it.
+#[derive(Debug, Serialize)]
+pub struct Notice<'a> {
+    /// The request.
+    #[serde(flatten)]
+    pub request: &'a AuthRequestView,
+    /// The approval page for this request.
+    pub approve_url: String,
+    /// The command that decides it at a terminal.
+    pub approve_command: String,
+}
+
+impl<'a> Notice<'a> {
+    /// The notice for `request` on the server at `base`.
+    pub fn new(request: &'a AuthRequestView, base: &str) -> Self {
+        Notice {
+            approve_url: format!(
+                "{}/approve/{}",
+                base.trim_end_matches('/'),
+                request.pair_code
+            ),
+            approve_command: format!("agentkeys approve {}", request.pair_code),
+            request,
+        }
+    }
+
+    /// A title, for notifications that have one.
+    pub fn title(&self) -> String {
+        format!("agentkeys: {} waiting", kind_word(self.request.kind))
+    }
+
+    /// What is asked, by whom, the code, the OTP, the time left and where to decide.
+    pub fn text(&self) -> String {
+        let r = self.request;
+        let agent = r.agent.as_ref().map(|w| {
+            let short = output::short_wallet(w.as_str());
+            match r.agent_names.first() {
+                Some(name) => format!("{short} ({name})"),
+                None => short,
+            }
+        });
+        let what = match (r.kind, &agent) {
+            (AuthKind::Pair, _) => "A new agent asks to be paired".to_owned(),
+            (AuthKind::Recover, Some(a)) => format!("Agent {a} asks for a new session"),
+            (AuthKind::Recover, None) => "An agent asks for a new session".to_owned(),
+            (AuthKind::HighValue, a) => format!(
+                "One release of {} asked for{}",
+                r.service.as_ref().map_or("?", |s| s.as_str()),
+                a.as_ref()
+                    .map_or(String::new(), |a| format!(" ({a}'s credential)"))
+            ),
+        };
+        let mut text = what;
+        if let Some(by) = &r.requested_by
+            && r.kind == AuthKind::HighValue
+        {
+            text.push_str(&format!(" by {}", output::short_wallet(by.as_str())));
+        }
+        text.push('.');
+        if let Some(d) = &r.description {
+            text.push_str(&format!(" \"{d}\"."));
+        }
+        text.push_str(&format!(
+            " Code {}, OTP {} (it must match the requester's), expires in {}. Decide at {} \
+             or with '{}'.",
+            r.pair_code,
+            r.otp,
+            duration(r.expires_at - output::now()),
+            self.approve_url,
+            self.approve_command
+        ));
+        text
+    }
+}
+
+/// An ntfy publish: the text as the body, the link as the click action. No `Actions`
+/// header: ntfy's buttons could carry an HTTP call, and nothing here may approve.
+pub fn ntfy_request(n: &Notice<'_>) -> (Vec<(&'static str, String)>, String) {
+    (
+        vec![
+            ("Title", n.title()),
+            ("Click", n.approve_url.clone()),
+            ("Tags", "key".to_owned()),
+        ],
+        n.text(),
+    )
+}
+
+/// A Slack incoming-webhook message: plain text (Slack turns the link into a link), no
+/// blocks, so no buttons.
+pub fn slack_payload(n: &Notice<'_>) -> serde_json::Value {
+    json!({ "text": format!("*{}*\n{}", n.title(), n.text()) })
+}
+
+/// A Discord webhook message: plain content, mentions disabled.
+pub fn discord_payload(n: &Notice<'_>) -> serde_json::Value {
+    json!({
+        "content": format!("**{}**\n{}", n.title(), n.text()),
+        "allowed_mentions": { "parse": [] },
+    })
+}
+
+/// `agentkeys watch`.
+pub async fn watch(ctx: &Context, args: WatchArgs) -> CliResult {
+    for url in args.ntfy.iter().chain(&args.slack).chain(&args.discord) {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(CliError::usage(format!("'{url}' is not an http(s) URL"))
+                .hint("pass the webhook's full URL, e.g. https://ntfy.sh/my-private-topic"));
+        }
+    }
+    let session = ctx.session()?;
+    let base = session.backend.base_url().to_owned();
+    let http = if args.ntfy.is_empty() && args.slack.is_empty() && args.discord.is_empty() {
+        None
+    } else {
+        Some(agentkeys_core::client::outbound_client().map_err(|e| {
+            CliError::usage(format!("cannot set up the webhook client: {e}"))
+                .hint("check AGENTKEYS_CA, if set")
+        })?)
+    };
+    if !ctx.json {
+        note("Watching for requests you may decide (Ctrl-C to stop)…");
+    }
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut children: Vec<Child> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        let list = match session.backend.inbox(cursor.as_deref(), POLL_SECS).await {
+            Ok(list) => {
+                if failures > 0 {
+                    note("The server answers again; watching.");
+                }
+                failures = 0;
+                list
+            }
+            // The server restarting, or the network going away: keep watching.
+            Err(ClientError::Transport { url, reason }) => {
+                failures += 1;
+                let wait = Duration::from_secs(1 << failures.min(5));
+                if failures == 1 || failures.is_multiple_of(10) {
+                    note(&format!(
+                        "cannot reach the server at {url} ({reason}); retrying every {}s",
+                        wait.as_secs()
+                    ));
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut announced = 0;
+        for request in &list.requests {
+            if seen.contains(&request.id) {
+                continue;
+            }
+            announced += 1;
+            let notice = Notice::new(request, &base);
+            announce(ctx, &notice)?;
+            if let Some(cmd) = &args.exec
+                && let Some(child) = exec(cmd, &notice)
+            {
+                children.push(child);
+            }
+            if let Some(http) = &http {
+                post_hooks(http, &args, &notice).await;
+            }
+        }
+        seen = list.requests.iter().map(|r| r.id.clone()).collect();
+        cursor = Some(list.cursor);
+        if args.once && announced > 0 {
+            break;
+        }
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
+/// Prints one request: a line, or one JSON object per line.
+fn announce(ctx: &Context, n: &Notice<'_>) -> CliResult {
+    if ctx.json {
+        let line = serde_json::to_string(n)
+            .map_err(|e| CliError::new("INTERNAL", crate::error::exit::INTERNAL, e.to_string()))?;
+        return output::line(&line);
+    }
+    output::line(&format!(
+        "[{}] {}",
+        output::timestamp(output::now()),
+        n.text()
+    ))
+}
+
+/// Starts `cmd` with the request as JSON on its stdin; it runs on while the watch goes
+/// on. A command that cannot start is reported, and the watch goes on.
+fn exec(cmd: &str, n: &Notice<'_>) -> Option<Child> {
+    let json = match serde_json::to_vec(n) {
+        Ok(j) => j,
+        Err(e) => {
+            note(&format!("--exec: cannot encode the request: {e}"));
+            return None;
+        }
+    };
+    let mut child = match Command::new("/bin/sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            note(&format!("--exec: cannot start /bin/sh: {e}"));
+            return None;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its stdin is not an error.
+        let _ = stdin.write_all(&json).and_then(|()| stdin.write_all(b"\n"));
+    }
+    Some(child)
+}
+
+/// Posts the notice to every configured webhook; a failure is reported, not fatal.
+async fn post_hooks(http: &reqwest::Client, args: &WatchArgs, n: &Notice<'_>) {
+    let mut posts = Vec::new();
+    for url in &args.ntfy {
+        let (headers, body) = ntfy_request(n);
+        let mut req = http.post(url).body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        posts.push(("ntfy", url, req));
+    }
+    for url in &args.slack {
+        posts.push(("slack", url, http.post(url).json(&slack_payload(n))));
+    }
+    for url in &args.discord {
+        posts.push(("discord", url, http.post(url).json(&discord_payload(n))));
+    }
+    for (kind, url, req) in posts {
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => note(&format!(
+                "--{kind} {url}: the webhook answered {}",
+                r.status()
+            )),
+            Err(e) => note(&format!("--{kind} {url}: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkeys_types::api::AuthStatus;
+    use agentkeys_types::{ServiceName, Wallet};
+
+    fn request() -> AuthRequestView {
+        AuthRequestView {
+            id: "req_1".into(),
+            kind: AuthKind::HighValue,
+            pair_code: "ABCD-EFGH".into(),
+            otp: "123456".into(),
+            status: AuthStatus::Pending,
+            created_at: output::now(),
+            expires_at: output::now() + 300,
+            agent: Some(Wallet::from_bytes(&[1; 20])),
+            service: Some(ServiceName::parse("stripe").unwrap()),
+            requested_by: Some(Wallet::from_bytes(&[2; 20])),
+            description: Some("month end".into()),
+            agent_names: vec!["billing-bot".into()],
+        }
+    }
+
+    #[test]
+    fn every_notice_carries_the_code_the_otp_and_the_link_and_no_approve_action() {
+        let r = request();
+        let n = Notice::new(&r, "https://keys.example/");
+        assert_eq!(n.approve_url, "https://keys.example/approve/ABCD-EFGH");
+        let (headers, body) = ntfy_request(&n);
+        let slack = slack_payload(&n).to_string();
+        let discord = discord_payload(&n).to_string();
+        for text in [&body, &slack, &discord] {
+            for want in [
+                "ABCD-EFGH",
+                "123456",
+                "https://keys.example/approve/ABCD-EFGH",
+            ] {
+                assert!(text.contains(want), "missing {want} in {text}");
+            }
+            assert!(
+                text.contains("stripe") && text.contains("billing-bot"),
+                "{text}"
+            );
+        }
+        assert!(
+            headers
+                .iter()
+                .all(|(k, _)| !k.eq_ignore_ascii_case("actions"))
+        );
+        assert!(headers.contains(&("Click", n.approve_url.clone())));
+        let slack: serde_json::Value = serde_json::from_str(&slack).unwrap();
+        assert_eq!(slack.as_object().unwrap().len(), 1, "text only: {slack}");
+        let discord: serde_json::Value = serde_json::from_str(&discord).unwrap();
+        assert!(discord.get("components").is_none());
+    }
+}
