@@ -13,7 +13,8 @@
 # Python parts run in a private venv (target/pyenv) holding pytest and the official MCP
 # Python SDK, which the end-to-end tests drive the daemon with (and compare the managed
 # runtimes against), and the official openai and anthropic SDKs, httpx, requests and websockets, which
-# the egress proxy tests run unmodified; the MCP Inspector CLI goes to target/npm. All pinned.
+# the egress proxy tests run unmodified; the MCP Inspector CLI goes to target/npm and
+# playwright-core (for tests/browser, driving Debian's chromium) to target/browser. All pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,15 @@ if [ ! -x target/npm/node_modules/.bin/mcp-inspector ]; then
   (cd target/npm && npm install --no-audit --no-fund --silent @modelcontextprotocol/inspector@2.12.0)
 fi
 
+# playwright-core (pinned; it drives Debian's chromium, downloads no browser), for the
+# passkey approvals in a real browser.
+if [ ! -f target/browser/node_modules/playwright-core/package.json ] \
+  || ! grep -q '"version": "1.65.1"' target/browser/node_modules/playwright-core/package.json; then
+  echo "installing playwright-core 1.65.1 into target/browser..." >&2
+  mkdir -p target/browser
+  (cd target/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent playwright-core@1.65.1)
+fi
+
 echo "== throwaway PostgreSQL (scripts/pg-throwaway.sh)" >&2
 pg_env=$(bash scripts/pg-throwaway.sh)
 eval "$pg_env"
@@ -51,6 +61,9 @@ cargo test --workspace "$@"
 echo "== the server's integration suite again, on PostgreSQL" >&2
 # (the replica and tool suites pick their engines themselves: once is enough)
 AGENTKEYS_TEST_ENGINE=postgres cargo test -p agentkeys-server --test server "$@" -- --skip replicas --skip tools
+
+echo "== passkey approvals in a real browser (chromium, virtual authenticator)" >&2
+node tests/browser/passkey-approval.mjs
 
 echo "== the server's OpenAPI document (openapi-spec-validator)" >&2
 target/debug/agentkeys-server openapi >target/openapi.json

@@ -265,10 +265,15 @@ pub enum Command {
     Scope(ScopeArgs),
 
     /// Mark a credential high-value (every release needs approval) or normal.
+    ///
+    /// With --require-passkey, a release of it can only be approved with your passkey on
+    /// the approval page ('agentkeys passkey add' registers one); 'agentkeys approve'
+    /// refuses it and names the page.
     #[command(
         group(ArgGroup::new("level").required(true).args(["high_value", "normal"])),
         after_help = "Examples:\n  \
         agentkeys policy stripe --high-value\n  \
+        agentkeys policy stripe --high-value --require-passkey\n  \
         agentkeys policy openai --agent research-bot --normal"
     )]
     Policy {
@@ -280,6 +285,9 @@ pub enum Command {
         /// Every release needs 'agentkeys approve'.
         #[arg(long)]
         high_value: bool,
+        /// With --high-value: releases are approved only with a passkey, on the page.
+        #[arg(long, requires = "high_value")]
+        require_passkey: bool,
         /// Releases need no approval.
         #[arg(long)]
         normal: bool,
@@ -340,8 +348,36 @@ pub enum Command {
         agentkeys approve --json\n  \
         agentkeys approve ABCD-EFGH --scope openai,github\n  \
         agentkeys approve ABCD-EFGH --scope openai --read-only --yes\n  \
-        agentkeys approve ABCD-EFGH --deny")]
+        agentkeys approve ABCD-EFGH --deny\n  \
+        agentkeys approve ABCD-EFGH --for 2h")]
     Approve(ApproveArgs),
+
+    /// Register, list and remove the passkeys that approve requests on the approval page.
+    ///
+    /// 'passkey add' prints a one-time link (10 minutes) bound to your master session: open
+    /// it in the browser or phone that holds the passkey (or will make it). Approval pages
+    /// ('agentkeys watch' and the inbox link to them) then approve with that passkey, which
+    /// signs exactly the request shown.
+    #[command(after_help = "Examples:\n  \
+        agentkeys passkey add --name phone\n  \
+        agentkeys passkey list --json\n  \
+        agentkeys passkey remove pk_0123456789abcdef0123456789abcdef")]
+    Passkey {
+        /// What to do.
+        #[command(subcommand)]
+        action: PasskeyAction,
+    },
+
+    /// List your standing approvals ('approve --for'), or end one now.
+    #[command(after_help = "Examples:\n  \
+        agentkeys approvals\n  \
+        agentkeys approvals --json\n  \
+        agentkeys approvals revoke sta_0123456789abcdef0123456789abcdef")]
+    Approvals {
+        /// What to do; without it, list them.
+        #[command(subcommand)]
+        action: Option<ApprovalsAction>,
+    },
 
     /// Follow the requests you may decide and tell a person about each new one.
     ///
@@ -634,6 +670,38 @@ pub struct ApproveArgs {
     /// Deny the request instead.
     #[arg(long)]
     pub deny: bool,
+    /// For a high-value release: also let that agent read that credential without asking
+    /// for this long (e.g. 30m, 2h; at most 8h), a standing approval.
+    #[arg(long = "for", value_name = "DURATION", conflicts_with = "deny")]
+    pub standing: Option<String>,
+}
+
+/// What `agentkeys passkey` does.
+#[derive(Subcommand)]
+pub enum PasskeyAction {
+    /// Print a one-time link that registers a passkey for you where it is opened.
+    Add {
+        /// A name to tell it apart (phone, laptop, yubikey).
+        #[arg(long, default_value = "passkey")]
+        name: String,
+    },
+    /// List your passkeys.
+    List,
+    /// Remove a passkey: it approves nothing any more.
+    Remove {
+        /// Its id (pk_…), as 'agentkeys passkey list' shows it.
+        id: String,
+    },
+}
+
+/// What `agentkeys approvals` does besides listing.
+#[derive(Subcommand)]
+pub enum ApprovalsAction {
+    /// End a standing approval now: the agent must ask again for the next release.
+    Revoke {
+        /// The approval's id (sta_…), as 'agentkeys approvals' lists it.
+        id: String,
+    },
 }
 
 // The flags of `agentkeys watch` (no doc comment, as for `ApproveArgs`).

@@ -147,7 +147,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         read_only: true,
     };
     master
-        .approve(&view.id, &ApproveRequest { scope: Some(scope) })
+        .approve(
+            &view.id,
+            &ApproveRequest {
+                scope: Some(scope),
+                minutes: None,
+            },
+        )
         .await?;
     let decision = anon.decision(&ticket.id, 10).await?;
     let agent_grant = open_decision(&decision, &daemon_key, &signing_key)?;
@@ -180,7 +186,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set_policy(
             &grant.session.wallet,
             &service("stripe")?,
-            Policy { high_value: true },
+            Policy {
+                high_value: true,
+                ..Policy::default()
+            },
         )
         .await?;
     master

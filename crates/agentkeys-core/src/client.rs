@@ -9,10 +9,12 @@ use agentkeys_types::api::{
     AgentList, AnchorRequest, AnchorResponse, ApproveRequest, AuditList, AuditVerify,
     AuthRequestList, AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo,
     CredentialList, DecideResponse, Decision, HPKE_INFO_READ, HPKE_INFO_SESSION, HPKE_INFO_STORE,
-    Health, Identity, LinkIdentityRequest, OpenAuthRequest, Policy, ReadCredentialRequest,
-    ReadCredentialResponse, RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo,
-    SetBindingRequest, StoreCredentialRequest, TeardownResponse, auth_request_canonical_bytes,
-    credential_aad, decision_signing_bytes, read_signing_bytes, shielding_key_signing_bytes,
+    Health, Identity, LinkIdentityRequest, OpenAuthRequest, PasskeyList, PasskeyRegistrationTicket,
+    Policy, ReadCredentialRequest, ReadCredentialResponse, RemovedPasskey, RevokeRequest,
+    RevokeResponse, RevokeStandingResponse, ServerInfo, SessionGrant, SessionInfo,
+    SetBindingRequest, StandingApprovalList, StartPasskeyRegistration, StoreCredentialRequest,
+    TeardownResponse, auth_request_canonical_bytes, credential_aad, decision_signing_bytes,
+    read_signing_bytes, shielding_key_signing_bytes,
 };
 use agentkeys_types::binding::Binding;
 use agentkeys_types::{ErrorBody, Scope, ServiceName, Wallet};
@@ -141,6 +143,27 @@ pub trait Backend: Send + Sync {
         cursor: Option<&str>,
         wait_secs: u64,
     ) -> impl Future<Output = Result<AuthRequestList, ClientError>> + Send;
+    /// `POST /v1/passkeys/registrations`: a one-time link registering a passkey.
+    fn start_passkey_registration(
+        &self,
+        req: &StartPasskeyRegistration,
+    ) -> impl Future<Output = Result<PasskeyRegistrationTicket, ClientError>> + Send;
+    /// `GET /v1/passkeys`.
+    fn passkeys(&self) -> impl Future<Output = Result<PasskeyList, ClientError>> + Send;
+    /// `DELETE /v1/passkeys/{id}`.
+    fn remove_passkey(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<RemovedPasskey, ClientError>> + Send;
+    /// `GET /v1/standing-approvals`.
+    fn standing_approvals(
+        &self,
+    ) -> impl Future<Output = Result<StandingApprovalList, ClientError>> + Send;
+    /// `POST /v1/standing-approvals/{id}/revoke`.
+    fn revoke_standing_approval(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<RevokeStandingResponse, ClientError>> + Send;
     /// `GET /v1/auth-requests/by-code/{code}`.
     fn auth_request_by_code(
         &self,
@@ -748,6 +771,38 @@ impl Backend for HttpBackend {
         if let Some(c) = cursor {
             req = req.query(&[("cursor", c)]).query(&[("wait", wait_secs)]);
         }
+        self.send(req, true).await
+    }
+
+    async fn start_passkey_registration(
+        &self,
+        req: &StartPasskeyRegistration,
+    ) -> Result<PasskeyRegistrationTicket, ClientError> {
+        self.post("/v1/passkeys/registrations", req, true).await
+    }
+
+    async fn passkeys(&self) -> Result<PasskeyList, ClientError> {
+        self.get("/v1/passkeys", true).await
+    }
+
+    async fn remove_passkey(&self, id: &str) -> Result<RemovedPasskey, ClientError> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/v1/passkeys/{}", seg(id))));
+        self.send(req, true).await
+    }
+
+    async fn standing_approvals(&self) -> Result<StandingApprovalList, ClientError> {
+        self.get("/v1/standing-approvals", true).await
+    }
+
+    async fn revoke_standing_approval(
+        &self,
+        id: &str,
+    ) -> Result<RevokeStandingResponse, ClientError> {
+        let req = self
+            .http
+            .post(self.url(&format!("/v1/standing-approvals/{}/revoke", seg(id))));
         self.send(req, true).await
     }
 

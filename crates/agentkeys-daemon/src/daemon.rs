@@ -1199,7 +1199,10 @@ mod tests {
             .pinning_first_contact()
             .await
             .expect("pin");
-        let policy = Some(Policy { high_value });
+        let policy = Some(Policy {
+            high_value,
+            ..Policy::default()
+        });
         master
             .store_credential(None, &service(), b"sk-unit-canary", policy)
             .await

@@ -91,6 +91,36 @@ pub(crate) struct Args {
     /// How long a pair or recover code stays valid (DESIGN decision 4: 60 s)
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) pair_ttl: i64,
+    /// The origin browsers reach this server at (https://keys.example.com): the approval
+    /// and passkey pages are served, and passkeys bound, for its host [default on loopback:
+    /// http://localhost:PORT; elsewhere: no pages, no passkeys]
+    #[arg(long, env = "AGENTKEYS_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub(crate) public_url: Option<String>,
+}
+
+/// `--public-url`: an http(s) origin without path, query or trailing slash; plain http
+/// only for localhost (browsers refuse passkeys elsewhere without TLS).
+pub(crate) fn parse_public_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or("the public URL starts with https:// (or http:// for localhost)")?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err("the public URL is an origin: scheme, host and port only".into());
+    }
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    if s.starts_with("http://") && host != "localhost" {
+        return Err(
+            "plain http:// is for localhost only: browsers allow passkeys on https origins".into(),
+        );
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return Err(
+            "passkeys need a host name, not an IP address (use localhost on loopback)".into(),
+        );
+    }
+    Ok(s.to_owned())
 }
 
 /// How log lines are written.
@@ -340,6 +370,7 @@ impl Args {
             pair_ttl: self.pair_ttl,
             enrol_rate: self.enrol_rate,
             metrics_on_api: self.metrics_listen.is_none(),
+            public_url: self.public_url,
             ..Default::default()
         };
         let tls = match (self.tls_cert, self.tls_key) {

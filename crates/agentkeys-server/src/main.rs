@@ -155,7 +155,12 @@ async fn run(
         );
     }
     let scheme = if plan.tls.is_some() { "https" } else { "http" };
-    tracing::info!(listen = %addr, scheme, data_dir = %data_dir.display(), database = store.engine(), keys = %keys.source, "agentkeys-server ready");
+    if config.public_url.is_none() && addr.ip().is_loopback() {
+        // Browsers treat localhost as secure and accept it as a passkey domain; an IP
+        // address is never one.
+        config.public_url = Some(format!("{scheme}://localhost:{}", addr.port()));
+    }
+    tracing::info!(listen = %addr, scheme, public_url = config.public_url.as_deref().unwrap_or("-"), data_dir = %data_dir.display(), database = store.engine(), keys = %keys.source, "agentkeys-server ready");
     if plan.dev {
         println!("export AGENTKEYS_SERVER={scheme}://{addr}");
         println!(

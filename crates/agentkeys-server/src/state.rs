@@ -132,6 +132,10 @@ pub struct Config {
     pub max_long_polls: usize,
     /// Whether `GET /metrics` is served on the API listener (not when it has its own).
     pub metrics_on_api: bool,
+    /// The origin browsers reach this server at (`https://keys.example.com`, no trailing
+    /// slash): the approval and passkey pages are served, and passkeys bound, for it. None:
+    /// no pages, no passkeys.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -149,6 +153,7 @@ impl Default for Config {
             anon_open_rate: 5.0,
             max_long_polls: 512,
             metrics_on_api: true,
+            public_url: None,
         }
     }
 }
@@ -264,6 +269,8 @@ pub struct AppState<S: Store> {
     pub info: ServerInfo,
     /// What `GET /metrics` reports.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The WebAuthn relying party for `config.public_url`; None without one (no pages).
+    pub passkeys: Option<webauthn_rs::prelude::Webauthn>,
     /// Set when shutdown begins: long-polls answer at once, `/v1/ready` says 503.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -291,7 +298,13 @@ impl<S: Store> AppState<S> {
         let decisions = Arc::new(Notify::new());
         let decision_poll = store.watch_decisions(&decisions);
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let passkeys = config.public_url.as_deref().and_then(|url| {
+            crate::http::passkeys::relying_party(url)
+                .inspect_err(|e| tracing::warn!(error = %e, "no passkey approvals"))
+                .ok()
+        });
         Arc::new(AppState {
+            passkeys,
             audit: AuditLog::start(store.clone(), metrics.clone()),
             metrics,
             store,

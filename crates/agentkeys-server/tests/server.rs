@@ -12,6 +12,7 @@ mod server {
     pub mod common;
     mod e2e;
     mod mitm;
+    mod passkeys;
     mod replicas;
     mod store;
     mod tools;

@@ -65,7 +65,7 @@ pub fn read_signing_bytes(
     policy: Policy,
     binding: Option<&str>,
 ) -> Vec<u8> {
-    let policy_byte = [u8::from(policy.high_value)];
+    let policy_byte = [u8::from(policy.high_value) | (u8::from(policy.require_passkey) << 1)];
     match binding {
         None => signing_bytes(
             READ_SIGNING_CONTEXT,
@@ -341,6 +341,10 @@ pub struct Policy {
     /// Reading it needs a human approval each time (DESIGN decision 5).
     #[serde(default, deserialize_with = "null_as_false")]
     pub high_value: bool,
+    /// With `high_value`: the approval must be a passkey assertion on the approval page;
+    /// a bearer-session approval (`agentkeys approve`) is refused.
+    #[serde(default, deserialize_with = "null_as_false")]
+    pub require_passkey: bool,
 }
 
 /// An optional flag: `null` reads like an absent field (false).
@@ -597,6 +601,10 @@ pub struct AuthRequestView {
     /// inbox fills it; `by-code` leaves it empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agent_names: Vec<String>,
+    /// The approval page for this request, where the server serves one (it knows its
+    /// public URL) and the request can be decided there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve_url: Option<String>,
 }
 
 /// `GET /v1/auth-requests`: the master's inbox of pending requests.
@@ -618,6 +626,105 @@ pub struct ApproveRequest {
     /// Pair: the scope the new agent gets (default: no services, read-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// High-value: also let the asking agent read this credential without asking again
+    /// for this many minutes (1 to 480): a standing approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes: Option<u32>,
+}
+
+/// The longest standing approval, in minutes (8 h).
+pub const MAX_STANDING_MINUTES: u32 = 480;
+
+/// A standing approval: one agent may read one credential without asking, until
+/// `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StandingApprovalInfo {
+    /// Its id (`sta_…`), named in the audit of every release under it.
+    pub id: String,
+    /// The agent whose sessions may read.
+    pub agent: Wallet,
+    /// The credential's owner.
+    pub owner: Wallet,
+    /// The credential.
+    pub service: ServiceName,
+    /// The request whose approval made it.
+    pub request_id: String,
+    /// `session` (a master's bearer session) or `passkey` (the approval page).
+    pub via: String,
+    /// When it was granted.
+    pub created_at: UnixSeconds,
+    /// When it ends.
+    pub expires_at: UnixSeconds,
+}
+
+/// `GET /v1/standing-approvals`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StandingApprovalList {
+    /// The caller's live standing approvals, soonest to end first.
+    pub approvals: Vec<StandingApprovalInfo>,
+}
+
+/// `POST /v1/standing-approvals/{id}/revoke`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RevokeStandingResponse {
+    /// The approval ended.
+    pub id: String,
+}
+
+/// `POST /v1/passkeys/registrations`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StartPasskeyRegistration {
+    /// A name to tell the passkey apart (`phone`, `yubikey`); default `passkey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The one-time link that registers a passkey for the master whose session asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PasskeyRegistrationTicket {
+    /// Open it in the browser that holds (or makes) the passkey. Single use.
+    pub url: String,
+    /// When the link stops working.
+    pub expires_at: UnixSeconds,
+}
+
+/// A registered passkey (never its key material).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PasskeyInfo {
+    /// Its id (`pk_…`).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The WebAuthn credential id, base64url.
+    pub credential_id: String,
+    /// When it was registered.
+    pub created_at: UnixSeconds,
+    /// When it last approved something.
+    #[serde(default)]
+    pub last_used_at: Option<UnixSeconds>,
+}
+
+/// `DELETE /v1/passkeys/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RemovedPasskey {
+    /// The passkey removed.
+    pub id: String,
+}
+
+/// `GET /v1/passkeys`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PasskeyList {
+    /// The caller's passkeys, oldest first.
+    pub passkeys: Vec<PasskeyInfo>,
 }
 
 /// The answer to approve/deny.
@@ -679,11 +786,18 @@ pub enum AuditAction {
     TrailAnchor,
     /// `binding.set`: a credential bound to hosts for the egress proxy, or unbound.
     BindingSet,
+    /// `passkey.add`: a master registered a passkey (detail: its id, name, credential id
+    /// and public key).
+    PasskeyAdd,
+    /// `passkey.remove`: a master removed a passkey.
+    PasskeyRemove,
+    /// `approval.revoke`: a standing approval ended before its time.
+    ApprovalRevoke,
 }
 
 impl AuditAction {
     /// Every action, in the order the docs list them.
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 16] = [
         AuditAction::SessionCreate,
         AuditAction::SessionRevoke,
         AuditAction::CredentialStore,
@@ -697,6 +811,9 @@ impl AuditAction {
         AuditAction::IdentityLink,
         AuditAction::TrailAnchor,
         AuditAction::BindingSet,
+        AuditAction::PasskeyAdd,
+        AuditAction::PasskeyRemove,
+        AuditAction::ApprovalRevoke,
     ];
 
     /// The wire name (`credential.read`, …).
@@ -715,6 +832,9 @@ impl AuditAction {
             AuditAction::IdentityLink => "identity.link",
             AuditAction::TrailAnchor => "trail.anchor",
             AuditAction::BindingSet => "binding.set",
+            AuditAction::PasskeyAdd => "passkey.add",
+            AuditAction::PasskeyRemove => "passkey.remove",
+            AuditAction::ApprovalRevoke => "approval.revoke",
         }
     }
 
@@ -908,7 +1028,10 @@ mod tests {
             agent: None,
             service: service(),
             sealed_value: "x".into(),
-            policy: Some(Policy { high_value: true }),
+            policy: Some(Policy {
+                high_value: true,
+                ..Policy::default()
+            }),
             binding: crate::binding::well_known("openai"),
         });
         round_trip(&SetBindingRequest { binding: None });
@@ -931,7 +1054,10 @@ mod tests {
             agent: wallet(),
             service: service(),
             sealed_value: "c".into(),
-            policy: Policy { high_value: true },
+            policy: Policy {
+                high_value: true,
+                ..Policy::default()
+            },
             binding: Some("{}".into()),
             signature: "s".into(),
         });
@@ -965,9 +1091,11 @@ mod tests {
             requested_by: Some(wallet()),
             description: None,
             agent_names: vec!["bot".into()],
+            approve_url: None,
         });
         round_trip(&ApproveRequest {
             scope: Some(Scope::all()),
+            minutes: Some(30),
         });
         round_trip(&DecideResponse {
             id: "r".into(),
@@ -1090,8 +1218,14 @@ mod tests {
 
     #[test]
     fn read_signing_bytes_bind_key_aad_value_and_policy() {
-        let normal = Policy { high_value: false };
-        let high = Policy { high_value: true };
+        let normal = Policy {
+            high_value: false,
+            ..Policy::default()
+        };
+        let high = Policy {
+            high_value: true,
+            ..Policy::default()
+        };
         let base = read_signing_bytes(b"k", b"a", b"v", normal, None);
         assert!(base.starts_with(READ_SIGNING_CONTEXT));
         assert_ne!(base, read_signing_bytes(b"k", b"a", b"v", high, None));

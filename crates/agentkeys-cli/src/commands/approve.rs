@@ -3,10 +3,12 @@
 use agentkeys_core::Backend as _;
 use agentkeys_core::crypto::pairing::normalize_pair_code;
 use agentkeys_types::Scope;
-use agentkeys_types::api::{ApproveRequest, AuthKind, AuthRequestView, AuthStatus};
+use agentkeys_types::api::{
+    ApproveRequest, AuthKind, AuthRequestView, AuthStatus, MAX_STANDING_MINUTES,
+};
 use serde_json::json;
 
-use crate::cli::ApproveArgs;
+use crate::cli::{ApprovalsAction, ApproveArgs};
 use crate::commands::agents::split_list;
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
@@ -232,7 +234,31 @@ async fn decide(
             Some(scope)
         }
     };
-    let text = describe(&view, scope.as_ref());
+    let minutes = match &args.standing {
+        None => None,
+        Some(_) if view.kind != AuthKind::HighValue => {
+            return Err(CliError::usage("--for applies to high-value releases only")
+                .hint("approve a pairing or recovery without --for"));
+        }
+        Some(text) => {
+            let secs = output::parse_duration(text)?;
+            let minutes = u32::try_from((secs + 59) / 60)
+                .ok()
+                .filter(|m| (1..=MAX_STANDING_MINUTES).contains(m))
+                .ok_or_else(|| {
+                    CliError::usage(format!("--for {text} is not between 1 minute and 8 hours"))
+                        .hint("a standing approval lasts at most 8h; approve again after")
+                })?;
+            Some(minutes)
+        }
+    };
+    let mut text = describe(&view, scope.as_ref());
+    if let Some(m) = minutes {
+        text.push(format!(
+            "Standing approval: the agent may read it without asking for {}.",
+            duration(i64::from(m) * 60)
+        ));
+    }
     if !ctx.json || !args.yes {
         for l in &text {
             note(l);
@@ -255,6 +281,7 @@ async fn decide(
                 &view.id,
                 &ApproveRequest {
                     scope: scope.clone(),
+                    minutes,
                 },
             )
             .await?
@@ -263,7 +290,7 @@ async fn decide(
         return output::json(&json!({
             "id": decided.id, "pair_code": view.pair_code, "kind": view.kind,
             "status": decided.status, "agent": decided.agent, "service": view.service,
-            "scope": scope,
+            "scope": scope, "minutes": minutes,
         }));
     }
     let agent = decided
@@ -275,6 +302,14 @@ async fn decide(
         (true, kind) => format!("Denied the {} {}.", kind_word(kind), view.pair_code),
         (false, AuthKind::Pair) => format!("Approved: agent {agent} is paired."),
         (false, AuthKind::Recover) => format!("Approved: agent {agent} gets a new session."),
+        (false, AuthKind::HighValue) if minutes.is_some() => format!(
+            "Approved: {agent}'s sessions may read {} without asking for {} \
+             (end it with 'agentkeys approvals revoke').",
+            view.service
+                .as_ref()
+                .map_or("?".into(), ToString::to_string),
+            duration(i64::from(minutes.unwrap_or(0)) * 60)
+        ),
         (false, AuthKind::HighValue) => format!(
             "Approved: one release of {} to {agent} within 5 minutes.",
             view.service
@@ -282,4 +317,44 @@ async fn decide(
                 .map_or("?".into(), ToString::to_string)
         ),
     })
+}
+
+/// `agentkeys approvals [revoke ID]`.
+pub async fn approvals(ctx: &Context, action: Option<ApprovalsAction>) -> CliResult {
+    let session = ctx.session()?;
+    if let Some(ApprovalsAction::Revoke { id }) = action {
+        let done = session.backend.revoke_standing_approval(&id).await?;
+        if ctx.json {
+            return output::json(&json!({ "revoked": done.id }));
+        }
+        return output::line(&format!(
+            "Ended {}: the next release needs a new approval.",
+            done.id
+        ));
+    }
+    let list = session.backend.standing_approvals().await?;
+    if ctx.json {
+        return output::json(&json!({ "approvals": list.approvals }));
+    }
+    if list.approvals.is_empty() {
+        return output::line("No standing approvals.");
+    }
+    let rows: Vec<Vec<String>> = list
+        .approvals
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                output::short_wallet(a.agent.as_str()),
+                a.service.to_string(),
+                output::short_wallet(a.owner.as_str()),
+                a.via.clone(),
+                duration(a.expires_at - output::now()),
+            ]
+        })
+        .collect();
+    output::table(
+        &["ID", "AGENT", "SERVICE", "OWNER", "VIA", "ENDS IN"],
+        &rows,
+    )
 }

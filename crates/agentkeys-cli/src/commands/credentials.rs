@@ -47,7 +47,10 @@ pub async fn store(ctx: &Context, args: StoreArgs) -> CliResult {
         binding = first_store_binding(&session, agent.as_ref(), &service).await?;
     }
     let value = secret_io::read_value(source)?;
-    let policy = args.high_value.then_some(Policy { high_value: true });
+    let policy = args.high_value.then_some(Policy {
+        high_value: true,
+        ..Policy::default()
+    });
     let result = session
         .backend
         .store_bound_credential(
@@ -414,7 +417,7 @@ pub async fn policy(
     ctx: &Context,
     agent: Option<&str>,
     service: &str,
-    high_value: bool,
+    policy: Policy,
 ) -> CliResult {
     let service = service_name(service)?;
     let session = ctx.session()?;
@@ -422,24 +425,26 @@ pub async fn policy(
         Some(w) => w,
         None => session.wallet().clone(),
     };
-    let info = session
-        .backend
-        .set_policy(&owner, &service, Policy { high_value })
-        .await?;
+    let info = session.backend.set_policy(&owner, &service, policy).await?;
     if ctx.json {
         return output::json(&json!({
             "agent": info.agent, "service": info.service, "policy": info.policy,
         }));
     }
-    output::line(&if info.policy.high_value {
-        format!(
-            "{} of {} is now high-value: every release needs 'agentkeys approve'",
-            info.service, info.agent
-        )
-    } else {
-        format!(
-            "{} of {} is now normal: releases need no approval",
-            info.service, info.agent
-        )
-    })
+    output::line(
+        &match (info.policy.high_value, info.policy.require_passkey) {
+            (true, true) => format!(
+                "{} of {} is now high-value: every release needs your passkey on the approval page",
+                info.service, info.agent
+            ),
+            (true, false) => format!(
+                "{} of {} is now high-value: every release needs 'agentkeys approve'",
+                info.service, info.agent
+            ),
+            _ => format!(
+                "{} of {} is now normal: releases need no approval",
+                info.service, info.agent
+            ),
+        },
+    )
 }

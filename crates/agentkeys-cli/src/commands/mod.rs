@@ -4,6 +4,7 @@ pub mod agents;
 pub mod approve;
 pub mod credentials;
 pub mod doctor;
+pub mod passkey;
 pub mod run;
 pub mod session;
 pub mod usage;
@@ -71,8 +72,15 @@ pub async fn run(args: Args) -> CliResult {
             agent,
             service,
             high_value,
+            require_passkey,
             normal: _,
-        } => credentials::policy(&ctx, agent.as_deref(), &service, high_value).await,
+        } => {
+            let policy = agentkeys_types::api::Policy {
+                high_value,
+                require_passkey,
+            };
+            credentials::policy(&ctx, agent.as_deref(), &service, policy).await
+        }
         Command::Revoke { wallet } => session::revoke(&ctx, wallet).await,
         Command::Teardown { wallet, yes } => agents::teardown(&ctx, &wallet, yes).await,
         Command::Link {
@@ -83,6 +91,8 @@ pub async fn run(args: Args) -> CliResult {
         Command::Usage(a) => usage::usage(&ctx, a).await,
         Command::Approve(a) => approve::approve(&ctx, a).await,
         Command::Watch(a) => watch::watch(&ctx, a).await,
+        Command::Approvals { action } => approve::approvals(&ctx, action).await,
+        Command::Passkey { action } => passkey::passkey(&ctx, action).await,
         Command::Recover {
             identity,
             parent,

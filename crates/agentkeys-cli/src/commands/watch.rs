@@ -29,21 +29,17 @@ pub struct Notice<'a> {
     /// The request.
     #[serde(flatten)]
     pub request: &'a AuthRequestView,
-    /// The approval page for this request.
-    pub approve_url: String,
+    /// The approval page for this request, where the server serves one.
+    pub approve_url: Option<String>,
     /// The command that decides it at a terminal.
     pub approve_command: String,
 }
 
 impl<'a> Notice<'a> {
-    /// The notice for `request` on the server at `base`.
-    pub fn new(request: &'a AuthRequestView, base: &str) -> Self {
+    /// The notice for `request`.
+    pub fn new(request: &'a AuthRequestView) -> Self {
         Notice {
-            approve_url: format!(
-                "{}/approve/{}",
-                base.trim_end_matches('/'),
-                request.pair_code
-            ),
+            approve_url: request.approve_url.clone(),
             approve_command: format!("agentkeys approve {}", request.pair_code),
             request,
         }
@@ -86,14 +82,18 @@ impl<'a> Notice<'a> {
             text.push_str(&format!(" \"{d}\"."));
         }
         text.push_str(&format!(
-            " Code {}, OTP {} (it must match the requester's), expires in {}. Decide at {} \
-             or with '{}'.",
+            " Code {}, OTP {} (it must match the requester's), expires in {}.",
             r.pair_code,
             r.otp,
             duration(r.expires_at - output::now()),
-            self.approve_url,
-            self.approve_command
         ));
+        match &self.approve_url {
+            Some(url) => text.push_str(&format!(
+                " Decide at {url} or with '{}'.",
+                self.approve_command
+            )),
+            None => text.push_str(&format!(" Decide with '{}'.", self.approve_command)),
+        }
         text
     }
 }
@@ -101,14 +101,11 @@ impl<'a> Notice<'a> {
 /// An ntfy publish: the text as the body, the link as the click action. No `Actions`
 /// header: ntfy's buttons could carry an HTTP call, and nothing here may approve.
 pub fn ntfy_request(n: &Notice<'_>) -> (Vec<(&'static str, String)>, String) {
-    (
-        vec![
-            ("Title", n.title()),
-            ("Click", n.approve_url.clone()),
-            ("Tags", "key".to_owned()),
-        ],
-        n.text(),
-    )
+    let mut headers = vec![("Title", n.title()), ("Tags", "key".to_owned())];
+    if let Some(url) = &n.approve_url {
+        headers.push(("Click", url.clone()));
+    }
+    (headers, n.text())
 }
 
 /// A Slack incoming-webhook message: plain text (Slack turns the link into a link), no
@@ -134,7 +131,6 @@ pub async fn watch(ctx: &Context, args: WatchArgs) -> CliResult {
         }
     }
     let session = ctx.session()?;
-    let base = session.backend.base_url().to_owned();
     let http = if args.ntfy.is_empty() && args.slack.is_empty() && args.discord.is_empty() {
         None
     } else {
@@ -181,7 +177,7 @@ pub async fn watch(ctx: &Context, args: WatchArgs) -> CliResult {
                 continue;
             }
             announced += 1;
-            let notice = Notice::new(request, &base);
+            let notice = Notice::new(request);
             announce(ctx, &notice)?;
             if let Some(cmd) = &args.exec
                 && let Some(child) = exec(cmd, &notice)
@@ -295,23 +291,20 @@ mod tests {
             requested_by: Some(Wallet::from_bytes(&[2; 20])),
             description: Some("month end".into()),
             agent_names: vec!["billing-bot".into()],
+            approve_url: Some("https://keys.example/approve/ABCD-EFGH".into()),
         }
     }
 
     #[test]
     fn every_notice_carries_the_code_the_otp_and_the_link_and_no_approve_action() {
         let r = request();
-        let n = Notice::new(&r, "https://keys.example/");
-        assert_eq!(n.approve_url, "https://keys.example/approve/ABCD-EFGH");
+        let n = Notice::new(&r);
+        let link = "https://keys.example/approve/ABCD-EFGH";
         let (headers, body) = ntfy_request(&n);
         let slack = slack_payload(&n).to_string();
         let discord = discord_payload(&n).to_string();
         for text in [&body, &slack, &discord] {
-            for want in [
-                "ABCD-EFGH",
-                "123456",
-                "https://keys.example/approve/ABCD-EFGH",
-            ] {
+            for want in ["ABCD-EFGH", "123456", link] {
                 assert!(text.contains(want), "missing {want} in {text}");
             }
             assert!(
@@ -324,7 +317,7 @@ mod tests {
                 .iter()
                 .all(|(k, _)| !k.eq_ignore_ascii_case("actions"))
         );
-        assert!(headers.contains(&("Click", n.approve_url.clone())));
+        assert!(headers.contains(&("Click", link.to_owned())));
         let slack: serde_json::Value = serde_json::from_str(&slack).unwrap();
         assert_eq!(slack.as_object().unwrap().len(), 1, "text only: {slack}");
         let discord: serde_json::Value = serde_json::from_str(&discord).unwrap();

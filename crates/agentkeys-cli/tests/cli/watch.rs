@@ -121,7 +121,9 @@ fn a_new_request_reaches_exec_and_the_webhooks_with_a_link_and_no_approve_action
     assert_eq!(request["otp"], otp.as_str());
     assert_eq!(request["kind"], "high_value");
     assert_eq!(request["service"], "stripe");
-    let link = format!("{}/approve/{code}", server.url);
+    // The server on loopback serves its pages at http://localhost:PORT.
+    let port = server.url.rsplit(':').next().unwrap();
+    let link = format!("http://localhost:{port}/approve/{code}");
     assert_eq!(request["approve_url"], link.as_str());
 
     let got = got.lock().unwrap().clone();

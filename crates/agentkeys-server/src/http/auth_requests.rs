@@ -8,8 +8,8 @@ use std::time::Duration;
 use agentkeys_core::crypto::{hpke, pairing, random_array, sha256};
 use agentkeys_types::api::{
     ApproveRequest, AuthKind, AuthRequestList, AuthRequestTicket, AuthRequestView, AuthStatus,
-    DecideResponse, Decision, HPKE_INFO_SESSION, OpenAuthRequest, SessionGrant, SessionInfo,
-    SessionKind, auth_request_canonical_bytes, decision_signing_bytes,
+    DecideResponse, Decision, HPKE_INFO_SESSION, MAX_STANDING_MINUTES, OpenAuthRequest,
+    SessionGrant, SessionInfo, SessionKind, auth_request_canonical_bytes, decision_signing_bytes,
 };
 use agentkeys_types::names::AGENT_TOKEN_PREFIX;
 use agentkeys_types::{ErrorCode, Scope, ServiceName, Wallet};
@@ -23,7 +23,8 @@ use super::extract::{ApiJson, ApiQuery, Caller, ClientAddr, authenticate};
 use super::{EventExt as _, b64e, event, new_id, new_token, new_wallet, owns, record, x25519_key};
 use crate::state::AppState;
 use crate::store::{
-    Account, Approval, AuthRequestRecord, DecideOutcome, NewSession, Store, StoreError,
+    Account, Approval, AuthRequestRecord, DecideOutcome, NewSession, StandingApproval, Store,
+    StoreError,
 };
 use agentkeys_types::api::AuditAction;
 
@@ -360,12 +361,23 @@ pub(super) async fn by_code<S: Store>(
         state.store.auth_request_by_code(&code).await?,
     )
     .await?;
-    Ok(Json(view(r, state.clock.now(), Vec::new())))
+    Ok(Json(view(&state, r, state.clock.now(), Vec::new())))
 }
 
 /// What a master is shown of a request.
-fn view(r: AuthRequestRecord, now: i64, agent_names: Vec<String>) -> AuthRequestView {
+fn view<S: Store>(
+    state: &AppState<S>,
+    r: AuthRequestRecord,
+    now: i64,
+    agent_names: Vec<String>,
+) -> AuthRequestView {
+    // The page decides requests with a known master: not pairings addressed to nobody.
+    let approve_url = match (r.kind, &r.requested_by) {
+        (AuthKind::Pair, None) => None,
+        _ => approve_url(state, &r),
+    };
     AuthRequestView {
+        approve_url,
         status: r.status_at(now),
         id: r.id,
         kind: r.kind,
@@ -379,6 +391,28 @@ fn view(r: AuthRequestRecord, now: i64, agent_names: Vec<String>) -> AuthRequest
         description: r.description,
         agent_names,
     }
+}
+
+/// A request as the approval page shows it: the inbox view, with the names `master`
+/// gave the agent.
+pub(super) async fn view_for_page<S: Store>(
+    state: &AppState<S>,
+    master: &Wallet,
+    r: AuthRequestRecord,
+) -> ApiResult<AuthRequestView> {
+    let now = state.clock.now();
+    let names = match &r.agent {
+        Some(agent) if agent != master => state
+            .store
+            .list_agents(master, now)
+            .await?
+            .into_iter()
+            .find(|a| &a.account.wallet == agent)
+            .map(|a| a.identities)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Ok(view(state, r, now, names))
 }
 
 /// Query of the inbox.
@@ -476,7 +510,7 @@ async fn inbox_list<S: Store>(
                 .and_then(|w| agents.iter().find(|a| &a.account.wallet == w))
                 .map(|a| a.identities.clone())
                 .unwrap_or_default();
-            view(r, now, names)
+            view(state, r, now, names)
         })
         .collect();
     Ok(AuthRequestList { requests, cursor })
@@ -502,7 +536,7 @@ fn decided_error(outcome: DecideOutcome) -> ApiError {
 }
 
 /// Fails early when a request can no longer be decided (the store re-checks atomically).
-fn check_pending(r: &AuthRequestRecord, now: i64) -> ApiResult<()> {
+pub(super) fn check_pending(r: &AuthRequestRecord, now: i64) -> ApiResult<()> {
     match r.status_at(now) {
         AuthStatus::Pending => Ok(()),
         AuthStatus::Expired => Err(decided_error(DecideOutcome::Expired)),
@@ -560,6 +594,27 @@ fn mint_sealed<S: Store>(
     Ok((session, sealed, sig))
 }
 
+/// How an approval was made: by a master's bearer session (`agentkeys approve`), or by a
+/// passkey assertion on the approval page (its audit text: which passkey signed what).
+pub(super) enum Via {
+    /// A bearer session.
+    Session,
+    /// A verified passkey assertion.
+    Passkey {
+        /// The audit detail: the passkey, the canonical request and the assertion.
+        evidence: String,
+    },
+}
+
+impl Via {
+    fn name(&self) -> &'static str {
+        match self {
+            Via::Session => "session",
+            Via::Passkey { .. } => "passkey",
+        }
+    }
+}
+
 /// `POST /v1/auth-requests/{id}/approve`.
 pub(super) async fn approve<S: Store>(
     State(state): State<Arc<AppState<S>>>,
@@ -568,8 +623,64 @@ pub(super) async fn approve<S: Store>(
     ApiJson(body): ApiJson<ApproveRequest>,
 ) -> ApiResult<Json<DecideResponse>> {
     let r = visible(&state, &caller, state.store.auth_request(&id).await?).await?;
+    if r.kind == AuthKind::HighValue && needs_passkey(&state, &r).await? {
+        let mut e = ApiError::denied(format!(
+            "{} needs a passkey approval: a session cannot approve its release",
+            r.service.as_ref().map_or("this credential", |s| s.as_str())
+        ));
+        e = match approve_url(&state, &r) {
+            Some(url) => e.hint(format!("approve it with your passkey at {url}")),
+            None => e.hint(
+                "approve it with your passkey on the server's approval page \
+                 (the server needs --public-url to serve it)",
+            ),
+        };
+        return Err(e);
+    }
+    Ok(Json(
+        approve_request(&state, &r, caller.wallet(), body, Via::Session).await?,
+    ))
+}
+
+/// Whether the credential a high-value request is about must be approved with a passkey.
+pub(super) async fn needs_passkey<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+) -> ApiResult<bool> {
+    let (Some(owner), Some(service)) = (&r.agent, &r.service) else {
+        return Ok(false);
+    };
+    Ok(state
+        .store
+        .credential(owner, service)
+        .await?
+        .is_some_and(|c| c.policy.require_passkey))
+}
+
+/// The approval page of a request, where the server knows its public URL.
+pub(super) fn approve_url<S: Store>(state: &AppState<S>, r: &AuthRequestRecord) -> Option<String> {
+    state.passkeys.as_ref()?;
+    let base = state.config.public_url.as_deref()?;
+    Some(format!("{base}/approve/{}", r.pair_code))
+}
+
+/// Approves `r` as `approver` (who may decide it: the caller checked), with its side
+/// effects, in one store transaction, then wakes the waiters and writes the audit row.
+pub(super) async fn approve_request<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+    approver: &Wallet,
+    body: ApproveRequest,
+    via: Via,
+) -> ApiResult<DecideResponse> {
     let now = state.clock.now();
-    check_pending(&r, now)?;
+    check_pending(r, now)?;
+    if body.minutes.is_some() && r.kind != AuthKind::HighValue {
+        return Err(ApiError::bad_request(
+            "minutes (a standing approval) applies to high-value releases only",
+        )
+        .hint("approve a pairing or recovery without minutes"));
+    }
     let (approval, agent) = match r.kind {
         AuthKind::Pair => {
             let scope = body
@@ -586,11 +697,11 @@ pub(super) async fn approve<S: Store>(
             let account = Account {
                 wallet: new_wallet(),
                 is_master: false,
-                parent: Some(caller.wallet().clone()),
+                parent: Some(approver.clone()),
                 scope,
                 created_at: now,
             };
-            let (session, sealed_session, signature) = mint_sealed(&state, &r, &account, now)?;
+            let (session, sealed_session, signature) = mint_sealed(state, r, &account, now)?;
             let wallet = account.wallet.clone();
             (
                 Approval::Pair {
@@ -617,7 +728,7 @@ pub(super) async fn approve<S: Store>(
                 ApiError::not_found("the agent no longer exists")
                     .hint("it was torn down; pair a new daemon instead")
             })?;
-            let (session, sealed_session, signature) = mint_sealed(&state, &r, &account, now)?;
+            let (session, sealed_session, signature) = mint_sealed(state, r, &account, now)?;
             (
                 Approval::Recover {
                     session,
@@ -634,42 +745,86 @@ pub(super) async fn approve<S: Store>(
                         .hint("approve with an empty body: it releases the credential once"),
                 );
             }
+            let standing =
+                match body.minutes {
+                    None => None,
+                    Some(m) if (1..=MAX_STANDING_MINUTES).contains(&m) => Some(StandingApproval {
+                        id: new_id("sta_"),
+                        master: approver.clone(),
+                        agent: r.requested_by.clone().ok_or_else(|| {
+                            ApiError::internal(&"high-value request without requester")
+                        })?,
+                        owner: r.agent.clone().ok_or_else(|| {
+                            ApiError::internal(&"high-value request without owner")
+                        })?,
+                        service: r.service.clone().ok_or_else(|| {
+                            ApiError::internal(&"high-value request without service")
+                        })?,
+                        request_id: r.id.clone(),
+                        via: via.name().to_owned(),
+                        created_at: now,
+                        expires_at: now + i64::from(m) * 60,
+                    }),
+                    Some(_) => {
+                        return Err(ApiError::bad_request(format!(
+                            "minutes is 1 to {MAX_STANDING_MINUTES} (8 hours)"
+                        ))
+                        .hint("a standing approval lasts at most 8 hours; approve again after"));
+                    }
+                };
             let signature = state
                 .keys
                 .signing
                 .sign(&decision_signing_bytes(&r.id, AuthStatus::Approved, &[]))
                 .to_vec();
+            // A standing approval replaces the one-time grant: revoking it leaves no
+            // release behind.
+            let grant_expires_at = if standing.is_some() {
+                now
+            } else {
+                now + state.config.high_value_ttl
+            };
             (
                 Approval::HighValue {
-                    grant_expires_at: now + state.config.high_value_ttl,
+                    grant_expires_at,
                     signature,
+                    standing,
                 },
                 r.agent.clone(),
             )
         }
     };
-    let outcome = state
-        .store
-        .approve(&id, caller.wallet(), now, &approval)
-        .await?;
+    let outcome = state.store.approve(&r.id, approver, now, &approval).await?;
     if outcome != DecideOutcome::Decided {
         return Err(decided_error(outcome));
     }
     state.decisions.notify_waiters();
-    let mut e = event(caller.wallet().as_str(), AuditAction::AuthApprove, "ok")
-        .detail(format!("{} {id}", r.kind.as_str()));
+    let mut detail = format!("{} {}", r.kind.as_str(), r.id);
+    if let Approval::HighValue {
+        standing: Some(st), ..
+    } = &approval
+    {
+        detail.push_str(&format!(" standing {} until {}", st.id, st.expires_at));
+    }
+    detail.push_str(" via ");
+    detail.push_str(via.name());
+    if let Via::Passkey { evidence } = &via {
+        detail.push(' ');
+        detail.push_str(evidence);
+    }
+    let mut e = event(approver.as_str(), AuditAction::AuthApprove, "ok").detail(detail);
     if let Some(a) = &agent {
         e = e.agent(a);
     }
     if let Some(s) = &r.service {
         e = e.service(s);
     }
-    record(&state, e).await?;
-    Ok(Json(DecideResponse {
-        id,
+    record(state, e).await?;
+    Ok(DecideResponse {
+        id: r.id.clone(),
         status: AuthStatus::Approved,
         agent,
-    }))
+    })
 }
 
 /// `POST /v1/auth-requests/{id}/deny`.

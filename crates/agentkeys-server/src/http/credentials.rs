@@ -86,6 +86,9 @@ async fn authorize_store<S: Store>(
             .hint("ask your operator to store the credential"));
     }
     caller.require_in_scope(service)?;
+    if let Some(p) = req.policy {
+        check_policy(p)?;
+    }
     if !caller.is_master() && req.policy.is_some() {
         return Err(
             ApiError::denied("only a master may set a credential's policy")
@@ -306,7 +309,18 @@ pub(super) async fn read<S: Store>(
                 .hint("send a fresh X25519 public key per read (32 bytes, base64)")
         })?;
     drop(page);
+    // A standing approval lets this agent read without asking; each release under it is
+    // audited with its id.
+    let standing = if cred.policy.high_value {
+        state
+            .store
+            .standing_approval(caller.wallet(), &cred.owner, service, now)
+            .await?
+    } else {
+        None
+    };
     if cred.policy.high_value
+        && standing.is_none()
         && !state
             .store
             .consume_grant(&caller.session.id, &cred.owner, service, now)
@@ -345,10 +359,10 @@ pub(super) async fn read<S: Store>(
         )
         .await);
     }
-    let detail = if cred.policy.high_value {
-        "high-value grant spent"
-    } else {
-        "sealed"
+    let detail = match (cred.policy.high_value, standing) {
+        (false, _) => "sealed".to_owned(),
+        (true, Some(id)) => format!("high-value, standing approval {id}"),
+        (true, None) => "high-value grant spent".to_owned(),
     };
     record(
         &state,
@@ -375,6 +389,18 @@ pub(super) async fn read<S: Store>(
     }))
 }
 
+/// A policy is consistent: a passkey is only ever required to approve a release, so
+/// `require_passkey` needs `high_value`.
+fn check_policy(p: Policy) -> ApiResult<()> {
+    if p.require_passkey && !p.high_value {
+        return Err(ApiError::bad_request(
+            "require_passkey needs high_value: only releases are approved",
+        )
+        .hint("send {\"high_value\": true, \"require_passkey\": true}"));
+    }
+    Ok(())
+}
+
 /// `PUT /v1/credentials/{agent}/{service}/policy` (masters).
 pub(super) async fn set_policy<S: Store>(
     State(state): State<Arc<AppState<S>>>,
@@ -383,6 +409,7 @@ pub(super) async fn set_policy<S: Store>(
     ApiJson(policy): ApiJson<Policy>,
 ) -> ApiResult<Json<CredentialInfo>> {
     caller.require_master()?;
+    check_policy(policy)?;
     let (agent, service) = credential_path(&agent, &service, "policy")?;
     let owner = credential_owner(&state, &caller, Some(&agent)).await?;
     if !state.store.set_policy(&owner, &service, policy).await? {
@@ -394,7 +421,10 @@ pub(super) async fn set_policy<S: Store>(
         event(caller.wallet().as_str(), AuditAction::PolicySet, "ok")
             .agent(&owner)
             .service(&service)
-            .detail(format!("high_value={}", policy.high_value)),
+            .detail(format!(
+                "high_value={} require_passkey={}",
+                policy.high_value, policy.require_passkey
+            )),
     )
     .await?;
     Ok(Json(info(cred)))

@@ -10,7 +10,10 @@ pub mod extract;
 mod identities;
 mod meta;
 pub mod openapi;
+mod pages;
+pub mod passkeys;
 mod sessions;
+mod standing;
 
 use std::sync::Arc;
 
@@ -84,11 +87,42 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             "/v1/auth-requests/{id}/decision",
             get(auth_requests::decision::<S>),
         )
+        .route("/v1/passkeys", get(passkeys::list::<S>))
+        .route(
+            "/v1/passkeys/{id}",
+            axum::routing::delete(passkeys::remove::<S>),
+        )
+        .route(
+            "/v1/passkeys/registrations",
+            post(passkeys::start_registration::<S>),
+        )
+        .route(
+            "/v1/passkeys/registrations/{token}/options",
+            post(passkeys::registration_options::<S>),
+        )
+        .route(
+            "/v1/passkeys/registrations/{token}/finish",
+            post(passkeys::finish_registration::<S>),
+        )
+        .route(
+            "/v1/approvals/{code}/options",
+            post(passkeys::page_options::<S>),
+        )
+        .route(
+            "/v1/approvals/{code}/approve",
+            post(passkeys::page_approve::<S>),
+        )
+        .route("/v1/standing-approvals", get(standing::list::<S>))
+        .route(
+            "/v1/standing-approvals/{id}/revoke",
+            post(standing::revoke::<S>),
+        )
         .route("/v1/audit", get(audit::list::<S>))
         .route("/v1/audit/verify", get(audit::verify::<S>))
         .route("/v1/audit/anchor", post(audit::anchor::<S>))
         .route("/v1/identities", post(identities::link::<S>))
         .route("/v1/identities/resolve", get(identities::resolve::<S>))
+        .merge(pages::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

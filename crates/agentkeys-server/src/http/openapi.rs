@@ -10,8 +10,10 @@ use agentkeys_types::api::{
     AgentList, AnchorRequest, AnchorResponse, ApproveRequest, AuditList, AuditVerify,
     AuthRequestList, AuthRequestTicket, AuthRequestView, CreateSessionRequest, CredentialInfo,
     CredentialList, DecideResponse, Decision, Health, Identity, LinkIdentityRequest,
-    OpenAuthRequest, Policy, ReadCredentialRequest, ReadCredentialResponse, Readiness,
-    RevokeRequest, RevokeResponse, ServerInfo, SessionGrant, SessionInfo, SetBindingRequest,
+    OpenAuthRequest, PasskeyInfo, PasskeyList, PasskeyRegistrationTicket, Policy,
+    ReadCredentialRequest, ReadCredentialResponse, Readiness, RemovedPasskey, RevokeRequest,
+    RevokeResponse, RevokeStandingResponse, ServerInfo, SessionGrant, SessionInfo,
+    SetBindingRequest, StandingApprovalInfo, StandingApprovalList, StartPasskeyRegistration,
     StoreCredentialRequest, TeardownResponse,
 };
 use agentkeys_types::scope::Scope;
@@ -274,6 +276,78 @@ pub const ROUTES: &[Route] = &[
             (200, "Decision"),
         )
     },
+    route(
+        "get",
+        "/v1/passkeys",
+        "The caller's passkeys",
+        Auth::Master,
+        None,
+        (200, "PasskeyList"),
+    ),
+    route(
+        "delete",
+        "/v1/passkeys/{id}",
+        "Remove a passkey",
+        Auth::Master,
+        None,
+        (200, "RemovedPasskey"),
+    ),
+    route(
+        "post",
+        "/v1/passkeys/registrations",
+        "A one-time link that registers a passkey for the caller",
+        Auth::Master,
+        Some("StartPasskeyRegistration"),
+        (201, "PasskeyRegistrationTicket"),
+    ),
+    route(
+        "post",
+        "/v1/passkeys/registrations/{token}/options",
+        "WebAuthn creation options for a registration link (the token is the credential)",
+        Auth::Anyone,
+        None,
+        (200, "WebAuthnOptions"),
+    ),
+    route(
+        "post",
+        "/v1/passkeys/registrations/{token}/finish",
+        "Verify and store the new passkey; the link is spent",
+        Auth::Anyone,
+        Some("WebAuthnCredential"),
+        (201, "PasskeyInfo"),
+    ),
+    route(
+        "post",
+        "/v1/approvals/{code}/options",
+        "The request a code names, and assertion options bound to it",
+        Auth::Anyone,
+        Some("PageOptionsRequest"),
+        (200, "PageOptions"),
+    ),
+    route(
+        "post",
+        "/v1/approvals/{code}/approve",
+        "Approve a request with a passkey assertion",
+        Auth::Anyone,
+        Some("PageApproveRequest"),
+        (200, "DecideResponse"),
+    ),
+    route(
+        "get",
+        "/v1/standing-approvals",
+        "The caller's live standing approvals",
+        Auth::Master,
+        None,
+        (200, "StandingApprovalList"),
+    ),
+    route(
+        "post",
+        "/v1/standing-approvals/{id}/revoke",
+        "End a standing approval now",
+        Auth::Master,
+        None,
+        (200, "RevokeStandingResponse"),
+    ),
     Route {
         query: &[
             ("agent", "string", "only this agent's rows"),
@@ -377,6 +451,17 @@ fn schemas() -> Map<String, Value> {
         AuthRequestTicket,
         AuthRequestView,
         AuthRequestList,
+        StandingApprovalList,
+        StandingApprovalInfo,
+        RevokeStandingResponse,
+        PasskeyList,
+        PasskeyInfo,
+        PasskeyRegistrationTicket,
+        StartPasskeyRegistration,
+        RemovedPasskey,
+        super::passkeys::PageOptionsRequest,
+        super::passkeys::PageOptions,
+        super::passkeys::PageApproveRequest,
         ApproveRequest,
         DecideResponse,
         Decision,
@@ -390,6 +475,18 @@ fn schemas() -> Map<String, Value> {
     );
     for (name, schema) in generator.take_definitions(true) {
         out.entry(name).or_insert(schema);
+    }
+    for (name, what) in [
+        (
+            "WebAuthnOptions",
+            "WebAuthn options as JSON: {\"publicKey\": …}, binary fields base64url",
+        ),
+        (
+            "WebAuthnCredential",
+            "A navigator.credentials.create result as JSON, binary fields base64url",
+        ),
+    ] {
+        out.insert(name.into(), json!({"type": "object", "description": what}));
     }
     out.insert(
         "OpenApiDocument".into(),

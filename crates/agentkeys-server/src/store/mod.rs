@@ -36,6 +36,36 @@ const INBOX_SQL: &str = "status = 'pending' AND expires_at > $2 AND \
      (SELECT wallet FROM accounts WHERE parent = $1 AND deleted_at IS NULL)))) \
      ORDER BY created_at, id LIMIT 100";
 
+/// Shared statements of the approval tables ($-numbered for either engine).
+mod approval_sql {
+    pub(super) const STANDING_LIVE: &str = "SELECT id FROM standing_approvals \
+         WHERE agent = $1 AND owner = $2 AND service = $3 AND revoked_at IS NULL \
+         AND expires_at > $4 ORDER BY expires_at DESC LIMIT 1";
+    pub(super) const STANDING_OF_MASTER: &str = "SELECT * FROM standing_approvals \
+         WHERE master = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY expires_at, id";
+    pub(super) const STANDING_REVOKE: &str = "UPDATE standing_approvals SET revoked_at = $3 \
+         WHERE master = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3";
+    pub(super) const STANDING_INSERT: &str = "INSERT INTO standing_approvals \
+         (id, master, agent, owner, service, request_id, via, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    pub(super) const REGISTRATION_INSERT: &str = "INSERT INTO passkey_registrations \
+         (token_hash, master, name, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+    pub(super) const REGISTRATION_BY_HASH: &str =
+        "SELECT * FROM passkey_registrations WHERE token_hash = $1";
+    pub(super) const REGISTRATION_STATE: &str = "UPDATE passkey_registrations \
+         SET state_json = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $3";
+    pub(super) const REGISTRATION_SPEND: &str = "UPDATE passkey_registrations \
+         SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2";
+    pub(super) const PASSKEY_INSERT: &str = "INSERT INTO passkeys \
+         (id, master, name, credential_id, passkey_json, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)";
+    pub(super) const PASSKEYS_OF: &str =
+        "SELECT * FROM passkeys WHERE master = $1 ORDER BY created_at, id";
+    pub(super) const PASSKEY_TOUCH: &str =
+        "UPDATE passkeys SET passkey_json = $2, last_used_at = $3 WHERE id = $1";
+    pub(super) const PASSKEY_DELETE: &str = "DELETE FROM passkeys WHERE master = $1 AND id = $2";
+}
+
 /// Checks that `applied` migrations cover the `known` ones of this build.
 fn migrations_cover(applied: i64, known: usize) -> StoreResult<u32> {
     let applied = u32::try_from(applied).unwrap_or(0);
@@ -249,7 +279,71 @@ pub enum Approval {
         grant_expires_at: UnixSeconds,
         /// Signature over the decision.
         signature: Vec<u8>,
+        /// A standing approval granted with it, inserted in the same transaction.
+        standing: Option<StandingApproval>,
     },
+}
+
+/// A standing approval: `agent`'s sessions may read `owner`'s `service` without asking,
+/// until `expires_at` (or until revoked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandingApproval {
+    /// `sta_…`.
+    pub id: String,
+    /// The master who granted it.
+    pub master: Wallet,
+    /// The agent whose sessions may read.
+    pub agent: Wallet,
+    /// The credential's owner.
+    pub owner: Wallet,
+    /// The credential.
+    pub service: ServiceName,
+    /// The request whose approval granted it.
+    pub request_id: String,
+    /// `session` or `passkey`.
+    pub via: String,
+    /// When granted.
+    pub created_at: UnixSeconds,
+    /// When it ends.
+    pub expires_at: UnixSeconds,
+}
+
+/// A master's registered passkey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyRecord {
+    /// `pk_…`.
+    pub id: String,
+    /// Its master.
+    pub master: Wallet,
+    /// Its name.
+    pub name: String,
+    /// The WebAuthn credential id.
+    pub credential_id: Vec<u8>,
+    /// The webauthn-rs `Passkey` as JSON (public key, counter).
+    pub passkey_json: String,
+    /// When registered.
+    pub created_at: UnixSeconds,
+    /// When it last approved something.
+    pub last_used_at: Option<UnixSeconds>,
+}
+
+/// A one-time passkey registration link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyRegistration {
+    /// SHA-256 of the link's token (the token itself is never stored).
+    pub token_hash: Vec<u8>,
+    /// The master the passkey will belong to.
+    pub master: Wallet,
+    /// The passkey's name.
+    pub name: String,
+    /// The ceremony's state (webauthn-rs JSON), once the page asked for options.
+    pub state_json: Option<String>,
+    /// When the link was made.
+    pub created_at: UnixSeconds,
+    /// When it stops working.
+    pub expires_at: UnixSeconds,
+    /// When it was used.
+    pub used_at: Option<UnixSeconds>,
 }
 
 /// An audit event before it is chained.
@@ -478,6 +572,74 @@ pub trait Store: Send + Sync + 'static {
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 
+    /// The id of a live standing approval letting `agent` read `owner`'s `service` (the
+    /// one ending last).
+    fn standing_approval(
+        &self,
+        agent: &Wallet,
+        owner: &Wallet,
+        service: &ServiceName,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Option<String>>> + Send;
+    /// The live standing approvals `master` granted, soonest to end first.
+    fn standing_approvals(
+        &self,
+        master: &Wallet,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Vec<StandingApproval>>> + Send;
+    /// Ends one of `master`'s live standing approvals; false when there is none by that id.
+    fn revoke_standing_approval(
+        &self,
+        master: &Wallet,
+        id: &str,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Stores a new registration link.
+    fn insert_passkey_registration(
+        &self,
+        r: &PasskeyRegistration,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A registration link by its token's hash.
+    fn passkey_registration(
+        &self,
+        token_hash: &[u8],
+    ) -> impl Future<Output = StoreResult<Option<PasskeyRegistration>>> + Send;
+    /// Keeps the ceremony's state on an unused, unexpired link; false otherwise.
+    fn set_passkey_registration_state(
+        &self,
+        token_hash: &[u8],
+        state_json: &str,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Spends an unused, unexpired link and stores its passkey, in one transaction; false
+    /// when the link was used or expired meanwhile. `Conflict` if the credential id is
+    /// registered already.
+    fn finish_passkey_registration(
+        &self,
+        token_hash: &[u8],
+        now: UnixSeconds,
+        passkey: &PasskeyRecord,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// `master`'s passkeys, oldest first.
+    fn passkeys(
+        &self,
+        master: &Wallet,
+    ) -> impl Future<Output = StoreResult<Vec<PasskeyRecord>>> + Send;
+    /// Records a passkey's use: its updated state (the signature counter) and the time.
+    fn touch_passkey(
+        &self,
+        id: &str,
+        passkey_json: &str,
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Removes one of `master`'s passkeys; false when it has none by that id.
+    fn delete_passkey(
+        &self,
+        master: &Wallet,
+        id: &str,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
     /// Deletes auth requests whose deadline and grant both ended before `before`; returns
     /// how many. Keeps the table bounded against anonymous pair-request floods.
     fn purge_auth_requests(
@@ -653,6 +815,16 @@ forward! {
     fn deny(&self, id: &str, by: &Wallet, now: UnixSeconds, signature: &[u8]) -> StoreResult<DecideOutcome>;
     fn consume_grant(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<bool>;
     fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64>;
+    fn standing_approval(&self, agent: &Wallet, owner: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<String>>;
+    fn standing_approvals(&self, master: &Wallet, now: UnixSeconds) -> StoreResult<Vec<StandingApproval>>;
+    fn revoke_standing_approval(&self, master: &Wallet, id: &str, now: UnixSeconds) -> StoreResult<bool>;
+    fn insert_passkey_registration(&self, r: &PasskeyRegistration) -> StoreResult<()>;
+    fn passkey_registration(&self, token_hash: &[u8]) -> StoreResult<Option<PasskeyRegistration>>;
+    fn set_passkey_registration_state(&self, token_hash: &[u8], state_json: &str, now: UnixSeconds) -> StoreResult<bool>;
+    fn finish_passkey_registration(&self, token_hash: &[u8], now: UnixSeconds, passkey: &PasskeyRecord) -> StoreResult<bool>;
+    fn passkeys(&self, master: &Wallet) -> StoreResult<Vec<PasskeyRecord>>;
+    fn touch_passkey(&self, id: &str, passkey_json: &str, now: UnixSeconds) -> StoreResult<()>;
+    fn delete_passkey(&self, master: &Wallet, id: &str) -> StoreResult<bool>;
     fn link_identity(&self, master: &Wallet, kind: &str, value: &str, wallet: &Wallet, now: UnixSeconds) -> StoreResult<()>;
     fn resolve_identity(&self, master: &Wallet, kind: &str, value: &str) -> StoreResult<Option<Wallet>>;
     fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>>;

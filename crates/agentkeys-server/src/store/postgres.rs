@@ -26,7 +26,8 @@ use tokio::sync::Notify;
 
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
-    NewAuditEvent, NewSession, SessionRecord, Store, StoreError, StoreResult, StoredCredential,
+    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, SessionRecord, StandingApproval,
+    Store, StoreError, StoreResult, StoredCredential, approval_sql,
 };
 use crate::audit::chain_hash;
 
@@ -76,6 +77,7 @@ use super::rows::{
 };
 
 super::rows::row_decoders!(PgRow);
+super::rows::approval_decoders!(PgRow);
 
 const AUTH_REQUEST_COLUMNS: &str = "id, kind, pair_code, nonce, otp, requester_key, agent, \
      service, requested_by, requested_session, description, status, created_at, expires_at, \
@@ -401,12 +403,13 @@ impl Store for PgStore {
         // `xmax = 0` on the returned row: it was inserted, not updated (one statement, so
         // two replicas storing the same name at once agree on which one created it).
         let row = sqlx::query(
-            "INSERT INTO credentials AS c (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at, kek_id) \
-             VALUES ($1, $2, $3, $4, $5, $8, $6, $6, $10) \
+            "INSERT INTO credentials AS c (owner, service, wrapped_dek, ciphertext, high_value, require_passkey, binding, created_at, updated_at, kek_id) \
+             VALUES ($1, $2, $3, $4, $5, $11, $8, $6, $6, $10) \
              ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
                kek_id = excluded.kek_id, \
                ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
                high_value = CASE WHEN $7 THEN c.high_value ELSE excluded.high_value END, \
+               require_passkey = CASE WHEN $7 THEN c.require_passkey ELSE excluded.require_passkey END, \
                binding = CASE WHEN $9 THEN c.binding ELSE excluded.binding END \
              RETURNING (xmax = 0) AS inserted",
         )
@@ -420,6 +423,7 @@ impl Store for PgStore {
         .bind(c.binding.as_deref())
         .bind(keep_binding)
         .bind(i32::try_from(c.kek_id).unwrap_or(i32::MAX))
+        .bind(c.policy.require_passkey)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("inserted")?)
@@ -431,7 +435,7 @@ impl Store for PgStore {
         svc: &ServiceName,
     ) -> StoreResult<Option<StoredCredential>> {
         let row = sqlx::query(
-            "SELECT owner, service, wrapped_dek, ciphertext, kek_id::bigint AS kek_id, high_value, binding, created_at, updated_at \
+            "SELECT owner, service, wrapped_dek, ciphertext, kek_id::bigint AS kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 AND service = $2",
         )
         .bind(owner.as_str())
@@ -444,7 +448,7 @@ impl Store for PgStore {
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
             "SELECT owner, service, ''::bytea AS wrapped_dek, ''::bytea AS ciphertext, \
-               kek_id::bigint AS kek_id, high_value, binding, created_at, updated_at \
+               kek_id::bigint AS kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -460,10 +464,11 @@ impl Store for PgStore {
         policy: Policy,
     ) -> StoreResult<bool> {
         let n =
-            sqlx::query("UPDATE credentials SET high_value = $1 WHERE owner = $2 AND service = $3")
+            sqlx::query("UPDATE credentials SET high_value = $1, require_passkey = $4 WHERE owner = $2 AND service = $3")
                 .bind(policy.high_value)
                 .bind(owner.as_str())
                 .bind(svc.as_str())
+                .bind(policy.require_passkey)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -598,6 +603,7 @@ impl Store for PgStore {
             Approval::HighValue {
                 grant_expires_at,
                 signature,
+                ..
             } => (Some(*grant_expires_at), None, signature.as_slice()),
         };
         let outcome = decide_in(
@@ -646,6 +652,22 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
                 insert_session_in(&mut tx, session).await?;
+            }
+            Approval::HighValue {
+                standing: Some(st), ..
+            } => {
+                sqlx::query(super::approval_sql::STANDING_INSERT)
+                    .bind(&st.id)
+                    .bind(st.master.as_str())
+                    .bind(st.agent.as_str())
+                    .bind(st.owner.as_str())
+                    .bind(st.service.as_str())
+                    .bind(&st.request_id)
+                    .bind(&st.via)
+                    .bind(st.created_at)
+                    .bind(st.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Approval::HighValue { .. } => {}
         }
@@ -700,6 +722,160 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn standing_approval(
+        &self,
+        agent: &Wallet,
+        owner: &Wallet,
+        svc: &ServiceName,
+        now: UnixSeconds,
+    ) -> StoreResult<Option<String>> {
+        let row = sqlx::query(approval_sql::STANDING_LIVE)
+            .bind(agent.as_str())
+            .bind(owner.as_str())
+            .bind(svc.as_str())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    async fn standing_approvals(
+        &self,
+        master: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Vec<StandingApproval>> {
+        let rows = sqlx::query(approval_sql::STANDING_OF_MASTER)
+            .bind(master.as_str())
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(standing_from).collect()
+    }
+
+    async fn revoke_standing_approval(
+        &self,
+        master: &Wallet,
+        id: &str,
+        now: UnixSeconds,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(approval_sql::STANDING_REVOKE)
+            .bind(master.as_str())
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_passkey_registration(&self, r: &PasskeyRegistration) -> StoreResult<()> {
+        sqlx::query(approval_sql::REGISTRATION_INSERT)
+            .bind(&r.token_hash)
+            .bind(r.master.as_str())
+            .bind(&r.name)
+            .bind(r.created_at)
+            .bind(r.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn passkey_registration(
+        &self,
+        token_hash: &[u8],
+    ) -> StoreResult<Option<PasskeyRegistration>> {
+        let row = sqlx::query(approval_sql::REGISTRATION_BY_HASH)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| registration_from(&r)).transpose()
+    }
+
+    async fn set_passkey_registration_state(
+        &self,
+        token_hash: &[u8],
+        state_json: &str,
+        now: UnixSeconds,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(approval_sql::REGISTRATION_STATE)
+            .bind(token_hash)
+            .bind(state_json)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish_passkey_registration(
+        &self,
+        token_hash: &[u8],
+        now: UnixSeconds,
+        p: &PasskeyRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let spent = sqlx::query(approval_sql::REGISTRATION_SPEND)
+            .bind(token_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if spent != 1 {
+            return Ok(false);
+        }
+        sqlx::query(approval_sql::PASSKEY_INSERT)
+            .bind(&p.id)
+            .bind(p.master.as_str())
+            .bind(&p.name)
+            .bind(&p.credential_id)
+            .bind(&p.passkey_json)
+            .bind(p.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict("passkey")
+                } else {
+                    e.into()
+                }
+            })?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn passkeys(&self, master: &Wallet) -> StoreResult<Vec<PasskeyRecord>> {
+        let rows = sqlx::query(approval_sql::PASSKEYS_OF)
+            .bind(master.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(passkey_from).collect()
+    }
+
+    async fn touch_passkey(
+        &self,
+        id: &str,
+        passkey_json: &str,
+        now: UnixSeconds,
+    ) -> StoreResult<()> {
+        sqlx::query(approval_sql::PASSKEY_TOUCH)
+            .bind(id)
+            .bind(passkey_json)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_passkey(&self, master: &Wallet, id: &str) -> StoreResult<bool> {
+        let n = sqlx::query(approval_sql::PASSKEY_DELETE)
+            .bind(master.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n == 1)
     }
 
@@ -925,7 +1101,7 @@ impl Store for PgStore {
             .map(|(o, s)| (o.as_str().to_owned(), s.as_str().to_owned()))
             .unwrap_or_default();
         let rows = sqlx::query(
-            "SELECT owner, service, wrapped_dek, ''::bytea AS ciphertext, kek_id::bigint AS kek_id, high_value, binding, \
+            "SELECT owner, service, wrapped_dek, ''::bytea AS ciphertext, kek_id::bigint AS kek_id, high_value, require_passkey, binding, \
                created_at, updated_at FROM credentials \
              WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
              ORDER BY owner, service LIMIT $4",

@@ -79,6 +79,7 @@ macro_rules! row_decoders {
                     .map_err(|_| StoreError::Corrupt("kek_id"))?,
                 policy: Policy {
                     high_value: row.try_get("high_value")?,
+                    require_passkey: row.try_get("require_passkey")?,
                 },
                 binding: row.try_get("binding")?,
                 created_at: row.try_get("created_at")?,
@@ -144,3 +145,48 @@ macro_rules! row_decoders {
     };
 }
 pub(super) use row_decoders;
+
+/// The decoders of the approval tables (standing approvals, passkeys, registration
+/// links), for the two sqlx engines.
+macro_rules! approval_decoders {
+    ($row:ty) => {
+        fn standing_from(row: &$row) -> StoreResult<super::StandingApproval> {
+            Ok(super::StandingApproval {
+                id: row.try_get("id")?,
+                master: wallet(row.try_get("master")?)?,
+                agent: wallet(row.try_get("agent")?)?,
+                owner: wallet(row.try_get("owner")?)?,
+                service: service(row.try_get("service")?)?,
+                request_id: row.try_get("request_id")?,
+                via: row.try_get("via")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        }
+
+        fn passkey_from(row: &$row) -> StoreResult<super::PasskeyRecord> {
+            Ok(super::PasskeyRecord {
+                id: row.try_get("id")?,
+                master: wallet(row.try_get("master")?)?,
+                name: row.try_get("name")?,
+                credential_id: row.try_get("credential_id")?,
+                passkey_json: row.try_get("passkey_json")?,
+                created_at: row.try_get("created_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+            })
+        }
+
+        fn registration_from(row: &$row) -> StoreResult<super::PasskeyRegistration> {
+            Ok(super::PasskeyRegistration {
+                token_hash: row.try_get("token_hash")?,
+                master: wallet(row.try_get("master")?)?,
+                name: row.try_get("name")?,
+                state_json: row.try_get("state_json")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                used_at: row.try_get("used_at")?,
+            })
+        }
+    };
+}
+pub(super) use approval_decoders;

@@ -23,7 +23,8 @@ use sqlx::{AssertSqlSafe, Row as _};
 
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
-    NewAuditEvent, NewSession, SessionRecord, Store, StoreError, StoreResult, StoredCredential,
+    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, SessionRecord, StandingApproval,
+    Store, StoreError, StoreResult, StoredCredential, approval_sql,
 };
 use crate::audit::chain_hash;
 use crate::state::RateLimiter;
@@ -228,7 +229,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// One credential by owner and service: the lookup every read makes.
 const CREDENTIAL_BY_KEY: &str = "SELECT owner, service, wrapped_dek, ciphertext, kek_id, high_value, \
-     binding, created_at, updated_at FROM credentials WHERE owner = $1 AND service = $2";
+     require_passkey, binding, created_at, updated_at FROM credentials WHERE owner = $1 AND service = $2";
 
 /// A rusqlite row with the `try_get` the shared decoders call.
 struct HotRow<'a>(&'a rusqlite::Row<'a>);
@@ -336,6 +337,7 @@ use super::rows::{
 };
 
 super::rows::row_decoders!(SqliteRow);
+super::rows::approval_decoders!(SqliteRow);
 
 async fn insert_session_in(
     conn: &mut sqlx::SqliteConnection,
@@ -630,12 +632,13 @@ impl Store for SqliteStore {
             .await?
             .is_some();
         sqlx::query(
-            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, binding, created_at, updated_at, kek_id) \
-             VALUES ($1, $2, $3, $4, $5, $8, $6, $6, $10) \
+            "INSERT INTO credentials (owner, service, wrapped_dek, ciphertext, high_value, require_passkey, binding, created_at, updated_at, kek_id) \
+             VALUES ($1, $2, $3, $4, $5, $11, $8, $6, $6, $10) \
              ON CONFLICT (owner, service) DO UPDATE SET wrapped_dek = excluded.wrapped_dek, \
                kek_id = excluded.kek_id, \
                ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, \
                high_value = CASE WHEN $7 THEN credentials.high_value ELSE excluded.high_value END, \
+               require_passkey = CASE WHEN $7 THEN credentials.require_passkey ELSE excluded.require_passkey END, \
                binding = CASE WHEN $9 THEN credentials.binding ELSE excluded.binding END",
         )
         .bind(c.owner.as_str())
@@ -648,6 +651,7 @@ impl Store for SqliteStore {
         .bind(c.binding.as_deref())
         .bind(keep_binding)
         .bind(i64::from(c.kek_id))
+        .bind(i64::from(c.policy.require_passkey))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -676,7 +680,7 @@ impl Store for SqliteStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, kek_id, high_value, binding, created_at, updated_at \
+            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -692,10 +696,11 @@ impl Store for SqliteStore {
         policy: Policy,
     ) -> StoreResult<bool> {
         let n =
-            sqlx::query("UPDATE credentials SET high_value = $1 WHERE owner = $2 AND service = $3")
+            sqlx::query("UPDATE credentials SET high_value = $1, require_passkey = $4 WHERE owner = $2 AND service = $3")
                 .bind(i64::from(policy.high_value))
                 .bind(owner.as_str())
                 .bind(svc.as_str())
+                .bind(i64::from(policy.require_passkey))
                 .execute(&self.writer)
                 .await?
                 .rows_affected();
@@ -820,6 +825,7 @@ impl Store for SqliteStore {
             Approval::HighValue {
                 grant_expires_at,
                 signature,
+                ..
             } => (Some(*grant_expires_at), None, signature.as_slice()),
         };
         let outcome = decide_in(
@@ -868,6 +874,22 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 insert_session_in(&mut tx, session).await?;
+            }
+            Approval::HighValue {
+                standing: Some(st), ..
+            } => {
+                sqlx::query(super::approval_sql::STANDING_INSERT)
+                    .bind(&st.id)
+                    .bind(st.master.as_str())
+                    .bind(st.agent.as_str())
+                    .bind(st.owner.as_str())
+                    .bind(st.service.as_str())
+                    .bind(&st.request_id)
+                    .bind(&st.via)
+                    .bind(st.created_at)
+                    .bind(st.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Approval::HighValue { .. } => {}
         }
@@ -918,6 +940,160 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?
         .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn standing_approval(
+        &self,
+        agent: &Wallet,
+        owner: &Wallet,
+        svc: &ServiceName,
+        now: UnixSeconds,
+    ) -> StoreResult<Option<String>> {
+        let row = sqlx::query(approval_sql::STANDING_LIVE)
+            .bind(agent.as_str())
+            .bind(owner.as_str())
+            .bind(svc.as_str())
+            .bind(now)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    async fn standing_approvals(
+        &self,
+        master: &Wallet,
+        now: UnixSeconds,
+    ) -> StoreResult<Vec<StandingApproval>> {
+        let rows = sqlx::query(approval_sql::STANDING_OF_MASTER)
+            .bind(master.as_str())
+            .bind(now)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(standing_from).collect()
+    }
+
+    async fn revoke_standing_approval(
+        &self,
+        master: &Wallet,
+        id: &str,
+        now: UnixSeconds,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(approval_sql::STANDING_REVOKE)
+            .bind(master.as_str())
+            .bind(id)
+            .bind(now)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn insert_passkey_registration(&self, r: &PasskeyRegistration) -> StoreResult<()> {
+        sqlx::query(approval_sql::REGISTRATION_INSERT)
+            .bind(&r.token_hash)
+            .bind(r.master.as_str())
+            .bind(&r.name)
+            .bind(r.created_at)
+            .bind(r.expires_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn passkey_registration(
+        &self,
+        token_hash: &[u8],
+    ) -> StoreResult<Option<PasskeyRegistration>> {
+        let row = sqlx::query(approval_sql::REGISTRATION_BY_HASH)
+            .bind(token_hash)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| registration_from(&r)).transpose()
+    }
+
+    async fn set_passkey_registration_state(
+        &self,
+        token_hash: &[u8],
+        state_json: &str,
+        now: UnixSeconds,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(approval_sql::REGISTRATION_STATE)
+            .bind(token_hash)
+            .bind(state_json)
+            .bind(now)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish_passkey_registration(
+        &self,
+        token_hash: &[u8],
+        now: UnixSeconds,
+        p: &PasskeyRecord,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let spent = sqlx::query(approval_sql::REGISTRATION_SPEND)
+            .bind(token_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if spent != 1 {
+            return Ok(false);
+        }
+        sqlx::query(approval_sql::PASSKEY_INSERT)
+            .bind(&p.id)
+            .bind(p.master.as_str())
+            .bind(&p.name)
+            .bind(&p.credential_id)
+            .bind(&p.passkey_json)
+            .bind(p.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict("passkey")
+                } else {
+                    e.into()
+                }
+            })?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn passkeys(&self, master: &Wallet) -> StoreResult<Vec<PasskeyRecord>> {
+        let rows = sqlx::query(approval_sql::PASSKEYS_OF)
+            .bind(master.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(passkey_from).collect()
+    }
+
+    async fn touch_passkey(
+        &self,
+        id: &str,
+        passkey_json: &str,
+        now: UnixSeconds,
+    ) -> StoreResult<()> {
+        sqlx::query(approval_sql::PASSKEY_TOUCH)
+            .bind(id)
+            .bind(passkey_json)
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_passkey(&self, master: &Wallet, id: &str) -> StoreResult<bool> {
+        let n = sqlx::query(approval_sql::PASSKEY_DELETE)
+            .bind(master.as_str())
+            .bind(id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
         Ok(n == 1)
     }
 
@@ -1098,7 +1274,7 @@ impl Store for SqliteStore {
             .map(|(o, s)| (o.as_str().to_owned(), s.as_str().to_owned()))
             .unwrap_or_default();
         let rows = sqlx::query(
-            "SELECT owner, service, wrapped_dek, X'' AS ciphertext, kek_id, high_value, binding, \
+            "SELECT owner, service, wrapped_dek, X'' AS ciphertext, kek_id, high_value, require_passkey, binding, \
                created_at, updated_at FROM credentials \
              WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
              ORDER BY owner, service LIMIT $4",
@@ -1197,7 +1373,10 @@ mod hot_tests {
             wrapped_dek: vec![1; 72],
             ciphertext: vec![2; 40],
             kek_id: 3,
-            policy: Policy { high_value: true },
+            policy: Policy {
+                high_value: true,
+                ..Policy::default()
+            },
             binding: Some("{\"hosts\":[\"api.openai.com\"]}".into()),
             created_at: 100,
             updated_at: 101,

@@ -560,7 +560,10 @@ async fn a_writable_agent_stores_only_in_scope_and_without_policy() {
             None,
             &svc("openai"),
             b"v",
-            Some(Policy { high_value: false }),
+            Some(Policy {
+                high_value: false,
+                ..Policy::default()
+            }),
         )
         .await,
         ErrorCode::Denied,
@@ -954,7 +957,14 @@ async fn policy_is_set_by_masters_only() {
         .await
         .unwrap();
     let p = m
-        .set_policy(&m_info.wallet, &svc("stripe"), Policy { high_value: true })
+        .set_policy(
+            &m_info.wallet,
+            &svc("stripe"),
+            Policy {
+                high_value: true,
+                ..Policy::default()
+            },
+        )
         .await
         .unwrap();
     assert!(p.policy.high_value);

@@ -4,8 +4,8 @@ use agentkeys_core::client::{Backend as _, HttpBackend, open_decision};
 use agentkeys_core::crypto::hpke::HpkeKeyPair;
 use agentkeys_core::crypto::pairing;
 use agentkeys_types::api::{
-    ApproveRequest, AuthKind, AuthRequestTicket, AuthStatus, LinkIdentityRequest, OpenAuthRequest,
-    Policy, auth_request_canonical_bytes,
+    ApproveRequest, AuthKind, AuthRequestTicket, AuthStatus, LinkIdentityRequest,
+    MAX_STANDING_MINUTES, OpenAuthRequest, Policy, auth_request_canonical_bytes,
 };
 use agentkeys_types::{ErrorCode, Scope};
 use base64::Engine as _;
@@ -68,6 +68,7 @@ async fn a_pair_decision_is_sealed_to_the_requester_and_signed() {
             &t.id,
             &ApproveRequest {
                 scope: Some(scope(&["openai"], true)),
+                ..ApproveRequest::default()
             },
         )
         .await
@@ -193,6 +194,7 @@ async fn pair_requests_need_a_key_and_agents_cannot_approve() {
             &t.id,
             &ApproveRequest {
                 scope: Some(Scope::all()),
+                minutes: None,
             },
         )
         .await,
@@ -541,7 +543,10 @@ async fn store_high_value(m: &HttpBackend, service: &str, value: &[u8]) {
         None,
         &svc(service),
         value,
-        Some(Policy { high_value: true }),
+        Some(Policy {
+            high_value: true,
+            ..Policy::default()
+        }),
     )
     .await
     .unwrap();
@@ -678,4 +683,155 @@ async fn the_inbox_long_poll_answers_when_a_request_arrives() {
     assert_ne!(got.cursor, first.cursor);
     // A wait over 60 s is refused.
     assert_code(m.inbox(Some(&got.cursor), 61).await, ErrorCode::BadRequest);
+}
+
+#[tokio::test]
+async fn a_standing_approval_lets_one_agent_read_one_credential_until_it_ends() {
+    let ts = TestServer::start().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let (a, a_info, _) = ts.agent(&m, scope(&["stripe", "github"], true)).await;
+    let (b, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    store_high_value(&m, "stripe", b"sk-standing").await;
+    store_high_value(&m, "github", b"gh-standing").await;
+    let e = assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let t = e.auth_request().unwrap().clone();
+    // Out of bounds, and on a request kind without releases: refused.
+    for minutes in [0, MAX_STANDING_MINUTES + 1] {
+        assert_code(
+            m.approve(
+                &t.id,
+                &ApproveRequest {
+                    minutes: Some(minutes),
+                    ..ApproveRequest::default()
+                },
+            )
+            .await,
+            ErrorCode::BadRequest,
+        );
+    }
+    m.approve(
+        &t.id,
+        &ApproveRequest {
+            minutes: Some(30),
+            ..ApproveRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    let listed = m.standing_approvals().await.unwrap().approvals;
+    assert_eq!(listed.len(), 1);
+    let st = &listed[0];
+    assert_eq!(
+        (
+            &st.agent,
+            &st.owner,
+            st.service.as_str(),
+            st.request_id.as_str(),
+            st.via.as_str()
+        ),
+        (
+            &a_info.wallet,
+            &m_info.wallet,
+            "stripe",
+            t.id.as_str(),
+            "session"
+        )
+    );
+    assert!(st.id.starts_with("sta_"));
+    // Three reads, no new request; each audited with the approval's id.
+    for _ in 0..3 {
+        assert_eq!(
+            a.read_credential(None, &svc("stripe"))
+                .await
+                .unwrap()
+                .page
+                .expose_secret(),
+            b"sk-standing"
+        );
+    }
+    let audit = m
+        .audit(&agentkeys_core::client::AuditQuery {
+            action: Some("credential.read".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let under = audit
+        .events
+        .iter()
+        .filter(|e| {
+            e.outcome == "ok"
+                && e.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains(&format!("standing approval {}", st.id)))
+        })
+        .count();
+    assert_eq!(under, 3);
+    // Only that agent, only that credential.
+    assert_code(
+        b.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    assert_code(
+        a.read_credential(None, &svc("github")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    // Another master cannot see or revoke it; its master revokes it, and reads ask again.
+    let (other, _, _) = ts.master("other").await;
+    assert!(
+        other
+            .standing_approvals()
+            .await
+            .unwrap()
+            .approvals
+            .is_empty()
+    );
+    assert_code(
+        other.revoke_standing_approval(&st.id).await,
+        ErrorCode::NotFound,
+    );
+    m.revoke_standing_approval(&st.id).await.unwrap();
+    assert_code(
+        m.revoke_standing_approval(&st.id).await,
+        ErrorCode::NotFound,
+    );
+    assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    assert!(m.standing_approvals().await.unwrap().approvals.is_empty());
+}
+
+#[tokio::test]
+async fn a_standing_approval_ends_at_its_time() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    store_high_value(&m, "stripe", b"v").await;
+    let t = a
+        .open_auth_request(&high_value_request("stripe", None))
+        .await
+        .unwrap();
+    m.approve(
+        &t.id,
+        &ApproveRequest {
+            minutes: Some(1),
+            ..ApproveRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    a.read_credential(None, &svc("stripe")).await.unwrap();
+    a.read_credential(None, &svc("stripe")).await.unwrap();
+    ts.state.clock.advance(61);
+    assert!(m.standing_approvals().await.unwrap().approvals.is_empty());
+    // The one-time grant has lapsed too (300 s): a release needs a new approval.
+    ts.state.clock.advance(300);
+    assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
 }

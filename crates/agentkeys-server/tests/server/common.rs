@@ -137,7 +137,13 @@ impl TestServer {
             .await
             .unwrap();
         master
-            .approve(&view.id, &ApproveRequest { scope: Some(scope) })
+            .approve(
+                &view.id,
+                &ApproveRequest {
+                    scope: Some(scope),
+                    minutes: None,
+                },
+            )
             .await
             .unwrap();
         let decision = self.anon().decision(&ticket.id, 5).await.unwrap();

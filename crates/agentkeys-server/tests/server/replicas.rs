@@ -165,7 +165,10 @@ async fn a_high_value_grant_approved_on_one_replica_is_spent_once_across_all() {
         None,
         &svc("stripe"),
         b"sk-high",
-        Some(Policy { high_value: true }),
+        Some(Policy {
+            high_value: true,
+            ..Policy::default()
+        }),
     )
     .await
     .unwrap();

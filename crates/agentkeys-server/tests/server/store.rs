@@ -73,6 +73,7 @@ async fn approved_grant<S: Store>(
     let approval = Approval::HighValue {
         grant_expires_at,
         signature: vec![0; 64],
+        standing: None,
     };
     s.approve(&r.id, owner, NOW, &approval).await.unwrap()
 }
@@ -237,7 +238,10 @@ async fn credentials_upsert_and_keep_policy_and_binding_on_request<S: Store>(s: 
         wrapped_dek: vec![1],
         ciphertext: vec![2],
         kek_id: 1,
-        policy: Policy { high_value: true },
+        policy: Policy {
+            high_value: true,
+            ..Policy::default()
+        },
         binding: Some(r#"{"hosts":["api.openai.com"]}"#.into()),
         created_at: NOW,
         updated_at: NOW,

@@ -36,7 +36,10 @@ async fn migrate_copies_a_single_node_to_postgres_and_its_users_carry_on() {
         None,
         &svc("stripe"),
         b"sk-stripe-value",
-        Some(Policy { high_value: true }),
+        Some(Policy {
+            high_value: true,
+            ..Policy::default()
+        }),
     )
     .await
     .unwrap();

@@ -1,0 +1,568 @@
+//! Passkey approvals (WebAuthn, verified with webauthn-rs): a master registers passkeys
+//! through a one-time link its session asks for, and approves a request on the approval
+//! page with an assertion whose challenge is the SHA-256 of the request's canonical text.
+//! The assertion goes into the audit chain, so anyone can later check which authenticator
+//! approved exactly what.
+//!
+//! The page's API is reached with the request's code, not a session: the code shows the
+//! request (the OTP and what is asked, as a notification does), and only an assertion by
+//! a passkey of the master who may decide it approves it. The challenge is not stored: it
+//! is recomputed from the request, so an assertion binds one decision of one request, and
+//! the request being single-use makes a replay worthless.
+
+use std::sync::Arc;
+
+use agentkeys_core::crypto::{pairing, random_array, sha256};
+use agentkeys_types::Wallet;
+use agentkeys_types::api::{
+    AuditAction, AuthKind, AuthRequestView, DecideResponse, MAX_STANDING_MINUTES, PasskeyInfo,
+    PasskeyList, PasskeyRegistrationTicket, RemovedPasskey, StartPasskeyRegistration,
+};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use webauthn_rs::prelude::{
+    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+};
+
+use super::auth_requests::{Via, approve_request, check_pending, view_for_page};
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, Caller, ClientAddr};
+use super::{EventExt as _, event, new_id, record};
+use crate::state::AppState;
+use crate::store::{self, AuthRequestRecord, Store, StoreError};
+
+/// How long a registration link works.
+const REGISTRATION_TTL: i64 = 600;
+
+/// A master keeps at most this many passkeys.
+const MAX_PASSKEYS: usize = 16;
+
+/// The WebAuthn relying party for the server's public URL: its host is the RP id.
+pub fn relying_party(public_url: &str) -> Result<Webauthn, String> {
+    let origin = Url::parse(public_url).map_err(|e| format!("--public-url: {e}"))?;
+    let host = origin
+        .host_str()
+        .ok_or("--public-url has no host")?
+        .to_owned();
+    WebauthnBuilder::new(&host, &origin)
+        .and_then(|b| b.rp_name("agentkeys").build())
+        .map_err(|e| format!("--public-url cannot be a passkey origin: {e}"))
+}
+
+fn b64url(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The relying party, or why the server has none.
+fn rp<S: Store>(state: &AppState<S>) -> ApiResult<&Webauthn> {
+    state.passkeys.as_ref().ok_or_else(|| {
+        ApiError::not_found("this server has no passkey pages")
+            .hint("start agentkeys-server with --public-url https://HOST (the origin browsers use)")
+    })
+}
+
+fn bad_webauthn(what: &str, e: &impl std::fmt::Display) -> ApiError {
+    tracing::info!(error = %e, "{what} refused");
+    ApiError::bad_request(format!("the {what} does not verify"))
+        .hint("reload the page and try again with a passkey registered for this master")
+}
+
+/// Anonymous page calls: rate-limited per client address and server-wide, like opens.
+async fn page_rate<S: Store>(state: &AppState<S>, address: &str) -> ApiResult<()> {
+    let rate = state.config.anon_open_rate;
+    for (key, rate) in [
+        (format!("page:{address}"), rate),
+        ("page:*".to_owned(), rate * 10.0),
+    ] {
+        if let Err(wait) = state.store.take_token(&key, rate, rate * 2.0).await? {
+            state.metrics.rate_limited("page");
+            return Err(ApiError::rate_limited(
+                "too many requests; retry shortly",
+                wait,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn info(p: &store::PasskeyRecord) -> PasskeyInfo {
+    PasskeyInfo {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        credential_id: b64url(&p.credential_id),
+        created_at: p.created_at,
+        last_used_at: p.last_used_at,
+    }
+}
+
+/// `POST /v1/passkeys/registrations` (master): a one-time link, bound to this master,
+/// that registers a passkey in the browser it is opened in.
+pub(super) async fn start_registration<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<StartPasskeyRegistration>,
+) -> ApiResult<(StatusCode, Json<PasskeyRegistrationTicket>)> {
+    caller.require_master()?;
+    rp(&state)?;
+    let name = req.name.as_deref().unwrap_or("passkey").trim().to_owned();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(
+            ApiError::bad_request("a passkey name is 1 to 64 printable characters")
+                .hint("name it after the device: phone, laptop, yubikey"),
+        );
+    }
+    if state.store.passkeys(caller.wallet()).await?.len() >= MAX_PASSKEYS {
+        return Err(ApiError::bad_request(format!(
+            "a master keeps at most {MAX_PASSKEYS} passkeys"
+        ))
+        .hint("remove one with 'agentkeys passkey remove ID'"));
+    }
+    let mut raw = random_array::<32>();
+    let token = b64url(&raw);
+    zeroize::Zeroize::zeroize(&mut raw);
+    let now = state.clock.now();
+    state
+        .store
+        .insert_passkey_registration(&store::PasskeyRegistration {
+            token_hash: sha256(token.as_bytes()).to_vec(),
+            master: caller.wallet().clone(),
+            name,
+            state_json: None,
+            created_at: now,
+            expires_at: now + REGISTRATION_TTL,
+            used_at: None,
+        })
+        .await?;
+    let base = state.config.public_url.as_deref().unwrap_or_default();
+    Ok((
+        StatusCode::CREATED,
+        Json(PasskeyRegistrationTicket {
+            url: format!("{base}/passkey/add/{token}"),
+            expires_at: now + REGISTRATION_TTL,
+        }),
+    ))
+}
+
+/// A live registration link by its token; every other case reads as absent.
+async fn live_registration<S: Store>(
+    state: &AppState<S>,
+    token: &str,
+) -> ApiResult<store::PasskeyRegistration> {
+    let r = state
+        .store
+        .passkey_registration(&sha256(token.as_bytes()))
+        .await?;
+    match r {
+        Some(r) if r.used_at.is_none() && r.expires_at > state.clock.now() => Ok(r),
+        _ => Err(
+            ApiError::not_found("this registration link is used or expired").hint(
+                "ask for a new one with 'agentkeys passkey add' (links work once, 10 minutes)",
+            ),
+        ),
+    }
+}
+
+/// The WebAuthn user handle of a master: derived from its wallet, the same every time.
+fn user_id(master: &Wallet) -> Uuid {
+    let h = sha256(master.as_str().as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    Uuid::from_bytes(b)
+}
+
+/// `POST /v1/passkeys/registrations/{token}/options`: the creation options for the page.
+pub(super) async fn registration_options<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    ClientAddr(address): ClientAddr,
+    Path(token): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    page_rate(&state, &address).await?;
+    let webauthn = rp(&state)?;
+    let reg = live_registration(&state, &token).await?;
+    let existing = state.store.passkeys(&reg.master).await?;
+    let exclude = existing
+        .iter()
+        .map(|p| p.credential_id.clone())
+        .collect::<Vec<_>>();
+    let (options, ceremony) = webauthn
+        .start_passkey_registration(
+            user_id(&reg.master),
+            reg.master.as_str(),
+            &format!("agentkeys master {}", reg.master.as_str()),
+            Some(exclude),
+        )
+        .map_err(|e| ApiError::internal(&e))?;
+    let ceremony = serde_json::to_string(&ceremony).map_err(|e| ApiError::internal(&e))?;
+    if !state
+        .store
+        .set_passkey_registration_state(&reg.token_hash, &ceremony, state.clock.now())
+        .await?
+    {
+        return Err(live_registration(&state, &token)
+            .await
+            .err()
+            .unwrap_or_else(|| ApiError::not_found("this registration link is used or expired")));
+    }
+    Ok(Json(
+        serde_json::to_value(options).map_err(|e| ApiError::internal(&e))?,
+    ))
+}
+
+/// `POST /v1/passkeys/registrations/{token}/finish`: verifies the new credential and
+/// stores it; the link is spent.
+pub(super) async fn finish_registration<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    ClientAddr(address): ClientAddr,
+    Path(token): Path<String>,
+    ApiJson(credential): ApiJson<serde_json::Value>,
+) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
+    page_rate(&state, &address).await?;
+    let webauthn = rp(&state)?;
+    let reg = live_registration(&state, &token).await?;
+    let ceremony: PasskeyRegistration = reg
+        .state_json
+        .as_deref()
+        .ok_or_else(|| {
+            ApiError::bad_request("ask for the options first")
+                .hint("POST .../options, then create the credential with them")
+        })
+        .and_then(|s| serde_json::from_str(s).map_err(|e| ApiError::internal(&e)))?;
+    let credential: RegisterPublicKeyCredential =
+        serde_json::from_value(credential).map_err(|e| bad_webauthn("new credential", &e))?;
+    let passkey = webauthn
+        .finish_passkey_registration(&credential, &ceremony)
+        .map_err(|e| bad_webauthn("new credential", &e))?;
+    let now = state.clock.now();
+    let record_row = store::PasskeyRecord {
+        id: new_id("pk_"),
+        master: reg.master.clone(),
+        name: reg.name.clone(),
+        credential_id: passkey.cred_id().to_vec(),
+        passkey_json: serde_json::to_string(&passkey).map_err(|e| ApiError::internal(&e))?,
+        created_at: now,
+        last_used_at: None,
+    };
+    match state
+        .store
+        .finish_passkey_registration(&reg.token_hash, now, &record_row)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(live_registration(&state, &token)
+                .await
+                .err()
+                .unwrap_or_else(|| {
+                    ApiError::not_found("this registration link is used or expired")
+                }));
+        }
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::new(
+                agentkeys_types::ErrorCode::Conflict,
+                "this passkey is registered already",
+            )
+            .hint("list your passkeys with 'agentkeys passkey list'"));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let public_key =
+        serde_json::to_value(passkey.get_public_key()).map_err(|e| ApiError::internal(&e))?;
+    let detail = serde_json::json!({
+        "id": record_row.id,
+        "name": record_row.name,
+        "credential_id": b64url(&record_row.credential_id),
+        "public_key": public_key,
+    });
+    record(
+        &state,
+        event(reg.master.as_str(), AuditAction::PasskeyAdd, "ok").detail(detail.to_string()),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(info(&record_row))))
+}
+
+/// `GET /v1/passkeys` (master).
+pub(super) async fn list<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+) -> ApiResult<Json<PasskeyList>> {
+    caller.require_master()?;
+    let passkeys = state.store.passkeys(caller.wallet()).await?;
+    Ok(Json(PasskeyList {
+        passkeys: passkeys.iter().map(info).collect(),
+    }))
+}
+
+/// `DELETE /v1/passkeys/{id}` (master).
+pub(super) async fn remove<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RemovedPasskey>> {
+    caller.require_master()?;
+    if !state.store.delete_passkey(caller.wallet(), &id).await? {
+        return Err(ApiError::not_found("you have no passkey by that id")
+            .hint("list them with 'agentkeys passkey list'"));
+    }
+    record(
+        &state,
+        event(caller.wallet().as_str(), AuditAction::PasskeyRemove, "ok").detail(id.clone()),
+    )
+    .await?;
+    Ok(Json(RemovedPasskey { id }))
+}
+
+/// The master who decides a request on the page: the one a pairing is addressed to, or
+/// the owner of the agent a recovery or release is about. None: not decidable there.
+async fn deciding_master<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+) -> ApiResult<Option<Wallet>> {
+    match r.kind {
+        AuthKind::Pair => Ok(r.requested_by.clone()),
+        AuthKind::Recover | AuthKind::HighValue => {
+            let Some(agent) = &r.agent else {
+                return Ok(None);
+            };
+            Ok(state.store.account(agent).await?.map(|a| {
+                if a.is_master {
+                    a.wallet
+                } else {
+                    a.parent.unwrap_or(a.wallet)
+                }
+            }))
+        }
+    }
+}
+
+/// The text a passkey approval signs: its SHA-256 is the WebAuthn challenge. One field a
+/// line, in this order; `docs/api.md` gives the format, so anyone can recompute it from
+/// the audit row.
+pub fn canonical_approval(r: &AuthRequestRecord, minutes: Option<u32>) -> String {
+    let none = "-".to_owned();
+    let subject = match r.kind {
+        AuthKind::Pair => "scope {\"services\":[],\"read_only\":true}".to_owned(),
+        AuthKind::Recover => "session".to_owned(),
+        AuthKind::HighValue => {
+            format!("service {}", r.service.as_ref().map_or("-", |s| s.as_str()))
+        }
+    };
+    format!(
+        "agentkeys approval v1\nid {}\nkind {}\nagent {}\nrequested_by {}\n{subject}\n\
+         nonce {}\nexpires_at {}\nstanding_minutes {}\ndecision approve\n",
+        r.id,
+        r.kind.as_str(),
+        r.agent
+            .as_ref()
+            .map_or(none.clone(), |w| w.as_str().to_owned()),
+        r.requested_by
+            .as_ref()
+            .map_or(none, |w| w.as_str().to_owned()),
+        b64url(&r.nonce),
+        r.expires_at,
+        minutes.unwrap_or(0),
+    )
+}
+
+/// The pending request a page code names, and the master who decides it.
+async fn page_request<S: Store>(
+    state: &AppState<S>,
+    code: &str,
+) -> ApiResult<(AuthRequestRecord, Wallet)> {
+    let not_found = || {
+        ApiError::not_found("no request to decide here by that code")
+            .hint("requests live 60 s (high-value: 300 s); check the code in the notification")
+    };
+    let code = pairing::normalize_pair_code(code).ok_or_else(not_found)?;
+    let r = state
+        .store
+        .auth_request_by_code(&code)
+        .await?
+        .ok_or_else(not_found)?;
+    let master = deciding_master(state, &r).await?.ok_or_else(|| {
+        ApiError::not_found("this request is decided at a terminal")
+            .hint("a pairing addressed to no master: run 'agentkeys approve CODE'")
+    })?;
+    Ok((r, master))
+}
+
+/// The master's passkeys, as webauthn-rs takes them.
+async fn passkeys_of<S: Store>(
+    state: &AppState<S>,
+    master: &Wallet,
+) -> ApiResult<Vec<(store::PasskeyRecord, Passkey)>> {
+    let rows = state.store.passkeys(master).await?;
+    if rows.is_empty() {
+        return Err(ApiError::bad_request(
+            "the master who decides this request has no passkey",
+        )
+        .hint("register one with 'agentkeys passkey add', or decide with 'agentkeys approve CODE'"));
+    }
+    rows.into_iter()
+        .map(|row| {
+            let p: Passkey =
+                serde_json::from_str(&row.passkey_json).map_err(|e| ApiError::internal(&e))?;
+            Ok((row, p))
+        })
+        .collect()
+}
+
+/// An authentication ceremony whose challenge is `challenge` rather than a random one.
+fn ceremony_with_challenge(
+    webauthn: &Webauthn,
+    keys: &[Passkey],
+    challenge: &[u8; 32],
+) -> ApiResult<(serde_json::Value, PasskeyAuthentication)> {
+    let (options, state) = webauthn
+        .start_passkey_authentication(keys)
+        .map_err(|e| ApiError::internal(&e))?;
+    let encoded = b64url(challenge);
+    let mut options = serde_json::to_value(options).map_err(|e| ApiError::internal(&e))?;
+    let mut state = serde_json::to_value(state).map_err(|e| ApiError::internal(&e))?;
+    match (
+        options.pointer_mut("/publicKey/challenge"),
+        state.pointer_mut("/ast/challenge"),
+    ) {
+        (Some(o), Some(s)) => {
+            *o = encoded.clone().into();
+            *s = encoded.into();
+        }
+        _ => return Err(ApiError::internal(&"unexpected webauthn-rs ceremony shape")),
+    }
+    let state = serde_json::from_value(state).map_err(|e| ApiError::internal(&e))?;
+    Ok((options["publicKey"].take(), state))
+}
+
+/// `POST /v1/approvals/{code}/options`.
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageOptionsRequest {
+    /// High-value: a standing approval of this many minutes (1 to 480).
+    #[serde(default)]
+    pub minutes: Option<u32>,
+}
+
+/// What the approval page shows and signs.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PageOptions {
+    /// The request, as the inbox shows it.
+    pub request: AuthRequestView,
+    /// The canonical text the passkey signs (its SHA-256 is the challenge).
+    pub canonical: String,
+    /// `navigator.credentials.get` options (WebAuthn JSON, base64url fields).
+    #[serde(rename = "publicKey")]
+    #[schemars(with = "serde_json::Value")]
+    pub public_key: serde_json::Value,
+}
+
+fn check_minutes(r: &AuthRequestRecord, minutes: Option<u32>) -> ApiResult<()> {
+    match minutes {
+        None => Ok(()),
+        Some(_) if r.kind != AuthKind::HighValue => Err(ApiError::bad_request(
+            "minutes (a standing approval) applies to high-value releases only",
+        )
+        .hint("approve a pairing or recovery without minutes")),
+        Some(m) if (1..=MAX_STANDING_MINUTES).contains(&m) => Ok(()),
+        Some(_) => Err(ApiError::bad_request("minutes is 1 to 480 (8 hours)")
+            .hint("a standing approval lasts at most 8 hours")),
+    }
+}
+
+/// `POST /v1/approvals/{code}/options`: the request and the assertion options whose
+/// challenge binds this decision.
+pub(super) async fn page_options<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    ClientAddr(address): ClientAddr,
+    Path(code): Path<String>,
+    ApiJson(req): ApiJson<PageOptionsRequest>,
+) -> ApiResult<Json<PageOptions>> {
+    page_rate(&state, &address).await?;
+    let webauthn = rp(&state)?;
+    let (r, master) = page_request(&state, &code).await?;
+    check_minutes(&r, req.minutes)?;
+    let keys = passkeys_of(&state, &master).await?;
+    let canonical = canonical_approval(&r, req.minutes);
+    let challenge = sha256(canonical.as_bytes());
+    let passkeys: Vec<Passkey> = keys.into_iter().map(|(_, p)| p).collect();
+    let (public_key, _) = ceremony_with_challenge(webauthn, &passkeys, &challenge)?;
+    let request = view_for_page(&state, &master, r).await?;
+    Ok(Json(PageOptions {
+        request,
+        canonical,
+        public_key,
+    }))
+}
+
+/// `POST /v1/approvals/{code}/approve`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageApproveRequest {
+    /// The same `minutes` the options were asked with.
+    #[serde(default)]
+    pub minutes: Option<u32>,
+    /// The `navigator.credentials.get` result (WebAuthn JSON, base64url fields).
+    #[schemars(with = "serde_json::Value")]
+    pub credential: serde_json::Value,
+}
+
+/// `POST /v1/approvals/{code}/approve`: verifies the assertion against the challenge
+/// recomputed from the request, then approves it as the passkey's master.
+pub(super) async fn page_approve<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    ClientAddr(address): ClientAddr,
+    Path(code): Path<String>,
+    ApiJson(req): ApiJson<PageApproveRequest>,
+) -> ApiResult<Json<DecideResponse>> {
+    page_rate(&state, &address).await?;
+    let webauthn = rp(&state)?;
+    let (r, master) = page_request(&state, &code).await?;
+    // Decided or expired requests are refused before any assertion is looked at.
+    check_pending(&r, state.clock.now())?;
+    check_minutes(&r, req.minutes)?;
+    let keys = passkeys_of(&state, &master).await?;
+    let assertion: PublicKeyCredential = serde_json::from_value(req.credential.clone())
+        .map_err(|e| bad_webauthn("passkey assertion", &e))?;
+    let canonical = canonical_approval(&r, req.minutes);
+    let challenge = sha256(canonical.as_bytes());
+    let passkeys: Vec<Passkey> = keys.iter().map(|(_, p)| p.clone()).collect();
+    let (_, ceremony) = ceremony_with_challenge(webauthn, &passkeys, &challenge)?;
+    let result = webauthn
+        .finish_passkey_authentication(&assertion, &ceremony)
+        .map_err(|e| bad_webauthn("passkey assertion", &e))?;
+    if !result.user_verified() {
+        return Err(ApiError::bad_request("the passkey did not verify the user")
+            .hint("use a passkey that asks for your PIN, fingerprint or face"));
+    }
+    let (row, mut passkey) = keys
+        .into_iter()
+        .find(|(_, p)| p.cred_id() == result.cred_id())
+        .ok_or_else(|| ApiError::internal(&"verified passkey not among the master's"))?;
+    passkey.update_credential(&result);
+    let now = state.clock.now();
+    let updated = serde_json::to_string(&passkey).map_err(|e| ApiError::internal(&e))?;
+    state.store.touch_passkey(&row.id, &updated, now).await?;
+    let evidence = serde_json::json!({
+        "passkey": row.id,
+        "credential_id": b64url(&row.credential_id),
+        "canonical": canonical,
+        "assertion": req.credential,
+    });
+    let decided = approve_request(
+        &state,
+        &r,
+        &master,
+        agentkeys_types::api::ApproveRequest {
+            scope: None,
+            minutes: req.minutes,
+        },
+        Via::Passkey {
+            evidence: evidence.to_string(),
+        },
+    )
+    .await?;
+    Ok(Json(decided))
+}

@@ -1,0 +1,303 @@
+//! Passkey approvals without a browser: the policy that requires them, the page API's
+//! refusals, registration links, and the pages' headers. The browser itself (registering,
+//! approving, replays, expiry, the audit's evidence) is tests/browser/passkey-approval.mjs.
+
+use agentkeys_core::client::Backend as _;
+use agentkeys_core::crypto::hpke::HpkeKeyPair;
+use agentkeys_server::Config;
+use agentkeys_types::ErrorCode;
+use agentkeys_types::api::{ApproveRequest, Policy, StartPasskeyRegistration};
+
+use super::common::*;
+
+const PUBLIC: &str = "https://keys.example.test";
+
+async fn with_pages() -> TestServer {
+    TestServer::with_config(Config {
+        public_url: Some(PUBLIC.into()),
+        ..Config::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_names_the_page() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let (a, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    let policy = Policy {
+        high_value: true,
+        require_passkey: true,
+    };
+    m.store_credential(None, &svc("stripe"), b"sk-pk", Some(policy))
+        .await
+        .unwrap();
+    // require_passkey alone makes no sense: only releases are approved.
+    let me = m.session().await.unwrap().wallet;
+    assert_code(
+        m.set_policy(
+            &me,
+            &svc("stripe"),
+            Policy {
+                high_value: false,
+                require_passkey: true,
+            },
+        )
+        .await,
+        ErrorCode::BadRequest,
+    );
+    let e = assert_code(
+        a.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let t = e.auth_request().unwrap().clone();
+    let view = m.auth_request_by_code(&t.pair_code).await.unwrap();
+    let page = format!("{PUBLIC}/approve/{}", t.pair_code);
+    assert_eq!(view.approve_url.as_deref(), Some(page.as_str()));
+    let refused = assert_code(
+        m.approve(&t.id, &ApproveRequest::default()).await,
+        ErrorCode::Denied,
+    );
+    assert!(refused.hint().unwrap().contains(&page), "{refused:?}");
+    // Still pending: nothing was decided.
+    assert_eq!(m.inbox(None, 0).await.unwrap().requests.len(), 1);
+    // The read answer's signature covers the policy, passkey bit included.
+    let listed = m.list_credentials(None).await.unwrap();
+    assert_eq!(listed.credentials[0].policy, policy);
+}
+
+#[tokio::test]
+async fn the_page_api_refuses_what_it_cannot_decide() {
+    let ts = with_pages().await;
+    let (m, m_info, _) = ts.master("m").await;
+    let raw = ts.raw();
+    let post = |path: String, body: serde_json::Value| {
+        let raw = raw.clone();
+        let url = format!("{}{path}", ts.url);
+        async move {
+            let r = raw.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (
+                status,
+                body["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    // No such code.
+    assert_eq!(
+        post(
+            "/v1/approvals/ABCD-EFGH/options".into(),
+            serde_json::json!({})
+        )
+        .await,
+        (404, "NOT_FOUND".into())
+    );
+    // A pairing addressed to nobody is decided at a terminal only.
+    let anon = ts
+        .anon()
+        .open_auth_request(&pair_request(&HpkeKeyPair::generate().unwrap(), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        post(
+            format!("/v1/approvals/{}/options", anon.pair_code),
+            serde_json::json!({})
+        )
+        .await,
+        (404, "NOT_FOUND".into())
+    );
+    // Addressed to a master without a passkey: it is told to register one.
+    let mut addressed = pair_request(&HpkeKeyPair::generate().unwrap(), None);
+    addressed.parent = Some(m_info.wallet.clone());
+    let t = ts.anon().open_auth_request(&addressed).await.unwrap();
+    assert_eq!(
+        post(
+            format!("/v1/approvals/{}/options", t.pair_code),
+            serde_json::json!({})
+        )
+        .await,
+        (400, "BAD_REQUEST".into())
+    );
+    // A standing approval is for high-value releases only; an assertion that is not one
+    // is refused.
+    assert_eq!(
+        post(
+            format!("/v1/approvals/{}/approve", t.pair_code),
+            serde_json::json!({"minutes": 30, "credential": {}})
+        )
+        .await,
+        (400, "BAD_REQUEST".into())
+    );
+    assert_eq!(
+        post(
+            format!("/v1/approvals/{}/approve", t.pair_code),
+            serde_json::json!({"credential": {"id": "x"}})
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        m.inbox(None, 0).await.unwrap().requests.len(),
+        1,
+        "still pending"
+    );
+}
+
+#[tokio::test]
+async fn a_registration_link_is_one_masters_and_works_once_within_its_time() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let ticket = m
+        .start_passkey_registration(&StartPasskeyRegistration {
+            name: Some("phone".into()),
+        })
+        .await
+        .unwrap();
+    assert!(
+        ticket.url.starts_with(&format!("{PUBLIC}/passkey/add/")),
+        "{}",
+        ticket.url
+    );
+    let token = ticket.url.rsplit('/').next().unwrap().to_owned();
+    let options = ts
+        .raw()
+        .post(format!(
+            "{}/v1/passkeys/registrations/{token}/options",
+            ts.url
+        ))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 200);
+    let options: serde_json::Value = options.json().await.unwrap();
+    let pk = &options["publicKey"];
+    assert_eq!(pk["rp"]["id"], "keys.example.test");
+    assert_eq!(pk["authenticatorSelection"]["userVerification"], "required");
+    // A made-up credential does not verify, and the link is still there after.
+    let bad = ts
+        .raw()
+        .post(format!(
+            "{}/v1/passkeys/registrations/{token}/finish",
+            ts.url
+        ))
+        .json(
+            &serde_json::json!({"id": "x", "rawId": "eA", "type": "public-key",
+            "response": {"attestationObject": "AA", "clientDataJSON": "AA"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // Unknown tokens and expired links read as absent.
+    let unknown = ts
+        .raw()
+        .post(format!("{}/v1/passkeys/registrations/nope/options", ts.url))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    ts.state.clock.advance(601);
+    let expired = ts
+        .raw()
+        .post(format!(
+            "{}/v1/passkeys/registrations/{token}/options",
+            ts.url
+        ))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 404);
+    assert!(m.passkeys().await.unwrap().passkeys.is_empty());
+    assert_code(m.remove_passkey("pk_nope").await, ErrorCode::NotFound);
+    // Agents register none.
+    let (a, _, _) = ts.agent(&m, scope(&[], true)).await;
+    assert_code(
+        a.start_passkey_registration(&StartPasskeyRegistration::default())
+            .await,
+        ErrorCode::Denied,
+    );
+}
+
+#[tokio::test]
+async fn without_a_public_url_there_are_no_pages_and_no_links() {
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    assert_code(
+        m.start_passkey_registration(&StartPasskeyRegistration::default())
+            .await,
+        ErrorCode::NotFound,
+    );
+    store_high(&m).await;
+    let t = m
+        .open_auth_request(&agentkeys_types::api::OpenAuthRequest {
+            kind: agentkeys_types::api::AuthKind::HighValue,
+            requester_public_key: None,
+            identity: None,
+            parent: None,
+            agent: None,
+            service: Some(svc("stripe")),
+            description: None,
+        })
+        .await
+        .unwrap();
+    let view = m.auth_request_by_code(&t.pair_code).await.unwrap();
+    assert_eq!(view.approve_url, None);
+}
+
+#[tokio::test]
+async fn the_pages_are_served_with_a_strict_policy_and_no_referrer() {
+    let ts = with_pages().await;
+    for path in [
+        "/approve/ABCD-EFGH",
+        "/passkey/add/sometoken",
+        "/static/approve.js",
+        "/static/passkey-add.js",
+        "/static/common.js",
+        "/static/page.css",
+    ] {
+        let r = ts
+            .raw()
+            .get(format!("{}{path}", ts.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+    }
+    // The HTML holds no inline script.
+    let html = ts
+        .raw()
+        .get(format!("{}/approve/ABCD-EFGH", ts.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+}
+
+async fn store_high(m: &agentkeys_core::client::HttpBackend) {
+    m.store_credential(
+        None,
+        &svc("stripe"),
+        b"v",
+        Some(Policy {
+            high_value: true,
+            ..Policy::default()
+        }),
+    )
+    .await
+    .unwrap();
+}

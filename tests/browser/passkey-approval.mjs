@@ -1,0 +1,272 @@
+// Passkey approvals in a real browser: Debian's chromium driven by playwright-core (pinned,
+// installed by scripts/test.sh into target/browser; no browser download), with a CDP
+// virtual authenticator that does user verification. Starts the real agentkeys-server and
+// drives the real agentkeys CLI.
+//
+//   node tests/browser/passkey-approval.mjs
+//
+// Environment: AGENTKEYS_BIN_DIR (default target/debug), PLAYWRIGHT_DIR (default
+// target/browser), CHROMIUM (default /usr/bin/chromium).
+//
+// It shows, in order: registering a passkey through 'agentkeys passkey add'; approving a
+// high-value release on the page, after which the waiting 'agentkeys read --wait' prints
+// the value; an assertion made for one request is refused for another; a replayed
+// assertion is refused; an expired request refuses the page's approval; and the audit
+// event holds the assertion, from which an offline check recomputes the challenge and
+// verifies the signature with the public key the passkey.add event recorded.
+
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, createPublicKey, verify as verifySignature, randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import assert from "node:assert/strict";
+
+const root = resolve(import.meta.dirname, "../..");
+const bin = process.env.AGENTKEYS_BIN_DIR || join(root, "target/debug");
+const playwrightDir = process.env.PLAYWRIGHT_DIR || join(root, "target/browser");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const { chromium } = await import(
+  pathToFileURL(join(playwrightDir, "node_modules/playwright-core/index.mjs")).href
+);
+
+const work = mkdtempSync(join(tmpdir(), "agentkeys-browser-"));
+const children = [];
+let browser;
+
+function cleanup() {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+  rmSync(work, { recursive: true, force: true });
+}
+process.on("exit", cleanup);
+
+function step(text) {
+  console.log(`-- ${text}`);
+}
+
+function b64url(buf) {
+  return Buffer.from(buf).toString("base64url");
+}
+
+// The server: --dev on a free loopback port; its public URL is http://localhost:PORT.
+// Pair requests live 4 s here, for the expiry check.
+const server = spawn(join(bin, "agentkeys-server"), ["--dev", "--listen", "127.0.0.1:0", "--pair-ttl", "4s"], {
+  stdio: ["ignore", "pipe", "pipe"],
+});
+children.push(server);
+const serverUrl = await new Promise((ok, fail) => {
+  let out = "";
+  server.stdout.on("data", (d) => {
+    out += d;
+    const m = out.match(/export AGENTKEYS_SERVER=(\S+)/);
+    if (m) ok(m[1]);
+  });
+  server.on("exit", (c) => fail(new Error(`agentkeys-server exited with ${c}`)));
+  setTimeout(() => fail(new Error("agentkeys-server did not start")), 30000);
+});
+const port = new URL(serverUrl).port;
+const publicUrl = `http://localhost:${port}`;
+
+const env = {
+  ...process.env,
+  AGENTKEYS_HOME: join(work, "home"),
+  HOME: join(work, "home"),
+  AGENTKEYS_SERVER: serverUrl,
+  AGENTKEYS_SESSION_STORE: "file",
+};
+delete env.AGENTKEYS_AUTH_TOKEN;
+
+function cli(args, { input, extraEnv } = {}) {
+  const r = spawnSync(join(bin, "agentkeys"), args, {
+    env: { ...env, ...extraEnv },
+    input,
+    encoding: "utf8",
+    timeout: 60000,
+  });
+  if (r.status !== 0) {
+    throw new Error(`agentkeys ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
+  }
+  return r.stdout;
+}
+const cliJson = (args, opts) => JSON.parse(cli([...args, "--json"], opts));
+
+async function api(method, path, body) {
+  const r = await fetch(serverUrl + path, {
+    method,
+    headers: { "content-type": "application/json" },
+    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json().catch(() => ({})) };
+}
+
+/** Starts `agentkeys read SERVICE --wait 60`; resolves with its code once it waits. */
+function waitingRead(service) {
+  const p = spawn(join(bin, "agentkeys"), ["read", service, "--wait", "60"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  children.push(p);
+  let stdout = "";
+  let stderr = "";
+  p.stdout.on("data", (d) => (stdout += d));
+  const done = new Promise((ok) => p.on("exit", (code) => ok({ code, stdout, stderr })));
+  const code = new Promise((ok, fail) => {
+    p.stderr.on("data", (d) => {
+      stderr += d;
+      const m = stderr.match(/agentkeys approve ([A-Z0-9]{4}-[A-Z0-9]{4})/);
+      if (m) ok(m[1]);
+    });
+    setTimeout(() => fail(new Error(`read ${service} printed no code: ${stderr}`)), 30000);
+  });
+  return { code, done };
+}
+
+try {
+  const master = cliJson(["init"], { extraEnv: { AGENTKEYS_AUTH_TOKEN: "browser-test-master" } }).wallet;
+  const stripe = `sk_live_browser_${randomBytes(8).toString("hex")}`;
+  const github = `ghp_browser_${randomBytes(8).toString("hex")}`;
+  cli(["store", "stripe", "--high-value"], { input: stripe });
+  cli(["store", "github", "--high-value"], { input: github });
+
+  browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2",
+      transport: "internal",
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+
+  step("registering a passkey through 'agentkeys passkey add'");
+  const link = cliJson(["passkey", "add", "--name", "ci-authenticator"]).url;
+  assert.ok(link.startsWith(`${publicUrl}/passkey/add/`), link);
+  await page.goto(link);
+  await page.click("#register");
+  await page.waitForSelector("#status.ok", { timeout: 20000 });
+  const passkeys = cliJson(["passkey", "list"]).passkeys;
+  assert.equal(passkeys.length, 1);
+  assert.equal(passkeys[0].name, "ci-authenticator");
+  const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
+  assert.equal(credentials.length, 1, "the virtual authenticator holds the passkey");
+  // The link works once.
+  assert.equal((await api("POST", new URL(link).pathname.replace("/passkey/add/", "/v1/passkeys/registrations/") + "/options", {})).status, 404);
+
+  step("approving a high-value release on the page releases it to the waiting read");
+  const first = waitingRead("stripe");
+  const firstCode = await first.code;
+  const inbox = cliJson(["approve"]).requests;
+  const listed = inbox.find((r) => r.pair_code === firstCode);
+  assert.ok(listed, JSON.stringify(inbox));
+  assert.equal(listed.approve_url, `${publicUrl}/approve/${firstCode}`);
+  await page.goto(listed.approve_url);
+  await page.waitForSelector("#approve:not([disabled])");
+  assert.ok((await page.textContent("#details")).includes(listed.otp), "the page shows the OTP");
+  assert.ok((await page.textContent("#canonical")).includes(`id ${listed.id}`), "the page shows what is signed");
+  await page.click("#approve");
+  await page.waitForSelector("#status.ok", { timeout: 20000 });
+  const read = await first.done;
+  assert.equal(read.code, 0, read.stderr);
+  assert.equal(read.stdout, stripe);
+
+  step("an assertion made for one request is refused for another, and a replay is refused");
+  const a = waitingRead("stripe");
+  const b = waitingRead("github");
+  const [codeA, codeB] = await Promise.all([a.code, b.code]);
+  let captured;
+  await page.route("**/v1/approvals/*/approve", async (route) => {
+    captured = route.request().postData();
+    await route.abort();
+  });
+  await page.goto(`${publicUrl}/approve/${codeA}`);
+  await page.waitForSelector("#approve:not([disabled])");
+  await page.click("#approve");
+  await page.waitForSelector("#status.err", { timeout: 20000 });
+  await page.unroute("**/v1/approvals/*/approve");
+  assert.ok(captured, "the page made an assertion for request A");
+  const onB = await api("POST", `/v1/approvals/${codeB}/approve`, captured);
+  assert.equal(onB.status, 400, JSON.stringify(onB.body));
+  assert.match(onB.body.error.message, /does not verify/);
+  // The same assertion on its own request approves it, once.
+  const onA = await api("POST", `/v1/approvals/${codeA}/approve`, captured);
+  assert.equal(onA.status, 200, JSON.stringify(onA.body));
+  const replay = await api("POST", `/v1/approvals/${codeA}/approve`, captured);
+  assert.equal(replay.status, 409, JSON.stringify(replay));
+  assert.equal(replay.body.error.code, "ALREADY_CONSUMED");
+  console.log(`   for B: ${onB.status} ${onB.body.error.code}; replay on A: ${replay.status} ${replay.body.error.code}`);
+  const readA = await a.done;
+  assert.equal(readA.stdout, stripe, readA.stderr);
+  // B is still pending: deny it so its read ends.
+  const pendingB = cliJson(["approve"]).requests.find((r) => r.pair_code === codeB);
+  assert.equal(pendingB.status, "pending");
+  cli(["approve", codeB, "--deny"]);
+  assert.equal((await b.done).code, 3);
+
+  step("an expired request refuses the page's approval");
+  const pair = await api("POST", "/v1/auth-requests", {
+    kind: "pair",
+    requester_public_key: randomBytes(32).toString("base64"),
+    parent: master,
+    description: "expiring in the browser test",
+  });
+  assert.equal(pair.status, 201, JSON.stringify(pair));
+  await page.goto(`${publicUrl}/approve/${pair.body.pair_code}`);
+  await page.waitForSelector("#approve:not([disabled])");
+  await new Promise((ok) => setTimeout(ok, 5000));
+  await page.click("#approve");
+  await page.waitForSelector("#status.err", { timeout: 20000 });
+  const said = await page.textContent("#status");
+  assert.match(said, /expired/i, said);
+  const decision = await api("GET", `/v1/auth-requests/${pair.body.id}/decision`);
+  assert.equal(decision.body.status, "expired");
+
+  step("the audit holds the assertion; an offline check recomputes the challenge and verifies it");
+  const added = cliJson(["usage", "--action", "passkey.add"]).events;
+  assert.equal(added.length, 1);
+  const addDetail = JSON.parse(added[0].detail);
+  const approvals = cliJson(["usage", "--action", "auth.approve"]).events.filter((e) =>
+    (e.detail || "").includes(" via passkey "),
+  );
+  assert.equal(approvals.length, 2, "the first release and request A, each once");
+  for (const e of approvals) {
+    const evidence = JSON.parse(e.detail.slice(e.detail.indexOf(" via passkey ") + " via passkey ".length));
+    assert.equal(evidence.passkey, addDetail.id);
+    const challenge = b64url(createHash("sha256").update(evidence.canonical, "utf8").digest());
+    const clientDataJSON = Buffer.from(evidence.assertion.response.clientDataJSON, "base64url");
+    const clientData = JSON.parse(clientDataJSON.toString("utf8"));
+    assert.equal(clientData.type, "webauthn.get");
+    assert.equal(clientData.challenge, challenge, "the challenge is SHA-256 of the canonical text");
+    assert.equal(clientData.origin, publicUrl);
+    const id = evidence.canonical.match(/^id (\S+)$/m)[1];
+    assert.ok(e.detail.startsWith(`high_value ${id} `), e.detail);
+    const key = createPublicKey({ key: coseToJwk(addDetail.public_key), format: "jwk" });
+    const signed = Buffer.concat([
+      Buffer.from(evidence.assertion.response.authenticatorData, "base64url"),
+      createHash("sha256").update(clientDataJSON).digest(),
+    ]);
+    const signature = Buffer.from(evidence.assertion.response.signature, "base64url");
+    assert.ok(verifySignature("sha256", signed, key, signature), "the assertion's signature verifies");
+    // And a signature over anything else does not.
+    signed[signed.length - 1] ^= 1;
+    assert.ok(!verifySignature("sha256", signed, key, signature));
+    console.log(`   ${id}: challenge ${challenge} recomputed, signature verified`);
+  }
+  const chain = cliJson(["usage", "--verify"]);
+  assert.equal(chain.ok, true, JSON.stringify(chain));
+  console.log("passkey approvals in the browser: all checks passed");
+} finally {
+  if (browser) await browser.close();
+  cleanup();
+}
+
+/** The webauthn-rs COSE key JSON of an ES256 passkey, as a JWK. */
+function coseToJwk(cose) {
+  const ec2 = cose.key && (cose.key.EC_EC2 || cose.key.EC2);
+  assert.ok(ec2, `not an EC2 key: ${JSON.stringify(cose)}`);
+  const coord = (v) => (Array.isArray(v) ? b64url(Buffer.from(v)) : String(v));
+  return { kty: "EC", crv: "P-256", x: coord(ec2.x), y: coord(ec2.y) };
+}
