@@ -99,10 +99,16 @@ impl CliError {
     /// command to run instead.
     pub fn to_text(&self) -> String {
         let mut out = match &self.auth_request {
-            Some(t) if self.code == "APPROVAL_REQUIRED" => format!(
-                "approval required: run 'agentkeys approve {}' (OTP {})\n",
-                t.pair_code, t.otp
-            ),
+            Some(t) if self.code == "APPROVAL_REQUIRED" => {
+                let mut text = format!(
+                    "approval required: run 'agentkeys approve {}' (OTP {})\n",
+                    t.pair_code, t.otp
+                );
+                if let Some(url) = &t.approve_url {
+                    text.push_str(&format!("or approve it with your passkey at {url}\n"));
+                }
+                text
+            }
             _ => format!("error: {}: {}\n", self.code, self.message),
         };
         if let Some(h) = &self.hint {
@@ -205,6 +211,7 @@ mod tests {
             otp: "123456".into(),
             nonce: "n".into(),
             expires_at: 9,
+            approve_url: None,
         }));
         assert!(
             e.to_text()

@@ -10,7 +10,7 @@
 //! rate_limit_wait = "30s"     # how long a read may wait out the server's rate limit
 //! anchor_every = "60s"        # how often the trail's head is anchored in the server's log
 //! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
-//! approval_wait = "120s"      # how long the proxy holds a request for a high-value approval
+//! approval_wait = "120s"      # how long the proxy or an MCP elicitation waits for a high-value approval
 //! proxy_hold = "60s"          # how long a run's proxy reuses a fetched value ("0s": fetch per request)
 //!
 //! [cache]                     # per-service opt-in; no entry = never cached (the default)
@@ -51,7 +51,8 @@ pub struct Config {
     pub revocation_check: Duration,
     /// SIGTERM → SIGKILL delay for `run` children after a revocation.
     pub kill_grace: Duration,
-    /// How long the egress proxy holds a request waiting for a high-value approval.
+    /// How long the egress proxy holds a request, or `get_credential` waits after a URL
+    /// elicitation, for a high-value approval.
     pub approval_wait: Duration,
     /// How long a run's egress proxy reuses a value it fetched (zero: fetch per request).
     pub proxy_hold: Duration,

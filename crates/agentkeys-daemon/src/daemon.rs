@@ -20,7 +20,7 @@ use agentkeys_core::{Backend as _, ClientError, HttpBackend, ReadCredential};
 use agentkeys_secmem::harden::HardeningReport;
 use agentkeys_secmem::pkey::ProtectedPage;
 use agentkeys_secmem::{SecretPage, SecretPageKind};
-use agentkeys_types::api::SessionInfo;
+use agentkeys_types::api::{AuthStatus, SessionInfo};
 use agentkeys_types::binding::Binding;
 use agentkeys_types::{ErrorCode, Scope, ServiceName};
 use rmcp::model::RequestId;
@@ -274,6 +274,21 @@ pub struct Refusal {
     /// The pending high-value request (`APPROVAL_REQUIRED`): its id, to wait for the
     /// decision.
     pub pending: Option<String>,
+    /// Its approval page, where the server serves one.
+    pub approve_url: Option<String>,
+}
+
+/// How waiting for a high-value decision ended.
+#[derive(Debug)]
+pub enum Awaited {
+    /// Approved: a read now succeeds.
+    Approved,
+    /// Still pending when the wait ran out.
+    TimedOut,
+    /// Denied or expired.
+    Ended(AuthStatus),
+    /// The server could not be asked.
+    Failed(ClientError),
 }
 
 impl Daemon {
@@ -410,6 +425,7 @@ impl Daemon {
                               credential until it detaches; tell your operator"
                         .to_owned(),
                     pending: None,
+                    approve_url: None,
                 },
                 "a debugger traces the daemon",
             ));
@@ -420,6 +436,7 @@ impl Daemon {
                     code: "REVOKED",
                     message: REVOKED_MESSAGE.to_owned(),
                     pending: None,
+                    approve_url: None,
                 },
                 "the session is revoked",
             ));
@@ -606,6 +623,27 @@ impl Daemon {
         }
     }
 
+    /// Long-polls the decision on the high-value request `id` for up to `wait`.
+    pub async fn await_approval(&self, id: &str, wait: std::time::Duration) -> Awaited {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Awaited::TimedOut;
+            }
+            let poll = left
+                .min(std::time::Duration::from_secs(25))
+                .as_secs()
+                .max(1);
+            match self.backend.decision(id, poll).await {
+                Ok(d) if d.status == AuthStatus::Approved => return Awaited::Approved,
+                Ok(d) if d.status == AuthStatus::Pending => {}
+                Ok(d) => return Awaited::Ended(d.status),
+                Err(e) => return Awaited::Failed(e),
+            }
+        }
+    }
+
     /// A message a model can act on, for each way a read fails.
     pub fn refusal(&self, service: Option<&ServiceName>, err: &ClientError) -> Refusal {
         let wallet = &self.session().wallet;
@@ -616,9 +654,13 @@ impl Daemon {
                     "APPROVAL_REQUIRED",
                     format!(
                         "approval required: '{service}' is a high-value credential. Ask your \
-                         operator to run: agentkeys approve {} (OTP {}), then call \
+                         operator to run: agentkeys approve {} (OTP {}){}, then call \
                          get_credential again within 5 minutes.",
-                        t.pair_code, t.otp
+                        t.pair_code,
+                        t.otp,
+                        t.approve_url.as_ref().map_or_else(String::new, |u| format!(
+                            ", or to approve it with their passkey at {u}"
+                        ))
                     ),
                 ),
                 None => (
@@ -663,6 +705,7 @@ impl Daemon {
             code,
             message,
             pending: err.auth_request().map(|t| t.id.clone()),
+            approve_url: err.auth_request().and_then(|t| t.approve_url.clone()),
         }
     }
 

@@ -112,6 +112,7 @@ fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
         code,
         message: message.into(),
         pending: None,
+        approve_url: None,
     }
 }
 

@@ -10,12 +10,16 @@ use agentkeys_core::Backend as _;
 use agentkeys_types::ServiceName;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, ElicitRequestParams, ElicitationAction, Implementation,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::ElicitationMode;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
 
-use crate::daemon::{Conn, Daemon, Delivery, InFlight};
+use crate::daemon::{Awaited, Conn, Daemon, Delivery, InFlight, Refusal};
 use crate::runner;
 use crate::transport::FD_CAPABILITY;
 
@@ -134,7 +138,13 @@ impl Mcp {
             .await
         {
             Ok(page) => page,
-            Err(refusal) => return error(refusal.message),
+            Err(refusal) => match self
+                .approve_by_elicitation(&service, refusal, &context)
+                .await
+            {
+                Ok(page) => page,
+                Err(refusal) => return error(refusal.message),
+            },
         };
         if self.conn.wants_fd(&context.id) && page.fd().is_some() {
             return self.fd_result(context.id, page, service);
@@ -150,6 +160,94 @@ impl Mcp {
         let result = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
         self.hold(context.id, page, service, Delivery::Inline);
         result
+    }
+
+    /// A release that needs approval, for a client that can show a link (URL-mode
+    /// elicitation, MCP 2025-11-25): asks it to open the approval page, waits for the
+    /// decision (all within `approval_wait`), and reads again once approved. Other
+    /// refusals, and other clients, get the refusal back: its text names the command and
+    /// the page.
+    async fn approve_by_elicitation(
+        &self,
+        service: &ServiceName,
+        refusal: Refusal,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<agentkeys_secmem::SecretPage, Refusal> {
+        let (Some(id), Some(url)) = (refusal.pending.clone(), refusal.approve_url.clone()) else {
+            return Err(refusal);
+        };
+        if refusal.code != "APPROVAL_REQUIRED"
+            || !context
+                .peer
+                .supported_elicitation_modes()
+                .contains(&ElicitationMode::Url)
+        {
+            return Err(refusal);
+        }
+        let wait = self.daemon.config.approval_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        let message = format!(
+            "agentkeys: '{service}' is a high-value credential. Open the approval page to \
+             approve this one release with your passkey (compare the OTP it shows); the \
+             request waits up to {} s.",
+            wait.as_secs()
+        );
+        self.daemon.note(
+            "approval-elicit",
+            Some(service),
+            format!("asked the client to open {url}"),
+        );
+        let answer = context
+            .peer
+            .create_elicitation_with_timeout(
+                ElicitRequestParams::UrlElicitationParams {
+                    meta: None,
+                    message,
+                    url,
+                    elicitation_id: id.clone(),
+                },
+                Some(wait),
+            )
+            .await;
+        match answer {
+            Ok(r) if r.action == ElicitationAction::Accept => {}
+            Ok(r) => {
+                return Err(Refusal {
+                    message: format!(
+                        "{} (the approval page was not opened: {:?})",
+                        refusal.message, r.action
+                    ),
+                    ..refusal
+                });
+            }
+            Err(_) => return Err(refusal),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self.daemon.await_approval(&id, left).await {
+            Awaited::Approved => {
+                self.daemon
+                    .fetch(service, &self.conn.peer, &context.id.to_string())
+                    .await
+            }
+            Awaited::TimedOut => Err(Refusal {
+                message: format!(
+                    "{} (no decision within {} s)",
+                    refusal.message,
+                    wait.as_secs()
+                ),
+                ..refusal
+            }),
+            Awaited::Ended(status) => Err(Refusal {
+                code: "DENIED",
+                message: format!(
+                    "the release of '{service}' was {}: do not retry unless your human asks",
+                    status.as_str()
+                ),
+                pending: None,
+                approve_url: None,
+            }),
+            Awaited::Failed(e) => Err(self.daemon.refusal(Some(service), &e)),
+        }
     }
 
     /// The fd-delivery answer: no bytes in the JSON, the page's fd travels with the line.

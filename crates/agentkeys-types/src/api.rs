@@ -565,6 +565,9 @@ pub struct AuthRequestTicket {
     pub nonce: String,
     /// When it expires.
     pub expires_at: UnixSeconds,
+    /// The approval page for it, where the server serves one (high-value requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve_url: Option<String>,
 }
 
 /// `GET /v1/auth-requests/by-code/{code}`: what a master is asked to approve.
@@ -1076,6 +1079,7 @@ mod tests {
             otp: "123456".into(),
             nonce: "n".into(),
             expires_at: 9,
+            approve_url: Some("https://keys.example/approve/ABCD-EFGH".into()),
         };
         round_trip(&ticket);
         round_trip(&AuthRequestView {

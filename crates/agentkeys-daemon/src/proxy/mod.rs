@@ -34,13 +34,12 @@ use std::time::Instant;
 use agentkeys_core::Backend as _;
 use agentkeys_secmem::SecretPage;
 use agentkeys_types::ServiceName;
-use agentkeys_types::api::AuthStatus;
 use agentkeys_types::binding::Binding;
 use hyper_util::client::legacy::Client;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::daemon::{Conn, Daemon, Refusal};
+use crate::daemon::{Awaited, Conn, Daemon, Refusal};
 use crate::trail::{Event, Peer};
 use ca::RunCa;
 use inspect::Route;
@@ -279,10 +278,9 @@ impl RunProxy {
             )),
             ..Default::default()
         });
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+        match self.daemon.await_approval(&id, wait).await {
+            Awaited::Approved => {}
+            Awaited::TimedOut => {
                 self.refused(Some(&route.service), "no approval in time");
                 return Err(forbidden(
                     &format!(
@@ -293,22 +291,14 @@ impl RunProxy {
                     "once approved, send the request again: one approval covers the rest of the run",
                 ));
             }
-            let poll = left
-                .min(std::time::Duration::from_secs(25))
-                .as_secs()
-                .max(1);
-            match self.daemon.backend.decision(&id, poll).await {
-                Ok(d) if d.status == AuthStatus::Approved => break,
-                Ok(d) if d.status == AuthStatus::Pending => {}
-                Ok(d) => {
-                    let why = format!("the approval request was {}", d.status.as_str());
-                    self.refused(Some(&route.service), &why);
-                    return Err(forbidden(&why, ""));
-                }
-                Err(e) => {
-                    let refusal = self.daemon.refusal(Some(&route.service), &e);
-                    return Err(self.fetch_refused(route, &refusal));
-                }
+            Awaited::Ended(status) => {
+                let why = format!("the approval request was {}", status.as_str());
+                self.refused(Some(&route.service), &why);
+                return Err(forbidden(&why, ""));
+            }
+            Awaited::Failed(e) => {
+                let refusal = self.daemon.refusal(Some(&route.service), &e);
+                return Err(self.fetch_refused(route, &refusal));
             }
         }
         let (page, binding) = self
@@ -461,6 +451,7 @@ fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
         code,
         message: message.into(),
         pending: None,
+        approve_url: None,
     }
 }
 

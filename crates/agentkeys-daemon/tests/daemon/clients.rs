@@ -104,3 +104,63 @@ fn the_mcp_inspector_cli_lists_the_tools_and_calls_one() {
     ]);
     assert_eq!(call["content"][0]["text"], value.as_str(), "{call}");
 }
+
+#[test]
+fn a_client_with_url_elicitation_gets_the_approval_link_and_then_the_value() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    let home = TempDir::new("agentkeys-test-daemon");
+    let (d, _wallet) = paired(&master, home.path(), &["--scope", "stripe"]);
+    let value = canary("elicit");
+    master.store("stripe", &value, &["--high-value"]);
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/daemon/mcp_sdk_elicitation.py");
+    let out = Command::new(sdk_python())
+        .arg(&script)
+        .args([DAEMON, "stripe"])
+        .arg(cli_bin())
+        .args(["approve", "--yes"])
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_HOME", master.home.path())
+        .env("AGENTKEYS_SERVER", &master.server)
+        .env("AGENTKEYS_SESSION_STORE", "file")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let elicited = v["elicited"].as_array().unwrap();
+    assert_eq!(elicited.len(), 1, "{v}");
+    let e = &elicited[0];
+    assert_eq!(e["mode"], "url", "{v}");
+    let url = e["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("http://localhost:{port}/approve/")),
+        "{url}"
+    );
+    assert!(
+        e["elicitation_id"].as_str().unwrap().starts_with("req_"),
+        "{v}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("stripe"), "{v}");
+    assert!(
+        !e.to_string().contains(&value),
+        "the elicitation carries no secret"
+    );
+    assert_eq!(e["approver_exit"], 0, "{v}");
+    // Approving it released the credential to the call that waited.
+    assert_eq!(v["is_error"], false, "{v}");
+    assert_eq!(v["sha256"], sha256_hex(&value), "{v}");
+    let trail = std::fs::read_to_string(d.trail()).unwrap();
+    assert!(trail.contains("approval-elicit"), "{trail}");
+
+    // A client without elicitation gets today's error, with the link added.
+    let mut c = d.client();
+    c.initialize();
+    let (is_error, text) = c.tool("get_credential", serde_json::json!({"service": "stripe"}));
+    assert!(is_error, "{text}");
+    assert!(text.contains("agentkeys approve "), "{text}");
+    assert!(
+        text.contains(&format!("http://localhost:{port}/approve/")),
+        "{text}"
+    );
+}

@@ -28,9 +28,16 @@ use crate::store::{
 };
 use agentkeys_types::api::AuditAction;
 
-/// The ticket a requester gets for a stored request.
-pub(super) fn ticket(r: &AuthRequestRecord) -> AuthRequestTicket {
+/// The ticket a requester gets for a stored request. A high-value ticket names the
+/// approval page, for the requester to pass on to its human; pair and recover requesters
+/// are anonymous daemons, whose master finds the request in the inbox.
+pub(super) fn ticket<S: Store>(state: &AppState<S>, r: &AuthRequestRecord) -> AuthRequestTicket {
     AuthRequestTicket {
+        approve_url: if r.kind == AuthKind::HighValue {
+            approve_url(state, r)
+        } else {
+            None
+        },
         id: r.id.clone(),
         pair_code: r.pair_code.clone(),
         otp: r.otp.clone(),
@@ -129,7 +136,7 @@ pub(super) async fn open_request<S: Store>(
                     e = e.service(s);
                 }
                 record(state, e).await?;
-                return Ok(ticket(&rec));
+                return Ok(ticket(state, &rec));
             }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
@@ -294,7 +301,7 @@ pub(super) async fn open<S: Store>(
                 .pending_high_value(&caller.session.id, &owner, service, now)
                 .await?
             {
-                Some(r) => ticket(&r),
+                Some(r) => ticket(&state, &r),
                 None => {
                     open_request(
                         &state,

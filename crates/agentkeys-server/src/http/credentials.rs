@@ -331,7 +331,7 @@ pub(super) async fn read<S: Store>(
             .pending_high_value(&caller.session.id, &cred.owner, service, now)
             .await?
         {
-            Some(r) => super::auth_requests::ticket(&r),
+            Some(r) => super::auth_requests::ticket(&state, &r),
             None => {
                 open_request(
                     &state,
