@@ -10,7 +10,8 @@
 # in a temp dir on a free port) serves the PostgreSQL engine's tests and is stopped and
 # deleted at the end, even when a test fails. Without PostgreSQL the run fails.
 #
-# Python parts run in a private venv (target/pyenv) holding pytest and the official MCP
+# Python parts run in a private venv (target/pyenv) holding pytest, dbus-next (a stand-in
+# desktop notification server for 'agentkeys watch') and the official MCP
 # Python SDK, which the end-to-end tests drive the daemon with (and compare the managed
 # runtimes against), and the official openai and anthropic SDKs, httpx, requests and websockets, which
 # the egress proxy tests run unmodified; the MCP Inspector CLI goes to target/npm and
@@ -19,13 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c "import mcp, pytest, pyhpke, cryptography, openai, anthropic, httpx, requests, websockets, openapi_spec_validator" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import mcp, pytest, pyhpke, cryptography, openai, anthropic, httpx, requests, websockets, openapi_spec_validator, dbus_next" 2>/dev/null; then
   echo "setting up $venv (pytest, mcp 2.3.0, the independent client's pyhpke and cryptography," \
     "and the unmodified HTTP clients the egress proxy is tested with)..." >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0" \
     "openai==3.57.0" "anthropic==2.14.0" "httpx==0.28.1" "requests==2.34.2" "websockets==17.4" \
-    "openapi-spec-validator==0.7.2" \
+    "openapi-spec-validator==0.7.2" "dbus-next==0.2.3" \
     -r clients/independent/requirements.txt
 fi
 export AGENTKEYS_TEST_PYTHON="$PWD/$venv/bin/python"

@@ -385,14 +385,15 @@ pub enum Command {
     /// pairings addressed to you, recoveries and high-value releases of your agents. It
     /// keeps one long-poll open on the server, so it notices a request within a moment
     /// without polling. Each request can also go to a command (--exec, the request as JSON
-    /// on stdin), and to ntfy, Slack or Discord webhooks. Every notice carries the code, the OTP and a link to the
+    /// on stdin), to ntfy, Slack or Discord webhooks, and to the desktop's notifications
+    /// (the freedesktop Notifications interface) where a session bus runs. Every notice carries the code, the OTP and a link to the
     /// approval page; none carries a way to approve: deciding happens where you
     /// authenticate ('agentkeys approve CODE', or the page with your passkey).
     #[command(after_help = "Examples:\n  \
         agentkeys watch\n  \
         agentkeys watch --ntfy https://ntfy.sh/my-private-topic\n  \
         agentkeys watch --slack https://hooks.slack.com/services/T000/B000/XXXX\n  \
-        agentkeys watch --exec 'jq -r .pair_code >> ~/requests.log'\n  \
+        agentkeys watch --exec 'jq -r .pair_code >> ~/requests.log' --no-desktop\n  \
         agentkeys watch --json --once")]
     Watch(WatchArgs),
 
@@ -720,6 +721,9 @@ pub struct WatchArgs {
     /// Post each new request to this Discord webhook URL (repeatable).
     #[arg(long, value_name = "URL")]
     pub discord: Vec<String>,
+    /// Do not show desktop notifications (shown where a session bus runs).
+    #[arg(long)]
+    pub no_desktop: bool,
     /// Exit after the first new request(s) have been announced.
     #[arg(long)]
     pub once: bool,

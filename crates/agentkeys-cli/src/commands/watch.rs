@@ -1,5 +1,5 @@
 //! `agentkeys watch`: follows the inbox and tells a person that a request waits, wherever
-//! they are. A notice carries the code, the OTP and a link, never a way to approve: the
+//! they are: the terminal, a command, webhooks (ntfy, Slack, Discord), the desktop. A notice carries the code, the OTP and a link, never a way to approve: the
 //! decision is taken where the master authenticates (Teleport's lesson: a link, not a
 //! button).
 
@@ -139,6 +139,11 @@ pub async fn watch(ctx: &Context, args: WatchArgs) -> CliResult {
                 .hint("check AGENTKEYS_CA, if set")
         })?)
     };
+    let desktop = if args.no_desktop {
+        None
+    } else {
+        Desktop::connect().await
+    };
     if !ctx.json {
         note("Watching for requests you may decide (Ctrl-C to stop)…");
     }
@@ -186,6 +191,11 @@ pub async fn watch(ctx: &Context, args: WatchArgs) -> CliResult {
             }
             if let Some(http) = &http {
                 post_hooks(http, &args, &notice).await;
+            }
+            if let Some(d) = &desktop
+                && let Err(e) = d.show(&notice).await
+            {
+                note(&format!("desktop notification not shown: {e}"));
             }
         }
         seen = list.requests.iter().map(|r| r.id.clone()).collect();
@@ -240,6 +250,60 @@ fn exec(cmd: &str, n: &Notice<'_>) -> Option<Child> {
         let _ = stdin.write_all(&json).and_then(|()| stdin.write_all(b"\n"));
     }
     Some(child)
+}
+
+/// Desktop notifications: the freedesktop Notifications interface on the session bus.
+/// A notification carries the title, the text and the link, and no actions: nothing can be
+/// approved from it.
+struct Desktop {
+    bus: zbus::Connection,
+}
+
+impl Desktop {
+    /// The session bus, where one exists; `None` (and a note) otherwise.
+    async fn connect() -> Option<Desktop> {
+        let runtime_bus = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| std::path::Path::new(&d).join("bus"))
+            .is_some_and(|p| p.exists());
+        if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() && !runtime_bus {
+            return None;
+        }
+        match zbus::Connection::session().await {
+            Ok(bus) => Some(Desktop { bus }),
+            Err(e) => {
+                note(&format!(
+                    "no desktop notifications: the session bus refused ({e})"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Shows one notice.
+    async fn show(&self, n: &Notice<'_>) -> Result<(), zbus::Error> {
+        let actions: Vec<&str> = Vec::new();
+        let hints: std::collections::HashMap<&str, zbus::Variant<'_>> =
+            std::collections::HashMap::new();
+        self.bus
+            .call_method(
+                Some("org.freedesktop.Notifications"),
+                "/org/freedesktop/Notifications",
+                Some("org.freedesktop.Notifications"),
+                "Notify",
+                &(
+                    "agentkeys",
+                    0u32,
+                    "dialog-password",
+                    n.title(),
+                    n.text(),
+                    actions,
+                    hints,
+                    -1i32,
+                ),
+            )
+            .await
+            .map(drop)
+    }
 }
 
 /// Posts the notice to every configured webhook; a failure is reported, not fatal.

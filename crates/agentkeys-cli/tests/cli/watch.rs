@@ -160,3 +160,105 @@ fn a_new_request_reaches_exec_and_the_webhooks_with_a_link_and_no_approve_action
         "{ntfy:?}"
     );
 }
+
+/// A Python with the test venv's packages (`dbus-next` here): `$AGENTKEYS_TEST_PYTHON`,
+/// else the venv `scripts/test.sh` creates in `target/pyenv`.
+fn test_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("AGENTKEYS_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
+    assert!(
+        venv.exists(),
+        "no test Python: run 'bash scripts/test.sh' (it creates target/pyenv), or set \
+         AGENTKEYS_TEST_PYTHON"
+    );
+    venv
+}
+
+/// Kills a child when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_new_request_shows_as_a_desktop_notification_without_actions() {
+    let server = start_server();
+    let home = Home::new(&server);
+    home.init();
+    home.store_value("stripe", &canary("desktop"), &["--high-value"]);
+    let dir = tempfile::tempdir().unwrap();
+    // A private session bus, and a notification server on it.
+    let mut bus = std::process::Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1"])
+        .arg(format!("--address=unix:path={}/bus", dir.path().display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dbus-daemon (Debian: dbus-daemon) for the desktop notification test");
+    let mut address = String::new();
+    std::io::BufReader::new(bus.stdout.take().unwrap())
+        .read_line(&mut address)
+        .unwrap();
+    let _bus = Killed(bus);
+    let address = address.trim().to_owned();
+    let shown = dir.path().join("shown.jsonl");
+    let mut notifier = std::process::Command::new(test_python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cli/notifications.py"
+        ))
+        .arg(&shown)
+        .env("DBUS_SESSION_BUS_ADDRESS", &address)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(notifier.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _notifier = Killed(notifier);
+    assert_eq!(ready.trim(), "ready");
+
+    let watch = home
+        .std_cmd()
+        .args(["watch", "--once"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = home.cmd().args(["read", "stripe"]).assert().code(5);
+    let (code, otp) = approval_from_stderr(&String::from_utf8_lossy(&out.get_output().stderr));
+    let done = watch.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", outputs(&done));
+    let lines = std::fs::read_to_string(&shown).unwrap();
+    let shown: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown.len(), 1, "{lines}");
+    let n = &shown[0];
+    assert_eq!(n["app_name"], "agentkeys");
+    assert_eq!(n["summary"], "agentkeys: high-value release waiting");
+    let body = n["body"].as_str().unwrap();
+    let port = server.url.rsplit(':').next().unwrap();
+    for want in [
+        code.as_str(),
+        otp.as_str(),
+        &format!("http://localhost:{port}/approve/{code}"),
+    ] {
+        assert!(body.contains(want), "missing {want} in {body}");
+    }
+    assert_eq!(
+        n["actions"],
+        serde_json::json!([]),
+        "no action buttons: {n}"
+    );
+}
