@@ -67,8 +67,12 @@ mod tests {
             "control: the dead frame still holds the marker"
         );
         let addr = scrubbed(leave_marker);
+        // Frames used after the scrub (this test's own calls) write other data there, and
+        // an address or length in it can hold a 0x5a byte: what must be gone is the
+        // marker, i.e. any run of it.
+        let after = read_at(addr, 4096);
         assert!(
-            read_at(addr, 4096).iter().all(|&b| b != 0x5a),
+            !after.windows(8).any(|w| w.iter().all(|&b| b == 0x5a)),
             "the marker survived the scrub"
         );
     }
