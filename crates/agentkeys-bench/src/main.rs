@@ -10,12 +10,14 @@
 //! pairs a real `agentkeys-daemon`, and then times: `get_credential` over a held socket
 //! connection (inline uncached, inline cached, fd delivery through the Rust runtime), the
 //! daemon's plaintext window from its own trail, `agentkeys run -- true` against a bare
-//! exec, sealed reads and stores per second on the server, memory and binary sizes, and the
+//! exec, the approval round trip a person waits through, sealed reads and stores per second
+//! on the server, memory and binary sizes, and the
 //! floors and peers installed here (a Unix-socket ping-pong, ssh-agent; fnox, teller and
 //! pass when present). Figures are medians and percentiles of one run: compare the ratios.
 
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod engines;
 mod peers;
 mod proxy;
@@ -273,6 +275,22 @@ fn run(args: &Args) -> Result<Report, String> {
         format!(
             "{} baseline; peers: ssh-add 7 ms, fnox get 10 ms, pass 31 ms (peer-baselines.md)",
             ratio(per_process.p50(), bare.p50())
+        ),
+    );
+
+    eprintln!("bench: the approval round trip (watch, approve, release)...");
+    let approvals = approvals::round_trip(&stack, &rt, 3, sizes.runs)?;
+    report.latency(
+        "approval_round_trip",
+        "approval round trip: high-value read opens a request → `watch` notices → \
+         `agentkeys approve CODE --yes` → the waiting read releases the value",
+        &approvals.total,
+        "",
+        format!(
+            "watch noticed it after {} (p50), p99 {}; the approve command took {}",
+            human(approvals.noticed.p50()),
+            human(approvals.noticed.p99()),
+            human(approvals.approve.p50())
         ),
     );
 
