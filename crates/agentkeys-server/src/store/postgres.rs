@@ -45,6 +45,11 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// A transaction on the pool.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
     /// Connects to `url` (`postgres://user@host/db`, libpq parameters and `PG*` variables
     /// apply) and runs the migrations. Replicas starting together serialize on the
     /// migrator's own lock.
@@ -656,18 +661,7 @@ impl Store for PgStore {
             Approval::HighValue {
                 standing: Some(st), ..
             } => {
-                sqlx::query(super::approval_sql::STANDING_INSERT)
-                    .bind(&st.id)
-                    .bind(st.master.as_str())
-                    .bind(st.agent.as_str())
-                    .bind(st.owner.as_str())
-                    .bind(st.service.as_str())
-                    .bind(&st.request_id)
-                    .bind(&st.via)
-                    .bind(st.created_at)
-                    .bind(st.expires_at)
-                    .execute(&mut *tx)
-                    .await?;
+                super::rows::insert_standing!(tx, st);
             }
             Approval::HighValue { .. } => {}
         }
@@ -725,159 +719,7 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    async fn standing_approval(
-        &self,
-        agent: &Wallet,
-        owner: &Wallet,
-        svc: &ServiceName,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<String>> {
-        let row = sqlx::query(approval_sql::STANDING_LIVE)
-            .bind(agent.as_str())
-            .bind(owner.as_str())
-            .bind(svc.as_str())
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("id")).transpose()?)
-    }
-
-    async fn standing_approvals(
-        &self,
-        master: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Vec<StandingApproval>> {
-        let rows = sqlx::query(approval_sql::STANDING_OF_MASTER)
-            .bind(master.as_str())
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(standing_from).collect()
-    }
-
-    async fn revoke_standing_approval(
-        &self,
-        master: &Wallet,
-        id: &str,
-        now: UnixSeconds,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(approval_sql::STANDING_REVOKE)
-            .bind(master.as_str())
-            .bind(id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn insert_passkey_registration(&self, r: &PasskeyRegistration) -> StoreResult<()> {
-        sqlx::query(approval_sql::REGISTRATION_INSERT)
-            .bind(&r.token_hash)
-            .bind(r.master.as_str())
-            .bind(&r.name)
-            .bind(r.created_at)
-            .bind(r.expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn passkey_registration(
-        &self,
-        token_hash: &[u8],
-    ) -> StoreResult<Option<PasskeyRegistration>> {
-        let row = sqlx::query(approval_sql::REGISTRATION_BY_HASH)
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| registration_from(&r)).transpose()
-    }
-
-    async fn set_passkey_registration_state(
-        &self,
-        token_hash: &[u8],
-        state_json: &str,
-        now: UnixSeconds,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(approval_sql::REGISTRATION_STATE)
-            .bind(token_hash)
-            .bind(state_json)
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn finish_passkey_registration(
-        &self,
-        token_hash: &[u8],
-        now: UnixSeconds,
-        p: &PasskeyRecord,
-    ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let spent = sqlx::query(approval_sql::REGISTRATION_SPEND)
-            .bind(token_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if spent != 1 {
-            return Ok(false);
-        }
-        sqlx::query(approval_sql::PASSKEY_INSERT)
-            .bind(&p.id)
-            .bind(p.master.as_str())
-            .bind(&p.name)
-            .bind(&p.credential_id)
-            .bind(&p.passkey_json)
-            .bind(p.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict("passkey")
-                } else {
-                    e.into()
-                }
-            })?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn passkeys(&self, master: &Wallet) -> StoreResult<Vec<PasskeyRecord>> {
-        let rows = sqlx::query(approval_sql::PASSKEYS_OF)
-            .bind(master.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(passkey_from).collect()
-    }
-
-    async fn touch_passkey(
-        &self,
-        id: &str,
-        passkey_json: &str,
-        now: UnixSeconds,
-    ) -> StoreResult<()> {
-        sqlx::query(approval_sql::PASSKEY_TOUCH)
-            .bind(id)
-            .bind(passkey_json)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_passkey(&self, master: &Wallet, id: &str) -> StoreResult<bool> {
-        let n = sqlx::query(approval_sql::PASSKEY_DELETE)
-            .bind(master.as_str())
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
-    }
+    super::rows::approval_store_methods!(pool, pool);
 
     async fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;

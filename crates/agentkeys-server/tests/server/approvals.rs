@@ -701,26 +701,11 @@ async fn a_standing_approval_lets_one_agent_read_one_credential_until_it_ends() 
     // Out of bounds, and on a request kind without releases: refused.
     for minutes in [0, MAX_STANDING_MINUTES + 1] {
         assert_code(
-            m.approve(
-                &t.id,
-                &ApproveRequest {
-                    minutes: Some(minutes),
-                    ..ApproveRequest::default()
-                },
-            )
-            .await,
+            m.approve(&t.id, &standing(minutes)).await,
             ErrorCode::BadRequest,
         );
     }
-    m.approve(
-        &t.id,
-        &ApproveRequest {
-            minutes: Some(30),
-            ..ApproveRequest::default()
-        },
-    )
-    .await
-    .unwrap();
+    m.approve(&t.id, &standing(30)).await.unwrap();
     let listed = m.standing_approvals().await.unwrap().approvals;
     assert_eq!(listed.len(), 1);
     let st = &listed[0];
@@ -815,15 +800,7 @@ async fn a_standing_approval_ends_at_its_time() {
         .open_auth_request(&high_value_request("stripe", None))
         .await
         .unwrap();
-    m.approve(
-        &t.id,
-        &ApproveRequest {
-            minutes: Some(1),
-            ..ApproveRequest::default()
-        },
-    )
-    .await
-    .unwrap();
+    m.approve(&t.id, &standing(1)).await.unwrap();
     a.read_credential(None, &svc("stripe")).await.unwrap();
     a.read_credential(None, &svc("stripe")).await.unwrap();
     ts.state.clock.advance(61);
@@ -834,4 +811,12 @@ async fn a_standing_approval_ends_at_its_time() {
         a.read_credential(None, &svc("stripe")).await,
         ErrorCode::ApprovalRequired,
     );
+}
+
+/// An approval that also grants a standing approval of `minutes`.
+fn standing(minutes: u32) -> ApproveRequest {
+    ApproveRequest {
+        minutes: Some(minutes),
+        ..ApproveRequest::default()
+    }
 }

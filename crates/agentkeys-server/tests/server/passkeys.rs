@@ -12,6 +12,27 @@ use super::common::*;
 
 const PUBLIC: &str = "https://keys.example.test";
 
+/// `POST path` with a JSON body, without a session.
+async fn post(ts: &TestServer, path: &str, body: serde_json::Value) -> reqwest::Response {
+    ts.raw()
+        .post(format!("{}{path}", ts.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// [`post`], answering the status and the error code.
+async fn refused(ts: &TestServer, path: &str, body: serde_json::Value) -> (u16, String) {
+    let r = post(ts, path, body).await;
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
 async fn with_pages() -> TestServer {
     TestServer::with_config(Config {
         public_url: Some(PUBLIC.into()),
@@ -70,24 +91,11 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
 async fn the_page_api_refuses_what_it_cannot_decide() {
     let ts = with_pages().await;
     let (m, m_info, _) = ts.master("m").await;
-    let raw = ts.raw();
-    let post = |path: String, body: serde_json::Value| {
-        let raw = raw.clone();
-        let url = format!("{}{path}", ts.url);
-        async move {
-            let r = raw.post(url).json(&body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let body: serde_json::Value = r.json().await.unwrap();
-            (
-                status,
-                body["error"]["code"].as_str().unwrap_or("").to_owned(),
-            )
-        }
-    };
     // No such code.
     assert_eq!(
-        post(
-            "/v1/approvals/ABCD-EFGH/options".into(),
+        refused(
+            &ts,
+            "/v1/approvals/ABCD-EFGH/options",
             serde_json::json!({})
         )
         .await,
@@ -100,8 +108,9 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
         .await
         .unwrap();
     assert_eq!(
-        post(
-            format!("/v1/approvals/{}/options", anon.pair_code),
+        refused(
+            &ts,
+            &format!("/v1/approvals/{}/options", anon.pair_code),
             serde_json::json!({})
         )
         .await,
@@ -112,8 +121,9 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
     addressed.parent = Some(m_info.wallet.clone());
     let t = ts.anon().open_auth_request(&addressed).await.unwrap();
     assert_eq!(
-        post(
-            format!("/v1/approvals/{}/options", t.pair_code),
+        refused(
+            &ts,
+            &format!("/v1/approvals/{}/options", t.pair_code),
             serde_json::json!({})
         )
         .await,
@@ -122,16 +132,18 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
     // A standing approval is for high-value releases only; an assertion that is not one
     // is refused.
     assert_eq!(
-        post(
-            format!("/v1/approvals/{}/approve", t.pair_code),
+        refused(
+            &ts,
+            &format!("/v1/approvals/{}/approve", t.pair_code),
             serde_json::json!({"minutes": 30, "credential": {}})
         )
         .await,
         (400, "BAD_REQUEST".into())
     );
     assert_eq!(
-        post(
-            format!("/v1/approvals/{}/approve", t.pair_code),
+        refused(
+            &ts,
+            &format!("/v1/approvals/{}/approve", t.pair_code),
             serde_json::json!({"credential": {"id": "x"}})
         )
         .await
@@ -161,56 +173,41 @@ async fn a_registration_link_is_one_masters_and_works_once_within_its_time() {
         ticket.url
     );
     let token = ticket.url.rsplit('/').next().unwrap().to_owned();
-    let options = ts
-        .raw()
-        .post(format!(
-            "{}/v1/passkeys/registrations/{token}/options",
-            ts.url
-        ))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let options = post(
+        &ts,
+        &format!("/v1/passkeys/registrations/{token}/options"),
+        serde_json::json!({}),
+    )
+    .await;
     assert_eq!(options.status(), 200);
     let options: serde_json::Value = options.json().await.unwrap();
     let pk = &options["publicKey"];
     assert_eq!(pk["rp"]["id"], "keys.example.test");
     assert_eq!(pk["authenticatorSelection"]["userVerification"], "required");
     // A made-up credential does not verify, and the link is still there after.
-    let bad = ts
-        .raw()
-        .post(format!(
-            "{}/v1/passkeys/registrations/{token}/finish",
-            ts.url
-        ))
-        .json(
-            &serde_json::json!({"id": "x", "rawId": "eA", "type": "public-key",
+    let bad = post(
+        &ts,
+        &format!("/v1/passkeys/registrations/{token}/finish"),
+        serde_json::json!({"id": "x", "rawId": "eA", "type": "public-key",
             "response": {"attestationObject": "AA", "clientDataJSON": "AA"}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(bad.status(), 400);
     // Unknown tokens and expired links read as absent.
-    let unknown = ts
-        .raw()
-        .post(format!("{}/v1/passkeys/registrations/nope/options", ts.url))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let unknown = post(
+        &ts,
+        "/v1/passkeys/registrations/nope/options",
+        serde_json::json!({}),
+    )
+    .await;
     assert_eq!(unknown.status(), 404);
     ts.state.clock.advance(601);
-    let expired = ts
-        .raw()
-        .post(format!(
-            "{}/v1/passkeys/registrations/{token}/options",
-            ts.url
-        ))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    let expired = post(
+        &ts,
+        &format!("/v1/passkeys/registrations/{token}/options"),
+        serde_json::json!({}),
+    )
+    .await;
     assert_eq!(expired.status(), 404);
     assert!(m.passkeys().await.unwrap().passkeys.is_empty());
     assert_code(m.remove_passkey("pk_nope").await, ErrorCode::NotFound);
