@@ -97,11 +97,11 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             post(passkeys::start_registration::<S>),
         )
         .route(
-            "/v1/passkeys/registrations/{token}/options",
+            "/v1/passkeys/registrations/options",
             post(passkeys::registration_options::<S>),
         )
         .route(
-            "/v1/passkeys/registrations/{token}/finish",
+            "/v1/passkeys/registrations/finish",
             post(passkeys::finish_registration::<S>),
         )
         .route(

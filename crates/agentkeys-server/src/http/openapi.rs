@@ -302,18 +302,18 @@ pub const ROUTES: &[Route] = &[
     ),
     route(
         "post",
-        "/v1/passkeys/registrations/{token}/options",
-        "WebAuthn creation options for a registration link (the token is the credential)",
+        "/v1/passkeys/registrations/options",
+        "WebAuthn creation options for a registration link (its token is the credential)",
         Auth::Anyone,
-        None,
+        Some("RegistrationOptionsRequest"),
         (200, "WebAuthnOptions"),
     ),
     route(
         "post",
-        "/v1/passkeys/registrations/{token}/finish",
+        "/v1/passkeys/registrations/finish",
         "Verify and store the new passkey; the link is spent",
         Auth::Anyone,
-        Some("WebAuthnCredential"),
+        Some("FinishRegistrationRequest"),
         (201, "PasskeyInfo"),
     ),
     route(
@@ -460,6 +460,8 @@ fn schemas() -> Map<String, Value> {
         StartPasskeyRegistration,
         RemovedPasskey,
         super::passkeys::PageOptionsRequest,
+        super::passkeys::RegistrationOptionsRequest,
+        super::passkeys::FinishRegistrationRequest,
         super::passkeys::PageOptions,
         super::passkeys::PageApproveRequest,
         ApproveRequest,
@@ -476,16 +478,10 @@ fn schemas() -> Map<String, Value> {
     for (name, schema) in generator.take_definitions(true) {
         out.entry(name).or_insert(schema);
     }
-    for (name, what) in [
-        (
-            "WebAuthnOptions",
-            "WebAuthn options as JSON: {\"publicKey\": …}, binary fields base64url",
-        ),
-        (
-            "WebAuthnCredential",
-            "A navigator.credentials.create result as JSON, binary fields base64url",
-        ),
-    ] {
+    for (name, what) in [(
+        "WebAuthnOptions",
+        "WebAuthn options as JSON: {\"publicKey\": …}, binary fields base64url",
+    )] {
         out.insert(name.into(), json!({"type": "object", "description": what}));
     }
     out.insert(

@@ -1,11 +1,11 @@
 //! The two pages a person opens in a browser, often on a phone: the approval page
-//! (`/approve/CODE`) and the passkey registration page (`/passkey/add/TOKEN`). Plain HTML
+//! (`/approve/CODE`) and the passkey registration page (`/passkey/add#TOKEN`). Plain HTML
 //! and a little JavaScript, served from the binary; all they do goes through the JSON API
 //! (`/v1/approvals/…`, `/v1/passkeys/registrations/…`).
 //!
 //! Served with a strict Content-Security-Policy (scripts from this origin only, no
-//! framing), `no-store`, and `no-referrer`: the registration URL carries its one-time
-//! token, which must not leak to anything else.
+//! framing), `no-store`, and `no-referrer`. The registration link's one-time token is in
+//! its fragment, which the browser never sends: the page posts it in a request body.
 
 use axum::Router;
 use axum::http::header;
@@ -50,7 +50,7 @@ pub(super) fn routes<S: Store>() -> Router<std::sync::Arc<crate::state::AppState
             get(|| async { serve(HTML, APPROVE_HTML) }),
         )
         .route(
-            "/passkey/add/{token}",
+            "/passkey/add",
             get(|| async { serve(HTML, PASSKEY_ADD_HTML) }),
         )
         .route(

@@ -141,7 +141,9 @@ pub(super) async fn start_registration<S: Store>(
     Ok((
         StatusCode::CREATED,
         Json(PasskeyRegistrationTicket {
-            url: format!("{base}/passkey/add/{token}"),
+            // In the fragment: browsers never send it, so it stays out of request lines,
+            // access logs and Referer headers; the page posts it in a body.
+            url: format!("{base}/passkey/add#{token}"),
             expires_at: now + REGISTRATION_TTL,
         }),
     ))
@@ -174,11 +176,30 @@ fn user_id(master: &Wallet) -> Uuid {
     Uuid::from_bytes(b)
 }
 
-/// `POST /v1/passkeys/registrations/{token}/options`: the creation options for the page.
+/// `POST /v1/passkeys/registrations/options`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationOptionsRequest {
+    /// The registration link's token (the link's fragment).
+    pub token: String,
+}
+
+/// `POST /v1/passkeys/registrations/finish`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRegistrationRequest {
+    /// The registration link's token.
+    pub token: String,
+    /// The `navigator.credentials.create` result (WebAuthn JSON, base64url fields).
+    #[schemars(with = "serde_json::Value")]
+    pub credential: serde_json::Value,
+}
+
+/// `POST /v1/passkeys/registrations/options`: the creation options for the page.
 pub(super) async fn registration_options<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     ClientAddr(address): ClientAddr,
-    Path(token): Path<String>,
+    ApiJson(RegistrationOptionsRequest { token }): ApiJson<RegistrationOptionsRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     page_rate(&state, &address).await?;
     let webauthn = rp(&state)?;
@@ -212,13 +233,12 @@ pub(super) async fn registration_options<S: Store>(
     ))
 }
 
-/// `POST /v1/passkeys/registrations/{token}/finish`: verifies the new credential and
-/// stores it; the link is spent.
+/// `POST /v1/passkeys/registrations/finish`: verifies the new credential and stores it;
+/// the link is spent.
 pub(super) async fn finish_registration<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     ClientAddr(address): ClientAddr,
-    Path(token): Path<String>,
-    ApiJson(credential): ApiJson<serde_json::Value>,
+    ApiJson(FinishRegistrationRequest { token, credential }): ApiJson<FinishRegistrationRequest>,
 ) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
     page_rate(&state, &address).await?;
     let webauthn = rp(&state)?;

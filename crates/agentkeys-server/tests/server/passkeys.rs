@@ -168,15 +168,15 @@ async fn a_registration_link_is_one_masters_and_works_once_within_its_time() {
         .await
         .unwrap();
     assert!(
-        ticket.url.starts_with(&format!("{PUBLIC}/passkey/add/")),
+        ticket.url.starts_with(&format!("{PUBLIC}/passkey/add#")),
         "{}",
         ticket.url
     );
-    let token = ticket.url.rsplit('/').next().unwrap().to_owned();
+    let token = ticket.url.rsplit('#').next().unwrap().to_owned();
     let options = post(
         &ts,
-        &format!("/v1/passkeys/registrations/{token}/options"),
-        serde_json::json!({}),
+        "/v1/passkeys/registrations/options",
+        serde_json::json!({ "token": token }),
     )
     .await;
     assert_eq!(options.status(), 200);
@@ -187,25 +187,26 @@ async fn a_registration_link_is_one_masters_and_works_once_within_its_time() {
     // A made-up credential does not verify, and the link is still there after.
     let bad = post(
         &ts,
-        &format!("/v1/passkeys/registrations/{token}/finish"),
-        serde_json::json!({"id": "x", "rawId": "eA", "type": "public-key",
-            "response": {"attestationObject": "AA", "clientDataJSON": "AA"}}),
+        "/v1/passkeys/registrations/finish",
+        serde_json::json!({"token": token, "credential": {"id": "x", "rawId": "eA",
+            "type": "public-key",
+            "response": {"attestationObject": "AA", "clientDataJSON": "AA"}}}),
     )
     .await;
     assert_eq!(bad.status(), 400);
     // Unknown tokens and expired links read as absent.
     let unknown = post(
         &ts,
-        "/v1/passkeys/registrations/nope/options",
-        serde_json::json!({}),
+        "/v1/passkeys/registrations/options",
+        serde_json::json!({ "token": "nope" }),
     )
     .await;
     assert_eq!(unknown.status(), 404);
     ts.state.clock.advance(601);
     let expired = post(
         &ts,
-        &format!("/v1/passkeys/registrations/{token}/options"),
-        serde_json::json!({}),
+        "/v1/passkeys/registrations/options",
+        serde_json::json!({ "token": token }),
     )
     .await;
     assert_eq!(expired.status(), 404);
@@ -251,7 +252,7 @@ async fn the_pages_are_served_with_a_strict_policy_and_no_referrer() {
     let ts = with_pages().await;
     for path in [
         "/approve/ABCD-EFGH",
-        "/passkey/add/sometoken",
+        "/passkey/add",
         "/static/approve.js",
         "/static/passkey-add.js",
         "/static/common.js",

@@ -2,15 +2,17 @@
 // whose session made this one-time link.
 "use strict";
 
-const token = lastPathSegment();
+// The link's token is its fragment: never sent in a request line or a Referer.
+const token = decodeURIComponent(location.hash.slice(1));
+// Out of the address bar and the history as soon as it is read.
+history.replaceState(null, "", location.pathname);
 
 async function register() {
   const button = document.getElementById("register");
   button.disabled = true;
   setStatus("Waiting for your authenticator…");
   try {
-    const base = "/v1/passkeys/registrations/" + encodeURIComponent(token);
-    const o = await callApi(base + "/options", {});
+    const o = await callApi("/v1/passkeys/registrations/options", { token });
     const pk = o.publicKey;
     pk.challenge = b64uToBytes(pk.challenge);
     pk.user.id = b64uToBytes(pk.user.id);
@@ -27,7 +29,7 @@ async function register() {
       },
       extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
     };
-    const done = await callApi(base + "/finish", credential);
+    const done = await callApi("/v1/passkeys/registrations/finish", { token, credential });
     setStatus("Passkey '" + done.name + "' added (" + done.id + "). You can close this page.", "ok");
   } catch (e) {
     setStatus("Not added: " + e.message, "err");
