@@ -26,9 +26,6 @@ const GAUGES_SQL: &str = "SELECT \
      (SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1) AS sessions, \
      (SELECT COUNT(*) FROM auth_requests WHERE status = 'pending' AND expires_at > $1) AS pending";
 
-/// How many requests the inbox lists at most.
-pub const INBOX_LIMIT: usize = 100;
-
 /// The inbox's filter and order after `FROM auth_requests WHERE` ($1 the master, $2 now),
 /// the same for either engine.
 const INBOX_SQL: &str = "status = 'pending' AND expires_at > $2 AND \
@@ -530,8 +527,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         code: &str,
     ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
-    /// The pending, unexpired requests `master` may decide, oldest first, at most
-    /// [`INBOX_LIMIT`]: pair requests addressed to it, and recover and high-value requests
+    /// The pending, unexpired requests `master` may decide, oldest first, at most 100:
+    /// pair requests addressed to it, and recover and high-value requests
     /// whose agent is `master` or one of its live agents. The same visibility as
     /// `by-code`, less the unaddressed pair requests (knowing their code is the capability).
     fn inbox(
