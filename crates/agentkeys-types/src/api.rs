@@ -342,8 +342,13 @@ pub struct Policy {
     #[serde(default, deserialize_with = "null_as_false")]
     pub high_value: bool,
     /// With `high_value`: the approval must be a passkey assertion on the approval page;
-    /// a bearer-session approval (`agentkeys approve`) is refused.
-    #[serde(default, deserialize_with = "null_as_false")]
+    /// a bearer-session approval (`agentkeys approve`) is refused. Written only when set,
+    /// so a policy without it reads as it always did.
+    #[serde(
+        default,
+        deserialize_with = "null_as_false",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub require_passkey: bool,
 }
 
@@ -1218,6 +1223,35 @@ mod tests {
         let x = auth_request_canonical_bytes(AuthKind::Pair, b"k1", "");
         let y = auth_request_canonical_bytes(AuthKind::Recover, b"k1", "");
         assert_ne!(x, y);
+    }
+
+    #[test]
+    fn a_policy_without_require_passkey_reads_and_writes_as_before() {
+        let high = Policy {
+            high_value: true,
+            ..Policy::default()
+        };
+        assert_eq!(
+            serde_json::to_value(high).unwrap(),
+            serde_json::json!({"high_value": true})
+        );
+        let strict = Policy {
+            high_value: true,
+            require_passkey: true,
+        };
+        assert_eq!(
+            serde_json::to_value(strict).unwrap(),
+            serde_json::json!({"high_value": true, "require_passkey": true})
+        );
+        round_trip(&strict);
+        let parsed: Policy =
+            serde_json::from_str(r#"{"high_value": true, "require_passkey": null}"#).unwrap();
+        assert_eq!(parsed, high);
+        // The passkey bit is signed: a read answer cannot drop it.
+        assert_ne!(
+            read_signing_bytes(b"k", b"a", b"v", high, None),
+            read_signing_bytes(b"k", b"a", b"v", strict, None)
+        );
     }
 
     #[test]
