@@ -693,13 +693,24 @@ pub struct StartPasskeyRegistration {
 }
 
 /// The one-time link that registers a passkey for the master whose session asked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PasskeyRegistrationTicket {
     /// Open it in the browser that holds (or makes) the passkey. Single use.
     pub url: String,
     /// When the link stops working.
     pub expires_at: UnixSeconds,
+}
+
+// The link's fragment is a live registration token: `Debug` leaves it out.
+impl std::fmt::Debug for PasskeyRegistrationTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let page = self.url.split('#').next().unwrap_or_default();
+        f.debug_struct("PasskeyRegistrationTicket")
+            .field("url", &format_args!("{page}#[REDACTED]"))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A registered passkey (never its key material).
@@ -1223,6 +1234,20 @@ mod tests {
         let x = auth_request_canonical_bytes(AuthKind::Pair, b"k1", "");
         let y = auth_request_canonical_bytes(AuthKind::Recover, b"k1", "");
         assert_ne!(x, y);
+    }
+
+    #[test]
+    fn a_registration_ticket_never_debug_prints_its_token() {
+        let t = PasskeyRegistrationTicket {
+            url: "https://keys.example/passkey/add#s3cr3t-token".into(),
+            expires_at: 1,
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("s3cr3t-token"), "{shown}");
+        assert!(
+            shown.contains("https://keys.example/passkey/add#[REDACTED]"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -177,7 +177,8 @@ fn user_id(master: &Wallet) -> Uuid {
 }
 
 /// `POST /v1/passkeys/registrations/options`.
-#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+// No `Debug`: the token is a live registration credential (STYLE habit 3).
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationOptionsRequest {
     /// The registration link's token (the link's fragment).
@@ -185,7 +186,8 @@ pub struct RegistrationOptionsRequest {
 }
 
 /// `POST /v1/passkeys/registrations/finish`.
-#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+// No `Debug`: the token is a live registration credential (STYLE habit 3).
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinishRegistrationRequest {
     /// The registration link's token.
