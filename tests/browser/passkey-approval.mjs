@@ -13,7 +13,8 @@
 // the value; an assertion made for one request is refused for another; a replayed
 // assertion is refused; an expired request refuses the page's approval; and the audit
 // event holds the assertion, from which an offline check recomputes the challenge and
-// verifies the signature with the public key the passkey.add event recorded.
+// verifies the signature with the public key the passkey.add event recorded; a second
+// passkey is added only with the first one's assertion over its link.
 
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, createPublicKey, verify as verifySignature, randomBytes } from "node:crypto";
@@ -245,24 +246,74 @@ try {
     assert.equal(clientData.origin, publicUrl);
     const id = evidence.canonical.match(/^id (\S+)$/m)[1];
     assert.ok(e.detail.startsWith(`high_value ${id} `), e.detail);
-    const key = createPublicKey({ key: coseToJwk(addDetail.public_key), format: "jwk" });
-    const signed = Buffer.concat([
-      Buffer.from(evidence.assertion.response.authenticatorData, "base64url"),
-      createHash("sha256").update(clientDataJSON).digest(),
-    ]);
-    const signature = Buffer.from(evidence.assertion.response.signature, "base64url");
-    assert.ok(verifySignature("sha256", signed, key, signature), "the assertion's signature verifies");
-    // And a signature over anything else does not.
-    signed[signed.length - 1] ^= 1;
-    assert.ok(!verifySignature("sha256", signed, key, signature));
+    verifyOffline(evidence.assertion, addDetail.public_key);
     console.log(`   ${id}: challenge ${challenge} recomputed, signature verified`);
   }
+
+  step("a second passkey is added only with an assertion by the first, which the audit keeps");
+  // The virtual authenticator stands in for a second device: the options' excludeCredentials
+  // (which stops one authenticator registering twice) is dropped for it.
+  await page.route("**/v1/passkeys/registrations/options", async (route) => {
+    const response = await route.fetch();
+    const json = await response.json();
+    if (json.publicKey) delete json.publicKey.excludeCredentials;
+    await route.fulfill({ response, json });
+  });
+  let finishBody;
+  await page.route("**/v1/passkeys/registrations/finish", async (route) => {
+    finishBody = JSON.parse(route.request().postData());
+    await route.continue();
+  });
+  const link2 = cliJson(["passkey", "add", "--name", "second-device"]).url;
+  await page.goto(link2);
+  await page.click("#register");
+  await page.waitForSelector("#status.ok", { timeout: 20000 });
+  await page.unrouteAll();
+  assert.match(await page.textContent("#vouch"), /^agentkeys passkey add v1\n/);
+  assert.equal(cliJson(["passkey", "list"]).passkeys.length, 2);
+  assert.ok(finishBody.vouch, "the page sent the first passkey's assertion");
+  const second = cliJson(["usage", "--action", "passkey.add"])
+    .events.map((e) => JSON.parse(e.detail))
+    .find((d) => d.id !== addDetail.id);
+  const vouched = second.vouched_by;
+  assert.equal(vouched.passkey, addDetail.id);
+  const linkHash = b64url(createHash("sha256").update(new URL(link2).hash.slice(1)).digest());
+  assert.ok(vouched.canonical.includes(`\nlink ${linkHash}\n`), vouched.canonical);
+  const vouchData = JSON.parse(Buffer.from(vouched.assertion.response.clientDataJSON, "base64url").toString("utf8"));
+  assert.equal(vouchData.challenge, b64url(createHash("sha256").update(vouched.canonical, "utf8").digest()));
+  verifyOffline(vouched.assertion, addDetail.public_key);
+  // The same assertion does not vouch on another link, and without one a link adds nothing.
+  const link3 = cliJson(["passkey", "add", "--name", "third"]).url;
+  const token3 = new URL(link3).hash.slice(1);
+  assert.ok((await api("POST", "/v1/passkeys/registrations/options", { token: token3 })).body.vouch);
+  const replayed = await api("POST", "/v1/passkeys/registrations/finish", { token: token3, credential: finishBody.credential, vouch: finishBody.vouch });
+  assert.equal(replayed.status, 400, JSON.stringify(replayed.body));
+  assert.match(replayed.body.error.message, /does not verify/);
+  const bare = await api("POST", "/v1/passkeys/registrations/finish", { token: token3, credential: finishBody.credential });
+  assert.equal(bare.status, 403, JSON.stringify(bare.body));
+  assert.equal(cliJson(["passkey", "list"]).passkeys.length, 2);
+  console.log(`   ${second.id} vouched by ${vouched.passkey}; replay on another link: ${replayed.status}, none: ${bare.status}`);
+
   const chain = cliJson(["usage", "--verify"]);
   assert.equal(chain.ok, true, JSON.stringify(chain));
   console.log("passkey approvals in the browser: all checks passed");
 } finally {
   if (browser) await browser.close();
   cleanup();
+}
+
+/** Verifies a WebAuthn assertion's signature with a passkey.add event's public key. */
+function verifyOffline(assertion, coseKey) {
+  const key = createPublicKey({ key: coseToJwk(coseKey), format: "jwk" });
+  const signed = Buffer.concat([
+    Buffer.from(assertion.response.authenticatorData, "base64url"),
+    createHash("sha256").update(Buffer.from(assertion.response.clientDataJSON, "base64url")).digest(),
+  ]);
+  const signature = Buffer.from(assertion.response.signature, "base64url");
+  assert.ok(verifySignature("sha256", signed, key, signature), "the assertion's signature verifies");
+  // And a signature over anything else does not.
+  signed[signed.length - 1] ^= 1;
+  assert.ok(!verifySignature("sha256", signed, key, signature));
 }
 
 /** The webauthn-rs COSE key JSON of an ES256 passkey, as a JWK. */

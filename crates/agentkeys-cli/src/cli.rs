@@ -267,8 +267,9 @@ pub enum Command {
     /// Mark a credential high-value (every release needs approval) or normal.
     ///
     /// With --require-passkey, a release of it can only be approved with your passkey on
-    /// the approval page ('agentkeys passkey add' registers one); 'agentkeys approve'
-    /// refuses it and names the page.
+    /// the approval page ('agentkeys passkey add' registers one first); 'agentkeys approve'
+    /// refuses it and names the page. Once set, 'policy' cannot lift it (a stolen session
+    /// could): storing the value again with 'agentkeys store SERVICE --high-value' can.
     #[command(
         group(ArgGroup::new("level").required(true).args(["high_value", "normal"])),
         after_help = "Examples:\n  \
@@ -357,7 +358,8 @@ pub enum Command {
     /// 'passkey add' prints a one-time link (10 minutes) bound to your master session: open
     /// it in the browser or phone that holds the passkey (or will make it). Approval pages
     /// ('agentkeys watch' and the inbox link to them) then approve with that passkey, which
-    /// signs exactly the request shown.
+    /// signs exactly the request shown. Once you have a passkey, the link asks for it
+    /// before it makes another, so a stolen session cannot add its own.
     #[command(after_help = "Examples:\n  \
         agentkeys passkey add --name phone\n  \
         agentkeys passkey list --json\n  \
@@ -688,7 +690,8 @@ pub enum PasskeyAction {
     },
     /// List your passkeys.
     List,
-    /// Remove a passkey: it approves nothing any more.
+    /// Remove a passkey: it approves nothing any more. The last one stays while a
+    /// credential requires a passkey.
     Remove {
         /// Its id (pk_…), as 'agentkeys passkey list' shows it.
         id: String,

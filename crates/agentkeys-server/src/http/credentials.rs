@@ -95,6 +95,9 @@ async fn authorize_store<S: Store>(
                 .hint("store without policy; the master sets it with 'agentkeys policy'"),
         );
     }
+    if let Some(p) = req.policy {
+        check_passkey_exists(state, caller, p).await?;
+    }
     if !caller.is_master() && req.binding.is_some() {
         return Err(
             ApiError::denied("only a master may bind a credential to hosts")
@@ -401,7 +404,27 @@ fn check_policy(p: Policy) -> ApiResult<()> {
     Ok(())
 }
 
-/// `PUT /v1/credentials/{agent}/{service}/policy` (masters).
+/// A credential may require a passkey only once its master has one: otherwise nobody
+/// could approve its releases, and the first passkey (which needs no other passkey's
+/// assertion) could be registered by whoever holds a session.
+async fn check_passkey_exists<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    p: Policy,
+) -> ApiResult<()> {
+    if p.require_passkey && state.store.passkeys(caller.wallet()).await?.is_empty() {
+        return Err(ApiError::bad_request(
+            "require_passkey needs a passkey to approve with: you have none",
+        )
+        .hint("register one first with 'agentkeys passkey add'"));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/credentials/{agent}/{service}/policy` (masters). A session may raise a
+/// passkey guard, never lower it: lowering would let a stolen session release the value
+/// the guard protects. Storing the credential again, which replaces its value, needs the
+/// value.
 pub(super) async fn set_policy<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     caller: Caller,
@@ -412,6 +435,17 @@ pub(super) async fn set_policy<S: Store>(
     check_policy(policy)?;
     let (agent, service) = credential_path(&agent, &service, "policy")?;
     let owner = credential_owner(&state, &caller, Some(&agent)).await?;
+    let current = state.store.credential(&owner, &service).await?;
+    if current.is_some_and(|c| c.policy.require_passkey && !policy.require_passkey) {
+        return Err(ApiError::denied(format!(
+            "{service} requires a passkey, and a session cannot lift that"
+        ))
+        .hint(format!(
+            "store its value again ('agentkeys store {service} --high-value'): a new value \
+             replaces the guarded one, policy and all"
+        )));
+    }
+    check_passkey_exists(&state, &caller, policy).await?;
     if !state.store.set_policy(&owner, &service, policy).await? {
         return Err(no_such_credential(&service, &owner));
     }

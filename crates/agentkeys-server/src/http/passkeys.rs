@@ -195,6 +195,11 @@ pub struct FinishRegistrationRequest {
     /// The `navigator.credentials.create` result (WebAuthn JSON, base64url fields).
     #[schemars(with = "serde_json::Value")]
     pub credential: serde_json::Value,
+    /// When the master has passkeys already: the `navigator.credentials.get` result for
+    /// the options' `vouch` (an assertion by one of them over this link).
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub vouch: Option<serde_json::Value>,
 }
 
 /// `POST /v1/passkeys/registrations/options`: the creation options for the page.
@@ -219,6 +224,14 @@ pub(super) async fn registration_options<S: Store>(
             Some(exclude),
         )
         .map_err(|e| ApiError::internal(&e))?;
+    let mut options = serde_json::to_value(options).map_err(|e| ApiError::internal(&e))?;
+    if !existing.is_empty() {
+        let keys = parsed(&existing)?;
+        let canonical = canonical_vouch(&reg);
+        let (public_key, _) =
+            ceremony_with_challenge(webauthn, &keys, &sha256(canonical.as_bytes()))?;
+        options["vouch"] = serde_json::json!({ "canonical": canonical, "publicKey": public_key });
+    }
     let ceremony = serde_json::to_string(&ceremony).map_err(|e| ApiError::internal(&e))?;
     if !state
         .store
@@ -230,9 +243,7 @@ pub(super) async fn registration_options<S: Store>(
             .err()
             .unwrap_or_else(|| ApiError::not_found("this registration link is used or expired")));
     }
-    Ok(Json(
-        serde_json::to_value(options).map_err(|e| ApiError::internal(&e))?,
-    ))
+    Ok(Json(options))
 }
 
 /// `POST /v1/passkeys/registrations/finish`: verifies the new credential and stores it;
@@ -240,11 +251,33 @@ pub(super) async fn registration_options<S: Store>(
 pub(super) async fn finish_registration<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     ClientAddr(address): ClientAddr,
-    ApiJson(FinishRegistrationRequest { token, credential }): ApiJson<FinishRegistrationRequest>,
+    ApiJson(FinishRegistrationRequest {
+        token,
+        credential,
+        vouch,
+    }): ApiJson<FinishRegistrationRequest>,
 ) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
     page_rate(&state, &address).await?;
     let webauthn = rp(&state)?;
     let reg = live_registration(&state, &token).await?;
+    // A master with passkeys adds one only with an assertion by one of them, over this
+    // link: a stolen session alone cannot register a passkey of its own.
+    let existing = state.store.passkeys(&reg.master).await?;
+    let vouched = match (existing.is_empty(), vouch) {
+        (true, _) => None,
+        (false, None) => {
+            return Err(ApiError::denied(
+                "adding a passkey needs an assertion by one you already have",
+            )
+            .hint("open the link in a browser that can use one of your passkeys"));
+        }
+        (false, Some(assertion)) => {
+            let canonical = canonical_vouch(&reg);
+            let challenge = sha256(canonical.as_bytes());
+            let by = verify_assertion(webauthn, &state, existing, &assertion, &challenge).await?;
+            Some(evidence(&by, canonical, assertion))
+        }
+    };
     let ceremony: PasskeyRegistration = reg
         .state_json
         .as_deref()
@@ -293,12 +326,15 @@ pub(super) async fn finish_registration<S: Store>(
     }
     let public_key =
         serde_json::to_value(passkey.get_public_key()).map_err(|e| ApiError::internal(&e))?;
-    let detail = serde_json::json!({
+    let mut detail = serde_json::json!({
         "id": record_row.id,
         "name": record_row.name,
         "credential_id": b64url(&record_row.credential_id),
         "public_key": public_key,
     });
+    if let Some(v) = vouched {
+        detail["vouched_by"] = v;
+    }
     record(
         &state,
         event(reg.master.as_str(), AuditAction::PasskeyAdd, "ok").detail(detail.to_string()),
@@ -327,6 +363,16 @@ pub(super) async fn remove<S: Store>(
 ) -> ApiResult<Json<RemovedPasskey>> {
     caller.require_master()?;
     if !state.store.delete_passkey(caller.wallet(), &id).await? {
+        let mine = state.store.passkeys(caller.wallet()).await?;
+        if mine.iter().any(|p| p.id == id) {
+            // The last one, while a credential requires a passkey: without it nobody could
+            // approve those releases, and the next passkey would need no assertion, so a
+            // stolen session could remove it and register its own.
+            return Err(ApiError::denied(
+                "this is your last passkey, and a credential requires one",
+            )
+            .hint("add another passkey first ('agentkeys passkey add'), then remove this one"));
+        }
         return Err(ApiError::not_found("you have no passkey by that id")
             .hint("list them with 'agentkeys passkey list'"));
     }
@@ -412,25 +458,76 @@ async fn page_request<S: Store>(
     Ok((r, master))
 }
 
-/// The master's passkeys, as webauthn-rs takes them.
-async fn passkeys_of<S: Store>(
-    state: &AppState<S>,
-    master: &Wallet,
-) -> ApiResult<Vec<(store::PasskeyRecord, Passkey)>> {
-    let rows = state.store.passkeys(master).await?;
-    if rows.is_empty() {
-        return Err(ApiError::bad_request(
-            "the master who decides this request has no passkey",
-        )
-        .hint("register one with 'agentkeys passkey add', or decide with 'agentkeys approve CODE'"));
-    }
-    rows.into_iter()
-        .map(|row| {
-            let p: Passkey =
-                serde_json::from_str(&row.passkey_json).map_err(|e| ApiError::internal(&e))?;
-            Ok((row, p))
-        })
+fn no_passkey() -> ApiError {
+    ApiError::bad_request("the master who decides this request has no passkey")
+        .hint("register one with 'agentkeys passkey add', or decide with 'agentkeys approve CODE'")
+}
+
+/// Stored passkeys, as webauthn-rs takes them.
+fn parsed(rows: &[store::PasskeyRecord]) -> ApiResult<Vec<Passkey>> {
+    rows.iter()
+        .map(|row| serde_json::from_str(&row.passkey_json).map_err(|e| ApiError::internal(&e)))
         .collect()
+}
+
+/// Verifies `assertion` (a `navigator.credentials.get` result) as made by one of `rows`,
+/// with user verification, over `challenge`; records the passkey's use and answers it.
+async fn verify_assertion<S: Store>(
+    webauthn: &Webauthn,
+    state: &AppState<S>,
+    rows: Vec<store::PasskeyRecord>,
+    assertion: &serde_json::Value,
+    challenge: &[u8; 32],
+) -> ApiResult<store::PasskeyRecord> {
+    let parsed_assertion: PublicKeyCredential = serde_json::from_value(assertion.clone())
+        .map_err(|e| bad_webauthn("passkey assertion", &e))?;
+    let keys = parsed(&rows)?;
+    let (_, ceremony) = ceremony_with_challenge(webauthn, &keys, challenge)?;
+    let result = webauthn
+        .finish_passkey_authentication(&parsed_assertion, &ceremony)
+        .map_err(|e| bad_webauthn("passkey assertion", &e))?;
+    if !result.user_verified() {
+        return Err(ApiError::bad_request("the passkey did not verify the user")
+            .hint("use a passkey that asks for your PIN, fingerprint or face"));
+    }
+    let (row, mut passkey) = rows
+        .into_iter()
+        .zip(keys)
+        .find(|(_, p)| p.cred_id() == result.cred_id())
+        .ok_or_else(|| ApiError::internal(&"verified passkey not among the master's"))?;
+    passkey.update_credential(&result);
+    let updated = serde_json::to_string(&passkey).map_err(|e| ApiError::internal(&e))?;
+    state
+        .store
+        .touch_passkey(&row.id, &updated, state.clock.now())
+        .await?;
+    Ok(row)
+}
+
+/// What the audit keeps of a verified assertion: enough to verify it again offline.
+fn evidence(
+    by: &store::PasskeyRecord,
+    canonical: String,
+    assertion: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "passkey": by.id,
+        "credential_id": b64url(&by.credential_id),
+        "canonical": canonical,
+        "assertion": assertion,
+    })
+}
+
+/// The text an existing passkey signs to vouch for a new one: its SHA-256 is the
+/// challenge. The link is single-use, so the assertion adds one passkey, once.
+pub fn canonical_vouch(reg: &store::PasskeyRegistration) -> String {
+    format!(
+        "agentkeys passkey add v1\nmaster {}\nname {}\nlink {}\nexpires_at {}\n",
+        reg.master.as_str(),
+        reg.name,
+        b64url(&reg.token_hash),
+        reg.expires_at,
+    )
 }
 
 /// An authentication ceremony whose challenge is `challenge` rather than a random one.
@@ -506,11 +603,14 @@ pub(super) async fn page_options<S: Store>(
     let webauthn = rp(&state)?;
     let (r, master) = page_request(&state, &code).await?;
     check_minutes(&r, req.minutes)?;
-    let keys = passkeys_of(&state, &master).await?;
+    let rows = state.store.passkeys(&master).await?;
+    if rows.is_empty() {
+        return Err(no_passkey());
+    }
+    let keys = parsed(&rows)?;
     let canonical = canonical_approval(&r, req.minutes);
     let challenge = sha256(canonical.as_bytes());
-    let passkeys: Vec<Passkey> = keys.into_iter().map(|(_, p)| p).collect();
-    let (public_key, _) = ceremony_with_challenge(webauthn, &passkeys, &challenge)?;
+    let (public_key, _) = ceremony_with_challenge(webauthn, &keys, &challenge)?;
     let request = view_for_page(&state, &master, r).await?;
     Ok(Json(PageOptions {
         request,
@@ -545,34 +645,14 @@ pub(super) async fn page_approve<S: Store>(
     // Decided or expired requests are refused before any assertion is looked at.
     check_pending(&r, state.clock.now())?;
     check_minutes(&r, req.minutes)?;
-    let keys = passkeys_of(&state, &master).await?;
-    let assertion: PublicKeyCredential = serde_json::from_value(req.credential.clone())
-        .map_err(|e| bad_webauthn("passkey assertion", &e))?;
+    let keys = state.store.passkeys(&master).await?;
+    if keys.is_empty() {
+        return Err(no_passkey());
+    }
     let canonical = canonical_approval(&r, req.minutes);
     let challenge = sha256(canonical.as_bytes());
-    let passkeys: Vec<Passkey> = keys.iter().map(|(_, p)| p.clone()).collect();
-    let (_, ceremony) = ceremony_with_challenge(webauthn, &passkeys, &challenge)?;
-    let result = webauthn
-        .finish_passkey_authentication(&assertion, &ceremony)
-        .map_err(|e| bad_webauthn("passkey assertion", &e))?;
-    if !result.user_verified() {
-        return Err(ApiError::bad_request("the passkey did not verify the user")
-            .hint("use a passkey that asks for your PIN, fingerprint or face"));
-    }
-    let (row, mut passkey) = keys
-        .into_iter()
-        .find(|(_, p)| p.cred_id() == result.cred_id())
-        .ok_or_else(|| ApiError::internal(&"verified passkey not among the master's"))?;
-    passkey.update_credential(&result);
-    let now = state.clock.now();
-    let updated = serde_json::to_string(&passkey).map_err(|e| ApiError::internal(&e))?;
-    state.store.touch_passkey(&row.id, &updated, now).await?;
-    let evidence = serde_json::json!({
-        "passkey": row.id,
-        "credential_id": b64url(&row.credential_id),
-        "canonical": canonical,
-        "assertion": req.credential,
-    });
+    let row = verify_assertion(webauthn, &state, keys, &req.credential, &challenge).await?;
+    let evidence = evidence(&row, canonical, req.credential);
     let decided = approve_request(
         &state,
         &r,

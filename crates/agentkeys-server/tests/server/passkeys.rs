@@ -5,7 +5,9 @@
 use agentkeys_core::client::Backend as _;
 use agentkeys_core::crypto::hpke::HpkeKeyPair;
 use agentkeys_server::Config;
+use agentkeys_server::store::{PasskeyRecord, PasskeyRegistration, Store as _};
 use agentkeys_types::ErrorCode;
+use agentkeys_types::Wallet;
 use agentkeys_types::api::{ApproveRequest, Policy, StartPasskeyRegistration};
 
 use super::common::*;
@@ -33,6 +35,46 @@ async fn refused(ts: &TestServer, path: &str, body: serde_json::Value) -> (u16, 
     )
 }
 
+/// Gives `master` a passkey row straight in the store (no authenticator here: the browser
+/// test registers real ones). Enough for the rules that count passkeys; not for the page.
+async fn seed_passkey(ts: &TestServer, master: &Wallet, id: &str) {
+    let now = ts.state.clock.now();
+    let token_hash = agentkeys_core::crypto::sha256(id.as_bytes()).to_vec();
+    let store = &ts.state.store;
+    store
+        .insert_passkey_registration(&PasskeyRegistration {
+            token_hash: token_hash.clone(),
+            master: master.clone(),
+            name: id.into(),
+            state_json: None,
+            created_at: now,
+            expires_at: now + 60,
+            used_at: None,
+        })
+        .await
+        .unwrap();
+    let row = PasskeyRecord {
+        id: id.into(),
+        master: master.clone(),
+        name: id.into(),
+        credential_id: id.as_bytes().to_vec(),
+        passkey_json: "{}".into(),
+        created_at: now,
+        last_used_at: None,
+    };
+    assert!(
+        store
+            .finish_passkey_registration(&token_hash, now, &row)
+            .await
+            .unwrap()
+    );
+}
+
+const GUARDED: Policy = Policy {
+    high_value: true,
+    require_passkey: true,
+};
+
 async fn with_pages() -> TestServer {
     TestServer::with_config(Config {
         public_url: Some(PUBLIC.into()),
@@ -46,15 +88,13 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
     let ts = with_pages().await;
     let (m, _, _) = ts.master("m").await;
     let (a, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
-    let policy = Policy {
-        high_value: true,
-        require_passkey: true,
-    };
+    let me = m.session().await.unwrap().wallet;
+    seed_passkey(&ts, &me, "pk_phone").await;
+    let policy = GUARDED;
     m.store_credential(None, &svc("stripe"), b"sk-pk", Some(policy))
         .await
         .unwrap();
     // require_passkey alone makes no sense: only releases are approved.
-    let me = m.session().await.unwrap().wallet;
     assert_code(
         m.set_policy(
             &me,
@@ -85,6 +125,146 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
     // The read answer's signature covers the policy, passkey bit included.
     let listed = m.list_credentials(None).await.unwrap();
     assert_eq!(listed.credentials[0].policy, policy);
+}
+
+#[tokio::test]
+async fn a_session_can_raise_a_passkey_guard_but_not_lower_it() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let me = m.session().await.unwrap().wallet;
+    let stripe = svc("stripe");
+    // Without a passkey, nothing could approve it: refused when stored and when set.
+    let e = assert_code(
+        m.store_credential(None, &stripe, b"sk-1", Some(GUARDED))
+            .await,
+        ErrorCode::BadRequest,
+    );
+    assert!(e.hint().unwrap().contains("agentkeys passkey add"), "{e:?}");
+    store_high(&m).await;
+    assert_code(
+        m.set_policy(&me, &stripe, GUARDED).await,
+        ErrorCode::BadRequest,
+    );
+    seed_passkey(&ts, &me, "pk_phone").await;
+    m.set_policy(&me, &stripe, GUARDED).await.unwrap();
+    // Lowering it (to plain high-value, or to nothing) would let a stolen session release
+    // the value: refused, and the policy stays.
+    for lower in [
+        Policy {
+            high_value: true,
+            require_passkey: false,
+        },
+        Policy::default(),
+    ] {
+        let e = assert_code(m.set_policy(&me, &stripe, lower).await, ErrorCode::Denied);
+        assert!(
+            e.hint().unwrap().contains("agentkeys store stripe"),
+            "{e:?}"
+        );
+    }
+    assert_eq!(
+        m.list_credentials(None).await.unwrap().credentials[0].policy,
+        GUARDED
+    );
+    // Storing a value again replaces the guarded one, so its new policy may be lower.
+    store_high(&m).await;
+    assert!(
+        !m.list_credentials(None).await.unwrap().credentials[0]
+            .policy
+            .require_passkey
+    );
+    let refusals = m
+        .audit(&agentkeys_core::client::AuditQuery {
+            action: Some("policy.set".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        refusals.events.len(),
+        1,
+        "only the raise was applied: {refusals:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_last_passkey_stays_while_a_credential_requires_one() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let me = m.session().await.unwrap().wallet;
+    let (_, agent, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    seed_passkey(&ts, &me, "pk_phone").await;
+    seed_passkey(&ts, &me, "pk_laptop").await;
+    // An agent's credential guards its master's passkeys as the master's own does.
+    m.store_credential(Some(&agent.wallet), &svc("stripe"), b"sk-a", Some(GUARDED))
+        .await
+        .unwrap();
+    m.remove_passkey("pk_phone").await.unwrap();
+    let e = assert_code(m.remove_passkey("pk_laptop").await, ErrorCode::Denied);
+    assert!(e.hint().unwrap().contains("agentkeys passkey add"), "{e:?}");
+    assert_eq!(m.passkeys().await.unwrap().passkeys.len(), 1);
+    // Without a guarded credential the last one goes.
+    m.store_credential(
+        Some(&agent.wallet),
+        &svc("stripe"),
+        b"sk-b",
+        Some(Policy {
+            high_value: true,
+            require_passkey: false,
+        }),
+    )
+    .await
+    .unwrap();
+    m.remove_passkey("pk_laptop").await.unwrap();
+    assert!(m.passkeys().await.unwrap().passkeys.is_empty());
+    // Another master's guard does not hold this one's passkeys.
+    let (other, _, _) = ts.master("other").await;
+    let other_wallet = other.session().await.unwrap().wallet;
+    seed_passkey(&ts, &me, "pk_again").await;
+    seed_passkey(&ts, &other_wallet, "pk_other").await;
+    other
+        .store_credential(None, &svc("stripe"), b"sk-o", Some(GUARDED))
+        .await
+        .unwrap();
+    m.remove_passkey("pk_again").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_passkey_needs_an_assertion_by_one_the_master_has() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let me = m.session().await.unwrap().wallet;
+    seed_passkey(&ts, &me, "pk_phone").await;
+    let ticket = m
+        .start_passkey_registration(&StartPasskeyRegistration::default())
+        .await
+        .unwrap();
+    let token = ticket.url.rsplit('#').next().unwrap().to_owned();
+    // Refused before any credential is looked at; the link stays usable.
+    let r = post(
+        &ts,
+        "/v1/passkeys/registrations/finish",
+        serde_json::json!({"token": token, "credential": {}}),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("an assertion by one you already have"),
+        "{body}"
+    );
+    // An assertion that is not one is refused too.
+    let r = post(
+        &ts,
+        "/v1/passkeys/registrations/finish",
+        serde_json::json!({"token": token, "credential": {}, "vouch": {"id": "x"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(m.passkeys().await.unwrap().passkeys.len(), 1);
 }
 
 #[tokio::test]

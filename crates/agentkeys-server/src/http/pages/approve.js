@@ -58,22 +58,7 @@ async function approve() {
     // Fresh options for the chosen duration: the challenge covers it.
     const o = await callApi("/v1/approvals/" + encodeURIComponent(code) + "/options", { minutes: m });
     document.getElementById("canonical").textContent = o.canonical;
-    const pk = o.publicKey;
-    pk.challenge = b64uToBytes(pk.challenge);
-    for (const c of pk.allowCredentials || []) c.id = b64uToBytes(c.id);
-    const cred = await navigator.credentials.get({ publicKey: pk });
-    const credential = {
-      id: cred.id,
-      rawId: bytesToB64u(cred.rawId),
-      type: cred.type,
-      response: {
-        authenticatorData: bytesToB64u(cred.response.authenticatorData),
-        clientDataJSON: bytesToB64u(cred.response.clientDataJSON),
-        signature: bytesToB64u(cred.response.signature),
-        userHandle: cred.response.userHandle ? bytesToB64u(cred.response.userHandle) : null,
-      },
-      extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
-    };
+    const credential = await assertWith(o.publicKey);
     await callApi("/v1/approvals/" + encodeURIComponent(code) + "/approve", { minutes: m, credential });
     setStatus(m ? "Approved, standing for " + m + " minutes." : "Approved.", "ok");
   } catch (e) {

@@ -17,6 +17,26 @@ function bytesToB64u(buf) {
   return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
+// Asks the authenticator for an assertion with server-made request options (base64url
+// fields), and answers it as the WebAuthn JSON the server verifies.
+async function assertWith(pk) {
+  pk.challenge = b64uToBytes(pk.challenge);
+  for (const c of pk.allowCredentials || []) c.id = b64uToBytes(c.id);
+  const cred = await navigator.credentials.get({ publicKey: pk });
+  return {
+    id: cred.id,
+    rawId: bytesToB64u(cred.rawId),
+    type: cred.type,
+    response: {
+      authenticatorData: bytesToB64u(cred.response.authenticatorData),
+      clientDataJSON: bytesToB64u(cred.response.clientDataJSON),
+      signature: bytesToB64u(cred.response.signature),
+      userHandle: cred.response.userHandle ? bytesToB64u(cred.response.userHandle) : null,
+    },
+    extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+  };
+}
+
 async function callApi(path, body) {
   const r = await fetch(path, {
     method: "POST",

@@ -13,6 +13,17 @@ async function register() {
   setStatus("Waiting for your authenticator…");
   try {
     const o = await callApi("/v1/passkeys/registrations/options", { token });
+    // A master with passkeys adds one only with an assertion by one of them, over this
+    // link (what it signs is shown).
+    let vouch = null;
+    if (o.vouch) {
+      const shown = document.getElementById("vouch");
+      shown.textContent = o.vouch.canonical;
+      shown.hidden = false;
+      setStatus("First confirm with a passkey you already have…");
+      vouch = await assertWith(o.vouch.publicKey);
+      setStatus("Now create the new passkey…");
+    }
     const pk = o.publicKey;
     pk.challenge = b64uToBytes(pk.challenge);
     pk.user.id = b64uToBytes(pk.user.id);
@@ -29,7 +40,7 @@ async function register() {
       },
       extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
     };
-    const done = await callApi("/v1/passkeys/registrations/finish", { token, credential });
+    const done = await callApi("/v1/passkeys/registrations/finish", { token, credential, vouch });
     setStatus("Passkey '" + done.name + "' added (" + done.id + "). You can close this page.", "ok");
   } catch (e) {
     setStatus("Not added: " + e.message, "err");
