@@ -9,11 +9,10 @@ use std::time::Instant;
 use agentkeys_types::UnixSeconds;
 use agentkeys_types::api::ServerInfo;
 use base64::Engine as _;
-use tokio::sync::Notify;
 
 use crate::audit::AuditLog;
 use crate::keys::ServerKeys;
-use crate::store::Store;
+use crate::store::{Store, Wakeups};
 
 /// How `POST /v1/sessions` checks the enrolment credential.
 #[derive(Clone)]
@@ -252,9 +251,9 @@ pub struct AppState<S: Store> {
     pub config: Config,
     /// The audit writer.
     pub audit: AuditLog,
-    /// Wakes long-polls when any auth request is opened or decided (here, or on another
+    /// Wakes long-polls when an auth request is opened or decided (here, or on another
     /// server sharing the store).
-    pub decisions: Arc<Notify>,
+    pub wake: Arc<Wakeups>,
     /// How often a long-poll re-reads anyway, when other servers share the store and a
     /// wake-up from them can be lost.
     pub decision_poll: Option<std::time::Duration>,
@@ -295,8 +294,8 @@ impl<S: Store> AppState<S> {
         };
         tokio::spawn(purge_loop(Arc::downgrade(&store)));
         let long_polls = tokio::sync::Semaphore::new(config.max_long_polls);
-        let decisions = Arc::new(Notify::new());
-        let decision_poll = store.watch_decisions(&decisions);
+        let wake = Arc::new(Wakeups::default());
+        let decision_poll = store.watch_decisions(&wake);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let passkeys = config.public_url.as_deref().and_then(|url| {
             crate::http::passkeys::relying_party(url)
@@ -310,7 +309,7 @@ impl<S: Store> AppState<S> {
             store,
             keys,
             config,
-            decisions,
+            wake,
             decision_poll,
             long_polls,
             refused_enrolments: RefusalTally::default(),
@@ -324,7 +323,7 @@ impl<S: Store> AppState<S> {
     /// wait, and `/v1/ready` answers 503 so load balancers move traffic away.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.decisions.notify_waiters();
+        self.wake.decided();
     }
 
     /// Whether shutdown has begun.

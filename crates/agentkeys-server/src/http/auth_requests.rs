@@ -122,7 +122,7 @@ pub(super) async fn open_request<S: Store>(
         match state.store.insert_auth_request(&rec).await {
             Ok(()) => {
                 // Inbox long-polls re-read.
-                state.decisions.notify_waiters();
+                state.wake.opened();
                 let actor = caller.map_or("-", |c| c.wallet().as_str());
                 let mut e = event(actor, AuditAction::AuthOpen, "ok").detail(format!(
                     "{} {}",
@@ -466,7 +466,7 @@ pub(super) async fn inbox<S: Store>(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         // Registered before the read, so a change in between is not missed.
-        let notified = state.decisions.notified();
+        let notified = state.wake.inbox.notified();
         let now = state.clock.now();
         let rows = state.store.inbox(caller.wallet(), now).await?;
         let cursor = inbox_cursor(&rows);
@@ -805,7 +805,7 @@ pub(super) async fn approve_request<S: Store>(
     if outcome != DecideOutcome::Decided {
         return Err(decided_error(outcome));
     }
-    state.decisions.notify_waiters();
+    state.wake.decided();
     let mut detail = format!("{} {}", r.kind.as_str(), r.id);
     if let Approval::HighValue {
         standing: Some(st), ..
@@ -851,7 +851,7 @@ pub(super) async fn deny<S: Store>(
     if outcome != DecideOutcome::Decided {
         return Err(decided_error(outcome));
     }
-    state.decisions.notify_waiters();
+    state.wake.decided();
     record(
         &state,
         event(caller.wallet().as_str(), AuditAction::AuthDeny, "ok")
@@ -892,7 +892,7 @@ pub(super) async fn decision<S: Store>(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         // Register for the wake-up before reading, so a decision in between is not missed.
-        let notified = state.decisions.notified();
+        let notified = state.wake.decisions.notified();
         let r = state.store.auth_request(&id).await?.ok_or_else(|| {
             ApiError::not_found("no such auth request")
                 .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")

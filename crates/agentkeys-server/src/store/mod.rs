@@ -743,12 +743,35 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many are.
     fn ready(&self) -> impl Future<Output = StoreResult<u32>> + Send;
 
-    /// Arranges for `wake` to be notified when another server sharing this store decides
+    /// Arranges for `wake` to hear when another server sharing this store opens or decides
     /// an auth request, and returns how often long-polls must re-read anyway (a wake-up
     /// can be lost); `None` when no other server shares it.
-    fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
+    fn watch_decisions(&self, wake: &Arc<Wakeups>) -> Option<Duration> {
         let _ = wake;
         None
+    }
+}
+
+/// Who waits on auth requests: an opened request changes inboxes only, so it wakes the
+/// inbox long-polls and leaves the (many more) decision long-polls asleep.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    /// Long-polls of one request's decision.
+    pub decisions: Notify,
+    /// Long-polls of a master's inbox.
+    pub inbox: Notify,
+}
+
+impl Wakeups {
+    /// A request was opened.
+    pub fn opened(&self) {
+        self.inbox.notify_waiters();
+    }
+
+    /// A request was decided (or anything may have changed): everyone re-reads.
+    pub fn decided(&self) {
+        self.decisions.notify_waiters();
+        self.inbox.notify_waiters();
     }
 }
 
@@ -794,7 +817,7 @@ macro_rules! forward {
                 }
             }
 
-            fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
+            fn watch_decisions(&self, wake: &Arc<Wakeups>) -> Option<Duration> {
                 match self {
                     AnyStore::Sqlite(s) => s.watch_decisions(wake),
                     AnyStore::Postgres(s) => s.watch_decisions(wake),

@@ -22,12 +22,11 @@ use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
 use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
-use tokio::sync::Notify;
 
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
     NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, SessionRecord, StandingApproval,
-    Store, StoreError, StoreResult, StoredCredential, approval_sql,
+    Store, StoreError, StoreResult, StoredCredential, Wakeups, approval_sql,
 };
 use crate::audit::chain_hash;
 
@@ -37,6 +36,8 @@ const AUDIT_LOCK: i64 = 0x6167_6b79_0001;
 const PURGE_LOCK: i64 = 0x6167_6b79_0002;
 /// The channel decisions are announced on.
 const DECISIONS: &str = "agentkeys_decisions";
+/// How an opened request's announcement starts (a decision's is the bare id).
+const OPENED: &str = "open ";
 
 /// PostgreSQL storage.
 #[derive(Clone, Debug)]
@@ -168,7 +169,7 @@ async fn decide_in(
 /// Listens for decisions announced by any replica and wakes this one's long-polls; on a
 /// lost connection it wakes them too (they re-read), then listens again. Stops when the
 /// last holder of `wake` is gone.
-async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Notify>) {
+async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Wakeups>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -192,12 +193,13 @@ async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Notify>) {
             match got {
                 // Quiet: check that someone still listens, then go on.
                 Err(_) => continue,
-                Ok(Ok(Some(_))) => notify.notify_waiters(),
+                Ok(Ok(Some(n))) if n.payload().starts_with(OPENED) => notify.opened(),
+                Ok(Ok(Some(_))) => notify.decided(),
                 // The connection was lost: what was announced meanwhile is gone.
-                Ok(Ok(None)) => notify.notify_waiters(),
+                Ok(Ok(None)) => notify.decided(),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the decision listener failed; reconnecting");
-                    notify.notify_waiters();
+                    notify.decided();
                     break;
                 }
             }
@@ -520,10 +522,10 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pair code") } else { e.into() })?;
-        // Wakes the inbox long-polls of every replica, as a decision does.
+        // Wakes the inbox long-polls of every replica (not their decision long-polls).
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(DECISIONS)
-            .bind(&r.id)
+            .bind(format!("{OPENED}{}", r.id))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -1006,7 +1008,7 @@ impl Store for PgStore {
         )
     }
 
-    fn watch_decisions(&self, wake: &Arc<Notify>) -> Option<Duration> {
+    fn watch_decisions(&self, wake: &Arc<Wakeups>) -> Option<Duration> {
         tokio::spawn(listen_for_decisions(
             self.pool.clone(),
             Arc::downgrade(wake),

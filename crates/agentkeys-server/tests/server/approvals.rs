@@ -686,6 +686,45 @@ async fn the_inbox_long_poll_answers_when_a_request_arrives() {
 }
 
 #[tokio::test]
+async fn opening_a_request_wakes_the_inboxes_and_leaves_decision_waiters_asleep() {
+    use std::time::Duration;
+    use tokio::time::timeout;
+    let ts = TestServer::start().await;
+    let (m, _, _) = ts.master("m").await;
+    store_high_value(&m, "stripe", b"v").await;
+    let wake = &ts.state.wake;
+    let decisions = wake.decisions.notified();
+    let inbox = wake.inbox.notified();
+    tokio::pin!(decisions, inbox);
+    decisions.as_mut().enable();
+    inbox.as_mut().enable();
+    let t = m
+        .open_auth_request(&high_value_request("stripe", None))
+        .await
+        .unwrap();
+    timeout(Duration::from_secs(5), inbox.as_mut())
+        .await
+        .expect("an open wakes the inbox long-polls");
+    assert!(
+        timeout(Duration::from_millis(200), decisions.as_mut())
+            .await
+            .is_err(),
+        "an open woke the decision long-polls"
+    );
+    // A decision wakes both: the request left the inboxes, and its requester waits.
+    let inbox = wake.inbox.notified();
+    tokio::pin!(inbox);
+    inbox.as_mut().enable();
+    m.approve(&t.id, &ApproveRequest::default()).await.unwrap();
+    timeout(Duration::from_secs(5), decisions.as_mut())
+        .await
+        .expect("a decision wakes its waiters");
+    timeout(Duration::from_secs(5), inbox.as_mut())
+        .await
+        .expect("a decision wakes the inbox long-polls");
+}
+
+#[tokio::test]
 async fn a_standing_approval_lets_one_agent_read_one_credential_until_it_ends() {
     let ts = TestServer::start().await;
     let (m, m_info, _) = ts.master("m").await;
