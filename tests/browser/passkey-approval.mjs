@@ -51,8 +51,8 @@ function b64url(buf) {
 }
 
 // The server: --dev on a free loopback port; its public URL is http://localhost:PORT.
-// Pair requests live 4 s here, for the expiry check.
-const server = spawn(join(bin, "agentkeys-server"), ["--dev", "--listen", "127.0.0.1:0", "--pair-ttl", "4s"], {
+// Pair requests live 8 s here, for the expiry check.
+const server = spawn(join(bin, "agentkeys-server"), ["--dev", "--listen", "127.0.0.1:0", "--pair-ttl", "8s"], {
   stdio: ["ignore", "pipe", "pipe"],
 });
 children.push(server);
@@ -219,7 +219,7 @@ try {
   assert.equal(pair.status, 201, JSON.stringify(pair));
   await page.goto(`${publicUrl}/approve/${pair.body.pair_code}`);
   await page.waitForSelector("#approve:not([disabled])");
-  await new Promise((ok) => setTimeout(ok, 5000));
+  await new Promise((ok) => setTimeout(ok, 9000));
   await page.click("#approve");
   await page.waitForSelector("#status.err", { timeout: 20000 });
   const said = await page.textContent("#status");
@@ -249,6 +249,38 @@ try {
     verifyOffline(evidence.assertion, addDetail.public_key);
     console.log(`   ${id}: challenge ${challenge} recomputed, signature verified`);
   }
+
+  step("a pairing approved on the page grants the scope chosen there, which the passkey signs");
+  const paired = await api("POST", "/v1/auth-requests", {
+    kind: "pair",
+    requester_public_key: randomBytes(32).toString("base64"),
+    parent: master,
+    description: "paired from the page",
+  });
+  assert.equal(paired.status, 201, JSON.stringify(paired));
+  await page.goto(`${publicUrl}/approve/${paired.body.pair_code}`);
+  await page.waitForSelector("#approve:not([disabled])");
+  assert.ok(await page.isVisible("#scope-row"), "a pairing shows the scope to grant");
+  await page.fill("#services", "stripe, github");
+  await page.uncheck("#read-only");
+  const answered = page.waitForResponse((r) => r.url().endsWith("/approve") && r.request().method() === "POST");
+  await page.click("#approve");
+  await page.waitForSelector("#status.ok", { timeout: 20000 });
+  const pairAnswer = await (await answered).json();
+  assert.equal(pairAnswer.status, "approved", JSON.stringify(pairAnswer));
+  const newAgent = cliJson(["agents"]).agents.find((x) => x.wallet === pairAnswer.agent);
+  assert.ok(newAgent, "the paired agent is listed");
+  assert.deepEqual(newAgent.scope, { services: ["github", "stripe"], read_only: false });
+  const pairApproval = cliJson(["usage", "--action", "auth.approve"]).events.find((e) =>
+    (e.detail || "").startsWith(`pair ${paired.body.id} `),
+  );
+  const pairEvidence = JSON.parse(pairApproval.detail.slice(pairApproval.detail.indexOf(" via passkey ") + " via passkey ".length));
+  assert.ok(
+    pairEvidence.canonical.includes('\nscope {"services":["github","stripe"],"read_only":false}\n'),
+    pairEvidence.canonical,
+  );
+  verifyOffline(pairEvidence.assertion, addDetail.public_key);
+  console.log(`   ${newAgent.wallet}: scope ${JSON.stringify(newAgent.scope)}, signed by the passkey`);
 
   step("a second passkey is added only with an assertion by the first, which the audit keeps");
   // The virtual authenticator stands in for a second device: the options' excludeCredentials

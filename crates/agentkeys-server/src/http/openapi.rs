@@ -321,7 +321,7 @@ pub const ROUTES: &[Route] = &[
         "/v1/approvals/{code}/options",
         "The request a code names, and assertion options bound to it",
         Auth::Anyone,
-        Some("PageOptionsRequest"),
+        Some("PageChoice"),
         (200, "PageOptions"),
     ),
     route(
@@ -459,7 +459,7 @@ fn schemas() -> Map<String, Value> {
         PasskeyRegistrationTicket,
         StartPasskeyRegistration,
         RemovedPasskey,
-        super::passkeys::PageOptionsRequest,
+        super::passkeys::PageChoice,
         super::passkeys::RegistrationOptionsRequest,
         super::passkeys::FinishRegistrationRequest,
         super::passkeys::PageOptions,

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 
 use agentkeys_core::crypto::{pairing, random_array, sha256};
-use agentkeys_types::Wallet;
 use agentkeys_types::api::{
     AuditAction, AuthKind, AuthRequestView, DecideResponse, MAX_STANDING_MINUTES, PasskeyInfo,
     PasskeyList, PasskeyRegistrationTicket, RemovedPasskey, StartPasskeyRegistration,
 };
+use agentkeys_types::{Scope, Wallet};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -410,10 +410,13 @@ async fn deciding_master<S: Store>(
 /// The text a passkey approval signs: its SHA-256 is the WebAuthn challenge. One field a
 /// line, in this order; `docs/api.md` gives the format, so anyone can recompute it from
 /// the audit row.
-pub fn canonical_approval(r: &AuthRequestRecord, minutes: Option<u32>) -> String {
+pub fn canonical_approval(r: &AuthRequestRecord, choice: &PageChoice) -> String {
     let none = "-".to_owned();
     let subject = match r.kind {
-        AuthKind::Pair => "scope {\"services\":[],\"read_only\":true}".to_owned(),
+        AuthKind::Pair => format!(
+            "scope {}",
+            serde_json::to_string(&choice.granted_scope()).unwrap_or_default()
+        ),
         AuthKind::Recover => "session".to_owned(),
         AuthKind::HighValue => {
             format!("service {}", r.service.as_ref().map_or("-", |s| s.as_str()))
@@ -432,7 +435,7 @@ pub fn canonical_approval(r: &AuthRequestRecord, minutes: Option<u32>) -> String
             .map_or(none, |w| w.as_str().to_owned()),
         b64url(&r.nonce),
         r.expires_at,
-        minutes.unwrap_or(0),
+        choice.minutes.unwrap_or(0),
     )
 }
 
@@ -556,13 +559,60 @@ fn ceremony_with_challenge(
     Ok((options["publicKey"].take(), state))
 }
 
-/// `POST /v1/approvals/{code}/options`.
-#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+/// What the approver chose on the page, which the passkey signs with the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PageOptionsRequest {
+pub struct PageChoice {
     /// High-value: a standing approval of this many minutes (1 to 480).
     #[serde(default)]
     pub minutes: Option<u32>,
+    /// Pair: the scope the new agent gets (default: no services, read-only).
+    #[serde(default)]
+    pub scope: Option<Scope>,
+}
+
+impl PageChoice {
+    /// The scope a pairing approved with this choice grants.
+    fn granted_scope(&self) -> Scope {
+        self.scope.clone().unwrap_or(Scope {
+            services: Vec::new(),
+            read_only: true,
+        })
+    }
+
+    /// Checks the choice against the request's kind; the scope comes back validated
+    /// (sorted, without repeats), as it is signed and granted.
+    fn checked(self, r: &AuthRequestRecord) -> ApiResult<Self> {
+        match self.minutes {
+            None => {}
+            Some(_) if r.kind != AuthKind::HighValue => {
+                return Err(ApiError::bad_request(
+                    "minutes (a standing approval) applies to high-value releases only",
+                )
+                .hint("approve a pairing or recovery without minutes"));
+            }
+            Some(m) if (1..=MAX_STANDING_MINUTES).contains(&m) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request("minutes is 1 to 480 (8 hours)")
+                    .hint("a standing approval lasts at most 8 hours"));
+            }
+        }
+        let scope = match self.scope {
+            None => None,
+            Some(_) if r.kind != AuthKind::Pair => {
+                return Err(ApiError::bad_request("scope applies to pairings only")
+                    .hint("a release or a recovery keeps the agent's scope"));
+            }
+            Some(s) => Some(s.validated().map_err(|e| {
+                ApiError::bad_request(format!("scope: {e}"))
+                    .hint("services are names such as openai, or * for all")
+            })?),
+        };
+        Ok(PageChoice {
+            minutes: self.minutes,
+            scope,
+        })
+    }
 }
 
 /// What the approval page shows and signs.
@@ -578,37 +628,24 @@ pub struct PageOptions {
     pub public_key: serde_json::Value,
 }
 
-fn check_minutes(r: &AuthRequestRecord, minutes: Option<u32>) -> ApiResult<()> {
-    match minutes {
-        None => Ok(()),
-        Some(_) if r.kind != AuthKind::HighValue => Err(ApiError::bad_request(
-            "minutes (a standing approval) applies to high-value releases only",
-        )
-        .hint("approve a pairing or recovery without minutes")),
-        Some(m) if (1..=MAX_STANDING_MINUTES).contains(&m) => Ok(()),
-        Some(_) => Err(ApiError::bad_request("minutes is 1 to 480 (8 hours)")
-            .hint("a standing approval lasts at most 8 hours")),
-    }
-}
-
 /// `POST /v1/approvals/{code}/options`: the request and the assertion options whose
 /// challenge binds this decision.
 pub(super) async fn page_options<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     ClientAddr(address): ClientAddr,
     Path(code): Path<String>,
-    ApiJson(req): ApiJson<PageOptionsRequest>,
+    ApiJson(choice): ApiJson<PageChoice>,
 ) -> ApiResult<Json<PageOptions>> {
     page_rate(&state, &address).await?;
     let webauthn = rp(&state)?;
     let (r, master) = page_request(&state, &code).await?;
-    check_minutes(&r, req.minutes)?;
+    let choice = choice.checked(&r)?;
     let rows = state.store.passkeys(&master).await?;
     if rows.is_empty() {
         return Err(no_passkey());
     }
     let keys = parsed(&rows)?;
-    let canonical = canonical_approval(&r, req.minutes);
+    let canonical = canonical_approval(&r, &choice);
     let challenge = sha256(canonical.as_bytes());
     let (public_key, _) = ceremony_with_challenge(webauthn, &keys, &challenge)?;
     let request = view_for_page(&state, &master, r).await?;
@@ -626,6 +663,9 @@ pub struct PageApproveRequest {
     /// The same `minutes` the options were asked with.
     #[serde(default)]
     pub minutes: Option<u32>,
+    /// The same `scope` the options were asked with.
+    #[serde(default)]
+    pub scope: Option<Scope>,
     /// The `navigator.credentials.get` result (WebAuthn JSON, base64url fields).
     #[schemars(with = "serde_json::Value")]
     pub credential: serde_json::Value,
@@ -644,12 +684,16 @@ pub(super) async fn page_approve<S: Store>(
     let (r, master) = page_request(&state, &code).await?;
     // Decided or expired requests are refused before any assertion is looked at.
     check_pending(&r, state.clock.now())?;
-    check_minutes(&r, req.minutes)?;
+    let choice = PageChoice {
+        minutes: req.minutes,
+        scope: req.scope,
+    }
+    .checked(&r)?;
     let keys = state.store.passkeys(&master).await?;
     if keys.is_empty() {
         return Err(no_passkey());
     }
-    let canonical = canonical_approval(&r, req.minutes);
+    let canonical = canonical_approval(&r, &choice);
     let challenge = sha256(canonical.as_bytes());
     let row = verify_assertion(webauthn, &state, keys, &req.credential, &challenge).await?;
     let evidence = evidence(&row, canonical, req.credential);
@@ -658,8 +702,8 @@ pub(super) async fn page_approve<S: Store>(
         &r,
         &master,
         agentkeys_types::api::ApproveRequest {
-            scope: None,
-            minutes: req.minutes,
+            scope: choice.scope,
+            minutes: choice.minutes,
         },
         Via::Passkey {
             evidence: evidence.to_string(),

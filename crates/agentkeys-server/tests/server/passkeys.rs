@@ -120,6 +120,22 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
         ErrorCode::Denied,
     );
     assert!(refused.hint().unwrap().contains(&page), "{refused:?}");
+    // A release keeps the agent's scope: the page cannot choose one for it.
+    let r = post(
+        &ts,
+        &format!("/v1/approvals/{}/options", t.pair_code),
+        serde_json::json!({"scope": {"services": ["stripe"], "read_only": true}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pairings only"),
+        "{body}"
+    );
     // Still pending: nothing was decided.
     assert_eq!(m.inbox(None, 0).await.unwrap().requests.len(), 1);
     // The read answer's signature covers the policy, passkey bit included.
@@ -308,6 +324,22 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
         )
         .await,
         (400, "BAD_REQUEST".into())
+    );
+    // A pairing's scope is checked like 'agentkeys approve --scope' checks it.
+    let r = post(
+        &ts,
+        &format!("/v1/approvals/{}/options", t.pair_code),
+        serde_json::json!({"scope": {"services": ["not a name"], "read_only": true}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("scope: "),
+        "{body}"
     );
     // A standing approval is for high-value releases only; an assertion that is not one
     // is refused.

@@ -11,6 +11,18 @@ function minutes() {
   return !row.hidden && v ? Number(v) : null;
 }
 
+// A pairing's scope as chosen here (the server sorts it and signs it as shown).
+function scope() {
+  if (document.getElementById("scope-row").hidden) return null;
+  const services = document.getElementById("services").value
+    .split(",").map((s) => s.trim()).filter((s) => s);
+  return { services, read_only: document.getElementById("read-only").checked };
+}
+
+function choice() {
+  return { minutes: minutes(), scope: scope() };
+}
+
 function row(table, label, value, cls) {
   const tr = table.insertRow();
   const th = document.createElement("th");
@@ -30,20 +42,20 @@ function show(o) {
   row(t, "OTP", r.otp, "otp");
   if (r.agent) row(t, "Agent", r.agent + (r.agent_names && r.agent_names.length ? " (" + r.agent_names.join(", ") + ")" : ""));
   if (r.kind === "high_value") row(t, "Credential", r.service || "?");
-  if (r.kind === "pair") row(t, "Scope granted", "none, read-only (change it later with 'agentkeys scope')");
   if (r.requested_by) row(t, r.kind === "pair" ? "Addressed to" : "Asked by", r.requested_by);
   if (r.description) row(t, "Description", r.description);
   const left = r.expires_at - Math.floor(Date.now() / 1000);
   row(t, "Status", r.status === "pending" ? "pending, " + Math.max(left, 0) + " s left" : r.status);
   document.getElementById("canonical").textContent = o.canonical;
   document.getElementById("standing-row").hidden = r.kind !== "high_value";
+  document.getElementById("scope-row").hidden = r.kind !== "pair";
   document.getElementById("approve").disabled = r.status !== "pending";
   if (r.status !== "pending") setStatus("This request is " + r.status + ": nothing to approve.", "err");
 }
 
 async function load() {
   try {
-    show(await callApi("/v1/approvals/" + encodeURIComponent(code) + "/options", { minutes: minutes() }));
+    show(await callApi("/v1/approvals/" + encodeURIComponent(code) + "/options", choice()));
   } catch (e) {
     setStatus(e.message, "err");
   }
@@ -54,13 +66,13 @@ async function approve() {
   button.disabled = true;
   setStatus("Waiting for your passkey…");
   try {
-    const m = minutes();
-    // Fresh options for the chosen duration: the challenge covers it.
-    const o = await callApi("/v1/approvals/" + encodeURIComponent(code) + "/options", { minutes: m });
+    const c = choice();
+    // Fresh options for what was chosen (duration, scope): the challenge covers it.
+    const o = await callApi("/v1/approvals/" + encodeURIComponent(code) + "/options", c);
     document.getElementById("canonical").textContent = o.canonical;
     const credential = await assertWith(o.publicKey);
-    await callApi("/v1/approvals/" + encodeURIComponent(code) + "/approve", { minutes: m, credential });
-    setStatus(m ? "Approved, standing for " + m + " minutes." : "Approved.", "ok");
+    await callApi("/v1/approvals/" + encodeURIComponent(code) + "/approve", { ...c, credential });
+    setStatus(c.minutes ? "Approved, standing for " + c.minutes + " minutes." : "Approved.", "ok");
   } catch (e) {
     setStatus("Not approved: " + e.message, "err");
     button.disabled = false;
@@ -69,4 +81,6 @@ async function approve() {
 
 document.getElementById("approve").addEventListener("click", approve);
 document.getElementById("standing").addEventListener("change", load);
+document.getElementById("services").addEventListener("change", load);
+document.getElementById("read-only").addEventListener("change", load);
 load();
