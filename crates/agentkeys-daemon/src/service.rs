@@ -11,8 +11,8 @@ use agentkeys_types::ServiceName;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ElicitRequestParams, ElicitationAction, Implementation,
-    ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock, CustomNotification, ElicitRequestParams, ElicitationAction,
+    Implementation, ServerCapabilities, ServerConfig, ServerNotification,
 };
 use rmcp::service::ElicitationMode;
 use rmcp::service::RequestContext;
@@ -223,7 +223,22 @@ impl Mcp {
             Err(_) => return Err(refusal),
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match self.daemon.await_approval(&id, left).await {
+        let awaited = self.daemon.await_approval(&id, left).await;
+        if matches!(awaited, Awaited::Approved | Awaited::Ended(_)) {
+            // The page was used and the request decided: the client may close its prompt.
+            let done = CustomNotification::new(
+                "notifications/elicitation/complete",
+                Some(json!({ "elicitationId": id })),
+            );
+            if let Err(e) = context
+                .peer
+                .send_notification(ServerNotification::CustomNotification(done))
+                .await
+            {
+                tracing::debug!(error = %e, "elicitation/complete not sent");
+            }
+        }
+        match awaited {
             Awaited::Approved => {
                 self.daemon
                     .fetch(service, &self.conn.peer, &context.id.to_string())

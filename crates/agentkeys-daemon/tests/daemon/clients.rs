@@ -150,6 +150,12 @@ fn a_client_with_url_elicitation_gets_the_approval_link_and_then_the_value() {
     // Approving it released the credential to the call that waited.
     assert_eq!(v["is_error"], false, "{v}");
     assert_eq!(v["sha256"], sha256_hex(&value), "{v}");
+    // And the daemon told the client the elicitation is complete, naming it.
+    assert_eq!(
+        v["completed"],
+        serde_json::json!([e["elicitation_id"]]),
+        "{v}"
+    );
     let trail = std::fs::read_to_string(d.trail()).unwrap();
     assert!(trail.contains("approval-elicit"), "{trail}");
 
