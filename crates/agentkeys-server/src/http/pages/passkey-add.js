@@ -21,7 +21,12 @@ async function register() {
       shown.textContent = o.vouch.canonical;
       shown.hidden = false;
       setStatus("First confirm with a passkey you already have…");
-      vouch = await assertWith(o.vouch.publicKey);
+      try {
+        vouch = await assertWith(o.vouch.publicKey);
+      } catch (e) {
+        // A passkey on another device works too: the browser offers it (QR code, security key).
+        throw new Error("no existing passkey confirmed (" + e.message + "); use the device that holds one");
+      }
       setStatus("Now create the new passkey…");
     }
     const pk = o.publicKey;
