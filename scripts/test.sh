@@ -60,8 +60,19 @@ echo "== Rust workspace (cargo test --workspace)" >&2
 cargo test --workspace "$@"
 
 echo "== the server's integration suite again, on PostgreSQL" >&2
-# (the replica and tool suites pick their engines themselves: once is enough)
-AGENTKEYS_TEST_ENGINE=postgres cargo test -p agentkeys-server --test server "$@" -- --skip replicas --skip tools
+# (the replica and tool suites pick their engines themselves: once is enough). The binary
+# the workspace run just built, run again: 'cargo test -p agentkeys-server' would resolve
+# features for that package alone and rebuild most of the tree (~5 minutes on 2 cores).
+server_suite=$(cargo test --workspace --no-run --message-format=json "$@" 2>/dev/null | "$AGENTKEYS_TEST_PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target") or {}
+    if m.get("reason") == "compiler-artifact" and t.get("kind") == ["test"] and t.get("name") == "server" and m.get("executable"):
+        print(m["executable"])
+')
+[ -x "$server_suite" ] || { echo "error: the server's test binary was not found (cargo test --no-run)" >&2; exit 1; }
+(cd crates/agentkeys-server && AGENTKEYS_TEST_ENGINE=postgres "$server_suite" --skip replicas --skip tools)
 
 echo "== passkey approvals in a real browser (chromium, virtual authenticator)" >&2
 node tests/browser/passkey-approval.mjs
