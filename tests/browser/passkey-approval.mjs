@@ -210,21 +210,15 @@ try {
   assert.equal((await b.done).code, 3);
 
   step("an expired request refuses the page's approval");
-  const pair = await api("POST", "/v1/auth-requests", {
-    kind: "pair",
-    requester_public_key: randomBytes(32).toString("base64"),
-    parent: master,
-    description: "expiring in the browser test",
-  });
-  assert.equal(pair.status, 201, JSON.stringify(pair));
-  await page.goto(`${publicUrl}/approve/${pair.body.pair_code}`);
+  const pair = await openPair(master, "expiring in the browser test");
+  await page.goto(`${publicUrl}/approve/${pair.pair_code}`);
   await page.waitForSelector("#approve:not([disabled])");
   await new Promise((ok) => setTimeout(ok, 9000));
   await page.click("#approve");
   await page.waitForSelector("#status.err", { timeout: 20000 });
   const said = await page.textContent("#status");
   assert.match(said, /expired/i, said);
-  const decision = await api("GET", `/v1/auth-requests/${pair.body.id}/decision`);
+  const decision = await api("GET", `/v1/auth-requests/${pair.id}/decision`);
   assert.equal(decision.body.status, "expired");
 
   step("the audit holds the assertion; an offline check recomputes the challenge and verifies it");
@@ -236,7 +230,7 @@ try {
   );
   assert.equal(approvals.length, 2, "the first release and request A, each once");
   for (const e of approvals) {
-    const evidence = JSON.parse(e.detail.slice(e.detail.indexOf(" via passkey ") + " via passkey ".length));
+    const evidence = passkeyEvidence(e.detail);
     assert.equal(evidence.passkey, addDetail.id);
     const challenge = b64url(createHash("sha256").update(evidence.canonical, "utf8").digest());
     const clientDataJSON = Buffer.from(evidence.assertion.response.clientDataJSON, "base64url");
@@ -251,14 +245,8 @@ try {
   }
 
   step("a pairing approved on the page grants the scope chosen there, which the passkey signs");
-  const paired = await api("POST", "/v1/auth-requests", {
-    kind: "pair",
-    requester_public_key: randomBytes(32).toString("base64"),
-    parent: master,
-    description: "paired from the page",
-  });
-  assert.equal(paired.status, 201, JSON.stringify(paired));
-  await page.goto(`${publicUrl}/approve/${paired.body.pair_code}`);
+  const paired = await openPair(master, "paired from the page");
+  await page.goto(`${publicUrl}/approve/${paired.pair_code}`);
   await page.waitForSelector("#approve:not([disabled])");
   assert.ok(await page.isVisible("#scope-row"), "a pairing shows the scope to grant");
   await page.fill("#services", "stripe, github");
@@ -272,9 +260,9 @@ try {
   assert.ok(newAgent, "the paired agent is listed");
   assert.deepEqual(newAgent.scope, { services: ["github", "stripe"], read_only: false });
   const pairApproval = cliJson(["usage", "--action", "auth.approve"]).events.find((e) =>
-    (e.detail || "").startsWith(`pair ${paired.body.id} `),
+    (e.detail || "").startsWith(`pair ${paired.id} `),
   );
-  const pairEvidence = JSON.parse(pairApproval.detail.slice(pairApproval.detail.indexOf(" via passkey ") + " via passkey ".length));
+  const pairEvidence = passkeyEvidence(pairApproval.detail);
   assert.ok(
     pairEvidence.canonical.includes('\nscope {"services":["github","stripe"],"read_only":false}\n'),
     pairEvidence.canonical,
@@ -332,6 +320,23 @@ try {
 } finally {
   if (browser) await browser.close();
   cleanup();
+}
+
+/** The evidence JSON of an `auth.approve` detail ("... via passkey {...}"). */
+function passkeyEvidence(detail) {
+  return JSON.parse(detail.slice(detail.indexOf(" via passkey ") + " via passkey ".length));
+}
+
+/** Opens a pairing addressed to `parent` through the API, as a daemon would. */
+async function openPair(parent, description) {
+  const r = await api("POST", "/v1/auth-requests", {
+    kind: "pair",
+    requester_public_key: randomBytes(32).toString("base64"),
+    parent,
+    description,
+  });
+  assert.equal(r.status, 201, JSON.stringify(r));
+  return r.body;
 }
 
 /** Verifies a WebAuthn assertion's signature with a passkey.add event's public key. */

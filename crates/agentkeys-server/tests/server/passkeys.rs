@@ -75,6 +75,17 @@ const GUARDED: Policy = Policy {
     require_passkey: true,
 };
 
+/// [`post`], answering the status and the error message.
+async fn refusal(ts: &TestServer, path: &str, body: serde_json::Value) -> (u16, String) {
+    let r = post(ts, path, body).await;
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    (
+        status,
+        body["error"]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
 async fn with_pages() -> TestServer {
     TestServer::with_config(Config {
         public_url: Some(PUBLIC.into()),
@@ -121,21 +132,14 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
     );
     assert!(refused.hint().unwrap().contains(&page), "{refused:?}");
     // A release keeps the agent's scope: the page cannot choose one for it.
-    let r = post(
+    let (status, message) = refusal(
         &ts,
         &format!("/v1/approvals/{}/options", t.pair_code),
         serde_json::json!({"scope": {"services": ["stripe"], "read_only": true}}),
     )
     .await;
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("pairings only"),
-        "{body}"
-    );
+    assert_eq!(status, 400);
+    assert!(message.contains("pairings only"), "{message}");
     // Still pending: nothing was decided.
     assert_eq!(m.inbox(None, 0).await.unwrap().requests.len(), 1);
     // The read answer's signature covers the policy, passkey bit included.
@@ -257,29 +261,26 @@ async fn a_second_passkey_needs_an_assertion_by_one_the_master_has() {
         .unwrap();
     let token = ticket.url.rsplit('#').next().unwrap().to_owned();
     // Refused before any credential is looked at; the link stays usable.
-    let r = post(
+    let (status, message) = refusal(
         &ts,
         "/v1/passkeys/registrations/finish",
         serde_json::json!({"token": token, "credential": {}}),
     )
     .await;
-    assert_eq!(r.status(), 403);
-    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 403);
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("an assertion by one you already have"),
-        "{body}"
+        message.contains("an assertion by one you already have"),
+        "{message}"
     );
     // An assertion that is not one is refused too.
-    let r = post(
+    let (status, message) = refusal(
         &ts,
         "/v1/passkeys/registrations/finish",
         serde_json::json!({"token": token, "credential": {}, "vouch": {"id": "x"}}),
     )
     .await;
-    assert_eq!(r.status(), 400);
+    assert_eq!(status, 400);
+    assert!(message.contains("does not verify"), "{message}");
     assert_eq!(m.passkeys().await.unwrap().passkeys.len(), 1);
 }
 
@@ -326,21 +327,14 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
         (400, "BAD_REQUEST".into())
     );
     // A pairing's scope is checked like 'agentkeys approve --scope' checks it.
-    let r = post(
+    let (status, message) = refusal(
         &ts,
         &format!("/v1/approvals/{}/options", t.pair_code),
         serde_json::json!({"scope": {"services": ["not a name"], "read_only": true}}),
     )
     .await;
-    assert_eq!(r.status(), 400);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("scope: "),
-        "{body}"
-    );
+    assert_eq!(status, 400);
+    assert!(message.starts_with("scope: "), "{message}");
     // A standing approval is for high-value releases only; an assertion that is not one
     // is refused.
     assert_eq!(
