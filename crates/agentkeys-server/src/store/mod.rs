@@ -60,23 +60,13 @@ mod approval_sql {
         "SELECT * FROM passkeys WHERE master = $1 ORDER BY created_at, id";
     pub(super) const PASSKEY_TOUCH: &str =
         "UPDATE passkeys SET passkey_json = $2, last_used_at = $3 WHERE id = $1";
-    /// The credentials `$1` decides (its own and its agents') that require a passkey.
-    macro_rules! guarded {
-        () => {
-            "SELECT 1 FROM credentials c JOIN accounts a ON a.wallet = c.owner \
-             WHERE c.require_passkey AND (c.owner = $1 OR a.parent = $1)"
-        };
-    }
-    pub(super) const PASSKEY_GUARDED: &str =
-        concat!("SELECT COUNT(*) AS n FROM (", guarded!(), " LIMIT 1) g");
     /// The check is in the delete's own statement: the last passkey goes only while no
-    /// credential requires one.
-    pub(super) const PASSKEY_DELETE: &str = concat!(
-        "DELETE FROM passkeys WHERE master = $1 AND id = $2 AND (EXISTS \
-         (SELECT 1 FROM passkeys o WHERE o.master = $1 AND o.id <> $2) OR NOT EXISTS (",
-        guarded!(),
-        "))"
-    );
+    /// credential `$1` decides (its own or its agents') requires one.
+    pub(super) const PASSKEY_DELETE: &str = "DELETE FROM passkeys \
+         WHERE master = $1 AND id = $2 AND (\
+         EXISTS (SELECT 1 FROM passkeys o WHERE o.master = $1 AND o.id <> $2) OR NOT EXISTS \
+         (SELECT 1 FROM credentials c JOIN accounts a ON a.wallet = c.owner \
+          WHERE c.require_passkey AND (c.owner = $1 OR a.parent = $1)))";
 }
 
 /// Checks that `applied` migrations cover the `known` ones of this build.
@@ -646,10 +636,9 @@ pub trait Store: Send + Sync + 'static {
         passkey_json: &str,
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Whether a credential `master` decides (its own or its agents') requires a passkey.
-    fn passkey_guarded(&self, master: &Wallet) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Removes one of `master`'s passkeys; false when it has none by that id, or when it
-    /// is the last one and [`Store::passkey_guarded`] holds.
+    /// is the last one and a credential `master` decides (its own or its agents')
+    /// requires a passkey.
     fn delete_passkey(
         &self,
         master: &Wallet,
@@ -863,7 +852,6 @@ forward! {
     fn finish_passkey_registration(&self, token_hash: &[u8], now: UnixSeconds, passkey: &PasskeyRecord) -> StoreResult<bool>;
     fn passkeys(&self, master: &Wallet) -> StoreResult<Vec<PasskeyRecord>>;
     fn touch_passkey(&self, id: &str, passkey_json: &str, now: UnixSeconds) -> StoreResult<()>;
-    fn passkey_guarded(&self, master: &Wallet) -> StoreResult<bool>;
     fn delete_passkey(&self, master: &Wallet, id: &str) -> StoreResult<bool>;
     fn link_identity(&self, master: &Wallet, kind: &str, value: &str, wallet: &Wallet, now: UnixSeconds) -> StoreResult<()>;
     fn resolve_identity(&self, master: &Wallet, kind: &str, value: &str) -> StoreResult<Option<Wallet>>;

@@ -340,14 +340,6 @@ macro_rules! approval_store_methods {
             Ok(())
         }
 
-        async fn passkey_guarded(&self, master: &Wallet) -> StoreResult<bool> {
-            let row = sqlx::query(approval_sql::PASSKEY_GUARDED)
-                .bind(master.as_str())
-                .fetch_one(&self.$read)
-                .await?;
-            Ok(row.try_get::<i64, _>("n")? > 0)
-        }
-
         async fn delete_passkey(&self, master: &Wallet, id: &str) -> StoreResult<bool> {
             let n = sqlx::query(approval_sql::PASSKEY_DELETE)
                 .bind(master.as_str())
