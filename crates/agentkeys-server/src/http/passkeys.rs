@@ -461,9 +461,19 @@ async fn page_request<S: Store>(
     Ok((r, master))
 }
 
-fn no_passkey() -> ApiError {
-    ApiError::bad_request("the master who decides this request has no passkey")
-        .hint("register one with 'agentkeys passkey add', or decide with 'agentkeys approve CODE'")
+/// The passkeys of the master who decides a request on the page; refused when it has none.
+async fn deciding_passkeys<S: Store>(
+    state: &AppState<S>,
+    master: &Wallet,
+) -> ApiResult<Vec<store::PasskeyRecord>> {
+    let rows = state.store.passkeys(master).await?;
+    if rows.is_empty() {
+        return Err(ApiError::bad_request(
+            "the master who decides this request has no passkey",
+        )
+        .hint("register one with 'agentkeys passkey add', or decide with 'agentkeys approve CODE'"));
+    }
+    Ok(rows)
 }
 
 /// Stored passkeys, as webauthn-rs takes them.
@@ -640,11 +650,7 @@ pub(super) async fn page_options<S: Store>(
     let webauthn = rp(&state)?;
     let (r, master) = page_request(&state, &code).await?;
     let choice = choice.checked(&r)?;
-    let rows = state.store.passkeys(&master).await?;
-    if rows.is_empty() {
-        return Err(no_passkey());
-    }
-    let keys = parsed(&rows)?;
+    let keys = parsed(&deciding_passkeys(&state, &master).await?)?;
     let canonical = canonical_approval(&r, &choice);
     let challenge = sha256(canonical.as_bytes());
     let (public_key, _) = ceremony_with_challenge(webauthn, &keys, &challenge)?;
@@ -689,10 +695,7 @@ pub(super) async fn page_approve<S: Store>(
         scope: req.scope,
     }
     .checked(&r)?;
-    let keys = state.store.passkeys(&master).await?;
-    if keys.is_empty() {
-        return Err(no_passkey());
-    }
+    let keys = deciding_passkeys(&state, &master).await?;
     let canonical = canonical_approval(&r, &choice);
     let challenge = sha256(canonical.as_bytes());
     let row = verify_assertion(webauthn, &state, keys, &req.credential, &challenge).await?;
