@@ -435,19 +435,19 @@ pub(super) async fn set_policy<S: Store>(
     check_policy(policy)?;
     let (agent, service) = credential_path(&agent, &service, "policy")?;
     let owner = credential_owner(&state, &caller, Some(&agent)).await?;
-    let current = state.store.credential(&owner, &service).await?;
-    if current.is_some_and(|c| c.policy.require_passkey && !policy.require_passkey) {
-        return Err(ApiError::denied(format!(
-            "{service} requires a passkey, and a session cannot lift that"
-        ))
-        .hint(format!(
-            "store its value again ('agentkeys store {service} --high-value'): a new value \
-             replaces the guarded one, policy and all"
-        )));
-    }
     check_passkey_exists(&state, &caller, policy).await?;
     if !state.store.set_policy(&owner, &service, policy).await? {
-        return Err(no_such_credential(&service, &owner));
+        // Refused by the update itself, or absent: the credential tells which.
+        return Err(match state.store.credential(&owner, &service).await? {
+            Some(c) if c.policy.require_passkey && !policy.require_passkey => ApiError::denied(
+                format!("{service} requires a passkey, and a session cannot lift that"),
+            )
+            .hint(format!(
+                "store its value again ('agentkeys store {service} --high-value'): a new \
+                     value replaces the guarded one, policy and all"
+            )),
+            _ => no_such_credential(&service, &owner),
+        });
     }
     let cred = stored_again(&state, &owner, &service).await?;
     record(

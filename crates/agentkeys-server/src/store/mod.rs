@@ -502,7 +502,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         owner: &Wallet,
     ) -> impl Future<Output = StoreResult<Vec<StoredCredential>>> + Send;
-    /// Sets a policy; false when there is no such credential.
+    /// Sets a policy; false when there is no such credential, or when it requires a
+    /// passkey and `policy` does not (checked in the update itself: a session never
+    /// lowers that guard).
     fn set_policy(
         &self,
         owner: &Wallet,

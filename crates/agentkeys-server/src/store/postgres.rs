@@ -470,15 +470,17 @@ impl Store for PgStore {
         svc: &ServiceName,
         policy: Policy,
     ) -> StoreResult<bool> {
-        let n =
-            sqlx::query("UPDATE credentials SET high_value = $1, require_passkey = $4 WHERE owner = $2 AND service = $3")
-                .bind(policy.high_value)
-                .bind(owner.as_str())
-                .bind(svc.as_str())
-                .bind(policy.require_passkey)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        let n = sqlx::query(
+            "UPDATE credentials SET high_value = $1, require_passkey = $4 \
+                 WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
+        )
+        .bind(policy.high_value)
+        .bind(owner.as_str())
+        .bind(svc.as_str())
+        .bind(policy.require_passkey)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(n == 1)
     }
 

@@ -695,15 +695,17 @@ impl Store for SqliteStore {
         svc: &ServiceName,
         policy: Policy,
     ) -> StoreResult<bool> {
-        let n =
-            sqlx::query("UPDATE credentials SET high_value = $1, require_passkey = $4 WHERE owner = $2 AND service = $3")
-                .bind(i64::from(policy.high_value))
-                .bind(owner.as_str())
-                .bind(svc.as_str())
-                .bind(i64::from(policy.require_passkey))
-                .execute(&self.writer)
-                .await?
-                .rows_affected();
+        let n = sqlx::query(
+            "UPDATE credentials SET high_value = $1, require_passkey = $4 \
+                 WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
+        )
+        .bind(i64::from(policy.high_value))
+        .bind(owner.as_str())
+        .bind(svc.as_str())
+        .bind(i64::from(policy.require_passkey))
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
         Ok(n == 1)
     }
 
