@@ -216,7 +216,9 @@ pub enum Command {
         substitute              the placeholder replaced in any header (default), and with\n                          \
         --substitute-query / --substitute-body in the query string / request body\n\n\
         A placeholder sent anywhere the binding does not allow (another host, method, path,\n\
-        the query, plain http) is refused with 403 and audited as an exfiltration attempt.")]
+        the query, plain http) is refused with 403 and audited as an exfiltration attempt; so\n\
+        is a method or path override header (X-HTTP-Method-Override, X-Original-URL, …) on a\n\
+        binding with --method or --path.")]
     Bind(BindArgs),
 
     /// Print a credential on stdout (nothing else goes to stdout).

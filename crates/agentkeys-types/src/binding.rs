@@ -114,6 +114,18 @@ const RESERVED_HEADERS: [&str; 11] = [
     "cookie",
 ];
 
+/// Headers that turn one method or path into another on upstreams that honour them
+/// (frameworks behind IIS, Symfony, Express's method-override, Google's APIs …). A request
+/// carrying one gets around a binding's method and path limits, so on such a binding it is
+/// refused (see the proxy's `inspect::check`).
+pub const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 impl Binding {
     /// A binding to `hosts` with `inject`, any method and path, TLS only, public addresses.
     pub fn new(hosts: Vec<String>, inject: Inject) -> Self {
@@ -206,6 +218,11 @@ impl Binding {
             || lower.contains("%5c")
             || path.contains('\\');
         !tricky && self.paths.iter().any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// Whether the binding limits methods or paths (so method and path overrides matter).
+    pub fn limits_requests(&self) -> bool {
+        !self.methods.is_empty() || !self.paths.is_empty()
     }
 
     /// The canonical JSON text of this binding, the form the server stores and signs.

@@ -4,7 +4,7 @@
 //! request (nothing is replaced, nothing forwarded).
 
 use agentkeys_types::ServiceName;
-use agentkeys_types::binding::{BasicPart, Binding, Inject};
+use agentkeys_types::binding::{BasicPart, Binding, Inject, OVERRIDE_HEADERS};
 use base64::Engine as _;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -109,6 +109,31 @@ pub struct Target<'a> {
     pub path: &'a str,
     /// Whether it goes over TLS.
     pub tls: bool,
+    /// A header or parameter in the request that asks the upstream for another method or
+    /// path than the request line's ([`overrides`]).
+    pub overrides: Option<&'a str>,
+}
+
+/// The first method or path override the request carries: one of the binding crate's
+/// [`OVERRIDE_HEADERS`], or a `_method` query parameter (Express's method-override, Laravel).
+/// On upstreams that honour them, they would turn an allowed `POST /v1/x` into a `DELETE` or
+/// another path after the binding's check.
+pub fn overrides(parts: &Parts) -> Option<String> {
+    if let Some(h) = OVERRIDE_HEADERS
+        .iter()
+        .find(|h| parts.headers.contains_key(**h))
+    {
+        return Some(format!("the {h} header"));
+    }
+    let query = parts.uri.query()?;
+    query
+        .split('&')
+        .map(|pair| pair.split('=').next().unwrap_or_default())
+        .any(|name| {
+            let lower = name.to_ascii_lowercase();
+            lower == "_method" || lower == "%5fmethod"
+        })
+        .then(|| "a _method query parameter".to_owned())
 }
 
 /// Whether `binding` lets the placeholder of `service`, seen at `at`, be replaced in a
@@ -135,6 +160,16 @@ pub fn check(
         return Err(format!(
             "{} {} is not among the methods and paths the binding of {service} allows",
             target.method, target.path
+        ));
+    }
+    // Refused rather than stripped: stripping would quietly send another request than the
+    // agent's client meant (a PATCH tunnelled through POST would arrive as a POST).
+    if binding.limits_requests()
+        && let Some(how) = target.overrides
+    {
+        return Err(format!(
+            "the request carries {how}, which could get around the methods and paths the \
+             binding of {service} allows"
         ));
     }
     for w in at {
@@ -333,6 +368,7 @@ mod tests {
             method: "POST",
             path,
             tls: true,
+            overrides: None,
         }
     }
 
@@ -466,6 +502,61 @@ mod tests {
         let p = parts("/ph-0123456789abcdef/x", &[]);
         let at = places(&r, &p);
         assert!(check(&r.service, &r.binding, &target("api.example.com", "/"), &at).is_err());
+    }
+
+    #[test]
+    fn a_method_or_path_override_is_refused_on_a_binding_that_limits_them() {
+        let mut r = route(Inject::Bearer);
+        let with = |extra: &[(&str, &str)], uri: &str| {
+            let mut headers = vec![("authorization", "Bearer ph-0123456789abcdef")];
+            headers.extend_from_slice(extra);
+            parts(uri, &headers)
+        };
+        let overridden = [
+            with(&[("X-HTTP-Method-Override", "DELETE")], "/v1/x"),
+            with(&[("x-http-method", "DELETE")], "/v1/x"),
+            with(&[("X-Method-Override", "PUT")], "/v1/x"),
+            with(&[("X-Original-URL", "/admin")], "/v1/x"),
+            with(&[("X-Rewrite-URL", "/admin")], "/v1/x"),
+            with(&[], "/v1/x?a=1&_method=DELETE"),
+            with(&[], "/v1/x?%5Fmethod=DELETE"),
+        ];
+        // Without limits the headers change nothing the binding cares about.
+        for p in &overridden {
+            let how = overrides(p);
+            assert!(how.is_some(), "{:?}", p.headers);
+            let t = Target {
+                overrides: how.as_deref(),
+                ..target("api.example.com", "/v1/x")
+            };
+            check(&r.service, &r.binding, &t, &places(&r, p)).unwrap();
+        }
+        for limit in [
+            |b: &mut Binding| b.methods = vec!["POST".into()],
+            |b: &mut Binding| b.paths = vec!["/v1/".into()],
+        ] {
+            r.binding.methods.clear();
+            r.binding.paths.clear();
+            limit(&mut r.binding);
+            for p in &overridden {
+                let how = overrides(p);
+                let t = Target {
+                    overrides: how.as_deref(),
+                    ..target("api.example.com", "/v1/x")
+                };
+                let e = check(&r.service, &r.binding, &t, &places(&r, p)).unwrap_err();
+                assert!(e.contains("could get around the methods and paths"), "{e}");
+            }
+            let plain = with(&[("x-forwarded-for", "1.2.3.4")], "/v1/x?method=x");
+            assert_eq!(overrides(&plain), None);
+            check(
+                &r.service,
+                &r.binding,
+                &target("api.example.com", "/v1/x"),
+                &places(&r, &plain),
+            )
+            .unwrap();
+        }
     }
 
     #[test]

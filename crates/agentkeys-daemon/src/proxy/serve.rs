@@ -432,11 +432,13 @@ async fn prepare(
     let (mut parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
+    let overrides = inspect::overrides(&parts);
     let target = Target {
         host,
         method: &method,
         path: &path,
         tls,
+        overrides: overrides.as_deref(),
     };
     let found = inspect::find(&proxy.routes, &parts);
     let mut chosen: Vec<usize> = found.iter().map(|f| f.0).collect();

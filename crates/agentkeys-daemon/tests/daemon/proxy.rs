@@ -25,7 +25,7 @@ struct Upstream {
 }
 
 /// The names the upstream's certificate is for.
-const UPSTREAM_NAMES: [&str; 7] = [
+const UPSTREAM_NAMES: [&str; 8] = [
     "api.openai.com",
     "github.com",
     "api.anthropic.com",
@@ -33,6 +33,7 @@ const UPSTREAM_NAMES: [&str; 7] = [
     "plain.example.com",
     "unbound.example.com",
     "h2.example.com",
+    "store.example.com",
 ];
 
 impl Upstream {
@@ -172,7 +173,10 @@ fn proxy_agent_full(
     let (d, wallet) = paired_with(
         &master,
         home.path(),
-        &["--scope", "openai,anthropic,github,plain,plainok,h2svc"],
+        &[
+            "--scope",
+            "openai,anthropic,github,plain,plainok,h2svc,posthook",
+        ],
         &args,
     );
     let openai = key("sk-proj-");
@@ -1150,4 +1154,66 @@ fn git_clones_over_https_with_the_token_injected_into_basic_auth() {
             "the upstream got the real token in basic auth"
         );
     }
+}
+
+/// The trail's `event` lines' details.
+fn details(d: &DaemonProc, event: &str) -> Vec<String> {
+    trail_lines(&d.trail())
+        .into_iter()
+        .filter(|l| l["event"] == event)
+        .map(|l| l["detail"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_method_or_path_override_is_refused_on_a_binding_that_limits_them() {
+    let a = proxy_agent(&[]);
+    a.master.store(
+        "posthook",
+        &key("hook-"),
+        &[
+            "--agent",
+            &a.wallet,
+            "--host",
+            "store.example.com",
+            "--inject",
+            "bearer",
+            "--method",
+            "POST",
+            "--path",
+            "/v1/",
+        ],
+    );
+    let out = sh(
+        &a.d,
+        &["posthook"],
+        "code() { curl -s -o /dev/null -w '%{http_code}\\n' -X POST -H \"Authorization: Bearer $POSTHOOK_API_KEY\" \"$@\"; }
+         code https://store.example.com/v1/hooks
+         code -H 'X-HTTP-Method-Override: DELETE' https://store.example.com/v1/hooks
+         code -H 'X-HTTP-Method: DELETE' https://store.example.com/v1/hooks
+         code -H 'X-Method-Override: DELETE' https://store.example.com/v1/hooks
+         code -H 'X-Original-URL: /admin/users' https://store.example.com/v1/hooks
+         code -H 'X-Rewrite-URL: /admin/users' https://store.example.com/v1/hooks
+         code 'https://store.example.com/v1/hooks?_method=DELETE'",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["200", "403", "403", "403", "403", "403", "403"],
+        "{}",
+        text(&out)
+    );
+    // The upstream (which honours the overrides, as frameworks do) acted on one POST.
+    let seen = requests_to(&a.up, "/v1/hooks");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["effective_method"], "POST");
+    let refused = details(&a.d, "exfiltration");
+    assert_eq!(refused.len(), 6, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.contains("could get around the methods and paths")),
+        "{refused:?}"
+    );
+    assert!(refused[0].contains("x-http-method-override"), "{refused:?}");
 }

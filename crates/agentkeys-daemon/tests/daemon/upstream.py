@@ -17,6 +17,10 @@ Routes:
   GET  /repo.git/...         files under STATIC (a bare repository for git's dumb HTTP),
                              401 with a basic-auth challenge until a request has credentials
   anything else              {"ok": true, "path": ...}
+
+Like the frameworks that honour them, it takes X-HTTP-Method-Override (on POST) and
+X-Original-URL as the request's method and path, and records them as effective_method and
+effective_path.
 """
 
 import base64
@@ -40,10 +44,20 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def effective(self):
+        """The method and path a framework honouring the override headers would act on."""
+        method = self.command
+        if method == "POST" and self.headers.get("x-http-method-override"):
+            method = self.headers["x-http-method-override"].upper()
+        return method, self.headers.get("x-original-url") or self.path
+
     def record(self, body):
+        method, path = self.effective()
         entry = {
             "method": self.command,
             "path": self.path,
+            "effective_method": method,
+            "effective_path": path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body.decode("utf-8", "replace"),
             "tls": isinstance(self.connection, ssl.SSLSocket),
@@ -92,6 +106,12 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_any()
 
     def do_PUT(self):
+        self.handle_any()
+
+    def do_DELETE(self):
+        self.handle_any()
+
+    def do_PATCH(self):
         self.handle_any()
 
     def handle_any(self):
@@ -160,7 +180,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(404, b"not found\n", "text/plain")
             with open(file, "rb") as f:
                 return self.send(200, f.read(), "application/octet-stream")
-        return self.send(200, json.dumps({"ok": True, "path": self.path}).encode())
+        method, effective = self.effective()
+        return self.send(200, json.dumps({"ok": True, "path": self.path, "method": method,
+                                          "effective_path": effective}).encode())
 
     def chat(self, req):
         base = {"id": "chatcmpl-1", "created": 0, "model": req.get("model", "gpt-test")}
