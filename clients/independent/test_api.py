@@ -216,6 +216,31 @@ def test_a_binding_is_signed_with_the_value(url):
     expect_error("BAD_REQUEST", m.set_binding, m.wallet, "bound", {"hosts": ["*"], "inject": {"kind": "bearer"}})
 
 
+def test_a_substitute_binding_names_its_places_and_retired_forms_are_refused(url):
+    m = master(url)
+    m.store("sub", b"sk-sub-1")
+    named = {"hosts": ["api.example.com"], "methods": ["POST"],
+             "inject": {"kind": "substitute", "headers": ["x-api-key"],
+                        "body_fields": [{"json": "/auth/api_key"}, {"form": "api_key"}]},
+             "tunnel_unbound": True}
+    assert m.set_binding(m.wallet, "sub", named)["binding"] == named
+    ans, sk = m.read_raw("sub")
+    # The canonical text: fields in the documented order, empty and false ones left out.
+    assert ans["binding"] == json.dumps(named, separators=(",", ":"))
+    assert m.open_read(ans, sk, "sub") == b"sk-sub-1"
+    for retired in ({"kind": "substitute"}, {"kind": "substitute", "query": True},
+                    {"kind": "substitute", "headers": ["x-api-key"], "body": True},
+                    {"kind": "substitute", "headers": []}):
+        e = expect_error("BAD_REQUEST", m.set_binding, m.wallet, "sub",
+                         {"hosts": ["api.example.com"], "inject": retired})
+        assert "binding" in e.message
+    expect_error("BAD_REQUEST", m.set_binding, m.wallet, "sub",
+                 {"hosts": ["api.example.com"], "inject": {"kind": "bearer"}, "tunnel_unbound": True})
+    expect_error("BAD_REQUEST", m.set_binding, m.wallet, "sub",
+                 {"hosts": ["api.example.com"], "inject": {"kind": "substitute", "body_fields": [{"json": "key"}],
+                                                          "headers": []}})
+
+
 def test_agent_scope_enforced(url):
     m = master(url)
     m.store("openai", b"o")

@@ -206,19 +206,31 @@ pub enum Command {
         agentkeys bind openai --well-known                      # the built-in hosts\n  \
         agentkeys bind internal --host api.example.com --host '*.example.net' \\\n      \
         --inject header:authorization:'token ' --method GET --path /v2/\n  \
-        agentkeys bind gemini --host generativelanguage.googleapis.com --inject substitute --substitute-query\n  \
+        agentkeys bind anthropic --host api.anthropic.com --inject substitute:x-api-key,authorization\n  \
+        agentkeys bind gemini --host generativelanguage.googleapis.com \\\n      \
+        --inject substitute:x-goog-api-key --substitute-query\n  \
+        agentkeys bind search --host api.search.example --inject substitute \\\n      \
+        --body-field /auth/api_key --method POST --path /v1/search\n  \
+        agentkeys bind legacy --host api.example.com --inject substitute --body-field form:api_key\n  \
         agentkeys bind openai --agent research-bot --remove\n\n\
         Injection (--inject):\n  \
         bearer                  Authorization: Bearer <value>\n  \
         header:NAME[:PREFIX]    the header NAME, set to PREFIX<value>\n  \
         basic-user              the user part of Authorization: Basic\n  \
         basic-password          the password part of Authorization: Basic\n  \
-        substitute              the placeholder replaced in any header (default), and with\n                          \
-        --substitute-query / --substitute-body in the query string / request body\n\n\
+        substitute[:H1,H2…]     the placeholder replaced where the agent's client put it, only\n                          \
+        in the headers named (authorization covers basic auth too), in the\n                          \
+        query string with --substitute-query, and as the whole value of each\n                          \
+        --body-field: a JSON pointer (/auth/api_key) into a JSON body, or\n                          \
+        form:NAME in a form body\n\n\
         A placeholder sent anywhere the binding does not allow (another host, method, path,\n\
-        the query, plain http) is refused with 403 and audited as an exfiltration attempt; so\n\
-        is a method or path override header (X-HTTP-Method-Override, X-Original-URL, …) on a\n\
-        binding with --method or --path.")]
+        header, body field, inside a longer string, the query, plain http) is refused with 403\n\
+        and audited as an exfiltration attempt; so is a method or path override header\n\
+        (X-HTTP-Method-Override, X-Original-URL, …) on a binding with --method or --path.\n\
+        A request body is read whole (up to 1 MiB) when a binding with --body-field allows the\n\
+        request. A run using such a credential refuses hosts none of its credentials is bound\n\
+        to (a value stored through a body field could else be read back through another name\n\
+        of the same server), unless the binding says --tunnel-unbound.")]
     Bind(BindArgs),
 
     /// Print a credential on stdout (nothing else goes to stdout).
@@ -548,8 +560,8 @@ pub struct BindingFlags {
     /// Repeat for more.
     #[arg(long, value_name = "HOST")]
     pub host: Vec<String>,
-    /// How it is injected: bearer, header:NAME (or header:NAME:PREFIX), basic-user, basic-password,
-    /// substitute (default).
+    /// How it is injected: bearer, header:NAME (or header:NAME:PREFIX), basic-user,
+    /// basic-password, substitute:HEADER[,HEADER…] (default: substitute, naming no header).
     #[arg(long, value_name = "HOW", requires = "host")]
     pub inject: Option<String>,
     /// Only with this HTTP method. Repeat for more; default: any.
@@ -561,8 +573,16 @@ pub struct BindingFlags {
     /// With --inject substitute: also replace the placeholder in the query string.
     #[arg(long, requires = "host")]
     pub substitute_query: bool,
-    /// With --inject substitute: also replace the placeholder in the request body.
-    #[arg(long, requires = "host")]
+    /// With --inject substitute: the placeholder may be the whole value of this request body
+    /// field: a JSON pointer (/auth/api_key) or form:NAME. Repeat for more.
+    #[arg(long, value_name = "FIELD", requires = "host")]
+    pub body_field: Vec<String>,
+    /// With --body-field: runs using the credential still tunnel hosts none of their
+    /// credentials is bound to (default: refused).
+    #[arg(long, requires = "body_field")]
+    pub tunnel_unbound: bool,
+    /// Retired (the placeholder anywhere in the body); refused with what replaces it.
+    #[arg(long, hide = true)]
     pub substitute_body: bool,
     /// Also inject over plain http:// (default: TLS only).
     #[arg(long, requires = "host")]

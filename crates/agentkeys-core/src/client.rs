@@ -701,14 +701,16 @@ impl Backend for HttpBackend {
             resp.binding.as_deref(),
         );
         sign::verify(&pinned, &signed, &signature).map_err(|_| ClientError::BadSignature)?;
-        // Signed, so the server's: still checked, since the daemon's proxy trusts it.
+        // Signed, so the server's: still checked, since the daemon's proxy trusts it. A
+        // retired form stays readable here (the value is the reader's either way); the
+        // proxy refuses to inject through it (`Binding::in_force`).
         let binding = resp
             .binding
             .as_deref()
             .map(|text| {
                 serde_json::from_str::<Binding>(text)
                     .ok()
-                    .filter(|b| b.validate().is_ok())
+                    .filter(|b| b.validate_stored().is_ok())
                     .ok_or_else(|| {
                         ClientError::Protocol("the credential's binding is malformed".into())
                     })

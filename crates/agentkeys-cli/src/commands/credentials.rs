@@ -2,7 +2,7 @@
 
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
 use agentkeys_types::api::{AuthRequestTicket, AuthStatus, Policy, SessionKind};
-use agentkeys_types::binding::{BasicPart, Binding, Inject, WELL_KNOWN, well_known};
+use agentkeys_types::binding::{BasicPart, Binding, BodyField, Inject, WELL_KNOWN, well_known};
 use agentkeys_types::{ErrorCode, ServiceName};
 use serde_json::json;
 
@@ -107,13 +107,32 @@ async fn first_store_binding(
 
 /// The binding the flags describe; `None` without `--host`.
 pub fn binding_from_flags(f: &BindingFlags) -> CliResult<Option<Binding>> {
+    if f.substitute_body {
+        // Retired (issue 23): free-text body substitution let an agent read the key back.
+        return Err(CliError::usage(
+            "--substitute-body is retired: a placeholder replaced anywhere in the body let an \
+             agent read the value back (through an endpoint that reverses or stores text)",
+        )
+        .hint("name the fields the value may be: --body-field /json/pointer or --body-field form:NAME"));
+    }
     if f.host.is_empty() {
         return Ok(None);
     }
     let bad_inject = |how: &str| {
-        CliError::usage(format!("'{how}' is not an injection"))
-            .hint("use bearer, header:NAME[:PREFIX], basic-user, basic-password or substitute")
+        CliError::usage(format!("'{how}' is not an injection")).hint(
+            "use bearer, header:NAME[:PREFIX], basic-user, basic-password or \
+             substitute[:HEADER,…]",
+        )
     };
+    let usage = |e: agentkeys_types::binding::BindingError| {
+        CliError::usage(format!("binding: {e}")).hint("see 'agentkeys bind --help'")
+    };
+    let body_fields = f
+        .body_field
+        .iter()
+        .map(|field| BodyField::parse(field))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
     let how = f.inject.as_deref().unwrap_or("substitute");
     let inject = match how {
         "bearer" => Inject::Bearer,
@@ -123,24 +142,39 @@ pub fn binding_from_flags(f: &BindingFlags) -> CliResult<Option<Binding>> {
         "basic-password" => Inject::Basic {
             part: BasicPart::Password,
         },
-        "substitute" => Inject::Substitute {
-            query: f.substitute_query,
-            body: f.substitute_body,
-        },
-        other => match other.strip_prefix("header:") {
-            Some(rest) => {
+        other => {
+            if let Some(rest) = other.strip_prefix("header:") {
                 let (name, prefix) = rest.split_once(':').unwrap_or((rest, ""));
                 Inject::Header {
                     name: name.to_ascii_lowercase(),
                     prefix: prefix.to_owned(),
                 }
+            } else if let Some(names) = other
+                .strip_prefix("substitute")
+                .filter(|rest| rest.is_empty() || rest.starts_with(':'))
+            {
+                let headers = names
+                    .trim_start_matches(':')
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect();
+                Inject::Substitute {
+                    headers: Some(headers),
+                    query: f.substitute_query,
+                    body_fields,
+                    body: false,
+                }
+            } else {
+                return Err(bad_inject(other));
             }
-            None => return Err(bad_inject(other)),
-        },
+        }
     };
-    if (f.substitute_query || f.substitute_body) && !matches!(inject, Inject::Substitute { .. }) {
+    if (f.substitute_query || !f.body_field.is_empty())
+        && !matches!(inject, Inject::Substitute { .. })
+    {
         return Err(CliError::usage(
-            "--substitute-query and --substitute-body go with --inject substitute",
+            "--substitute-query and --body-field go with --inject substitute",
         )
         .hint("drop them, or use --inject substitute"));
     }
@@ -151,9 +185,16 @@ pub fn binding_from_flags(f: &BindingFlags) -> CliResult<Option<Binding>> {
         inject,
         allow_http: f.allow_http,
         allow_private: f.allow_private,
+        tunnel_unbound: f.tunnel_unbound,
     };
     binding.validate().map_err(|e| {
-        CliError::usage(format!("binding: {e}")).hint("see 'agentkeys bind --help'")
+        let hint = if e.0.contains("names where") {
+            "name them: --inject substitute:authorization (headers), --substitute-query, \
+             --body-field /json/pointer or form:NAME; or use --inject bearer or header:NAME"
+        } else {
+            "see 'agentkeys bind --help'"
+        };
+        CliError::usage(format!("binding: {e}")).hint(hint)
     })?;
     Ok(Some(binding))
 }
@@ -179,15 +220,29 @@ pub fn describe_binding(b: &Binding) -> String {
                 "password"
             }
         ),
-        Inject::Substitute { query, body } => {
-            let mut at = vec!["headers"];
+        Inject::Substitute {
+            headers,
+            query,
+            body_fields,
+            body,
+        } => {
+            let mut at = Vec::new();
+            match headers {
+                None => at.push("any header".to_owned()),
+                Some(h) if h.is_empty() => {}
+                Some(h) => at.push(format!("headers {}", h.join(", "))),
+            }
             if *query {
-                at.push("query");
+                at.push("the query".into());
+            }
+            if !body_fields.is_empty() {
+                let fields: Vec<String> = body_fields.iter().map(ToString::to_string).collect();
+                at.push(format!("body fields {}", fields.join(", ")));
             }
             if *body {
-                at.push("body");
+                at.push("anywhere in the body".into());
             }
-            format!("placeholder replaced in {}", at.join(", "))
+            format!("placeholder replaced in {}", at.join("; "))
         }
     };
     out.push_str(&format!("; {how}"));
@@ -196,6 +251,11 @@ pub fn describe_binding(b: &Binding) -> String {
     }
     if b.allow_private {
         out.push_str("; private addresses allowed");
+    }
+    if b.makes_egress_strict() {
+        out.push_str("; runs using it refuse unbound hosts");
+    } else if b.tunnel_unbound {
+        out.push_str("; runs using it still tunnel unbound hosts");
     }
     out
 }
@@ -247,6 +307,13 @@ pub async fn bind(ctx: &Context, args: BindArgs) -> CliResult {
         return output::json(&json!({
             "agent": info.agent, "service": info.service, "binding": info.binding,
         }));
+    }
+    if let Some(Err(e)) = info
+        .binding
+        .as_ref()
+        .map(|b| b.in_force(info.service.as_str()))
+    {
+        note(&format!("warning: {e}"));
     }
     output::line(&match &info.binding {
         Some(b) => format!(

@@ -313,7 +313,7 @@ fn a_well_known_service_binds_itself_and_bind_changes_it() {
         .assert()
         .success()
         .stdout(contains(
-            "api.anthropic.com; placeholder replaced in headers",
+            "api.anthropic.com; placeholder replaced in headers x-api-key, authorization",
         ));
     let out = home.cmd().arg("list").assert().success();
     let text = outputs(out.get_output());
@@ -322,6 +322,49 @@ fn a_well_known_service_binds_itself_and_bind_changes_it() {
         "{text}"
     );
     assert!(!text.contains(&value));
+
+    // Body fields: named, shown, and the strict egress they bring (or not).
+    home.cmd()
+        .args([
+            "bind",
+            "anthropic",
+            "--host",
+            "api.example.com",
+            "--inject",
+            "substitute:X-Api-Key",
+            "--body-field",
+            "/auth/api_key",
+            "--body-field",
+            "form:key",
+        ])
+        .assert()
+        .success()
+        .stdout(contains(
+            "api.example.com; placeholder replaced in headers x-api-key; body fields \
+             /auth/api_key, form:key; runs using it refuse unbound hosts",
+        ));
+    let b = binding_of(&home, "anthropic");
+    assert_eq!(
+        b["inject"],
+        serde_json::json!({"kind": "substitute", "headers": ["x-api-key"],
+            "body_fields": [{"json": "/auth/api_key"}, {"form": "key"}]})
+    );
+    home.cmd()
+        .args([
+            "bind",
+            "anthropic",
+            "--host",
+            "api.example.com",
+            "--body-field",
+            "/k",
+            "--tunnel-unbound",
+        ])
+        .assert()
+        .success()
+        .stdout(contains(
+            "placeholder replaced in body fields /k; runs using it still tunnel unbound hosts",
+        ));
+    assert_eq!(binding_of(&home, "anthropic")["tunnel_unbound"], true);
 
     home.cmd()
         .args(["bind", "openai", "--remove"])
@@ -363,6 +406,57 @@ fn a_bad_binding_is_a_usage_error_with_a_hint() {
             "go with --inject substitute",
         ),
         (&["--well-known"][..], "not a well-known service"),
+        (
+            &["--host", "a.example.com", "--inject", "substitute"][..],
+            "names where the placeholder may be",
+        ),
+        (
+            &["--host", "a.example.com"][..],
+            "--inject substitute:authorization",
+        ),
+        (
+            &["--host", "a.example.com", "--inject", "substitute:X Y"][..],
+            "not a header name",
+        ),
+        (
+            &["--host", "a.example.com", "--inject", "substitutes"][..],
+            "not an injection",
+        ),
+        (
+            &["--host", "a.example.com", "--body-field", "api_key"][..],
+            "not a body field",
+        ),
+        (
+            &[
+                "--host",
+                "a.example.com",
+                "--inject",
+                "bearer",
+                "--body-field",
+                "/api_key",
+            ][..],
+            "go with --inject substitute",
+        ),
+        (
+            &[
+                "--host",
+                "a.example.com",
+                "--inject",
+                "substitute",
+                "--substitute-body",
+            ][..],
+            "--substitute-body is retired",
+        ),
+        (
+            &[
+                "--host",
+                "a.example.com",
+                "--inject",
+                "substitute:x-api-key",
+                "--tunnel-unbound",
+            ][..],
+            "--body-field",
+        ),
     ] {
         home.cmd()
             .args(["bind", "api"])

@@ -1,7 +1,7 @@
-//! What a request through the proxy carries, whether its binding allows it, and putting the
-//! real value where the binding says. The agent's request names a credential only by its
-//! placeholder; a placeholder found anywhere its binding does not allow refuses the whole
-//! request (nothing is replaced, nothing forwarded).
+//! What a request head through the proxy carries, whether its binding allows it, and
+//! putting the real value where the binding says. The agent's request names a credential
+//! only by its placeholder; a placeholder found anywhere its binding does not allow refuses
+//! the whole request (nothing is replaced, nothing forwarded). The body is `body.rs`'s.
 
 use agentkeys_types::ServiceName;
 use agentkeys_types::binding::{BasicPart, Binding, Inject, OVERRIDE_HEADERS};
@@ -188,8 +188,10 @@ pub fn check(
                 },
                 Where::BasicPassword,
             ) => true,
-            (Inject::Substitute { .. }, Where::Header(_)) => true,
-            (Inject::Substitute { .. }, Where::BasicUser | Where::BasicPassword) => true,
+            (Inject::Substitute { headers, .. }, Where::Header(h)) => named(headers, h.as_str()),
+            (Inject::Substitute { headers, .. }, Where::BasicUser | Where::BasicPassword) => {
+                named(headers, AUTHORIZATION.as_str())
+            }
             (Inject::Substitute { query, .. }, Where::Query) => *query,
             _ => false,
         };
@@ -201,6 +203,14 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Whether a `substitute` binding names the header `name` (a retired binding, which names
+/// none, never reaches here: `Binding::in_force` refused or upgraded it).
+fn named(headers: &Option<Vec<String>>, name: &str) -> bool {
+    headers
+        .as_ref()
+        .is_some_and(|h| h.iter().any(|n| n == name))
 }
 
 fn header_value(bytes: &[u8]) -> Result<HeaderValue, String> {
@@ -278,8 +288,13 @@ pub fn inject(parts: &mut Parts, route: &Route, real: &[u8]) -> Result<(), Strin
                 parts.headers.insert(AUTHORIZATION, new);
             }
         }
-        Inject::Substitute { query, .. } => {
-            let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
+        Inject::Substitute { headers, query, .. } => {
+            let names: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| named(headers, n.as_str()))
+                .cloned()
+                .collect();
             for name in names {
                 let values: Vec<HeaderValue> =
                     parts.headers.get_all(&name).iter().cloned().collect();
@@ -372,6 +387,15 @@ mod tests {
         }
     }
 
+    fn substitute(headers: &[&str], query: bool) -> Inject {
+        Inject::Substitute {
+            headers: Some(headers.iter().map(|h| (*h).to_owned()).collect()),
+            query,
+            body_fields: vec![],
+            body: false,
+        }
+    }
+
     fn basic(user: &str, pass: &str) -> String {
         format!(
             "Basic {}",
@@ -457,16 +481,14 @@ mod tests {
     }
 
     #[test]
-    fn substitute_reaches_headers_and_the_query_only_when_opted_in() {
-        let r = route(Inject::Substitute {
-            query: true,
-            body: false,
-        });
+    fn substitute_reaches_the_named_headers_and_the_query_only_when_opted_in() {
+        let r = route(substitute(&["x-goog-api-key", "authorization"], true));
         let mut p = parts(
             "/v1/models?key=ph-0123456789abcdef&x=1",
             &[
                 ("x-goog-api-key", "ph-0123456789abcdef"),
                 ("authorization", &basic("u", "ph-0123456789abcdef")),
+                ("x-other", "unrelated"),
             ],
         );
         let at = places(&r, &p);
@@ -482,11 +504,9 @@ mod tests {
         assert_eq!(p.uri.path(), "/v1/models");
         assert_eq!(p.headers["x-goog-api-key"], "AIzaREAL");
         assert_eq!(p.headers[AUTHORIZATION], basic("u", "AIzaREAL").as_str());
+        assert_eq!(p.headers["x-other"], "unrelated");
 
-        let headers_only = route(Inject::Substitute {
-            query: false,
-            body: false,
-        });
+        let headers_only = route(substitute(&["x-goog-api-key"], false));
         let p = parts("/v1/models?key=ph-0123456789abcdef", &[]);
         let at = places(&headers_only, &p);
         assert!(
@@ -502,6 +522,34 @@ mod tests {
         let p = parts("/ph-0123456789abcdef/x", &[]);
         let at = places(&r, &p);
         assert!(check(&r.service, &r.binding, &target("api.example.com", "/"), &at).is_err());
+    }
+
+    #[test]
+    fn substitute_refuses_a_placeholder_in_a_header_it_does_not_name() {
+        let r = route(substitute(&["x-api-key"], false));
+        // A header the upstream might reflect (or log and show) is not a place for the key.
+        for (name, value) in [
+            ("x-reflect-me", "ph-0123456789abcdef"),
+            ("user-agent", "curl ph-0123456789abcdef"),
+            ("authorization", "Bearer ph-0123456789abcdef"),
+            ("authorization", &basic("ph-0123456789abcdef", "")),
+        ] {
+            let mut p = parts("/", &[("x-api-key", "ph-0123456789abcdef"), (name, value)]);
+            let at = places(&r, &p);
+            let e =
+                check(&r.service, &r.binding, &target("api.example.com", "/"), &at).unwrap_err();
+            assert!(
+                e.contains("where its binding does not inject it"),
+                "{name}: {e}"
+            );
+            // Even if asked to, inject touches the named headers only.
+            inject(&mut p, &r, b"real").unwrap();
+            assert_eq!(p.headers["x-api-key"], "real");
+            assert!(
+                !p.headers[name].to_str().unwrap().contains("real"),
+                "{name}"
+            );
+        }
     }
 
     #[test]

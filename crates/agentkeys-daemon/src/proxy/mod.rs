@@ -6,15 +6,18 @@
 //! credentials are bound to, puts the real value where the binding says in place of the
 //! placeholder, refuses (403, audited) a placeholder on its way anywhere else, and replaces
 //! an echoed value in the answer by the placeholder. Hosts no credential is bound to are
-//! tunnelled untouched (or refused under `--egress strict`).
+//! tunnelled untouched (or refused under `--egress strict`, and in a run with a credential
+//! bound to body fields).
 //!
 //! - [`placeholder`]: format-preserving random placeholders.
 //! - [`ca`]: the run's name-constrained CA and its leaves.
-//! - [`inspect`]: where a request carries a placeholder, the binding check, the rewrite.
+//! - [`inspect`]: where a request head carries a placeholder, the binding check, the rewrite.
+//! - [`body`]: the named fields of a JSON or form body, and their rewrite.
 //! - [`scrub`]: streaming replacement across chunk boundaries.
 //! - [`upstream`]: resolve once, refuse internal addresses, verified TLS.
 //! - [`serve`]: the listener and the HTTP plumbing.
 
+pub mod body;
 pub mod ca;
 pub mod inspect;
 pub mod placeholder;
@@ -58,6 +61,8 @@ pub struct RunProxy {
     pub routes: Vec<Route>,
     /// The run's CA.
     pub ca: RunCa,
+    /// Why hosts no credential of the run is bound to are refused; `None`: tunnelled.
+    pub strict: Option<Strict>,
     /// Values this run's requests reuse, each with the binding that came with it and when
     /// it stops being reused (`None`: a high-value value approved for the whole run). In
     /// protected secret pages; wiped when the run ends, and never used once the session is
@@ -76,6 +81,42 @@ pub struct RunProxy {
     pub client_h1: Client<upstream::Connector, serve::Body>,
     /// Every task the proxy runs, its listener's and its upstream pool's included.
     pub tasks: Tasks,
+}
+
+/// Why a run refuses hosts none of its credentials is bound to, and what changes that.
+pub struct Strict {
+    /// The reason, for the 403 and the trail.
+    pub why: String,
+    /// The fix.
+    pub hint: String,
+}
+
+impl Strict {
+    /// The daemon's `--egress strict`, else the first binding with body fields that does not
+    /// say `tunnel_unbound`: a value sent into a body field could otherwise be read back,
+    /// unscrubbed, through another name of the same server (issue 23, N2).
+    fn of_run(strict_daemon: bool, routes: &[Route]) -> Option<Strict> {
+        if strict_daemon {
+            return Some(Strict {
+                why: "--egress strict".into(),
+                hint: "bind a credential to it with 'agentkeys bind', or run the daemon with \
+                       --egress open"
+                    .into(),
+            });
+        }
+        let r = routes.iter().find(|r| r.binding.makes_egress_strict())?;
+        Some(Strict {
+            why: format!(
+                "the binding of {} puts it into request bodies, which makes the run's egress strict",
+                r.service
+            ),
+            hint: format!(
+                "bind a credential of the run to it, or the master of {0} lets runs tunnel other \
+                 hosts with 'agentkeys bind {0} … --tunnel-unbound'",
+                r.service
+            ),
+        })
+    }
 }
 
 /// The tasks of one proxy: its listener, the agent's connections, tunnels, HTTP/2 streams
@@ -578,6 +619,11 @@ async fn start_with(
                 ),
             ));
         };
+        // A retired binding: today's built-in in place of an old built-in, else refused.
+        let binding = binding
+            .in_force(service.as_str())
+            .map_err(|e| refusal("DENIED", e.to_string()))?
+            .into_owned();
         routes.push(Route {
             service: service.clone(),
             placeholder,
@@ -651,6 +697,7 @@ async fn start_with(
         ..connector.clone()
     });
     let client = pooled(connector);
+    let strict = Strict::of_run(daemon.config.proxy.strict, &routes);
     let state = Arc::new(RunProxy {
         daemon: daemon.clone(),
         run: run.clone(),
@@ -658,6 +705,7 @@ async fn start_with(
         token,
         routes,
         ca,
+        strict,
         held: std::sync::Mutex::new(HashMap::new()),
         approving: tokio::sync::Mutex::new(()),
         closed: AtomicBool::new(false),
@@ -670,7 +718,7 @@ async fn start_with(
         event: "proxy".into(),
         mode: Some("proxy".into()),
         detail: Some(format!(
-            "listening on {addr} for {} (hosts {}){}",
+            "listening on {addr} for {} (hosts {}){}{}",
             services
                 .iter()
                 .map(ToString::to_string)
@@ -681,6 +729,10 @@ async fn start_with(
                 "; CA key held for wildcard leaves"
             } else {
                 "; CA key already dropped"
+            },
+            match &state.strict {
+                Some(s) => format!("; unbound hosts refused: {}", s.why),
+                None => "; unbound hosts tunnelled".into(),
             }
         )),
         ..Default::default()

@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::RunProxy;
+use super::body;
 use super::inspect::{self, Route, Target, Where};
 use super::scrub::{Replacer, Table};
 use super::upstream;
@@ -164,16 +165,8 @@ async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body>
         });
         return Response::new(empty());
     }
-    if proxy.daemon.config.proxy.strict {
-        let why =
-            format!("{host}:{port} is not bound to any credential of this run (--egress strict)");
-        proxy.refused(None, &why);
-        return json_response(
-            StatusCode::FORBIDDEN,
-            "DENIED",
-            &why,
-            "bind a credential to it with 'agentkeys bind', or run the daemon with --egress open",
-        );
+    if let Some(refused) = unbound_refused(&proxy, &host, port) {
+        return refused;
     }
     // Not ours: a blind tunnel. The placeholder is worthless there, and the run's CA cannot
     // certify this host, so nothing is decrypted.
@@ -191,6 +184,23 @@ async fn connect(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body>
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     });
     Response::new(empty())
+}
+
+/// The refusal (audited `proxy-deny`) of a host no credential of the run is bound to, when
+/// the run's egress is strict; `None` when it is tunnelled.
+fn unbound_refused(proxy: &RunProxy, host: &str, port: u16) -> Option<Response<Body>> {
+    let strict = proxy.strict.as_ref()?;
+    let why = format!(
+        "{host}:{port} is not bound to any credential of this run ({})",
+        strict.why
+    );
+    proxy.refused(None, &why);
+    Some(json_response(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        &why,
+        &strict.hint,
+    ))
 }
 
 /// A TCP connection to `host:port` (resolved once, internal addresses refused unless
@@ -366,11 +376,8 @@ async fn plain(proxy: Arc<RunProxy>, req: Request<Incoming>) -> Response<Body> {
     }
     let (host, port) = host_port(&authority, 80);
     let bound = proxy.routes.iter().any(|r| r.binding.allows_host(&host));
-    if !bound && proxy.daemon.config.proxy.strict {
-        let why =
-            format!("{host}:{port} is not bound to any credential of this run (--egress strict)");
-        proxy.refused(None, &why);
-        return json_response(StatusCode::FORBIDDEN, "DENIED", &why, "");
+    if !bound && let Some(refused) = unbound_refused(&proxy, &host, port) {
+        return refused;
     }
     let (req, plan) = match prepare(&proxy, req, &host, false).await {
         Ok(p) => p,
@@ -388,6 +395,9 @@ struct Injected {
     service: agentkeys_types::ServiceName,
     placeholder: String,
     value: super::Fetched,
+    /// Not put into the request, only scrubbed out of its answer (a body-field value the
+    /// upstream may have kept, [`prepare`]).
+    scrub_only: bool,
 }
 
 /// The table scrubbing an answer of the injected credentials: the held one for a single
@@ -416,10 +426,111 @@ struct Plan {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
+/// A request body the proxy has read whole, to look for placeholders in it.
+struct ReadBody {
+    bytes: Bytes,
+    kind: body::Kind,
+}
+
+/// The body of a request on its way: read whole (a binding with body fields allows the
+/// request), or streamed through untouched.
+enum RequestBody {
+    Read(ReadBody),
+    Streamed(Incoming),
+}
+
+/// How much of a refused body's rest is read and dropped so the client, still sending,
+/// gets the refusal rather than a reset connection; and for how long.
+const DRAIN: (usize, Duration) = (32 << 20, Duration::from_secs(10));
+
+/// Reads the body of a request that a binding with body fields may substitute into, up to
+/// [`body::MAX_BODY`]; refuses a larger or encoded one (413/415, audited `proxy-deny`).
+async fn read_body(
+    proxy: &RunProxy,
+    parts: &http::request::Parts,
+    mut incoming: Incoming,
+) -> Result<ReadBody, Response<Body>> {
+    use http_body::Body as _;
+    let limit = body::MAX_BODY;
+    let refuse = |status: StatusCode, why: String, hint: &str| {
+        proxy.refused(None, &why);
+        json_response(status, "BAD_REQUEST", &why, hint)
+    };
+    if let Some(encoding) = body::encoding(&parts.headers) {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the request body is sent with Content-Encoding: {encoding}, which the proxy \
+                 cannot look into for a credential bound to body fields"
+            ),
+            "send the body uncompressed",
+        ));
+    }
+    let declared = usize::try_from(incoming.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut over = declared > limit;
+    let mut bytes = Vec::with_capacity(if over { 0 } else { declared });
+    let mut whole = false;
+    while !over {
+        match incoming.frame().await {
+            None => {
+                whole = true;
+                break;
+            }
+            Some(Err(_)) => break,
+            Some(Ok(frame)) => {
+                // Trailers are dropped: a body read whole is sent with a Content-Length.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if bytes.len() + data.len() > limit {
+                    over = true;
+                } else {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    if over {
+        let _ = tokio::time::timeout(DRAIN.1, async {
+            let mut drained = 0usize;
+            while let Some(Ok(frame)) = incoming.frame().await {
+                drained += frame.data_ref().map_or(0, Bytes::len);
+                if drained > DRAIN.0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over {} KiB: the proxy reads a body whole, up to that size, \
+                 before a credential bound to body fields goes into a request",
+                limit / 1024
+            ),
+            "send a larger body without the placeholder to a path or method the binding does not \
+             name, or have the master narrow the binding (--path, --method)",
+        ));
+    }
+    if !whole {
+        return Err(json_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "the request body could not be read whole",
+            "",
+        ));
+    }
+    Ok(ReadBody {
+        bytes: Bytes::from(bytes),
+        kind: body::Kind::of(&parts.headers),
+    })
+}
+
 /// Inspects, checks and rewrites a request: refuses it (403) when a placeholder goes where
 /// its binding does not allow, fetches the values to inject (checking the binding that came
 /// with each), puts them in, and fixes the head for the upstream (origin-form, `Host` set to
-/// the target, hop headers gone).
+/// the target, hop headers gone). A body is read whole first (bounded) when a binding with
+/// body fields allows the request, and searched before anything is fetched.
 async fn prepare(
     proxy: &Arc<RunProxy>,
     mut req: Request<Incoming>,
@@ -429,7 +540,7 @@ async fn prepare(
     let started = Instant::now();
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
     let overrides = inspect::overrides(&parts);
@@ -441,20 +552,6 @@ async fn prepare(
         overrides: overrides.as_deref(),
     };
     let found = inspect::find(&proxy.routes, &parts);
-    let mut chosen: Vec<usize> = found.iter().map(|f| f.0).collect();
-    // Opted-in body substitution: the value goes in wherever the body holds the placeholder,
-    // so it is fetched for any allowed request to a host bound that way.
-    for (i, r) in proxy.routes.iter().enumerate() {
-        if matches!(
-            r.binding.inject,
-            agentkeys_types::binding::Inject::Substitute { body: true, .. }
-        ) && inspect::check(&r.service, &r.binding, &target, &[]).is_ok()
-        {
-            chosen.push(i);
-        }
-    }
-    chosen.sort_unstable();
-    chosen.dedup();
     let at_of = |i: usize| -> Vec<Where> {
         found
             .iter()
@@ -462,6 +559,57 @@ async fn prepare(
             .map(|f| f.1.clone())
             .collect()
     };
+
+    // Bindings with body fields that allow this host, method and path: the body is read and
+    // searched for their placeholders (an override header is refused below, once a
+    // placeholder makes the binding matter).
+    let plain_target = Target {
+        overrides: None,
+        ..target
+    };
+    let body_routes: Vec<usize> = proxy
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            !r.binding.body_fields().is_empty()
+                && inspect::check(&r.service, &r.binding, &plain_target, &[]).is_ok()
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let request_body = if body_routes.is_empty() || http_body::Body::is_end_stream(&incoming) {
+        RequestBody::Streamed(incoming)
+    } else {
+        RequestBody::Read(read_body(proxy, &parts, incoming).await?)
+    };
+    let read = match &request_body {
+        RequestBody::Read(read) => Some(read),
+        RequestBody::Streamed(_) => None,
+    };
+    let mut in_body: Vec<usize> = Vec::new();
+    if let Some(read) = read {
+        for &i in &body_routes {
+            let r = &proxy.routes[i];
+            match body::sites(
+                &read.bytes,
+                &read.kind,
+                r.binding.body_fields(),
+                r.placeholder.as_bytes(),
+            ) {
+                Ok(sites) if sites.is_empty() => {}
+                Ok(_) => in_body.push(i),
+                Err(place) => return Err(proxy.exfiltration(r, &not_injected(r, &place))),
+            }
+        }
+    }
+
+    let mut chosen: Vec<usize> = found
+        .iter()
+        .map(|f| f.0)
+        .chain(in_body.iter().copied())
+        .collect();
+    chosen.sort_unstable();
+    chosen.dedup();
     for &i in &chosen {
         let r = &proxy.routes[i];
         if let Err(why) = inspect::check(&r.service, &r.binding, &target, &at_of(i)) {
@@ -469,7 +617,8 @@ async fn prepare(
         }
     }
     let mut injected = Vec::new();
-    let mut body_pairs: Vec<usize> = Vec::new();
+    // Each body site with the index (in `injected`) of the value that goes there.
+    let mut body_sites: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
     for &i in &chosen {
         let r = &proxy.routes[i];
         let fetched = proxy.value_for(r).await?;
@@ -480,8 +629,32 @@ async fn prepare(
                 proxy.exfiltration(r, &format!("{} is no longer bound to any host", r.service))
             );
         };
+        let binding = match binding.in_force(r.service.as_str()) {
+            Ok(b) => b.into_owned(),
+            Err(e) => {
+                proxy.refused(Some(&r.service), &e.to_string());
+                return Err(json_response(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    &e.to_string(),
+                    "the credential's master rebinds it ('agentkeys bind --help')",
+                ));
+            }
+        };
         if let Err(why) = inspect::check(&r.service, &binding, &target, &at_of(i)) {
             return Err(proxy.exfiltration(r, &why));
+        }
+        if let Some(read) = read
+            && (in_body.contains(&i) || !binding.body_fields().is_empty())
+        {
+            let sites = body::sites(
+                &read.bytes,
+                &read.kind,
+                binding.body_fields(),
+                r.placeholder.as_bytes(),
+            )
+            .map_err(|place| proxy.exfiltration(r, &not_injected(r, &place)))?;
+            body_sites.extend(sites.into_iter().map(|s| (s, injected.len())));
         }
         let current = Route {
             binding,
@@ -491,16 +664,27 @@ async fn prepare(
             inspect::inject(&mut parts, &current, page.expose_secret())
                 .map_err(|why| json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &why, ""))?;
         }
-        if matches!(
-            current.binding.inject,
-            agentkeys_types::binding::Inject::Substitute { body: true, .. }
-        ) {
-            body_pairs.push(injected.len());
-        }
         injected.push(Injected {
             service: r.service.clone(),
             placeholder: r.placeholder.clone(),
             value: fetched,
+            scrub_only: false,
+        });
+    }
+    // A value that went into a body field may be kept upstream and sent back later, in the
+    // answer to a request without any placeholder, on any path or name of that server: so
+    // every answer of a run with body-field credentials is scrubbed of their values (held
+    // for `proxy_hold`, so this is rarely a fetch). Hosts none of the run's credentials is
+    // bound to are refused in such a run, unless its master said `tunnel_unbound`.
+    for (i, r) in proxy.routes.iter().enumerate() {
+        if chosen.contains(&i) || r.binding.body_fields().is_empty() {
+            continue;
+        }
+        injected.push(Injected {
+            service: r.service.clone(),
+            placeholder: r.placeholder.clone(),
+            value: proxy.value_for(r).await?,
+            scrub_only: true,
         });
     }
 
@@ -517,20 +701,28 @@ async fn prepare(
             HeaderValue::from_static("identity"),
         );
     }
-    let body: Body = if body_pairs.is_empty() {
-        body.map_err(BoxError::from).boxed()
-    } else {
-        let pairs: Vec<(&[u8], &[u8])> = body_pairs
-            .iter()
-            .map(|&k| {
-                let i = &injected[k];
-                (i.placeholder.as_bytes(), i.value.page.expose_secret())
-            })
-            .collect();
-        let replacer = Replacer::exact(&pairs)
-            .map_err(|e| json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &e.to_string(), ""))?;
-        parts.headers.remove(header::CONTENT_LENGTH);
-        Streamed::new(body, Some(replacer), None).boxed()
+    let body: Body = match request_body {
+        RequestBody::Read(read) => {
+            let bytes = if body_sites.is_empty() {
+                read.bytes
+            } else {
+                let mut sites: Vec<(std::ops::Range<usize>, &[u8])> = body_sites
+                    .iter()
+                    .map(|(range, k)| (range.clone(), injected[*k].value.page.expose_secret()))
+                    .collect();
+                let rewritten = body::rewrite(&read.bytes, &read.kind, &mut sites)
+                    .map_err(|why| json_response(StatusCode::BAD_GATEWAY, "INTERNAL", &why, ""))?;
+                // The buffer is wiped when hyper drops the last reference to it.
+                Bytes::from_owner(rewritten)
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            http_body_util::Full::new(bytes)
+                .map_err(|e| match e {})
+                .boxed()
+        }
+        RequestBody::Streamed(incoming) => incoming.map_err(BoxError::from).boxed(),
     };
     let plan = Plan {
         injected,
@@ -540,6 +732,15 @@ async fn prepare(
         client_upgrade,
     };
     Ok((Request::from_parts(parts, body), plan))
+}
+
+/// The refusal reason for a placeholder found in a body at `place`.
+fn not_injected(r: &Route, place: &str) -> String {
+    format!(
+        "the placeholder of {} was found in {place}, where its binding does not inject it \
+         (only as the whole value of a field it names)",
+        r.service
+    )
 }
 
 /// The upstream's answer on its way back: WebSocket spliced, or the body streamed with any
@@ -770,9 +971,14 @@ impl Record {
         target: &str,
         started: Instant,
     ) -> Option<Record> {
-        (!injected.is_empty()).then(|| Record {
+        let services: Vec<_> = injected
+            .iter()
+            .filter(|i| !i.scrub_only)
+            .map(|i| i.service.clone())
+            .collect();
+        (!services.is_empty()).then(|| Record {
             proxy: proxy.clone(),
-            services: injected.iter().map(|i| i.service.clone()).collect(),
+            services,
             method: method.to_owned(),
             target: target.to_owned(),
             started,

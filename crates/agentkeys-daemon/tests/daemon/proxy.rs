@@ -104,6 +104,19 @@ impl Upstream {
     fn received(&self, needle: &str) -> bool {
         std::fs::read_to_string(&self.log).unwrap().contains(needle)
     }
+
+    /// How many times `needle` appears in what it received.
+    fn times_received(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .matches(needle)
+            .count()
+    }
+
+    /// The keys its authenticated endpoints (`/reverse`, `/store`, `/reflect`) accept.
+    fn accept_keys(&self, keys: &[&str]) {
+        std::fs::write(self.dir.path().join("keys"), keys.join("\n") + "\n").unwrap();
+    }
 }
 
 impl Drop for Upstream {
@@ -121,7 +134,7 @@ fn key(prefix: &str) -> String {
 }
 
 struct ProxyAgent {
-    _server: agentkeys_testkit::Server,
+    server: agentkeys_testkit::Server,
     master: Master,
     _home: TempDir,
     d: DaemonProc,
@@ -175,7 +188,7 @@ fn proxy_agent_full(
         home.path(),
         &[
             "--scope",
-            "openai,anthropic,github,plain,plainok,h2svc,posthook",
+            "openai,anthropic,github,plain,plainok,h2svc,bodysvc,legacybody,legacyhdr,posthook",
         ],
         &args,
     );
@@ -224,7 +237,7 @@ fn proxy_agent_full(
         ],
     );
     ProxyAgent {
-        _server: server,
+        server,
         master,
         _home: home,
         d,
@@ -1156,6 +1169,29 @@ fn git_clones_over_https_with_the_token_injected_into_basic_auth() {
     }
 }
 
+/// Stores `bodysvc` for the agent, bound to store.example.com with its placeholder allowed as
+/// the whole value of `api_key` in a JSON or a form body (and `extra` flags), and has the
+/// upstream accept its key there. Returns the key.
+fn store_body_service(a: &ProxyAgent, extra: &[&str]) -> String {
+    let k = key("body-");
+    let mut args = vec![
+        "--agent",
+        a.wallet.as_str(),
+        "--host",
+        "store.example.com",
+        "--inject",
+        "substitute",
+        "--body-field",
+        "/api_key",
+        "--body-field",
+        "form:api_key",
+    ];
+    args.extend_from_slice(extra);
+    a.master.store("bodysvc", &k, &args);
+    a.up.accept_keys(&[&k]);
+    k
+}
+
 /// The trail's `event` lines' details.
 fn details(d: &DaemonProc, event: &str) -> Vec<String> {
     trail_lines(&d.trail())
@@ -1163,6 +1199,238 @@ fn details(d: &DaemonProc, event: &str) -> Vec<String> {
         .filter(|l| l["event"] == event)
         .map(|l| l["detail"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+#[test]
+fn a_body_field_carries_the_key_and_a_reversing_endpoint_cannot_give_it_back() {
+    let a = proxy_agent(&[]);
+    let real = store_body_service(&a, &[]);
+    // The review's attack: the placeholder as the text a bound endpoint reverses, the answer
+    // reversed again. Each attempt prints [name, status, error code, what reversing gave].
+    let code = r#"
+import json, os, requests, httpx
+ph = os.environ["BODYSVC_API_KEY"]
+url = "https://store.example.com/reverse"
+def attempt(name, **kw):
+    r = requests.post(url, **kw)
+    body = r.json()
+    got = (body.get("reversed") or "")[::-1]
+    print(json.dumps([name, r.status_code, (body.get("error") or {}).get("code"), got]))
+attempt("json", json={"api_key": ph, "text": "hello"})
+attempt("form", data={"api_key": ph, "text": "form"})
+r = httpx.post(url, json={"api_key": ph, "text": "httpx"})
+print(json.dumps(["httpx", r.status_code, None, r.json()["reversed"][::-1]]))
+r = httpx.post(url, data={"api_key": ph, "text": ph})
+print(json.dumps(["httpx-text", r.status_code, r.json()["error"]["code"], ""]))
+attempt("json-text", json={"api_key": ph, "text": ph})
+attempt("json-inside", json={"api_key": ph, "text": "say " + ph})
+attempt("json-escaped", headers={"content-type": "application/json"},
+        data='{"api_key": "%s", "text": "\\u%04x%s"}' % (ph, ord(ph[0]), ph[1:]))
+attempt("form-text", data={"api_key": ph, "text": ph})
+attempt("other-type", headers={"content-type": "text/plain"}, data=ph)
+"#;
+    let out = python(&a.d, &["bodysvc"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    assert!(!printed.contains(&real), "the key came back: {printed}");
+    let rows: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |name: &str| rows.iter().find(|r| r[0] == name).unwrap().clone();
+    assert_eq!(row("json"), serde_json::json!(["json", 200, null, "hello"]));
+    assert_eq!(row("form"), serde_json::json!(["form", 200, null, "form"]));
+    assert_eq!(
+        row("httpx"),
+        serde_json::json!(["httpx", 200, null, "httpx"])
+    );
+    for name in [
+        "httpx-text",
+        "json-text",
+        "json-inside",
+        "json-escaped",
+        "form-text",
+        "other-type",
+    ] {
+        assert_eq!(
+            row(name),
+            serde_json::json!([name, 403, "DENIED", ""]),
+            "{printed}"
+        );
+    }
+    // The upstream got the key three times, each time as the api_key it checked, and
+    // nothing of the refused requests.
+    assert_eq!(requests_to(&a.up, "/reverse").len(), 3);
+    assert_eq!(a.up.times_received(&real), 3);
+    let refused = details(&a.d, "exfiltration");
+    assert_eq!(refused.len(), 6, "{refused:?}");
+    for (detail, says) in refused.iter().zip([
+        "the form body, field 'text'",
+        "the JSON body at /text",
+        "the JSON body at /text",
+        "the JSON body at /text",
+        "the form body, field 'text'",
+        "a body of type text/plain",
+    ]) {
+        assert!(detail.contains(says), "{detail}");
+    }
+    // Once the run is over, the rewritten bodies left no readable copy in the daemon.
+    wait_for_events(&a.d.trail(), "exit", 1);
+    let daemon = agentkeys_testkit::assert_no_readable_copy(a.d.pid(), &[real.as_bytes()]);
+    eprintln!(
+        "scan: daemon after a run that put the key into body fields: 0 copies in {} bytes",
+        daemon.scanned_bytes
+    );
+}
+
+#[test]
+fn a_value_kept_through_a_body_field_comes_back_scrubbed_and_not_through_other_names() {
+    let a = proxy_agent(&[]);
+    let real = store_body_service(&a, &[]);
+    let http = a.up.http;
+    let code = format!(
+        r#"
+import os, requests
+ph = os.environ["BODYSVC_API_KEY"]
+store = "https://store.example.com/store"
+r = requests.post(store, json={{"api_key": ph, "note": ph}})
+print("note", r.status_code)
+r = requests.post(store, json={{"api_key": ph, "note": "hi"}})
+print("stored", r.status_code)
+id_ = r.json()["id"]
+# Read back through the bound name, with no placeholder in the request: scrubbed.
+r = requests.get(store + "/" + id_)
+print("bound", r.status_code, r.json()["api_key"] == ph, r.json()["note"])
+# Through another name of the same server: refused, over TLS and over plain http.
+try:
+    r = requests.get("https://unbound.example.com/store/" + id_, verify=False)
+    print("unbound", r.status_code, r.text)
+except requests.exceptions.ProxyError:
+    print("unbound refused")
+r = requests.get("http://unbound.example.com:{http}/store/" + id_)
+print("plain", r.status_code, r.json()["error"]["code"])
+"#
+    );
+    let out = python(&a.d, &["bodysvc"], &code);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    assert!(!printed.contains(&real), "the key came back: {printed}");
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [
+            "note 403",
+            "stored 201",
+            "bound 200 True hi",
+            "unbound refused",
+            "plain 403 DENIED"
+        ],
+        "{}",
+        text(&out)
+    );
+    // Stored once, with the key in the field that carries it; never fetched back raw.
+    assert_eq!(requests_to(&a.up, "/store").len(), 2, "one POST, one GET");
+    assert_eq!(a.up.times_received(&real), 1);
+    let denied = details(&a.d, "proxy-deny");
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|d| d.contains("unbound.example.com") && d.contains("binding of bodysvc")),
+        "{denied:?}"
+    );
+    let start = details(&a.d, "proxy");
+    assert!(start[0].contains("unbound hosts refused"), "{start:?}");
+
+    // The master may let such runs tunnel other hosts: then the other name is reached
+    // (and is the master's risk: it is not scrubbed).
+    let out = a.master.cli(&[
+        "bind",
+        "bodysvc",
+        "--agent",
+        &a.wallet,
+        "--host",
+        "store.example.com",
+        "--inject",
+        "substitute",
+        "--body-field",
+        "/api_key",
+        "--tunnel-unbound",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("runs using it still tunnel unbound hosts"),
+        "{}",
+        text(&out)
+    );
+    let out = sh(
+        &a.d,
+        &["bodysvc"],
+        "curl -sk -o /dev/null -w '%{http_code}' https://unbound.example.com/store/1",
+    );
+    assert_eq!(stdout(&out), "200", "{}", text(&out));
+    wait_for_events(&a.d.trail(), "tunnel", 1);
+}
+
+#[test]
+fn a_body_larger_than_the_bound_or_compressed_is_refused_before_any_fetch() {
+    let a = proxy_agent(&[]);
+    store_body_service(&a, &["--path", "/reverse"]);
+    let code = r#"
+import gzip, json, os, requests
+ph = os.environ["BODYSVC_API_KEY"]
+big = {"api_key": ph, "text": "a" * (1 << 20)}
+r = requests.post("https://store.example.com/reverse", json=big)
+print("big", r.status_code, "1024 KiB" in r.json()["error"]["message"])
+r = requests.post("https://store.example.com/reverse",
+                  data=gzip.compress(json.dumps({"api_key": ph, "text": "x"}).encode()),
+                  headers={"content-type": "application/json", "content-encoding": "gzip"})
+print("gzip", r.status_code)
+# A path the binding does not name streams as it is, however large.
+r = requests.post("https://store.example.com/elsewhere", data="b" * (2 << 20))
+print("elsewhere", r.status_code)
+"#;
+    let out = python(&a.d, &["bodysvc"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["big 413 True", "gzip 415", "elsewhere 200"],
+        "{}",
+        text(&out)
+    );
+    assert!(requests_to(&a.up, "/reverse").is_empty());
+    let elsewhere = requests_to(&a.up, "/elsewhere");
+    assert_eq!(elsewhere[0]["body"].as_str().unwrap().len(), 2 << 20);
+    // Refused before anything was fetched: the server saw one read (the run's start) and
+    // the scrubbing fetch of the one request that went out.
+    assert_eq!(server_reads(&a.master, &a.wallet), 2);
+}
+
+#[test]
+fn a_placeholder_in_a_header_the_binding_does_not_name_is_refused() {
+    let a = proxy_agent(&[]);
+    a.up.accept_keys(&[&a.anthropic]);
+    // anthropic's built-in binding names x-api-key and authorization. The fake upstream
+    // reverses the x-reflect header: the key must not get there.
+    let out = sh(
+        &a.d,
+        &["anthropic"],
+        "code() { curl -s -w ' %{http_code}\\n' \"$@\"; }
+         code -H \"x-api-key: $ANTHROPIC_API_KEY\" -H 'x-reflect: hello' https://api.anthropic.com/reflect
+         code -H \"x-api-key: $ANTHROPIC_API_KEY\" -H \"x-reflect: $ANTHROPIC_API_KEY\" https://api.anthropic.com/reflect
+         code -H \"User-Agent: $ANTHROPIC_API_KEY\" https://api.anthropic.com/v1/models",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let reversed: String = a.anthropic.chars().rev().collect();
+    assert!(!printed.contains(&reversed) && !printed.contains(&a.anthropic));
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines[0], r#"{"reflected": "olleh"} 200"#, "{printed}");
+    assert!(lines[1].ends_with(" 403"), "{printed}");
+    assert!(lines[2].ends_with(" 403"), "{printed}");
+    assert_eq!(a.up.times_received(&a.anthropic), 1);
+    let refused = details(&a.d, "exfiltration");
+    assert!(refused[0].contains("the x-reflect header"), "{refused:?}");
+    assert!(refused[1].contains("the user-agent header"), "{refused:?}");
 }
 
 #[test]
@@ -1216,4 +1484,111 @@ fn a_method_or_path_override_is_refused_on_a_binding_that_limits_them() {
         "{refused:?}"
     );
     assert!(refused[0].contains("x-http-method-override"), "{refused:?}");
+}
+
+/// Replaces the stored binding text of `service` in the server's database: what a server of
+/// an earlier release stored (the server refuses to store these forms now).
+fn store_binding_text(a: &ProxyAgent, service: &str, binding: &str) {
+    let code = "import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+n = db.execute('UPDATE credentials SET binding = ? WHERE service = ?', (sys.argv[3], sys.argv[2])).rowcount
+db.commit()
+assert n == 1, n";
+    let out = Command::new(sdk_python())
+        .args(["-c", code])
+        .arg(a.server.db_path())
+        .args([service, binding])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_stored_binding_of_a_retired_form_is_refused_with_the_command_that_rebinds_it() {
+    let a = proxy_agent(&[]);
+    let body_key = key("legacy-");
+    for service in ["legacybody", "legacyhdr"] {
+        a.master.store(
+            service,
+            &body_key,
+            &[
+                "--agent",
+                &a.wallet,
+                "--host",
+                "store.example.com",
+                "--inject",
+                "bearer",
+            ],
+        );
+    }
+    store_binding_text(
+        &a,
+        "legacybody",
+        r#"{"hosts":["store.example.com"],"methods":["POST"],"inject":{"kind":"substitute","body":true}}"#,
+    );
+    store_binding_text(
+        &a,
+        "legacyhdr",
+        r#"{"hosts":["store.example.com"],"inject":{"kind":"substitute"}}"#,
+    );
+    for (service, says) in [
+        ("legacybody", "anywhere in the request body"),
+        ("legacyhdr", "in any header"),
+    ] {
+        let out = sh(&a.d, &[service], "echo started");
+        assert!(!out.status.success(), "{service}: {}", text(&out));
+        let said = text(&out);
+        assert!(!stdout(&out).contains("started"), "{said}");
+        assert!(said.contains(says) && said.contains("retired"), "{said}");
+        assert!(
+            said.contains(&format!(
+                "agentkeys bind {service} --host 'store.example.com'"
+            )),
+            "{said}"
+        );
+        // The master sees it too, with the same command.
+        let shown = a.master.cli(&["bind", service, "--agent", &a.wallet]);
+        assert!(shown.status.success(), "{}", text(&shown));
+        let shown = text(&shown);
+        assert!(
+            shown.contains("warning: the binding of") && shown.contains(says),
+            "{shown}"
+        );
+    }
+    assert!(text(&sh(&a.d, &["legacybody"], "true")).contains("--body-field"));
+    // The value itself stays readable where the binding does not matter.
+    let mut c = a.d.client();
+    c.initialize();
+    let (is_error, answer) = c.tool(
+        "get_credential",
+        serde_json::json!({"service": "legacybody"}),
+    );
+    assert!(!is_error && answer.contains(&body_key), "{answer}");
+
+    // An old built-in binding (github's, without header names) becomes today's: the token
+    // still goes into Authorization, and nowhere else.
+    store_binding_text(
+        &a,
+        "github",
+        r#"{"hosts":["api.github.com","github.com","uploads.github.com"],"inject":{"kind":"substitute"}}"#,
+    );
+    let out = sh(
+        &a.d,
+        &["github"],
+        "code() { curl -s -o /dev/null -w '%{http_code}\\n' \"$@\"; }
+         code -H \"Authorization: token $GITHUB_API_KEY\" https://api.github.com/user
+         code -H \"X-Reflect: $GITHUB_API_KEY\" https://api.github.com/user",
+    );
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["200", "403"],
+        "{}",
+        text(&out)
+    );
+    let gh = requests_to(&a.up, "/user");
+    assert_eq!(gh.len(), 1);
+    assert_eq!(
+        gh[0]["headers"]["authorization"],
+        format!("token {}", a.github)
+    );
 }

@@ -16,6 +16,11 @@ Routes:
   GET  /ws                   WebSocket: sends the Authorization it saw, then echoes frames
   GET  /repo.git/...         files under STATIC (a bare repository for git's dumb HTTP),
                              401 with a basic-auth challenge until a request has credentials
+  POST /reverse              JSON or form body {api_key, text}: the text reversed; 401
+                             unless api_key is one of the keys in the file `keys` beside LOG
+  POST /store                the same auth; keeps every field of the body, answers {id}
+  GET  /store/ID             what was kept under ID, as JSON (no auth: a paste bin)
+  GET  /reflect              the x-reflect header reversed; 401 unless x-api-key is a key
   anything else              {"ok": true, "path": ...}
 
 Like the frameworks that honour them, it takes X-HTTP-Method-Override (on POST) and
@@ -32,10 +37,12 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 LOCK = threading.Lock()
+STORE = {}  # /store: id -> the fields of the body that stored them (both listeners share it)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -114,6 +121,30 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self):
         self.handle_any()
 
+    def keys(self):
+        """The keys a request must carry, as the test wrote them beside the log."""
+        try:
+            with open(os.path.join(os.path.dirname(self.server.log_path), "keys")) as f:
+                return {line.strip() for line in f if line.strip()}
+        except FileNotFoundError:
+            return set()
+
+    def fields(self, body):
+        """The fields of a JSON object or form body, as the API would parse them; None else."""
+        ctype = (self.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if ctype == "application/json":
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+        if ctype == "application/x-www-form-urlencoded":
+            return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(), keep_blank_values=True).items()}
+        return None
+
+    def unauthorized(self):
+        return self.send(401, json.dumps({"error": {"message": "invalid api key"}}).encode())
+
     def handle_any(self):
         body = self.read_body()
         self.record(body)
@@ -171,6 +202,26 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/ws":
             return self.websocket()
+        if path in ("/reverse", "/store") and self.command == "POST":
+            fields = self.fields(body)
+            if fields is None or fields.get("api_key") not in self.keys():
+                return self.unauthorized()
+            if path == "/reverse":
+                return self.send(200, json.dumps({"reversed": str(fields.get("text", ""))[::-1]}).encode())
+            with LOCK:
+                id_ = str(len(STORE) + 1)
+                STORE[id_] = fields
+            return self.send(201, json.dumps({"id": id_}).encode())
+        if path.startswith("/store/"):
+            with LOCK:
+                kept = STORE.get(path.removeprefix("/store/"))
+            if kept is None:
+                return self.send(404, b'{"error": "not found"}')
+            return self.send(200, json.dumps(kept).encode())
+        if path == "/reflect":
+            if self.headers.get("x-api-key") not in self.keys():
+                return self.unauthorized()
+            return self.send(200, json.dumps({"reflected": (self.headers.get("x-reflect") or "")[::-1]}).encode())
         if path.startswith("/repo.git/") and self.server.static_dir:
             if not self.headers.get("authorization"):
                 return self.send(401, b"credentials required\n", "text/plain",
