@@ -1,5 +1,7 @@
 //! Credential commands: `store`, `read`, `list`, `policy`, `bind`.
 
+use std::borrow::Cow;
+
 use agentkeys_core::{Backend as _, ClientError, HttpBackend};
 use agentkeys_types::api::{AuthRequestTicket, AuthStatus, Policy, SessionKind};
 use agentkeys_types::binding::{BasicPart, Binding, BodyField, Inject, WELL_KNOWN, well_known};
@@ -308,12 +310,21 @@ pub async fn bind(ctx: &Context, args: BindArgs) -> CliResult {
             "agent": info.agent, "service": info.service, "binding": info.binding,
         }));
     }
-    if let Some(Err(e)) = info
+    // A retired binding: what the proxy makes of it.
+    match info
         .binding
         .as_ref()
         .map(|b| b.in_force(info.service.as_str()))
     {
-        note(&format!("warning: {e}"));
+        Some(Err(e)) => note(&format!("warning: {e}")),
+        Some(Ok(Cow::Owned(today))) => note(&format!(
+            "note: this binding was stored before bindings named their headers; the proxy \
+             applies today's built-in in its place ({}); 'agentkeys bind {} --well-known' \
+             stores it",
+            describe_binding(&today),
+            info.service
+        )),
+        _ => {}
     }
     output::line(&match &info.binding {
         Some(b) => format!(

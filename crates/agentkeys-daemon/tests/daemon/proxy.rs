@@ -1591,4 +1591,13 @@ fn a_stored_binding_of_a_retired_form_is_refused_with_the_command_that_rebinds_i
         gh[0]["headers"]["authorization"],
         format!("token {}", a.github)
     );
+    let shown = a.master.cli(&["bind", "github", "--agent", &a.wallet]);
+    let shown = text(&shown);
+    assert!(
+        shown.contains(
+            "applies today's built-in in its place (api.github.com, github.com, \
+             uploads.github.com; placeholder replaced in headers authorization)"
+        ),
+        "{shown}"
+    );
 }
