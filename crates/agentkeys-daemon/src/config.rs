@@ -62,9 +62,12 @@ pub struct Config {
     pub run_max_output: usize,
     /// Force the cached pages' kind (measurements only: `--cache-page`); `None` = the best.
     pub cache_page: Option<agentkeys_secmem::SecretPageKind>,
-    /// Keep the agent session in memory only (`--ephemeral`): no file, no keyring entry;
-    /// a restart needs a new approval.
+    /// Keep the agent session in memory only (`--ephemeral`, or the default when agents
+    /// share the daemon's uid): no file, no keyring entry; a restart needs a new approval.
     pub ephemeral: bool,
+    /// `ephemeral` because agents share the daemon's uid (no `--allow-uid`) and
+    /// `--store-session` was not given, rather than because `--ephemeral` asked for it.
+    pub ephemeral_by_default: bool,
     /// The egress proxy's upstream settings.
     pub proxy: ProxyConfig,
 }
@@ -162,6 +165,7 @@ impl Default for Config {
             run_max_output: 64 * 1024,
             cache_page: None,
             ephemeral: false,
+            ephemeral_by_default: false,
             proxy: ProxyConfig::default(),
         }
     }

@@ -778,8 +778,23 @@ impl Daemon {
         }
     }
 
+    /// Where the agent session is kept between restarts, for `status`.
+    fn session_at_rest(&self) -> &'static str {
+        if self.config.ephemeral_by_default {
+            "none (agents share the daemon's uid; --store-session would keep it)"
+        } else if self.config.ephemeral {
+            "none (--ephemeral)"
+        } else {
+            "stored in the daemon's home"
+        }
+    }
+
     fn same_uid_risk(&self) -> &'static str {
-        if self.config.ephemeral {
+        if self.config.ephemeral_by_default {
+            "the session is in memory only (agents share the daemon's uid, so none is stored), \
+             yet the agent runs beside the daemon: run the daemon under a uid of its own \
+             (--allow-uid for the agent)"
+        } else if self.config.ephemeral {
             "the session is in memory only (--ephemeral), yet the agent shares the daemon's uid: \
              run the daemon under a uid of its own"
         } else {
@@ -1152,7 +1167,7 @@ impl Daemon {
             "revoked": self.is_revoked(),
             "traced": self.is_traced(),
             "same_uid": self.same_uid_view(),
-            "session_at_rest": if self.config.ephemeral { "none (--ephemeral)" } else { "stored in the daemon's home" },
+            "session_at_rest": self.session_at_rest(),
             "hardening": crate::report_json(&self.hardening),
             "run_children": self.children.lock().map(|c| c.len()).unwrap_or(0),
             "cache": self.cache_view(),
