@@ -14,6 +14,7 @@ mod server {
     mod mitm;
     mod passkeys;
     mod replicas;
+    mod state;
     mod store;
     mod tools;
 }

@@ -806,6 +806,18 @@ pub(super) async fn approve_request<S: Store>(
         return Err(decided_error(outcome));
     }
     state.wake.decided();
+    // A recovery ends the agent's other sessions; a standing approval lets it hold more.
+    if r.kind == AuthKind::Recover
+        || matches!(
+            &approval,
+            Approval::HighValue {
+                standing: Some(_),
+                ..
+            }
+        )
+    {
+        state.state_changed(approver).await;
+    }
     let mut detail = format!("{} {}", r.kind.as_str(), r.id);
     if let Approval::HighValue {
         standing: Some(st), ..

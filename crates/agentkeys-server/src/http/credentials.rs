@@ -162,6 +162,8 @@ pub(super) async fn store<S: Store>(
         .store
         .put_credential(&record_row, req.policy.is_none(), binding.is_none())
         .await?;
+    // A new value: whatever a daemon holds of the old one no longer holds.
+    state.state_changed(&super::tree_master(&caller)).await;
     let stored = state
         .store
         .credential(&owner, service)
@@ -449,6 +451,7 @@ pub(super) async fn set_policy<S: Store>(
             _ => no_such_credential(&service, &owner),
         });
     }
+    state.state_changed(caller.wallet()).await;
     let cred = stored_again(&state, &owner, &service).await?;
     record(
         &state,
@@ -523,6 +526,7 @@ pub(super) async fn set_binding<S: Store>(
     {
         return Err(no_such_credential(&service, &owner));
     }
+    state.state_changed(caller.wallet()).await;
     let cred = stored_again(&state, &owner, &service).await?;
     record(
         &state,

@@ -180,6 +180,8 @@ pub(super) async fn revoke<S: Store>(
             (state.store.revoke_wallet(w, now).await?, w.to_string())
         }
     };
+    // Every target is the caller's own or one of its agents': the caller's tree.
+    state.state_changed(&super::tree_master(&caller)).await;
     record(
         &state,
         event(actor, AuditAction::SessionRevoke, "ok")

@@ -497,7 +497,9 @@ pub trait Store: Send + Sync + 'static {
         owner: &Wallet,
         service: &ServiceName,
     ) -> impl Future<Output = StoreResult<Option<StoredCredential>>> + Send;
-    /// Every credential of an owner, values omitted (empty vectors).
+    /// Every credential of an owner, values omitted: `wrapped_dek` empty, `ciphertext` only
+    /// the record's 24-byte nonce, random per store, which tells one stored value from the
+    /// next (the session state's `version`) and nothing of it.
     fn list_credentials(
         &self,
         owner: &Wallet,
@@ -741,19 +743,61 @@ pub trait Store: Send + Sync + 'static {
         let _ = wake;
         None
     }
+
+    /// Tells the other servers sharing this store that what `master`'s sessions may hold
+    /// changed, so their session-state watches re-read (PostgreSQL: `NOTIFY`, sent after
+    /// the change committed). The own process's watches are woken by the caller. Nothing
+    /// to do where no other server shares the store.
+    fn announce_state(&self, master: &Wallet) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
-/// Who waits on auth requests: an opened request changes inboxes only, so it wakes the
-/// inbox long-polls and leaves the (many more) decision long-polls asleep.
-#[derive(Debug, Default)]
+/// How many wake-ups the session-state long-polls are spread over: a change under one
+/// master wakes the watches of the masters that share its shard, not every daemon.
+const STATE_SHARDS: usize = 64;
+
+/// Who waits on what: an opened request changes inboxes only, so it wakes the inbox
+/// long-polls and leaves the (many more) decision long-polls asleep; a change of what a
+/// master's sessions may hold (a revocation, a scope, a policy, a binding, a value, a
+/// standing approval) wakes the session-state watches of that master's tree.
+#[derive(Debug)]
 pub struct Wakeups {
     /// Long-polls of one request's decision.
     pub decisions: Notify,
     /// Long-polls of a master's inbox.
     pub inbox: Notify,
+    /// Session-state long-polls, by a hash of the master wallet of the session's tree.
+    state: [Notify; STATE_SHARDS],
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Wakeups {
+            decisions: Notify::new(),
+            inbox: Notify::new(),
+            state: std::array::from_fn(|_| Notify::new()),
+        }
+    }
 }
 
 impl Wakeups {
+    /// The wake-up of the session-state watches in `master`'s tree.
+    pub fn state_of(&self, master: &Wallet) -> &Notify {
+        let digest = agentkeys_core::crypto::sha256(master.as_str().as_bytes());
+        &self.state[usize::from(digest[0]) % STATE_SHARDS]
+    }
+
+    /// Something `master`'s sessions may hold changed: their state watches re-read.
+    pub fn state_changed(&self, master: &Wallet) {
+        self.state_of(master).notify_waiters();
+    }
+
+    /// Every state watch re-reads (a lost notification channel, shutdown).
+    pub fn all_state_changed(&self) {
+        for n in &self.state {
+            n.notify_waiters();
+        }
+    }
+
     /// A request was opened.
     pub fn opened(&self) {
         self.inbox.notify_waiters();
@@ -819,6 +863,7 @@ macro_rules! forward {
 }
 
 forward! {
+    fn announce_state(&self, master: &Wallet) -> StoreResult<()>;
     fn ensure_master(&self, enrol_hash: &[u8; 32], new_wallet: &Wallet, now: UnixSeconds) -> StoreResult<Account>;
     fn account(&self, wallet: &Wallet) -> StoreResult<Option<Account>>;
     fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>>;

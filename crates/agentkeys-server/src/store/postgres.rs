@@ -38,6 +38,9 @@ const PURGE_LOCK: i64 = 0x6167_6b79_0002;
 const DECISIONS: &str = "agentkeys_decisions";
 /// How an opened request's announcement starts (a decision's is the bare id).
 const OPENED: &str = "open ";
+/// How the announcement of a change to what a master's sessions may hold starts (then the
+/// master's wallet).
+const STATE: &str = "state ";
 
 /// PostgreSQL storage.
 #[derive(Clone, Debug)]
@@ -187,6 +190,11 @@ async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Wakeups>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        // Listening again: whatever was announced while no one listened is lost, so every
+        // session-state watch re-reads (decision long-polls re-read every second anyway).
+        if let Some(notify) = wake.upgrade() {
+            notify.all_state_changed();
+        }
         loop {
             let got = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
             let Some(notify) = wake.upgrade() else { return };
@@ -194,12 +202,22 @@ async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Wakeups>) {
                 // Quiet: check that someone still listens, then go on.
                 Err(_) => continue,
                 Ok(Ok(Some(n))) if n.payload().starts_with(OPENED) => notify.opened(),
+                Ok(Ok(Some(n))) if n.payload().starts_with(STATE) => {
+                    match Wallet::parse(&n.payload()[STATE.len()..]) {
+                        Ok(master) => notify.state_changed(&master),
+                        Err(_) => notify.all_state_changed(),
+                    }
+                }
                 Ok(Ok(Some(_))) => notify.decided(),
                 // The connection was lost: what was announced meanwhile is gone.
-                Ok(Ok(None)) => notify.decided(),
+                Ok(Ok(None)) => {
+                    notify.decided();
+                    notify.all_state_changed();
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the decision listener failed; reconnecting");
                     notify.decided();
+                    notify.all_state_changed();
                     break;
                 }
             }
@@ -454,7 +472,8 @@ impl Store for PgStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, ''::bytea AS wrapped_dek, ''::bytea AS ciphertext, \
+            "SELECT owner, service, ''::bytea AS wrapped_dek, \
+               substring(ciphertext from 1 for 24) AS ciphertext, \
                kek_id::bigint AS kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
@@ -921,6 +940,15 @@ impl Store for PgStore {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn announce_state(&self, master: &Wallet) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(DECISIONS)
+            .bind(format!("{STATE}{master}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {

@@ -680,7 +680,7 @@ impl Store for SqliteStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, kek_id, high_value, require_passkey, binding, created_at, updated_at \
+            "SELECT owner, service, X'' AS wrapped_dek, substr(ciphertext, 1, 24) AS ciphertext, kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -1084,6 +1084,10 @@ impl Store for SqliteStore {
 
     fn engine(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn announce_state(&self, _master: &Wallet) -> StoreResult<()> {
+        Ok(()) // one process: its own watches are woken by the caller
     }
 
     async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {
