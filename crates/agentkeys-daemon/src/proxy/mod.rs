@@ -13,6 +13,7 @@
 //! - [`inspect`]: where a request carries a placeholder, the binding check, the rewrite.
 //! - [`scrub`]: streaming replacement across chunk boundaries.
 //! - [`upstream`]: resolve once, refuse internal addresses, verified TLS.
+//! - [`ws`]: an upstream's WebSocket frames, scrubbed message by message and framed again.
 //! - [`serve`]: the listener and the HTTP plumbing.
 
 pub mod ca;
@@ -21,6 +22,7 @@ pub mod placeholder;
 pub mod scrub;
 pub mod serve;
 pub mod upstream;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::io::Write as _;

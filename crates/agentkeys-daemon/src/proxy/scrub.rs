@@ -77,6 +77,13 @@ impl Replacer {
     }
 }
 
+impl Drop for Replacer {
+    fn drop(&mut self) {
+        // The held tail may be the start of an echoed key.
+        zeroize::Zeroize::zeroize(&mut self.carry[..]);
+    }
+}
+
 impl Table {
     /// Replaces each `from` by its `to` exactly (no encodings).
     pub fn exact(pairs: &[(&[u8], &[u8])]) -> std::io::Result<Arc<Table>> {
@@ -99,6 +106,15 @@ impl Table {
             }
         }
         Table::from_pairs(owned)
+    }
+
+    /// Replaces every occurrence in a whole value (a header, a trailer, a control frame's
+    /// payload); `None` when there was none.
+    pub fn scrub_whole(self: &Arc<Self>, data: &[u8]) -> Option<Vec<u8>> {
+        let mut r = Replacer::new(self.clone());
+        let mut out = r.push_slice(data).to_vec();
+        out.extend_from_slice(&r.finish());
+        (r.replaced > 0).then_some(out)
     }
 
     /// Whether every replacement has its pattern's length (a stream keeps its framing).

@@ -25,6 +25,7 @@ use super::RunProxy;
 use super::inspect::{self, Route, Target, Where};
 use super::scrub::{Replacer, Table};
 use super::upstream;
+use super::ws;
 use crate::trail::Event;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -553,34 +554,64 @@ fn answer_back(
         && let Some(client_upgrade) = plan.client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut answer);
-        let record = Record::new(
+        let mut record = Record::new(
             proxy,
             &plan.injected,
             &plan.method,
             &plan.target,
             plan.started,
         );
-        // The upstream's frames are scrubbed as a byte stream: with extensions refused they
-        // are uncompressed, and a placeholder as long as its key keeps every frame length.
-        let replacer = if plan.injected.is_empty() {
+        // The upstream's frames are parsed, scrubbed message by message and framed again
+        // (extensions were refused, so none is compressed), and the 101's headers are
+        // scrubbed like any answer's. Anything else it could switch to cannot be looked into.
+        let table = if plan.injected.is_empty() {
             None
         } else {
-            echo_table(&plan.injected)
-                .ok()
-                .filter(|t| t.same_length())
-                .map(Replacer::new)
+            let headers = answer.headers();
+            let websocket = headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+            let refused = if !websocket {
+                Some(
+                    "the upstream switched to a protocol the proxy cannot check for the credential",
+                )
+            } else if headers.contains_key("sec-websocket-extensions") {
+                Some(
+                    "the upstream turned on a WebSocket extension the proxy refused (its frames could not be checked for the credential)",
+                )
+            } else {
+                None
+            };
+            let table = match refused {
+                Some(why) => Err(why.to_owned()),
+                None => echo_table(&plan.injected)
+                    .map_err(|e| format!("no secret page for the scrubber: {e}")),
+            };
+            match table {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    if let Some(r) = record.as_mut() {
+                        r.status = 502;
+                    }
+                    return json_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &why, "");
+                }
+            }
         };
+        let (mut parts, _) = answer.into_parts();
+        if let Some(t) = &table {
+            scrub_headers(t, &mut parts.headers);
+        }
+        let reframer = table.map(ws::Reframer::new);
         proxy.tasks.spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                 return;
             };
-            let copied = splice(TokioIo::new(client), TokioIo::new(upstream), replacer).await;
+            let copied = splice(TokioIo::new(client), TokioIo::new(upstream), reframer).await;
             if let Some(mut record) = record {
                 record.status = 101;
                 record.bytes = copied;
             }
         });
-        let (parts, _) = answer.into_parts();
         return Response::from_parts(parts, empty());
     }
     let (mut parts, body) = answer.into_parts();
@@ -638,26 +669,7 @@ fn answer_back(
         parts.headers.remove(header::CONTENT_ENCODING);
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    // Headers: each value scrubbed.
-    let names: Vec<header::HeaderName> = parts.headers.keys().cloned().collect();
-    for name in names {
-        let values: Vec<HeaderValue> = parts.headers.get_all(&name).iter().cloned().collect();
-        let mut changed = false;
-        let mut scrubbed = Vec::with_capacity(values.len());
-        for v in &values {
-            let mut r = Replacer::new(table.clone());
-            let mut out = r.push_slice(v.as_bytes()).to_vec();
-            out.extend_from_slice(&r.finish());
-            changed |= r.replaced > 0;
-            scrubbed.push(HeaderValue::from_bytes(&out).unwrap_or_else(|_| v.clone()));
-        }
-        if changed {
-            parts.headers.remove(&name);
-            for v in scrubbed {
-                parts.headers.append(name.clone(), v);
-            }
-        }
-    }
+    scrub_headers(&table, &mut parts.headers);
     if !table.same_length() {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
@@ -703,9 +715,35 @@ impl Decoder {
     }
 }
 
-/// Copies both ways until either side closes, the upstream's bytes through `replacer`;
-/// returns the bytes moved.
-async fn splice<C, U>(client: C, upstream: U, mut replacer: Option<Replacer>) -> u64
+/// Replaces every echo of a value in each header value (an answer's headers, a `101`'s,
+/// trailers).
+fn scrub_headers(table: &Arc<Table>, headers: &mut HeaderMap) {
+    let names: Vec<header::HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        let scrubbed: Vec<Option<Vec<u8>>> = values
+            .iter()
+            .map(|v| table.scrub_whole(v.as_bytes()))
+            .collect();
+        if scrubbed.iter().all(Option::is_none) {
+            continue;
+        }
+        headers.remove(&name);
+        for (v, new) in values.into_iter().zip(scrubbed) {
+            let v = match new {
+                // A replacement is made of the value's own bytes and a placeholder's
+                // (letters, digits, `-`, `_`), so it is a valid value; if not, nothing.
+                Some(new) => HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static("")),
+                None => v,
+            };
+            headers.append(name.clone(), v);
+        }
+    }
+}
+
+/// Copies both ways until either side closes, the upstream's WebSocket frames through
+/// `reframer` (scrubbed, framed again); returns the bytes moved.
+async fn splice<C, U>(client: C, upstream: U, mut reframer: Option<ws::Reframer>) -> u64
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -722,24 +760,29 @@ where
     };
     let down = async {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut framed = Vec::new();
         let mut n = 0u64;
         loop {
             let read = match upstream_r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(r) => r,
             };
-            let out = match replacer.as_mut() {
-                Some(r) => r.push_slice(&buf[..read]),
-                None => Bytes::copy_from_slice(&buf[..read]),
+            let out: &[u8] = match reframer.as_mut() {
+                Some(r) => {
+                    framed.clear();
+                    // Frames that cannot be checked end the connection: nothing unchecked
+                    // reaches the agent.
+                    if r.push(&buf[..read], &mut framed).is_err() {
+                        break;
+                    }
+                    &framed
+                }
+                None => &buf[..read],
             };
             n += out.len() as u64;
-            if client_w.write_all(&out).await.is_err() {
+            if client_w.write_all(out).await.is_err() {
                 break;
             }
-        }
-        if let Some(r) = replacer.as_mut() {
-            let rest = r.finish();
-            let _ = client_w.write_all(&rest).await;
         }
         zeroize::Zeroize::zeroize(&mut buf[..]);
         let _ = client_w.shutdown().await;

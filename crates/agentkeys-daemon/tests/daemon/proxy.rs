@@ -172,7 +172,10 @@ fn proxy_agent_full(
     let (d, wallet) = paired_with(
         &master,
         home.path(),
-        &["--scope", "openai,anthropic,github,plain,plainok,h2svc"],
+        &[
+            "--scope",
+            "openai,anthropic,github,plain,plainok,h2svc,wsshort",
+        ],
         &args,
     );
     let openai = key("sk-proj-");
@@ -895,6 +898,67 @@ asyncio.run(main())
     );
     assert!(ws[0]["headers"].get("sec-websocket-extensions").is_none());
     assert!(!stdout(&out).contains(&a.openai));
+}
+
+#[test]
+fn websocket_frames_are_scrubbed_when_the_placeholder_has_another_length() {
+    let a = proxy_agent(&[]);
+    // A short key: its placeholder is 32 random characters, longer than the key, so every
+    // frame that echoes it changes length.
+    let short = format!("wsk-{}", &key("")[..20]);
+    a.master.store(
+        "wsshort",
+        &short,
+        &[
+            "--agent",
+            &a.wallet,
+            "--host",
+            "api.openai.com",
+            "--inject",
+            "bearer",
+        ],
+    );
+    let code = r#"
+import asyncio, os, websockets
+async def main():
+    key = os.environ["WSSHORT_API_KEY"]
+    print("lengths", len(key))
+    async with websockets.connect("wss://api.openai.com/ws-echoes",
+                                  additional_headers={"Authorization": "Bearer " + key}) as ws:
+        print("101 header", ws.response.headers["x-echo"] == "Bearer " + key)
+        print("text", await ws.recv() == "Bearer " + key)
+        print("fragmented", await ws.recv() == "key=" + key + " end")
+        await ws.send("hello")
+        print(await ws.recv())
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as e:
+            print("close", e.rcvd.code, e.rcvd.reason == "bye " + key)
+asyncio.run(main())
+"#;
+    let out = python(&a.d, &["wsshort"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "lengths 32",
+            "101 header True",
+            "text True",
+            "fragmented True",
+            "echo:hello",
+            "close 4000 True",
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(short.len(), 24);
+    let ws = requests_to(&a.up, "/ws-echoes");
+    assert_eq!(
+        ws[0]["headers"]["authorization"],
+        format!("Bearer {short}"),
+        "the upstream got the key, and echoed it everywhere"
+    );
+    assert!(!text(&out).contains(&short));
 }
 
 /// What the HTTP/2 upstream saw: `(connection number, version, authorization)` per request.

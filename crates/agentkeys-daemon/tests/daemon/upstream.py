@@ -14,6 +14,10 @@ Routes:
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
   GET  /cut                  promises 1 MiB and closes after 10 KiB
   GET  /ws                   WebSocket: sends the Authorization it saw, then echoes frames
+  GET  /ws-echoes            WebSocket that echoes the bearer token everywhere: in a header of
+                             its 101, a text frame, a message fragmented inside the token with a
+                             ping between the fragments, then (after one echoed message) in
+                             its close frame's reason
   GET  /repo.git/...         files under STATIC (a bare repository for git's dumb HTTP),
                              401 with a basic-auth challenge until a request has credentials
   anything else              {"ok": true, "path": ...}
@@ -151,6 +155,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/ws":
             return self.websocket()
+        if path == "/ws-echoes":
+            return self.websocket_echoes()
         if path.startswith("/repo.git/") and self.server.static_dir:
             if not self.headers.get("authorization"):
                 return self.send(401, b"credentials required\n", "text/plain",
@@ -185,15 +191,47 @@ class Handler(BaseHTTPRequestHandler):
         self.chunk(b"data: [DONE]\n\n")
         self.chunk(b"")
 
-    def websocket(self):
+    def accept_websocket(self, extra=()):
         key = self.headers.get("sec-websocket-key", "")
         accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         self.send_response(101)
         self.send_header("upgrade", "websocket")
         self.send_header("connection", "Upgrade")
         self.send_header("sec-websocket-accept", accept.decode())
+        for k, v in extra:
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.flush()
+
+    def websocket_echoes(self):
+        token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
+        self.accept_websocket([("x-echo", "Bearer " + token.decode())])
+        ws_send(self.wfile, b"Bearer " + token)
+        long = b"key=" + token + b" end"
+        third = len(long) // 3
+        ws_send(self.wfile, long[:third], first=0x01)          # text, not final
+        ws_send(self.wfile, b"ping " + token[:4], first=0x89)  # a ping between fragments
+        ws_send(self.wfile, long[third:2 * third], first=0x00)  # continuation
+        ws_send(self.wfile, long[2 * third:], first=0x80)       # continuation, final
+        while True:
+            head = self.rfile.read(1)
+            if not head:
+                return
+            opcode = head[0] & 0x0F
+            data = ws_recv(self.rfile, head)
+            if opcode == 0xA:  # the client's pong to our ping
+                continue
+            break
+        if data is not None:
+            ws_send(self.wfile, b"echo:" + data)
+        reason = b"bye " + token
+        self.wfile.write(bytes([0x88, 2 + len(reason)]) + (4000).to_bytes(2, "big") + reason)
+        self.wfile.flush()
+        ws_recv(self.rfile)  # the client's close
+        self.close_connection = True
+
+    def websocket(self):
+        self.accept_websocket()
         ws_send(self.wfile, (self.headers.get("authorization") or "").encode())
         while True:
             data = ws_recv(self.rfile)
@@ -205,18 +243,19 @@ class Handler(BaseHTTPRequestHandler):
             ws_send(self.wfile, b"echo:" + data)
 
 
-def ws_send(w, data):
-    """One unmasked text frame (server to client)."""
-    header = bytes([0x81])
+def ws_send(w, data, first=0x81):
+    """One unmasked frame (server to client): a whole text message unless told."""
+    header = bytes([first])
     n = len(data)
     header += bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
     w.write(header + data)
     w.flush()
 
 
-def ws_recv(r):
-    """One masked frame (client to server); None on close."""
-    head = r.read(2)
+def ws_recv(r, first=b""):
+    """One masked frame (client to server), its first byte maybe read already; None on
+    close."""
+    head = first + r.read(2 - len(first))
     if len(head) < 2 or head[0] & 0x0F == 0x8:
         return None
     n = head[1] & 0x7F
