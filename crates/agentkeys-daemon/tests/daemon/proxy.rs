@@ -574,6 +574,49 @@ print("sse", b"".join(r.iter_content(None)).decode().startswith("data: Bearer " 
 }
 
 #[test]
+fn the_delay_a_streamed_event_sees_through_the_proxy_is_reported() {
+    let a = proxy_agent(&[]);
+    // Events 50 ms apart, each stamped when the upstream sent it; the client notes when it
+    // can read each one. SSE events end in a blank line; a bare token stream ends each chunk
+    // in the middle of a word, which the scrubber may hold until the next chunk. Reported,
+    // not asserted (timings on a shared machine); every event must arrive, in order.
+    let code = r#"
+import os, re, statistics, time, requests
+h = {"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"]}
+for end in ("nl", "word"):
+    r = requests.get("https://api.openai.com/timed?n=40&gap=0.05&end=" + end, headers=h, stream=True)
+    buf, seen = b"", {}
+    for chunk in r.iter_content(chunk_size=None):
+        now = time.time()
+        buf += chunk
+        for m in re.finditer(rb'data: (?:\{"i": )?(\d+),? (?:"t": )?(\d+\.\d{6})', buf):
+            seen.setdefault(int(m.group(1)), now - float(m.group(2)))
+    ms = [d * 1000 for d in seen.values()]
+    print(end, sorted(seen) == list(range(40)), "%.2f" % statistics.median(ms), "%.2f" % max(ms))
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    for (line, kind) in lines.iter().zip(["nl", "word"]) {
+        assert_eq!(line[..2], [kind, "True"], "{}", text(&out));
+        eprintln!(
+            "streamed event delay through the proxy ({}): median {} ms, max {} ms",
+            if kind == "nl" {
+                "SSE events ending in a blank line"
+            } else {
+                "a token stream, each chunk ending mid-word"
+            },
+            line[2],
+            line[3]
+        );
+    }
+}
+
+#[test]
 fn requests_without_the_proxy_credential_get_407() {
     let a = proxy_agent(&[]);
     let out = sh(

@@ -12,6 +12,10 @@ Routes:
   GET  /echo-sse             the Authorization value in an SSE stream, split across chunks
   GET  /echo-b64             the bearer token base64- and hex-encoded in JSON
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
+  GET  /timed?n=N&gap=S&end=nl|word
+                             N events S seconds apart, each carrying the time it was sent:
+                             SSE events ending in a blank line, or bare words ending in
+                             digits (a token stream that ends each chunk mid-word)
   GET  /cut                  promises 1 MiB and closes after 10 KiB
   GET  /ws                   WebSocket: sends the Authorization it saw, then echoes frames
   GET  /ws-echoes            WebSocket that echoes the bearer token everywhere: in a header of
@@ -132,6 +136,21 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(0.05)
             self.chunk(line[half:])
             self.chunk(b"data: done\n\n")
+            self.chunk(b"")
+            return
+        if path == "/timed":
+            q = dict(kv.split("=", 1) for kv in self.path.split("?", 1)[1].split("&"))
+            n, gap, end = int(q["n"]), float(q["gap"]), q["end"]
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(n):
+                if end == "nl":
+                    self.chunk(b'data: {"i": %d, "t": %.6f}\n\n' % (i, time.time()))
+                else:
+                    self.chunk(b"data: %d %.6f" % (i, time.time()))
+                time.sleep(gap)
             self.chunk(b"")
             return
         if path == "/stream":
