@@ -2,15 +2,35 @@
 //! placeholder in responses (raw, base64 and hex, so an upstream echoing the key gives the
 //! agent only the placeholder), and the placeholder by the key in an opted-in request body.
 //!
-//! The pairs live in a secret page. Only a chunk's tail that is the start of a pattern is
-//! held back for the next chunk, so a stream (SSE, a WebSocket) flows without delay unless
-//! a chunk ends in the middle of a key.
+//! The pairs live in a secret page and are compared there. What a stream holds back for the
+//! next chunk does not depend on the key (DESIGN decision in docs/architecture.md, "The
+//! scrubber holds back by class"): the trailing run of bytes of one public class that every
+//! searched form is written in ([`in_class`]), at most the longest span an occurrence can
+//! take; any byte outside the class releases everything before it. A key with a byte outside
+//! the class makes every chunk hold that longest span back instead.
 
 use std::sync::Arc;
 
 use agentkeys_secmem::SecretPage;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+
+/// The bytes every searched form of a key is written in, when the key's own bytes are:
+/// letters and digits (hex, base64), base64's `+ / = - _`, the escapes' `% \` (and `/`),
+/// and `.` and `~`. Public and fixed: a stream holds back only a trailing run of these.
+pub fn in_class(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'+' | b'/' | b'=' | b'-' | b'_' | b'%' | b'\\' | b'.' | b'~'
+        )
+}
+
+/// The longest span an occurrence of a form of an `n`-byte key can take in a stream: its
+/// longest form (hex, `2n` characters), `n` rounded up to a power of two (at least 64).
+fn longest_span(n: usize) -> usize {
+    2 * n.next_power_of_two().max(64)
+}
 
 /// Pattern → replacement pairs, kept in one secret page; shared by every stream that uses
 /// them (made once per held value, not per request).
@@ -19,7 +39,12 @@ pub struct Table {
     /// (pattern start, pattern len, replacement start, replacement len) in `page`, longest
     /// pattern first.
     pairs: Vec<(usize, usize, usize, usize)>,
-    longest: usize,
+    /// The most a stream holds back: one less than the longest span an occurrence can take,
+    /// from the key's length rounded up to a power of two, so holding back says no more of
+    /// the length than that.
+    hold_limit: usize,
+    /// Whether every pattern byte is in [`in_class`] (else every chunk holds `hold_limit`).
+    class_only: bool,
     /// The distinct first bytes of the patterns (a key's first byte says nothing of it).
     firsts: Vec<u8>,
 }
@@ -75,6 +100,11 @@ impl Replacer {
     pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Replacer> {
         Ok(Replacer::new(Table::echoes(secrets)?))
     }
+
+    /// How many bytes the stream holds back now.
+    pub fn held(&self) -> usize {
+        self.carry.len()
+    }
 }
 
 impl Drop for Replacer {
@@ -91,21 +121,39 @@ impl Table {
             .iter()
             .map(|(f, t)| (f.to_vec(), t.to_vec()))
             .collect();
-        Table::from_pairs(owned)
+        let longest = pairs.iter().map(|(f, _)| f.len()).max().unwrap_or(0);
+        Table::from_pairs(owned, longest.saturating_sub(1))
     }
 
     /// Replaces each secret by its placeholder, in every encoding (raw, base64, hex; the
     /// placeholder in the same encoding).
     pub fn echoes(secrets: &[(&[u8], &[u8])]) -> std::io::Result<Arc<Table>> {
         let mut owned = Vec::new();
+        let mut span = 0;
         for (secret, placeholder) in secrets {
+            span = span.max(longest_span(secret.len()));
             for (f, t) in encodings(secret).into_iter().zip(encodings(placeholder)) {
                 if !owned.iter().any(|(o, _): &(Vec<u8>, Vec<u8>)| o == &f) {
                     owned.push((f, t));
                 }
             }
         }
-        Table::from_pairs(owned)
+        Table::from_pairs(owned, span.saturating_sub(1))
+    }
+
+    /// How many bytes at the end of `data` wait for the next chunk: the trailing run of
+    /// class bytes, at most `hold_limit` (or `hold_limit` whatever they are, for a key with
+    /// bytes outside the class). The key decides none of it.
+    fn hold(&self, data: &[u8]) -> usize {
+        let limit = self.hold_limit.min(data.len());
+        if !self.class_only {
+            return limit;
+        }
+        data.iter()
+            .rev()
+            .take(limit)
+            .take_while(|&&b| in_class(b))
+            .count()
     }
 
     /// Replaces every occurrence in a whole value (a header, a trailer, a control frame's
@@ -122,7 +170,10 @@ impl Table {
         self.pairs.iter().all(|p| p.1 == p.3)
     }
 
-    fn from_pairs(mut owned: Vec<(Vec<u8>, Vec<u8>)>) -> std::io::Result<Arc<Table>> {
+    fn from_pairs(
+        mut owned: Vec<(Vec<u8>, Vec<u8>)>,
+        hold_limit: usize,
+    ) -> std::io::Result<Arc<Table>> {
         owned.retain(|(f, _)| !f.is_empty());
         // Longest first, so a pattern that contains another wins.
         owned.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
@@ -139,11 +190,11 @@ impl Table {
                 at += f.len() + t.len();
             }
         }
+        let class_only = owned.iter().all(|(f, _)| f.iter().all(|&b| in_class(b)));
         for (f, t) in &mut owned {
             zeroize::Zeroize::zeroize(f);
             zeroize::Zeroize::zeroize(t);
         }
-        let longest = pairs.iter().map(|p| p.1).max().unwrap_or(0);
         let mut firsts: Vec<u8> = pairs
             .iter()
             .map(|&(ps, _, _, _)| page.expose_secret()[ps])
@@ -153,7 +204,8 @@ impl Table {
         Ok(Arc::new(Table {
             page,
             pairs,
-            longest,
+            hold_limit,
+            class_only,
             firsts,
         }))
     }
@@ -245,22 +297,9 @@ impl Replacer {
     fn scan(&mut self, data: &[u8], last: bool) -> (Option<Bytes>, usize) {
         let table = &*self.table;
         let secret = table.page.expose_secret();
-        // Only a tail that is the start of some pattern waits for the next chunk: anything
-        // else flows now, so an interactive stream (a WebSocket, SSE) is never held up.
-        let hold = if last {
-            0
-        } else {
-            (1..table.longest.min(data.len() + 1))
-                .rev()
-                .find(|&k| {
-                    let tail = &data[data.len() - k..];
-                    table
-                        .pairs
-                        .iter()
-                        .any(|(ps, pl, _, _)| *pl > k && secret[*ps..ps + k] == *tail)
-                })
-                .unwrap_or(0)
-        };
+        // What waits for the next chunk is decided without the key (see `Table::hold`): an
+        // occurrence that starts before `safe_end` is whole in `data`.
+        let hold = if last { 0 } else { table.hold(data) };
         let safe_end = data.len() - hold;
         // Every whole occurrence starting before `safe_end`, leftmost first, the longest
         // pattern first at one position, compared against the patterns in the secret page
@@ -296,6 +335,9 @@ impl Replacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &[u8] = b"sk-proj-Q2x/9+Zk7Lm0Pq4Rs8Tu1Vw5Xy3Ab6Cd";
+    const SHORT: &[u8] = b"agentkeys-placeholder-AbCdEfGhIjKlMnOpQrStUvWxYz012345";
 
     fn run(r: &mut Replacer, chunks: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -376,13 +418,63 @@ mod tests {
     }
 
     #[test]
+    fn a_right_and_a_wrong_guess_are_held_back_alike() {
+        // An agent streams back bytes of its choice: a prefix of the key, or another string
+        // of the same length and class. What the proxy passes on at once must not differ.
+        let wrong = b"sk-proj-ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ";
+        for k in 1..KEY.len() {
+            let mut right = Replacer::echoes(&[(KEY, SHORT)]).unwrap();
+            let mut other = Replacer::echoes(&[(KEY, SHORT)]).unwrap();
+            let r = right.push_slice(&[b"data: ".as_slice(), &KEY[..k]].concat());
+            let w = other.push_slice(&[b"data: ".as_slice(), &wrong[..k]].concat());
+            assert_eq!(
+                (r.len(), right.held()),
+                (w.len(), other.held()),
+                "prefix of {k}"
+            );
+            assert_eq!(&r[..], b"data: ", "the class run is held, whatever it is");
+            // Any byte outside the class releases it.
+            assert_eq!(right.push_slice(b"\n").len(), k + 1);
+            assert_eq!(other.push_slice(b"\n").len(), k + 1);
+        }
+        // A key with a byte outside the class: every chunk holds the same fixed length.
+        let odd = b"pass:word!with*odd$bytes^0123456789";
+        let table = Table::echoes(&[(odd, SHORT)]).unwrap();
+        assert!(!table.class_only);
+        for k in 1..odd.len() {
+            let mut right = Replacer::new(table.clone());
+            let mut other = Replacer::new(table.clone());
+            let r = right.push_slice(&[b"x".repeat(2000).as_slice(), &odd[..k]].concat());
+            let w = other.push_slice(&[b"x".repeat(2000).as_slice(), &wrong[..k]].concat());
+            assert_eq!(r.len(), w.len());
+            assert_eq!(right.held(), table.hold_limit);
+        }
+    }
+
+    #[test]
+    fn the_hold_says_no_more_of_the_key_length_than_its_power_of_two() {
+        let long_run = b"a".repeat(10_000);
+        let held = |key: &[u8]| {
+            let mut r = Replacer::echoes(&[(key, SHORT)]).unwrap();
+            r.push_slice(&long_run);
+            r.held()
+        };
+        assert_eq!(held(&KEY[..33]), held(&KEY[..40]));
+        assert_eq!(held(&b"k".repeat(65)), held(&b"k".repeat(128)));
+        assert!(held(&b"k".repeat(129)) > held(&b"k".repeat(128)));
+    }
+
+    #[test]
     fn a_stream_without_the_key_passes_at_once() {
         let mut r = Replacer::exact(&[(b"PLACEHOLDER", b"value")]).unwrap();
-        // Nothing is held back unless the chunk ends like the start of a pattern.
+        // A chunk passes whole when it ends outside the class (a line, an SSE event).
         assert_eq!(
             &r.push_slice(b"data: hello world\n\n")[..],
             b"data: hello world\n\n"
         );
+        // Its trailing run of class bytes waits for the next chunk, whatever it spells.
+        assert_eq!(&r.push_slice(b"data: hello")[..], b"data: ");
+        assert_eq!(&r.push_slice(b"\n")[..], b"hello\n");
         assert_eq!(&r.push_slice(b"data: PLACE")[..], b"data: ");
         assert_eq!(&r.push_slice(b"MAT\n")[..], b"PLACEMAT\n");
         assert_eq!(&r.finish()[..], b"");

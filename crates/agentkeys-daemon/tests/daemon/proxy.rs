@@ -574,6 +574,42 @@ print("sse", b"".join(r.iter_content(None)).decode().startswith("data: Bearer " 
 }
 
 #[test]
+fn a_guessed_prefix_of_the_key_is_held_back_like_a_wrong_guess() {
+    let a = proxy_agent(&[]);
+    // An agent that can have a bound host stream back bytes of its choice sends a guess and
+    // watches what arrives before the upstream pauses: were a right guess (a prefix of the
+    // key) held back and a wrong one not, it could find the key byte by byte.
+    let right = &a.openai[..a.openai.len() - 1];
+    let wrong = format!("sk-proj-{}", "0".repeat(right.len() - "sk-proj-".len()));
+    let code = r#"
+import os, sys, time, requests
+h = {"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"]}
+for name, guess in (("right", sys.argv[1]), ("wrong", sys.argv[2])):
+    r = requests.get("https://api.openai.com/hold?guess=" + guess, headers=h, stream=True)
+    start, early, total = time.monotonic(), 0, 0
+    for chunk in r.iter_content(chunk_size=None):
+        if time.monotonic() - start < 0.5:
+            early += len(chunk)
+        total += len(chunk)
+    print(name, early, total)
+"#;
+    let py = sdk_python();
+    let out = run_proxy(
+        &a.d,
+        &["openai"],
+        &[py.to_str().unwrap(), "-c", code, right, &wrong],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let total = "data: ".len() + right.len() + 2;
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [format!("right 6 {total}"), format!("wrong 6 {total}"),],
+        "before the pause both get 'data: ' only: {}",
+        text(&out)
+    );
+}
+
+#[test]
 fn the_delay_a_streamed_event_sees_through_the_proxy_is_reported() {
     let a = proxy_agent(&[]);
     // Events 50 ms apart, each stamped when the upstream sent it; the client notes when it

@@ -11,6 +11,8 @@ Routes:
   GET  /echo-gzip            the same JSON, gzip-compressed whatever the client asked for
   GET  /echo-sse             the Authorization value in an SSE stream, split across chunks
   GET  /echo-b64             the bearer token base64- and hex-encoded in JSON
+  GET  /hold?guess=G         "data: G" at once, then (after a second) a blank line: what a
+                             proxy passes on before the pause is what it did not hold back
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
   GET  /timed?n=N&gap=S&end=nl|word
                              N events S seconds apart, each carrying the time it was sent:
@@ -124,6 +126,17 @@ class Handler(BaseHTTPRequestHandler):
             token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
             return self.send(200, json.dumps({"b64": base64.b64encode(token).decode(),
                                               "hex": token.hex()}).encode())
+        if path == "/hold":
+            guess = self.path.split("guess=", 1)[1].encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.chunk(b"data: " + guess)
+            time.sleep(1.0)
+            self.chunk(b"\n\n")
+            self.chunk(b"")
+            return
         if path == "/echo-sse":
             auth = (self.headers.get("authorization") or "").encode()
             self.send_response(200)
