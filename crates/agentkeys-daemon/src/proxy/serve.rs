@@ -670,9 +670,9 @@ fn answer_back(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     scrub_headers(&table, &mut parts.headers);
-    if !table.same_length() {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
+    // An echo may be replaced by a placeholder of another length, or be found escaped: the
+    // body's length is only known once it has streamed.
+    parts.headers.remove(header::CONTENT_LENGTH);
     let mut streamed = Streamed::new(body, Some(Replacer::new(table)), record);
     streamed.decoder = decoder;
     Response::from_parts(parts, streamed.boxed())

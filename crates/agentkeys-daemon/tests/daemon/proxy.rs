@@ -574,6 +574,59 @@ print("sse", b"".join(r.iter_content(None)).decode().startswith("data: Bearer " 
 }
 
 #[test]
+fn an_echoed_key_inside_longer_encodings_and_escapes_comes_back_as_the_placeholder() {
+    let a = proxy_agent(&[]);
+    // Each form decoded as a client would: what the agent gets back is the placeholder
+    // where the key was, and every neighbouring byte as the upstream sent it.
+    let code = r#"
+import base64, os, urllib.parse, requests
+key = os.environ["OPENAI_API_KEY"]
+k = key.encode()
+r = requests.get("https://api.openai.com/echo-forms", headers={"Authorization": "Bearer " + key})
+j = r.json()
+print("b64 of 'Bearer KEY'", base64.b64decode(j["b64_bearer"]) == b"Bearer " + k)
+print("basic", base64.b64decode(j["basic"][6:]) == b"x-access-token:" + k)
+print("basic header", base64.b64decode(r.headers["x-echo-basic"][6:]) == b"x-access-token:" + k)
+u = j["url_at_1"]
+print("url-safe at 1", base64.urlsafe_b64decode(u + "=" * (-len(u) % 4)) == b"u" + k)
+print("json \\u00xx", j["json_u"] == key)
+print("json \\u00XX", j["json_U"] == "Bearer " + key)
+print("percent", urllib.parse.unquote(j["pct"]) == key)
+print("percent lower", urllib.parse.unquote(j["pct_lower"]) == "t=" + key + "&x=1")
+print("percent header", urllib.parse.unquote(r.headers["x-echo-pct"]) == key)
+print("hex", bytes.fromhex(j["hex"]) == k)
+print("raw", key in r.text)
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [
+            "b64 of 'Bearer KEY' True",
+            "basic True",
+            "basic header True",
+            "url-safe at 1 True",
+            "json \\u00xx True",
+            "json \\u00XX True",
+            "percent True",
+            "percent lower True",
+            "percent header True",
+            "hex True",
+            "raw False",
+        ],
+        "{}",
+        text(&out)
+    );
+    // The upstream did get the key, so each form carried it.
+    let seen = requests_to(&a.up, "/echo-forms");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
+    );
+}
+
+#[test]
 fn a_guessed_prefix_of_the_key_is_held_back_like_a_wrong_guess() {
     let a = proxy_agent(&[]);
     // An agent that can have a bound host stream back bytes of its choice sends a guess and

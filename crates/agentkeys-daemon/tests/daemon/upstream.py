@@ -11,6 +11,9 @@ Routes:
   GET  /echo-gzip            the same JSON, gzip-compressed whatever the client asked for
   GET  /echo-sse             the Authorization value in an SSE stream, split across chunks
   GET  /echo-b64             the bearer token base64- and hex-encoded in JSON
+  GET  /echo-forms           the bearer token inside longer base64 texts (basic auth, "Bearer
+                             KEY", URL-safe at another alignment), JSON \\u00XX-escaped and
+                             percent-encoded, in JSON and in headers
   GET  /hold?guess=G         "data: G" at once, then (after a second) a blank line: what a
                              proxy passes on before the pause is what it did not hold back
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
@@ -126,6 +129,23 @@ class Handler(BaseHTTPRequestHandler):
             token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
             return self.send(200, json.dumps({"b64": base64.b64encode(token).decode(),
                                               "hex": token.hex()}).encode())
+        if path == "/echo-forms":
+            token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
+            b64 = lambda b: base64.b64encode(b).decode()
+            basic = "Basic " + b64(b"x-access-token:" + token)
+            # Written by hand: json.dumps leaves ASCII unescaped.
+            body = ("{" + ", ".join([
+                '"b64_bearer": "%s"' % b64(b"Bearer " + token),
+                '"basic": "%s"' % basic,
+                '"url_at_1": "%s"' % base64.urlsafe_b64encode(b"u" + token).decode().rstrip("="),
+                '"json_u": "%s"' % "".join("\\u%04x" % c for c in token),
+                '"json_U": "Bearer %s"' % "".join("\\u%04X" % c for c in token),
+                '"pct": "%s"' % "".join("%%%02X" % c for c in token),
+                '"pct_lower": "t=%s&x=1"' % "".join("%%%02x" % c for c in token),
+                '"hex": "%s"' % token.hex(),
+            ]) + "}").encode()
+            return self.send(200, body, extra=[("x-echo-basic", basic),
+                                               ("x-echo-pct", "".join("%%%02X" % c for c in token))])
         if path == "/hold":
             guess = self.path.split("guess=", 1)[1].encode()
             self.send_response(200)
