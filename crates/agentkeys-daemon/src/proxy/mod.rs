@@ -11,12 +11,14 @@
 //! - [`placeholder`]: format-preserving random placeholders.
 //! - [`ca`]: the run's name-constrained CA and its leaves.
 //! - [`inspect`]: where a request carries a placeholder, the binding check, the rewrite.
-//! - [`scrub`]: streaming replacement across chunk boundaries.
+//! - [`scrub`]: streaming replacement across chunk boundaries, every form of an echo.
+//! - [`decode`]: an answer's content codings, opened as it streams.
 //! - [`upstream`]: resolve once, refuse internal addresses, verified TLS.
 //! - [`ws`]: an upstream's WebSocket frames, scrubbed message by message and framed again.
 //! - [`serve`]: the listener and the HTTP plumbing.
 
 pub mod ca;
+pub mod decode;
 pub mod inspect;
 pub mod placeholder;
 pub mod scrub;

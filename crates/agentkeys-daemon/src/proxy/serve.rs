@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::RunProxy;
+use super::decode::Decoder;
 use super::inspect::{self, Route, Target, Where};
 use super::scrub::{Replacer, Table};
 use super::upstream;
@@ -640,34 +641,36 @@ fn answer_back(
             );
         }
     };
-    let encoding = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.as_bytes().trim_ascii().to_ascii_lowercase());
-    // Asked for identity, an upstream may still compress: gzip and deflate are opened (and
-    // passed on uncompressed) so an echo inside is found; anything else the proxy cannot
-    // look into, so the agent gets nothing rather than a body that might hold the value.
-    let decoder = match encoding.as_deref() {
-        None | Some(b"identity") => None,
-        Some(b"gzip" | b"x-gzip") => Some(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
-        Some(b"deflate") => Some(Decoder::Deflate(
-            flate2::write::ZlibDecoder::new(Vec::new()),
-        )),
-        Some(_) => {
+    // Asked for identity, an upstream may still compress: every gzip and deflate layer is
+    // opened (and the answer passed on uncompressed) so an echo inside is found; any other
+    // coding the proxy cannot look into, so the agent gets nothing rather than a body that
+    // might hold the value.
+    let decoder = match Decoder::for_encodings(
+        parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(d) => d,
+        Err(coding) => {
             if let Some(r) = record.as_mut() {
                 r.status = 502;
             }
             return json_response(
                 StatusCode::BAD_GATEWAY,
                 "UNAVAILABLE",
-                "the upstream answered in an encoding the proxy cannot check for the credential",
-                "",
+                &format!(
+                    "the upstream answered in a content coding the proxy cannot check for the \
+                     credential ({coding})"
+                ),
+                "the proxy asks for identity and opens gzip and deflate; an upstream that \
+                 compresses anyway must use one of those",
             );
         }
     };
     if decoder.is_some() {
         parts.headers.remove(header::CONTENT_ENCODING);
-        parts.headers.remove(header::CONTENT_LENGTH);
     }
     scrub_headers(&table, &mut parts.headers);
     // An echo may be replaced by a placeholder of another length, or be found escaped: the
@@ -676,43 +679,6 @@ fn answer_back(
     let mut streamed = Streamed::new(body, Some(Replacer::new(table)), record);
     streamed.decoder = decoder;
     Response::from_parts(parts, streamed.boxed())
-}
-
-/// A compressed answer, opened as it streams.
-enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-}
-
-impl Decoder {
-    /// Feeds compressed bytes; returns what they decompress to so far.
-    fn push(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        use std::io::Write as _;
-        match self {
-            Decoder::Gzip(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-        }
-    }
-
-    /// The end of the compressed stream.
-    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Gzip(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-        }
-    }
 }
 
 /// Replaces every echo of a value in each header value (an answer's headers, a `101`'s,

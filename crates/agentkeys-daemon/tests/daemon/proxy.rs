@@ -627,6 +627,40 @@ print("raw", key in r.text)
 }
 
 #[test]
+fn every_content_coding_layer_is_opened_or_the_answer_refused() {
+    let a = proxy_agent(&[]);
+    let code = r#"
+import os, requests
+key = os.environ["OPENAI_API_KEY"]
+h = {"Authorization": "Bearer " + key}
+for enc, lines in (("identity,gzip", 1), ("gzip,gzip", 1), ("gzip,gzip", 0), ("deflate,gzip", 0), ("gzip,deflate", 1)):
+    r = requests.get("https://api.openai.com/echo-coded?enc=%s&lines=%d" % (enc, lines), headers=h)
+    print(enc, lines, r.status_code, r.json()["authorization"] == "Bearer " + key,
+          r.headers.get("content-encoding"))
+for enc in ("br", "gzip,zstd"):
+    r = requests.get("https://api.openai.com/echo-coded?enc=" + enc, headers=h)
+    print(enc, r.status_code, r.json()["error"]["code"], key in r.text)
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "identity,gzip 1 200 True None",
+            "gzip,gzip 1 200 True None",
+            "gzip,gzip 0 200 True None",
+            "deflate,gzip 0 200 True None",
+            "gzip,deflate 1 200 True None",
+            "br 502 UNAVAILABLE False",
+            "gzip,zstd 502 UNAVAILABLE False",
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(requests_to(&a.up, "/echo-coded").len(), 7);
+}
+
+#[test]
 fn a_guessed_prefix_of_the_key_is_held_back_like_a_wrong_guess() {
     let a = proxy_agent(&[]);
     // An agent that can have a bound host stream back bytes of its choice sends a guess and
@@ -656,7 +690,7 @@ for name, guess in (("right", sys.argv[1]), ("wrong", sys.argv[2])):
     let total = "data: ".len() + right.len() + 2;
     assert_eq!(
         stdout(&out).lines().collect::<Vec<_>>(),
-        [format!("right 6 {total}"), format!("wrong 6 {total}"),],
+        [format!("right 6 {total}"), format!("wrong 6 {total}")],
         "before the pause both get 'data: ' only: {}",
         text(&out)
     );

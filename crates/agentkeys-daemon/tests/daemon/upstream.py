@@ -14,6 +14,9 @@ Routes:
   GET  /echo-forms           the bearer token inside longer base64 texts (basic auth, "Bearer
                              KEY", URL-safe at another alignment), JSON \\u00XX-escaped and
                              percent-encoded, in JSON and in headers
+  GET  /echo-coded?enc=A,B   the /echo JSON with each content coding of the list applied in
+                             order (identity, gzip, deflate; br and zstd are only named), each
+                             its own content-encoding line when &lines=1
   GET  /hold?guess=G         "data: G" at once, then (after a second) a blank line: what a
                              proxy passes on before the pause is what it did not hold back
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
@@ -41,6 +44,7 @@ import ssl
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -146,6 +150,19 @@ class Handler(BaseHTTPRequestHandler):
             ]) + "}").encode()
             return self.send(200, body, extra=[("x-echo-basic", basic),
                                                ("x-echo-pct", "".join("%%%02X" % c for c in token))])
+        if path == "/echo-coded":
+            codings = self.path.split("enc=", 1)[1].split("&")[0].split(",")
+            body = json.dumps(self.seen()).encode()
+            for c in codings:
+                if c == "gzip":
+                    body = gzip.compress(body)
+                elif c == "deflate":
+                    body = zlib.compress(body)
+            if "lines=1" in self.path:
+                extra = [("content-encoding", c) for c in codings]
+            else:
+                extra = [("content-encoding", ", ".join(codings))]
+            return self.send(200, body, extra=extra)
         if path == "/hold":
             guess = self.path.split("guess=", 1)[1].encode()
             self.send_response(200)
