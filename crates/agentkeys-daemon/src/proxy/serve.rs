@@ -616,7 +616,17 @@ fn answer_back(
         return Response::from_parts(parts, empty());
     }
     let (mut parts, body) = answer.into_parts();
+    // `Trailer` names the trailers to come; an HTTP/1.1 agent gets them only if it is kept.
+    let declared: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::TRAILER)
+        .iter()
+        .cloned()
+        .collect();
     strip_hop_headers(&mut parts.headers, false);
+    for v in declared {
+        parts.headers.append(header::TRAILER, v);
+    }
     let mut record = Record::new(
         proxy,
         &plan.injected,
@@ -676,8 +686,9 @@ fn answer_back(
     // An echo may be replaced by a placeholder of another length, or be found escaped: the
     // body's length is only known once it has streamed.
     parts.headers.remove(header::CONTENT_LENGTH);
-    let mut streamed = Streamed::new(body, Some(Replacer::new(table)), record);
+    let mut streamed = Streamed::new(body, Some(Replacer::new(table.clone())), record);
     streamed.decoder = decoder;
+    streamed.trailers = Some(table);
     Response::from_parts(parts, streamed.boxed())
 }
 
@@ -811,12 +822,19 @@ impl Drop for Record {
 }
 
 /// A body passed through, optionally decompressed and with replacements, counting its
-/// bytes for the trail.
+/// bytes for the trail; an answer's trailers scrubbed too.
 struct Streamed<B> {
     inner: B,
     decoder: Option<Decoder>,
     replacer: Option<Replacer>,
+    /// The table an answer's trailers are scrubbed with (none for a request's body, whose
+    /// trailers get no substitution).
+    trailers: Option<Arc<Table>>,
     record: Option<Record>,
+    /// Trailers waiting for the data the decoder and replacer still held to go first.
+    pending: Option<Frame<Bytes>>,
+    /// The decoder and replacer have given up what they held.
+    drained: bool,
     done: bool,
 }
 
@@ -826,9 +844,35 @@ impl<B> Streamed<B> {
             inner,
             decoder: None,
             replacer,
+            trailers: None,
             record,
+            pending: None,
+            drained: false,
             done: false,
         }
+    }
+
+    /// The end of the body's data: what the decoder and the replacer still hold (once).
+    fn drain(&mut self) -> Result<Bytes, BoxError> {
+        if std::mem::replace(&mut self.drained, true) {
+            return Ok(Bytes::new());
+        }
+        let tail = match self.decoder.as_mut().map(Decoder::finish) {
+            None => Bytes::new(),
+            Some(plain) => Bytes::from(plain?),
+        };
+        let rest = match self.replacer.as_mut() {
+            Some(r) => {
+                let mut all = r.push(&tail).to_vec();
+                all.extend_from_slice(&r.finish());
+                Bytes::from(all)
+            }
+            None => tail,
+        };
+        if let Some(r) = self.record.as_mut() {
+            r.bytes += rest.len() as u64;
+        }
+        Ok(rest)
     }
 }
 
@@ -845,6 +889,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(trailers) = this.pending.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -878,39 +925,46 @@ where
                             }
                             Frame::data(out)
                         }
-                        Err(frame) => frame,
+                        Err(frame) => match frame.into_trailers() {
+                            // Trailers end the data: what was held goes out before them,
+                            // and their values are scrubbed like headers.
+                            Ok(mut trailers) => {
+                                if let Some(table) = &this.trailers {
+                                    scrub_headers(table, &mut trailers);
+                                }
+                                let rest = match this.drain() {
+                                    Ok(rest) => rest,
+                                    Err(e) => {
+                                        this.done = true;
+                                        return Poll::Ready(Some(Err(e)));
+                                    }
+                                };
+                                if rest.is_empty() {
+                                    Frame::trailers(trailers)
+                                } else {
+                                    this.pending = Some(Frame::trailers(trailers));
+                                    Frame::data(rest)
+                                }
+                            }
+                            Err(frame) => frame,
+                        },
                     };
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    let tail = match this.decoder.as_mut().map(Decoder::finish) {
-                        None => Bytes::new(),
-                        Some(Ok(plain)) => Bytes::from(plain),
-                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    return match this.drain() {
+                        Err(e) => Poll::Ready(Some(Err(e))),
+                        Ok(rest) if rest.is_empty() => Poll::Ready(None),
+                        Ok(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
                     };
-                    let rest = match this.replacer.as_mut() {
-                        Some(r) => {
-                            let mut all = r.push(&tail).to_vec();
-                            all.extend_from_slice(&r.finish());
-                            Some(Bytes::from(all))
-                        }
-                        None => Some(tail),
-                    };
-                    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-                        if let Some(r) = this.record.as_mut() {
-                            r.bytes += rest.len() as u64;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.pending.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

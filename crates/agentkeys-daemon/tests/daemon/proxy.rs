@@ -1173,22 +1173,32 @@ fn start_h2_upstream(up: &Upstream) -> (u16, Seen) {
                     };
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
+                            use http_body_util::BodyExt as _;
                             let auth = req
                                 .headers()
                                 .get("authorization")
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                                 .to_owned();
+                            // `/trailers` answers like gRPC: its status and message (the
+                            // Authorization, percent-encoded) in trailers.
+                            let trailers = (req.uri().path() == "/trailers").then(|| {
+                                let pct: String =
+                                    auth.bytes().map(|b| format!("%{b:02X}")).collect();
+                                let mut t = hyper::HeaderMap::new();
+                                t.insert("grpc-status", "0".parse().unwrap());
+                                t.insert("grpc-message", pct.parse().unwrap());
+                                t
+                            });
                             record.lock().unwrap().push((
                                 connection,
                                 format!("{:?}", req.version()),
                                 auth,
                             ));
-                            async {
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
-                                ))
-                            }
+                            let body =
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n"))
+                                    .with_trailers(std::future::ready(trailers.map(Ok)));
+                            async { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
                         },
                     );
                     let _ = hyper::server::conn::http2::Builder::new(
@@ -1246,6 +1256,68 @@ fn http2_is_spoken_on_both_sides_with_streams_multiplexed_upstream() {
         used.len() <= 2,
         "40 streams over {} connections",
         used.len()
+    );
+}
+
+/// `%XX` sequences decoded.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The value of the last `name:` line in curl's header output (trailers come last).
+fn last_field(out: &str, name: &str) -> Option<String> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+}
+
+#[test]
+fn trailers_are_scrubbed_over_http1_and_http2() {
+    let a = proxy_agent_full("", &[], |up| Some(start_h2_upstream(up).0));
+    // HTTP/1.1 chunked trailers (the agent asks for them with TE), and HTTP/2 trailers as
+    // gRPC sends them; each echoes the key as it is or percent-encoded.
+    let out = sh(
+        &a.d,
+        &["openai", "h2svc"],
+        "printf '%s\\n' \"$OPENAI_API_KEY\" \"$H2SVC_API_KEY\"; \
+         curl -s --http1.1 -H 'TE: trailers' -H \"Authorization: Bearer $OPENAI_API_KEY\" \
+           -D - -o /dev/null https://api.openai.com/echo-trailers; echo ===; \
+         curl -s --http2 -H \"Authorization: Bearer $H2SVC_API_KEY\" \
+           -D - -o /dev/null https://h2.example.com/trailers",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let mut lines = printed.lines();
+    let (openai, h2) = (lines.next().unwrap(), lines.next().unwrap());
+    let (h1_out, h2_out) = printed.split_once("===").unwrap();
+    assert_eq!(
+        last_field(h1_out, "x-echo:").as_deref(),
+        Some(format!("Bearer {openai}").as_str()),
+        "{printed}"
+    );
+    let message = last_field(h1_out, "grpc-message:").expect("the HTTP/1.1 trailers");
+    assert_eq!(percent_decoded(&message), format!("Bearer {openai}"));
+    let message = last_field(h2_out, "grpc-message:").expect("the HTTP/2 trailers");
+    assert_eq!(percent_decoded(&message), format!("Bearer {h2}"));
+    assert_eq!(last_field(h2_out, "grpc-status:").as_deref(), Some("0"));
+    assert!(!printed.contains(&a.openai), "{printed}");
+    // The upstreams got the keys, and echoed them.
+    let seen = requests_to(&a.up, "/echo-trailers");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
     );
 }
 

@@ -19,6 +19,8 @@ Routes:
                              its own content-encoding line when &lines=1
   GET  /hold?guess=G         "data: G" at once, then (after a second) a blank line: what a
                              proxy passes on before the pause is what it did not hold back
+  GET  /echo-trailers       a chunked body whose trailers echo the Authorization: as it is
+                             (x-echo) and percent-encoded (grpc-message)
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
   GET  /timed?n=N&gap=S&end=nl|word
                              N events S seconds apart, each carrying the time it was sent:
@@ -202,6 +204,18 @@ class Handler(BaseHTTPRequestHandler):
                     self.chunk(b"data: %d %.6f" % (i, time.time()))
                 time.sleep(gap)
             self.chunk(b"")
+            return
+        if path == "/echo-trailers":
+            auth = self.headers.get("authorization") or ""
+            pct = "".join("%%%02X" % c for c in auth.encode())
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("trailer", "x-echo, grpc-message")
+            self.end_headers()
+            self.chunk(b"body\n")
+            self.wfile.write(("0\r\nx-echo: %s\r\ngrpc-message: %s\r\n\r\n" % (auth, pct)).encode())
+            self.wfile.flush()
             return
         if path == "/stream":
             n = int(self.path.split("n=", 1)[1]) if "n=" in self.path else 8
