@@ -475,14 +475,19 @@ fn system_roots_pem() -> String {
 }
 
 /// The child's CA bundle: the system roots and the run's CA, in a new file readable by
-/// the child (the certificates are public; the file is removed when the run ends).
+/// the child whatever its uid (the certificates are public; the file is removed when the
+/// run ends).
 fn write_bundle(run: &str, ca_pem: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
     let path = std::env::temp_dir().join(format!("agentkeys-proxy-{run}.pem"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&path)?;
+    // The mode given at creation passes through the umask (the shipped unit's 0077 made it
+    // 0600, unreadable by an agent of another uid); set it on the open file.
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     let mut text = system_roots_pem();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

@@ -149,6 +149,16 @@ fn proxy_agent_full(
     serve_extra: &[&str],
     h2_port: impl FnOnce(&Upstream) -> Option<u16>,
 ) -> ProxyAgent {
+    proxy_agent_under(&[], toml, serve_extra, h2_port)
+}
+
+/// [`proxy_agent_full`], the daemon started through `wrapper` (`sh -c 'umask 077; …'`).
+fn proxy_agent_under(
+    wrapper: &[&str],
+    toml: &str,
+    serve_extra: &[&str],
+    h2_port: impl FnOnce(&Upstream) -> Option<u16>,
+) -> ProxyAgent {
     let up = Upstream::start();
     let h2 = h2_port(&up);
     let server = start_server(&[]);
@@ -169,14 +179,14 @@ fn proxy_agent_full(
     args.push(up.ca.display().to_string());
     args.extend(serve_extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (d, wallet) = paired_with(
+    let d = DaemonProc::spawn_under(wrapper, &master.server, home.path(), &args);
+    let wallet = approve_pairing(
         &master,
-        home.path(),
+        &d,
         &[
             "--scope",
             "openai,anthropic,github,plain,plainok,h2svc,wsshort",
         ],
-        &args,
     );
     let openai = key("sk-proj-");
     let anthropic = key("sk-ant-api03-");
@@ -1256,6 +1266,48 @@ fn http2_is_spoken_on_both_sides_with_streams_multiplexed_upstream() {
         used.len() <= 2,
         "40 streams over {} connections",
         used.len()
+    );
+}
+
+#[test]
+fn the_ca_bundle_is_readable_by_an_agent_of_another_uid_under_a_strict_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // The shipped unit's UMask=0077, a root daemon letting nobody in; the agent's command
+    // runs as nobody and verifies the upstream with the run's bundle.
+    let sock_dir = TempDir::new("agentkeys-test-umask");
+    std::fs::set_permissions(sock_dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = sock_dir.path().join("daemon.sock");
+    let a = proxy_agent_under(
+        &["sh", "-c", "umask 077; exec \"$0\" \"$@\""],
+        "",
+        &["--allow-uid", "65534", "--socket", socket.to_str().unwrap()],
+        |_| None,
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cli_bin())
+        .args(["run", "--proxy", "--service", "openai", "--", "sh", "-c"])
+        .arg(
+            "id -u; stat -c %a \"$SSL_CERT_FILE\"; \
+             curl -sS -o /dev/null -w '%{http_code}\\n' \
+               -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo",
+        )
+        .env("AGENTKEYS_SOCKET", &socket)
+        .env_remove("HTTPS_PROXY")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["65534", "644", "200"],
+        "{}",
+        text(&out)
+    );
+    let seen = requests_to(&a.up, "/echo");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
     );
 }
 
