@@ -619,6 +619,9 @@ async fn start_with(
     for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
         env.push(format!("{name}={proxy_url}"));
     }
+    // Node ≥ 22.21 and 24 honour HTTPS_PROXY in their global fetch only when told to (Node
+    // 20 ignores both).
+    env.push("NODE_USE_ENV_PROXY=1".to_owned());
     for name in ["NO_PROXY", "no_proxy"] {
         env.push(format!("{name}=localhost,127.0.0.1,::1"));
     }

