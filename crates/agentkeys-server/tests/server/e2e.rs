@@ -385,6 +385,28 @@ async fn keys_come_from_the_environment_when_set_and_no_key_file_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_keys_variable_counts_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Proc::start(dir.path(), &[("AGENTKEYS_SERVER_KEYS", "")]);
+    HttpBackend::new(&server.url)
+        .unwrap()
+        .server_info()
+        .await
+        .unwrap();
+    assert!(
+        dir.path().join("server.key").exists(),
+        "the keys come from the data dir's key file"
+    );
+    assert!(
+        !server
+            .log
+            .lock()
+            .unwrap()
+            .contains("keys=AGENTKEYS_SERVER_KEYS")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tokens_file_admits_only_its_tokens_plain_or_hashed() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
