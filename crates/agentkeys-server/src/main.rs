@@ -81,10 +81,22 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: INTERNAL: {e:#}");
+                print_hint(&e);
                 ExitCode::FAILURE
             }
         },
         (None, None) => ExitCode::FAILURE, // no tool always comes with a plan
+    }
+}
+
+/// Prints the fix a store error suggests (an unreachable database says what to check).
+pub(crate) fn print_hint(e: &anyhow::Error) {
+    let hint = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<agentkeys_server::store::StoreError>())
+        .and_then(agentkeys_server::store::StoreError::hint);
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
     }
 }
 

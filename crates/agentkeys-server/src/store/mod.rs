@@ -97,6 +97,26 @@ pub enum StoreError {
     /// A file beside the database (a backup) could not be written.
     #[error("{0}")]
     Io(String),
+    /// The database could not be reached at start: where, why, and what to check.
+    #[error("cannot connect to {target}: {cause}")]
+    Unreachable {
+        /// The engine, host, port, user and database (never a password).
+        target: String,
+        /// What failed: refused, no such host, TLS, authentication, no answer.
+        cause: String,
+        /// What to check.
+        hint: &'static str,
+    },
+}
+
+impl StoreError {
+    /// The fix to suggest, where the error has one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Unreachable { hint, .. } => Some(hint),
+            _ => None,
+        }
+    }
 }
 
 /// Result alias for storage calls.

@@ -58,7 +58,12 @@ impl PgStore {
     /// apply) and runs the migrations. Replicas starting together serialize on the
     /// migrator's own lock.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let opts: PgConnectOptions = url.parse()?;
+        let opts: PgConnectOptions = url.parse().map_err(|_| StoreError::Unreachable {
+            target: "PostgreSQL".into(),
+            cause: "the --database URL does not parse".into(),
+            hint: "write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+        })?;
+        first_contact(&opts).await?;
         let size = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 16);
@@ -77,6 +82,87 @@ impl PgStore {
     /// The connection pool (metrics, health checks).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// How long the first connection may take before the start gives up on the database.
+const FIRST_CONTACT: Duration = Duration::from_secs(5);
+
+/// One connection made before the pool, so a database that cannot be reached fails the
+/// start within seconds with its cause (a pool only says it timed out, after retrying for
+/// its whole acquire timeout). Names the host, port, user and database, never the URL (its
+/// password).
+async fn first_contact(opts: &PgConnectOptions) -> StoreResult<()> {
+    use sqlx::Connection as _;
+    let target = format!(
+        "{}:{} as {} (database {})",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_username(),
+        opts.get_database().unwrap_or(opts.get_username()),
+    );
+    let unreachable = |cause: String, hint: &'static str| StoreError::Unreachable {
+        target: format!("PostgreSQL at {target}"),
+        cause,
+        hint,
+    };
+    match tokio::time::timeout(FIRST_CONTACT, sqlx::PgConnection::connect_with(opts)).await {
+        Ok(Ok(conn)) => {
+            // Closing politely is a courtesy; the pool opens its own connections.
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(classify(&e, opts.get_host(), unreachable)),
+        Err(_) => Err(unreachable(
+            format!("no answer within {} s", FIRST_CONTACT.as_secs()),
+            "a firewall may be dropping the packets; check the host, the port and the route to it",
+        )),
+    }
+}
+
+/// Why a first connection failed, in words an operator can act on.
+fn classify(
+    e: &sqlx::Error,
+    host: &str,
+    unreachable: impl Fn(String, &'static str) -> StoreError,
+) -> StoreError {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => unreachable(
+            "connection refused".into(),
+            "nothing listens there: start PostgreSQL, or fix the host and port in --database              (listen_addresses and port in postgresql.conf)",
+        ),
+        sqlx::Error::Io(io) if io.to_string().contains("lookup address") => unreachable(
+            format!("no such host: {host} does not resolve"),
+            "check the host name in --database (or use an IP address)",
+        ),
+        sqlx::Error::Io(io) => unreachable(
+            io.to_string(),
+            "check the host and port in --database and the network between",
+        ),
+        sqlx::Error::Tls(tls) => unreachable(
+            format!("TLS failed: {tls}"),
+            "check sslmode and sslrootcert: the CA must have signed the server's certificate,              issued for the host name used",
+        ),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let hint = match code.as_ref() {
+                "28P01" | "28000" => {
+                    "check the user and password in --database (or PGPASSWORD), and pg_hba.conf                      for this user from this address"
+                }
+                "3D000" => "create the database first (createdb), or name an existing one",
+                _ => "see PostgreSQL's server log for this connection",
+            };
+            let what = match code.as_ref() {
+                "28P01" | "28000" => "authentication failed",
+                "3D000" => "no such database",
+                _ => "the server refused the connection",
+            };
+            unreachable(format!("{what}: {}", db.message()), hint)
+        }
+        other => unreachable(
+            other.to_string(),
+            "check --database and that PostgreSQL accepts connections",
+        ),
     }
 }
 

@@ -796,6 +796,91 @@ async fn the_server_reaches_postgres_over_verified_tls_or_not_at_all() {
     assert!(!err.contains("sslrootcert"), "the URL is not echoed: {err}");
 }
 
+/// Starts the binary on `database`, which must fail; its stderr and how long it took.
+fn start_fails_on(database: &str) -> (String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--auth", "dev", "--data-dir", dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--database", database])
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .env_remove("AGENTKEYS_SERVER_KEYS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_stops_the_start_within_seconds_naming_where_and_why() {
+    // A closed port: refused at once, host and port named, the password nowhere.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (err, took) = start_fails_on(&format!(
+        "postgres://agentkeys:hunter2-pw@127.0.0.1:{closed}/keys"
+    ));
+    assert!(took < Duration::from_secs(8), "took {took:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{closed} as agentkeys (database keys): \
+             connection refused"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("\nhint: nothing listens there"), "{err}");
+    assert!(
+        !err.contains("hunter2-pw"),
+        "the password is never shown: {err}"
+    );
+
+    // A real server that wants a password, given the wrong one.
+    let pg = super::common::OwnPostgres::start();
+    let hba = format!("{}/data/pg_hba.conf", pg.dir);
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all pwuser 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+    let admin = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    sqlx::query("CREATE ROLE pwuser LOGIN PASSWORD 'right-pw'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let host_port = pg
+        .url
+        .trim_start_matches("postgres://agentkeys@")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (err, took) = start_fails_on(&format!("postgres://pwuser:wrong-pw@{host_port}/postgres"));
+    assert!(took < Duration::from_secs(8), "took {took:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "cannot connect to PostgreSQL at {host_port} as pwuser (database postgres): \
+             authentication failed"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("\nhint: check the user and password"), "{err}");
+    assert!(
+        !err.contains("wrong-pw"),
+        "the password is never shown: {err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_long_polls_at_once_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
