@@ -632,14 +632,19 @@ pub struct PageOptions {
     pub request: AuthRequestView,
     /// The canonical text the passkey signs (its SHA-256 is the challenge).
     pub canonical: String,
-    /// `navigator.credentials.get` options (WebAuthn JSON, base64url fields).
+    /// `navigator.credentials.get` options (WebAuthn JSON, base64url fields); null when
+    /// the deciding master has no passkey (the request is then decided at a terminal).
     #[serde(rename = "publicKey")]
-    #[schemars(with = "serde_json::Value")]
-    pub public_key: serde_json::Value,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub public_key: Option<serde_json::Value>,
+    /// The command that decides the request at the master's terminal
+    /// (`agentkeys approve CODE`).
+    pub command: String,
 }
 
 /// `POST /v1/approvals/{code}/options`: the request and the assertion options whose
-/// challenge binds this decision.
+/// challenge binds this decision. A master without a passkey still sees what is asked,
+/// and the command that decides it at a terminal.
 pub(super) async fn page_options<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     ClientAddr(address): ClientAddr,
@@ -650,15 +655,21 @@ pub(super) async fn page_options<S: Store>(
     let webauthn = rp(&state)?;
     let (r, master) = page_request(&state, &code).await?;
     let choice = choice.checked(&r)?;
-    let keys = parsed(&deciding_passkeys(&state, &master).await?)?;
+    let keys = parsed(&state.store.passkeys(&master).await?)?;
     let canonical = canonical_approval(&r, &choice);
-    let challenge = sha256(canonical.as_bytes());
-    let (public_key, _) = ceremony_with_challenge(webauthn, &keys, &challenge)?;
+    let public_key = if keys.is_empty() {
+        None
+    } else {
+        let challenge = sha256(canonical.as_bytes());
+        Some(ceremony_with_challenge(webauthn, &keys, &challenge)?.0)
+    };
+    let command = format!("agentkeys approve {}", r.pair_code);
     let request = view_for_page(&state, &master, r).await?;
     Ok(Json(PageOptions {
         request,
         canonical,
         public_key,
+        command,
     }))
 }
 

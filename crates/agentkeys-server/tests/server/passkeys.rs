@@ -285,6 +285,60 @@ async fn a_second_passkey_needs_an_assertion_by_one_the_master_has() {
 }
 
 #[tokio::test]
+async fn a_master_without_a_passkey_sees_the_request_and_the_command_that_decides_it() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let service = svc("openai");
+    let high_value = Policy {
+        high_value: true,
+        require_passkey: false,
+    };
+    m.store_credential(None, &service, b"v", Some(high_value))
+        .await
+        .unwrap();
+    let (agent, agent_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    let e = assert_code(
+        agent.read_credential(None, &service).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let ticket = e.auth_request().unwrap().clone();
+    let options = post(
+        &ts,
+        &format!("/v1/approvals/{}/options", ticket.pair_code),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(options.status(), 200);
+    let options: serde_json::Value = options.json().await.unwrap();
+    let r = &options["request"];
+    assert_eq!(r["kind"], "high_value");
+    assert_eq!(r["agent"], agent_info.parent.as_ref().unwrap().as_str());
+    assert_eq!(r["requested_by"], agent_info.wallet.as_str());
+    assert_eq!(r["service"], "openai");
+    assert_eq!(r["otp"], ticket.otp.as_str());
+    assert_eq!(r["expires_at"], ticket.expires_at);
+    assert_eq!(r["status"], "pending");
+    assert!(options["publicKey"].is_null(), "{options}");
+    assert_eq!(
+        options["command"],
+        format!("agentkeys approve {}", ticket.pair_code)
+    );
+    // The page still approves nothing without a passkey; the command does.
+    let (status, message) = refusal(
+        &ts,
+        &format!("/v1/approvals/{}/approve", ticket.pair_code),
+        serde_json::json!({"credential": {}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.contains("has no passkey"), "{message}");
+    let view = m.auth_request_by_code(&ticket.pair_code).await.unwrap();
+    m.approve(&view.id, &ApproveRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_page_api_refuses_what_it_cannot_decide() {
     let ts = with_pages().await;
     let (m, m_info, _) = ts.master("m").await;
@@ -313,19 +367,10 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
         .await,
         (404, "NOT_FOUND".into())
     );
-    // Addressed to a master without a passkey: it is told to register one.
+    // Addressed to a master without a passkey: the page cannot approve it.
     let mut addressed = pair_request(&HpkeKeyPair::generate().unwrap(), None);
     addressed.parent = Some(m_info.wallet.clone());
     let t = ts.anon().open_auth_request(&addressed).await.unwrap();
-    assert_eq!(
-        refused(
-            &ts,
-            &format!("/v1/approvals/{}/options", t.pair_code),
-            serde_json::json!({})
-        )
-        .await,
-        (400, "BAD_REQUEST".into())
-    );
     // A pairing's scope is checked like 'agentkeys approve --scope' checks it.
     let (status, message) = refusal(
         &ts,
