@@ -535,6 +535,10 @@ fn decided_error(outcome: DecideOutcome) -> ApiError {
             "this request expired before it was decided",
         )
         .hint("ask the requester for a fresh code"),
+        DecideOutcome::PasskeyRequired => ApiError::denied(
+            "this credential now requires a passkey approval: a session cannot approve its release",
+        )
+        .hint("approve it with your passkey on the server's approval page"),
         DecideOutcome::NotFound | DecideOutcome::Decided => {
             ApiError::not_found("no such auth request")
                 .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")
@@ -793,6 +797,7 @@ pub(super) async fn approve_request<S: Store>(
             };
             (
                 Approval::HighValue {
+                    via: via.name().to_owned(),
                     grant_expires_at,
                     signature,
                     standing,

@@ -42,6 +42,25 @@ mod approval_sql {
          WHERE master = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY expires_at, id";
     pub(super) const STANDING_REVOKE: &str = "UPDATE standing_approvals SET revoked_at = $3 \
          WHERE master = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3";
+    /// The live grant of a session for a credential, oldest decision first ($1 the
+    /// session, $2 the owner, $3 the service, $4 now).
+    pub(super) const GRANT_LIVE: &str = "SELECT id FROM auth_requests \
+         WHERE requested_session = $1 AND agent = $2 AND service = $3 AND kind = 'high_value' \
+         AND status = 'approved' AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1";
+    /// Raising `require_passkey` ends the credential's live standing approvals that a
+    /// session granted ($1 the owner, $2 the service, $3 now).
+    pub(super) const STANDING_END_SESSION_MADE: &str = "UPDATE standing_approvals \
+         SET revoked_at = $3 WHERE owner = $1 AND service = $2 AND via <> 'passkey' \
+         AND revoked_at IS NULL AND expires_at > $3";
+    /// ... and its unspent one-time grants that a session approved (a row from before
+    /// `decided_via` existed counts as a session's).
+    pub(super) const GRANTS_END_SESSION_MADE: &str = "UPDATE auth_requests \
+         SET grant_expires_at = $3 WHERE agent = $1 AND service = $2 AND kind = 'high_value' \
+         AND status = 'approved' AND grant_expires_at > $3 \
+         AND (decided_via IS NULL OR decided_via <> 'passkey')";
+    /// Whether the credential a request is about requires a passkey ($1 the request).
+    pub(super) const REQUEST_NEEDS_PASSKEY: &str = "SELECT c.require_passkey FROM auth_requests r \
+         JOIN credentials c ON c.owner = r.agent AND c.service = r.service WHERE r.id = $1";
     pub(super) const STANDING_INSERT: &str = "INSERT INTO standing_approvals \
          (id, master, agent, owner, service, request_id, via, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -271,6 +290,37 @@ pub enum DecideOutcome {
     Expired,
     /// No such request.
     NotFound,
+    /// The credential requires a passkey, and this approval was not made with one (checked
+    /// in the approving transaction, so a guard raised meanwhile is seen).
+    PasskeyRequired,
+}
+
+/// What raising a passkey guard ended, in the policy change's transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// Live standing approvals a session had granted.
+    pub ended_standing: u64,
+    /// Unspent one-time grants a session had approved.
+    pub ended_grants: u64,
+}
+
+/// What released a high-value read: written into its audit row, in the same transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// A live standing approval (`sta_…`) of the reading agent.
+    Standing(String),
+    /// A one-time grant of the reading session, now spent (its request id).
+    Grant(String),
+}
+
+impl Release {
+    /// The read's audit detail.
+    pub fn detail(&self) -> String {
+        match self {
+            Release::Standing(id) => format!("high-value, standing approval {id}"),
+            Release::Grant(id) => format!("high-value grant spent ({id})"),
+        }
+    }
 }
 
 /// What an approval writes besides the status.
@@ -298,6 +348,9 @@ pub enum Approval {
     },
     /// High-value: one release to the asking session until `grant_expires_at`.
     HighValue {
+        /// How it was approved: `session` or `passkey` (kept on the request: raising a
+        /// passkey guard ends a session's grants only).
+        via: String,
         /// Deadline of the grant.
         grant_expires_at: UnixSeconds,
         /// Signature over the decision.
@@ -524,15 +577,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         owner: &Wallet,
     ) -> impl Future<Output = StoreResult<Vec<StoredCredential>>> + Send;
-    /// Sets a policy; false when there is no such credential, or when it requires a
+    /// Sets a policy; None when there is no such credential, or when it requires a
     /// passkey and `policy` does not (checked in the update itself: a session never
-    /// lowers that guard).
+    /// lowers that guard). A policy requiring a passkey also ends, in the same
+    /// transaction, the credential's live standing approvals and unspent grants that a
+    /// session made (those a passkey made stay), and says how many.
     fn set_policy(
         &self,
         owner: &Wallet,
         service: &ServiceName,
         policy: Policy,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Option<PolicyChange>>> + Send;
     /// Sets or removes a binding (canonical JSON text); false when there is no such
     /// credential.
     fn set_binding(
@@ -574,7 +630,9 @@ pub trait Store: Send + Sync + 'static {
         service: &ServiceName,
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
-    /// Approves a pending request with its side effects, in one transaction.
+    /// Approves a pending request with its side effects, in one transaction; a high-value
+    /// approval not made with a passkey is refused (`PasskeyRequired`) when the credential
+    /// requires one by then.
     fn approve(
         &self,
         id: &str,
@@ -590,14 +648,21 @@ pub trait Store: Send + Sync + 'static {
         now: UnixSeconds,
         signature: &[u8],
     ) -> impl Future<Output = StoreResult<DecideOutcome>> + Send;
-    /// Spends one live high-value grant of this session for this credential.
-    fn consume_grant(
+    /// Releases one high-value read of `owner`'s `service` to `agent` reading through
+    /// `session`: under a live standing approval of `agent`, else by spending one live
+    /// grant of `session`; and appends `event`, its detail set to what released it, to the
+    /// audit chain in the same transaction (so a spent grant always has its row, and a
+    /// failed append spends nothing). None: nothing releases it, and nothing is written.
+    /// Serialized with every other append, so the chain stays one.
+    fn release_high_value(
         &self,
         session: &str,
         agent: &Wallet,
+        owner: &Wallet,
         service: &ServiceName,
         now: UnixSeconds,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+        event: &NewAuditEvent,
+    ) -> impl Future<Output = StoreResult<Option<(Release, i64)>>> + Send;
 
     /// The id of a live standing approval letting `agent` read `owner`'s `service` (the
     /// one ending last).
@@ -899,7 +964,7 @@ forward! {
     fn put_credential(&self, c: &StoredCredential, keep_policy: bool, keep_binding: bool) -> StoreResult<bool>;
     fn credential(&self, owner: &Wallet, service: &ServiceName) -> StoreResult<Option<StoredCredential>>;
     fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>>;
-    fn set_policy(&self, owner: &Wallet, service: &ServiceName, policy: Policy) -> StoreResult<bool>;
+    fn set_policy(&self, owner: &Wallet, service: &ServiceName, policy: Policy, now: UnixSeconds) -> StoreResult<Option<PolicyChange>>;
     fn set_binding(&self, owner: &Wallet, service: &ServiceName, binding: Option<&str>) -> StoreResult<bool>;
     fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()>;
     fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>>;
@@ -908,7 +973,7 @@ forward! {
     fn pending_high_value(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<AuthRequestRecord>>;
     fn approve(&self, id: &str, by: &Wallet, now: UnixSeconds, approval: &Approval) -> StoreResult<DecideOutcome>;
     fn deny(&self, id: &str, by: &Wallet, now: UnixSeconds, signature: &[u8]) -> StoreResult<DecideOutcome>;
-    fn consume_grant(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<bool>;
+    fn release_high_value(&self, session: &str, agent: &Wallet, owner: &Wallet, service: &ServiceName, now: UnixSeconds, event: &NewAuditEvent) -> StoreResult<Option<(Release, i64)>>;
     fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64>;
     fn standing_approval(&self, agent: &Wallet, owner: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<String>>;
     fn standing_approvals(&self, master: &Wallet, now: UnixSeconds) -> StoreResult<Vec<StandingApproval>>;

@@ -25,13 +25,23 @@ use sqlx::{AssertSqlSafe, Row as _};
 
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
-    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, SessionRecord, StandingApproval,
-    Store, StoreError, StoreResult, StoredCredential, Wakeups, approval_sql,
+    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
+    SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential, Wakeups,
+    approval_sql,
 };
 use crate::audit::chain_hash;
 
 /// The advisory lock that serializes audit appends across replicas.
 const AUDIT_LOCK: i64 = 0x6167_6b79_0001;
+/// Whether a request's credential requires a passkey, the credential's row share-locked:
+/// a policy change raising the guard waits for this approval's commit (and then ends what
+/// it granted), or this approval waits for the policy change and sees the guard.
+static NEEDS_PASSKEY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} FOR SHARE OF c", approval_sql::REQUEST_NEEDS_PASSKEY));
+/// A live standing approval, share-locked: a revocation (or a raised guard ending it)
+/// waits for the release that uses it, or the release waits and finds it ended.
+static STANDING_LIVE_LOCKED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} FOR SHARE", approval_sql::STANDING_LIVE));
 /// The advisory lock that lets one replica at a time run the purge.
 const PURGE_LOCK: i64 = 0x6167_6b79_0002;
 /// The channel decisions are announced on.
@@ -214,10 +224,11 @@ async fn decide_in(
         grant_expires_at,
         sealed_session,
         signature,
+        via,
     } = d;
     let done = sqlx::query(
         "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
-         grant_expires_at = $4, sealed_session = $5, signature = $6 \
+         grant_expires_at = $4, sealed_session = $5, signature = $6, decided_via = $8 \
          WHERE id = $7 AND status = 'pending' AND expires_at > $3",
     )
     .bind(status.as_str())
@@ -227,6 +238,7 @@ async fn decide_in(
     .bind(sealed_session)
     .bind(signature)
     .bind(id)
+    .bind(via)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -574,7 +586,11 @@ impl Store for PgStore {
         owner: &Wallet,
         svc: &ServiceName,
         policy: Policy,
-    ) -> StoreResult<bool> {
+        now: UnixSeconds,
+    ) -> StoreResult<Option<PolicyChange>> {
+        let mut tx = self.pool.begin().await?;
+        // The credential's row stays locked to the commit: an approval checking the guard
+        // (`NEEDS_PASSKEY`) waits, and then sees it.
         let n = sqlx::query(
             "UPDATE credentials SET high_value = $1, require_passkey = $4 \
                  WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
@@ -583,10 +599,35 @@ impl Store for PgStore {
         .bind(owner.as_str())
         .bind(svc.as_str())
         .bind(policy.require_passkey)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(None);
+        }
+        let mut change = PolicyChange::default();
+        if policy.require_passkey {
+            for (sql, ended) in [
+                (
+                    approval_sql::STANDING_END_SESSION_MADE,
+                    &mut change.ended_standing,
+                ),
+                (
+                    approval_sql::GRANTS_END_SESSION_MADE,
+                    &mut change.ended_grants,
+                ),
+            ] {
+                *ended = sqlx::query(sql)
+                    .bind(owner.as_str())
+                    .bind(svc.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(change))
     }
 
     async fn set_binding(
@@ -720,6 +761,20 @@ impl Store for PgStore {
                 ..
             } => (Some(*grant_expires_at), None, signature.as_slice()),
         };
+        let via = match approval {
+            Approval::HighValue { via, .. } => Some(via.as_str()),
+            _ => None,
+        };
+        // A guard raised since the approver looked: a session's approval no longer counts.
+        if via.is_some_and(|v| v != "passkey") {
+            let guarded: Option<bool> = sqlx::query_scalar(NEEDS_PASSKEY.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if guarded == Some(true) {
+                return Ok(DecideOutcome::PasskeyRequired);
+            }
+        }
         let outcome = decide_in(
             &mut tx,
             id,
@@ -730,6 +785,7 @@ impl Store for PgStore {
                 grant_expires_at: grant,
                 sealed_session: sealed,
                 signature,
+                via,
             },
         )
         .await?;
@@ -796,6 +852,7 @@ impl Store for PgStore {
                 grant_expires_at: None,
                 sealed_session: None,
                 signature,
+                via: None,
             },
         )
         .await?;
@@ -803,29 +860,55 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn consume_grant(
+    async fn release_high_value(
         &self,
         session: &str,
         agent: &Wallet,
+        owner: &Wallet,
         svc: &ServiceName,
         now: UnixSeconds,
-    ) -> StoreResult<bool> {
-        // SKIP LOCKED: a grant another replica is spending right now is not this one's to
-        // take; the outer status check holds under the row lock.
-        let n = sqlx::query(
-            "UPDATE auth_requests SET status = 'consumed' WHERE status = 'approved' AND id = ( \
-               SELECT id FROM auth_requests WHERE requested_session = $1 AND agent = $2 \
-               AND service = $3 AND kind = 'high_value' AND status = 'approved' \
-               AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(session)
-        .bind(agent.as_str())
-        .bind(svc.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        event: &NewAuditEvent,
+    ) -> StoreResult<Option<(Release, i64)>> {
+        let mut tx = self.pool.begin().await?;
+        let standing: Option<String> = sqlx::query_scalar(STANDING_LIVE_LOCKED.as_str())
+            .bind(agent.as_str())
+            .bind(owner.as_str())
+            .bind(svc.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let release = match standing {
+            Some(id) => Release::Standing(id),
+            None => {
+                // SKIP LOCKED: a grant another replica is spending right now is not this
+                // one's to take; the outer status check holds under the row lock.
+                let spent: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "UPDATE auth_requests SET status = 'consumed' WHERE status = 'approved' \
+                     AND id = ({} FOR UPDATE SKIP LOCKED) RETURNING id",
+                    approval_sql::GRANT_LIVE
+                )))
+                .bind(session)
+                .bind(owner.as_str())
+                .bind(svc.as_str())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match spent {
+                    Some(id) => Release::Grant(id),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mut event = event.clone();
+        event.detail = Some(release.detail());
+        // The spend and its row commit together, or neither does.
+        let seqs = append_in(&mut tx, std::slice::from_ref(&event)).await?;
+        let seq = seqs
+            .first()
+            .copied()
+            .ok_or(StoreError::Corrupt("audit append"))?;
+        tx.commit().await?;
+        Ok(Some((release, seq)))
     }
 
     super::rows::approval_store_methods!(pool, pool);
@@ -908,45 +991,9 @@ impl Store for PgStore {
 
     async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
-        // One chain for every replica: the head is read and extended under this lock,
-        // which the commit releases.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (mut seq, mut prev): (i64, Vec<u8>) = match head {
-            Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
-            None => (0, vec![0; 32]),
-        };
-        let mut cols = AuditColumns::with_capacity(events.len());
-        for e in events {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, e).to_vec();
-            cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
-        }
-        // The whole batch in one statement: one round trip, however many events.
-        sqlx::query(
-            "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[])",
-        )
-        .bind(&cols.seq)
-        .bind(&cols.ts)
-        .bind(&cols.actor)
-        .bind(&cols.agent)
-        .bind(&cols.service)
-        .bind(&cols.action)
-        .bind(&cols.outcome)
-        .bind(&cols.detail)
-        .bind(&cols.prev_hash)
-        .bind(&cols.hash)
-        .execute(&mut *tx)
-        .await?;
+        let seqs = append_in(&mut tx, events).await?;
         tx.commit().await?;
-        Ok(cols.seq)
+        Ok(seqs)
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
@@ -1131,6 +1178,50 @@ impl Store for PgStore {
         ));
         Some(Duration::from_secs(1))
     }
+}
+
+/// Appends `events` to the chain inside `tx`. One chain for every replica: the head is
+/// read and extended under the advisory lock, which the commit releases.
+async fn append_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    events: &[NewAuditEvent],
+) -> StoreResult<Vec<i64>> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(AUDIT_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (mut seq, mut prev): (i64, Vec<u8>) = match head {
+        Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
+        None => (0, vec![0; 32]),
+    };
+    let mut cols = AuditColumns::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, e).to_vec();
+        cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
+    }
+    // The whole batch in one statement: one round trip, however many events.
+    sqlx::query(
+        "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[])",
+    )
+    .bind(&cols.seq)
+    .bind(&cols.ts)
+    .bind(&cols.actor)
+    .bind(&cols.agent)
+    .bind(&cols.service)
+    .bind(&cols.action)
+    .bind(&cols.outcome)
+    .bind(&cols.detail)
+    .bind(&cols.prev_hash)
+    .bind(&cols.hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(cols.seq)
 }
 
 /// An audit batch as columns, for one `UNNEST` insert.

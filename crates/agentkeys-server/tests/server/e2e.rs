@@ -225,6 +225,94 @@ async fn acknowledged_stores_survive_kill_9() {
     assert!(client.verify_audit().await.unwrap().ok);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spent_grant_has_its_audit_row_after_kill_9() {
+    use agentkeys_server::store::Store as _;
+    use agentkeys_types::api::{ApproveRequest, AuthStatus, Policy};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Proc::start_with(dir.path(), &[], &["--enrol-rate", "1000"]);
+    let (owner, _) = server.master("hv").await;
+    let stripe = svc("stripe");
+    let high_value = Policy {
+        high_value: true,
+        require_passkey: false,
+    };
+    owner
+        .store_credential(None, &stripe, b"sk-hv", Some(high_value))
+        .await
+        .unwrap();
+    // Many sessions of the master, each holding an approved, unspent one-time grant.
+    let mut readers = Vec::new();
+    let mut grants = Vec::new();
+    for _ in 0..120 {
+        let (reader, _) = server.master("hv").await;
+        let asked = reader.read_credential(None, &stripe).await.err().unwrap();
+        let ticket = asked.auth_request().unwrap().clone();
+        owner
+            .approve(&ticket.id, &ApproveRequest::default())
+            .await
+            .unwrap();
+        grants.push(ticket.id);
+        readers.push(reader);
+    }
+    // They all read at once, and the server is killed while most are in flight.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for reader in readers {
+        let (answered, stripe) = (answered.clone(), stripe.clone());
+        tasks.push(tokio::spawn(async move {
+            if reader.read_credential(None, &stripe).await.is_ok() {
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    let marker = dir.path().join("test-database-url");
+    let database = std::fs::read_to_string(&marker)
+        .unwrap_or_else(|_| format!("sqlite:{}", dir.path().join("agentkeys.db").display()));
+    let store = agentkeys_server::store::AnyStore::open(&database)
+        .await
+        .unwrap();
+    let details: Vec<String> = store
+        .audit_page(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.action == "credential.read" && r.event.outcome == "ok")
+        .filter_map(|r| r.event.detail)
+        .collect();
+    let mut spent = 0;
+    for id in &grants {
+        let r = store.auth_request(id).await.unwrap().unwrap();
+        if r.status == AuthStatus::Consumed {
+            spent += 1;
+            let row = format!("high-value grant spent ({id})");
+            assert!(
+                details.contains(&row),
+                "{id} was spent, and no audit row says so ({spent} spent, {answered} answered)"
+            );
+        }
+    }
+    assert!(
+        spent >= answered && answered >= 20,
+        "{spent} grants spent, {answered} reads answered"
+    );
+    assert!(
+        agentkeys_server::audit::verify(&store, |_| true)
+            .await
+            .unwrap()
+            .ok
+    );
+}
+
 fn parse(v: &str) -> (u32, u32) {
     let mut it = v
         .trim_start_matches("value-")

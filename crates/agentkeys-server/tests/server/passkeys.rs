@@ -147,6 +147,68 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
     assert_eq!(listed.credentials[0].policy, policy);
 }
 
+/// An agent's read of `stripe` that needs an approval: the master approves it with its
+/// session (`minutes` makes it standing).
+async fn approved_by_session(
+    m: &agentkeys_core::HttpBackend,
+    agent: &agentkeys_core::HttpBackend,
+    minutes: Option<u32>,
+) {
+    let e = assert_code(
+        agent.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let t = e.auth_request().unwrap().clone();
+    m.approve(
+        &t.id,
+        &ApproveRequest {
+            scope: None,
+            minutes,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn raising_a_passkey_guard_ends_the_standing_approvals_and_grants_a_session_made() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let me = m.session().await.unwrap().wallet;
+    let stripe = svc("stripe");
+    store_high(&m).await;
+    seed_passkey(&ts, &me, "pk_phone").await;
+    // Agent a reads under a standing approval for two hours; agent b holds an unspent grant.
+    let (a, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    let (b, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    approved_by_session(&m, &a, Some(120)).await;
+    a.read_credential(None, &stripe).await.unwrap();
+    a.read_credential(None, &stripe).await.unwrap();
+    approved_by_session(&m, &b, None).await;
+    m.set_policy(&me, &stripe, GUARDED).await.unwrap();
+    // Neither releases any more: each read asks for a (passkey) approval.
+    for agent in [&a, &b] {
+        assert_code(
+            agent.read_credential(None, &stripe).await,
+            ErrorCode::ApprovalRequired,
+        );
+    }
+    assert!(m.standing_approvals().await.unwrap().approvals.is_empty());
+    let rows = m
+        .audit(&agentkeys_core::client::AuditQuery {
+            action: Some("policy.set".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events;
+    let detail = rows[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("ended 1 standing approval(s) and 1 unspent grant(s) a session made"),
+        "{detail}"
+    );
+}
+
 #[tokio::test]
 async fn a_session_can_raise_a_passkey_guard_but_not_lower_it() {
     let ts = with_pages().await;
