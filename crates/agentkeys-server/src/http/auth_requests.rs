@@ -195,7 +195,7 @@ async fn recover_target<S: Store>(
 pub(super) async fn open<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     ApiJson(req): ApiJson<OpenAuthRequest>,
 ) -> ApiResult<(StatusCode, Json<AuthRequestTicket>)> {
     let description = req.description.map(|d| {
@@ -206,21 +206,9 @@ pub(super) async fn open<S: Store>(
     });
     let ticket = match req.kind {
         AuthKind::Pair | AuthKind::Recover => {
-            // Per client address, so one flooding client cannot lock every daemon out,
-            // and server-wide, to bound the table and the audit log.
-            let rate = state.config.anon_open_rate;
-            for (key, rate) in [
-                (format!("open:{address}"), rate),
-                ("open:*".to_owned(), rate * 10.0),
-            ] {
-                if let Err(wait) = state.store.take_token(&key, rate, rate * 2.0).await? {
-                    state.metrics.rate_limited("pair");
-                    return Err(ApiError::rate_limited(
-                        "too many pairing requests; retry shortly",
-                        wait,
-                    ));
-                }
-            }
+            // Per client address and network, so one flooding client cannot lock every
+            // daemon out, and server-wide, to bound the table and the audit log.
+            super::limits::take_all(&state, super::limits::Door::Open, &address).await?;
             let key = req.requester_public_key.as_deref().ok_or_else(|| {
                 ApiError::bad_request("requester_public_key is required for pair and recover")
                     .hint("send the X25519 public key (32 bytes, base64) the session is sealed to")

@@ -8,6 +8,7 @@ mod credentials;
 pub mod error;
 pub mod extract;
 mod identities;
+mod limits;
 mod meta;
 pub mod openapi;
 mod pages;
