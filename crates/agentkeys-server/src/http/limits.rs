@@ -1,5 +1,5 @@
 //! The budgets of anonymous callers: enrolment, pair and recover opens, and the approval
-//! and passkey pages (docs/operations.md, "Rate limits"; decision 55 in
+//! and passkey pages (docs/operations.md; decision 56 in
 //! docs/architecture.md).
 //!
 //! Each call is taken, in this order, from the bucket of its address group (an IPv4
