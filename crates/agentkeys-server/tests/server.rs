@@ -13,6 +13,7 @@ mod server {
     mod e2e;
     mod mitm;
     mod passkeys;
+    mod read_cost;
     mod replicas;
     mod state;
     mod store;
