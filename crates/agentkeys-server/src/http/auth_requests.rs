@@ -523,11 +523,7 @@ fn decided_error(outcome: DecideOutcome) -> ApiError {
             "this request expired before it was decided",
         )
         .hint("ask the requester for a fresh code"),
-        DecideOutcome::PasskeyRequired => ApiError::denied(
-            "this credential now requires a passkey approval: a session cannot approve its release",
-        )
-        .hint("approve it with your passkey on the server's approval page"),
-        DecideOutcome::NotFound | DecideOutcome::Decided => {
+        DecideOutcome::NotFound | DecideOutcome::Decided | DecideOutcome::PasskeyRequired => {
             ApiError::not_found("no such auth request")
                 .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")
         }
@@ -623,22 +619,26 @@ pub(super) async fn approve<S: Store>(
 ) -> ApiResult<Json<DecideResponse>> {
     let r = visible(&state, &caller, state.store.auth_request(&id).await?).await?;
     if r.kind == AuthKind::HighValue && needs_passkey(&state, &r).await? {
-        let mut e = ApiError::denied(format!(
-            "{} needs a passkey approval: a session cannot approve its release",
-            r.service.as_ref().map_or("this credential", |s| s.as_str())
-        ));
-        e = match approve_url(&state, &r) {
-            Some(url) => e.hint(format!("approve it with your passkey at {url}")),
-            None => e.hint(
-                "approve it with your passkey on the server's approval page \
-                 (the server needs --public-url to serve it)",
-            ),
-        };
-        return Err(e);
+        return Err(passkey_required(&state, &r));
     }
     Ok(Json(
         approve_request(&state, &r, caller.wallet(), body, Via::Session).await?,
     ))
+}
+
+/// A session's approval of a release that needs a passkey: refused, naming the page.
+fn passkey_required<S: Store>(state: &AppState<S>, r: &AuthRequestRecord) -> ApiError {
+    let e = ApiError::denied(format!(
+        "{} needs a passkey approval: a session cannot approve its release",
+        r.service.as_ref().map_or("this credential", |s| s.as_str())
+    ));
+    match approve_url(state, r) {
+        Some(url) => e.hint(format!("approve it with your passkey at {url}")),
+        None => e.hint(
+            "approve it with your passkey on the server's approval page \
+             (the server needs --public-url to serve it)",
+        ),
+    }
 }
 
 /// Whether the credential a high-value request is about must be approved with a passkey.
@@ -795,8 +795,11 @@ pub(super) async fn approve_request<S: Store>(
         }
     };
     let outcome = state.store.approve(&r.id, approver, now, &approval).await?;
-    if outcome != DecideOutcome::Decided {
-        return Err(decided_error(outcome));
+    match outcome {
+        DecideOutcome::Decided => {}
+        // The guard went up after the check above: the store saw it in its transaction.
+        DecideOutcome::PasskeyRequired => return Err(passkey_required(state, r)),
+        other => return Err(decided_error(other)),
     }
     state.wake.decided();
     // A recovery ends the agent's other sessions; a standing approval lets it hold more.
