@@ -244,7 +244,7 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
     // Many sessions of the master, each holding an approved, unspent one-time grant.
     let mut readers = Vec::new();
     let mut grants = Vec::new();
-    for _ in 0..120 {
+    for _ in 0..160 {
         let (reader, _) = server.master("hv").await;
         let asked = reader.read_credential(None, &stripe).await.err().unwrap();
         let ticket = asked.auth_request().unwrap().clone();
@@ -255,25 +255,26 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
         grants.push(ticket.id);
         readers.push(reader);
     }
-    // They all read at once, and the server is killed while most are in flight.
+    // They all read at once; the read that brings the answers to ten kills the server
+    // there and then, with most of the others in flight.
+    let pid = i32::try_from(server.child.id()).unwrap();
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for reader in readers {
         let (answered, stripe) = (answered.clone(), stripe.clone());
         tasks.push(tokio::spawn(async move {
-            if reader.read_credential(None, &stripe).await.is_ok() {
-                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if reader.read_credential(None, &stripe).await.is_ok()
+                && answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 10
+            {
+                // SAFETY: kill has no memory preconditions; the pid is our child's.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while answered.load(std::sync::atomic::Ordering::SeqCst) < 20 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    server.kill9();
     for t in tasks {
         t.await.unwrap();
     }
+    server.kill9();
     let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
     let marker = dir.path().join("test-database-url");
     let database = std::fs::read_to_string(&marker)
@@ -302,7 +303,7 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
         }
     }
     assert!(
-        spent >= answered && answered >= 20,
+        spent >= answered && answered >= 10,
         "{spent} grants spent, {answered} reads answered"
     );
     assert!(
