@@ -52,6 +52,11 @@ function show(o) {
   // Without a passkey the page cannot approve: it says where the request is decided.
   const terminal = document.getElementById("terminal");
   terminal.hidden = o.publicKey !== null;
+  document.getElementById("signed").hidden = o.publicKey === null;
+  if (o.publicKey === null) {
+    document.getElementById("note").textContent =
+      "Compare the OTP with the one the requester shows, then decide at your terminal.";
+  }
   document.getElementById("command").textContent = o.command;
   document.getElementById("approve").hidden = o.publicKey === null;
   document.getElementById("approve").disabled = r.status !== "pending" || o.publicKey === null;
