@@ -249,8 +249,12 @@ async fn serve(
         socket.display()
     );
     let housekeeping = tokio::spawn(housekeeping(daemon.clone()));
+    // Changes the master makes reach the daemon as they happen (the periodic check in
+    // `housekeeping` is the fallback).
+    let state_watch = tokio::spawn(daemon.clone().watch_state());
     listener::serve(&listener, daemon.clone(), allow_uid, signals.recv()).await;
     housekeeping.abort();
+    state_watch.abort();
     daemon.audit(Event {
         event: "stop".into(),
         agent: Some(daemon.session().wallet.to_string()),

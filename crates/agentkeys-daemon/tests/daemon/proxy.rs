@@ -1562,3 +1562,272 @@ fn git_clones_over_https_with_the_token_injected_into_basic_auth() {
         );
     }
 }
+
+/// A run whose command sends one request to the bound host per line it reads, printing the
+/// status: the test decides when each request goes.
+struct Stepped {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Stepped {
+    fn start(d: &DaemonProc) -> Stepped {
+        let script = "while read step; do curl -s -o /dev/null -w '%{http_code}\\n' \
+                      -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; done";
+        let (child, out) = spawn_proxy(d, &["openai"], &["sh", "-c", script]);
+        Stepped { child, out }
+    }
+
+    /// Sends one request now; its status once it is answered.
+    fn request(&mut self) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        next_line(&mut self.out)
+    }
+}
+
+impl Drop for Stepped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pair code of the `n`-th approval the proxy waited for, from the daemon's `trail`.
+fn nth_approval_code(trail: &Path, n: usize) -> String {
+    wait_for_events(trail, "approval-wait", n);
+    let waits: Vec<Value> = trail_lines(trail)
+        .into_iter()
+        .filter(|l| l["event"] == "approval-wait")
+        .collect();
+    let detail = waits[n - 1]["detail"].as_str().unwrap().to_owned();
+    detail
+        .split("agentkeys approve ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in {detail}"))
+        .to_owned()
+}
+
+fn events(d: &DaemonProc, name: &str) -> usize {
+    trail_lines(&d.trail())
+        .iter()
+        .filter(|l| l["event"] == name)
+        .count()
+}
+
+/// Requests to the bound host that carried `key`.
+fn carried(a: &ProxyAgent, key: &str) -> usize {
+    requests_to(&a.up, "/echo")
+        .iter()
+        .filter(|r| r["headers"]["authorization"] == format!("Bearer {key}"))
+        .count()
+}
+
+/// What a master does to a credential that a run's proxy holds after one approval.
+#[derive(Clone, Copy, Debug)]
+enum MasterAction {
+    StoresANewValue,
+    ChangesThePolicy,
+    RevokesTheStandingApproval,
+    NarrowsTheScope,
+    RebindsToAnotherHost,
+    RemovesTheBinding,
+}
+
+#[test]
+fn every_decision_of_the_master_wipes_a_held_value_at_once() {
+    use MasterAction::*;
+    // The periodic check is out of the way: only the daemon's state watch can tell it.
+    let toml = "approval_wait = \"60s\"\nrevocation_check = \"300s\"\n";
+    for action in [
+        StoresANewValue,
+        ChangesThePolicy,
+        RevokesTheStandingApproval,
+        NarrowsTheScope,
+        RebindsToAnotherHost,
+        RemovesTheBinding,
+    ] {
+        let a = proxy_agent_configured(toml, &[]);
+        let wallet = a.wallet.as_str();
+        let cli = |args: &[&str]| {
+            let out = a.master.cli(args);
+            assert!(out.status.success(), "{action:?} {args:?}: {}", text(&out));
+            out
+        };
+        cli(&["policy", "openai", "--agent", wallet, "--high-value"]);
+        let mut run = Stepped::start(&a.d);
+        let trail = a.d.trail();
+        // One approval (a standing one where the action revokes it), then the value is held.
+        let standing: &[&str] = match action {
+            RevokesTheStandingApproval => &["--for", "2h"],
+            _ => &[],
+        };
+        let first = std::thread::scope(|s| {
+            let approving = s.spawn(|| {
+                let code = nth_approval_code(&trail, 1);
+                let mut args = vec!["approve", code.as_str(), "--yes"];
+                args.extend_from_slice(standing);
+                cli(&args);
+            });
+            let status = run.request();
+            approving.join().unwrap();
+            status
+        });
+        assert_eq!(first, "200", "{action:?}");
+        if standing.is_empty() {
+            assert_eq!(
+                run.request(),
+                "200",
+                "{action:?}: held for the next request"
+            );
+            assert_eq!(
+                server_reads(&a.master, wallet),
+                1,
+                "{action:?}: one release"
+            );
+        } else {
+            // The standing approval is itself a change the daemon hears of: the value held
+            // from just before it may be read again, under it (no new approval).
+            wait_for_events(&trail, "state", 1);
+            assert_eq!(run.request(), "200", "{action:?}");
+            assert_eq!(
+                run.request(),
+                "200",
+                "{action:?}: held for the next request"
+            );
+            assert!(server_reads(&a.master, wallet) <= 2, "{action:?}");
+        }
+        let reads_before = server_reads(&a.master, wallet);
+        let old_before = carried(&a, &a.openai);
+        let drops_before = events(&a.d, "proxy-drop");
+
+        let new_value = key("sk-proj-");
+        match action {
+            StoresANewValue => {
+                a.master.store("openai", &new_value, &["--agent", wallet]);
+            }
+            ChangesThePolicy => {
+                cli(&["policy", "openai", "--agent", wallet, "--normal"]);
+            }
+            RevokesTheStandingApproval => {
+                let out = cli(&["approvals", "--json"]);
+                let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let id = listed["approvals"][0]["id"].as_str().unwrap().to_owned();
+                cli(&["approvals", "revoke", &id]);
+            }
+            NarrowsTheScope => {
+                cli(&["scope", wallet, "--remove", "openai"]);
+            }
+            RebindsToAnotherHost => {
+                cli(&[
+                    "bind",
+                    "openai",
+                    "--agent",
+                    wallet,
+                    "--host",
+                    "other.example.com",
+                    "--inject",
+                    "bearer",
+                ]);
+            }
+            RemovesTheBinding => {
+                cli(&["bind", "openai", "--agent", wallet, "--remove"]);
+            }
+        }
+        // Pushed, not pulled: the held value is wiped before the run asks again.
+        wait_for_events(&trail, "proxy-drop", drops_before + 1);
+
+        let status = match action {
+            // Back to the server, which asks the master again; approved, the value comes
+            // with what holds now (a new value, a new binding or none).
+            StoresANewValue
+            | RevokesTheStandingApproval
+            | RebindsToAnotherHost
+            | RemovesTheBinding => std::thread::scope(|s| {
+                let approving = s.spawn(|| {
+                    let code = nth_approval_code(&trail, 2);
+                    cli(&["approve", &code, "--yes"]);
+                });
+                let status = run.request();
+                approving.join().unwrap();
+                status
+            }),
+            _ => run.request(),
+        };
+        match action {
+            StoresANewValue => {
+                assert_eq!(status, "200");
+                assert_eq!(
+                    carried(&a, &new_value),
+                    1,
+                    "the new value, after a new approval"
+                );
+            }
+            ChangesThePolicy => assert_eq!(status, "200"),
+            RevokesTheStandingApproval => {
+                assert_eq!(status, "200");
+                assert_eq!(events(&a.d, "approval-wait"), 2, "asked again");
+            }
+            NarrowsTheScope | RebindsToAnotherHost | RemovesTheBinding => {
+                assert_eq!(status, "403", "{action:?}");
+            }
+        }
+        match action {
+            // The same value, released again under what holds now: a new server read.
+            ChangesThePolicy | RevokesTheStandingApproval => {
+                assert_eq!(
+                    server_reads(&a.master, wallet),
+                    reads_before + 1,
+                    "{action:?}"
+                );
+                assert_eq!(carried(&a, &a.openai), old_before + 1, "{action:?}");
+            }
+            _ => assert_eq!(
+                carried(&a, &a.openai),
+                old_before,
+                "{action:?}: the old value went nowhere after the change"
+            ),
+        }
+        eprintln!("{action:?}: held value wiped at once, the next request got {status}");
+    }
+}
+
+#[test]
+fn an_approved_high_value_hold_ends_after_approval_hold() {
+    let toml = "approval_wait = \"60s\"\napproval_hold = \"2s\"\nrevocation_check = \"300s\"\n";
+    let a = proxy_agent_configured(toml, &[]);
+    let out = a
+        .master
+        .cli(&["policy", "openai", "--agent", &a.wallet, "--high-value"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut run = Stepped::start(&a.d);
+    let trail = a.d.trail();
+    let first = std::thread::scope(|s| {
+        let approving = s.spawn(|| {
+            let code = nth_approval_code(&trail, 1);
+            assert!(a.master.approve(&code, &[]).status.success());
+        });
+        let status = run.request();
+        approving.join().unwrap();
+        status
+    });
+    assert_eq!(first, "200");
+    assert_eq!(run.request(), "200", "held within approval_hold");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Past approval_hold the run asks again; nobody approves, so the proxy waits: answer it
+    // by denying the request it opened.
+    let second = std::thread::scope(|s| {
+        let denying = s.spawn(|| {
+            let code = nth_approval_code(&trail, 2);
+            let out = a.master.approve(&code, &["--deny"]);
+            assert!(out.status.success(), "{}", text(&out));
+        });
+        let status = run.request();
+        denying.join().unwrap();
+        status
+    });
+    assert_eq!(second, "403");
+    assert_eq!(server_reads(&a.master, &a.wallet), 1);
+}
