@@ -215,3 +215,38 @@ fn a_pair_request_addressed_with_parent_is_only_that_masters_to_approve() {
     let agents = alice.cli(&["agents", "--json"]);
     assert!(String::from_utf8_lossy(&agents.stdout).contains(&wallet));
 }
+
+#[test]
+fn a_daemon_waits_out_a_server_that_limits_pair_requests() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    // Another client of this address spends the pair-request budget.
+    let anon = HttpBackend::new(&server.url).unwrap();
+    let limited = (0..500).any(|_| {
+        let key = agentkeys_core::crypto::hpke::HpkeKeyPair::generate().unwrap();
+        let req = agentkeys_types::api::OpenAuthRequest {
+            kind: agentkeys_types::api::AuthKind::Pair,
+            requester_public_key: Some(base64_of(&key.public_key())),
+            identity: None,
+            parent: None,
+            agent: None,
+            service: None,
+            description: None,
+        };
+        block_on(anon.open_auth_request(&req))
+            .is_err_and(|e| e.code() == agentkeys_types::ErrorCode::RateLimited)
+    });
+    assert!(limited, "the budget was never spent");
+    // The daemon asks while the budget is spent: it waits as told, then shows a code.
+    let home = TempDir::new("agentkeys-test-daemon");
+    let d = DaemonProc::spawn(&server.url, home.path(), &[]);
+    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+    assert!(wallet.starts_with("0x"), "{wallet}");
+    let log = d.log.lock().unwrap().clone();
+    assert!(!log.contains("RATE_LIMITED"), "{log}");
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
