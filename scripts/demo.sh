@@ -8,6 +8,7 @@
 # docs/daemon.md recommends. Then everything stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh --demo   # the few Debian packages the demo uses, if missing
 echo "building agentkeys-server, the agentkeys CLI and the quickstart (the first build takes a few minutes on 2 cores)..." >&2
 cargo build -p agentkeys-server -p agentkeys-cli -p agentkeys-daemon -p agentkeys-core --example quickstart
 log=$(mktemp)

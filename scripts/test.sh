@@ -10,42 +10,19 @@
 # in a temp dir on a free port) serves the PostgreSQL engine's tests and is stopped and
 # deleted at the end, even when a test fails. Without PostgreSQL the run fails.
 #
-# Python parts run in a private venv (target/pyenv) holding pytest, dbus-next (a stand-in
-# desktop notification server for 'agentkeys watch') and the official MCP
-# Python SDK, which the end-to-end tests drive the daemon with (and compare the managed
-# runtimes against), and the official openai and anthropic SDKs, httpx, requests and websockets, which
-# the egress proxy tests run unmodified; the MCP Inspector CLI goes to target/npm and
-# playwright-core (for tests/browser, driving Debian's chromium) to target/browser. All pinned.
+# scripts/setup.sh installs what the tests need, once: the Debian packages (PostgreSQL,
+# Chromium, strace, checksec …), a private venv (target/pyenv) holding pytest, dbus-next (a
+# stand-in desktop notification server for 'agentkeys watch'), the official MCP Python SDK,
+# which the end-to-end tests drive the daemon with, and the official openai and anthropic
+# SDKs, httpx, requests and websockets, which the egress proxy tests run unmodified; the MCP
+# Inspector CLI in target/npm and playwright-core (for tests/browser, driving Debian's
+# chromium) in target/browser. All pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/pyenv
-if ! "$venv/bin/python" -c "import mcp, pytest, pyhpke, cryptography, openai, anthropic, httpx, requests, websockets, openapi_spec_validator, dbus_next" 2>/dev/null; then
-  echo "setting up $venv (pytest, mcp 2.3.0, the independent client's pyhpke and cryptography," \
-    "and the unmodified HTTP clients the egress proxy is tested with)..." >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "pytest==9.2.0" "mcp==2.3.0" \
-    "openai==3.57.0" "anthropic==2.14.0" "httpx==0.28.1" "requests==2.34.2" "websockets==17.4" \
-    "openapi-spec-validator==0.7.2" "dbus-next==0.2.3" \
-    -r clients/independent/requirements.txt
-fi
-export AGENTKEYS_TEST_PYTHON="$PWD/$venv/bin/python"
-
-# The MCP Inspector CLI (pinned), for the real-client tests.
-if [ ! -x target/npm/node_modules/.bin/mcp-inspector ]; then
-  echo "installing @modelcontextprotocol/inspector 2.12.0 into target/npm..." >&2
-  mkdir -p target/npm
-  (cd target/npm && npm install --no-audit --no-fund --silent @modelcontextprotocol/inspector@2.12.0)
-fi
-
-# playwright-core (pinned; it drives Debian's chromium, downloads no browser), for the
-# passkey approvals in a real browser.
-if [ ! -f target/browser/node_modules/playwright-core/package.json ] \
-  || ! grep -q '"version": "1.65.1"' target/browser/node_modules/playwright-core/package.json; then
-  echo "installing playwright-core 1.65.1 into target/browser..." >&2
-  mkdir -p target/browser
-  (cd target/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent playwright-core@1.65.1)
-fi
+# Everything the tests need (Debian packages, the venv, the npm packages), once.
+bash scripts/setup.sh
+export AGENTKEYS_TEST_PYTHON="$PWD/target/pyenv/bin/python"
 
 echo "== throwaway PostgreSQL (scripts/pg-throwaway.sh)" >&2
 pg_env=$(bash scripts/pg-throwaway.sh)

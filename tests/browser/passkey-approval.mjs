@@ -8,7 +8,8 @@
 // Environment: AGENTKEYS_BIN_DIR (default target/debug), PLAYWRIGHT_DIR (default
 // target/browser), CHROMIUM (default /usr/bin/chromium).
 //
-// It shows, in order: registering a passkey through 'agentkeys passkey add'; approving a
+// It shows, in order: a master without a passkey sees the request on the page and the
+// command that decides it; registering a passkey through 'agentkeys passkey add'; approving a
 // high-value release on the page, after which the waiting 'agentkeys read --wait' prints
 // the value; an assertion made for one request is refused for another; a replayed
 // assertion is refused; an expired request refuses the page's approval; and the audit
@@ -142,6 +143,26 @@ try {
       automaticPresenceSimulation: true,
     },
   });
+
+  step("without a passkey, the page shows the request and the command that decides it");
+  const early = waitingRead("stripe");
+  const earlyCode = await early.code;
+  await page.goto(`${publicUrl}/approve/${earlyCode}`);
+  await page.waitForSelector("#terminal:not([hidden])", { timeout: 20000 });
+  const pending = cliJson(["approve"]).requests.find((r) => r.pair_code === earlyCode);
+  assert.ok(pending);
+  assert.equal(await page.textContent("#title"), "High-value release");
+  const details = await page.textContent("#details");
+  for (const shown of [pending.otp, "stripe", master, "pending"]) {
+    assert.ok(details.includes(shown), `the page shows ${shown}: ${details}`);
+  }
+  assert.equal(await page.textContent("#command"), `agentkeys approve ${earlyCode}`);
+  assert.ok(await page.isHidden("#approve"), "no approve button without a passkey");
+  assert.equal(await page.textContent("#status"), "", "no error shown");
+  cli(["approve", earlyCode, "--yes"]);
+  const earlyRead = await early.done;
+  assert.equal(earlyRead.code, 0, earlyRead.stderr);
+  assert.equal(earlyRead.stdout, stripe);
 
   step("registering a passkey through 'agentkeys passkey add'");
   const link = cliJson(["passkey", "add", "--name", "ci-authenticator"]).url;

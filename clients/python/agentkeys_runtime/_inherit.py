@@ -27,6 +27,17 @@ def take_inherited(service: str) -> Credential | None:
     if value is None:
         return None
     fd, length = _parse(name, value)
+    try:
+        inherited = os.get_inheritable(fd)
+    except OSError:
+        inherited = False
+    if not inherited:
+        # Close-on-exec (Python's default for every descriptor it opens): this process
+        # opened it, so other code here owns it; it was not handed over by `run --fd`.
+        raise AgentkeysError(
+            f"{name} names descriptor {fd}, which this process opened itself (it is "
+            "close-on-exec), not one it inherited: start the program with 'agentkeys run --fd'"
+        )
     kind = fd_kind(fd)
     if kind is None:
         # Not ours to close: the number may now belong to an unrelated file, which the wipe

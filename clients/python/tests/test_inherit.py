@@ -51,10 +51,25 @@ def test_a_variable_naming_a_foreign_descriptor_is_refused_and_left_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with open(tmp_path / "unrelated.txt", "wb") as unrelated:
+        os.set_inheritable(unrelated.fileno(), True)  # as if inherited, but no memfd
         monkeypatch.setenv("AGENTKEYS_FD_OPENAI", f"{unrelated.fileno()}:10")
         with pytest.raises(AgentkeysError, match="not an open memfd"):
             credential("openai")
         assert is_open(unrelated.fileno())
+
+
+def test_a_memfd_this_process_opened_is_refused_and_left_alone(
+    canary: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = Page(canary)  # close-on-exec, as every descriptor Python opens
+    assert not os.get_inheritable(page.fd)
+    monkeypatch.setenv("AGENTKEYS_FD_OPENAI", f"{page.fd}:{len(canary)}")
+    with pytest.raises(AgentkeysError, match="opened itself"):
+        credential("openai")
+    assert is_open(page.fd)
+    assert not page.is_wiped()
+    page.unmap()
+    os.close(page.fd)
 
 
 @pytest.mark.parametrize("value", ["", "7", "7:", ":7", "x:7", "7:-1", "٣:4"])
@@ -68,6 +83,7 @@ def test_a_length_beyond_the_memfd_is_refused(
     canary: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     page = Page(canary)
+    os.set_inheritable(page.fd, True)  # as `agentkeys run --fd` leaves it
     monkeypatch.setenv("AGENTKEYS_FD_OPENAI", f"{page.fd}:{10**6}")
     cred = credential("openai")
     with pytest.raises(AgentkeysError, match="claims 1000000 bytes but its memfd holds 4096"):

@@ -10,7 +10,8 @@
 //! pairs a real `agentkeys-daemon`, and then times: `get_credential` over a held socket
 //! connection (inline uncached, inline cached, fd delivery through the Rust runtime), the
 //! daemon's plaintext window from its own trail, `agentkeys run -- true` against a bare
-//! exec, the approval round trip a person waits through, sealed reads and stores per second
+//! exec, the approval round trip a person waits through, how long a revocation takes to
+//! stop a run and its proxy, sealed reads and stores per second
 //! on the server, memory and binary sizes, and the
 //! floors and peers installed here (a Unix-socket ping-pong, ssh-agent; fnox, teller and
 //! pass when present). Figures are medians and percentiles of one run: compare the ratios.
@@ -21,6 +22,7 @@ mod approvals;
 mod engines;
 mod peers;
 mod proxy;
+mod revocation;
 mod setup;
 mod stats;
 
@@ -51,13 +53,14 @@ use crate::stats::{Report, Samples, human, ratio};
     perf record -a -g -o perf.data -- target/release/agentkeys-bench profile-reads --no-build"
 )]
 struct Args {
-    /// What to run: `all` (everything, in order), or one load for a profiler to watch
+    /// What to run: `all` (everything, in order), `revocation` (that row alone, on a stack of
+    /// its own), or one load for a profiler to watch
     /// (`profile-reads`: sealed reads at concurrency 32 on the server; `profile-gets`: cached
     /// `get_credential` on a held connection; `profile-run`: `agentkeys run --service openai
     /// -- /bin/true` in a loop; `profile-read-cli`: `agentkeys read openai` in a loop;
     /// `profile-idle`: the stack alone, with the environment to try commands on it by hand). A profile load prints the pids, waits a second, and runs
     /// for `--secs`.
-    #[arg(value_parser = ["all", "profile-reads", "profile-gets", "profile-run", "profile-read-cli", "profile-idle"])]
+    #[arg(value_parser = ["all", "revocation", "profile-reads", "profile-gets", "profile-run", "profile-read-cli", "profile-idle"])]
     what: String,
     /// How long a profile load runs, in seconds.
     #[arg(long, default_value_t = 10)]
@@ -80,7 +83,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(_) if args.what != "all" => ExitCode::SUCCESS,
+        Ok(_) if !matches!(args.what.as_str(), "all" | "revocation") => ExitCode::SUCCESS,
         Ok(report) => {
             print!("{}", report.markdown());
             if let Some(path) = &args.out {
@@ -129,7 +132,7 @@ fn run(args: &Args) -> Result<Report, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    if args.what != "all" {
+    if !matches!(args.what.as_str(), "all" | "revocation") {
         profile(&args.what, &bins, &rt, Duration::from_secs(args.secs))?;
         return Ok(Report::default());
     }
@@ -143,6 +146,10 @@ fn run(args: &Args) -> Result<Report, String> {
     ];
     let stack = Stack::start(&bins, &daemon_extra, proxy::HOST)?;
     let mut report = Report::default();
+    if args.what == "revocation" {
+        revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
+        return Ok(report);
+    }
     let idle_daemon = rss_kib(stack.daemon.id());
     let idle_server = rss_kib(stack.server.pid());
 
@@ -293,6 +300,9 @@ fn run(args: &Args) -> Result<Report, String> {
             human(approvals.approve.p50())
         ),
     );
+
+    eprintln!("bench: revocation reaching a run and its proxy (a fresh agent each)...");
+    revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
 
     eprintln!("bench: server throughput...");
     let backend = rt.block_on(master_backend(&stack.server.url))?;
@@ -815,6 +825,34 @@ async fn stores_per_second(
         let _ = t.await;
     }
     Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The revocation row: a fresh agent per sample, 2.5× `runs` samples (100 in a full run,
+/// enough for a p99).
+fn revocation_row(
+    stack: &Stack,
+    bins: &Bins,
+    daemon_extra: &[String],
+    rt: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
+    let revoked = revocation::measure(stack, bins, daemon_extra, rt, 2, sizes.runs * 5 / 2)?;
+    report.latency(
+        "revocation_reaches_run",
+        "revocation: `agentkeys revoke AGENT` → its `run --proxy` child gone and the next \
+         proxied request refused",
+        &revoked.total,
+        "p50 ≤ 200 ms, p99 ≤ 1 s",
+        format!(
+            "child gone {} (p50), proxy refusing {} (p50); the revoke command took {}; \
+             before: up to revocation_check (30 s); Agent Vault: within 60 s",
+            human(revoked.child_gone.p50()),
+            human(revoked.refused.p50()),
+            human(revoked.command.p50())
+        ),
+    );
+    Ok(())
 }
 
 /// The egress proxy (`proxy-env`'s persistent listener) against direct TLS to the same

@@ -19,16 +19,25 @@ use crate::stats::Samples;
 const NAME: &str = "OPENAI_API_KEY";
 
 /// The fnox binary to run: `flag`, else `$AGENTKEYS_BENCH_FNOX`, else `fnox` on the PATH.
+/// A path with a directory in it (`target/fnox`) is made absolute against the current
+/// directory: fnox runs in a project directory of its own, where a relative path would
+/// name nothing. A bare name is looked up on the PATH.
 pub(crate) fn locate(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = flag {
-        return Some(p.to_owned());
-    }
-    if let Some(p) = std::env::var_os("AGENTKEYS_BENCH_FNOX").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
+    let given = flag.map(Path::to_owned).or_else(|| {
+        std::env::var_os("AGENTKEYS_BENCH_FNOX")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    });
+    let name = match given {
+        Some(p) if p.components().count() > 1 || p.is_absolute() => {
+            return std::path::absolute(&p).ok();
+        }
+        Some(p) => p,
+        None => PathBuf::from("fnox"),
+    };
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|d| d.join("fnox"))
+        .map(|d| d.join(&name))
         .find(|p| p.is_file())
 }
 
@@ -191,5 +200,27 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_fnox_path_is_made_absolute_and_a_bare_name_is_looked_up() {
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            locate(Some(Path::new("target/fnox"))),
+            Some(cwd.join("target/fnox"))
+        );
+        assert_eq!(
+            locate(Some(Path::new("/opt/fnox"))),
+            Some(PathBuf::from("/opt/fnox"))
+        );
+        // `sh` is on every PATH; a bare name never resolves against the current directory.
+        let sh = locate(Some(Path::new("sh"))).expect("sh on the PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(locate(Some(Path::new("no-such-program-here"))), None);
     }
 }

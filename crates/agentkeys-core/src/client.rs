@@ -11,7 +11,7 @@ use agentkeys_types::api::{
     CredentialList, DecideResponse, Decision, HPKE_INFO_READ, HPKE_INFO_SESSION, HPKE_INFO_STORE,
     Health, Identity, LinkIdentityRequest, OpenAuthRequest, PasskeyList, PasskeyRegistrationTicket,
     Policy, ReadCredentialRequest, ReadCredentialResponse, RemovedPasskey, RevokeRequest,
-    RevokeResponse, RevokeStandingResponse, ServerInfo, SessionGrant, SessionInfo,
+    RevokeResponse, RevokeStandingResponse, ServerInfo, SessionGrant, SessionInfo, SessionState,
     SetBindingRequest, StandingApprovalList, StartPasskeyRegistration, StoreCredentialRequest,
     TeardownResponse, auth_request_canonical_bytes, credential_aad, decision_signing_bytes,
     read_signing_bytes, shielding_key_signing_bytes,
@@ -61,6 +61,14 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<SessionGrant, ClientError>> + Send;
     /// `GET /v1/session`.
     fn session(&self) -> impl Future<Output = Result<SessionInfo, ClientError>> + Send;
+    /// `GET /v1/session/state?cursor=&wait=`: what the session may hold; with a cursor, it
+    /// answers once the state differs from that one or `wait_secs` have passed, and with
+    /// `UNAUTHORIZED` as soon as the session is revoked.
+    fn session_state(
+        &self,
+        cursor: Option<&str>,
+        wait_secs: u64,
+    ) -> impl Future<Output = Result<SessionState, ClientError>> + Send;
     /// `POST /v1/sessions/revoke`.
     fn revoke(
         &self,
@@ -596,6 +604,18 @@ impl Backend for HttpBackend {
 
     async fn session(&self) -> Result<SessionInfo, ClientError> {
         self.get("/v1/session", true).await
+    }
+
+    async fn session_state(
+        &self,
+        cursor: Option<&str>,
+        wait_secs: u64,
+    ) -> Result<SessionState, ClientError> {
+        let mut req = self.http.get(self.url("/v1/session/state"));
+        if let Some(c) = cursor {
+            req = req.query(&[("cursor", c)]).query(&[("wait", wait_secs)]);
+        }
+        self.send(req, true).await
     }
 
     async fn revoke(&self, req: &RevokeRequest) -> Result<RevokeResponse, ClientError> {

@@ -142,8 +142,13 @@ pub struct ServeArgs {
     /// Keep the agent session in this process's memory only: no session file, no keyring
     /// entry, so no process of the daemon's uid can take it from the disk. A restart needs
     /// a new approval. For deployments that cannot give the daemon a uid of its own.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store_session")]
     pub ephemeral: bool,
+    /// Keep the agent session at rest in the daemon's home even though agents share the
+    /// daemon's uid (no --allow-uid). Without it such a daemon holds the session in memory
+    /// only, since any process of its uid could open a stored one and act as this agent.
+    #[arg(long)]
+    pub store_session: bool,
     /// Start (and keep serving) even while a debugger traces the daemon.
     #[arg(long)]
     pub allow_debugger: bool,

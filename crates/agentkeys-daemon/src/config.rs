@@ -12,6 +12,7 @@
 //! kill_grace = "5s"           # SIGTERM → SIGKILL delay for run children after a revocation
 //! approval_wait = "120s"      # how long the proxy or an MCP elicitation waits for a high-value approval
 //! proxy_hold = "60s"          # how long a run's proxy reuses a fetched value ("0s": fetch per request)
+//! approval_hold = "15m"       # how long a run's proxy reuses a high-value value one approval released
 //!
 //! [cache]                     # per-service opt-in; no entry = never cached (the default)
 //! openai = "60s"              # idle TTL for this service
@@ -56,15 +57,21 @@ pub struct Config {
     pub approval_wait: Duration,
     /// How long a run's egress proxy reuses a value it fetched (zero: fetch per request).
     pub proxy_hold: Duration,
+    /// How long a run's egress proxy reuses a high-value value one approval released (the
+    /// rest of the run at most; every change the master makes ends it sooner).
+    pub approval_hold: Duration,
     /// Default timeout of the MCP `run` tool.
     pub run_timeout: Duration,
     /// Bytes of stdout (and of stderr) the MCP `run` tool keeps.
     pub run_max_output: usize,
     /// Force the cached pages' kind (measurements only: `--cache-page`); `None` = the best.
     pub cache_page: Option<agentkeys_secmem::SecretPageKind>,
-    /// Keep the agent session in memory only (`--ephemeral`): no file, no keyring entry;
-    /// a restart needs a new approval.
+    /// Keep the agent session in memory only (`--ephemeral`, or the default when agents
+    /// share the daemon's uid): no file, no keyring entry; a restart needs a new approval.
     pub ephemeral: bool,
+    /// `ephemeral` because agents share the daemon's uid (no `--allow-uid`) and
+    /// `--store-session` was not given, rather than because `--ephemeral` asked for it.
+    pub ephemeral_by_default: bool,
     /// The egress proxy's upstream settings.
     pub proxy: ProxyConfig,
 }
@@ -158,10 +165,12 @@ impl Default for Config {
             kill_grace: Duration::from_secs(5),
             approval_wait: Duration::from_secs(120),
             proxy_hold: Duration::from_secs(60),
+            approval_hold: Duration::from_secs(15 * 60),
             run_timeout: Duration::from_secs(60),
             run_max_output: 64 * 1024,
             cache_page: None,
             ephemeral: false,
+            ephemeral_by_default: false,
             proxy: ProxyConfig::default(),
         }
     }
@@ -183,6 +192,7 @@ struct File {
     kill_grace: Option<String>,
     approval_wait: Option<String>,
     proxy_hold: Option<String>,
+    approval_hold: Option<String>,
     #[serde(default)]
     cache: BTreeMap<String, CacheEntry>,
     #[serde(default)]
@@ -252,6 +262,7 @@ impl Config {
             ("kill_grace", &file.kill_grace),
             ("approval_wait", &file.approval_wait),
             ("proxy_hold", &file.proxy_hold),
+            ("approval_hold", &file.approval_hold),
             ("run.timeout", &file.run.timeout),
         ] {
             if let Some(v) = value {
@@ -264,6 +275,7 @@ impl Config {
                     "kill_grace" => config.kill_grace = d,
                     "approval_wait" => config.approval_wait = d,
                     "proxy_hold" => config.proxy_hold = d,
+                    "approval_hold" => config.approval_hold = d,
                     _ => config.run_timeout = d,
                 }
             }

@@ -125,6 +125,106 @@ struct Cached {
     ttl: Duration,
     /// When the value was fetched: it is served for `cache_max_age` from here at most.
     stored: Instant,
+    /// What the server said of the credential when the fetch began: the entry goes as
+    /// soon as that changes.
+    stamp: Stamp,
+}
+
+/// What the server last said of one credential of this session (DESIGN decision 19): its
+/// policy, binding, value version and the standing approvals for it, or that the session
+/// may no longer use it. A value fetched under one stamp is held only while the stamp is
+/// the same: any decision of the master about that credential changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// No state heard from the server yet (it answers no state watch, or is unreachable
+    /// since start): values are held for their hold times only.
+    Unknown,
+    /// The session may not use it (out of scope, removed).
+    Absent,
+    /// A digest of its state.
+    Is([u8; 16]),
+}
+
+/// One credential in a [`Snapshot`]: its stamp, its state, its standing approvals.
+type Entry = (Stamp, agentkeys_types::api::CredentialState, Vec<String>);
+
+/// The session's state as the server last described it, by service.
+struct Snapshot {
+    /// The server's name for it.
+    cursor: String,
+    /// Each credential's stamp and what it was made of (for the trail's reasons).
+    entries: HashMap<ServiceName, Entry>,
+}
+
+impl Snapshot {
+    fn of(state: &agentkeys_types::api::SessionState) -> Snapshot {
+        let mut entries = HashMap::new();
+        for c in &state.credentials {
+            if !state.scope.allows(&c.service) {
+                continue;
+            }
+            let mut standing: Vec<String> = state
+                .standing_approvals
+                .iter()
+                .filter(|s| s.service == c.service && s.owner == c.agent)
+                .map(|s| format!("{}@{}", s.id, s.expires_at))
+                .collect();
+            standing.sort();
+            let text = serde_json::to_vec(&(c, &standing)).unwrap_or_default();
+            let digest = agentkeys_core::crypto::sha256(&text);
+            let mut stamp = [0u8; 16];
+            stamp.copy_from_slice(&digest[..16]);
+            entries.insert(c.service.clone(), (Stamp::Is(stamp), c.clone(), standing));
+        }
+        Snapshot {
+            cursor: state.cursor.clone(),
+            entries,
+        }
+    }
+
+    fn stamp(&self, service: &ServiceName) -> Stamp {
+        self.entries
+            .get(service)
+            .map_or(Stamp::Absent, |e| e.0.clone())
+    }
+
+    /// What changed for each service between `self` and `next`, in words for the trail.
+    fn changes(&self, next: &Snapshot) -> Vec<(ServiceName, String)> {
+        let mut services: Vec<&ServiceName> =
+            self.entries.keys().chain(next.entries.keys()).collect();
+        services.sort();
+        services.dedup();
+        services
+            .into_iter()
+            .filter_map(|s| {
+                let why = match (self.entries.get(s), next.entries.get(s)) {
+                    (Some(_), None) => "no longer usable by this agent (scope, or removed)".into(),
+                    (None, Some(_)) => "now usable by this agent".into(),
+                    (Some(a), Some(b)) if a.0 != b.0 => {
+                        let mut what = Vec::new();
+                        if a.1.version != b.1.version {
+                            what.push("a new value was stored");
+                        }
+                        if a.1.policy != b.1.policy {
+                            what.push("its policy changed");
+                        }
+                        if a.1.binding != b.1.binding {
+                            what.push("its binding changed");
+                        }
+                        if a.1.agent != b.1.agent {
+                            what.push("another owner's value now applies");
+                        }
+                        if a.2 != b.2 {
+                            what.push("its standing approvals changed");
+                        }
+                        what.join(", ")
+                    }
+                    _ => return None,
+                };
+                Some((s.clone(), why))
+            })
+            .collect()
+    }
 }
 
 /// Why a cache entry must go now, if it must.
@@ -205,8 +305,15 @@ pub struct Daemon {
     pub proxies: Mutex<HashMap<(u32, Vec<ServiceName>), crate::proxy::ProxyRun>>,
     /// Server reads in flight, by service.
     flights: Mutex<HashMap<ServiceName, Flight>>,
-    /// The scope as the server last described it (the revocation tick refreshes it).
+    /// The scope as the server last described it (the state watch and the revocation tick
+    /// refresh it).
     live_scope: Mutex<Scope>,
+    /// The session's state as the server last described it; `None` until it has.
+    state: Mutex<Option<Snapshot>>,
+    /// Moves whenever what this session may hold changed (a state change, a revocation, a
+    /// debugger): whatever holds values (a run's proxy) watches it and re-checks each held
+    /// value's [`Stamp`]. The daemon knows nothing of who watches.
+    changed: tokio::sync::watch::Sender<u64>,
     /// Whether the server answered the last time it was asked (the tick, or a read).
     reachable: AtomicBool,
     /// The trail line last anchored in the server's audit log.
@@ -250,6 +357,9 @@ pub async fn latest_anchor(backend: &HttpBackend) -> Result<Option<(u64, String)
         Some((anchor.seq, anchor.hash))
     }))
 }
+
+/// How long one state watch waits on the server before it is renewed.
+const STATE_WATCH_SECS: u64 = 25;
 
 /// What a model is told once the session is revoked or expired.
 const REVOKED_MESSAGE: &str = "revoked: this agent's session was revoked or has expired. Ask \
@@ -315,6 +425,8 @@ impl Daemon {
             proxies: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             live_scope,
+            state: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::new(0),
             reachable: AtomicBool::new(true),
             anchored: AtomicU64::new(0),
             last_refusal_audit: AtomicU64::new(0),
@@ -343,6 +455,7 @@ impl Daemon {
                 .lock()
                 .map(|mut c| c.drain().count())
                 .unwrap_or(0);
+            self.changed.send_modify(|g| *g += 1);
             self.note(
                 "debugger",
                 None,
@@ -487,6 +600,9 @@ impl Daemon {
             self.audit(e);
             return Ok((page, binding));
         }
+        // What the server said of it before the read: the value is kept only if that still
+        // holds once it arrives (a change meanwhile may have been about this very value).
+        let stamp = self.stamp(service);
         let read = self.read_shared(service).await;
         #[cfg(test)]
         self.run_after_read_hook();
@@ -509,7 +625,7 @@ impl Daemon {
                             "not cached: high-value, each release needs an approval".into(),
                         );
                     } else {
-                        self.cache_store(service, &read.page, read.binding.as_ref(), ttl);
+                        self.cache_store(service, &read.page, read.binding.as_ref(), ttl, stamp);
                     }
                 }
                 Ok((read.page, read.binding))
@@ -778,8 +894,23 @@ impl Daemon {
         }
     }
 
+    /// Where the agent session is kept between restarts, for `status`.
+    fn session_at_rest(&self) -> &'static str {
+        if self.config.ephemeral_by_default {
+            "none (agents share the daemon's uid; --store-session would keep it)"
+        } else if self.config.ephemeral {
+            "none (--ephemeral)"
+        } else {
+            "stored in the daemon's home"
+        }
+    }
+
     fn same_uid_risk(&self) -> &'static str {
-        if self.config.ephemeral {
+        if self.config.ephemeral_by_default {
+            "the session is in memory only (agents share the daemon's uid, so none is stored), \
+             yet the agent runs beside the daemon: run the daemon under a uid of its own \
+             (--allow-uid for the agent)"
+        } else if self.config.ephemeral {
             "the session is in memory only (--ephemeral), yet the agent shares the daemon's uid: \
              run the daemon under a uid of its own"
         } else {
@@ -853,15 +984,17 @@ impl Daemon {
         Some((copy, entry.binding.clone()))
     }
 
-    /// Caches a copy of `page`, unless the session was revoked or a debugger attached
-    /// meanwhile: checked under the cache lock, which `on_revoked` and `check_debugger` take
-    /// after setting their flag, so no value can slip in after their wipe.
+    /// Caches a copy of `page`, unless the session was revoked, a debugger attached, or the
+    /// server said something new of the credential (`stamp` moved) meanwhile: checked under
+    /// the cache lock, which `on_revoked`, `check_debugger` and `apply_state` take after
+    /// changing what they change, so no value can slip in after their wipe.
     fn cache_store(
         &self,
         service: &ServiceName,
         page: &SecretPage,
         binding: Option<&Binding>,
         ttl: Duration,
+        stamp: Stamp,
     ) {
         let copy = match self.config.cache_page {
             Some(kind) => SecretPage::with_kind(page.len(), kind).map(|mut p| {
@@ -876,7 +1009,12 @@ impl Daemon {
         let kind = copy.kind();
         let now = Instant::now();
         let stored = match self.cache.lock() {
-            Ok(mut cache) if !self.is_revoked() && !self.is_traced() => {
+            Ok(mut cache)
+                if !self.is_revoked()
+                    && !self.is_traced()
+                    && stamp != Stamp::Absent
+                    && self.stamp(service) == stamp =>
+            {
                 cache.insert(
                     service.clone(),
                     Cached {
@@ -886,6 +1024,7 @@ impl Daemon {
                         last_used: now,
                         ttl,
                         stored: now,
+                        stamp,
                     },
                 );
                 true
@@ -1013,6 +1152,8 @@ impl Daemon {
         for service in wiped {
             self.note("evict", Some(&service), "session revoked".into());
         }
+        // Whatever holds values (a run's proxy) wipes them now, not at its next request.
+        self.changed.send_modify(|g| *g += 1);
         // Persistent proxies stop: their held values are wiped, their listeners close.
         let stopped: Vec<crate::proxy::ProxyRun> = self
             .proxies
@@ -1072,27 +1213,149 @@ impl Daemon {
         }
     }
 
-    /// Asks the server whether the session still holds; a 401 or an expiry triggers
-    /// [`Daemon::on_revoked`]. When it holds, the scope is refreshed and the cache
-    /// re-checked against it and the current policies. An unreachable server changes nothing.
+    /// Asks the server whether the session still holds, and what it may hold: a 401 or an
+    /// expiry triggers [`Daemon::on_revoked`]; otherwise the state is applied
+    /// ([`Daemon::apply_state`]). A server without the state endpoint gets the older
+    /// check (the session, then the cache against the listing). An unreachable server
+    /// changes nothing. The fallback of [`Daemon::watch_state`], every `revocation_check`.
     pub async fn check_session(self: &Arc<Self>) {
         if self.is_revoked() {
             return;
         }
-        let answer = self.backend.session().await;
+        let answer = self.backend.session_state(None, 0).await;
         self.note_contact(&answer);
         match answer {
-            Ok(info) => {
-                if let Ok(mut live) = self.live_scope.lock() {
-                    live.clone_from(&info.scope);
-                }
-                self.revalidate_cache(&info.scope).await;
-            }
+            Ok(state) => self.apply_state(&state),
             Err(e) if matches!(e.code(), ErrorCode::Unauthorized | ErrorCode::Expired) => {
                 self.on_revoked("the periodic session check was refused");
             }
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                let answer = self.backend.session().await;
+                match answer {
+                    Ok(info) => {
+                        if let Ok(mut live) = self.live_scope.lock() {
+                            live.clone_from(&info.scope);
+                        }
+                        self.revalidate_cache(&info.scope).await;
+                    }
+                    Err(e) if matches!(e.code(), ErrorCode::Unauthorized | ErrorCode::Expired) => {
+                        self.on_revoked("the periodic session check was refused");
+                    }
+                    Err(_) => {}
+                }
+            }
             Err(_) => {}
         }
+    }
+
+    /// Holds a state watch on the server for as long as the daemon serves (DESIGN decision
+    /// 19): each answer is applied at once, so a master's change reaches the cache, every
+    /// run's proxy and (a revocation) every `run` child within a round trip, not at the next
+    /// `revocation_check`. A server without the endpoint leaves the periodic check alone;
+    /// an unreachable one is retried with a growing pause (at most 5 s).
+    pub async fn watch_state(self: Arc<Self>) {
+        let mut cursor: Option<String> = None;
+        let mut failures: u32 = 0;
+        while !self.is_revoked() {
+            let asked = tokio::time::Instant::now();
+            let answer = self
+                .backend
+                .session_state(cursor.as_deref(), STATE_WATCH_SECS)
+                .await;
+            self.note_contact(&answer);
+            match answer {
+                Ok(state) => {
+                    failures = 0;
+                    let unchanged = cursor.as_deref() == Some(state.cursor.as_str());
+                    self.apply_state(&state);
+                    cursor = Some(state.cursor);
+                    // A server over its watch limit answers at once: do not spin on it.
+                    if unchanged && asked.elapsed() < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e) if matches!(e.code(), ErrorCode::Unauthorized | ErrorCode::Expired) => {
+                    self.on_revoked("the server's state watch refused the session");
+                    return;
+                }
+                Err(e) if e.code() == ErrorCode::NotFound => {
+                    tracing::warn!(
+                        "the server has no session-state watch; changes reach this daemon at \
+                         its periodic check (revocation_check)"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let pause =
+                        Duration::from_millis(250 << failures.min(4)).min(Duration::from_secs(5));
+                    tracing::debug!(error = %e, "the state watch failed; asking again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    /// Takes in what the server says the session may hold now: the scope, and a stamp per
+    /// credential. Whatever changed is gone at once: cached entries of those services are
+    /// evicted, and everyone holding values hears of it ([`Daemon::subscribe`]) and wipes
+    /// the ones whose stamp moved. Each change is audited (`state`), with what changed.
+    pub fn apply_state(&self, state: &agentkeys_types::api::SessionState) {
+        if let Ok(mut live) = self.live_scope.lock() {
+            live.clone_from(&state.scope);
+        }
+        let next = Snapshot::of(state);
+        let changes = {
+            let Ok(mut held) = self.state.lock() else {
+                return;
+            };
+            if held.as_ref().is_some_and(|s| s.cursor == next.cursor) {
+                return;
+            }
+            let changes = match held.as_ref() {
+                Some(prev) => prev.changes(&next),
+                None => Vec::new(), // the first state: nothing was held under one before
+            };
+            *held = Some(next);
+            changes
+        };
+        // Cached entries fetched under another stamp (or under none) go.
+        let stale: Vec<(ServiceName, String)> = self
+            .cache
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(s, e)| e.stamp != self.stamp(s))
+                    .map(|(s, _)| {
+                        let why = changes
+                            .iter()
+                            .find(|(c, _)| c == s)
+                            .map_or("the server's state changed", |(_, w)| w.as_str());
+                        (s.clone(), why.to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.evict(stale);
+        self.changed.send_modify(|g| *g += 1);
+        for (service, why) in changes {
+            self.note("state", Some(&service), why);
+        }
+    }
+
+    /// What the server last said of `service` (see [`Stamp`]).
+    pub fn stamp(&self, service: &ServiceName) -> Stamp {
+        match self.state.lock() {
+            Ok(s) => s.as_ref().map_or(Stamp::Unknown, |s| s.stamp(service)),
+            Err(_) => Stamp::Absent,
+        }
+    }
+
+    /// A receiver that changes whenever what this session may hold changed (state, a
+    /// revocation, a debugger): holders of values re-check each one's [`Stamp`] and
+    /// [`Daemon::stopped`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Records the trail's head in the server's audit log (`trail.anchor`) when it moved
@@ -1152,7 +1415,7 @@ impl Daemon {
             "revoked": self.is_revoked(),
             "traced": self.is_traced(),
             "same_uid": self.same_uid_view(),
-            "session_at_rest": if self.config.ephemeral { "none (--ephemeral)" } else { "stored in the daemon's home" },
+            "session_at_rest": self.session_at_rest(),
             "hardening": crate::report_json(&self.hardening),
             "run_children": self.children.lock().map(|c| c.len()).unwrap_or(0),
             "cache": self.cache_view(),
@@ -1325,8 +1588,62 @@ mod tests {
         let d = f.daemon.clone();
         let page = SecretPage::from_slice(b"sk-unit-canary").expect("page");
         d.revoked.store(true, Ordering::SeqCst);
-        d.cache_store(&service(), &page, None, Duration::from_secs(60));
+        d.cache_store(
+            &service(),
+            &page,
+            None,
+            Duration::from_secs(60),
+            Stamp::Unknown,
+        );
         assert_eq!(cached(&d), 0);
+    }
+
+    /// The daemon's current state with `service`'s value version changed, as the server
+    /// would answer once its master stored a new value.
+    async fn state_with_a_new_value(d: &Daemon) -> agentkeys_types::api::SessionState {
+        let mut state = d.backend.session_state(None, 0).await.expect("state");
+        for c in &mut state.credentials {
+            if c.service == service() {
+                c.version = "0123456789abcdef0123456789abcdef".into();
+            }
+        }
+        state.cursor.push_str("-changed");
+        state
+    }
+
+    #[tokio::test]
+    async fn a_state_change_between_the_read_and_the_cache_store_keeps_nothing() {
+        let f = fixture(false).await;
+        let d = f.daemon.clone();
+        d.check_session().await;
+        assert!(matches!(d.stamp(&service()), Stamp::Is(_)));
+        let changed = state_with_a_new_value(&d).await;
+        hook(&d, move |d| d.apply_state(&changed));
+        assert!(
+            d.fetch(&service(), &peer(), "1").await.is_ok(),
+            "served once"
+        );
+        assert_eq!(
+            cached(&d),
+            0,
+            "not kept: its credential changed while it was read"
+        );
+        // Control: read under the state that holds now, it is kept.
+        assert!(d.fetch(&service(), &peer(), "2").await.is_ok());
+        assert_eq!(cached(&d), 1);
+        // And a change of state evicts it at once.
+        let mut again = state_with_a_new_value(&d).await;
+        for c in &mut again.credentials {
+            c.version = "fedcba9876543210fedcba9876543210".into();
+        }
+        again.cursor.push_str("-again");
+        let seen = d.subscribe();
+        d.apply_state(&again);
+        assert_eq!(cached(&d), 0, "evicted when its value changed");
+        assert!(
+            seen.has_changed().expect("sender alive"),
+            "holders were told"
+        );
     }
 
     #[tokio::test]

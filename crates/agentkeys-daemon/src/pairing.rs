@@ -192,21 +192,39 @@ async fn approve_flow(
     loop {
         let key = HpkeKeyPair::generate().map_err(agentkeys_core::ClientError::from)?;
         // The OTP announced is the one computed here from our own key; a server OTP that
-        // differs means the request was altered on the way, and nothing is announced.
-        let ticket = backend
-            .open_requester_request(
-                OpenAuthRequest {
-                    kind,
-                    requester_public_key: None,
-                    identity: identity.cloned(),
-                    parent: plan.parent.clone(),
-                    agent: None,
-                    service: None,
-                    description: Some(plan.description.clone()),
-                },
-                &key,
-            )
-            .await?;
+        // differs means the request was altered on the way, and nothing is announced. A
+        // server that says "too many pairing requests" is waited out (it says how long), for
+        // a minute at most, rather than failing the daemon's start.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ticket = loop {
+            let opened = backend
+                .open_requester_request(
+                    OpenAuthRequest {
+                        kind,
+                        requester_public_key: None,
+                        identity: identity.cloned(),
+                        parent: plan.parent.clone(),
+                        agent: None,
+                        service: None,
+                        description: Some(plan.description.clone()),
+                    },
+                    &key,
+                )
+                .await;
+            match opened {
+                Err(e) if e.code() == agentkeys_types::ErrorCode::RateLimited => {
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or(std::time::Duration::from_secs(1))
+                        .max(std::time::Duration::from_millis(50));
+                    if tokio::time::Instant::now() + wait > deadline {
+                        return Err(e.into());
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other?,
+            }
+        };
         if renewed {
             eprintln!("The code expired without a decision; here is a new one.");
         }

@@ -118,7 +118,12 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, DaemonError> {
     if args.socket_group.is_some() {
         config.socket_group.clone_from(&args.socket_group);
     }
-    config.ephemeral = args.ephemeral;
+    // Agents of the daemon's own uid could open a stored session and act as this agent
+    // without any approval (review F1): such a daemon keeps it in memory unless told to
+    // store it.
+    config.ephemeral_by_default =
+        !args.ephemeral && !args.store_session && config.allow_uids.is_empty();
+    config.ephemeral = args.ephemeral || config.ephemeral_by_default;
     config.proxy = crate::config::ProxyConfig::from_flags(
         &args.proxy_resolve,
         args.proxy_upstream_ca.as_deref(),
@@ -180,7 +185,11 @@ async fn serve(
     };
     if allow_uid.is_empty() {
         let uid = rustix::process::geteuid().as_raw();
-        let at_rest = if config.ephemeral {
+        let at_rest = if config.ephemeral_by_default {
+            "so it holds the session in memory only (a restart needs a new approval; \
+             --store-session keeps it at rest, where any process of that uid could open it), but \
+             an agent of that uid still runs beside the daemon's own processes"
+        } else if config.ephemeral {
             "it holds the session in memory only (--ephemeral), but an agent of that uid still \
              runs beside the daemon's own processes"
         } else {
@@ -192,6 +201,18 @@ async fn serve(
              daemon's uid, {at_rest}. Run the daemon under a uid of its own and let the agent's \
              uid in with --allow-uid (docs/daemon.md, \"Deployment\")."
         );
+    }
+    if config.ephemeral {
+        let left = pairing::stored_wallets(home);
+        if !left.is_empty() {
+            eprintln!(
+                "warning: {} holds a stored daemon session ({}) that this daemon does not use; \
+                 any process of this uid can open it. Remove daemon-<wallet>.* from it, or serve \
+                 with --store-session to use it.",
+                home.display(),
+                left.join(", ")
+            );
+        }
     }
     let waiting = WaitingState::default();
     let stored = {
@@ -228,8 +249,12 @@ async fn serve(
         socket.display()
     );
     let housekeeping = tokio::spawn(housekeeping(daemon.clone()));
+    // Changes the master makes reach the daemon as they happen (the periodic check in
+    // `housekeeping` is the fallback).
+    let state_watch = tokio::spawn(daemon.clone().watch_state());
     listener::serve(&listener, daemon.clone(), allow_uid, signals.recv()).await;
     housekeeping.abort();
+    state_watch.abort();
     daemon.audit(Event {
         event: "stop".into(),
         agent: Some(daemon.session().wallet.to_string()),

@@ -877,62 +877,6 @@ mod tests {
         assert!(SecretPage::adopt(fd, page.capacity() + 1).is_err());
     }
 
-    /// Runs the single-threaded `inherit_probe` example through `sh -c script` (which can
-    /// set up inherited descriptors) and returns its line.
-    fn inherit_probe(script: &str, var: Option<&str>) -> String {
-        let exe = std::env::current_exe().expect("test binary");
-        let probe = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target dir")
-            .join("examples/inherit_probe");
-        assert!(
-            probe.exists(),
-            "build the probe: cargo test builds examples"
-        );
-        let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c").arg(script).env("PROBE", &probe);
-        match var {
-            Some(v) => cmd.env("AGENTKEYS_FD_PROBE", v),
-            None => cmd.env_remove("AGENTKEYS_FD_PROBE"),
-        };
-        let out = cmd.output().expect("run the probe");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    #[test]
-    fn taking_an_inherited_fd_never_closes_or_double_owns_a_descriptor() {
-        // A descriptor that is no secret file: refused, left open, and the variable gone.
-        let foreign = inherit_probe(
-            "exec 7</etc/hostname; exec \"$PROBE\" foreign 7",
-            Some("7:1"),
-        );
-        assert_eq!(
-            foreign.trim(),
-            r#"{"refused": "true", "still_open": "true", "variable_left": "false"}"#
-        );
-        // The process's own secret page (close-on-exec): refused, and the page still works.
-        let own = inherit_probe("exec \"$PROBE\" own", None);
-        assert_eq!(
-            own.trim(),
-            r#"{"refused": "true", "still_open": "true", "page_works": "true"}"#
-        );
-        // A sealed memfd handed over across exec: taken once, and the variable is gone.
-        let mut page = page_of(SecretPageKind::SealedMemfd, 5);
-        page.expose_secret_mut().copy_from_slice(b"hello");
-        use std::os::fd::AsRawFd as _;
-        let fd = page.fd().expect("fd").as_raw_fd();
-        let taken = inherit_probe(
-            &format!("exec 8<>/proc/$PPID/fd/{fd}; exec \"$PROBE\" take"),
-            Some("8:5"),
-        );
-        assert_eq!(
-            taken.trim(),
-            r#"{"bytes": "hello", "variable_left": "false", "second_take": "false"}"#
-        );
-    }
-
     #[test]
     fn secret_pages_can_move_between_threads() {
         fn assert_send_sync<T: Send + Sync>() {}

@@ -524,11 +524,103 @@ pub(crate) fn register_readable(
 /// Descriptors already taken by [`claim_inherited_fd`]: each may be owned once only.
 static CLAIMED: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
 
+/// The variables `agentkeys run --fd` names inherited descriptors in (`NAME=<fd>:<len>`).
+const INHERITED_VAR_PREFIX: &[u8] = b"AGENTKEYS_FD_";
+/// Descriptors below this number are recorded at start; higher ones are never claimed.
+const RECORDED_FDS: usize = 1024;
+
+/// The descriptors this process was *started with* that an `AGENTKEYS_FD_*` variable of its
+/// initial environment named, open and not close-on-exec at that moment: one bit per number
+/// below [`RECORDED_FDS`]. Only these can be claimed. A descriptor opened later by code of
+/// this process, with or without close-on-exec (a `dup`, a memfd made without
+/// `MFD_CLOEXEC`), is owned by that code and is never adopted, whatever a variable set
+/// later says (review finding F6: such a descriptor used to pass the close-on-exec check).
+static INHERITED_AT_START: [std::sync::atomic::AtomicU64; RECORDED_FDS / 64] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; RECORDED_FDS / 64];
+
+/// The descriptor number an `AGENTKEYS_FD_*=<fd>:<len>` entry names, if it is one.
+fn named_fd(entry: &[u8]) -> Option<usize> {
+    let value = entry.strip_prefix(INHERITED_VAR_PREFIX)?;
+    let eq = value.iter().position(|&b| b == b'=')?;
+    let digits = &value[eq + 1..];
+    let end = digits.iter().position(|&b| b == b':')?;
+    if end == 0 || end > 4 || !digits[..end].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let fd = digits[..end]
+        .iter()
+        .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
+    (3..RECORDED_FDS).contains(&fd).then_some(fd)
+}
+
+/// Runs before `main` (glibc calls `.init_array` entries with `argc, argv, envp`): records
+/// the descriptors the initial environment names, while no code of this process can have
+/// opened any. Reads the environment block the kernel built; allocates nothing.
+extern "C" fn record_inherited_fds(
+    _argc: libc::c_int,
+    _argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) {
+    use std::sync::atomic::Ordering;
+    if envp.is_null() {
+        return;
+    }
+    let mut at = envp;
+    loop {
+        // SAFETY: `at` points into the NULL-terminated environment array the loader passes
+        // to `.init_array` entries, at or before its terminating NULL (the loop stops there).
+        let entry = unsafe { at.read() };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: `entry` was not the terminating NULL, so the next element (an entry or the
+        // NULL) is still inside the array.
+        at = unsafe { at.add(1) };
+        // SAFETY: each non-NULL entry of the initial environment is a NUL-terminated string
+        // that lives, unchanged, for as long as this function runs (nothing else runs yet).
+        let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
+        let Some(fd) = named_fd(bytes) else { continue };
+        let raw = RawFd::try_from(fd).unwrap_or(-1);
+        // SAFETY: F_GETFD only queries a descriptor's flags; it touches no memory and fails
+        // with EBADF when the number is not open.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            INHERITED_AT_START[fd / 64].fetch_or(1 << (fd % 64), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The `.init_array` entry that runs [`record_inherited_fds`] before `main`.
+#[used]
+// SAFETY: `.init_array` holds pointers to functions the loader calls once, before `main`,
+// with `(argc, argv, envp)`; this entry has exactly that signature and only reads the
+// environment block and queries descriptor flags.
+#[unsafe(link_section = ".init_array")]
+static RECORD_INHERITED_FDS: extern "C" fn(
+    libc::c_int,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) = record_inherited_fds;
+
+/// Whether `raw` was inherited at start under an `AGENTKEYS_FD_*` variable.
+fn inherited_at_start(raw: RawFd) -> bool {
+    usize::try_from(raw)
+        .ok()
+        .filter(|&fd| fd < RECORDED_FDS)
+        .is_some_and(|fd| {
+            INHERITED_AT_START[fd / 64].load(std::sync::atomic::Ordering::Relaxed)
+                & (1 << (fd % 64))
+                != 0
+        })
+}
+
 /// Takes ownership of a descriptor this process inherited across `execve` (`agentkeys run
 /// --fd` names it in the environment), once `check` accepts it. Refuses, *leaving the
 /// descriptor as it is*: a number that is not open, one already claimed, one marked
-/// close-on-exec (it was opened by this process, so some object here owns it), or one
-/// `check` rejects. The claimed descriptor is made close-on-exec.
+/// close-on-exec (it was opened by this process, so some object here owns it), one that
+/// no variable of the initial environment named at start (opened later by this process,
+/// even without close-on-exec), or one `check` rejects. The claimed descriptor is made
+/// close-on-exec.
 pub(crate) fn claim_inherited_fd(
     raw: RawFd,
     check: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
@@ -549,6 +641,13 @@ pub(crate) fn claim_inherited_fd(
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "the descriptor is close-on-exec: it was opened in this process, not inherited",
+        ));
+    }
+    if !inherited_at_start(raw) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the descriptor was not inherited at start under an AGENTKEYS_FD_ variable: it was \
+             opened by this process, which owns it",
         ));
     }
     // SAFETY: the descriptor is open (checked above) and stays open for the borrow: only

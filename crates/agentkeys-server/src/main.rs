@@ -56,8 +56,10 @@ fn main() -> ExitCode {
     }
     // Before any thread exists: the keys leave the environment (wiped where they were, so
     // /proc/<pid>/environ and child processes never see them) for secret pages.
+    // An empty variable counts as unset, as every other variable does: the keys then come
+    // from the data directory's key file.
     let env_keys = match agentkeys_secmem::process::take_secret_env(keys::KEYS_ENV) {
-        Ok(v) => v,
+        Ok(v) => v.filter(|raw| !raw.expose_secret().trim_ascii().is_empty()),
         Err(e) => {
             eprintln!("error: INTERNAL: {e}");
             return ExitCode::FAILURE;
@@ -79,10 +81,22 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: INTERNAL: {e:#}");
+                print_hint(&e);
                 ExitCode::FAILURE
             }
         },
         (None, None) => ExitCode::FAILURE, // no tool always comes with a plan
+    }
+}
+
+/// Prints the fix a store error suggests (an unreachable database says what to check).
+pub(crate) fn print_hint(e: &anyhow::Error) {
+    let hint = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<agentkeys_server::store::StoreError>())
+        .and_then(agentkeys_server::store::StoreError::hint);
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
     }
 }
 

@@ -129,6 +129,9 @@ pub struct Config {
     pub anon_open_rate: f64,
     /// Decision long-polls waiting at once, server-wide; beyond it a poll answers at once.
     pub max_long_polls: usize,
+    /// Session-state watches (`GET /v1/session/state`, one held by each daemon) waiting at
+    /// once, server-wide; beyond it a watch answers at once and the daemon polls.
+    pub max_state_watches: usize,
     /// Whether `GET /metrics` is served on the API listener (not when it has its own).
     pub metrics_on_api: bool,
     /// The origin browsers reach this server at (`https://keys.example.com`, no trailing
@@ -151,6 +154,7 @@ impl Default for Config {
             enrol_rate: 1.0,
             anon_open_rate: 5.0,
             max_long_polls: 512,
+            max_state_watches: 8192,
             metrics_on_api: true,
             public_url: None,
         }
@@ -259,6 +263,8 @@ pub struct AppState<S: Store> {
     pub decision_poll: Option<std::time::Duration>,
     /// Long-polls allowed to wait at once (`max_long_polls`).
     pub long_polls: tokio::sync::Semaphore,
+    /// Session-state watches allowed to wait at once (`max_state_watches`).
+    pub state_watches: tokio::sync::Semaphore,
     /// Refused enrolments: at most one audit row per address a minute (and one a second
     /// server-wide); the rest are counted here and reported on the next row written.
     pub refused_enrolments: RefusalTally,
@@ -294,6 +300,7 @@ impl<S: Store> AppState<S> {
         };
         tokio::spawn(purge_loop(Arc::downgrade(&store)));
         let long_polls = tokio::sync::Semaphore::new(config.max_long_polls);
+        let state_watches = tokio::sync::Semaphore::new(config.max_state_watches);
         let wake = Arc::new(Wakeups::default());
         let decision_poll = store.watch_decisions(&wake);
         let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -312,6 +319,7 @@ impl<S: Store> AppState<S> {
             wake,
             decision_poll,
             long_polls,
+            state_watches,
             refused_enrolments: RefusalTally::default(),
             clock: Clock::default(),
             info,
@@ -324,6 +332,19 @@ impl<S: Store> AppState<S> {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.decided();
+        self.wake.all_state_changed();
+    }
+
+    /// What the sessions of `master`'s tree may hold changed (a revocation, a scope, a
+    /// policy, a binding, a stored value, a standing approval): their session-state watches
+    /// answer now, here and on every server sharing the store (DESIGN decision 19). Called
+    /// after the change committed. A failed announcement is logged: other servers' watches
+    /// then learn of it at their next re-read.
+    pub async fn state_changed(&self, master: &agentkeys_types::Wallet) {
+        self.wake.state_changed(master);
+        if let Err(e) = self.store.announce_state(master).await {
+            tracing::warn!(error = %e, "could not announce a state change to other servers");
+        }
     }
 
     /// Whether shutdown has begun.

@@ -23,6 +23,7 @@ pub(crate) async fn run(tool: Tool, env_keys: Option<SecretBytes>) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            crate::print_hint(&e);
             ExitCode::FAILURE
         }
     }

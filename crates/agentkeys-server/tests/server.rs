@@ -13,7 +13,9 @@ mod server {
     mod e2e;
     mod mitm;
     mod passkeys;
+    mod read_cost;
     mod replicas;
+    mod state;
     mod store;
     mod tools;
 }

@@ -261,6 +261,59 @@ pub struct SessionInfo {
     pub expires_at: UnixSeconds,
 }
 
+/// `GET /v1/session/state`: everything about the caller's session that decides what a
+/// daemon may hold (DESIGN decision 19): its scope and expiry, each credential it may use
+/// with its policy, binding and value version, and its live standing approvals. The
+/// `cursor` names this state; long-polled with it, the answer comes when any of it changes
+/// (or the session is revoked: then 401). Ciphertext digests only, never a value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SessionState {
+    /// An opaque name of this state: ask again with it to wait for a change.
+    pub cursor: String,
+    /// What the session may touch now.
+    pub scope: Scope,
+    /// When the session stops working.
+    pub expires_at: UnixSeconds,
+    /// The credentials the session may use (as `GET /v1/credentials` lists them), with
+    /// what identifies each one's current value.
+    pub credentials: Vec<CredentialState>,
+    /// The standing approvals live for this agent (an agent session; empty for a master).
+    pub standing_approvals: Vec<StandingState>,
+}
+
+/// One credential in a [`SessionState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CredentialState {
+    /// The owner.
+    pub agent: Wallet,
+    /// The name.
+    pub service: ServiceName,
+    /// Its policy.
+    pub policy: Policy,
+    /// Where the egress proxy may send it, if bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+    /// Changes whenever a value is stored again (16 bytes of SHA-256 of the stored
+    /// ciphertext, hex): a value held from before no longer holds.
+    pub version: String,
+}
+
+/// One standing approval in a [`SessionState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StandingState {
+    /// Its id (`sta_…`).
+    pub id: String,
+    /// The credential's owner.
+    pub owner: Wallet,
+    /// The credential.
+    pub service: ServiceName,
+    /// When it ends.
+    pub expires_at: UnixSeconds,
+}
+
 /// A freshly minted session: the token and its metadata. No `Debug`: it holds the token.
 /// A response (and the sealed pairing payload), so it tolerates fields added later.
 #[derive(Serialize, Deserialize)]
@@ -1024,6 +1077,24 @@ mod tests {
             expires_at: 2,
         };
         round_trip(&info);
+        round_trip(&SessionState {
+            cursor: "c".into(),
+            scope: Scope::all(),
+            expires_at: 2,
+            credentials: vec![CredentialState {
+                agent: wallet(),
+                service: ServiceName::parse("openai").unwrap(),
+                policy: Policy::default(),
+                binding: crate::binding::well_known("openai"),
+                version: "ab".into(),
+            }],
+            standing_approvals: vec![StandingState {
+                id: "sta_1".into(),
+                owner: wallet(),
+                service: ServiceName::parse("openai").unwrap(),
+                expires_at: 3,
+            }],
+        });
         round_trip(&RevokeRequest {
             session_id: None,
             wallet: Some(wallet()),

@@ -23,6 +23,68 @@ use crate::output::{self, duration, note};
 /// How long one long-poll waits on the server before it is renewed.
 const POLL_SECS: u64 = 30;
 
+/// Most characters of the requester's description a notice shows.
+const DESCRIPTION_CHARS: usize = 80;
+
+/// Where a notice's text is shown, which decides how the requester's words are escaped:
+/// Slack and Discord render markup (links, bold, mentions), a desktop notification a
+/// little HTML; a terminal line, ntfy (no `Markdown` header) and `--exec` show it as is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// A terminal, ntfy: plain text.
+    Plain,
+    /// Slack mrkdwn.
+    Slack,
+    /// Discord markdown.
+    Discord,
+    /// A freedesktop notification body (a subset of HTML).
+    Desktop,
+}
+
+/// The requester's description as a notice shows it: one line, at most
+/// [`DESCRIPTION_CHARS`] characters, marked as the requester's unchecked words, and
+/// inert in `channel`. The requester writes it, so it must not be able to pass for the
+/// notice's own code, OTP or link (review finding N9): on Slack and Discord it is an
+/// inline code span (no links, no formatting, no mentions), and it always comes after the
+/// real code, OTP and link.
+fn requester_words(description: &str, channel: Channel) -> String {
+    let mut one_line = String::new();
+    for word in description.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !one_line.is_empty() {
+            one_line.push(' ');
+        }
+        one_line.push_str(word);
+    }
+    let mut short: String = one_line.chars().take(DESCRIPTION_CHARS).collect();
+    if one_line.chars().count() > DESCRIPTION_CHARS {
+        short.push('…');
+    }
+    let shown = match channel {
+        Channel::Plain => format!("\"{short}\""),
+        // A code span cannot hold a backtick; Slack needs &, < and > escaped even there.
+        Channel::Slack => format!(
+            "`{}`",
+            short
+                .replace('`', "'")
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        ),
+        Channel::Discord => format!("`{}`", short.replace('`', "'")),
+        Channel::Desktop => format!(
+            "\"{}\"",
+            short
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        ),
+    };
+    format!(" The requester's note (their words, not checked by agentkeys): {shown}.")
+}
+
 /// What a watcher announces: the request as the inbox shows it, and where to decide it.
 #[derive(Debug, Serialize)]
 pub struct Notice<'a> {
@@ -50,8 +112,9 @@ impl<'a> Notice<'a> {
         format!("agentkeys: {} waiting", kind_word(self.request.kind))
     }
 
-    /// What is asked, by whom, the code, the OTP, the time left and where to decide.
-    pub fn text(&self) -> String {
+    /// What is asked, by whom, the code, the OTP, the time left and where to decide, then
+    /// the requester's note, escaped for `channel`.
+    pub fn text(&self, channel: Channel) -> String {
         let r = self.request;
         let agent = r.agent.as_ref().map(|w| {
             let short = output::short_wallet(w.as_str());
@@ -78,9 +141,6 @@ impl<'a> Notice<'a> {
             text.push_str(&format!(" by {}", output::short_wallet(by.as_str())));
         }
         text.push('.');
-        if let Some(d) = &r.description {
-            text.push_str(&format!(" \"{d}\"."));
-        }
         text.push_str(&format!(
             " Code {}, OTP {} (it must match the requester's), expires in {}.",
             r.pair_code,
@@ -94,6 +154,9 @@ impl<'a> Notice<'a> {
             )),
             None => text.push_str(&format!(" Decide with '{}'.", self.approve_command)),
         }
+        if let Some(d) = r.description.as_deref().filter(|d| !d.trim().is_empty()) {
+            text.push_str(&requester_words(d, channel));
+        }
         text
     }
 }
@@ -105,19 +168,19 @@ pub fn ntfy_request(n: &Notice<'_>) -> (Vec<(&'static str, String)>, String) {
     if let Some(url) = &n.approve_url {
         headers.push(("Click", url.clone()));
     }
-    (headers, n.text())
+    (headers, n.text(Channel::Plain))
 }
 
 /// A Slack incoming-webhook message: plain text (Slack turns the link into a link), no
 /// blocks, so no buttons.
 pub fn slack_payload(n: &Notice<'_>) -> serde_json::Value {
-    json!({ "text": format!("*{}*\n{}", n.title(), n.text()) })
+    json!({ "text": format!("*{}*\n{}", n.title(), n.text(Channel::Slack)) })
 }
 
 /// A Discord webhook message: plain content, mentions disabled.
 pub fn discord_payload(n: &Notice<'_>) -> serde_json::Value {
     json!({
-        "content": format!("**{}**\n{}", n.title(), n.text()),
+        "content": format!("**{}**\n{}", n.title(), n.text(Channel::Discord)),
         "allowed_mentions": { "parse": [] },
     })
 }
@@ -220,7 +283,7 @@ fn announce(ctx: &Context, n: &Notice<'_>) -> CliResult {
     output::line(&format!(
         "[{}] {}",
         output::timestamp(output::now()),
-        n.text()
+        n.text(Channel::Plain)
     ))
 }
 
@@ -295,7 +358,7 @@ impl Desktop {
                     0u32,
                     "dialog-password",
                     n.title(),
-                    n.text(),
+                    n.text(Channel::Desktop),
                     actions,
                     hints,
                     -1i32,
@@ -386,5 +449,72 @@ mod tests {
         assert_eq!(slack.as_object().unwrap().len(), 1, "text only: {slack}");
         let discord: serde_json::Value = serde_json::from_str(&discord).unwrap();
         assert!(discord.get("components").is_none());
+    }
+
+    #[test]
+    fn a_requesters_note_cannot_pass_for_the_code_the_otp_or_a_link() {
+        let mut r = request();
+        r.description = Some(format!(
+            "*Code ZZZZ-ZZZZ, OTP 000000* <b>x</b> & <https://evil.example/x|Approve here>\n\
+             [approve](https://evil.example/y) @everyone `tick` {}",
+            "padding ".repeat(20)
+        ));
+        let n = Notice::new(&r);
+        let note_of = |text: &str| {
+            let at = text
+                .find("The requester's note")
+                .unwrap_or_else(|| panic!("no note marker in {text}"));
+            // The real code, OTP and link come before the requester's words.
+            let before = &text[..at];
+            for want in [
+                "ABCD-EFGH",
+                "123456",
+                "https://keys.example/approve/ABCD-EFGH",
+            ] {
+                assert!(before.contains(want), "{want} not before the note: {text}");
+            }
+            text[at..].to_owned()
+        };
+        let slack = slack_payload(&n)["text"].as_str().unwrap().to_owned();
+        let note = note_of(&slack);
+        let span = note.split('`').nth(1).expect("a code span");
+        assert!(note.ends_with("`."), "{note}");
+        assert_eq!(note.matches('`').count(), 2, "one code span: {note}");
+        assert!(!span.contains('<') && !span.contains('>'), "{span}");
+        assert!(
+            span.contains("&lt;https://evil.example/x|Approve here&gt;"),
+            "{span}"
+        );
+        let unescaped = span
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        assert_eq!(
+            unescaped.chars().count(),
+            DESCRIPTION_CHARS + 1,
+            "kept short: {span}"
+        );
+        assert!(span.ends_with('…'));
+
+        let discord = discord_payload(&n)["content"].as_str().unwrap().to_owned();
+        let note = note_of(&discord);
+        assert_eq!(note.matches('`').count(), 2, "one code span: {note}");
+        let span = note.split('`').nth(1).expect("a code span");
+        assert!(
+            span.starts_with("*Code ZZZZ-ZZZZ, OTP 000000* <b>x</b> & <https://evil"),
+            "{span}"
+        );
+
+        let desktop = n.text(Channel::Desktop);
+        let note = note_of(&desktop);
+        assert!(
+            !note.contains("<b>") && note.contains("&lt;b&gt;x&lt;/b&gt; &amp;"),
+            "{note}"
+        );
+
+        let (_, plain) = ntfy_request(&n);
+        let note = note_of(&plain);
+        assert!(!note.contains('\n'), "one line: {note}");
+        assert!(note.contains("(their words, not checked by agentkeys)"));
     }
 }

@@ -13,17 +13,21 @@
 //! - [`ca`]: the run's name-constrained CA and its leaves.
 //! - [`inspect`]: where a request head carries a placeholder, the binding check, the rewrite.
 //! - [`body`]: the named fields of a JSON or form body, and their rewrite.
-//! - [`scrub`]: streaming replacement across chunk boundaries.
+//! - [`scrub`]: streaming replacement across chunk boundaries, every form of an echo.
+//! - [`decode`]: an answer's content codings, opened as it streams.
 //! - [`upstream`]: resolve once, refuse internal addresses, verified TLS.
+//! - [`ws`]: an upstream's WebSocket frames, scrubbed message by message and framed again.
 //! - [`serve`]: the listener and the HTTP plumbing.
 
 pub mod body;
 pub mod ca;
+pub mod decode;
 pub mod inspect;
 pub mod placeholder;
 pub mod scrub;
 pub mod serve;
 pub mod upstream;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -42,7 +46,7 @@ use hyper_util::client::legacy::Client;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::daemon::{Awaited, Conn, Daemon, Refusal};
+use crate::daemon::{Awaited, Conn, Daemon, Refusal, Stamp};
 use crate::trail::{Event, Peer};
 use ca::RunCa;
 use inspect::Route;
@@ -63,10 +67,12 @@ pub struct RunProxy {
     pub ca: RunCa,
     /// Why hosts no credential of the run is bound to are refused; `None`: tunnelled.
     pub strict: Option<Strict>,
-    /// Values this run's requests reuse, each with the binding that came with it and when
-    /// it stops being reused (`None`: a high-value value approved for the whole run). In
-    /// protected secret pages; wiped when the run ends, and never used once the session is
-    /// revoked or a debugger attaches.
+    /// Values this run's requests reuse, each with the binding that came with it, when it
+    /// stops being reused (`proxy_hold`, or `approval_hold` for a high-value value one
+    /// approval released) and the [`Stamp`] the server gave its credential when it was
+    /// fetched. Wiped when the run ends, as soon as the session is revoked or a debugger
+    /// attaches, and as soon as the master changes anything about its credential (scope,
+    /// policy, binding, value, standing approvals: the stamp moves).
     held: std::sync::Mutex<HashMap<ServiceName, Held>>,
     /// One approval wait at a time, so concurrent requests share one approval.
     approving: tokio::sync::Mutex<()>,
@@ -184,7 +190,9 @@ pub struct Fetched {
 /// A value held for a run's later requests.
 struct Held {
     fetched: Fetched,
-    until: Option<Instant>,
+    until: Instant,
+    /// What the server said of the credential before the value was fetched.
+    stamp: Stamp,
 }
 
 /// A fetched value with its echo table.
@@ -219,8 +227,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl RunProxy {
     /// The value (and the binding that came with it) to inject for `route`: a value held for
-    /// this run after an approval, else a fetch; a fetch refused for want of an approval
-    /// waits for it (up to `approval_wait`), and the approved value is held for the run.
+    /// this run, else a fetch; a fetch refused for want of an approval waits for it (up to
+    /// `approval_wait`), and the approved value is held for `approval_hold` at most.
     pub async fn value_for(&self, route: &Route) -> Result<Fetched, http::Response<serve::Body>> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(forbidden("this run has ended", ""));
@@ -233,6 +241,7 @@ impl RunProxy {
         if let Some(held) = self.held_copy(&route.service) {
             return Ok(held);
         }
+        let stamp = self.daemon.stamp(&route.service);
         match self
             .daemon
             .fetch_bound(&route.service, &self.peer, &self.run)
@@ -242,7 +251,7 @@ impl RunProxy {
                 let fetched = fetched(route, page, binding).map_err(no_page)?;
                 let hold = self.daemon.config.proxy_hold;
                 if !hold.is_zero() {
-                    self.hold(&route.service, &fetched, Some(Instant::now() + hold));
+                    self.hold(&route.service, &fetched, Instant::now() + hold, stamp);
                 }
                 Ok(fetched)
             }
@@ -251,32 +260,39 @@ impl RunProxy {
         }
     }
 
-    /// The value held for `service`, if it is still to be reused.
+    /// The value held for `service`, if it is still to be reused: not past its time, and
+    /// fetched under the stamp the server gives its credential now.
     fn held_copy(&self, service: &ServiceName) -> Option<Fetched> {
         let mut held = self.held.lock().ok()?;
         let entry = held.get(service)?;
-        if entry.until.is_some_and(|u| Instant::now() >= u) {
+        if Instant::now() >= entry.until || entry.stamp != self.daemon.stamp(service) {
             held.remove(service);
             return None;
         }
         Some(entry.fetched.clone())
     }
 
-    /// Keeps `fetched` for this run's later requests (until `until`, or the run's end),
-    /// unless the run ended or serving stopped meanwhile.
-    fn hold(&self, service: &ServiceName, fetched: &Fetched, until: Option<Instant>) {
+    /// Keeps `fetched` for this run's later requests until `until`, unless the run ended,
+    /// serving stopped, or the server said something new of the credential since `stamp`
+    /// (checked under the held lock, which [`RunProxy::forget_stale`] takes after the
+    /// daemon's state moved, so a change during the fetch never leaves a value held).
+    fn hold(&self, service: &ServiceName, fetched: &Fetched, until: Instant, stamp: Stamp) {
         if fetched.binding.is_none()
             || self.closed.load(Ordering::Relaxed)
             || self.daemon.stopped().is_some()
         {
             return;
         }
-        if let Ok(mut held) = self.held.lock() {
+        if let Ok(mut held) = self.held.lock()
+            && stamp != Stamp::Absent
+            && self.daemon.stamp(service) == stamp
+        {
             held.insert(
                 service.clone(),
                 Held {
                     fetched: fetched.clone(),
                     until,
+                    stamp,
                 },
             );
         }
@@ -285,6 +301,40 @@ impl RunProxy {
     fn wipe_held(&self) {
         if let Ok(mut held) = self.held.lock() {
             held.clear();
+        }
+    }
+
+    /// Wipes every held value that no longer holds: all of them once serving stopped,
+    /// else those whose credential's stamp moved, each audited (`proxy-drop`) with why.
+    fn forget_stale(&self) {
+        let stopped = self.daemon.stopped().map(|(_, why)| why);
+        let gone: Vec<ServiceName> = match self.held.lock() {
+            Ok(mut held) => {
+                let gone = held
+                    .iter()
+                    .filter(|(s, h)| stopped.is_some() || h.stamp != self.daemon.stamp(s))
+                    .map(|(s, _)| s.clone())
+                    .collect::<Vec<_>>();
+                for s in &gone {
+                    held.remove(s);
+                }
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for service in gone {
+            self.audit(Event {
+                event: "proxy-drop".into(),
+                service: Some(service.to_string()),
+                mode: Some("proxy".into()),
+                detail: Some(match stopped {
+                    Some(why) => format!("held value wiped: {why}"),
+                    None => "held value wiped: its master changed what it allows (the next \
+                             request asks the server again)"
+                        .to_owned(),
+                }),
+                ..Default::default()
+            });
         }
     }
 
@@ -329,7 +379,9 @@ impl RunProxy {
                         refusal.message,
                         wait.as_secs()
                     ),
-                    "once approved, send the request again: one approval covers the rest of the run",
+                    "once approved, send the request again: one approval covers the run's later \
+                     requests for up to approval_hold (15 min), until the master changes anything \
+                     about the credential",
                 ));
             }
             Awaited::Ended(status) => {
@@ -342,6 +394,7 @@ impl RunProxy {
                 return Err(self.fetch_refused(route, &refusal));
             }
         }
+        let stamp = self.daemon.stamp(&route.service);
         let (page, binding) = self
             .daemon
             .fetch_bound(&route.service, &self.peer, &self.run)
@@ -349,7 +402,9 @@ impl RunProxy {
             .map_err(|r| self.fetch_refused(route, &r))?;
         let fetched = fetched(route, page, binding).map_err(no_page)?;
         if self.hold_approvals {
-            self.hold(&route.service, &fetched, None);
+            // Bounded even within a run: one approval is not a standing one.
+            let until = Instant::now() + self.daemon.config.approval_hold;
+            self.hold(&route.service, &fetched, until, stamp);
         }
         Ok(fetched)
     }
@@ -487,6 +542,18 @@ impl Drop for ProxyRun {
     }
 }
 
+/// Wipes the run's held values that no longer hold as soon as the daemon hears of a change
+/// (a state change, a revocation, a debugger), not at the run's next request.
+async fn forget_when_changed(proxy: std::sync::Weak<RunProxy>) {
+    let Some(mut changed) = proxy.upgrade().map(|p| p.daemon.subscribe()) else {
+        return;
+    };
+    while changed.changed().await.is_ok() {
+        let Some(proxy) = proxy.upgrade() else { return };
+        proxy.forget_stale();
+    }
+}
+
 fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
@@ -512,14 +579,19 @@ fn system_roots_pem() -> String {
 }
 
 /// The child's CA bundle: the system roots and the run's CA, in a new file readable by
-/// the child (the certificates are public; the file is removed when the run ends).
+/// the child whatever its uid (the certificates are public; the file is removed when the
+/// run ends).
 fn write_bundle(run: &str, ca_pem: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
     let path = std::env::temp_dir().join(format!("agentkeys-proxy-{run}.pem"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&path)?;
+    // The mode given at creation passes through the umask (the shipped unit's 0077 made it
+    // 0600, unreadable by an agent of another uid); set it on the open file.
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     let mut text = system_roots_pem();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -656,6 +728,9 @@ async fn start_with(
     for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
         env.push(format!("{name}={proxy_url}"));
     }
+    // Node ≥ 22.21 and 24 honour HTTPS_PROXY in their global fetch only when told to (Node
+    // 20 ignores both).
+    env.push("NODE_USE_ENV_PROXY=1".to_owned());
     for name in ["NO_PROXY", "no_proxy"] {
         env.push(format!("{name}=localhost,127.0.0.1,::1"));
     }
@@ -738,6 +813,9 @@ async fn start_with(
         ..Default::default()
     });
     state.tasks.spawn(serve::listen(state.clone(), listener));
+    state
+        .tasks
+        .spawn(forget_when_changed(Arc::downgrade(&state)));
     Ok(ProxyRun {
         addr,
         placeholders,

@@ -6,41 +6,93 @@ use agentkeys_core::crypto::random_array;
 
 /// Fewest random characters a placeholder carries (≥ 128 bits for hex, ≥ 142 otherwise).
 const MIN_RANDOM: usize = 32;
-/// Longest prefix copied from the real key.
-const MAX_PREFIX: usize = 16;
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const HEX: &[u8] = b"0123456789abcdef";
 
-/// The prefix of a key that names its kind and says nothing secret: whole segments of
-/// letters each followed by `-` or `_` (`sk-proj-`, `ghp_`, `github_pat_`, `xoxb-`,
-/// `sk_live_`), or Google's fixed `AIza`. A segment with a digit ends it: those carry
-/// account or key ids.
-fn kind_prefix(key: &[u8]) -> &[u8] {
-    if key.starts_with(b"AIza") {
-        return &key[..4];
-    }
-    let mut end = 0;
-    let mut at = 0;
-    while at < key.len() && at < MAX_PREFIX {
-        let seg_len = key[at..]
-            .iter()
-            .take_while(|b| b.is_ascii_alphabetic())
-            .count();
-        let sep = at + seg_len;
-        if seg_len == 0 || sep >= key.len() || sep >= MAX_PREFIX || !matches!(key[sep], b'-' | b'_')
-        {
-            break;
-        }
-        end = sep + 1;
-        at = end;
-    }
-    &key[..end]
+/// The kind prefixes a placeholder keeps: the fixed, documented part each vendor puts in
+/// front of its keys (docs/daemon.md lists them). Nothing else of a key is ever copied: a
+/// rule such as "letters up to a `-` or `_`" copied up to 16 characters of the key itself
+/// whenever its random body happened to start that way (about one key in eight).
+pub const KIND_PREFIXES: &[&str] = &[
+    // OpenAI (project, service account, admin; legacy and OpenAI-compatible `sk-`)
+    "sk-proj-",
+    "sk-svcacct-",
+    "sk-admin-",
+    // Anthropic
+    "sk-ant-api03-",
+    "sk-ant-admin01-",
+    "sk-ant-",
+    // OpenRouter
+    "sk-or-v1-",
+    "sk-",
+    // GitHub
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    // Slack
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxe-",
+    "xapp-",
+    // Stripe
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "pk_live_",
+    "pk_test_",
+    "whsec_",
+    // Google AI / Cloud API keys
+    "AIza",
+    // Hugging Face
+    "hf_",
+    // GitLab
+    "glpat-",
+    // npm, PyPI
+    "npm_",
+    "pypi-",
+    // Groq, xAI, Perplexity, Replicate, Tavily, Fireworks
+    "gsk_",
+    "xai-",
+    "pplx-",
+    "r8_",
+    "tvly-",
+    "fw_",
+    // Docker Hub, Figma, Linear, Notion, Shopify, Sentry, DigitalOcean, Postman
+    "dckr_pat_",
+    "figd_",
+    "lin_api_",
+    "ntn_",
+    "secret_",
+    "shpat_",
+    "sntrys_",
+    "dop_v1_",
+    "PMAK-",
+    // SendGrid
+    "SG.",
+];
+
+/// The documented kind prefix `key` starts with (the longest that fits, and only if the
+/// key goes on past it), or nothing.
+pub fn kind_prefix(key: &[u8]) -> &[u8] {
+    KIND_PREFIXES
+        .iter()
+        .map(|p| p.as_bytes())
+        .filter(|p| key.len() > p.len() && key.starts_with(p))
+        .max_by_key(|p| p.len())
+        .unwrap_or(&[])
 }
 
-/// A fresh placeholder for `key`: its kind prefix, then random characters from the key's
-/// own alphabet (lower-case hex, or letters and digits) up to the key's length, and at
-/// least 32 of them. A key that is not printable ASCII gets
+/// A fresh placeholder for `key`: its documented kind prefix ([`KIND_PREFIXES`]), then
+/// random characters from the key's own alphabet (lower-case hex, or letters and digits)
+/// up to the key's length, and at least 32 of them. The first random character differs
+/// from the key's character at that place, so the placeholder shares with its key exactly
+/// the kind prefix and nothing more. A key that is not printable ASCII gets
 /// `agentkeys-placeholder-` and random letters and digits.
 pub fn for_key(key: &[u8]) -> String {
     let printable = !key.is_empty() && key.iter().all(|b| b.is_ascii_graphic());
@@ -53,6 +105,8 @@ pub fn for_key(key: &[u8]) -> String {
     } else {
         (&b"agentkeys-placeholder-"[..], ALNUM, 22 + MIN_RANDOM)
     };
+    // The one character the first random one may not be (none for a generic placeholder).
+    let avoid = printable.then(|| key.get(prefix.len()).copied()).flatten();
     let mut out = String::with_capacity(len);
     out.push_str(std::str::from_utf8(prefix).unwrap_or(""));
     while out.len() < len {
@@ -60,7 +114,11 @@ pub fn for_key(key: &[u8]) -> String {
         for b in random_array::<64>() {
             let limit = 256 - 256 % alphabet.len();
             if usize::from(b) < limit && out.len() < len {
-                out.push(char::from(alphabet[usize::from(b) % alphabet.len()]));
+                let c = alphabet[usize::from(b) % alphabet.len()];
+                if out.len() == prefix.len() && Some(c) == avoid {
+                    continue;
+                }
+                out.push(char::from(c));
             }
         }
     }
@@ -100,8 +158,10 @@ mod tests {
             ),
             (
                 "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
-                "sk-ant-",
+                "sk-ant-api03-",
             ),
+            ("glpat-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "glpat-"),
+            ("sk_test_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "sk_test_"),
             ("AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW", "AIza"),
             ("hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "hf_"),
         ] {
@@ -135,5 +195,52 @@ mod tests {
         let t = token();
         assert_eq!(t.len(), MIN_RANDOM);
         assert_ne!(t, token());
+    }
+
+    /// The length of what `a` and `b` start with alike.
+    fn shared(a: &[u8], b: &[u8]) -> usize {
+        a.iter().zip(b).take_while(|(x, y)| x == y).count()
+    }
+
+    #[test]
+    fn no_placeholder_shares_more_than_its_documented_prefix_with_its_key() {
+        const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut longest = 0;
+        for i in 0..20_000usize {
+            let r = random_array::<96>();
+            // Random base64url bodies (a run of letters then `-` or `_` is common there),
+            // half of them behind a documented prefix.
+            let len = 20 + usize::from(r[0]) % 60;
+            let body: Vec<u8> = r[1..=len]
+                .iter()
+                .map(|b| B64URL[usize::from(*b) % 64])
+                .collect();
+            let prefix = if i % 2 == 0 {
+                KIND_PREFIXES[usize::from(r[95]) % KIND_PREFIXES.len()]
+            } else {
+                ""
+            };
+            let key = [prefix.as_bytes(), &body].concat();
+            let documented = kind_prefix(&key);
+            assert!(
+                documented.is_empty() || KIND_PREFIXES.iter().any(|p| p.as_bytes() == documented),
+                "{}",
+                String::from_utf8_lossy(&key)
+            );
+            let p = for_key(&key);
+            assert!(p.as_bytes().starts_with(documented));
+            let same = shared(p.as_bytes(), &key);
+            assert_eq!(
+                same,
+                documented.len(),
+                "{} → {p}",
+                String::from_utf8_lossy(&key)
+            );
+            longest = longest.max(same);
+        }
+        assert!(
+            longest >= "sk-ant-api03-".len(),
+            "the prefixes were exercised"
+        );
     }
 }

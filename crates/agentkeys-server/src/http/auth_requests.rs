@@ -195,7 +195,7 @@ async fn recover_target<S: Store>(
 pub(super) async fn open<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     ApiJson(req): ApiJson<OpenAuthRequest>,
 ) -> ApiResult<(StatusCode, Json<AuthRequestTicket>)> {
     let description = req.description.map(|d| {
@@ -206,21 +206,9 @@ pub(super) async fn open<S: Store>(
     });
     let ticket = match req.kind {
         AuthKind::Pair | AuthKind::Recover => {
-            // Per client address, so one flooding client cannot lock every daemon out,
-            // and server-wide, to bound the table and the audit log.
-            let rate = state.config.anon_open_rate;
-            for (key, rate) in [
-                (format!("open:{address}"), rate),
-                ("open:*".to_owned(), rate * 10.0),
-            ] {
-                if let Err(wait) = state.store.take_token(&key, rate, rate * 2.0).await? {
-                    state.metrics.rate_limited("pair");
-                    return Err(ApiError::rate_limited(
-                        "too many pairing requests; retry shortly",
-                        wait,
-                    ));
-                }
-            }
+            // Per client address and network, so one flooding client cannot lock every
+            // daemon out, and server-wide, to bound the table and the audit log.
+            super::limits::take_all(&state, super::limits::Door::Open, &address).await?;
             let key = req.requester_public_key.as_deref().ok_or_else(|| {
                 ApiError::bad_request("requester_public_key is required for pair and recover")
                     .hint("send the X25519 public key (32 bytes, base64) the session is sealed to")
@@ -535,7 +523,7 @@ fn decided_error(outcome: DecideOutcome) -> ApiError {
             "this request expired before it was decided",
         )
         .hint("ask the requester for a fresh code"),
-        DecideOutcome::NotFound | DecideOutcome::Decided => {
+        DecideOutcome::NotFound | DecideOutcome::Decided | DecideOutcome::PasskeyRequired => {
             ApiError::not_found("no such auth request")
                 .hint("requests live 60 s (high-value: 300 s); ask the requester for a fresh one")
         }
@@ -631,22 +619,26 @@ pub(super) async fn approve<S: Store>(
 ) -> ApiResult<Json<DecideResponse>> {
     let r = visible(&state, &caller, state.store.auth_request(&id).await?).await?;
     if r.kind == AuthKind::HighValue && needs_passkey(&state, &r).await? {
-        let mut e = ApiError::denied(format!(
-            "{} needs a passkey approval: a session cannot approve its release",
-            r.service.as_ref().map_or("this credential", |s| s.as_str())
-        ));
-        e = match approve_url(&state, &r) {
-            Some(url) => e.hint(format!("approve it with your passkey at {url}")),
-            None => e.hint(
-                "approve it with your passkey on the server's approval page \
-                 (the server needs --public-url to serve it)",
-            ),
-        };
-        return Err(e);
+        return Err(passkey_required(&state, &r));
     }
     Ok(Json(
         approve_request(&state, &r, caller.wallet(), body, Via::Session).await?,
     ))
+}
+
+/// A session's approval of a release that needs a passkey: refused, naming the page.
+fn passkey_required<S: Store>(state: &AppState<S>, r: &AuthRequestRecord) -> ApiError {
+    let e = ApiError::denied(format!(
+        "{} needs a passkey approval: a session cannot approve its release",
+        r.service.as_ref().map_or("this credential", |s| s.as_str())
+    ));
+    match approve_url(state, r) {
+        Some(url) => e.hint(format!("approve it with your passkey at {url}")),
+        None => e.hint(
+            "approve it with your passkey on the server's approval page \
+             (the server needs --public-url to serve it)",
+        ),
+    }
 }
 
 /// Whether the credential a high-value request is about must be approved with a passkey.
@@ -793,6 +785,7 @@ pub(super) async fn approve_request<S: Store>(
             };
             (
                 Approval::HighValue {
+                    via: via.name().to_owned(),
                     grant_expires_at,
                     signature,
                     standing,
@@ -802,10 +795,25 @@ pub(super) async fn approve_request<S: Store>(
         }
     };
     let outcome = state.store.approve(&r.id, approver, now, &approval).await?;
-    if outcome != DecideOutcome::Decided {
-        return Err(decided_error(outcome));
+    match outcome {
+        DecideOutcome::Decided => {}
+        // The guard went up after the check above: the store saw it in its transaction.
+        DecideOutcome::PasskeyRequired => return Err(passkey_required(state, r)),
+        other => return Err(decided_error(other)),
     }
     state.wake.decided();
+    // A recovery ends the agent's other sessions; a standing approval lets it hold more.
+    if r.kind == AuthKind::Recover
+        || matches!(
+            &approval,
+            Approval::HighValue {
+                standing: Some(_),
+                ..
+            }
+        )
+    {
+        state.state_changed(approver).await;
+    }
     let mut detail = format!("{} {}", r.kind.as_str(), r.id);
     if let Approval::HighValue {
         standing: Some(st), ..

@@ -162,6 +162,8 @@ pub(super) async fn store<S: Store>(
         .store
         .put_credential(&record_row, req.policy.is_none(), binding.is_none())
         .await?;
+    // A new value: whatever a daemon holds of the old one no longer holds.
+    state.state_changed(&super::tree_master(&caller)).await;
     let stored = state
         .store
         .credential(&owner, service)
@@ -312,69 +314,64 @@ pub(super) async fn read<S: Store>(
                 .hint("send a fresh X25519 public key per read (32 bytes, base64)")
         })?;
     drop(page);
-    // A standing approval lets this agent read without asking; each release under it is
-    // audited with its id.
-    let standing = if cred.policy.high_value {
-        state
+    let mut row = event(caller.wallet().as_str(), AuditAction::CredentialRead, "ok")
+        .agent(&cred.owner)
+        .service(service);
+    if cred.policy.high_value {
+        // A standing approval lets this agent read without asking, else a grant of this
+        // session is spent; either way the release and its audit row are one transaction,
+        // which names what released it.
+        row.ts = now;
+        let started = std::time::Instant::now();
+        let released = state
             .store
-            .standing_approval(caller.wallet(), &cred.owner, service, now)
-            .await?
-    } else {
-        None
-    };
-    if cred.policy.high_value
-        && standing.is_none()
-        && !state
-            .store
-            .consume_grant(&caller.session.id, &cred.owner, service, now)
-            .await?
-    {
-        let ticket = match state
-            .store
-            .pending_high_value(&caller.session.id, &cred.owner, service, now)
-            .await?
-        {
-            Some(r) => super::auth_requests::ticket(&state, &r),
-            None => {
-                open_request(
-                    &state,
-                    AuthKind::HighValue,
-                    None,
-                    Subject {
-                        agent: Some(&cred.owner),
-                        service: Some(service),
-                        otp: agentkeys_types::api::high_value_subject(&cred.owner, service),
-                    },
-                    Requester::Session(&caller),
-                    None,
-                )
+            .release_high_value(
+                &caller.session.id,
+                caller.wallet(),
+                &cred.owner,
+                service,
+                now,
+                &row,
+            )
+            .await?;
+        if released.is_none() {
+            let ticket = match state
+                .store
+                .pending_high_value(&caller.session.id, &cred.owner, service, now)
                 .await?
-            }
-        };
-        let e = ApiError::approval_required(ticket, service.as_str());
-        return Err(refuse(
-            &state,
-            &caller,
-            AuditAction::CredentialRead,
-            Some(&cred.owner),
-            service,
-            e,
-        )
-        .await);
+            {
+                Some(r) => super::auth_requests::ticket(&state, &r),
+                None => {
+                    open_request(
+                        &state,
+                        AuthKind::HighValue,
+                        None,
+                        Subject {
+                            agent: Some(&cred.owner),
+                            service: Some(service),
+                            otp: agentkeys_types::api::high_value_subject(&cred.owner, service),
+                        },
+                        Requester::Session(&caller),
+                        None,
+                    )
+                    .await?
+                }
+            };
+            let e = ApiError::approval_required(ticket, service.as_str());
+            return Err(refuse(
+                &state,
+                &caller,
+                AuditAction::CredentialRead,
+                Some(&cred.owner),
+                service,
+                e,
+            )
+            .await);
+        }
+        state.metrics.audit_committed(1, started.elapsed());
+    } else {
+        record(&state, row.detail("sealed")).await?;
     }
-    let detail = match (cred.policy.high_value, standing) {
-        (false, _) => "sealed".to_owned(),
-        (true, Some(id)) => format!("high-value, standing approval {id}"),
-        (true, None) => "high-value grant spent".to_owned(),
-    };
-    record(
-        &state,
-        event(caller.wallet().as_str(), AuditAction::CredentialRead, "ok")
-            .agent(&cred.owner)
-            .service(service)
-            .detail(detail),
-    )
-    .await?;
     let signature = state.keys.signing.sign(&read_signing_bytes(
         &recipient,
         &aad,
@@ -436,7 +433,12 @@ pub(super) async fn set_policy<S: Store>(
     let (agent, service) = credential_path(&agent, &service, "policy")?;
     let owner = credential_owner(&state, &caller, Some(&agent)).await?;
     check_passkey_exists(&state, &caller, policy).await?;
-    if !state.store.set_policy(&owner, &service, policy).await? {
+    let now = state.clock.now();
+    let Some(change) = state
+        .store
+        .set_policy(&owner, &service, policy, now)
+        .await?
+    else {
         // Refused by the update itself, or absent: the credential tells which.
         return Err(match state.store.credential(&owner, &service).await? {
             Some(c) if c.policy.require_passkey && !policy.require_passkey => ApiError::denied(
@@ -448,17 +450,26 @@ pub(super) async fn set_policy<S: Store>(
             )),
             _ => no_such_credential(&service, &owner),
         });
-    }
+    };
+    state.state_changed(caller.wallet()).await;
     let cred = stored_again(&state, &owner, &service).await?;
+    let mut detail = format!(
+        "high_value={} require_passkey={}",
+        policy.high_value, policy.require_passkey
+    );
+    if policy.require_passkey {
+        // What came before the guard falls with it: releases a session approved.
+        detail.push_str(&format!(
+            "; ended {} standing approval(s) and {} unspent grant(s) a session made",
+            change.ended_standing, change.ended_grants
+        ));
+    }
     record(
         &state,
         event(caller.wallet().as_str(), AuditAction::PolicySet, "ok")
             .agent(&owner)
             .service(&service)
-            .detail(format!(
-                "high_value={} require_passkey={}",
-                policy.high_value, policy.require_passkey
-            )),
+            .detail(detail),
     )
     .await?;
     Ok(Json(info(cred)))
@@ -523,6 +534,7 @@ pub(super) async fn set_binding<S: Store>(
     {
         return Err(no_such_credential(&service, &owner));
     }
+    state.state_changed(caller.wallet()).await;
     let cred = stored_again(&state, &owner, &service).await?;
     record(
         &state,

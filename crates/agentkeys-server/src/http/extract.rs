@@ -128,10 +128,56 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The client's IP address, as the TCP connection shows it (`-` when the request did not
+/// The client's IP address, as the TCP connection shows it (None when the request did not
 /// come through [`crate::serve`]). Behind a reverse proxy this is the proxy's address, so
 /// per-address limits then apply to the proxy as a whole.
-pub struct ClientAddr(pub String);
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl ClientAddr {
+    /// The address as a budget sees it: IPv4 as is; IPv6 by its /64, the network one
+    /// subscriber gets, inside which a host picks any of 2^64 addresses at will. An
+    /// IPv4-mapped IPv6 address is its IPv4 address.
+    pub fn group(&self) -> String {
+        match self.canonical() {
+            None => "-".to_owned(),
+            Some(std::net::IpAddr::V4(v4)) => v4.to_string(),
+            Some(std::net::IpAddr::V6(v6)) => prefix(v6, 4),
+        }
+    }
+
+    /// The wider network around it, which a budget between the address and the server
+    /// bounds: IPv4 /24, IPv6 /48 (a site's allocation).
+    pub fn network(&self) -> String {
+        match self.canonical() {
+            None => "-".to_owned(),
+            Some(std::net::IpAddr::V4(v4)) => {
+                let [a, b, c, _] = v4.octets();
+                format!("{a}.{b}.{c}.0/24")
+            }
+            Some(std::net::IpAddr::V6(v6)) => prefix(v6, 3),
+        }
+    }
+
+    fn canonical(&self) -> Option<std::net::IpAddr> {
+        self.0.map(|ip| ip.to_canonical())
+    }
+}
+
+/// The first `segments` 16-bit groups of `v6`, as `a:b:c::/48` or `a:b:c:d::/64`.
+fn prefix(v6: std::net::Ipv6Addr, segments: usize) -> String {
+    let mut kept = [0u16; 8];
+    kept[..segments].copy_from_slice(&v6.segments()[..segments]);
+    format!("{}/{}", std::net::Ipv6Addr::from(kept), segments * 16)
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.canonical() {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("-"),
+        }
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -141,7 +187,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map_or_else(|| "-".to_owned(), |c| c.0.ip().to_string()),
+                .map(|c| c.0.ip()),
         ))
     }
 }
@@ -295,5 +341,36 @@ mod tests {
             assert_eq!(got, want, "{raw}");
             assert!(!got.contains("canary") && !got.contains("7777"), "{got}");
         }
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::ClientAddr;
+
+    fn addr(s: &str) -> ClientAddr {
+        ClientAddr(Some(s.parse().expect("an address")))
+    }
+
+    #[test]
+    fn ipv6_addresses_in_one_64_are_one_group_and_ipv4_addresses_are_their_own() {
+        let a = addr("2001:db8:1:2::1");
+        let b = addr("2001:db8:1:2:ffff:ffff:ffff:ffff");
+        assert_eq!(a.group(), "2001:db8:1:2::/64");
+        assert_eq!(a.group(), b.group());
+        assert_ne!(a.group(), addr("2001:db8:1:3::1").group());
+        assert_eq!(a.network(), "2001:db8:1::/48");
+        assert_eq!(a.network(), addr("2001:db8:1:3::1").network());
+        assert_ne!(a.network(), addr("2001:db8:2:2::1").network());
+        assert_eq!(addr("192.0.2.7").group(), "192.0.2.7");
+        assert_ne!(addr("192.0.2.7").group(), addr("192.0.2.8").group());
+        assert_eq!(addr("192.0.2.7").network(), "192.0.2.0/24");
+        assert_eq!(
+            addr("::ffff:192.0.2.7").group(),
+            "192.0.2.7",
+            "v4-mapped is v4"
+        );
+        assert_eq!(addr("::ffff:192.0.2.7").to_string(), "192.0.2.7");
+        assert_eq!(ClientAddr(None).group(), "-");
     }
 }

@@ -8,10 +8,12 @@ mod credentials;
 pub mod error;
 pub mod extract;
 mod identities;
+mod limits;
 mod meta;
 pub mod openapi;
 mod pages;
 pub mod passkeys;
+mod session_state;
 mod sessions;
 mod standing;
 
@@ -31,6 +33,17 @@ use self::extract::Caller;
 use crate::state::AppState;
 use crate::store::{NewAuditEvent, Store};
 
+/// The master of the caller's tree (itself, or an agent's master): whose sessions'
+/// state watches a change by this caller concerns.
+fn tree_master(caller: &Caller) -> Wallet {
+    caller
+        .session
+        .account
+        .parent
+        .clone()
+        .unwrap_or_else(|| caller.wallet().clone())
+}
+
 /// The router over a shared state; `serve` puts it on a listener, tests call it in-process.
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     let limit = state.config.body_limit;
@@ -44,6 +57,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/sessions", post(sessions::create::<S>))
         .route("/v1/session", get(sessions::current))
+        .route("/v1/session/state", get(session_state::state::<S>))
         .route("/v1/sessions/revoke", post(sessions::revoke::<S>))
         .route("/v1/agents", get(agents::list::<S>))
         .route(

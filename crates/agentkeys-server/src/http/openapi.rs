@@ -12,7 +12,7 @@ use agentkeys_types::api::{
     CredentialList, DecideResponse, Decision, Health, Identity, LinkIdentityRequest,
     OpenAuthRequest, PasskeyInfo, PasskeyList, PasskeyRegistrationTicket, Policy,
     ReadCredentialRequest, ReadCredentialResponse, Readiness, RemovedPasskey, RevokeRequest,
-    RevokeResponse, RevokeStandingResponse, ServerInfo, SessionGrant, SessionInfo,
+    RevokeResponse, RevokeStandingResponse, ServerInfo, SessionGrant, SessionInfo, SessionState,
     SetBindingRequest, StandingApprovalInfo, StandingApprovalList, StartPasskeyRegistration,
     StoreCredentialRequest, TeardownResponse,
 };
@@ -120,6 +120,29 @@ pub const ROUTES: &[Route] = &[
         None,
         (200, "SessionInfo"),
     ),
+    Route {
+        query: &[
+            (
+                "cursor",
+                "string",
+                "the cursor of the state last seen: answer once the state differs",
+            ),
+            (
+                "wait",
+                "integer",
+                "with cursor, seconds to wait for a change, 0 to 60 (default 0)",
+            ),
+        ],
+        ..route(
+            "get",
+            "/v1/session/state",
+            "What the caller's session may hold (scope, credentials' policies, bindings and \
+             value versions, standing approvals), long-polled with a cursor; 401 once revoked",
+            Auth::Bearer,
+            None,
+            (200, "SessionState"),
+        )
+    },
     route(
         "post",
         "/v1/sessions/revoke",
@@ -435,6 +458,7 @@ fn schemas() -> Map<String, Value> {
         CreateSessionRequest,
         SessionGrant,
         SessionInfo,
+        SessionState,
         RevokeRequest,
         RevokeResponse,
         AgentList,

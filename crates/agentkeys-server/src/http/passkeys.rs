@@ -31,6 +31,7 @@ use webauthn_rs::prelude::{
 use super::auth_requests::{Via, approve_request, check_pending, view_for_page};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, Caller, ClientAddr};
+use super::limits::{self, Door};
 use super::{EventExt as _, event, new_id, record};
 use crate::state::AppState;
 use crate::store::{self, AuthRequestRecord, Store, StoreError};
@@ -69,24 +70,6 @@ fn bad_webauthn(what: &str, e: &impl std::fmt::Display) -> ApiError {
     tracing::info!(error = %e, "{what} refused");
     ApiError::bad_request(format!("the {what} does not verify"))
         .hint("reload the page and try again with a passkey registered for this master")
-}
-
-/// Anonymous page calls: rate-limited per client address and server-wide, like opens.
-async fn page_rate<S: Store>(state: &AppState<S>, address: &str) -> ApiResult<()> {
-    let rate = state.config.anon_open_rate;
-    for (key, rate) in [
-        (format!("page:{address}"), rate),
-        ("page:*".to_owned(), rate * 10.0),
-    ] {
-        if let Err(wait) = state.store.take_token(&key, rate, rate * 2.0).await? {
-            state.metrics.rate_limited("page");
-            return Err(ApiError::rate_limited(
-                "too many requests; retry shortly",
-                wait,
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn info(p: &store::PasskeyRecord) -> PasskeyInfo {
@@ -205,10 +188,10 @@ pub struct FinishRegistrationRequest {
 /// `POST /v1/passkeys/registrations/options`: the creation options for the page.
 pub(super) async fn registration_options<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     ApiJson(RegistrationOptionsRequest { token }): ApiJson<RegistrationOptionsRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    page_rate(&state, &address).await?;
+    limits::take_all(&state, Door::Page, &address).await?;
     let webauthn = rp(&state)?;
     let reg = live_registration(&state, &token).await?;
     let existing = state.store.passkeys(&reg.master).await?;
@@ -250,14 +233,14 @@ pub(super) async fn registration_options<S: Store>(
 /// the link is spent.
 pub(super) async fn finish_registration<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     ApiJson(FinishRegistrationRequest {
         token,
         credential,
         vouch,
     }): ApiJson<FinishRegistrationRequest>,
 ) -> ApiResult<(StatusCode, Json<PasskeyInfo>)> {
-    page_rate(&state, &address).await?;
+    limits::take_all(&state, Door::Page, &address).await?;
     let webauthn = rp(&state)?;
     let reg = live_registration(&state, &token).await?;
     // A master with passkeys adds one only with an assertion by one of them, over this
@@ -439,8 +422,21 @@ pub fn canonical_approval(r: &AuthRequestRecord, choice: &PageChoice) -> String 
     )
 }
 
-/// The pending request a page code names, and the master who decides it.
+/// The request a page code names, and the master who decides it; the call is paid from
+/// the caller's address and network budgets, then from that master's (a code that names
+/// nothing pays from the server's).
 async fn page_request<S: Store>(
+    state: &AppState<S>,
+    code: &str,
+    address: &ClientAddr,
+) -> ApiResult<(AuthRequestRecord, Wallet)> {
+    limits::take_local(state, Door::Page, address).await?;
+    let found = find_page_request(state, code).await;
+    limits::take_for_page(state, found.as_ref().ok().map(|(_, m)| m)).await?;
+    found
+}
+
+async fn find_page_request<S: Store>(
     state: &AppState<S>,
     code: &str,
 ) -> ApiResult<(AuthRequestRecord, Wallet)> {
@@ -632,33 +628,43 @@ pub struct PageOptions {
     pub request: AuthRequestView,
     /// The canonical text the passkey signs (its SHA-256 is the challenge).
     pub canonical: String,
-    /// `navigator.credentials.get` options (WebAuthn JSON, base64url fields).
+    /// `navigator.credentials.get` options (WebAuthn JSON, base64url fields); null when
+    /// the deciding master has no passkey (the request is then decided at a terminal).
     #[serde(rename = "publicKey")]
-    #[schemars(with = "serde_json::Value")]
-    pub public_key: serde_json::Value,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub public_key: Option<serde_json::Value>,
+    /// The command that decides the request at the master's terminal
+    /// (`agentkeys approve CODE`).
+    pub command: String,
 }
 
 /// `POST /v1/approvals/{code}/options`: the request and the assertion options whose
-/// challenge binds this decision.
+/// challenge binds this decision. A master without a passkey still sees what is asked,
+/// and the command that decides it at a terminal.
 pub(super) async fn page_options<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     Path(code): Path<String>,
     ApiJson(choice): ApiJson<PageChoice>,
 ) -> ApiResult<Json<PageOptions>> {
-    page_rate(&state, &address).await?;
     let webauthn = rp(&state)?;
-    let (r, master) = page_request(&state, &code).await?;
+    let (r, master) = page_request(&state, &code, &address).await?;
     let choice = choice.checked(&r)?;
-    let keys = parsed(&deciding_passkeys(&state, &master).await?)?;
+    let keys = parsed(&state.store.passkeys(&master).await?)?;
     let canonical = canonical_approval(&r, &choice);
-    let challenge = sha256(canonical.as_bytes());
-    let (public_key, _) = ceremony_with_challenge(webauthn, &keys, &challenge)?;
+    let public_key = if keys.is_empty() {
+        None
+    } else {
+        let challenge = sha256(canonical.as_bytes());
+        Some(ceremony_with_challenge(webauthn, &keys, &challenge)?.0)
+    };
+    let command = format!("agentkeys approve {}", r.pair_code);
     let request = view_for_page(&state, &master, r).await?;
     Ok(Json(PageOptions {
         request,
         canonical,
         public_key,
+        command,
     }))
 }
 
@@ -681,13 +687,12 @@ pub struct PageApproveRequest {
 /// recomputed from the request, then approves it as the passkey's master.
 pub(super) async fn page_approve<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     Path(code): Path<String>,
     ApiJson(req): ApiJson<PageApproveRequest>,
 ) -> ApiResult<Json<DecideResponse>> {
-    page_rate(&state, &address).await?;
     let webauthn = rp(&state)?;
-    let (r, master) = page_request(&state, &code).await?;
+    let (r, master) = page_request(&state, &code, &address).await?;
     // Decided or expired requests are refused before any assertion is looked at.
     check_pending(&r, state.clock.now())?;
     let choice = PageChoice {

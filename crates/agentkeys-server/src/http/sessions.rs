@@ -37,27 +37,14 @@ pub(super) fn info(s: &SessionRecord) -> SessionInfo {
 }
 
 /// `POST /v1/sessions`: checks the enrolment credential and mints a master session.
-/// Rate-limited per client address and server-wide, since the enrolment token is a
+/// Rate-limited per client address, network and server-wide, since the enrolment token is a
 /// master's only credential; refusals reach the audit log at a bounded rate.
 pub(super) async fn create<S: Store>(
     State(state): State<Arc<AppState<S>>>,
-    ClientAddr(address): ClientAddr,
+    address: ClientAddr,
     ApiJson(req): ApiJson<CreateSessionRequest>,
 ) -> ApiResult<(StatusCode, Json<SessionGrant>)> {
-    let rate = state.config.enrol_rate;
-    for (key, rate) in [
-        (format!("enrol:{address}"), rate),
-        ("enrol:*".to_owned(), rate * 10.0),
-    ] {
-        if let Err(wait) = state
-            .store
-            .take_token(&key, rate, (rate * 10.0).max(1.0))
-            .await?
-        {
-            state.metrics.rate_limited("enrol");
-            return Err(ApiError::rate_limited("too many enrolment attempts", wait));
-        }
-    }
+    super::limits::take_all(&state, super::limits::Door::Enrol, &address).await?;
     let token = req.auth_token.expose_secret();
     if token.is_empty() || token.len() > 1024 {
         return Err(
@@ -76,7 +63,7 @@ pub(super) async fn create<S: Store>(
         AuthMode::Tokens(set) => set.contains(&sha256(token.as_bytes())),
     };
     if !accepted {
-        if let Some(unrecorded) = state.refused_enrolments.admit(&address) {
+        if let Some(unrecorded) = state.refused_enrolments.admit(&address.group()) {
             let detail = match unrecorded {
                 0 => format!("from {address}"),
                 n => format!("from {address} ({n} more refusals since the last one recorded)"),
@@ -180,6 +167,8 @@ pub(super) async fn revoke<S: Store>(
             (state.store.revoke_wallet(w, now).await?, w.to_string())
         }
     };
+    // Every target is the caller's own or one of its agents': the caller's tree.
+    state.state_changed(&super::tree_master(&caller)).await;
     record(
         &state,
         event(actor, AuditAction::SessionRevoke, "ok")

@@ -59,6 +59,7 @@ pub(super) async fn revoke<S: Store>(
         return Err(ApiError::not_found("no live standing approval by that id")
             .hint("list yours with 'agentkeys approvals'; ended ones need no revoking"));
     }
+    state.state_changed(caller.wallet()).await;
     record(
         &state,
         event(caller.wallet().as_str(), AuditAction::ApprovalRevoke, "ok").detail(id.clone()),

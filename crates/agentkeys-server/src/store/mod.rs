@@ -42,6 +42,25 @@ mod approval_sql {
          WHERE master = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY expires_at, id";
     pub(super) const STANDING_REVOKE: &str = "UPDATE standing_approvals SET revoked_at = $3 \
          WHERE master = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3";
+    /// The live grant of a session for a credential, oldest decision first ($1 the
+    /// session, $2 the owner, $3 the service, $4 now).
+    pub(super) const GRANT_LIVE: &str = "SELECT id FROM auth_requests \
+         WHERE requested_session = $1 AND agent = $2 AND service = $3 AND kind = 'high_value' \
+         AND status = 'approved' AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1";
+    /// Raising `require_passkey` ends the credential's live standing approvals that a
+    /// session granted ($1 the owner, $2 the service, $3 now).
+    pub(super) const STANDING_END_SESSION_MADE: &str = "UPDATE standing_approvals \
+         SET revoked_at = $3 WHERE owner = $1 AND service = $2 AND via <> 'passkey' \
+         AND revoked_at IS NULL AND expires_at > $3";
+    /// ... and its unspent one-time grants that a session approved (a row from before
+    /// `decided_via` existed counts as a session's).
+    pub(super) const GRANTS_END_SESSION_MADE: &str = "UPDATE auth_requests \
+         SET grant_expires_at = $3 WHERE agent = $1 AND service = $2 AND kind = 'high_value' \
+         AND status = 'approved' AND grant_expires_at > $3 \
+         AND (decided_via IS NULL OR decided_via <> 'passkey')";
+    /// Whether the credential a request is about requires a passkey ($1 the request).
+    pub(super) const REQUEST_NEEDS_PASSKEY: &str = "SELECT c.require_passkey FROM auth_requests r \
+         JOIN credentials c ON c.owner = r.agent AND c.service = r.service WHERE r.id = $1";
     pub(super) const STANDING_INSERT: &str = "INSERT INTO standing_approvals \
          (id, master, agent, owner, service, request_id, via, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -97,6 +116,26 @@ pub enum StoreError {
     /// A file beside the database (a backup) could not be written.
     #[error("{0}")]
     Io(String),
+    /// The database could not be reached at start: where, why, and what to check.
+    #[error("cannot connect to {target}: {cause}")]
+    Unreachable {
+        /// The engine, host, port, user and database (never a password).
+        target: String,
+        /// What failed: refused, no such host, TLS, authentication, no answer.
+        cause: String,
+        /// What to check.
+        hint: &'static str,
+    },
+}
+
+impl StoreError {
+    /// The fix to suggest, where the error has one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Unreachable { hint, .. } => Some(hint),
+            _ => None,
+        }
+    }
 }
 
 /// Result alias for storage calls.
@@ -251,6 +290,37 @@ pub enum DecideOutcome {
     Expired,
     /// No such request.
     NotFound,
+    /// The credential requires a passkey, and this approval was not made with one (checked
+    /// in the approving transaction, so a guard raised meanwhile is seen).
+    PasskeyRequired,
+}
+
+/// What raising a passkey guard ended, in the policy change's transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// Live standing approvals a session had granted.
+    pub ended_standing: u64,
+    /// Unspent one-time grants a session had approved.
+    pub ended_grants: u64,
+}
+
+/// What released a high-value read: written into its audit row, in the same transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// A live standing approval (`sta_…`) of the reading agent.
+    Standing(String),
+    /// A one-time grant of the reading session, now spent (its request id).
+    Grant(String),
+}
+
+impl Release {
+    /// The read's audit detail.
+    pub fn detail(&self) -> String {
+        match self {
+            Release::Standing(id) => format!("high-value, standing approval {id}"),
+            Release::Grant(id) => format!("high-value grant spent ({id})"),
+        }
+    }
 }
 
 /// What an approval writes besides the status.
@@ -278,6 +348,9 @@ pub enum Approval {
     },
     /// High-value: one release to the asking session until `grant_expires_at`.
     HighValue {
+        /// How it was approved: `session` or `passkey` (kept on the request: raising a
+        /// passkey guard ends a session's grants only).
+        via: String,
         /// Deadline of the grant.
         grant_expires_at: UnixSeconds,
         /// Signature over the decision.
@@ -497,20 +570,25 @@ pub trait Store: Send + Sync + 'static {
         owner: &Wallet,
         service: &ServiceName,
     ) -> impl Future<Output = StoreResult<Option<StoredCredential>>> + Send;
-    /// Every credential of an owner, values omitted (empty vectors).
+    /// Every credential of an owner, values omitted: `wrapped_dek` empty, `ciphertext` only
+    /// the record's 24-byte nonce, random per store, which tells one stored value from the
+    /// next (the session state's `version`) and nothing of it.
     fn list_credentials(
         &self,
         owner: &Wallet,
     ) -> impl Future<Output = StoreResult<Vec<StoredCredential>>> + Send;
-    /// Sets a policy; false when there is no such credential, or when it requires a
+    /// Sets a policy; None when there is no such credential, or when it requires a
     /// passkey and `policy` does not (checked in the update itself: a session never
-    /// lowers that guard).
+    /// lowers that guard). A policy requiring a passkey also ends, in the same
+    /// transaction, the credential's live standing approvals and unspent grants that a
+    /// session made (those a passkey made stay), and says how many.
     fn set_policy(
         &self,
         owner: &Wallet,
         service: &ServiceName,
         policy: Policy,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+        now: UnixSeconds,
+    ) -> impl Future<Output = StoreResult<Option<PolicyChange>>> + Send;
     /// Sets or removes a binding (canonical JSON text); false when there is no such
     /// credential.
     fn set_binding(
@@ -552,7 +630,9 @@ pub trait Store: Send + Sync + 'static {
         service: &ServiceName,
         now: UnixSeconds,
     ) -> impl Future<Output = StoreResult<Option<AuthRequestRecord>>> + Send;
-    /// Approves a pending request with its side effects, in one transaction.
+    /// Approves a pending request with its side effects, in one transaction; a high-value
+    /// approval not made with a passkey is refused (`PasskeyRequired`) when the credential
+    /// requires one by then.
     fn approve(
         &self,
         id: &str,
@@ -568,14 +648,21 @@ pub trait Store: Send + Sync + 'static {
         now: UnixSeconds,
         signature: &[u8],
     ) -> impl Future<Output = StoreResult<DecideOutcome>> + Send;
-    /// Spends one live high-value grant of this session for this credential.
-    fn consume_grant(
+    /// Releases one high-value read of `owner`'s `service` to `agent` reading through
+    /// `session`: under a live standing approval of `agent`, else by spending one live
+    /// grant of `session`; and appends `event`, its detail set to what released it, to the
+    /// audit chain in the same transaction (so a spent grant always has its row, and a
+    /// failed append spends nothing). None: nothing releases it, and nothing is written.
+    /// Serialized with every other append, so the chain stays one.
+    fn release_high_value(
         &self,
         session: &str,
         agent: &Wallet,
+        owner: &Wallet,
         service: &ServiceName,
         now: UnixSeconds,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+        event: &NewAuditEvent,
+    ) -> impl Future<Output = StoreResult<Option<(Release, i64)>>> + Send;
 
     /// The id of a live standing approval letting `agent` read `owner`'s `service` (the
     /// one ending last).
@@ -741,19 +828,61 @@ pub trait Store: Send + Sync + 'static {
         let _ = wake;
         None
     }
+
+    /// Tells the other servers sharing this store that what `master`'s sessions may hold
+    /// changed, so their session-state watches re-read (PostgreSQL: `NOTIFY`, sent after
+    /// the change committed). The own process's watches are woken by the caller. Nothing
+    /// to do where no other server shares the store.
+    fn announce_state(&self, master: &Wallet) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
-/// Who waits on auth requests: an opened request changes inboxes only, so it wakes the
-/// inbox long-polls and leaves the (many more) decision long-polls asleep.
-#[derive(Debug, Default)]
+/// How many wake-ups the session-state long-polls are spread over: a change under one
+/// master wakes the watches of the masters that share its shard, not every daemon.
+const STATE_SHARDS: usize = 64;
+
+/// Who waits on what: an opened request changes inboxes only, so it wakes the inbox
+/// long-polls and leaves the (many more) decision long-polls asleep; a change of what a
+/// master's sessions may hold (a revocation, a scope, a policy, a binding, a value, a
+/// standing approval) wakes the session-state watches of that master's tree.
+#[derive(Debug)]
 pub struct Wakeups {
     /// Long-polls of one request's decision.
     pub decisions: Notify,
     /// Long-polls of a master's inbox.
     pub inbox: Notify,
+    /// Session-state long-polls, by a hash of the master wallet of the session's tree.
+    state: [Notify; STATE_SHARDS],
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Wakeups {
+            decisions: Notify::new(),
+            inbox: Notify::new(),
+            state: std::array::from_fn(|_| Notify::new()),
+        }
+    }
 }
 
 impl Wakeups {
+    /// The wake-up of the session-state watches in `master`'s tree.
+    pub fn state_of(&self, master: &Wallet) -> &Notify {
+        let digest = agentkeys_core::crypto::sha256(master.as_str().as_bytes());
+        &self.state[usize::from(digest[0]) % STATE_SHARDS]
+    }
+
+    /// Something `master`'s sessions may hold changed: their state watches re-read.
+    pub fn state_changed(&self, master: &Wallet) {
+        self.state_of(master).notify_waiters();
+    }
+
+    /// Every state watch re-reads (a lost notification channel, shutdown).
+    pub fn all_state_changed(&self) {
+        for n in &self.state {
+            n.notify_waiters();
+        }
+    }
+
     /// A request was opened.
     pub fn opened(&self) {
         self.inbox.notify_waiters();
@@ -819,6 +948,7 @@ macro_rules! forward {
 }
 
 forward! {
+    fn announce_state(&self, master: &Wallet) -> StoreResult<()>;
     fn ensure_master(&self, enrol_hash: &[u8; 32], new_wallet: &Wallet, now: UnixSeconds) -> StoreResult<Account>;
     fn account(&self, wallet: &Wallet) -> StoreResult<Option<Account>>;
     fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>>;
@@ -834,7 +964,7 @@ forward! {
     fn put_credential(&self, c: &StoredCredential, keep_policy: bool, keep_binding: bool) -> StoreResult<bool>;
     fn credential(&self, owner: &Wallet, service: &ServiceName) -> StoreResult<Option<StoredCredential>>;
     fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>>;
-    fn set_policy(&self, owner: &Wallet, service: &ServiceName, policy: Policy) -> StoreResult<bool>;
+    fn set_policy(&self, owner: &Wallet, service: &ServiceName, policy: Policy, now: UnixSeconds) -> StoreResult<Option<PolicyChange>>;
     fn set_binding(&self, owner: &Wallet, service: &ServiceName, binding: Option<&str>) -> StoreResult<bool>;
     fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()>;
     fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>>;
@@ -843,7 +973,7 @@ forward! {
     fn pending_high_value(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<AuthRequestRecord>>;
     fn approve(&self, id: &str, by: &Wallet, now: UnixSeconds, approval: &Approval) -> StoreResult<DecideOutcome>;
     fn deny(&self, id: &str, by: &Wallet, now: UnixSeconds, signature: &[u8]) -> StoreResult<DecideOutcome>;
-    fn consume_grant(&self, session: &str, agent: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<bool>;
+    fn release_high_value(&self, session: &str, agent: &Wallet, owner: &Wallet, service: &ServiceName, now: UnixSeconds, event: &NewAuditEvent) -> StoreResult<Option<(Release, i64)>>;
     fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64>;
     fn standing_approval(&self, agent: &Wallet, owner: &Wallet, service: &ServiceName, now: UnixSeconds) -> StoreResult<Option<String>>;
     fn standing_approvals(&self, master: &Wallet, now: UnixSeconds) -> StoreResult<Vec<StandingApproval>>;

@@ -25,19 +25,32 @@ use sqlx::{AssertSqlSafe, Row as _};
 
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
-    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, SessionRecord, StandingApproval,
-    Store, StoreError, StoreResult, StoredCredential, Wakeups, approval_sql,
+    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
+    SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential, Wakeups,
+    approval_sql,
 };
 use crate::audit::chain_hash;
 
 /// The advisory lock that serializes audit appends across replicas.
 const AUDIT_LOCK: i64 = 0x6167_6b79_0001;
+/// Whether a request's credential requires a passkey, the credential's row share-locked:
+/// a policy change raising the guard waits for this approval's commit (and then ends what
+/// it granted), or this approval waits for the policy change and sees the guard.
+static NEEDS_PASSKEY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} FOR SHARE OF c", approval_sql::REQUEST_NEEDS_PASSKEY));
+/// A live standing approval, share-locked: a revocation (or a raised guard ending it)
+/// waits for the release that uses it, or the release waits and finds it ended.
+static STANDING_LIVE_LOCKED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} FOR SHARE", approval_sql::STANDING_LIVE));
 /// The advisory lock that lets one replica at a time run the purge.
 const PURGE_LOCK: i64 = 0x6167_6b79_0002;
 /// The channel decisions are announced on.
 const DECISIONS: &str = "agentkeys_decisions";
 /// How an opened request's announcement starts (a decision's is the bare id).
 const OPENED: &str = "open ";
+/// How the announcement of a change to what a master's sessions may hold starts (then the
+/// master's wallet).
+const STATE: &str = "state ";
 
 /// PostgreSQL storage.
 #[derive(Clone, Debug)]
@@ -55,7 +68,12 @@ impl PgStore {
     /// apply) and runs the migrations. Replicas starting together serialize on the
     /// migrator's own lock.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let opts: PgConnectOptions = url.parse()?;
+        let opts: PgConnectOptions = url.parse().map_err(|_| StoreError::Unreachable {
+            target: "PostgreSQL".into(),
+            cause: "the --database URL does not parse".into(),
+            hint: "write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+        })?;
+        first_contact(&opts).await?;
         let size = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 16);
@@ -74,6 +92,87 @@ impl PgStore {
     /// The connection pool (metrics, health checks).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// How long the first connection may take before the start gives up on the database.
+const FIRST_CONTACT: Duration = Duration::from_secs(5);
+
+/// One connection made before the pool, so a database that cannot be reached fails the
+/// start within seconds with its cause (a pool only says it timed out, after retrying for
+/// its whole acquire timeout). Names the host, port, user and database, never the URL (its
+/// password).
+async fn first_contact(opts: &PgConnectOptions) -> StoreResult<()> {
+    use sqlx::Connection as _;
+    let target = format!(
+        "{}:{} as {} (database {})",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_username(),
+        opts.get_database().unwrap_or(opts.get_username()),
+    );
+    let unreachable = |cause: String, hint: &'static str| StoreError::Unreachable {
+        target: format!("PostgreSQL at {target}"),
+        cause,
+        hint,
+    };
+    match tokio::time::timeout(FIRST_CONTACT, sqlx::PgConnection::connect_with(opts)).await {
+        Ok(Ok(conn)) => {
+            // Closing politely is a courtesy; the pool opens its own connections.
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(classify(&e, opts.get_host(), unreachable)),
+        Err(_) => Err(unreachable(
+            format!("no answer within {} s", FIRST_CONTACT.as_secs()),
+            "a firewall may be dropping the packets; check the host, the port and the route to it",
+        )),
+    }
+}
+
+/// Why a first connection failed, in words an operator can act on.
+fn classify(
+    e: &sqlx::Error,
+    host: &str,
+    unreachable: impl Fn(String, &'static str) -> StoreError,
+) -> StoreError {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => unreachable(
+            "connection refused".into(),
+            "nothing listens there: start PostgreSQL, or fix the host and port in --database              (listen_addresses and port in postgresql.conf)",
+        ),
+        sqlx::Error::Io(io) if io.to_string().contains("lookup address") => unreachable(
+            format!("no such host: {host} does not resolve"),
+            "check the host name in --database (or use an IP address)",
+        ),
+        sqlx::Error::Io(io) => unreachable(
+            io.to_string(),
+            "check the host and port in --database and the network between",
+        ),
+        sqlx::Error::Tls(tls) => unreachable(
+            format!("TLS failed: {tls}"),
+            "check sslmode and sslrootcert: the CA must have signed the server's certificate,              issued for the host name used",
+        ),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let hint = match code.as_ref() {
+                "28P01" | "28000" => {
+                    "check the user and password in --database (or PGPASSWORD), and pg_hba.conf                      for this user from this address"
+                }
+                "3D000" => "create the database first (createdb), or name an existing one",
+                _ => "see PostgreSQL's server log for this connection",
+            };
+            let what = match code.as_ref() {
+                "28P01" | "28000" => "authentication failed",
+                "3D000" => "no such database",
+                _ => "the server refused the connection",
+            };
+            unreachable(format!("{what}: {}", db.message()), hint)
+        }
+        other => unreachable(
+            other.to_string(),
+            "check --database and that PostgreSQL accepts connections",
+        ),
     }
 }
 
@@ -125,10 +224,11 @@ async fn decide_in(
         grant_expires_at,
         sealed_session,
         signature,
+        via,
     } = d;
     let done = sqlx::query(
         "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
-         grant_expires_at = $4, sealed_session = $5, signature = $6 \
+         grant_expires_at = $4, sealed_session = $5, signature = $6, decided_via = $8 \
          WHERE id = $7 AND status = 'pending' AND expires_at > $3",
     )
     .bind(status.as_str())
@@ -138,6 +238,7 @@ async fn decide_in(
     .bind(sealed_session)
     .bind(signature)
     .bind(id)
+    .bind(via)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -187,6 +288,11 @@ async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Wakeups>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        // Listening again: whatever was announced while no one listened is lost, so every
+        // session-state watch re-reads (decision long-polls re-read every second anyway).
+        if let Some(notify) = wake.upgrade() {
+            notify.all_state_changed();
+        }
         loop {
             let got = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
             let Some(notify) = wake.upgrade() else { return };
@@ -194,12 +300,22 @@ async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Wakeups>) {
                 // Quiet: check that someone still listens, then go on.
                 Err(_) => continue,
                 Ok(Ok(Some(n))) if n.payload().starts_with(OPENED) => notify.opened(),
+                Ok(Ok(Some(n))) if n.payload().starts_with(STATE) => {
+                    match Wallet::parse(&n.payload()[STATE.len()..]) {
+                        Ok(master) => notify.state_changed(&master),
+                        Err(_) => notify.all_state_changed(),
+                    }
+                }
                 Ok(Ok(Some(_))) => notify.decided(),
                 // The connection was lost: what was announced meanwhile is gone.
-                Ok(Ok(None)) => notify.decided(),
+                Ok(Ok(None)) => {
+                    notify.decided();
+                    notify.all_state_changed();
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the decision listener failed; reconnecting");
                     notify.decided();
+                    notify.all_state_changed();
                     break;
                 }
             }
@@ -454,7 +570,8 @@ impl Store for PgStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, ''::bytea AS wrapped_dek, ''::bytea AS ciphertext, \
+            "SELECT owner, service, ''::bytea AS wrapped_dek, \
+               substring(ciphertext from 1 for 24) AS ciphertext, \
                kek_id::bigint AS kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
@@ -469,7 +586,11 @@ impl Store for PgStore {
         owner: &Wallet,
         svc: &ServiceName,
         policy: Policy,
-    ) -> StoreResult<bool> {
+        now: UnixSeconds,
+    ) -> StoreResult<Option<PolicyChange>> {
+        let mut tx = self.pool.begin().await?;
+        // The credential's row stays locked to the commit: an approval checking the guard
+        // (`NEEDS_PASSKEY`) waits, and then sees it.
         let n = sqlx::query(
             "UPDATE credentials SET high_value = $1, require_passkey = $4 \
                  WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
@@ -478,10 +599,35 @@ impl Store for PgStore {
         .bind(owner.as_str())
         .bind(svc.as_str())
         .bind(policy.require_passkey)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(None);
+        }
+        let mut change = PolicyChange::default();
+        if policy.require_passkey {
+            for (sql, ended) in [
+                (
+                    approval_sql::STANDING_END_SESSION_MADE,
+                    &mut change.ended_standing,
+                ),
+                (
+                    approval_sql::GRANTS_END_SESSION_MADE,
+                    &mut change.ended_grants,
+                ),
+            ] {
+                *ended = sqlx::query(sql)
+                    .bind(owner.as_str())
+                    .bind(svc.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(change))
     }
 
     async fn set_binding(
@@ -615,6 +761,20 @@ impl Store for PgStore {
                 ..
             } => (Some(*grant_expires_at), None, signature.as_slice()),
         };
+        let via = match approval {
+            Approval::HighValue { via, .. } => Some(via.as_str()),
+            _ => None,
+        };
+        // A guard raised since the approver looked: a session's approval no longer counts.
+        if via.is_some_and(|v| v != "passkey") {
+            let guarded: Option<bool> = sqlx::query_scalar(NEEDS_PASSKEY.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if guarded == Some(true) {
+                return Ok(DecideOutcome::PasskeyRequired);
+            }
+        }
         let outcome = decide_in(
             &mut tx,
             id,
@@ -625,6 +785,7 @@ impl Store for PgStore {
                 grant_expires_at: grant,
                 sealed_session: sealed,
                 signature,
+                via,
             },
         )
         .await?;
@@ -691,6 +852,7 @@ impl Store for PgStore {
                 grant_expires_at: None,
                 sealed_session: None,
                 signature,
+                via: None,
             },
         )
         .await?;
@@ -698,29 +860,55 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
-    async fn consume_grant(
+    async fn release_high_value(
         &self,
         session: &str,
         agent: &Wallet,
+        owner: &Wallet,
         svc: &ServiceName,
         now: UnixSeconds,
-    ) -> StoreResult<bool> {
-        // SKIP LOCKED: a grant another replica is spending right now is not this one's to
-        // take; the outer status check holds under the row lock.
-        let n = sqlx::query(
-            "UPDATE auth_requests SET status = 'consumed' WHERE status = 'approved' AND id = ( \
-               SELECT id FROM auth_requests WHERE requested_session = $1 AND agent = $2 \
-               AND service = $3 AND kind = 'high_value' AND status = 'approved' \
-               AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(session)
-        .bind(agent.as_str())
-        .bind(svc.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        event: &NewAuditEvent,
+    ) -> StoreResult<Option<(Release, i64)>> {
+        let mut tx = self.pool.begin().await?;
+        let standing: Option<String> = sqlx::query_scalar(STANDING_LIVE_LOCKED.as_str())
+            .bind(agent.as_str())
+            .bind(owner.as_str())
+            .bind(svc.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let release = match standing {
+            Some(id) => Release::Standing(id),
+            None => {
+                // SKIP LOCKED: a grant another replica is spending right now is not this
+                // one's to take; the outer status check holds under the row lock.
+                let spent: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "UPDATE auth_requests SET status = 'consumed' WHERE status = 'approved' \
+                     AND id = ({} FOR UPDATE SKIP LOCKED) RETURNING id",
+                    approval_sql::GRANT_LIVE
+                )))
+                .bind(session)
+                .bind(owner.as_str())
+                .bind(svc.as_str())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match spent {
+                    Some(id) => Release::Grant(id),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mut event = event.clone();
+        event.detail = Some(release.detail());
+        // The spend and its row commit together, or neither does.
+        let seqs = append_in(&mut tx, std::slice::from_ref(&event)).await?;
+        let seq = seqs
+            .first()
+            .copied()
+            .ok_or(StoreError::Corrupt("audit append"))?;
+        tx.commit().await?;
+        Ok(Some((release, seq)))
     }
 
     super::rows::approval_store_methods!(pool, pool);
@@ -803,45 +991,9 @@ impl Store for PgStore {
 
     async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
-        // One chain for every replica: the head is read and extended under this lock,
-        // which the commit releases.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (mut seq, mut prev): (i64, Vec<u8>) = match head {
-            Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
-            None => (0, vec![0; 32]),
-        };
-        let mut cols = AuditColumns::with_capacity(events.len());
-        for e in events {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, e).to_vec();
-            cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
-        }
-        // The whole batch in one statement: one round trip, however many events.
-        sqlx::query(
-            "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[])",
-        )
-        .bind(&cols.seq)
-        .bind(&cols.ts)
-        .bind(&cols.actor)
-        .bind(&cols.agent)
-        .bind(&cols.service)
-        .bind(&cols.action)
-        .bind(&cols.outcome)
-        .bind(&cols.detail)
-        .bind(&cols.prev_hash)
-        .bind(&cols.hash)
-        .execute(&mut *tx)
-        .await?;
+        let seqs = append_in(&mut tx, events).await?;
         tx.commit().await?;
-        Ok(cols.seq)
+        Ok(seqs)
     }
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
@@ -921,6 +1073,15 @@ impl Store for PgStore {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn announce_state(&self, master: &Wallet) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(DECISIONS)
+            .bind(format!("{STATE}{master}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {
@@ -1017,6 +1178,50 @@ impl Store for PgStore {
         ));
         Some(Duration::from_secs(1))
     }
+}
+
+/// Appends `events` to the chain inside `tx`. One chain for every replica: the head is
+/// read and extended under the advisory lock, which the commit releases.
+async fn append_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    events: &[NewAuditEvent],
+) -> StoreResult<Vec<i64>> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(AUDIT_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (mut seq, mut prev): (i64, Vec<u8>) = match head {
+        Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
+        None => (0, vec![0; 32]),
+    };
+    let mut cols = AuditColumns::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, e).to_vec();
+        cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
+    }
+    // The whole batch in one statement: one round trip, however many events.
+    sqlx::query(
+        "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+           $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[])",
+    )
+    .bind(&cols.seq)
+    .bind(&cols.ts)
+    .bind(&cols.actor)
+    .bind(&cols.agent)
+    .bind(&cols.service)
+    .bind(&cols.action)
+    .bind(&cols.outcome)
+    .bind(&cols.detail)
+    .bind(&cols.prev_hash)
+    .bind(&cols.hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(cols.seq)
 }
 
 /// An audit batch as columns, for one `UNNEST` insert.

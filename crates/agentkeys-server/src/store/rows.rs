@@ -51,6 +51,8 @@ pub(super) struct DecisionWrite<'a> {
     pub(super) grant_expires_at: Option<UnixSeconds>,
     pub(super) sealed_session: Option<&'a [u8]>,
     pub(super) signature: &'a [u8],
+    /// How an approval was made (`session`, `passkey`); None for other decisions.
+    pub(super) via: Option<&'a str>,
 }
 
 /// The row decoders for one engine's row type (`SqliteRow`, `PgRow`): the same column

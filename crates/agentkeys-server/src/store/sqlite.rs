@@ -23,8 +23,9 @@ use sqlx::{AssertSqlSafe, Row as _};
 
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
-    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, SessionRecord, StandingApproval,
-    Store, StoreError, StoreResult, StoredCredential, approval_sql,
+    NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
+    SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential,
+    approval_sql,
 };
 use crate::audit::chain_hash;
 use crate::state::RateLimiter;
@@ -42,7 +43,8 @@ pub struct SqliteStore {
     audit: Arc<AuditAppender>,
 }
 
-/// Appends audit batches on a thread of its own, with a rusqlite connection of its own.
+/// Appends audit batches, and releases high-value reads with their audit row, on a thread
+/// of its own, with a rusqlite connection of its own.
 ///
 /// Measured, an append through the sqlx writer cost about 650 µs against a 110–150 µs
 /// `fdatasync`: `BEGIN`, the head lookup, the insert and `COMMIT` were each a round trip to
@@ -51,14 +53,37 @@ pub struct SqliteStore {
 /// head, insert, commit with `synchronous=FULL`), so the chain stays one chain however many
 /// connections write the file; a writer holding the lock makes this one wait in short
 /// sleeps (`busy_wait`), up to ten seconds as for the sqlx pool.
+///
+/// A release (the standing approval looked up, or the grant spent) and its audit row are
+/// one transaction here, so a crash or a failed append never leaves a spent grant without
+/// its row. Jobs waiting together share one transaction and one sync (group commit); a
+/// failure fails them all, and none of them is spent or written.
 struct AuditAppender {
     jobs: std::sync::mpsc::Sender<AppendJob>,
 }
 
-type AppendJob = (
-    Vec<NewAuditEvent>,
-    tokio::sync::oneshot::Sender<StoreResult<Vec<i64>>>,
-);
+/// A high-value release to make, with its audit event (the detail is set to what released it).
+struct ReleaseJob {
+    session: String,
+    agent: String,
+    owner: String,
+    service: String,
+    now: UnixSeconds,
+    event: NewAuditEvent,
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<StoreResult<T>>;
+
+/// What the appender thread is asked to do.
+enum AppendJob {
+    /// Append these events.
+    Events(Vec<NewAuditEvent>, Reply<Vec<i64>>),
+    /// Release a high-value read and append its event.
+    Release(Box<ReleaseJob>, Reply<Option<(Release, i64)>>),
+}
+
+/// How many jobs one transaction takes at most.
+const MAX_JOBS: usize = 64;
 
 impl std::fmt::Debug for AuditAppender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,21 +106,39 @@ impl AuditAppender {
         std::thread::Builder::new()
             .name("audit-append".into())
             .spawn(move || {
-                while let Ok((events, done)) = rx.recv() {
-                    let _ = done.send(append_chained(&mut conn, &events));
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < MAX_JOBS {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    run_jobs(&mut conn, jobs);
                 }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the audit thread: {e}")))?;
         Ok(AuditAppender { jobs: tx })
     }
 
+    fn gone() -> StoreError {
+        StoreError::Io("the audit append thread has stopped".into())
+    }
+
     async fn append(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let gone = || StoreError::Io("the audit append thread has stopped".into());
         self.jobs
-            .send((events.to_vec(), done))
-            .map_err(|_| gone())?;
-        wait.await.map_err(|_| gone())?
+            .send(AppendJob::Events(events.to_vec(), done))
+            .map_err(|_| Self::gone())?;
+        wait.await.map_err(|_| Self::gone())?
+    }
+
+    async fn release(&self, job: ReleaseJob) -> StoreResult<Option<(Release, i64)>> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(AppendJob::Release(Box::new(job), done))
+            .map_err(|_| Self::gone())?;
+        wait.await.map_err(|_| Self::gone())?
     }
 }
 
@@ -112,13 +155,64 @@ fn busy_wait(attempt: i32) -> bool {
     attempt < 100 + 5_000
 }
 
-/// Appends `events` to the chain in one `BEGIN IMMEDIATE` transaction.
-fn append_chained(
-    conn: &mut rusqlite::Connection,
-    events: &[NewAuditEvent],
-) -> StoreResult<Vec<i64>> {
+/// What one job produced, before the commit makes it true.
+enum Done {
+    Events(Vec<i64>),
+    Release(Option<(Release, i64)>),
+}
+
+/// Runs `jobs` in one `BEGIN IMMEDIATE` transaction and answers each: all of them committed,
+/// or all of them failed with nothing written.
+fn run_jobs(conn: &mut rusqlite::Connection, jobs: Vec<AppendJob>) {
+    let result = (|| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut head = chain_head(&tx)?;
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            done.push(match job {
+                AppendJob::Events(events, _) => {
+                    Done::Events(insert_chained(&tx, &mut head, events)?)
+                }
+                AppendJob::Release(r, _) => Done::Release(release_in(&tx, &mut head, r)?),
+            });
+        }
+        tx.commit()?;
+        Ok::<_, StoreError>(done)
+    })();
+    match result {
+        Ok(done) => {
+            for (job, done) in jobs.into_iter().zip(done) {
+                match (job, done) {
+                    (AppendJob::Events(_, reply), Done::Events(seqs)) => {
+                        let _ = reply.send(Ok(seqs));
+                    }
+                    (AppendJob::Release(_, reply), Done::Release(r)) => {
+                        let _ = reply.send(Ok(r));
+                    }
+                    // Each job's result was pushed in its own order and kind.
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => {
+            let failed = || StoreError::Io(format!("the audit transaction failed: {e}"));
+            for job in jobs {
+                match job {
+                    AppendJob::Events(_, reply) => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                    AppendJob::Release(_, reply) => {
+                        let _ = reply.send(Err(failed()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The chain's last position and hash (0 and zeros when empty).
+fn chain_head(tx: &rusqlite::Transaction<'_>) -> StoreResult<(i64, Vec<u8>)> {
     use rusqlite::OptionalExtension as _;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let head: Option<(i64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -126,34 +220,83 @@ fn append_chained(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let (mut seq, mut prev) = head.unwrap_or((0, vec![0; 32]));
+    Ok(head.unwrap_or((0, vec![0; 32])))
+}
+
+/// Appends `events` after `head` (moved along) inside `tx`.
+fn insert_chained(
+    tx: &rusqlite::Transaction<'_>,
+    head: &mut (i64, Vec<u8>),
+    events: &[NewAuditEvent],
+) -> StoreResult<Vec<i64>> {
+    let (seq, prev) = head;
     let mut seqs = Vec::with_capacity(events.len());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for e in events {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, e);
-            insert.execute(rusqlite::params![
-                seq,
-                e.ts,
-                e.actor,
-                e.agent,
-                e.service,
-                e.action,
-                e.outcome,
-                e.detail,
-                prev,
-                &hash[..],
-            ])?;
-            prev = hash.to_vec();
-            seqs.push(seq);
-        }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit (seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for e in events {
+        *seq += 1;
+        let hash = chain_hash(prev, *seq, e);
+        insert.execute(rusqlite::params![
+            *seq,
+            e.ts,
+            e.actor,
+            e.agent,
+            e.service,
+            e.action,
+            e.outcome,
+            e.detail,
+            &prev[..],
+            &hash[..],
+        ])?;
+        *prev = hash.to_vec();
+        seqs.push(*seq);
     }
-    tx.commit()?;
     Ok(seqs)
+}
+
+/// A release inside `tx`: the agent's live standing approval, else the session's live grant
+/// (spent here), then its audit row. None when neither exists (nothing written).
+fn release_in(
+    tx: &rusqlite::Transaction<'_>,
+    head: &mut (i64, Vec<u8>),
+    job: &ReleaseJob,
+) -> StoreResult<Option<(Release, i64)>> {
+    use rusqlite::OptionalExtension as _;
+    let standing: Option<String> = tx
+        .prepare_cached(approval_sql::STANDING_LIVE)?
+        .query_row(
+            rusqlite::params![job.agent, job.owner, job.service, job.now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let release = match standing {
+        Some(id) => Release::Standing(id),
+        None => {
+            let grant: Option<String> = tx
+                .prepare_cached(approval_sql::GRANT_LIVE)?
+                .query_row(
+                    rusqlite::params![job.session, job.owner, job.service, job.now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = grant else { return Ok(None) };
+            tx.prepare_cached(
+                "UPDATE auth_requests SET status = 'consumed' WHERE id = ?1 AND status = 'approved'",
+            )?
+            .execute([&id])?;
+            Release::Grant(id)
+        }
+    };
+    let mut event = job.event.clone();
+    event.detail = Some(release.detail());
+    let seqs = insert_chained(tx, head, std::slice::from_ref(&event))?;
+    let seq = seqs
+        .first()
+        .copied()
+        .ok_or(StoreError::Corrupt("audit append"))?;
+    Ok(Some((release, seq)))
 }
 
 /// Read-only connections of their own (rusqlite, on the calling thread) for the lookups
@@ -371,10 +514,11 @@ async fn decide_in(
         grant_expires_at,
         sealed_session,
         signature,
+        via,
     } = d;
     let done = sqlx::query(
         "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
-         grant_expires_at = $4, sealed_session = $5, signature = $6 \
+         grant_expires_at = $4, sealed_session = $5, signature = $6, decided_via = $8 \
          WHERE id = $7 AND status = 'pending' AND expires_at > $3",
     )
     .bind(status.as_str())
@@ -384,6 +528,7 @@ async fn decide_in(
     .bind(sealed_session)
     .bind(signature)
     .bind(id)
+    .bind(via)
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -680,7 +825,7 @@ impl Store for SqliteStore {
 
     async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
         let rows = sqlx::query(
-            "SELECT owner, service, X'' AS wrapped_dek, X'' AS ciphertext, kek_id, high_value, require_passkey, binding, created_at, updated_at \
+            "SELECT owner, service, X'' AS wrapped_dek, substr(ciphertext, 1, 24) AS ciphertext, kek_id, high_value, require_passkey, binding, created_at, updated_at \
              FROM credentials WHERE owner = $1 ORDER BY service",
         )
         .bind(owner.as_str())
@@ -694,7 +839,9 @@ impl Store for SqliteStore {
         owner: &Wallet,
         svc: &ServiceName,
         policy: Policy,
-    ) -> StoreResult<bool> {
+        now: UnixSeconds,
+    ) -> StoreResult<Option<PolicyChange>> {
+        let mut tx = self.write_tx().await?;
         let n = sqlx::query(
             "UPDATE credentials SET high_value = $1, require_passkey = $4 \
                  WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
@@ -703,10 +850,35 @@ impl Store for SqliteStore {
         .bind(owner.as_str())
         .bind(svc.as_str())
         .bind(i64::from(policy.require_passkey))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(None);
+        }
+        let mut change = PolicyChange::default();
+        if policy.require_passkey {
+            for (sql, ended) in [
+                (
+                    approval_sql::STANDING_END_SESSION_MADE,
+                    &mut change.ended_standing,
+                ),
+                (
+                    approval_sql::GRANTS_END_SESSION_MADE,
+                    &mut change.ended_grants,
+                ),
+            ] {
+                *ended = sqlx::query(sql)
+                    .bind(owner.as_str())
+                    .bind(svc.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(change))
     }
 
     async fn set_binding(
@@ -830,6 +1002,20 @@ impl Store for SqliteStore {
                 ..
             } => (Some(*grant_expires_at), None, signature.as_slice()),
         };
+        let via = match approval {
+            Approval::HighValue { via, .. } => Some(via.as_str()),
+            _ => None,
+        };
+        // A guard raised since the approver looked: a session's approval no longer counts.
+        if via.is_some_and(|v| v != "passkey") {
+            let guarded: Option<bool> = sqlx::query_scalar(approval_sql::REQUEST_NEEDS_PASSKEY)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if guarded == Some(true) {
+                return Ok(DecideOutcome::PasskeyRequired);
+            }
+        }
         let outcome = decide_in(
             &mut tx,
             id,
@@ -840,6 +1026,7 @@ impl Store for SqliteStore {
                 grant_expires_at: grant,
                 sealed_session: sealed,
                 signature,
+                via,
             },
         )
         .await?;
@@ -906,32 +1093,31 @@ impl Store for SqliteStore {
                 grant_expires_at: None,
                 sealed_session: None,
                 signature,
+                via: None,
             },
         )
         .await?)
     }
 
-    async fn consume_grant(
+    async fn release_high_value(
         &self,
         session: &str,
         agent: &Wallet,
+        owner: &Wallet,
         svc: &ServiceName,
         now: UnixSeconds,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE auth_requests SET status = 'consumed' WHERE id = ( \
-               SELECT id FROM auth_requests WHERE requested_session = $1 AND agent = $2 \
-               AND service = $3 AND kind = 'high_value' AND status = 'approved' \
-               AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1)",
-        )
-        .bind(session)
-        .bind(agent.as_str())
-        .bind(svc.as_str())
-        .bind(now)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        event: &NewAuditEvent,
+    ) -> StoreResult<Option<(Release, i64)>> {
+        self.audit
+            .release(ReleaseJob {
+                session: session.to_owned(),
+                agent: agent.as_str().to_owned(),
+                owner: owner.as_str().to_owned(),
+                service: svc.as_str().to_owned(),
+                now,
+                event: event.clone(),
+            })
+            .await
     }
 
     super::rows::approval_store_methods!(reader, writer);
@@ -1084,6 +1270,10 @@ impl Store for SqliteStore {
 
     fn engine(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn announce_state(&self, _master: &Wallet) -> StoreResult<()> {
+        Ok(()) // one process: its own watches are woken by the caller
     }
 
     async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {

@@ -336,6 +336,125 @@ async fn one_flooding_address_cannot_lock_others_out_of_pairing() {
     );
 }
 
+/// One call through the server's router in-process, as if its connection came from `from`:
+/// any address, IPv6 networks included, which the loopback listener cannot play.
+async fn call_from(ts: &TestServer, from: &str, path: &str, body: serde_json::Value) -> u16 {
+    use tower_service::Service as _;
+    let peer = std::net::SocketAddr::new(from.parse().unwrap(), 40_000);
+    let request = axum::http::Request::post(path)
+        .header("content-type", "application/json")
+        .extension(axum::extract::ConnectInfo(peer))
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let mut router = agentkeys_server::http::router(ts.state.clone());
+    router.call(request).await.unwrap().status().as_u16()
+}
+
+fn pair_body() -> serde_json::Value {
+    let key = HpkeKeyPair::generate().unwrap();
+    serde_json::json!({"kind": "pair", "requester_public_key": b64(&key.public_key())})
+}
+
+/// Sends `n` pair opens from `from`; how many were rate-limited.
+async fn opens_limited(ts: &TestServer, from: &str, n: usize) -> usize {
+    let mut limited = 0;
+    for _ in 0..n {
+        match call_from(ts, from, "/v1/auth-requests", pair_body()).await {
+            429 => limited += 1,
+            201 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    limited
+}
+
+/// Budgets that refill too slowly to matter within a test: one call per address group,
+/// eight per network, a hundred server-wide.
+fn slow_budgets() -> agentkeys_server::Config {
+    agentkeys_server::Config {
+        enrol_rate: 0.001,
+        anon_open_rate: 0.001,
+        public_url: Some("https://keys.example.test".into()),
+        ..agentkeys_server::Config::default()
+    }
+}
+
+#[tokio::test]
+async fn addresses_in_one_ipv6_64_share_a_budget_and_ipv4_addresses_do_not() {
+    let ts = TestServer::with_config(slow_budgets()).await;
+    assert_eq!(opens_limited(&ts, "2001:db8:1:2::1", 2).await, 1);
+    // Another address of the same /64 finds the budget spent ...
+    assert_eq!(opens_limited(&ts, "2001:db8:1:2:ffff::7", 1).await, 1);
+    // ... another /64 of the same /48 has its own.
+    assert_eq!(opens_limited(&ts, "2001:db8:1:3::1", 1).await, 0);
+    // IPv4: each address is its own group.
+    assert_eq!(opens_limited(&ts, "192.0.2.1", 2).await, 1);
+    assert_eq!(opens_limited(&ts, "192.0.2.2", 1).await, 0);
+}
+
+#[tokio::test]
+async fn a_flood_from_several_64s_leaves_a_master_able_to_open_and_decide() {
+    let ts = TestServer::with_config(slow_budgets()).await;
+    let (m, m_info, _) = ts.master("m").await;
+    // Five /48s, eight /64s in each, two addresses in each /64, every one flooding
+    // enrolment, pair opens and the approval page (with codes that name nothing).
+    for net in 1..=5 {
+        for sub in 0..8 {
+            for host in 1..=2 {
+                let from = format!("2001:db8:{net}:{sub}::{host}");
+                for i in 0..3 {
+                    let enrol = serde_json::json!({"auth_token": format!("flood-{from}-{i}")});
+                    call_from(&ts, &from, "/v1/sessions", enrol).await;
+                    call_from(&ts, &from, "/v1/auth-requests", pair_body()).await;
+                    let page = format!("/v1/approvals/ZZZZ-ZZZ{i}/options");
+                    call_from(&ts, &from, &page, serde_json::json!({})).await;
+                }
+                assert_eq!(
+                    call_from(&ts, &from, "/v1/auth-requests", pair_body()).await,
+                    429,
+                    "the flood from {from} is limited"
+                );
+            }
+        }
+    }
+    // A daemon elsewhere still opens a pairing addressed to the master ...
+    let mut body = pair_body();
+    body["parent"] = m_info.wallet.as_str().into();
+    assert_eq!(
+        call_from(&ts, "2001:db8:99:1::1", "/v1/auth-requests", body).await,
+        201
+    );
+    let code = m.inbox(None, 0).await.unwrap().requests[0]
+        .pair_code
+        .clone();
+    // ... the master opens its approval page from its phone (the answer is the request
+    // and, without a passkey, the command that decides it), the page's approve reaches
+    // the passkey check rather than a rate limit ...
+    let phone = "2001:db8:77:1::1";
+    let options = format!("/v1/approvals/{code}/options");
+    assert_eq!(
+        call_from(&ts, phone, &options, serde_json::json!({})).await,
+        200
+    );
+    // (Its next call comes from another /64: these budgets allow one call per group.)
+    let approve = format!("/v1/approvals/{code}/approve");
+    let assertion = serde_json::json!({"credential": {}});
+    assert_eq!(
+        call_from(&ts, "2001:db8:77:2::1", &approve, assertion).await,
+        400
+    );
+    // ... it decides at its terminal, and a new master still enrols.
+    let view = m.auth_request_by_code(&code).await.unwrap();
+    m.approve(&view.id, &agentkeys_types::api::ApproveRequest::default())
+        .await
+        .unwrap();
+    let enrol = serde_json::json!({"auth_token": "a-new-master"});
+    assert_eq!(
+        call_from(&ts, "2001:db8:78:1::1", "/v1/sessions", enrol).await,
+        201
+    );
+}
+
 #[tokio::test]
 async fn decision_long_polls_beyond_the_cap_answer_at_once() {
     let cfg = agentkeys_server::Config {

@@ -225,6 +225,95 @@ async fn acknowledged_stores_survive_kill_9() {
     assert!(client.verify_audit().await.unwrap().ok);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spent_grant_has_its_audit_row_after_kill_9() {
+    use agentkeys_server::store::Store as _;
+    use agentkeys_types::api::{ApproveRequest, AuthStatus, Policy};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Proc::start_with(dir.path(), &[], &["--enrol-rate", "1000"]);
+    let (owner, _) = server.master("hv").await;
+    let stripe = svc("stripe");
+    let high_value = Policy {
+        high_value: true,
+        require_passkey: false,
+    };
+    owner
+        .store_credential(None, &stripe, b"sk-hv", Some(high_value))
+        .await
+        .unwrap();
+    // Many sessions of the master, each holding an approved, unspent one-time grant.
+    let mut readers = Vec::new();
+    let mut grants = Vec::new();
+    for _ in 0..160 {
+        let (reader, _) = server.master("hv").await;
+        let asked = reader.read_credential(None, &stripe).await.err().unwrap();
+        let ticket = asked.auth_request().unwrap().clone();
+        owner
+            .approve(&ticket.id, &ApproveRequest::default())
+            .await
+            .unwrap();
+        grants.push(ticket.id);
+        readers.push(reader);
+    }
+    // They all read at once; the read that brings the answers to ten kills the server
+    // there and then, with most of the others in flight.
+    let pid = i32::try_from(server.child.id()).unwrap();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for reader in readers {
+        let (answered, stripe) = (answered.clone(), stripe.clone());
+        tasks.push(tokio::spawn(async move {
+            if reader.read_credential(None, &stripe).await.is_ok()
+                && answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 10
+            {
+                // SAFETY: kill has no memory preconditions; the pid is our child's.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    server.kill9();
+    let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    let marker = dir.path().join("test-database-url");
+    let database = std::fs::read_to_string(&marker)
+        .unwrap_or_else(|_| format!("sqlite:{}", dir.path().join("agentkeys.db").display()));
+    let store = agentkeys_server::store::AnyStore::open(&database)
+        .await
+        .unwrap();
+    let details: Vec<String> = store
+        .audit_page(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.action == "credential.read" && r.event.outcome == "ok")
+        .filter_map(|r| r.event.detail)
+        .collect();
+    let mut spent = 0;
+    for id in &grants {
+        let r = store.auth_request(id).await.unwrap().unwrap();
+        if r.status == AuthStatus::Consumed {
+            spent += 1;
+            let row = format!("high-value grant spent ({id})");
+            assert!(
+                details.contains(&row),
+                "{id} was spent, and no audit row says so ({spent} spent, {answered} answered)"
+            );
+        }
+    }
+    assert!(
+        spent >= answered && answered >= 10,
+        "{spent} grants spent, {answered} reads answered"
+    );
+    assert!(
+        agentkeys_server::audit::verify(&store, |_| true)
+            .await
+            .unwrap()
+            .ok
+    );
+}
+
 fn parse(v: &str) -> (u32, u32) {
     let mut it = v
         .trim_start_matches("value-")
@@ -377,6 +466,28 @@ async fn keys_come_from_the_environment_when_set_and_no_key_file_is_written() {
     assert!(!b.path().join("server.key").exists());
     assert!(
         second
+            .log
+            .lock()
+            .unwrap()
+            .contains("keys=AGENTKEYS_SERVER_KEYS")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_keys_variable_counts_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Proc::start(dir.path(), &[("AGENTKEYS_SERVER_KEYS", "")]);
+    HttpBackend::new(&server.url)
+        .unwrap()
+        .server_info()
+        .await
+        .unwrap();
+    assert!(
+        dir.path().join("server.key").exists(),
+        "the keys come from the data dir's key file"
+    );
+    assert!(
+        !server
             .log
             .lock()
             .unwrap()
@@ -772,6 +883,91 @@ async fn the_server_reaches_postgres_over_verified_tls_or_not_at_all() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("opening the database"), "{err}");
     assert!(!err.contains("sslrootcert"), "the URL is not echoed: {err}");
+}
+
+/// Starts the binary on `database`, which must fail; its stderr and how long it took.
+fn start_fails_on(database: &str) -> (String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--auth", "dev", "--data-dir", dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--database", database])
+        .env_remove("AGENTKEYS_DATABASE_URL")
+        .env_remove("AGENTKEYS_SERVER_KEYS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_stops_the_start_within_seconds_naming_where_and_why() {
+    // A closed port: refused at once, host and port named, the password nowhere.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (err, took) = start_fails_on(&format!(
+        "postgres://agentkeys:hunter2-pw@127.0.0.1:{closed}/keys"
+    ));
+    assert!(took < Duration::from_secs(8), "took {took:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{closed} as agentkeys (database keys): \
+             connection refused"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("\nhint: nothing listens there"), "{err}");
+    assert!(
+        !err.contains("hunter2-pw"),
+        "the password is never shown: {err}"
+    );
+
+    // A real server that wants a password, given the wrong one.
+    let pg = super::common::OwnPostgres::start();
+    let hba = format!("{}/data/pg_hba.conf", pg.dir);
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all pwuser 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+    let admin = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    sqlx::query("CREATE ROLE pwuser LOGIN PASSWORD 'right-pw'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let host_port = pg
+        .url
+        .trim_start_matches("postgres://agentkeys@")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (err, took) = start_fails_on(&format!("postgres://pwuser:wrong-pw@{host_port}/postgres"));
+    assert!(took < Duration::from_secs(8), "took {took:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "cannot connect to PostgreSQL at {host_port} as pwuser (database postgres): \
+             authentication failed"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("\nhint: check the user and password"), "{err}");
+    assert!(
+        !err.contains("wrong-pw"),
+        "the password is never shown: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

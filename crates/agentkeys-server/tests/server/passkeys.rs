@@ -147,6 +147,68 @@ async fn a_credential_that_requires_a_passkey_refuses_a_session_approval_and_nam
     assert_eq!(listed.credentials[0].policy, policy);
 }
 
+/// An agent's read of `stripe` that needs an approval: the master approves it with its
+/// session (`minutes` makes it standing).
+async fn approved_by_session(
+    m: &agentkeys_core::HttpBackend,
+    agent: &agentkeys_core::HttpBackend,
+    minutes: Option<u32>,
+) {
+    let e = assert_code(
+        agent.read_credential(None, &svc("stripe")).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let t = e.auth_request().unwrap().clone();
+    m.approve(
+        &t.id,
+        &ApproveRequest {
+            scope: None,
+            minutes,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn raising_a_passkey_guard_ends_the_standing_approvals_and_grants_a_session_made() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let me = m.session().await.unwrap().wallet;
+    let stripe = svc("stripe");
+    store_high(&m).await;
+    seed_passkey(&ts, &me, "pk_phone").await;
+    // Agent a reads under a standing approval for two hours; agent b holds an unspent grant.
+    let (a, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    let (b, _, _) = ts.agent(&m, scope(&["stripe"], true)).await;
+    approved_by_session(&m, &a, Some(120)).await;
+    a.read_credential(None, &stripe).await.unwrap();
+    a.read_credential(None, &stripe).await.unwrap();
+    approved_by_session(&m, &b, None).await;
+    m.set_policy(&me, &stripe, GUARDED).await.unwrap();
+    // Neither releases any more: each read asks for a (passkey) approval.
+    for agent in [&a, &b] {
+        assert_code(
+            agent.read_credential(None, &stripe).await,
+            ErrorCode::ApprovalRequired,
+        );
+    }
+    assert!(m.standing_approvals().await.unwrap().approvals.is_empty());
+    let rows = m
+        .audit(&agentkeys_core::client::AuditQuery {
+            action: Some("policy.set".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events;
+    let detail = rows[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("ended 1 standing approval(s) and 1 unspent grant(s) a session made"),
+        "{detail}"
+    );
+}
+
 #[tokio::test]
 async fn a_session_can_raise_a_passkey_guard_but_not_lower_it() {
     let ts = with_pages().await;
@@ -285,6 +347,60 @@ async fn a_second_passkey_needs_an_assertion_by_one_the_master_has() {
 }
 
 #[tokio::test]
+async fn a_master_without_a_passkey_sees_the_request_and_the_command_that_decides_it() {
+    let ts = with_pages().await;
+    let (m, _, _) = ts.master("m").await;
+    let service = svc("openai");
+    let high_value = Policy {
+        high_value: true,
+        require_passkey: false,
+    };
+    m.store_credential(None, &service, b"v", Some(high_value))
+        .await
+        .unwrap();
+    let (agent, agent_info, _) = ts.agent(&m, scope(&["openai"], true)).await;
+    let e = assert_code(
+        agent.read_credential(None, &service).await,
+        ErrorCode::ApprovalRequired,
+    );
+    let ticket = e.auth_request().unwrap().clone();
+    let options = post(
+        &ts,
+        &format!("/v1/approvals/{}/options", ticket.pair_code),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(options.status(), 200);
+    let options: serde_json::Value = options.json().await.unwrap();
+    let r = &options["request"];
+    assert_eq!(r["kind"], "high_value");
+    assert_eq!(r["agent"], agent_info.parent.as_ref().unwrap().as_str());
+    assert_eq!(r["requested_by"], agent_info.wallet.as_str());
+    assert_eq!(r["service"], "openai");
+    assert_eq!(r["otp"], ticket.otp.as_str());
+    assert_eq!(r["expires_at"], ticket.expires_at);
+    assert_eq!(r["status"], "pending");
+    assert!(options["publicKey"].is_null(), "{options}");
+    assert_eq!(
+        options["command"],
+        format!("agentkeys approve {}", ticket.pair_code)
+    );
+    // The page still approves nothing without a passkey; the command does.
+    let (status, message) = refusal(
+        &ts,
+        &format!("/v1/approvals/{}/approve", ticket.pair_code),
+        serde_json::json!({"credential": {}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.contains("has no passkey"), "{message}");
+    let view = m.auth_request_by_code(&ticket.pair_code).await.unwrap();
+    m.approve(&view.id, &ApproveRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_page_api_refuses_what_it_cannot_decide() {
     let ts = with_pages().await;
     let (m, m_info, _) = ts.master("m").await;
@@ -313,19 +429,10 @@ async fn the_page_api_refuses_what_it_cannot_decide() {
         .await,
         (404, "NOT_FOUND".into())
     );
-    // Addressed to a master without a passkey: it is told to register one.
+    // Addressed to a master without a passkey: the page cannot approve it.
     let mut addressed = pair_request(&HpkeKeyPair::generate().unwrap(), None);
     addressed.parent = Some(m_info.wallet.clone());
     let t = ts.anon().open_auth_request(&addressed).await.unwrap();
-    assert_eq!(
-        refused(
-            &ts,
-            &format!("/v1/approvals/{}/options", t.pair_code),
-            serde_json::json!({})
-        )
-        .await,
-        (400, "BAD_REQUEST".into())
-    );
     // A pairing's scope is checked like 'agentkeys approve --scope' checks it.
     let (status, message) = refusal(
         &ts,

@@ -287,3 +287,49 @@ async fn replicas_need_the_same_keys_and_get_them_from_one_place() {
         rs[1].state.info.shielding_public_key
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_answers_a_state_watch_held_on_another() {
+    let rs = TestServer::replicas(2, agentkeys_server::Config::default()).await;
+    let (m, _, _) = rs[0].master("m").await;
+    m.store_credential(None, &svc("openai"), b"v", None)
+        .await
+        .unwrap();
+    let (_, a_info, a_token) = rs[0].agent(&m, scope(&["openai"], true)).await;
+    let on_b = client_with(&rs[1].url, &a_token).await;
+    let first = on_b.session_state(None, 0).await.unwrap();
+    // A change through A answers the watch held on B.
+    let watch = {
+        let on_b = client_with(&rs[1].url, &a_token).await;
+        let cursor = first.cursor.clone();
+        tokio::spawn(async move { (on_b.session_state(Some(&cursor), 30).await, Instant::now()) })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let changing = Instant::now();
+    m.set_agent_scope(&a_info.wallet, &scope(&[], true))
+        .await
+        .unwrap();
+    let (state, at) = watch.await.unwrap();
+    let state = state.unwrap();
+    assert!(state.credentials.is_empty(), "{state:?}");
+    let scope_took = at.saturating_duration_since(changing);
+    // A revocation through A answers the next watch on B with 401.
+    let watch = {
+        let cursor = state.cursor.clone();
+        tokio::spawn(async move { (on_b.session_state(Some(&cursor), 30).await, Instant::now()) })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let revoking = Instant::now();
+    m.revoke(&RevokeRequest {
+        session_id: None,
+        wallet: Some(a_info.wallet.clone()),
+    })
+    .await
+    .unwrap();
+    let (answer, at) = watch.await.unwrap();
+    assert_code(answer, ErrorCode::Unauthorized);
+    let revoke_took = at.saturating_duration_since(revoking);
+    eprintln!("cross-replica state watch: scope change {scope_took:?}, revocation {revoke_took:?}");
+    // Woken by the notification, never by the 30 s wait.
+    assert!(scope_took < Duration::from_secs(5) && revoke_took < Duration::from_secs(5));
+}

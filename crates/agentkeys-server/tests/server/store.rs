@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use agentkeys_server::store::{
-    Account, Approval, AuthRequestRecord, DecideOutcome, NewAuditEvent, NewSession, Store,
-    StoreError, StoredCredential,
+    Account, Approval, AuthRequestRecord, DecideOutcome, NewAuditEvent, NewSession, Release,
+    StandingApproval, Store, StoreError, StoredCredential,
 };
 use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
 use agentkeys_types::{Scope, Wallet};
@@ -71,11 +71,43 @@ async fn approved_grant<S: Store>(
     r.requested_session = Some(session.to_owned());
     s.insert_auth_request(&r).await.unwrap();
     let approval = Approval::HighValue {
+        via: "session".into(),
         grant_expires_at,
         signature: vec![0; 64],
         standing: None,
     };
     s.approve(&r.id, owner, NOW, &approval).await.unwrap()
+}
+
+/// A read of the owner's `stripe` through `session`, released by a grant or a standing
+/// approval with its audit row; whether one released it.
+async fn spend<S: Store>(s: &S, session: &str, owner: &Wallet, now: i64) -> bool {
+    released(s, session, &random_wallet(), owner, now)
+        .await
+        .is_some()
+}
+
+/// [`spend`] by the agent `agent`, answering what released it.
+async fn released<S: Store>(
+    s: &S,
+    session: &str,
+    agent: &Wallet,
+    owner: &Wallet,
+    now: i64,
+) -> Option<Release> {
+    let row = NewAuditEvent {
+        ts: now,
+        actor: agent.as_str().to_owned(),
+        agent: Some(owner.as_str().to_owned()),
+        service: Some("stripe".into()),
+        action: "credential.read".into(),
+        outcome: "ok".into(),
+        detail: None,
+    };
+    s.release_high_value(session, agent, owner, &svc("stripe"), now, &row)
+        .await
+        .unwrap()
+        .map(|(release, _)| release)
 }
 
 fn pair_approval(parent: &Wallet) -> Approval {
@@ -198,9 +230,7 @@ async fn a_grant_is_spent_once_under_concurrency<S: Store>(s: S) {
     for _ in 0..8 {
         let (s, w) = (s.clone(), m.wallet.clone());
         tasks.push(tokio::spawn(async move {
-            s.consume_grant("ses_x", &w, &svc("stripe"), NOW + 1)
-                .await
-                .unwrap()
+            spend(&*s, "ses_x", &w, NOW + 1).await
         }));
     }
     let mut spent = 0;
@@ -208,25 +238,266 @@ async fn a_grant_is_spent_once_under_concurrency<S: Store>(s: S) {
         spent += usize::from(t.await.unwrap());
     }
     assert_eq!(spent, 1);
-    assert!(
-        !s.consume_grant("ses_x", &m.wallet, &svc("stripe"), NOW + 2)
-            .await
-            .unwrap()
-    );
+    assert!(!spend(&*s, "ses_x", &m.wallet, NOW + 2).await);
 }
 
 async fn an_expired_grant_is_not_spent<S: Store>(s: S) {
     let m = master(&s).await;
     approved_grant(&s, &m.wallet, "DDDD-DDDD", "ses_y", NOW + 300).await;
-    assert!(
-        !s.consume_grant("ses_y", &m.wallet, &svc("stripe"), NOW + 300)
+    assert!(!spend(&s, "ses_y", &m.wallet, NOW + 300).await);
+    assert!(!spend(&s, "ses_other", &m.wallet, NOW + 1).await);
+}
+
+/// Every audit row in order.
+async fn all_rows<S: Store>(s: &S) -> Vec<agentkeys_server::store::AuditRow> {
+    s.audit_page(0, 10_000).await.unwrap()
+}
+
+async fn a_spent_grant_and_its_audit_row_commit_together<S: Store>(s: S) {
+    let m = master(&s).await;
+    approved_grant(&s, &m.wallet, "HHHH-HHHH", "ses_h", NOW + 300).await;
+    let before = all_rows(&s).await.len();
+    let agent = random_wallet();
+    assert_eq!(
+        released(&s, "ses_h", &agent, &m.wallet, NOW + 1).await,
+        Some(Release::Grant("req_HHHH-HHHH".into()))
+    );
+    let rows = all_rows(&s).await;
+    assert_eq!(rows.len(), before + 1);
+    let row = rows.last().unwrap();
+    assert_eq!(row.event.action, "credential.read");
+    assert_eq!(row.event.actor, agent.as_str());
+    assert_eq!(
+        row.event.detail.as_deref(),
+        Some("high-value grant spent (req_HHHH-HHHH)")
+    );
+    assert_eq!(
+        s.auth_request("req_HHHH-HHHH")
             .await
             .unwrap()
+            .unwrap()
+            .status,
+        AuthStatus::Consumed
     );
     assert!(
-        !s.consume_grant("ses_other", &m.wallet, &svc("stripe"), NOW + 1)
+        agentkeys_server::audit::verify(&s, |_| true)
             .await
             .unwrap()
+            .ok
+    );
+}
+
+/// Makes every insert into the audit table fail, behind the store's back.
+async fn break_audit_appends(url: &str) {
+    if url.starts_with("postgres") {
+        super::common::execute_sql(
+            url,
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'audit appends are broken for this test'; END $$",
+        )
+        .await;
+        super::common::execute_sql(
+            url,
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit \
+             FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+        )
+        .await;
+    } else {
+        super::common::execute_sql(
+            url,
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit \
+             BEGIN SELECT RAISE(ABORT, 'audit appends are broken for this test'); END",
+        )
+        .await;
+    }
+}
+
+async fn a_spend_whose_audit_append_fails_leaves_the_grant_unspent<S: Store>(s: S, url: String) {
+    let m = master(&s).await;
+    approved_grant(&s, &m.wallet, "JJJJ-JJJJ", "ses_j", NOW + 300).await;
+    let standing_owner = master(&s).await;
+    let agent = random_wallet();
+    s.insert_auth_request(&AuthRequestRecord {
+        agent: Some(standing_owner.wallet.clone()),
+        service: Some(svc("stripe")),
+        requested_by: Some(agent.clone()),
+        requested_session: Some("ses_k".into()),
+        ..request(AuthKind::HighValue, "KKKK-KKKK")
+    })
+    .await
+    .unwrap();
+    let standing = StandingApproval {
+        id: "sta_k".into(),
+        master: standing_owner.wallet.clone(),
+        agent: agent.clone(),
+        owner: standing_owner.wallet.clone(),
+        service: svc("stripe"),
+        request_id: "req_KKKK-KKKK".into(),
+        via: "session".into(),
+        created_at: NOW,
+        expires_at: NOW + 600,
+    };
+    let approval = Approval::HighValue {
+        via: "session".into(),
+        grant_expires_at: NOW,
+        signature: vec![0; 64],
+        standing: Some(standing),
+    };
+    assert_eq!(
+        s.approve("req_KKKK-KKKK", &standing_owner.wallet, NOW, &approval)
+            .await
+            .unwrap(),
+        DecideOutcome::Decided
+    );
+    let rows = all_rows(&s).await.len();
+    break_audit_appends(&url).await;
+    let row = NewAuditEvent {
+        ts: NOW + 1,
+        actor: "agent".into(),
+        agent: None,
+        service: Some("stripe".into()),
+        action: "credential.read".into(),
+        outcome: "ok".into(),
+        detail: None,
+    };
+    assert!(
+        s.release_high_value(
+            "ses_j",
+            &random_wallet(),
+            &m.wallet,
+            &svc("stripe"),
+            NOW + 1,
+            &row
+        )
+        .await
+        .is_err(),
+        "the release fails with its audit row"
+    );
+    assert!(
+        s.release_high_value(
+            "ses_k",
+            &agent,
+            &standing_owner.wallet,
+            &svc("stripe"),
+            NOW + 1,
+            &row
+        )
+        .await
+        .is_err(),
+        "a standing release fails with its audit row too"
+    );
+    assert_eq!(
+        s.auth_request("req_JJJJ-JJJJ")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        AuthStatus::Approved,
+        "the grant is still there to spend"
+    );
+    assert_eq!(all_rows(&s).await.len(), rows, "nothing was written");
+}
+
+async fn raising_the_passkey_guard_ends_what_a_session_approved<S: Store>(s: S) {
+    let m = master(&s).await;
+    s.put_credential(
+        &StoredCredential {
+            policy: Policy {
+                high_value: true,
+                require_passkey: false,
+            },
+            ..credential(&m.wallet, "stripe", vec![1], vec![2])
+        },
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    // Two unspent grants, one approved with a session, one with a passkey.
+    approved_grant(&s, &m.wallet, "LLLL-LLLL", "ses_l", NOW + 300).await;
+    let mut r = request(AuthKind::HighValue, "MMMM-MMMM");
+    r.agent = Some(m.wallet.clone());
+    r.service = Some(svc("stripe"));
+    r.requested_session = Some("ses_m".into());
+    s.insert_auth_request(&r).await.unwrap();
+    let by_passkey = Approval::HighValue {
+        via: "passkey".into(),
+        grant_expires_at: NOW + 300,
+        signature: vec![0; 64],
+        standing: None,
+    };
+    s.approve(&r.id, &m.wallet, NOW, &by_passkey).await.unwrap();
+    // Two standing approvals of two agents, likewise.
+    let (a_session, a_passkey) = (random_wallet(), random_wallet());
+    for (code, agent, via) in [
+        ("NNNN-NNNN", &a_session, "session"),
+        ("PPPP-PPPP", &a_passkey, "passkey"),
+    ] {
+        let mut r = request(AuthKind::HighValue, code);
+        r.agent = Some(m.wallet.clone());
+        r.service = Some(svc("stripe"));
+        r.requested_by = Some(agent.clone());
+        s.insert_auth_request(&r).await.unwrap();
+        let approval = Approval::HighValue {
+            via: via.into(),
+            grant_expires_at: NOW,
+            signature: vec![0; 64],
+            standing: Some(StandingApproval {
+                id: format!("sta_{via}"),
+                master: m.wallet.clone(),
+                agent: agent.clone(),
+                owner: m.wallet.clone(),
+                service: svc("stripe"),
+                request_id: r.id.clone(),
+                via: via.into(),
+                created_at: NOW,
+                expires_at: NOW + 600,
+            }),
+        };
+        s.approve(&r.id, &m.wallet, NOW, &approval).await.unwrap();
+    }
+    let guarded = Policy {
+        high_value: true,
+        require_passkey: true,
+    };
+    let change = s
+        .set_policy(&m.wallet, &svc("stripe"), guarded, NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((change.ended_standing, change.ended_grants), (1, 1));
+    // What a session approved is gone; what a passkey approved still releases.
+    assert!(!spend(&s, "ses_l", &m.wallet, NOW + 2).await);
+    assert_eq!(
+        released(&s, "ses_x", &a_session, &m.wallet, NOW + 2).await,
+        None
+    );
+    assert!(spend(&s, "ses_m", &m.wallet, NOW + 2).await);
+    assert_eq!(
+        released(&s, "ses_x", &a_passkey, &m.wallet, NOW + 2).await,
+        Some(Release::Standing("sta_passkey".into()))
+    );
+    // A session's approval decided after the guard went up is refused in its transaction.
+    let mut late = request(AuthKind::HighValue, "QQQQ-QQQQ");
+    late.agent = Some(m.wallet.clone());
+    late.service = Some(svc("stripe"));
+    late.requested_session = Some("ses_q".into());
+    s.insert_auth_request(&late).await.unwrap();
+    let by_session = Approval::HighValue {
+        via: "session".into(),
+        grant_expires_at: NOW + 300,
+        signature: vec![0; 64],
+        standing: None,
+    };
+    assert_eq!(
+        s.approve(&late.id, &m.wallet, NOW + 2, &by_session)
+            .await
+            .unwrap(),
+        DecideOutcome::PasskeyRequired
+    );
+    assert_eq!(
+        s.auth_request(&late.id).await.unwrap().unwrap().status,
+        AuthStatus::Pending
     );
 }
 
@@ -291,8 +562,9 @@ async fn credentials_upsert_and_keep_policy_and_binding_on_request<S: Store>(s: 
     );
     let listed = s.list_credentials(&m.wallet).await.unwrap();
     assert_eq!(listed.len(), 1);
+    // No value: at most the record's 24-byte nonce, which names the stored value.
     assert!(
-        listed[0].ciphertext.is_empty(),
+        listed[0].wrapped_dek.is_empty() && listed[0].ciphertext.len() <= 24,
         "listing must not carry values"
     );
 }
@@ -352,11 +624,7 @@ async fn old_auth_requests_are_purged_but_live_grants_kept<S: Store>(s: S) {
         "only the expired pair request"
     );
     assert!(s.auth_request("req_FFFF-FFFF").await.unwrap().is_none());
-    assert!(
-        s.consume_grant("ses_z", &m.wallet, &svc("stripe"), NOW + 100)
-            .await
-            .unwrap()
-    );
+    assert!(spend(&s, "ses_z", &m.wallet, NOW + 100).await);
     assert_eq!(s.purge_auth_requests(NOW + 10_001).await.unwrap(), 1);
 }
 
@@ -520,6 +788,8 @@ macro_rules! engine {
             decisions_respect_expiry_and_existence,
             a_grant_is_spent_once_under_concurrency,
             an_expired_grant_is_not_spent,
+            a_spent_grant_and_its_audit_row_commit_together,
+            raising_the_passkey_guard_ends_what_a_session_approved,
             credentials_upsert_and_keep_policy_and_binding_on_request,
             sessions_revoke_and_teardown_only_what_they_own,
             identities_are_one_namespace_per_master,
@@ -527,35 +797,55 @@ macro_rules! engine {
             audit_appends_chain_across_batches,
             concurrent_audit_appends_stay_one_chain,
             rewrapping_pages_through_old_keks_and_never_clobbers_a_newer_store,
+        ], [
+            a_spend_whose_audit_append_fails_leaves_the_grant_unspent,
         ]);
     };
-    ($name:ident, $open:expr, [$($case:ident),* $(,)?]) => {
+    ($name:ident, $open:expr, [$($case:ident),* $(,)?], [$($with_url:ident),* $(,)?]) => {
         mod $name {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let dir = tempfile::tempdir().unwrap();
                     let open = $open;
-                    super::$case(open(dir.path()).await).await;
+                    super::$case(open(dir.path()).await.0).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $with_url() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let open = $open;
+                    let (store, url) = open(dir.path()).await;
+                    super::$with_url(store, url).await;
                 }
             )*
         }
     };
 }
 
+// Each engine opens a store and says its URL (for tests that tamper behind its back).
 engine!(sqlite, |dir: &std::path::Path| {
     let path = dir.join("agentkeys.db");
-    async move { agentkeys_server::SqliteStore::open(&path).await.unwrap() }
+    async move {
+        let url = format!("sqlite:{}", path.display());
+        (
+            agentkeys_server::SqliteStore::open(&path).await.unwrap(),
+            url,
+        )
+    }
 });
 
 // A fresh database per case on the throwaway PostgreSQL scripts/test.sh starts; without
 // one these fail (the engine is tested on every run, never skipped).
 engine!(postgres, |_: &std::path::Path| async {
-    agentkeys_server::store::postgres::PgStore::connect(
-        &crate::server::common::fresh_database().await,
+    let url = crate::server::common::fresh_database().await;
+    (
+        agentkeys_server::store::postgres::PgStore::connect(&url)
+            .await
+            .unwrap(),
+        url,
     )
-    .await
-    .unwrap()
 });
 
 /// SQLite appends audit batches on a connection of its own: a second server process on the

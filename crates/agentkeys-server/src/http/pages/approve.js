@@ -47,9 +47,19 @@ function show(o) {
   const left = r.expires_at - Math.floor(Date.now() / 1000);
   row(t, "Status", r.status === "pending" ? "pending, " + Math.max(left, 0) + " s left" : r.status);
   document.getElementById("canonical").textContent = o.canonical;
-  document.getElementById("standing-row").hidden = r.kind !== "high_value";
-  document.getElementById("scope-row").hidden = r.kind !== "pair";
-  document.getElementById("approve").disabled = r.status !== "pending";
+  document.getElementById("standing-row").hidden = r.kind !== "high_value" || o.publicKey === null;
+  document.getElementById("scope-row").hidden = r.kind !== "pair" || o.publicKey === null;
+  // Without a passkey the page cannot approve: it says where the request is decided.
+  const terminal = document.getElementById("terminal");
+  terminal.hidden = o.publicKey !== null;
+  document.getElementById("signed").hidden = o.publicKey === null;
+  if (o.publicKey === null) {
+    document.getElementById("note").textContent =
+      "Compare the OTP with the one the requester shows, then decide at your terminal.";
+  }
+  document.getElementById("command").textContent = o.command;
+  document.getElementById("approve").hidden = o.publicKey === null;
+  document.getElementById("approve").disabled = r.status !== "pending" || o.publicKey === null;
   if (r.status !== "pending") setStatus("This request is " + r.status + ": nothing to approve.", "err");
 }
 
