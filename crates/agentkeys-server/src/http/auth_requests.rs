@@ -67,6 +67,40 @@ pub(super) struct Subject<'a> {
 }
 
 /// Creates and stores a request; retries on the (rare) pair-code collision.
+/// The pending high-value request of `caller`'s session for `owner`'s `service`, or a new
+/// one: a session asking again gets the same code, not a second request.
+pub(super) async fn high_value_ticket<S: Store>(
+    state: &AppState<S>,
+    caller: &Caller,
+    owner: &Wallet,
+    service: &ServiceName,
+    description: Option<String>,
+) -> ApiResult<AuthRequestTicket> {
+    let now = state.clock.now();
+    match state
+        .store
+        .pending_high_value(&caller.session.id, owner, service, now)
+        .await?
+    {
+        Some(r) => Ok(ticket(state, &r)),
+        None => {
+            open_request(
+                state,
+                AuthKind::HighValue,
+                None,
+                Subject {
+                    agent: Some(owner),
+                    service: Some(service),
+                    otp: agentkeys_types::api::high_value_subject(owner, service),
+                },
+                Requester::Session(caller),
+                description,
+            )
+            .await
+        }
+    }
+}
+
 pub(super) async fn open_request<S: Store>(
     state: &AppState<S>,
     kind: AuthKind,
@@ -282,30 +316,7 @@ pub(super) async fn open<S: Store>(
                 ))
                 .hint("POST /v1/credentials/read releases it directly"));
             }
-            let owner = cred.owner;
-            let now = state.clock.now();
-            match state
-                .store
-                .pending_high_value(&caller.session.id, &owner, service, now)
-                .await?
-            {
-                Some(r) => ticket(&state, &r),
-                None => {
-                    open_request(
-                        &state,
-                        AuthKind::HighValue,
-                        None,
-                        Subject {
-                            agent: Some(&owner),
-                            service: Some(service),
-                            otp: agentkeys_types::api::high_value_subject(&owner, service),
-                        },
-                        Requester::Session(&caller),
-                        description,
-                    )
-                    .await?
-                }
-            }
+            high_value_ticket(&state, &caller, &cred.owner, service, description).await?
         }
     };
     Ok((StatusCode::CREATED, Json(ticket)))

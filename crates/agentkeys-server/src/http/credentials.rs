@@ -7,9 +7,9 @@ use std::sync::Arc;
 use agentkeys_core::crypto::envelope::{self, Envelope};
 use agentkeys_core::crypto::hpke;
 use agentkeys_types::api::{
-    AuthKind, CredentialInfo, CredentialList, HPKE_INFO_READ, HPKE_INFO_STORE, Policy,
-    ReadCredentialRequest, ReadCredentialResponse, SetBindingRequest, StoreCredentialRequest,
-    credential_aad, read_signing_bytes,
+    CredentialInfo, CredentialList, HPKE_INFO_READ, HPKE_INFO_STORE, Policy, ReadCredentialRequest,
+    ReadCredentialResponse, SetBindingRequest, StoreCredentialRequest, credential_aad,
+    read_signing_bytes,
 };
 use agentkeys_types::binding::Binding;
 use agentkeys_types::{ServiceName, Wallet};
@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::auth_requests::{Requester, Subject, open_request};
+use super::auth_requests::high_value_ticket;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
 use super::{
@@ -208,22 +208,36 @@ pub(super) async fn list<S: Store>(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<CredentialList>> {
     let owner = credential_owner(&state, &caller, q.agent.as_ref()).await?;
-    let mut creds = state.store.list_credentials(&owner).await?;
-    if !caller.is_master() {
+    let creds = listed(&state, &caller.session.account, &owner, q.agent.is_none()).await?;
+    Ok(Json(CredentialList {
+        credentials: creds.into_iter().map(info).collect(),
+    }))
+}
+
+/// The credentials of `owner` that `account` may see, values omitted: a master sees them
+/// all; an agent those its scope allows, and with `fallback` (no owner named) also its
+/// master's under names it has none of. One answer for `GET /v1/credentials` and the
+/// session-state watch.
+pub(super) async fn listed<S: Store>(
+    state: &AppState<S>,
+    account: &crate::store::Account,
+    owner: &Wallet,
+    fallback: bool,
+) -> ApiResult<Vec<StoredCredential>> {
+    let mut creds = state.store.list_credentials(owner).await?;
+    if !account.is_master {
         // An agent also sees its master's credentials, under its own entries of the same name.
-        if let (None, Some(parent)) = (&q.agent, &caller.session.account.parent) {
+        if let (true, Some(parent)) = (fallback, &account.parent) {
             for c in state.store.list_credentials(parent).await? {
                 if !creds.iter().any(|own| own.service == c.service) {
                     creds.push(c);
                 }
             }
         }
-        creds.retain(|c| caller.scope().allows(&c.service));
+        creds.retain(|c| account.scope.allows(&c.service));
         creds.sort_by(|a, b| a.service.cmp(&b.service));
     }
-    Ok(Json(CredentialList {
-        credentials: creds.into_iter().map(info).collect(),
-    }))
+    Ok(creds)
 }
 
 /// Who may read what: within the session's rate, the owner the caller or one of its
@@ -335,28 +349,7 @@ pub(super) async fn read<S: Store>(
             )
             .await?;
         if released.is_none() {
-            let ticket = match state
-                .store
-                .pending_high_value(&caller.session.id, &cred.owner, service, now)
-                .await?
-            {
-                Some(r) => super::auth_requests::ticket(&state, &r),
-                None => {
-                    open_request(
-                        &state,
-                        AuthKind::HighValue,
-                        None,
-                        Subject {
-                            agent: Some(&cred.owner),
-                            service: Some(service),
-                            otp: agentkeys_types::api::high_value_subject(&cred.owner, service),
-                        },
-                        Requester::Session(&caller),
-                        None,
-                    )
-                    .await?
-                }
-            };
+            let ticket = high_value_ticket(&state, &caller, &cred.owner, service, None).await?;
             let e = ApiError::approval_required(ticket, service.as_str());
             return Err(refuse(
                 &state,

@@ -266,6 +266,24 @@ impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Caller {
     }
 }
 
+/// `UNAUTHORIZED` unless `session` is neither revoked nor expired at `now`: what every
+/// request with its token is told, and what a long-poll that outlived it answers.
+pub fn check_live(
+    session: &SessionRecord,
+    now: agentkeys_types::UnixSeconds,
+) -> Result<(), ApiError> {
+    if session.revoked_at.is_some() {
+        return Err(ApiError::unauthorized("this session was revoked"));
+    }
+    if session.expires_at <= now {
+        return Err(
+            ApiError::new(ErrorCode::Unauthorized, "this session has expired")
+                .hint("run 'agentkeys init' again (agents: re-pair the daemon)"),
+        );
+    }
+    Ok(())
+}
+
 /// Resolves the bearer token of `headers` to a live session.
 pub async fn authenticate<S: Store>(
     state: &AppState<S>,
@@ -279,15 +297,7 @@ pub async fn authenticate<S: Store>(
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown session token"))?;
         let now = state.clock.now();
-        if session.revoked_at.is_some() {
-            return Err(ApiError::unauthorized("this session was revoked"));
-        }
-        if session.expires_at <= now {
-            return Err(
-                ApiError::new(ErrorCode::Unauthorized, "this session has expired")
-                    .hint("run 'agentkeys init' again (agents: re-pair the daemon)"),
-            );
-        }
+        check_live(&session, now)?;
         if session.last_used_at.is_none_or(|t| now - t >= 60) {
             // At most one write a minute per session keeps the hot path read-only.
             state.store.touch_session(&session.id, now).await?;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentkeys_core::crypto::sha256;
+use agentkeys_types::UnixSeconds;
 use agentkeys_types::api::{CredentialState, SessionState, StandingState};
-use agentkeys_types::{ErrorCode, UnixSeconds};
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -102,15 +102,7 @@ async fn live<S: Store>(state: &AppState<S>, id: &str) -> ApiResult<SessionRecor
         .session_by_id(id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown session token"))?;
-    if session.revoked_at.is_some() {
-        return Err(ApiError::unauthorized("this session was revoked"));
-    }
-    if session.expires_at <= state.clock.now() {
-        return Err(
-            ApiError::new(ErrorCode::Unauthorized, "this session has expired")
-                .hint("run 'agentkeys init' again (agents: re-pair the daemon)"),
-        );
-    }
+    super::extract::check_live(&session, state.clock.now())?;
     Ok(session)
 }
 
@@ -121,19 +113,12 @@ async fn view<S: Store>(
     now: UnixSeconds,
 ) -> ApiResult<SessionState> {
     let account = &session.account;
-    // What `GET /v1/credentials` lists for this session: its own, then (an agent) its
-    // master's under names it has none of, within its scope.
-    let mut creds = state.store.list_credentials(&account.wallet).await?;
+    // What `GET /v1/credentials` lists for this session.
+    let mut creds = super::credentials::listed(state, account, &account.wallet, true).await?;
     let mut standing = Vec::new();
     if !account.is_master
         && let Some(parent) = &account.parent
     {
-        for c in state.store.list_credentials(parent).await? {
-            if !creds.iter().any(|own| own.service == c.service) {
-                creds.push(c);
-            }
-        }
-        creds.retain(|c| account.scope.allows(&c.service));
         standing = state
             .store
             .standing_approvals(parent, now)
