@@ -373,3 +373,32 @@ macro_rules! insert_standing {
     };
 }
 pub(super) use insert_standing;
+
+/// Inside a policy change's transaction `$tx` (either engine) that raised a passkey guard:
+/// ends the credential's live standing approvals and unspent grants a session made, and
+/// evaluates to the [`PolicyChange`](super::PolicyChange) counting them.
+macro_rules! end_session_made {
+    ($tx:ident, $owner:ident, $svc:ident, $now:ident) => {{
+        let mut change = super::PolicyChange::default();
+        for (sql, ended) in [
+            (
+                super::approval_sql::STANDING_END_SESSION_MADE,
+                &mut change.ended_standing,
+            ),
+            (
+                super::approval_sql::GRANTS_END_SESSION_MADE,
+                &mut change.ended_grants,
+            ),
+        ] {
+            *ended = sqlx::query(sql)
+                .bind($owner.as_str())
+                .bind($svc.as_str())
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+        }
+        change
+    }};
+}
+pub(super) use end_session_made;

@@ -856,27 +856,11 @@ impl Store for SqliteStore {
         if n != 1 {
             return Ok(None);
         }
-        let mut change = PolicyChange::default();
-        if policy.require_passkey {
-            for (sql, ended) in [
-                (
-                    approval_sql::STANDING_END_SESSION_MADE,
-                    &mut change.ended_standing,
-                ),
-                (
-                    approval_sql::GRANTS_END_SESSION_MADE,
-                    &mut change.ended_grants,
-                ),
-            ] {
-                *ended = sqlx::query(sql)
-                    .bind(owner.as_str())
-                    .bind(svc.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-        }
+        let change = if policy.require_passkey {
+            super::rows::end_session_made!(tx, owner, svc, now)
+        } else {
+            PolicyChange::default()
+        };
         tx.commit().await?;
         Ok(Some(change))
     }
