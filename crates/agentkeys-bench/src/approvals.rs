@@ -3,7 +3,7 @@
 //! `agentkeys approve CODE --yes` (a new process, as a person's script would run), and the
 //! waiting reader's decision long-poll wakes and the read releases the value.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -37,19 +37,7 @@ pub(crate) fn round_trip(
     warm: usize,
     n: usize,
 ) -> Result<RoundTrip, String> {
-    let mut store = stack
-        .master_cli(&["store", HIGH, "--high-value"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let _ = store
-        .stdin
-        .take()
-        .map(|mut s| s.write_all(stack.value.as_bytes()));
-    if !store.wait().map_err(|e| e.to_string())?.success() {
-        return Err("cannot store the high-value credential".into());
-    }
+    stack.master_store(&[HIGH, "--high-value"], &stack.value)?;
     let mut watch = stack
         .master_cli(&["watch", "--json", "--no-desktop"])
         .stdout(Stdio::piped())

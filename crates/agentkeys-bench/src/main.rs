@@ -864,19 +864,7 @@ fn egress_proxy(
     sizes: &Sizes,
     report: &mut Report,
 ) -> Result<(), String> {
-    let out = Command::new(stack.cli())
-        .args(["proxy-env", "--service", PROXIED, "--json"])
-        .env("AGENTKEYS_SOCKET", &stack.socket)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "proxy-env: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let env = Arc::new(proxy::ProxyEnv::parse(&v, PROXIED)?);
+    let env = Arc::new(proxy::ProxyEnv::ask(stack.cli(), &stack.socket, PROXIED)?);
     let direct = proxy::Path2::Direct {
         port: upstream.port,
         ca: upstream.ca.clone(),

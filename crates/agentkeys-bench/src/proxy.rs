@@ -157,6 +157,25 @@ pub(crate) struct ProxyEnv {
 }
 
 impl ProxyEnv {
+    /// Asks the daemon on `socket` for its persistent listener of `service`
+    /// (`agentkeys proxy-env --service SERVICE --json`, run with the `cli` binary).
+    pub(crate) fn ask(cli: &Path, socket: &Path, service: &str) -> Result<ProxyEnv, String> {
+        let out = std::process::Command::new(cli)
+            .args(["proxy-env", "--service", service, "--json"])
+            .env("AGENTKEYS_SOCKET", socket)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "proxy-env: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        ProxyEnv::parse(&v, service)
+    }
+
     /// From the `proxy-env --json` answer for `service`.
     pub(crate) fn parse(v: &serde_json::Value, service: &str) -> Result<ProxyEnv, String> {
         let url = v["proxy"].as_str().ok_or("no proxy in proxy-env")?;

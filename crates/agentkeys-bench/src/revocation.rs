@@ -8,13 +8,12 @@ use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use agentkeys_testkit::TempDir;
 
 use crate::proxy;
-use crate::setup::{Bins, PROXIED, Stack};
+use crate::setup::{Bins, PROXIED, Stack, pair_daemon};
 use crate::stats::Samples;
 
 /// What one run measured.
@@ -44,70 +43,31 @@ impl Drop for Agent {
     }
 }
 
-/// Starts a daemon (in memory only: agents of its uid), has the master approve its pairing
-/// for the proxied credential, and waits until it serves.
+/// Starts a daemon (in memory only: agents of its uid) and has the master approve its
+/// pairing for the proxied credential.
 fn pair(stack: &Stack, bins: &Bins, daemon_extra: &[String]) -> Result<Agent, String> {
     let home = TempDir::new("agentkeys-bench-revoke");
     let socket = home.path().join("daemon.sock");
-    let mut daemon = Command::new(bins.path("agentkeys-daemon"))
-        .args(["serve", "--server", &stack.server.url])
-        .args(daemon_extra)
-        .env("AGENTKEYS_HOME", home.path())
-        .env("AGENTKEYS_SOCKET", &socket)
-        .env("AGENTKEYS_SESSION_STORE", "file")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let stderr = daemon.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| -> Result<String, String> {
-        let mut seen = Vec::new();
-        loop {
-            let line = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
-                format!(
-                    "the daemon never printed {needle:?}; it said: {}",
-                    seen.join(" | ")
-                )
-            })?;
-            if line.contains(needle) {
-                return Ok(line);
+    let (daemon, wallet) = pair_daemon(
+        bins,
+        &stack.server.url,
+        &socket,
+        home.path(),
+        daemon_extra,
+        |code| {
+            let approved = stack
+                .master_cli(&["approve", code, "--scope", PROXIED, "--yes"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| e.to_string())?;
+            if approved.success() {
+                Ok(())
+            } else {
+                Err(format!("agentkeys approve {code} failed"))
             }
-            seen.push(line);
-        }
-    };
-    let line = wait_for(" code ")?;
-    let code: String = line
-        .split(" code ")
-        .nth(1)
-        .ok_or("no pair code")?
-        .chars()
-        .take(9)
-        .collect();
-    let approved = stack
-        .master_cli(&["approve", &code, "--scope", PROXIED, "--yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !approved.success() {
-        return Err(format!("agentkeys approve {code} failed"));
-    }
-    let serving = wait_for("serving agent")?;
-    let wallet: String = serving
-        .split("serving agent ")
-        .nth(1)
-        .ok_or("no wallet")?
-        .chars()
-        .take(42)
-        .collect();
+        },
+    )?;
     Ok(Agent {
         daemon,
         _home: home,
@@ -126,26 +86,10 @@ pub(crate) fn measure(
     n: usize,
 ) -> Result<Revocation, String> {
     // The master's own copy, which every new agent falls back to (its scope names it).
-    let mut store = stack
-        .master_cli(&[
-            "store",
-            PROXIED,
-            "--host",
-            proxy::HOST,
-            "--inject",
-            "bearer",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let _ = store
-        .stdin
-        .take()
-        .map(|mut s| std::io::Write::write_all(&mut s, stack.value.as_bytes()));
-    if !store.wait().map_err(|e| e.to_string())?.success() {
-        return Err("cannot store the master's proxied credential".into());
-    }
+    stack.master_store(
+        &[PROXIED, "--host", proxy::HOST, "--inject", "bearer"],
+        &stack.value,
+    )?;
     let (mut total, mut child_gone, mut refused, mut command) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..warm + n {
@@ -169,20 +113,11 @@ pub(crate) fn measure(
             return Err("the proxied run did not start".into());
         }
         // A persistent listener of the same daemon, with one request served through it.
-        let out = Command::new(stack.cli())
-            .args(["proxy-env", "--service", PROXIED, "--json"])
-            .env("AGENTKEYS_SOCKET", &agent.socket)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "proxy-env: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        let path = proxy::Path2::Proxied(Arc::new(proxy::ProxyEnv::parse(&v, PROXIED)?));
+        let path = proxy::Path2::Proxied(Arc::new(proxy::ProxyEnv::ask(
+            stack.cli(),
+            &agent.socket,
+            PROXIED,
+        )?));
         rt.block_on(async {
             let mut conn = path.open(false).await?;
             path.get(&mut conn, "/small").await.map(drop)

@@ -63,6 +63,71 @@ impl Bins {
     }
 }
 
+/// Starts `agentkeys-daemon serve` against `server` (in `home`, on `socket`, with `extra`),
+/// has `approve` decide the pair code it shows, and waits until it serves: the daemon and
+/// the agent's wallet. Its stderr is read on a thread of its own until it exits.
+pub(crate) fn pair_daemon(
+    bins: &Bins,
+    server: &str,
+    socket: &Path,
+    home: &Path,
+    extra: &[String],
+    approve: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<(Child, String), String> {
+    let mut daemon = Command::new(bins.path("agentkeys-daemon"))
+        .args(["serve", "--server", server])
+        .args(extra)
+        .env("AGENTKEYS_HOME", home)
+        .env("AGENTKEYS_SOCKET", socket)
+        .env("AGENTKEYS_SESSION_STORE", "file")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = daemon.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> Result<String, String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+                format!(
+                    "the daemon never printed {needle:?}; it said: {}",
+                    seen.join(" | ")
+                )
+            })?;
+            if line.contains(needle) {
+                return Ok(line);
+            }
+            seen.push(line);
+        }
+    };
+    let line = wait_for(" code ")?;
+    let code: String = line
+        .split(" code ")
+        .nth(1)
+        .ok_or("no pair code")?
+        .chars()
+        .take(9)
+        .collect();
+    approve(&code)?;
+    let serving = wait_for("serving agent")?;
+    let wallet: String = serving
+        .split("serving agent ")
+        .nth(1)
+        .ok_or("no wallet")?
+        .chars()
+        .take(42)
+        .collect();
+    Ok((daemon, wallet))
+}
+
 /// Everything started; stopped on drop.
 pub(crate) struct Stack {
     /// The server.
@@ -136,67 +201,28 @@ impl Stack {
         };
         stack_cli(&["init"], None)?;
 
-        let mut daemon = Command::new(bins.path("agentkeys-daemon"))
-            .args([
-                "serve",
-                "--server",
-                &server.url,
-                "--cache",
-                &format!("{CACHED}=3600s"),
-            ])
-            .args(daemon_extra)
-            .env("AGENTKEYS_HOME", daemon_home.path())
-            .env("AGENTKEYS_SOCKET", &socket)
-            .env("AGENTKEYS_SESSION_STORE", "file")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let stderr = daemon.stderr.take().ok_or("no stderr")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let wait_for = |needle: &str| -> Result<String, String> {
-            loop {
-                let line = rx
-                    .recv_timeout(Duration::from_secs(60))
-                    .map_err(|_| format!("the daemon never printed {needle:?}"))?;
-                if line.contains(needle) {
-                    return Ok(line);
-                }
-            }
-        };
-        let line = wait_for(" code ")?;
-        let code: String = line
-            .split(" code ")
-            .nth(1)
-            .ok_or("no pair code")?
-            .chars()
-            .take(9)
-            .collect();
-        stack_cli(
-            &[
-                "approve",
-                &code,
-                "--scope",
-                &format!("{UNCACHED},{CACHED},{PROXIED}"),
-                "--yes",
-            ],
-            None,
+        let mut serve = vec!["--cache".to_owned(), format!("{CACHED}=3600s")];
+        serve.extend_from_slice(daemon_extra);
+        let (daemon, wallet) = pair_daemon(
+            bins,
+            &server.url,
+            &socket,
+            daemon_home.path(),
+            &serve,
+            |code| {
+                stack_cli(
+                    &[
+                        "approve",
+                        code,
+                        "--scope",
+                        &format!("{UNCACHED},{CACHED},{PROXIED}"),
+                        "--yes",
+                    ],
+                    None,
+                )
+                .map(drop)
+            },
         )?;
-        let serving = wait_for("serving agent")?;
-        let wallet: String = serving
-            .split("serving agent ")
-            .nth(1)
-            .ok_or("no wallet")?
-            .chars()
-            .take(42)
-            .collect();
         for service in [UNCACHED, CACHED] {
             stack_cli(&["store", service, "--agent", &wallet], Some(&value))?;
         }
@@ -239,6 +265,24 @@ impl Stack {
             .env("AGENTKEYS_SERVER", &self.server.url)
             .env("AGENTKEYS_SESSION_STORE", "file");
         c
+    }
+
+    /// `agentkeys store ARGS` as the master, the value on stdin.
+    pub(crate) fn master_store(&self, args: &[&str], value: &str) -> Result<(), String> {
+        let mut store = self
+            .master_cli(&[&["store"], args].concat())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let _ = store
+            .stdin
+            .take()
+            .map(|mut s| s.write_all(value.as_bytes()));
+        if !store.wait().map_err(|e| e.to_string())?.success() {
+            return Err(format!("agentkeys store {} failed", args.join(" ")));
+        }
+        Ok(())
     }
 
     /// The daemon's audit trail.
