@@ -72,6 +72,22 @@ fn nothing_is_cached_by_default() {
     assert_eq!(server_reads(&master, &wallet), 2);
 }
 
+/// `agentkeys run --service openai -- sh -c SCRIPT` on `d`, once its first line of output
+/// says `ready`.
+fn run_until_ready(d: &DaemonProc, script: &str) -> std::process::Child {
+    let mut cli = Command::new(cli_bin())
+        .args(["run", "--service", "openai", "--", "sh", "-c", script])
+        .env("AGENTKEYS_SOCKET", &d.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+    assert_eq!(ready, "ready\n");
+    cli
+}
+
 #[test]
 fn revocation_stops_a_running_child_within_the_grace_period() {
     let server = start_server(&[]);
@@ -86,17 +102,7 @@ fn revocation_stops_a_running_child_within_the_grace_period() {
     );
     master.store("openai", &canary("revoke"), &["--agent", &wallet]);
     // A child that ignores SIGTERM: only the SIGKILL after the grace period ends it.
-    let mut cli = Command::new(cli_bin())
-        .args(["run", "--service", "openai", "--", "sh", "-c"])
-        .arg("trap '' TERM; echo ready; while :; do sleep 0.05; done")
-        .env("AGENTKEYS_SOCKET", &d.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
-    let mut ready = String::new();
-    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
-    assert_eq!(ready, "ready\n");
+    let mut cli = run_until_ready(&d, "trap '' TERM; echo ready; while :; do sleep 0.05; done");
 
     let revoked_at = Instant::now();
     let out = master.cli(&["revoke", &wallet]);
@@ -162,17 +168,7 @@ fn a_revocation_reaches_the_daemon_through_its_state_watch_not_its_periodic_chec
         &[],
     );
     master.store("openai", &canary("watched"), &["--agent", &wallet]);
-    let mut cli = Command::new(cli_bin())
-        .args(["run", "--service", "openai", "--", "sh", "-c"])
-        .arg("echo ready; exec sleep 300")
-        .env("AGENTKEYS_SOCKET", &d.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
-    let mut ready = String::new();
-    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
-    assert_eq!(ready, "ready\n");
+    let mut cli = run_until_ready(&d, "echo ready; exec sleep 300");
     let revoked_at = Instant::now();
     let out = master.cli(&["revoke", &wallet]);
     assert!(out.status.success(), "{}", text(&out));
