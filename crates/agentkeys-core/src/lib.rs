@@ -7,6 +7,7 @@
 //!   [`client::HttpBackend`], its reqwest implementation. Reads return a `SecretPage`.
 //! - [`session_store`]: a session at rest (DESIGN decision 12): sealed file, data key in
 //!   the kernel keyring or a 0600 key file. Shared by the CLI and the daemon.
+//! - [`hex`]: lower-case hex, the one helper every crate uses.
 //! - [`json`]: sizing JSON before writing it into a buffer that will hold a secret.
 //! - [`error`]: [`ClientError`], mapped onto the error contract's codes.
 
@@ -20,4 +21,5 @@ pub mod paths;
 pub mod session_store;
 
 pub use client::{Backend, HttpBackend, ReadCredential};
+pub use crypto::hex;
 pub use error::ClientError;

@@ -82,16 +82,6 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
 /// The hash of a line: SHA-256 over `prev` ‖ the line's JSON without `hash`.
 fn line_hash(seq: u64, ts_ms: u64, mono_ns: u64, event: &Event, prev: &str) -> String {
     hash_of(prev, &[&hashed_body(seq, ts_ms, mono_ns, event, prev)])
@@ -104,7 +94,7 @@ fn hash_of(prev: &str, body: &[&[u8]]) -> String {
     for piece in body {
         h.update(piece);
     }
-    hex(&h.finalize())
+    agentkeys_core::hex(&h.finalize())
 }
 
 /// The line's JSON without `hash`: the same fields, in the same order, as [`Line`].

@@ -403,35 +403,7 @@ fn install_seccomp_deny_list() -> io::Result<()> {
 
 /// `TracerPid` from `/proc/self/status`: 0 when nobody traces this process.
 pub fn tracer_pid() -> io::Result<u32> {
-    self_status("TracerPid")
-}
-
-/// The numeric field `name` of `/proc/self/status` (`Threads`, `TracerPid` …).
-///
-/// Read into a stack buffer: every agentkeys process starts by asking this, and a growing
-/// heap buffer would touch (and fault in) a page of the allocator per size class it passes.
-pub(crate) fn self_status<T: std::str::FromStr>(name: &str) -> io::Result<T> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open("/proc/self/status")?;
-    let mut buf = [0u8; 8192];
-    let mut len = 0;
-    loop {
-        match file.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        if len == buf.len() {
-            return Err(io::Error::other("/proc/self/status is longer than 8 KiB"));
-        }
-    }
-    std::str::from_utf8(&buf[..len])
-        .map_err(|_| io::Error::other("/proc/self/status is not UTF-8"))?
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no {name} line in /proc/self/status")))
+    crate::process::self_status("TracerPid")
 }
 
 /// Yama's `kernel.yama.ptrace_scope`, or `None` where Yama is absent.

@@ -62,7 +62,7 @@ pub fn is_dumpable() -> io::Result<bool> {
 /// Refuses (`Err`) unless the process runs one thread: changing the environment while
 /// another thread may read it is undefined behaviour in C. Call it first thing in `main`.
 pub fn take_secret_env(name: &str) -> io::Result<Option<crate::SecretBytes>> {
-    if crate::harden::self_status::<usize>("Threads")? != 1 {
+    if self_status::<usize>("Threads")? != 1 {
         return Err(io::Error::other(format!(
             "{name} can only be taken from the environment while the process runs one \
              thread; take it before starting threads (or a runtime)"
@@ -112,6 +112,34 @@ impl std::os::fd::AsFd for SignalQueue {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The numeric field `name` of `/proc/self/status` (`Threads`, `TracerPid` …).
+///
+/// Read into a stack buffer: every agentkeys process starts by asking this, and a growing
+/// heap buffer would touch (and fault in) a page of the allocator per size class it passes.
+pub(crate) fn self_status<T: std::str::FromStr>(name: &str) -> io::Result<T> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open("/proc/self/status")?;
+    let mut buf = [0u8; 8192];
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if len == buf.len() {
+            return Err(io::Error::other("/proc/self/status is longer than 8 KiB"));
+        }
+    }
+    std::str::from_utf8(&buf[..len])
+        .map_err(|_| io::Error::other("/proc/self/status is not UTF-8"))?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no {name} line in /proc/self/status")))
 }
 
 #[cfg(test)]

@@ -156,18 +156,8 @@ pub async fn verify<S: Store>(
         checked,
         first_broken_seq: None,
         reason: None,
-        head_hash: head.map(|h| hex(&h)),
+        head_hash: head.map(|h| agentkeys_core::hex(&h)),
     })
-}
-
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ impl TempDir {
     /// A fresh private directory under the system temp dir.
     pub fn new(prefix: &str) -> TempDir {
         let r: [u8; 8] = agentkeys_core::crypto::random_array();
-        let name = format!("{prefix}-{}", hex(&r));
+        let name = format!("{prefix}-{}", agentkeys_core::hex(&r));
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&path).expect("create a temp dir");
         TempDir(path)
@@ -97,10 +97,6 @@ fn spawn_server(
         .recv_timeout(Duration::from_secs(60))
         .expect("the server did not report readiness");
     (child, addr)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Server {
@@ -211,7 +207,7 @@ pub mod machine {
 /// A random credential value, unique per call, for leak checks.
 pub fn canary(tag: &str) -> String {
     let r: [u8; 8] = agentkeys_core::crypto::random_array();
-    format!("sk-{tag}-canary-{}", hex(&r))
+    format!("sk-{tag}-canary-{}", agentkeys_core::hex(&r))
 }
 
 /// Runs a future on a fresh single-thread runtime (library calls from synchronous tests).

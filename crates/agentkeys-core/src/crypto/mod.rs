@@ -114,8 +114,9 @@ pub fn random_array<const N: usize>() -> [u8; N] {
     out
 }
 
-/// Lower-case hex, for `Debug` output of public keys.
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex: public keys in `Debug` output, digests in names and logs. The one
+/// `hex` of the workspace.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use super::EventExt as _;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, Caller};
-use crate::audit::hex;
 use crate::state::AppState;
 use crate::store::{AuditFilter, Store};
+use agentkeys_core::hex;
 
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Deserialize)]

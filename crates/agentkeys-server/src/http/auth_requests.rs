@@ -440,7 +440,7 @@ fn inbox_cursor(rows: &[AuthRequestRecord]) -> String {
         ids.push_str(&r.id);
         ids.push('\n');
     }
-    crate::audit::hex(&sha256(ids.as_bytes())[..16])
+    agentkeys_core::hex(&sha256(ids.as_bytes())[..16])
 }
 
 /// `GET /v1/auth-requests?cursor=&wait=`: the caller's inbox. With a cursor, it answers

@@ -191,7 +191,7 @@ fn x25519_key(field: &str, s: &str) -> ApiResult<[u8; 32]> {
 
 /// A fresh random id with a readable prefix.
 fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", crate::audit::hex(&random_array::<16>()))
+    format!("{prefix}{}", agentkeys_core::hex(&random_array::<16>()))
 }
 
 /// A fresh wallet.

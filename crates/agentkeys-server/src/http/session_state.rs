@@ -139,7 +139,7 @@ async fn view<S: Store>(
         .into_iter()
         .map(|c| CredentialState {
             // The listing's `ciphertext` is the record's nonce: new with every store.
-            version: crate::audit::hex(&sha256(&c.ciphertext)[..16]),
+            version: agentkeys_core::hex(&sha256(&c.ciphertext)[..16]),
             binding: c
                 .binding
                 .as_deref()
@@ -158,6 +158,6 @@ async fn view<S: Store>(
     };
     // The cursor names everything else in the answer.
     let text = serde_json::to_vec(&out).map_err(|e| ApiError::internal(&e))?;
-    out.cursor = crate::audit::hex(&sha256(&text)[..16]);
+    out.cursor = agentkeys_core::hex(&sha256(&text)[..16]);
     Ok(out)
 }

@@ -221,7 +221,7 @@ pub async fn fresh_database() -> String {
     });
     let name = format!(
         "t_{}",
-        agentkeys_server::audit::hex(&agentkeys_core::crypto::random_array::<8>())
+        agentkeys_core::hex(&agentkeys_core::crypto::random_array::<8>())
     );
     let mut conn = sqlx::PgConnection::connect(&base)
         .await
@@ -359,7 +359,7 @@ pub fn assert_code<T>(r: Result<T, ClientError>, code: ErrorCode) -> ClientError
 pub fn canary() -> String {
     format!(
         "sk-canary-{}",
-        agentkeys_server::audit::hex(&agentkeys_core::crypto::random_array::<16>())
+        agentkeys_core::hex(&agentkeys_core::crypto::random_array::<16>())
     )
 }
 

@@ -500,7 +500,7 @@ async fn a_tokens_file_admits_only_its_tokens_plain_or_hashed() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("enrol.txt");
-    let hashed = agentkeys_server::audit::hex(&agentkeys_core::crypto::sha256(b"hashed-token"));
+    let hashed = agentkeys_core::hex(&agentkeys_core::crypto::sha256(b"hashed-token"));
     std::fs::write(
         &tokens,
         format!("# enrolment tokens\nplain-token\n\nsha256:{hashed}\n"),

@@ -23,7 +23,7 @@ fn session(wallet: &Wallet, is_master: bool) -> NewSession {
     NewSession {
         id: format!(
             "ses_{}",
-            agentkeys_server::audit::hex(&agentkeys_core::crypto::random_array::<8>())
+            agentkeys_core::hex(&agentkeys_core::crypto::random_array::<8>())
         ),
         token_hash: agentkeys_core::crypto::random_array::<32>(),
         wallet: wallet.clone(),
