@@ -1,10 +1,21 @@
-//! The command line as clap sees it: flags, subcommands, help text with an example on every
-//! subcommand, and the exit-code table. No I/O here; `commands` turns these into calls.
+//! The command line's top level: the global flags, the list of subcommands with each one's
+//! help text and examples, and the exit-code table. Each subcommand's own flags live next to
+//! the code that runs it, in `commands`. No I/O here.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use crate::commands::agents::{LinkArgs, ScopeArgs, TeardownArgs};
+use crate::commands::approve::{ApprovalsArgs, ApproveArgs};
+use crate::commands::completions::CompletionsArgs;
+use crate::commands::credentials::{BindArgs, ListArgs, PolicyArgs, ReadArgs, StoreArgs};
+use crate::commands::passkey::PasskeyArgs;
+use crate::commands::run::{ProxyEnvArgs, RunArgs};
+use crate::commands::session::{InitArgs, RecoverArgs, RevokeArgs};
+use crate::commands::usage::UsageArgs;
+use crate::commands::watch::WatchArgs;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -144,7 +155,10 @@ fn plain_run(argv: &[OsString]) -> Option<RunArgs> {
 /// The subcommands.
 #[derive(Subcommand)]
 // Each subcommand's flags are built only when it is the one used: building them all was
-// most of the parse, paid by every command line.
+// most of the parse, paid by every command line. So a subcommand's help text (its doc
+// comment and examples) stays here on its variant, which the top-level help reads unbuilt,
+// and its flags struct has no doc comment: clap would take one for the subcommand's about
+// and, running last, put it over the variant's.
 #[command(defer = true)]
 pub enum Command {
     /// Create (or check) this machine's master session.
@@ -158,20 +172,7 @@ pub enum Command {
         AGENTKEYS_AUTH_TOKEN=... agentkeys init --server URL\n  \
         printf %s \"$TOKEN\" | agentkeys init --auth-token - --server URL\n  \
         agentkeys init --force                                  # new session, old one revoked")]
-    Init {
-        /// Enrolment token ('-' reads it from stdin). Prefer the environment variable or a
-        /// pipe: command-line arguments are visible to every local user.
-        #[arg(
-            long,
-            env = "AGENTKEYS_AUTH_TOKEN",
-            hide_env_values = true,
-            value_name = "TOKEN"
-        )]
-        auth_token: Option<String>,
-        /// Mint a new session even if the stored one is valid (and revoke the old one).
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitArgs),
 
     /// Show the current session: wallet, kind, scope, lifetime, server, protection at rest.
     ///
@@ -243,26 +244,13 @@ pub enum Command {
         OPENAI_API_KEY=$(agentkeys read openai) python app.py\n  \
         agentkeys read stripe --wait          # waits up to 300 s for 'agentkeys approve'\n  \
         agentkeys read openai --agent research-bot --json")]
-    Read {
-        /// Read this agent's credential (wallet, alias or e-mail).
-        #[arg(long, value_name = "AGENT")]
-        agent: Option<String>,
-        /// The credential's name.
-        service: String,
-        /// Wait for a pending approval, up to SECS seconds (default 300).
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
-        wait: Option<u64>,
-    },
+    Read(ReadArgs),
 
     /// List credential names (never values), with their policy.
     #[command(
         after_help = "Examples:\n  agentkeys list\n  agentkeys list --agent research-bot --json"
     )]
-    List {
-        /// This agent's credentials (wallet, alias or e-mail).
-        #[arg(long, value_name = "AGENT")]
-        agent: Option<String>,
-    },
+    List(ListArgs),
 
     /// List your agents with their scope, names and last use.
     #[command(after_help = "Examples:\n  agentkeys agents\n  agentkeys agents --json")]
@@ -284,66 +272,27 @@ pub enum Command {
     /// the approval page ('agentkeys passkey add' registers one first); 'agentkeys approve'
     /// refuses it and names the page. Once set, 'policy' cannot lift it (a stolen session
     /// could): storing the value again with 'agentkeys store SERVICE --high-value' can.
-    #[command(
-        group(ArgGroup::new("level").required(true).args(["high_value", "normal"])),
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
         agentkeys policy stripe --high-value\n  \
         agentkeys policy stripe --high-value --require-passkey\n  \
-        agentkeys policy openai --agent research-bot --normal"
-    )]
-    Policy {
-        /// The credential's owner (wallet, alias or e-mail); default: yourself.
-        #[arg(long, value_name = "AGENT")]
-        agent: Option<String>,
-        /// The credential's name.
-        service: String,
-        /// Every release needs 'agentkeys approve'.
-        #[arg(long)]
-        high_value: bool,
-        /// With --high-value: releases are approved only with a passkey, on the page.
-        #[arg(long, requires = "high_value")]
-        require_passkey: bool,
-        /// Releases need no approval.
-        #[arg(long)]
-        normal: bool,
-    },
+        agentkeys policy openai --agent research-bot --normal")]
+    Policy(PolicyArgs),
 
     /// Revoke sessions. Without an argument: your own session, and the local copy is wiped.
     #[command(after_help = "Examples:\n  \
         agentkeys revoke research-bot      # every session of that agent\n  \
         agentkeys revoke                   # log this machine out")]
-    Revoke {
-        /// The agent whose sessions to revoke (wallet, alias or e-mail).
-        wallet: Option<String>,
-    },
+    Revoke(RevokeArgs),
 
     /// Remove an agent: revoke its sessions and delete its credentials.
     #[command(after_help = "Examples:\n  agentkeys teardown research-bot --yes")]
-    Teardown {
-        /// The agent (wallet, alias or e-mail).
-        wallet: String,
-        /// Do not ask for confirmation (required when there is no terminal).
-        #[arg(short, long)]
-        yes: bool,
-    },
+    Teardown(TeardownArgs),
 
     /// Give an agent (or yourself) an alias or an e-mail address.
-    #[command(
-        group(ArgGroup::new("name").required(true).args(["alias", "email"])),
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
         agentkeys link 0x1234...abcd --alias research-bot\n  \
-        agentkeys link 0x1234...abcd --email bot@example.com"
-    )]
-    Link {
-        /// The wallet.
-        wallet: String,
-        /// An alias: lower-case letters, digits, ".", "_" and "-", at most 64.
-        #[arg(long)]
-        alias: Option<String>,
-        /// An e-mail address.
-        #[arg(long)]
-        email: Option<String>,
-    },
+        agentkeys link 0x1234...abcd --email bot@example.com")]
+    Link(LinkArgs),
 
     /// Show the audit trail (newest first), or verify its hash chain.
     #[command(after_help = "Examples:\n  \
@@ -378,22 +327,14 @@ pub enum Command {
         agentkeys passkey add --name phone\n  \
         agentkeys passkey list --json\n  \
         agentkeys passkey remove pk_0123456789abcdef0123456789abcdef")]
-    Passkey {
-        /// What to do.
-        #[command(subcommand)]
-        action: PasskeyAction,
-    },
+    Passkey(PasskeyArgs),
 
     /// List your standing approvals ('approve --for'), or end one now.
     #[command(after_help = "Examples:\n  \
         agentkeys approvals\n  \
         agentkeys approvals --json\n  \
         agentkeys approvals revoke sta_0123456789abcdef0123456789abcdef")]
-    Approvals {
-        /// What to do; without it, list them.
-        #[command(subcommand)]
-        action: Option<ApprovalsAction>,
-    },
+    Approvals(ApprovalsArgs),
 
     /// Follow the requests you may decide and tell a person about each new one.
     ///
@@ -422,19 +363,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         AGENTKEYS_HOME=~/.agentkeys-bot agentkeys recover 0x1234…abcd --server URL\n  \
         AGENTKEYS_HOME=~/.agentkeys-bot agentkeys recover research-bot --parent 0x9876…dcba")]
-    Recover {
-        /// The agent: its wallet, or an alias or e-mail its master linked (with --parent).
-        identity: String,
-        /// The master's wallet: whose aliases and e-mails IDENTITY is looked up among.
-        #[arg(long, value_name = "MASTER_WALLET")]
-        parent: Option<String>,
-        /// Give up after this many seconds (codes expire after 60 s and are renewed).
-        #[arg(long, value_name = "SECS", default_value_t = 600)]
-        wait: u64,
-        /// Replace a valid stored session.
-        #[arg(long)]
-        force: bool,
-    },
+    Recover(RecoverArgs),
 
     /// Run a command with credentials, started by the agentkeys daemon in this sandbox.
     ///
@@ -469,14 +398,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         eval \"$(agentkeys proxy-env --service openai)\"   # then start the agent in this shell\n  \
         agentkeys proxy-env --service openai --service github --json   # for an MCP client's env block")]
-    ProxyEnv {
-        /// A bound credential to put behind the proxy. Repeatable.
-        #[arg(long = "service", value_name = "SERVICE", required = true)]
-        services: Vec<String>,
-        /// The daemon socket.
-        #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
-        socket: Option<PathBuf>,
-    },
+    ProxyEnv(ProxyEnvArgs),
 
     /// Check this machine: the CLI's process hardening (not dumpable, no core dumps,
     /// debugger, Yama, protection keys), where the session is kept, whether the server
@@ -488,283 +410,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         agentkeys completions bash > ~/.local/share/bash-completion/completions/agentkeys\n  \
         agentkeys completions zsh > \"${fpath[1]}/_agentkeys\"")]
-    Completions {
-        /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
-    },
-}
-
-// The flags of `agentkeys run`. No doc comment: clap would take it for the subcommand's
-// about, over the variant's (subcommands are deferred, so the struct's methods run last).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct RunArgs {
-    /// Put this credential in the environment as SERVICE_API_KEY (repeatable).
-    #[arg(long = "service", short = 's', value_name = "SERVICE")]
-    pub services: Vec<String>,
-    /// Put a credential in the environment under this name (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "NAME=SERVICE")]
-    pub env: Vec<String>,
-    /// Pass memfd_secret file descriptors (AGENTKEYS_FD_SERVICE=FD:LENGTH) instead of
-    /// values, for programs using an agentkeys managed runtime.
-    #[arg(long, conflicts_with = "proxy")]
-    pub fd: bool,
-    /// Give the command placeholders and the daemon's egress proxy instead of values: the
-    /// value goes only into requests to the credential's bound hosts.
-    #[arg(long)]
-    pub proxy: bool,
-    /// The daemon socket.
-    #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    pub command: Vec<OsString>,
-}
-
-// The flags of `agentkeys store`. No doc comment: clap would take it for the subcommand's
-// about, over the variant's (subcommands are deferred, so the struct's methods run last).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct StoreArgs {
-    /// Store it for this agent (wallet, alias or e-mail) instead of yourself.
-    #[arg(long, value_name = "AGENT")]
-    pub agent: Option<String>,
-    /// The credential's name, e.g. openai.
-    pub service: String,
-    /// Every read needs your approval ('agentkeys approve').
-    #[arg(long)]
-    pub high_value: bool,
-    /// Read the value from this environment variable.
-    #[arg(long, value_name = "VAR", conflicts_with = "from_file")]
-    pub from_env: Option<String>,
-    /// Read the value from this file ('-' for stdin), byte for byte.
-    #[arg(long, value_name = "PATH")]
-    pub from_file: Option<PathBuf>,
-    /// Do not bind a well-known service to its hosts.
-    #[arg(long, conflicts_with = "host")]
-    pub no_bind: bool,
-    /// Where the egress proxy may send it (see 'agentkeys bind --help').
-    #[command(flatten)]
-    pub binding: BindingFlags,
-    /// Catches a value typed on the command line, so it can be refused without echoing it.
-    #[arg(hide = true, num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
-    pub stray: Vec<OsString>,
-}
-
-// Where a credential may be sent and how it is injected (`store` and `bind`). No doc comment: clap would take it for the
-// subcommand's about (see RunArgs).
-#[allow(missing_docs)]
-#[derive(clap::Args, Default)]
-pub struct BindingFlags {
-    /// A host it may be sent to: a name, or '*.domain' for any name under domain.
-    /// Repeat for more.
-    #[arg(long, value_name = "HOST")]
-    pub host: Vec<String>,
-    /// How it is injected: bearer, header:NAME (or header:NAME:PREFIX), basic-user,
-    /// basic-password, substitute:HEADER[,HEADER…] (default: substitute, naming no header).
-    #[arg(long, value_name = "HOW", requires = "host")]
-    pub inject: Option<String>,
-    /// Only with this HTTP method. Repeat for more; default: any.
-    #[arg(long, value_name = "METHOD", requires = "host")]
-    pub method: Vec<String>,
-    /// Only under this path prefix. Repeat for more; default: any path.
-    #[arg(long, value_name = "PREFIX", requires = "host")]
-    pub path: Vec<String>,
-    /// With --inject substitute: also replace the placeholder in the query string.
-    #[arg(long, requires = "host")]
-    pub substitute_query: bool,
-    /// With --inject substitute: the placeholder may be the whole value of this request body
-    /// field: a JSON pointer (/auth/api_key) or form:NAME. Repeat for more.
-    #[arg(long, value_name = "FIELD", requires = "host")]
-    pub body_field: Vec<String>,
-    /// With --body-field: runs using the credential still tunnel hosts none of their
-    /// credentials is bound to (default: refused).
-    #[arg(long, requires = "body_field")]
-    pub tunnel_unbound: bool,
-    /// Retired (the placeholder anywhere in the body); refused with what replaces it.
-    #[arg(long, hide = true)]
-    pub substitute_body: bool,
-    /// Also inject over plain http:// (default: TLS only).
-    #[arg(long, requires = "host")]
-    pub allow_http: bool,
-    /// The hosts may resolve to loopback or private addresses (default: refused).
-    #[arg(long, requires = "host")]
-    pub allow_private: bool,
-}
-
-// The flags of `agentkeys bind`. No doc comment: clap would take it for the subcommand's
-// about, over the variant's (subcommands are deferred, so the struct's methods run last).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-#[command(group(ArgGroup::new("change").args(["host", "remove", "well_known"])))]
-pub struct BindArgs {
-    /// The credential's owner (wallet, alias or e-mail); default: yourself.
-    #[arg(long, value_name = "AGENT")]
-    pub agent: Option<String>,
-    /// The credential's name.
-    pub service: String,
-    /// Remove the binding: the proxy will not inject it anywhere.
-    #[arg(long)]
-    pub remove: bool,
-    /// Bind it to the built-in hosts of a well-known service of the same name.
-    #[arg(long)]
-    pub well_known: bool,
-    /// The binding to set.
-    #[command(flatten)]
-    pub binding: BindingFlags,
-}
-
-// The flags of `agentkeys scope`. No doc comment: clap would take it for the subcommand's
-// about, over the variant's (subcommands are deferred, so the struct's methods run last).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct ScopeArgs {
-    /// The agent (wallet, alias or e-mail).
-    pub agent: String,
-    /// What to change.
-    #[command(flatten)]
-    pub change: ScopeChange,
-}
-
-// The change flags of `agentkeys scope` (none: just show the scope). No doc comment: clap would take it for the
-// subcommand's about (see RunArgs).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct ScopeChange {
-    /// Allow this service too (repeatable, or comma-separated).
-    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
-    pub add: Vec<String>,
-    /// Stop allowing this service (repeatable, or comma-separated).
-    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
-    pub remove: Vec<String>,
-    /// Replace the list ('*' = every service, '' = none).
-    #[arg(long, value_name = "A,B", conflicts_with_all = ["add", "remove"])]
-    pub set: Option<String>,
-    /// The agent may read but not store.
-    #[arg(long, conflicts_with = "read_write")]
-    pub read_only: bool,
-    /// The agent may store within its scope.
-    #[arg(long)]
-    pub read_write: bool,
-}
-
-// The flags of `agentkeys usage`. No doc comment: clap would take it for the subcommand's
-// about, over the variant's (subcommands are deferred, so the struct's methods run last).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct UsageArgs {
-    /// Only this agent (wallet, alias or e-mail).
-    #[arg(long, value_name = "AGENT")]
-    pub agent: Option<String>,
-    /// Only this service.
-    #[arg(long, value_name = "SERVICE")]
-    pub service: Option<String>,
-    /// Only this action: session.create, session.revoke, credential.store, credential.read,
-    /// policy.set, scope.set, agent.teardown, auth.open, auth.approve, auth.deny,
-    /// identity.link or trail.anchor.
-    #[arg(long, value_name = "ACTION", value_parser = parse_action)]
-    pub action: Option<String>,
-    /// Only events newer than this (e.g. 90s, 15m, 2h, 7d, 2w).
-    #[arg(long, value_name = "DURATION")]
-    pub since: Option<String>,
-    /// At most this many events.
-    #[arg(long, default_value_t = 50)]
-    pub limit: u32,
-    /// Recompute the whole hash chain on the server and report the first broken link.
-    #[arg(long)]
-    pub verify: bool,
-}
-
-// The flags of `agentkeys approve`. No doc comment: clap would take it for the subcommand's
-// about, over the variant's (subcommands are deferred, so the struct's methods run last).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct ApproveArgs {
-    /// The pair code (ABCD-EFGH; case and dash do not matter). Without it: list the
-    /// pending requests you may decide and, on a terminal, pick one.
-    pub code: Option<String>,
-    /// For a pairing: the services the agent may use ('*' = all).
-    #[arg(long, value_name = "A,B")]
-    pub scope: Option<String>,
-    /// For a pairing: the agent may not store.
-    #[arg(long)]
-    pub read_only: bool,
-    /// Do not ask for confirmation (required when there is no terminal).
-    #[arg(short, long)]
-    pub yes: bool,
-    /// Deny the request instead.
-    #[arg(long)]
-    pub deny: bool,
-    /// For a high-value release: also let that agent read that credential without asking
-    /// for this long (e.g. 30m, 2h; at most 8h), a standing approval.
-    #[arg(long = "for", value_name = "DURATION", conflicts_with = "deny")]
-    pub standing: Option<String>,
-}
-
-/// What `agentkeys passkey` does.
-#[derive(Subcommand)]
-pub enum PasskeyAction {
-    /// Print a one-time link that registers a passkey for you where it is opened.
-    Add {
-        /// A name to tell it apart (phone, laptop, yubikey).
-        #[arg(long, default_value = "passkey")]
-        name: String,
-    },
-    /// List your passkeys.
-    List,
-    /// Remove a passkey: it approves nothing any more. The last one stays while a
-    /// credential requires a passkey.
-    Remove {
-        /// Its id (pk_…), as 'agentkeys passkey list' shows it.
-        id: String,
-    },
-}
-
-/// What `agentkeys approvals` does besides listing.
-#[derive(Subcommand)]
-pub enum ApprovalsAction {
-    /// End a standing approval now: the agent must ask again for the next release.
-    Revoke {
-        /// The approval's id (sta_…), as 'agentkeys approvals' lists it.
-        id: String,
-    },
-}
-
-// The flags of `agentkeys watch` (no doc comment, as for `ApproveArgs`).
-#[allow(missing_docs)]
-#[derive(clap::Args)]
-pub struct WatchArgs {
-    /// Run CMD (with sh -c) for each new request, the request as JSON on its stdin.
-    #[arg(long, value_name = "CMD")]
-    pub exec: Option<String>,
-    /// Post each new request to this ntfy topic URL (repeatable).
-    #[arg(long, value_name = "URL")]
-    pub ntfy: Vec<String>,
-    /// Post each new request to this Slack incoming-webhook URL (repeatable).
-    #[arg(long, value_name = "URL")]
-    pub slack: Vec<String>,
-    /// Post each new request to this Discord webhook URL (repeatable).
-    #[arg(long, value_name = "URL")]
-    pub discord: Vec<String>,
-    /// Do not show desktop notifications (shown where a session bus runs).
-    #[arg(long)]
-    pub no_desktop: bool,
-    /// Exit after the first new request(s) have been announced.
-    #[arg(long)]
-    pub once: bool,
-}
-
-/// `--action`: one of the server's audit action names.
-fn parse_action(s: &str) -> Result<String, String> {
-    agentkeys_types::api::AuditAction::parse(s)
-        .map(|a| a.as_str().to_owned())
-        .ok_or_else(|| {
-            let names: Vec<&str> = agentkeys_types::api::AuditAction::ALL
-                .iter()
-                .map(|a| a.as_str())
-                .collect();
-            format!("not an audit action; one of: {}", names.join(", "))
-        })
+    Completions(CompletionsArgs),
 }
 
 #[cfg(test)]

@@ -5,11 +5,68 @@ use agentkeys_types::api::LinkIdentityRequest;
 use agentkeys_types::{Scope, Wallet};
 use serde_json::json;
 
-use crate::cli::{ScopeArgs, ScopeChange};
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, timestamp};
 use crate::secret_io;
+
+// The flags of `agentkeys scope` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct ScopeArgs {
+    /// The agent (wallet, alias or e-mail).
+    agent: String,
+    /// What to change.
+    #[command(flatten)]
+    change: ScopeChange,
+}
+
+// The change flags of `agentkeys scope` (none: just show the scope).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct ScopeChange {
+    /// Allow this service too (repeatable, or comma-separated).
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+    add: Vec<String>,
+    /// Stop allowing this service (repeatable, or comma-separated).
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',')]
+    remove: Vec<String>,
+    /// Replace the list ('*' = every service, '' = none).
+    #[arg(long, value_name = "A,B", conflicts_with_all = ["add", "remove"])]
+    set: Option<String>,
+    /// The agent may read but not store.
+    #[arg(long, conflicts_with = "read_write")]
+    read_only: bool,
+    /// The agent may store within its scope.
+    #[arg(long)]
+    read_write: bool,
+}
+
+// The flags of `agentkeys teardown` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct TeardownArgs {
+    /// The agent (wallet, alias or e-mail).
+    wallet: String,
+    /// Do not ask for confirmation (required when there is no terminal).
+    #[arg(short, long)]
+    yes: bool,
+}
+
+// The flags of `agentkeys link`: an alias or an e-mail address, at least one.
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("name").required(true).args(["alias", "email"])))]
+pub struct LinkArgs {
+    /// The wallet.
+    wallet: String,
+    /// An alias: lower-case letters, digits, ".", "_" and "-", at most 64.
+    #[arg(long)]
+    alias: Option<String>,
+    /// An e-mail address.
+    #[arg(long)]
+    email: Option<String>,
+}
 
 /// `agentkeys agents`.
 pub async fn agents(ctx: &Context) -> CliResult {
@@ -122,10 +179,10 @@ pub async fn scope(ctx: &Context, args: ScopeArgs) -> CliResult {
 }
 
 /// `agentkeys teardown`.
-pub async fn teardown(ctx: &Context, agent: &str, yes: bool) -> CliResult {
+pub async fn teardown(ctx: &Context, args: TeardownArgs) -> CliResult {
     let session = ctx.session()?;
-    let wallet = session.resolve_agent(agent).await?;
-    if !yes {
+    let wallet = session.resolve_agent(&args.wallet).await?;
+    if !args.yes {
         let question = format!(
             "Tear down agent {wallet}: revoke all its sessions and delete all its credentials?"
         );
@@ -151,13 +208,13 @@ pub async fn teardown(ctx: &Context, agent: &str, yes: bool) -> CliResult {
 }
 
 /// `agentkeys link`.
-pub async fn link(
-    ctx: &Context,
-    wallet: &str,
-    alias: Option<String>,
-    email: Option<String>,
-) -> CliResult {
-    let wallet = Wallet::parse(wallet).map_err(|_| {
+pub async fn link(ctx: &Context, args: LinkArgs) -> CliResult {
+    let LinkArgs {
+        wallet,
+        alias,
+        email,
+    } = args;
+    let wallet = Wallet::parse(&wallet).map_err(|_| {
         CliError::usage(format!("'{wallet}' is not a wallet"))
             .hint("a wallet is 0x followed by 40 lower-case hex digits; see 'agentkeys agents'")
     })?;

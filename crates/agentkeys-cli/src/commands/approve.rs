@@ -8,12 +8,55 @@ use agentkeys_types::api::{
 };
 use serde_json::json;
 
-use crate::cli::{ApprovalsAction, ApproveArgs};
 use crate::commands::agents::split_list;
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note};
 use crate::secret_io;
+
+// The flags of `agentkeys approve` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct ApproveArgs {
+    /// The pair code (ABCD-EFGH; case and dash do not matter). Without it: list the
+    /// pending requests you may decide and, on a terminal, pick one.
+    code: Option<String>,
+    /// For a pairing: the services the agent may use ('*' = all).
+    #[arg(long, value_name = "A,B")]
+    scope: Option<String>,
+    /// For a pairing: the agent may not store.
+    #[arg(long)]
+    read_only: bool,
+    /// Do not ask for confirmation (required when there is no terminal).
+    #[arg(short, long)]
+    yes: bool,
+    /// Deny the request instead.
+    #[arg(long)]
+    deny: bool,
+    /// For a high-value release: also let that agent read that credential without asking
+    /// for this long (e.g. 30m, 2h; at most 8h), a standing approval.
+    #[arg(long = "for", value_name = "DURATION", conflicts_with = "deny")]
+    standing: Option<String>,
+}
+
+// The flags of `agentkeys approvals` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct ApprovalsArgs {
+    /// What to do; without it, list them.
+    #[command(subcommand)]
+    action: Option<ApprovalsAction>,
+}
+
+/// What `agentkeys approvals` does besides listing.
+#[derive(clap::Subcommand)]
+pub enum ApprovalsAction {
+    /// End a standing approval now: the agent must ask again for the next release.
+    Revoke {
+        /// The approval's id (sta_…), as 'agentkeys approvals' lists it.
+        id: String,
+    },
+}
 
 fn describe(view: &AuthRequestView, scope: Option<&Scope>) -> Vec<String> {
     let mut lines = match view.kind {
@@ -320,9 +363,9 @@ async fn decide(
 }
 
 /// `agentkeys approvals [revoke ID]`.
-pub async fn approvals(ctx: &Context, action: Option<ApprovalsAction>) -> CliResult {
+pub async fn approvals(ctx: &Context, args: ApprovalsArgs) -> CliResult {
     let session = ctx.session()?;
-    if let Some(ApprovalsAction::Revoke { id }) = action {
+    if let Some(ApprovalsAction::Revoke { id }) = args.action {
         let done = session.backend.revoke_standing_approval(&id).await?;
         if ctx.json {
             return output::json(&json!({ "revoked": done.id }));

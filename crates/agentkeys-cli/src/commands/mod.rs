@@ -1,7 +1,9 @@
-//! One module per group of subcommands; [`run()`] dispatches the parsed command line.
+//! One module per group of subcommands, each holding its subcommands' flags (the clap
+//! structs) and the code that runs them; [`run()`] dispatches the parsed command line.
 
 pub mod agents;
 pub mod approve;
+pub mod completions;
 pub mod credentials;
 pub mod doctor;
 pub mod passkey;
@@ -22,24 +24,16 @@ use crate::error::CliResult;
 pub fn needs_runtime(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Run(_) | Command::ProxyEnv { .. } | Command::Completions { .. }
+        Command::Run(_) | Command::ProxyEnv(_) | Command::Completions(_)
     )
 }
 
 /// Runs a command line for which [`needs_runtime`] is false (others end in `INTERNAL`).
 pub fn run_without_runtime(args: Args) -> CliResult {
     match args.command {
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Args::command(),
-                "agentkeys",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
+        Command::Completions(a) => completions::completions(a, Args::command()),
         Command::Run(a) => run::run(a),
-        Command::ProxyEnv { services, socket } => run::proxy_env(&services, socket, args.json),
+        Command::ProxyEnv(a) => run::proxy_env(a, args.json),
         _ => Err(crate::error::CliError::new(
             "INTERNAL",
             crate::error::exit::INTERNAL,
@@ -55,50 +49,25 @@ pub async fn run(args: Args) -> CliResult {
     }
     let ctx = Context::new(args.server, args.json)?;
     match args.command {
-        Command::Init { auth_token, force } => session::init(&ctx, auth_token, force).await,
+        Command::Init(a) => session::init(&ctx, a).await,
         Command::Whoami => session::whoami(&ctx).await,
         Command::Doctor => doctor::doctor(&ctx).await,
         Command::Store(a) => credentials::store(&ctx, a).await,
         Command::Bind(a) => credentials::bind(&ctx, a).await,
-        Command::Read {
-            agent,
-            service,
-            wait,
-        } => credentials::read(&ctx, agent.as_deref(), &service, wait).await,
-        Command::List { agent } => credentials::list(&ctx, agent.as_deref()).await,
+        Command::Read(a) => credentials::read(&ctx, a).await,
+        Command::List(a) => credentials::list(&ctx, a).await,
         Command::Agents => agents::agents(&ctx).await,
         Command::Scope(a) => agents::scope(&ctx, a).await,
-        Command::Policy {
-            agent,
-            service,
-            high_value,
-            require_passkey,
-            normal: _,
-        } => {
-            let policy = agentkeys_types::api::Policy {
-                high_value,
-                require_passkey,
-            };
-            credentials::policy(&ctx, agent.as_deref(), &service, policy).await
-        }
-        Command::Revoke { wallet } => session::revoke(&ctx, wallet).await,
-        Command::Teardown { wallet, yes } => agents::teardown(&ctx, &wallet, yes).await,
-        Command::Link {
-            wallet,
-            alias,
-            email,
-        } => agents::link(&ctx, &wallet, alias, email).await,
+        Command::Policy(a) => credentials::policy(&ctx, a).await,
+        Command::Revoke(a) => session::revoke(&ctx, a).await,
+        Command::Teardown(a) => agents::teardown(&ctx, a).await,
+        Command::Link(a) => agents::link(&ctx, a).await,
         Command::Usage(a) => usage::usage(&ctx, a).await,
         Command::Approve(a) => approve::approve(&ctx, a).await,
         Command::Watch(a) => watch::watch(&ctx, a).await,
-        Command::Approvals { action } => approve::approvals(&ctx, action).await,
-        Command::Passkey { action } => passkey::passkey(&ctx, action).await,
-        Command::Recover {
-            identity,
-            parent,
-            wait,
-            force,
-        } => session::recover(&ctx, &identity, parent.as_deref(), wait, force).await,
-        Command::Completions { .. } | Command::Run(_) | Command::ProxyEnv { .. } => Ok(()),
+        Command::Approvals(a) => approve::approvals(&ctx, a).await,
+        Command::Passkey(a) => passkey::passkey(&ctx, a).await,
+        Command::Recover(a) => session::recover(&ctx, a).await,
+        Command::Completions(_) | Command::Run(_) | Command::ProxyEnv(_) => Ok(()),
     }
 }

@@ -4,15 +4,42 @@ use agentkeys_core::Backend as _;
 use agentkeys_types::api::StartPasskeyRegistration;
 use serde_json::json;
 
-use crate::cli::PasskeyAction;
 use crate::context::Context;
 use crate::error::CliResult;
 use crate::output::{self, duration, note};
 
+// The flags of `agentkeys passkey` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct PasskeyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    action: PasskeyAction,
+}
+
+/// What `agentkeys passkey` does.
+#[derive(clap::Subcommand)]
+pub enum PasskeyAction {
+    /// Print a one-time link that registers a passkey for you where it is opened.
+    Add {
+        /// A name to tell it apart (phone, laptop, yubikey).
+        #[arg(long, default_value = "passkey")]
+        name: String,
+    },
+    /// List your passkeys.
+    List,
+    /// Remove a passkey: it approves nothing any more. The last one stays while a
+    /// credential requires a passkey.
+    Remove {
+        /// Its id (pk_…), as 'agentkeys passkey list' shows it.
+        id: String,
+    },
+}
+
 /// `agentkeys passkey …`.
-pub async fn passkey(ctx: &Context, action: PasskeyAction) -> CliResult {
+pub async fn passkey(ctx: &Context, args: PasskeyArgs) -> CliResult {
     let session = ctx.session()?;
-    match action {
+    match args.action {
         PasskeyAction::Add { name } => {
             let ticket = session
                 .backend

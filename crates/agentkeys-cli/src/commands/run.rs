@@ -17,8 +17,46 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 
-use crate::cli::RunArgs;
 use crate::error::{CliError, CliResult};
+
+// The flags of `agentkeys run` (no doc comment: see `crate::cli::Command`). `crate::cli`
+// reads a plain run line without clap, into the same fields.
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Put this credential in the environment as SERVICE_API_KEY (repeatable).
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub(crate) services: Vec<String>,
+    /// Put a credential in the environment under this name (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=SERVICE")]
+    pub(crate) env: Vec<String>,
+    /// Pass memfd_secret file descriptors (AGENTKEYS_FD_SERVICE=FD:LENGTH) instead of
+    /// values, for programs using an agentkeys managed runtime.
+    #[arg(long, conflicts_with = "proxy")]
+    pub(crate) fd: bool,
+    /// Give the command placeholders and the daemon's egress proxy instead of values: the
+    /// value goes only into requests to the credential's bound hosts.
+    #[arg(long)]
+    pub(crate) proxy: bool,
+    /// The daemon socket.
+    #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<std::ffi::OsString>,
+}
+
+// The flags of `agentkeys proxy-env` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct ProxyEnvArgs {
+    /// A bound credential to put behind the proxy. Repeatable.
+    #[arg(long = "service", value_name = "SERVICE", required = true)]
+    services: Vec<String>,
+    /// The daemon socket.
+    #[arg(long, env = "AGENTKEYS_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
 
 /// The daemon socket: `--socket`/`$AGENTKEYS_SOCKET`, else the daemon's own default
 /// ([`agentkeys_core::paths::default_socket`]).
@@ -331,8 +369,9 @@ fn shell_quote(s: &str) -> String {
 
 /// `agentkeys proxy-env`: asks the daemon for its persistent egress proxy for `services`
 /// and prints the environment to use it (`export NAME='value'` lines, or JSON).
-pub fn proxy_env(services: &[String], socket: Option<PathBuf>, as_json: bool) -> CliResult {
+pub fn proxy_env(args: ProxyEnvArgs, as_json: bool) -> CliResult {
     use std::io::{BufRead as _, Write as _};
+    let ProxyEnvArgs { services, socket } = args;
     let path = socket_path(socket)?;
     let mut stream =
         std::os::unix::net::UnixStream::connect(&path).map_err(|e| unreachable(&path, &e))?;

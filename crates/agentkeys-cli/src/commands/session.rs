@@ -14,6 +14,50 @@ use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note, timestamp};
 use crate::secret_io::{self, Source};
 
+// The flags of `agentkeys init` (no doc comment: see `crate::cli::Command`). No `Debug`:
+// the enrolment token would print through it.
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Enrolment token ('-' reads it from stdin). Prefer the environment variable or a
+    /// pipe: command-line arguments are visible to every local user.
+    #[arg(
+        long,
+        env = "AGENTKEYS_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    auth_token: Option<String>,
+    /// Mint a new session even if the stored one is valid (and revoke the old one).
+    #[arg(long)]
+    force: bool,
+}
+
+// The flags of `agentkeys revoke` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct RevokeArgs {
+    /// The agent whose sessions to revoke (wallet, alias or e-mail).
+    wallet: Option<String>,
+}
+
+// The flags of `agentkeys recover` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct RecoverArgs {
+    /// The agent: its wallet, or an alias or e-mail its master linked (with --parent).
+    identity: String,
+    /// The master's wallet: whose aliases and e-mails IDENTITY is looked up among.
+    #[arg(long, value_name = "MASTER_WALLET")]
+    parent: Option<String>,
+    /// Give up after this many seconds (codes expire after 60 s and are renewed).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    wait: u64,
+    /// Replace a valid stored session.
+    #[arg(long)]
+    force: bool,
+}
+
 /// Whether a server error means "this session is over" (and a new one may be minted).
 fn session_is_over(e: &ClientError) -> bool {
     matches!(
@@ -101,7 +145,8 @@ fn secret_from_page(bytes: &[u8]) -> CliResult<SecretString> {
 }
 
 /// `agentkeys init`.
-pub async fn init(ctx: &Context, auth_token: Option<String>, force: bool) -> CliResult {
+pub async fn init(ctx: &Context, args: InitArgs) -> CliResult {
+    let InitArgs { auth_token, force } = args;
     let had_file = ctx.store.exists();
     let existing = match ctx.store.load() {
         Ok(s) => Some(s),
@@ -238,8 +283,8 @@ pub async fn whoami(ctx: &Context) -> CliResult {
 }
 
 /// `agentkeys revoke [WALLET]`.
-pub async fn revoke(ctx: &Context, target: Option<String>) -> CliResult {
-    let Some(name) = target else {
+pub async fn revoke(ctx: &Context, args: RevokeArgs) -> CliResult {
+    let Some(name) = args.wallet else {
         return revoke_own(ctx).await;
     };
     let session = ctx.session()?;
@@ -303,14 +348,15 @@ async fn revoke_own(ctx: &Context) -> CliResult {
 }
 
 /// `agentkeys recover IDENTITY [--parent MASTER]`.
-pub async fn recover(
-    ctx: &Context,
-    identity: &str,
-    parent: Option<&str>,
-    wait: u64,
-    force: bool,
-) -> CliResult {
+pub async fn recover(ctx: &Context, args: RecoverArgs) -> CliResult {
+    let RecoverArgs {
+        identity,
+        parent,
+        wait,
+        force,
+    } = args;
     let parent = parent
+        .as_deref()
         .map(|p| {
             agentkeys_types::Wallet::parse(p.trim()).map_err(|_| {
                 CliError::usage(format!("--parent '{p}' is not a wallet"))

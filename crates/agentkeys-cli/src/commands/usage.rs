@@ -4,11 +4,49 @@ use agentkeys_core::Backend as _;
 use agentkeys_core::client::AuditQuery;
 use serde_json::json;
 
-use crate::cli::UsageArgs;
 use crate::commands::credentials::service_name;
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, timestamp};
+
+// The flags of `agentkeys usage` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct UsageArgs {
+    /// Only this agent (wallet, alias or e-mail).
+    #[arg(long, value_name = "AGENT")]
+    agent: Option<String>,
+    /// Only this service.
+    #[arg(long, value_name = "SERVICE")]
+    service: Option<String>,
+    /// Only this action: session.create, session.revoke, credential.store, credential.read,
+    /// policy.set, scope.set, agent.teardown, auth.open, auth.approve, auth.deny,
+    /// identity.link or trail.anchor.
+    #[arg(long, value_name = "ACTION", value_parser = parse_action)]
+    action: Option<String>,
+    /// Only events newer than this (e.g. 90s, 15m, 2h, 7d, 2w).
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Recompute the whole hash chain on the server and report the first broken link.
+    #[arg(long)]
+    verify: bool,
+}
+
+/// `--action`: one of the server's audit action names.
+fn parse_action(s: &str) -> Result<String, String> {
+    agentkeys_types::api::AuditAction::parse(s)
+        .map(|a| a.as_str().to_owned())
+        .ok_or_else(|| {
+            let names: Vec<&str> = agentkeys_types::api::AuditAction::ALL
+                .iter()
+                .map(|a| a.as_str())
+                .collect();
+            format!("not an audit action; one of: {}", names.join(", "))
+        })
+}
 
 /// `agentkeys usage`.
 pub async fn usage(ctx: &Context, args: UsageArgs) -> CliResult {

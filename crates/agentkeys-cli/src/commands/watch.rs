@@ -14,11 +14,34 @@ use agentkeys_types::api::{AuthKind, AuthRequestView};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::WatchArgs;
 use crate::commands::approve::kind_word;
 use crate::context::Context;
 use crate::error::{CliError, CliResult};
 use crate::output::{self, duration, note};
+
+// The flags of `agentkeys watch` (no doc comment: see `crate::cli::Command`).
+#[allow(missing_docs)]
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// Run CMD (with sh -c) for each new request, the request as JSON on its stdin.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Post each new request to this ntfy topic URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    ntfy: Vec<String>,
+    /// Post each new request to this Slack incoming-webhook URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    slack: Vec<String>,
+    /// Post each new request to this Discord webhook URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    discord: Vec<String>,
+    /// Do not show desktop notifications (shown where a session bus runs).
+    #[arg(long)]
+    no_desktop: bool,
+    /// Exit after the first new request(s) have been announced.
+    #[arg(long)]
+    once: bool,
+}
 
 /// How long one long-poll waits on the server before it is renewed.
 const POLL_SECS: u64 = 30;

@@ -1,4 +1,7 @@
-//! Credential commands: `store`, `read`, `list`, `policy`, `bind`.
+//! Credential commands: `store`, `read`, `list`, `policy`, `bind`; their flags are in
+//! `args.rs`.
+
+mod args;
 
 use std::borrow::Cow;
 
@@ -8,7 +11,7 @@ use agentkeys_types::binding::{BasicPart, Binding, BodyField, Inject, WELL_KNOWN
 use agentkeys_types::{ErrorCode, ServiceName};
 use serde_json::json;
 
-use crate::cli::{BindArgs, BindingFlags, StoreArgs};
+pub use self::args::{BindArgs, BindingFlags, ListArgs, PolicyArgs, ReadArgs, StoreArgs};
 use crate::context::Context;
 use crate::error::{CliError, CliResult, exit};
 use crate::output::{self, duration, note, timestamp};
@@ -341,15 +344,15 @@ pub async fn bind(ctx: &Context, args: BindArgs) -> CliResult {
 }
 
 /// `agentkeys read`.
-pub async fn read(
-    ctx: &Context,
-    agent: Option<&str>,
-    service: &str,
-    wait: Option<u64>,
-) -> CliResult {
-    let service = service_name(service)?;
+pub async fn read(ctx: &Context, args: ReadArgs) -> CliResult {
+    let ReadArgs {
+        agent,
+        service,
+        wait,
+    } = args;
+    let service = service_name(&service)?;
     let session = ctx.session()?;
-    let agent = session.resolve_optional(agent).await?;
+    let agent = session.resolve_optional(agent.as_deref()).await?;
     let deadline = wait.map(|w| output::now() + i64::try_from(w).unwrap_or(i64::MAX / 2));
     loop {
         match session
@@ -454,9 +457,9 @@ async fn wait_for_approval(
 }
 
 /// `agentkeys list`.
-pub async fn list(ctx: &Context, agent: Option<&str>) -> CliResult {
+pub async fn list(ctx: &Context, args: ListArgs) -> CliResult {
     let session = ctx.session()?;
-    let agent = session.resolve_optional(agent).await?;
+    let agent = session.resolve_optional(args.agent.as_deref()).await?;
     let list = session.backend.list_credentials(agent.as_ref()).await?;
     if ctx.json {
         return output::json(&json!({ "credentials": list.credentials }));
@@ -491,15 +494,22 @@ pub async fn list(ctx: &Context, agent: Option<&str>) -> CliResult {
 }
 
 /// `agentkeys policy`.
-pub async fn policy(
-    ctx: &Context,
-    agent: Option<&str>,
-    service: &str,
-    policy: Policy,
-) -> CliResult {
-    let service = service_name(service)?;
+pub async fn policy(ctx: &Context, args: PolicyArgs) -> CliResult {
+    // `--normal` is the absence of `--high-value`; the flag group makes one of them required.
+    let PolicyArgs {
+        agent,
+        service,
+        high_value,
+        require_passkey,
+        normal: _,
+    } = args;
+    let policy = Policy {
+        high_value,
+        require_passkey,
+    };
+    let service = service_name(&service)?;
     let session = ctx.session()?;
-    let owner = match session.resolve_optional(agent).await? {
+    let owner = match session.resolve_optional(agent.as_deref()).await? {
         Some(w) => w,
         None => session.wallet().clone(),
     };
