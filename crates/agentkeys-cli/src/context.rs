@@ -11,7 +11,7 @@ use agentkeys_types::Wallet;
 
 use crate::error::{CliError, CliResult, exit};
 
-/// The keyring account of the master session's data key (DESIGN decision 12).
+/// The keyring account of the master session's data key (decision 79 in docs/architecture.md).
 const KEYRING_ACCOUNT: &str = "master-key";
 
 /// Global options, resolved.

@@ -1,4 +1,4 @@
-//! `agentkeys`, the master's command line (DESIGN "Actors and binaries").
+//! `agentkeys`, the master's command line (its user guide: docs/cli.md).
 //!
 //! A tour, start here:
 //! - `cli.rs` — the top of the command line: the global flags, the list of subcommands with
@@ -16,8 +16,8 @@
 //!   - `run` — run and proxy-env, through the local daemon;
 //!   - `doctor` — the machine check;
 //!   - `completions` — shell completion scripts.
-//! - `context.rs` — the home directory, the session store (DESIGN decision 12) and the
-//!   rule that a token is only ever sent to the server that minted it.
+//! - `context.rs` — the home directory, the session store (decision 79 in
+//!   docs/architecture.md) and the rule that a token is only ever sent to the server that minted it.
 //! - `secret_io.rs` — values in (stdin, hidden prompt, env, file) straight into secret pages;
 //!   credentials out to stdout straight from them.
 //! - `error.rs` — [`error::CliError`]: code, message, hint, exit status.

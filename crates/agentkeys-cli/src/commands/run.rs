@@ -1,4 +1,5 @@
-//! `agentkeys run` (DESIGN decision 9): asks the daemon to start a command with credentials.
+//! `agentkeys run` (decision 76 in docs/architecture.md): asks the daemon to start a command
+//! with credentials.
 //!
 //! This process passes its stdin, stdout and stderr to the daemon (`SCM_RIGHTS` on the
 //! `agentkeys/run` line), forwards the signals it receives (`agentkeys/signal`), and ends the

@@ -205,7 +205,8 @@ pub async fn init(ctx: &Context, args: InitArgs) -> CliResult {
         server_signing_key: signing_key,
     };
     // A new data key only with --force, or when the old one is lost; otherwise the key
-    // written at first init stays (DESIGN decision 12: written once, never updated).
+    // written at first init stays (decision 79 in docs/architecture.md: written once, never
+    // updated).
     let rotate = force || (had_file && existing.is_none());
     let protection = ctx.store.save(&stored, ctx.choice, rotate)?;
     let mut old_revoked = None;
