@@ -1,6 +1,6 @@
 //! The backend client: one [`Backend`] trait covering the HTTP API v1, implemented over
 //! HTTP by [`HttpBackend`]. Credentials are sealed before they leave the process and
-//! opened straight into a `SecretPage` when they come back (DESIGN decision 1).
+//! opened straight into a `SecretPage` when they come back (decision 68).
 
 use std::future::Future;
 
@@ -262,7 +262,7 @@ pub fn open_decision(
 
 /// The reqwest implementation of [`Backend`].
 ///
-/// DESIGN decision 14: the server's Ed25519 key, pinned at `init` or pairing
+/// Decision 81: the server's Ed25519 key, pinned at `init` or pairing
 /// ([`with_server_key`](Self::with_server_key)), is the one root of trust. Storing seals
 /// only to a shielding key that key signed, and reading opens only answers it signed, so an
 /// active attacker on plain HTTP can neither read a store nor forge a read.
@@ -418,8 +418,8 @@ impl HttpBackend {
     }
 
     /// Opens a pair or recover request for `requester` (its public key goes into `req`) and
-    /// recomputes the OTP here from that key, the nonce and the request's subject (DESIGN
-    /// decision 4). The master compares the OTP the server computed with the one the
+    /// recomputes the OTP here from that key, the nonce and the request's subject
+    /// (decision 71). The master compares the OTP the server computed with the one the
     /// requester shows; showing the server's value as received would let an attacker who
     /// swapped the key in transit pass that comparison, so a mismatch is refused.
     pub async fn open_requester_request(

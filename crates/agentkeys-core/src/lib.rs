@@ -5,7 +5,7 @@
 //!   pair codes and OTPs, Ed25519 signatures. No home-made primitives.
 //! - [`client`]: the [`client::Backend`] trait covering the HTTP API v1, and
 //!   [`client::HttpBackend`], its reqwest implementation. Reads return a `SecretPage`.
-//! - [`session_store`]: a session at rest (DESIGN decision 12): sealed file, data key in
+//! - [`session_store`]: a session at rest (decision 79): sealed file, data key in
 //!   the kernel keyring or a 0600 key file. Shared by the CLI and the daemon.
 //! - [`hex`]: lower-case hex, the one helper every crate uses.
 //! - [`json`]: sizing JSON before writing it into a buffer that will hold a secret.

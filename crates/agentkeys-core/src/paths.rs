@@ -1,5 +1,5 @@
 //! Where local state lives, shared by the CLI and the daemon so both find the same files
-//! and the same socket (DESIGN "Names, paths and environment").
+//! and the same socket (docs/cli.md, "Environment").
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! A session at rest (DESIGN decision 12): the session JSON sealed with XChaCha20-Poly1305
+//! A session at rest (decision 79): the session JSON sealed with XChaCha20-Poly1305
 //! in `<dir>/<name>.enc`, its 32-byte data key in the kernel keyring (keyutils, through
 //! keyring-core) or, where no keyring works, in a 0600 `<name>.key` file beside it.
 //!

@@ -1,4 +1,4 @@
-//! The agentkeys managed runtime for Rust agents (DESIGN decision 8).
+//! The agentkeys managed runtime for Rust agents (decision 75).
 //!
 //! A credential arrives as a `memfd_secret` file descriptor, never as bytes in a message:
 //! the daemon sends the fd with `SCM_RIGHTS`, this crate maps it, and the bytes are only

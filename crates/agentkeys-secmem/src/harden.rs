@@ -1,5 +1,6 @@
-//! Process hardening with a report (DESIGN "Hardening checklist"): every protection the
-//! daemon and the CLI apply at start, each reported `ok`, `degraded (why)` or `failed (why)`.
+//! Process hardening with a report: every protection the daemon and the CLI apply at start,
+//! each reported `ok`, `degraded (why)` or `failed (why)` (docs/threat-model.md, "Defences in
+//! each process", says what each one stops).
 //!
 //! What runs, in order, for the daemon: not dumpable, core limit 0, `no_new_privs`, the
 //! debugger check (`TracerPid`), the Yama `ptrace_scope` check, capabilities dropped, a

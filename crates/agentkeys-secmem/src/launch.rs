@@ -1,4 +1,4 @@
-//! Starting a program whose environment holds credentials (DESIGN decision 9).
+//! Starting a program whose environment holds credentials (decision 76).
 //!
 //! The environment block is built by the caller inside a [`SecretPage`]; [`spawn`] points the
 //! child's `envp` straight into that page, starts the child with `clone(CLONE_VM | CLONE_VFORK)`

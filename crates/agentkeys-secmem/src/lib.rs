@@ -12,9 +12,9 @@
 //! - `page.rs` — [`SecretPage`]: page-backed buffers for credential plaintext, backed by
 //!   `memfd_secret` where the kernel has it, else a sealed locked memfd, else locked anonymous
 //!   memory ([`SecretPageKind`]). Wiped, unlocked and unmapped on drop; the fd kinds can be
-//!   handed to another process over `SCM_RIGHTS` (DESIGN decision 8).
+//!   handed to another process over `SCM_RIGHTS` (decision 75).
 //! - `launch.rs` — starting a program whose environment (or inherited fds) carry credentials,
-//!   built in a secret page and wiped as soon as `execve` has copied it (DESIGN decision 9);
+//!   built in a secret page and wiped as soon as `execve` has copied it (decision 76);
 //!   with the `tokio` feature, a child's pidfd registered with the runtime to await its exit.
 //! - `harden.rs` — the start-up hardening of the daemon and the CLI, as a report of
 //!   `ok` / `degraded` / `failed` items (no dumps, no_new_privs, debugger and Yama checks,
@@ -26,7 +26,7 @@
 //! - `sys.rs` — the raw syscalls (`memfd_secret`, `mmap`, `mlock`, `madvise`, `munmap`) behind
 //!   small safe wrappers that only ever touch memory they mapped themselves.
 //!
-//! Why it matters: the DESIGN's first concern is where plaintext lives and for how long. Every
+//! Why it matters: the project's first concern is where plaintext lives and for how long. Every
 //! claim made here (redaction, wipe on drop, unreadable `memfd_secret` pages) has a test at the
 //! bottom of the file that makes it, inspecting real memory.
 

@@ -1,7 +1,7 @@
 //! Page-backed secret buffers ([`SecretPage`]): `memfd_secret`, sealed memfd, or locked anonymous memory.
 //!
 //! Credential plaintext is decrypted straight into one of these (STYLE habit 4) and, for fd
-//! delivery (DESIGN decision 8), the page's file descriptor is what travels over `SCM_RIGHTS`.
+//! delivery (decision 75), the page's file descriptor is what travels over `SCM_RIGHTS`.
 //! The kinds, best first:
 //!
 //! | kind | how | protects against |
@@ -314,7 +314,7 @@ impl SecretPage {
             .expect("invariant: a live page has its mapping")
     }
 
-    /// Maps a secret file received from another process (fd delivery, DESIGN decision 8):
+    /// Maps a secret file received from another process (fd delivery, decision 75):
     /// a `memfd_secret` file, or a memfd sealed against shrinking and growing, holding
     /// `len` logical bytes. Anything else is refused, because a file the sender could
     /// truncate under our mapping would turn reads into `SIGBUS`.

@@ -1,4 +1,5 @@
-//! Memory protection keys for long-lived secret pages (DESIGN "Hardening checklist").
+//! Memory protection keys for long-lived secret pages (docs/threat-model.md, "Defences in
+//! each process").
 //!
 //! One key per process, allocated with "no access" for the allocating thread; every other
 //! thread already denies it (Linux starts threads with access disabled for every key but 0,

@@ -1,6 +1,6 @@
 //! Process-wide protections every agentkeys binary applies at start: no core dumps, not
-//! dumpable (DESIGN "Hardening checklist"), and a possessed session keyring for the kernel
-//! keyring store (DESIGN decision 12).
+//! dumpable (docs/threat-model.md, "Defences in each process"), and a possessed session
+//! keyring for the kernel keyring store (decision 79).
 
 #![forbid(unsafe_code)] // all of this crate's `unsafe` lives in sys.rs
 

@@ -1,4 +1,4 @@
-//! HTTP API v1 bodies (DESIGN.md "HTTP API v1"). Field names are snake_case; every request
+//! HTTP API v1 bodies (docs/api.md). Field names are snake_case; every request
 //! body rejects unknown fields. Binary values (keys, sealed values, signatures) are
 //! standard base64 with padding.
 //!
@@ -104,7 +104,7 @@ pub fn decision_signing_bytes(id: &str, status: AuthStatus, sealed_session: &[u8
 }
 
 /// The canonical bytes of an auth request that its OTP is derived from
-/// (DESIGN decision 4): kind, requester key and the subject, length-prefixed.
+/// (decision 71): kind, requester key and the subject, length-prefixed.
 pub fn auth_request_canonical_bytes(
     kind: AuthKind,
     requester_public_key: &[u8],
@@ -148,7 +148,7 @@ pub fn high_value_subject(owner: &Wallet, service: &ServiceName) -> String {
 }
 
 /// The subject a requester binds into the OTP of the pair or recover request `req`, so it
-/// can recompute the OTP from its own key (DESIGN decision 4); `None` for high-value.
+/// can recompute the OTP from its own key (decision 71); `None` for high-value.
 pub fn requester_subject(req: &OpenAuthRequest) -> Option<String> {
     match req.kind {
         AuthKind::Pair => Some(pair_subject(req.parent.as_ref())),
@@ -167,7 +167,7 @@ pub mod secret_serde {
 
     /// Serializes the secret as a JSON string.
     pub fn serialize<S: Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-        // Exposed only to build the wire body of a session grant (DESIGN decision 2).
+        // Exposed only to build the wire body of a session grant (decision 69).
         s.serialize_str(v.expose_secret())
     }
 
@@ -262,7 +262,7 @@ pub struct SessionInfo {
 }
 
 /// `GET /v1/session/state`: everything about the caller's session that decides what a
-/// daemon may hold (DESIGN decision 19): its scope and expiry, each credential it may use
+/// daemon may hold (decision 86): its scope and expiry, each credential it may use
 /// with its policy, binding and value version, and its live standing approvals. The
 /// `cursor` names this state; long-polled with it, the answer comes when any of it changes
 /// (or the session is revoked: then 401). Ciphertext digests only, never a value.
@@ -391,7 +391,7 @@ pub struct TeardownResponse {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// Reading it needs a human approval each time (DESIGN decision 5).
+    /// Reading it needs a human approval each time (decision 72).
     #[serde(default, deserialize_with = "null_as_false")]
     pub high_value: bool,
     /// With `high_value`: the approval must be a passkey assertion on the approval page;

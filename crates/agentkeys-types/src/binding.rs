@@ -1,5 +1,5 @@
 //! Credential bindings: where a credential may be sent and how the daemon's egress proxy
-//! puts it into a request (DESIGN decision 35). A binding is set by a master, stored with
+//! puts it into a request (decision 82). A binding is set by a master, stored with
 //! the credential on the server, and reaches the daemon signed with the value, so an agent
 //! can neither set nor widen it.
 //!

@@ -5,7 +5,7 @@
 //! - [`names`]: validated names: [`Wallet`], [`ServiceName`], and the session token prefixes.
 //! - [`scope`]: what a session may touch ([`Scope`]).
 //! - [`binding`]: where a credential may be sent and how the egress proxy injects it.
-//! - [`api`]: the HTTP API v1 request and response bodies (DESIGN.md "HTTP API v1").
+//! - [`api`]: the HTTP API v1 request and response bodies (docs/api.md).
 //!
 //! This crate does no I/O. Types that carry a secret (a session token) do not derive
 //! `Debug` or `Serialize`; see [`api::SessionGrant`].

@@ -1,10 +1,11 @@
-//! Validated names: wallets, services and token prefixes (DESIGN.md "Names, paths and environment").
+//! Validated names: wallets, services and token prefixes (docs/cli.md, "Environment",
+//! names the variables and paths built from them).
 
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Prefix of a master session token, so leak scanners can find it (DESIGN decision 2).
+/// Prefix of a master session token, so leak scanners can find it (decision 69).
 pub const MASTER_TOKEN_PREFIX: &str = "akm_";
 /// Prefix of an agent (child) session token.
 pub const AGENT_TOKEN_PREFIX: &str = "aka_";

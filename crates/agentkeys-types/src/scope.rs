@@ -1,5 +1,5 @@
 //! What a session may touch: a services list (`*` = all, empty = none) and `read_only`
-//! (DESIGN decision 3). Enforced by the server on every call.
+//! (decision 70). Enforced by the server on every call.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! Envelope encryption at rest (XChaCha20-Poly1305): a fresh data key per record, wrapped by a key-encryption key.
 //!
-//! DESIGN decision 1: the server keeps credentials under envelope encryption, the KEK loaded
+//! Decision 68: the server keeps credentials under envelope encryption, the KEK loaded
 //! from a 0600 key file (or the environment). Decision 12: the CLI's session file is sealed with
 //! [`xchacha_seal`] under a 32-byte key kept in the OS keyring.
 //!

@@ -1,6 +1,6 @@
 //! HPKE sealing (RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305).
 //!
-//! DESIGN decision 1: `store` seals a credential to the server's shielding key, and the server
+//! Decision 68: `store` seals a credential to the server's shielding key, and the server
 //! answers every `read` sealed to the reader's fresh ephemeral key, so the HTTP bodies hold only
 //! ciphertext. Decision 4: the child session is sealed to the daemon's key.
 //!

@@ -1,6 +1,6 @@
 //! Cryptography for agentkeys: the one error type, hashing, randomness, and the tour of the submodules.
 //!
-//! - [`hpke`] — RFC 9180 sealing to an X25519 key (DESIGN decision 1: `store` seals to the
+//! - [`hpke`] — RFC 9180 sealing to an X25519 key (decision 68: `store` seals to the
 //!   server's shielding key, `read` seals to the reader's ephemeral key; decision 4: the child
 //!   session is sealed to the daemon). Opening decrypts straight into a [`SecretPage`].
 //! - [`envelope`] — envelope encryption at rest (per-record DEK wrapped by the server's KEK),

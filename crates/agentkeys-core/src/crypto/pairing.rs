@@ -1,6 +1,6 @@
 //! Pair codes (`ABCD-EFGH`) and the 6-digit OTP that the master compares before approving.
 //!
-//! DESIGN decision 4: a pair request gets a short code the master types (`agentkeys approve
+//! Decision 71: a pair request gets a short code the master types (`agentkeys approve
 //! ABCD-EFGH`) and an OTP derived from the request's nonce and canonical bytes, shown on both
 //! sides, so the master can check they are approving the request the daemon actually made.
 //!

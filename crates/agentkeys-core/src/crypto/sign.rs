@@ -1,6 +1,6 @@
 //! Ed25519 signatures: the server's signing key and verification against a pinned public key.
 //!
-//! DESIGN decision 4: the server signs the sealed child session it returns to the daemon's
+//! Decision 71: the server signs the sealed child session it returns to the daemon's
 //! long-poll, and the daemon verifies it against the server key it pinned. Verification is
 //! `verify_strict` (rejects non-canonical signatures and small-order keys).
 
