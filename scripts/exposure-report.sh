@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where a credential lives, by delivery mode: runs the end-to-end tests that scan real
 # process memory (/proc/<pid>/mem) for a random canary credential and prints their findings
-# as the markdown table the README quotes. Needs the Python venv scripts/test.sh creates.
+# as the markdown table docs/daemon.md quotes. Needs the Python venv scripts/test.sh creates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AGENTKEYS_TEST_PYTHON="${AGENTKEYS_TEST_PYTHON:-$PWD/target/pyenv/bin/python}"
