@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod buckets;
 pub mod http;
 pub mod keys;
 pub mod metrics;

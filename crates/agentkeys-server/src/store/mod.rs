@@ -7,6 +7,7 @@
 //! partial writes. Conditional updates (`WHERE status = 'pending'`) make single-use
 //! requests and grants race-free across connections.
 
+pub(crate) mod chain;
 pub mod copy;
 pub mod postgres;
 mod rows;

@@ -23,13 +23,13 @@ use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::chain::chain_hash;
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
     NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
     SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential, Wakeups,
     approval_sql,
 };
-use crate::audit::chain_hash;
 
 /// The advisory lock that serializes audit appends across replicas.
 const AUDIT_LOCK: i64 = 0x6167_6b79_0001;

@@ -21,14 +21,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::chain::chain_hash;
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
     NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
     SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential,
     approval_sql,
 };
-use crate::audit::chain_hash;
-use crate::state::RateLimiter;
+use crate::buckets::RateLimiter;
 
 /// SQLite storage.
 #[derive(Clone, Debug)]
