@@ -1,46 +1,18 @@
-//! The server's hash-chained audit log (DESIGN decision 10): the chain hash, the single
-//! writer task that appends events in group commits, and the verifier.
+//! The server's hash-chained audit log (DESIGN decision 10): the single writer task that
+//! appends events in group commits, and the verifier.
 //!
 //! Every event waits for its batch to be committed before the request that caused it
 //! answers, so an acknowledged read is always audited; batching many events into one
 //! transaction keeps the fsync cost per read small under load.
 
 use agentkeys_types::api::AuditVerify;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::store::chain::chain_hash;
 use crate::store::{NewAuditEvent, Store, StoreError};
 
 /// How many events one commit takes at most.
 const MAX_BATCH: usize = 256;
-
-/// The hash of one chain link: SHA-256 over the previous hash, the position and every
-/// field, each length-prefixed so no two events share an encoding.
-pub fn chain_hash(prev: &[u8], seq: i64, e: &NewAuditEvent) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"agentkeys-audit-v1\0");
-    h.update(prev);
-    h.update(seq.to_be_bytes());
-    h.update(e.ts.to_be_bytes());
-    for part in [
-        Some(e.actor.as_bytes()),
-        e.agent.as_deref().map(str::as_bytes),
-        e.service.as_deref().map(str::as_bytes),
-        Some(e.action.as_bytes()),
-        Some(e.outcome.as_bytes()),
-        e.detail.as_deref().map(str::as_bytes),
-    ] {
-        match part {
-            None => h.update([0u8]),
-            Some(b) => {
-                h.update([1u8]);
-                h.update((b.len() as u64).to_be_bytes());
-                h.update(b);
-            }
-        }
-    }
-    h.finalize().into()
-}
 
 type Job = (NewAuditEvent, oneshot::Sender<Result<i64, ()>>);
 
@@ -158,33 +130,4 @@ pub async fn verify<S: Store>(
         reason: None,
         head_hash: head.map(|h| agentkeys_core::hex(&h)),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(action: &str) -> NewAuditEvent {
-        NewAuditEvent {
-            ts: 1,
-            actor: "a".into(),
-            agent: None,
-            service: Some("s".into()),
-            action: action.into(),
-            outcome: "ok".into(),
-            detail: None,
-        }
-    }
-
-    #[test]
-    fn the_hash_covers_every_field_and_the_link() {
-        let base = chain_hash(&[0; 32], 1, &ev("read"));
-        assert_ne!(base, chain_hash(&[1; 32], 1, &ev("read")));
-        assert_ne!(base, chain_hash(&[0; 32], 2, &ev("read")));
-        assert_ne!(base, chain_hash(&[0; 32], 1, &ev("store")));
-        let mut moved = ev("read");
-        moved.agent = Some("s".into());
-        moved.service = None;
-        assert_ne!(base, chain_hash(&[0; 32], 1, &moved));
-    }
 }

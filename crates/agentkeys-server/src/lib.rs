@@ -1,20 +1,33 @@
 //! The agentkeys backend server.
 //!
-//! A tour, from the outside in:
-//! - [`serve`] puts the [`http::router`] on a bound listener; `main.rs` only parses flags.
-//! - [`http`]: one module per resource, thin handlers (extract → authorize → store → map),
-//!   one [`http::error::ApiError`] rendering the error contract.
-//! - [`state`]: configuration, keys, the per-session read limiter, the clock.
-//! - [`store`]: the [`store::Store`] trait and the SQLite engine; every SQL statement.
-//! - [`audit`]: the hash chain, its group-commit writer, and the verifier.
-//! - [`keys`]: the key file (KEK, shielding key, signing key).
+//! A tour, from the outside in (each layer uses only the ones below it):
+//! - [`serve`] puts the [`http::router`] on a bound listener; `main.rs` only wires, with
+//!   `cli.rs` (flags → a validated plan) and `tools.rs` (`migrate`, `backup`, `verify`,
+//!   `rotate-kek`) beside it in the binary.
 //! - [`tls`]: serving HTTPS itself, the certificate reloaded on SIGHUP.
+//! - [`http`]: one module per resource, thin handlers (extract → authorize → store → map):
+//!   `sessions`, `session_state`, `credentials`, `auth_requests`, `passkeys`, `standing`,
+//!   `agents`, `identities`, `audit`, `meta`, `metrics` (`GET /metrics` and the request
+//!   counter), `pages` (the approval pages), [`http::openapi`]; beside them
+//!   [`http::extract`] (the caller, the JSON body), `limits` (rate limits) and one
+//!   [`http::error::ApiError`] rendering the error contract.
+//! - [`state`]: configuration, keys, the store, the audit writer, the metrics, the
+//!   passkey relying party, the clock: what every handler shares.
+//! - [`audit`]: the group-commit writer of the hash chain, and its verifier.
+//! - [`metrics`]: the counters and gauges `GET /metrics` renders.
+//! - [`store`]: the [`store::Store`] trait, every SQL statement, and its two engines,
+//!   SQLite ([`store::sqlite`]) and PostgreSQL ([`store::postgres`]), each operation's
+//!   body written once for both; [`store::copy`] moves a deployment between them.
+//! - `buckets`: the in-memory token buckets (the per-session read limiter, SQLite's
+//!   budgets).
+//! - [`keys`]: the key file (KEK, shielding key, signing key).
 //!
 //! Start with `http/credentials.rs`: it is the hot path and shows every layer.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod buckets;
 pub mod http;
 pub mod keys;
 pub mod metrics;

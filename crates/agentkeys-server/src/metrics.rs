@@ -1,18 +1,14 @@
-//! `GET /metrics` in the Prometheus (OpenMetrics) text format, with prometheus-client:
-//! requests by route and code, the read latency, audit batches and their commits,
-//! rate-limit refusals, and, read at scrape time, active sessions, pending auth requests,
-//! long-poll waiters and the database pool.
+//! What `GET /metrics` reports, kept with prometheus-client and rendered in the
+//! Prometheus (OpenMetrics) text format: requests by route and code, the read latency,
+//! audit batches and their commits, rate-limit refusals, and, set at scrape time, active
+//! sessions, pending auth requests, long-poll waiters and the database pool. The endpoint
+//! and the middleware that counts requests are in `http/metrics.rs`.
 //!
 //! Labels are route templates (`/v1/credentials/{agent}/{service}/policy`), methods and
 //! status codes: never a wallet, a service name or anything a client chose.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, State};
-use axum::http::{HeaderValue, Request, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,8 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::state::AppState;
-use crate::store::Store;
+use crate::store::Gauges;
 
 /// One request's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,57 +140,45 @@ impl Metrics {
     pub fn rate_limited(&self, limit: &'static str) {
         self.refusals.get_or_create(&LimitLabels { limit }).inc();
     }
-}
 
-/// Counts every answer by route template, method and code, and times reads.
-pub(crate) async fn track<S: Store>(
-    State(state): State<Arc<AppState<S>>>,
-    req: Request<axum::body::Body>,
-    next: Next,
-) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    let m = &state.metrics;
-    if route == "/v1/credentials/read" {
-        m.read_seconds.observe(started.elapsed().as_secs_f64());
-    }
-    m.requests
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            code: response.status().as_u16(),
-        })
-        .inc();
-    response
-}
-
-/// `GET /metrics`.
-pub(crate) async fn render<S: Store>(State(state): State<Arc<AppState<S>>>) -> Response {
-    let m = &state.metrics;
-    match state.store.gauges(state.clock.now()).await {
-        Ok(g) => {
-            m.sessions.set(g.active_sessions);
-            m.pending.set(g.pending_auth_requests);
-            m.pool_size.set(g.pool_size);
-            m.pool_idle.set(g.pool_idle);
+    /// One answer, by route template, method and code; a read's time from request to
+    /// answer is `read_took`.
+    pub(crate) fn answered(
+        &self,
+        route: String,
+        method: String,
+        code: u16,
+        read_took: Option<Duration>,
+    ) {
+        if let Some(took) = read_took {
+            self.read_seconds.observe(took.as_secs_f64());
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: the database gauges could not be read"),
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                code,
+            })
+            .inc();
     }
-    let waiting = state.config.max_long_polls - state.long_polls.available_permits();
-    m.waiters.set(i64::try_from(waiting).unwrap_or(i64::MAX));
-    let mut body = String::new();
-    if prometheus_client::encoding::text::encode(&mut body, &m.registry).is_err() {
-        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+
+    /// The database's counts, read at scrape time.
+    pub(crate) fn set_gauges(&self, g: &Gauges) {
+        self.sessions.set(g.active_sessions);
+        self.pending.set(g.pending_auth_requests);
+        self.pool_size.set(g.pool_size);
+        self.pool_idle.set(g.pool_idle);
     }
-    let mut r = body.into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    r
+
+    /// How many long-polls wait on this server now.
+    pub(crate) fn set_waiters(&self, waiting: usize) {
+        self.waiters.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Every metric in the OpenMetrics text format.
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
 }

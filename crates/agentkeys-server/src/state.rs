@@ -1,16 +1,16 @@
 //! Shared server state: configuration, keys, the store, the audit writer, the per-session
 //! read limiter and the clock. Built once at start, shared by every handler.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use agentkeys_types::UnixSeconds;
 use agentkeys_types::api::ServerInfo;
 use base64::Engine as _;
 
 use crate::audit::AuditLog;
+use crate::buckets::RateLimiter;
 use crate::keys::ServerKeys;
 use crate::store::{Store, Wakeups};
 
@@ -182,46 +182,6 @@ impl Clock {
     }
 }
 
-/// A token bucket per session id.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// Takes one token for `key`; false when the bucket is empty.
-    pub fn allow(&self, key: &str, rate: f64, burst: f64) -> bool {
-        self.take(key, rate, burst).is_ok()
-    }
-
-    /// Takes one token for `key`, or says how long until one is there.
-    pub fn take(&self, key: &str, rate: f64, burst: f64) -> Result<(), std::time::Duration> {
-        if rate <= 0.0 {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let mut map = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() > 100_000 {
-            // Bound memory: forget full buckets.
-            map.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-        }
-        let (tokens, at) = map.entry(key.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(std::time::Duration::from_secs_f64((1.0 - *tokens) / rate))
-        }
-    }
-}
-
 /// Decides which refusals reach the audit log so that a flood of them cannot grow it
 /// without bound: one row per client address a minute and one a second server-wide; the
 /// refusals not written are counted and the count goes into the next row's detail.
@@ -305,7 +265,7 @@ impl<S: Store> AppState<S> {
         let decision_poll = store.watch_decisions(&wake);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let passkeys = config.public_url.as_deref().and_then(|url| {
-            crate::http::passkeys::relying_party(url)
+            relying_party(url)
                 .inspect_err(|e| tracing::warn!(error = %e, "no passkey approvals"))
                 .ok()
         });
@@ -353,6 +313,19 @@ impl<S: Store> AppState<S> {
     }
 }
 
+/// The WebAuthn relying party for the server's public URL: its host is the RP id.
+fn relying_party(public_url: &str) -> Result<webauthn_rs::prelude::Webauthn, String> {
+    let origin =
+        webauthn_rs::prelude::Url::parse(public_url).map_err(|e| format!("--public-url: {e}"))?;
+    let host = origin
+        .host_str()
+        .ok_or("--public-url has no host")?
+        .to_owned();
+    webauthn_rs::prelude::WebauthnBuilder::new(&host, &origin)
+        .and_then(|b| b.rp_name("agentkeys").build())
+        .map_err(|e| format!("--public-url cannot be a passkey origin: {e}"))
+}
+
 /// How long decided or expired auth requests are kept (for `by-code` lookups and audits of
 /// what was asked), and how often the purge runs.
 const AUTH_REQUEST_RETENTION: i64 = 86_400;
@@ -376,17 +349,6 @@ async fn purge_loop<S: Store>(store: std::sync::Weak<S>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_limiter_allows_a_burst_then_refuses() {
-        let l = RateLimiter::default();
-        assert!((0..5).all(|_| l.allow("s", 1.0, 5.0)));
-        assert!(!l.allow("s", 1.0, 5.0));
-        assert!(l.allow("other", 1.0, 5.0));
-        assert!(l.allow("s", 0.0, 0.0), "rate 0 means unlimited");
-        let wait = l.take("s", 1.0, 5.0).expect_err("still empty");
-        assert!(wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(1));
-    }
 
     #[test]
     fn a_tokens_file_keeps_hashes_and_rejects_bad_lines() {

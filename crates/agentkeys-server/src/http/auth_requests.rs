@@ -12,7 +12,7 @@ use agentkeys_types::api::{
     SessionGrant, SessionInfo, SessionKind, auth_request_canonical_bytes, decision_signing_bytes,
 };
 use agentkeys_types::names::AGENT_TOKEN_PREFIX;
-use agentkeys_types::{ErrorCode, Scope, ServiceName, Wallet};
+use agentkeys_types::{ErrorCode, Scope, ServiceName, UnixSeconds, Wallet};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -692,118 +692,9 @@ pub(super) async fn approve_request<S: Store>(
         .hint("approve a pairing or recovery without minutes"));
     }
     let (approval, agent) = match r.kind {
-        AuthKind::Pair => {
-            let scope = body
-                .scope
-                .unwrap_or(Scope {
-                    services: Vec::new(),
-                    read_only: true,
-                })
-                .validated()
-                .map_err(|e| {
-                    ApiError::bad_request(e.to_string())
-                        .hint("scope is {\"services\": [names or \"*\"], \"read_only\": bool}")
-                })?;
-            let account = Account {
-                wallet: new_wallet(),
-                is_master: false,
-                parent: Some(approver.clone()),
-                scope,
-                created_at: now,
-            };
-            let (session, sealed_session, signature) = mint_sealed(state, r, &account, now)?;
-            let wallet = account.wallet.clone();
-            (
-                Approval::Pair {
-                    agent: account,
-                    session,
-                    sealed_session,
-                    signature,
-                },
-                Some(wallet),
-            )
-        }
-        AuthKind::Recover => {
-            if body.scope.is_some() {
-                return Err(ApiError::bad_request(
-                    "scope is set with 'agentkeys scope', not when recovering",
-                )
-                .hint("approve with an empty body, then change the scope if needed"));
-            }
-            let agent = r
-                .agent
-                .clone()
-                .ok_or_else(|| ApiError::internal(&"recover request without agent"))?;
-            let account = state.store.account(&agent).await?.ok_or_else(|| {
-                ApiError::not_found("the agent no longer exists")
-                    .hint("it was torn down; pair a new daemon instead")
-            })?;
-            let (session, sealed_session, signature) = mint_sealed(state, r, &account, now)?;
-            (
-                Approval::Recover {
-                    session,
-                    sealed_session,
-                    signature,
-                },
-                Some(agent),
-            )
-        }
-        AuthKind::HighValue => {
-            if body.scope.is_some() {
-                return Err(
-                    ApiError::bad_request("a high-value approval takes no scope")
-                        .hint("approve with an empty body: it releases the credential once"),
-                );
-            }
-            let standing =
-                match body.minutes {
-                    None => None,
-                    Some(m) if (1..=MAX_STANDING_MINUTES).contains(&m) => Some(StandingApproval {
-                        id: new_id("sta_"),
-                        master: approver.clone(),
-                        agent: r.requested_by.clone().ok_or_else(|| {
-                            ApiError::internal(&"high-value request without requester")
-                        })?,
-                        owner: r.agent.clone().ok_or_else(|| {
-                            ApiError::internal(&"high-value request without owner")
-                        })?,
-                        service: r.service.clone().ok_or_else(|| {
-                            ApiError::internal(&"high-value request without service")
-                        })?,
-                        request_id: r.id.clone(),
-                        via: via.name().to_owned(),
-                        created_at: now,
-                        expires_at: now + i64::from(m) * 60,
-                    }),
-                    Some(_) => {
-                        return Err(ApiError::bad_request(format!(
-                            "minutes is 1 to {MAX_STANDING_MINUTES} (8 hours)"
-                        ))
-                        .hint("a standing approval lasts at most 8 hours; approve again after"));
-                    }
-                };
-            let signature = state
-                .keys
-                .signing
-                .sign(&decision_signing_bytes(&r.id, AuthStatus::Approved, &[]))
-                .to_vec();
-            // A standing approval replaces the one-time grant: revoking it leaves no
-            // release behind.
-            let grant_expires_at = if standing.is_some() {
-                now
-            } else {
-                now + state.config.high_value_ttl
-            };
-            (
-                Approval::HighValue {
-                    via: via.name().to_owned(),
-                    grant_expires_at,
-                    signature,
-                    standing,
-                },
-                r.agent.clone(),
-            )
-        }
+        AuthKind::Pair => pair_approval(state, r, approver, body, now)?,
+        AuthKind::Recover => recover_approval(state, r, body, now).await?,
+        AuthKind::HighValue => high_value_approval(state, r, approver, body, &via, now)?,
     };
     let outcome = state.store.approve(&r.id, approver, now, &approval).await?;
     match outcome {
@@ -825,20 +716,8 @@ pub(super) async fn approve_request<S: Store>(
     {
         state.state_changed(approver).await;
     }
-    let mut detail = format!("{} {}", r.kind.as_str(), r.id);
-    if let Approval::HighValue {
-        standing: Some(st), ..
-    } = &approval
-    {
-        detail.push_str(&format!(" standing {} until {}", st.id, st.expires_at));
-    }
-    detail.push_str(" via ");
-    detail.push_str(via.name());
-    if let Via::Passkey { evidence } = &via {
-        detail.push(' ');
-        detail.push_str(evidence);
-    }
-    let mut e = event(approver.as_str(), AuditAction::AuthApprove, "ok").detail(detail);
+    let mut e = event(approver.as_str(), AuditAction::AuthApprove, "ok")
+        .detail(approval_detail(r, &approval, &via));
     if let Some(a) = &agent {
         e = e.agent(a);
     }
@@ -851,6 +730,177 @@ pub(super) async fn approve_request<S: Store>(
         status: AuthStatus::Approved,
         agent,
     })
+}
+
+/// A pairing's approval: a new agent account under `approver`, with the requested scope
+/// (read-only and no services when none was given), and its first session sealed to the
+/// requester.
+fn pair_approval<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+    approver: &Wallet,
+    body: ApproveRequest,
+    now: UnixSeconds,
+) -> ApiResult<(Approval, Option<Wallet>)> {
+    let scope = body
+        .scope
+        .unwrap_or(Scope {
+            services: Vec::new(),
+            read_only: true,
+        })
+        .validated()
+        .map_err(|e| {
+            ApiError::bad_request(e.to_string())
+                .hint("scope is {\"services\": [names or \"*\"], \"read_only\": bool}")
+        })?;
+    let account = Account {
+        wallet: new_wallet(),
+        is_master: false,
+        parent: Some(approver.clone()),
+        scope,
+        created_at: now,
+    };
+    let (session, sealed_session, signature) = mint_sealed(state, r, &account, now)?;
+    let wallet = account.wallet.clone();
+    Ok((
+        Approval::Pair {
+            agent: account,
+            session,
+            sealed_session,
+            signature,
+        },
+        Some(wallet),
+    ))
+}
+
+/// A recovery's approval: a new session for the existing agent, sealed to the requester.
+async fn recover_approval<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+    body: ApproveRequest,
+    now: UnixSeconds,
+) -> ApiResult<(Approval, Option<Wallet>)> {
+    if body.scope.is_some() {
+        return Err(ApiError::bad_request(
+            "scope is set with 'agentkeys scope', not when recovering",
+        )
+        .hint("approve with an empty body, then change the scope if needed"));
+    }
+    let agent = r
+        .agent
+        .clone()
+        .ok_or_else(|| ApiError::internal(&"recover request without agent"))?;
+    let account = state.store.account(&agent).await?.ok_or_else(|| {
+        ApiError::not_found("the agent no longer exists")
+            .hint("it was torn down; pair a new daemon instead")
+    })?;
+    let (session, sealed_session, signature) = mint_sealed(state, r, &account, now)?;
+    Ok((
+        Approval::Recover {
+            session,
+            sealed_session,
+            signature,
+        },
+        Some(agent),
+    ))
+}
+
+/// A high-value release's approval: a one-time grant to the asking session, or, with
+/// `minutes`, a standing approval instead.
+fn high_value_approval<S: Store>(
+    state: &AppState<S>,
+    r: &AuthRequestRecord,
+    approver: &Wallet,
+    body: ApproveRequest,
+    via: &Via,
+    now: UnixSeconds,
+) -> ApiResult<(Approval, Option<Wallet>)> {
+    if body.scope.is_some() {
+        return Err(
+            ApiError::bad_request("a high-value approval takes no scope")
+                .hint("approve with an empty body: it releases the credential once"),
+        );
+    }
+    let standing = match body.minutes {
+        None => None,
+        Some(m) => Some(standing_approval(r, approver, m, via, now)?),
+    };
+    let signature = state
+        .keys
+        .signing
+        .sign(&decision_signing_bytes(&r.id, AuthStatus::Approved, &[]))
+        .to_vec();
+    // A standing approval replaces the one-time grant: revoking it leaves no
+    // release behind.
+    let grant_expires_at = if standing.is_some() {
+        now
+    } else {
+        now + state.config.high_value_ttl
+    };
+    Ok((
+        Approval::HighValue {
+            via: via.name().to_owned(),
+            grant_expires_at,
+            signature,
+            standing,
+        },
+        r.agent.clone(),
+    ))
+}
+
+/// The standing approval `minutes` long that approving `r` grants.
+fn standing_approval(
+    r: &AuthRequestRecord,
+    approver: &Wallet,
+    minutes: u32,
+    via: &Via,
+    now: UnixSeconds,
+) -> ApiResult<StandingApproval> {
+    if !(1..=MAX_STANDING_MINUTES).contains(&minutes) {
+        return Err(ApiError::bad_request(format!(
+            "minutes is 1 to {MAX_STANDING_MINUTES} (8 hours)"
+        ))
+        .hint("a standing approval lasts at most 8 hours; approve again after"));
+    }
+    Ok(StandingApproval {
+        id: new_id("sta_"),
+        master: approver.clone(),
+        agent: r
+            .requested_by
+            .clone()
+            .ok_or_else(|| ApiError::internal(&"high-value request without requester"))?,
+        owner: r
+            .agent
+            .clone()
+            .ok_or_else(|| ApiError::internal(&"high-value request without owner"))?,
+        service: r
+            .service
+            .clone()
+            .ok_or_else(|| ApiError::internal(&"high-value request without service"))?,
+        request_id: r.id.clone(),
+        via: via.name().to_owned(),
+        created_at: now,
+        expires_at: now + i64::from(minutes) * 60,
+    })
+}
+
+/// An approval's audit detail: what was approved, any standing approval it granted, and
+/// how it was made (a passkey's evidence included).
+fn approval_detail(r: &AuthRequestRecord, approval: &Approval, via: &Via) -> String {
+    let mut detail = format!("{} {}", r.kind.as_str(), r.id);
+    if let Approval::HighValue {
+        standing: Some(st), ..
+    } = approval
+    {
+        detail.push_str(&format!(" standing {} until {}", st.id, st.expires_at));
+    }
+    detail.push_str(" via ");
+    detail.push_str(via.name());
+    if let Via::Passkey { evidence } = via {
+        detail.push(' ');
+        detail.push_str(evidence);
+    }
+    detail
 }
 
 /// `POST /v1/auth-requests/{id}/deny`.

@@ -10,6 +10,7 @@ pub mod extract;
 mod identities;
 mod limits;
 mod meta;
+mod metrics;
 pub mod openapi;
 mod pages;
 pub mod passkeys;
@@ -49,7 +50,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     let limit = state.config.body_limit;
     let mut api = Router::new();
     if state.config.metrics_on_api {
-        api = api.route("/metrics", get(crate::metrics::render::<S>));
+        api = api.route("/metrics", get(metrics::render::<S>));
     }
     api.route("/v1/health", get(meta::health))
         .route("/v1/ready", get(meta::ready::<S>))
@@ -142,7 +143,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::metrics::track::<S>,
+            metrics::track::<S>,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -151,7 +152,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
 /// `GET /metrics` alone, for its own listener (`--metrics-listen`).
 pub fn metrics_router<S: Store>(state: Arc<AppState<S>>) -> Router {
     Router::new()
-        .route("/metrics", get(crate::metrics::render::<S>))
+        .route("/metrics", get(metrics::render::<S>))
         .fallback(not_found)
         .with_state(state)
 }

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use webauthn_rs::prelude::{
     Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
+    RegisterPublicKeyCredential, Uuid, Webauthn,
 };
 
 use super::auth_requests::{Via, approve_request, check_pending, view_for_page};
@@ -41,18 +41,6 @@ const REGISTRATION_TTL: i64 = 600;
 
 /// A master keeps at most this many passkeys.
 const MAX_PASSKEYS: usize = 16;
-
-/// The WebAuthn relying party for the server's public URL: its host is the RP id.
-pub fn relying_party(public_url: &str) -> Result<Webauthn, String> {
-    let origin = Url::parse(public_url).map_err(|e| format!("--public-url: {e}"))?;
-    let host = origin
-        .host_str()
-        .ok_or("--public-url has no host")?
-        .to_owned();
-    WebauthnBuilder::new(&host, &origin)
-        .and_then(|b| b.rp_name("agentkeys").build())
-        .map_err(|e| format!("--public-url cannot be a passkey origin: {e}"))
-}
 
 fn b64url(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)

@@ -6,10 +6,20 @@
 //! Methods are domain operations, each one transaction, so handlers never compose
 //! partial writes. Conditional updates (`WHERE status = 'pending'`) make single-use
 //! requests and grants race-free across connections.
+//!
+//! Each operation's body is written once: `methods.rs` holds the bodies both engines run
+//! (expanded into each engine's `impl Store`), `sql.rs` the statements more than one
+//! body shares, `rows.rs` the row decoders, and `chain.rs` the audit chain's hash. An
+//! engine's file keeps only what differs: its pools, its `dialect` statements, and, for
+//! SQLite, the hot readers and the audit appender thread, for PostgreSQL the advisory
+//! locks, `NOTIFY` and the shared rate buckets.
 
+pub(crate) mod chain;
 pub mod copy;
+mod methods;
 pub mod postgres;
 mod rows;
+mod sql;
 pub mod sqlite;
 
 use std::future::Future;
@@ -20,73 +30,6 @@ use tokio::sync::Notify;
 
 use agentkeys_types::api::{AuthKind, AuthStatus, Policy};
 use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
-
-/// The two counts `gauges` reads, in one statement for either engine.
-const GAUGES_SQL: &str = "SELECT \
-     (SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1) AS sessions, \
-     (SELECT COUNT(*) FROM auth_requests WHERE status = 'pending' AND expires_at > $1) AS pending";
-
-/// The inbox's filter and order after `FROM auth_requests WHERE` ($1 the master, $2 now),
-/// the same for either engine.
-const INBOX_SQL: &str = "status = 'pending' AND expires_at > $2 AND \
-     ((kind = 'pair' AND requested_by = $1) OR (kind <> 'pair' AND (agent = $1 OR agent IN \
-     (SELECT wallet FROM accounts WHERE parent = $1 AND deleted_at IS NULL)))) \
-     ORDER BY created_at, id LIMIT 100";
-
-/// Shared statements of the approval tables ($-numbered for either engine).
-mod approval_sql {
-    pub(super) const STANDING_LIVE: &str = "SELECT id FROM standing_approvals \
-         WHERE agent = $1 AND owner = $2 AND service = $3 AND revoked_at IS NULL \
-         AND expires_at > $4 ORDER BY expires_at DESC LIMIT 1";
-    pub(super) const STANDING_OF_MASTER: &str = "SELECT * FROM standing_approvals \
-         WHERE master = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY expires_at, id";
-    pub(super) const STANDING_REVOKE: &str = "UPDATE standing_approvals SET revoked_at = $3 \
-         WHERE master = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3";
-    /// The live grant of a session for a credential, oldest decision first ($1 the
-    /// session, $2 the owner, $3 the service, $4 now).
-    pub(super) const GRANT_LIVE: &str = "SELECT id FROM auth_requests \
-         WHERE requested_session = $1 AND agent = $2 AND service = $3 AND kind = 'high_value' \
-         AND status = 'approved' AND grant_expires_at > $4 ORDER BY decided_at LIMIT 1";
-    /// Raising `require_passkey` ends the credential's live standing approvals that a
-    /// session granted ($1 the owner, $2 the service, $3 now).
-    pub(super) const STANDING_END_SESSION_MADE: &str = "UPDATE standing_approvals \
-         SET revoked_at = $3 WHERE owner = $1 AND service = $2 AND via <> 'passkey' \
-         AND revoked_at IS NULL AND expires_at > $3";
-    /// ... and its unspent one-time grants that a session approved (a row from before
-    /// `decided_via` existed counts as a session's).
-    pub(super) const GRANTS_END_SESSION_MADE: &str = "UPDATE auth_requests \
-         SET grant_expires_at = $3 WHERE agent = $1 AND service = $2 AND kind = 'high_value' \
-         AND status = 'approved' AND grant_expires_at > $3 \
-         AND (decided_via IS NULL OR decided_via <> 'passkey')";
-    /// Whether the credential a request is about requires a passkey ($1 the request).
-    pub(super) const REQUEST_NEEDS_PASSKEY: &str = "SELECT c.require_passkey FROM auth_requests r \
-         JOIN credentials c ON c.owner = r.agent AND c.service = r.service WHERE r.id = $1";
-    pub(super) const STANDING_INSERT: &str = "INSERT INTO standing_approvals \
-         (id, master, agent, owner, service, request_id, via, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-    pub(super) const REGISTRATION_INSERT: &str = "INSERT INTO passkey_registrations \
-         (token_hash, master, name, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
-    pub(super) const REGISTRATION_BY_HASH: &str =
-        "SELECT * FROM passkey_registrations WHERE token_hash = $1";
-    pub(super) const REGISTRATION_STATE: &str = "UPDATE passkey_registrations \
-         SET state_json = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $3";
-    pub(super) const REGISTRATION_SPEND: &str = "UPDATE passkey_registrations \
-         SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2";
-    pub(super) const PASSKEY_INSERT: &str = "INSERT INTO passkeys \
-         (id, master, name, credential_id, passkey_json, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)";
-    pub(super) const PASSKEYS_OF: &str =
-        "SELECT * FROM passkeys WHERE master = $1 ORDER BY created_at, id";
-    pub(super) const PASSKEY_TOUCH: &str =
-        "UPDATE passkeys SET passkey_json = $2, last_used_at = $3 WHERE id = $1";
-    /// The check is in the delete's own statement: the last passkey goes only while no
-    /// credential `$1` decides (its own or its agents') requires one.
-    pub(super) const PASSKEY_DELETE: &str = "DELETE FROM passkeys \
-         WHERE master = $1 AND id = $2 AND (\
-         EXISTS (SELECT 1 FROM passkeys o WHERE o.master = $1 AND o.id <> $2) OR NOT EXISTS \
-         (SELECT 1 FROM credentials c JOIN accounts a ON a.wallet = c.owner \
-          WHERE c.require_passkey AND (c.owner = $1 OR a.parent = $1)))";
-}
 
 /// Checks that `applied` migrations cover the `known` ones of this build.
 fn migrations_cover(applied: i64, known: usize) -> StoreResult<u32> {

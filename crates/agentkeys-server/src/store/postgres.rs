@@ -23,25 +23,20 @@ use agentkeys_types::{Scope, ServiceName, UnixSeconds, Wallet};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::chain::chain_hash;
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
     NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
     SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential, Wakeups,
-    approval_sql,
+    sql,
 };
-use crate::audit::chain_hash;
 
 /// The advisory lock that serializes audit appends across replicas.
 const AUDIT_LOCK: i64 = 0x6167_6b79_0001;
-/// Whether a request's credential requires a passkey, the credential's row share-locked:
-/// a policy change raising the guard waits for this approval's commit (and then ends what
-/// it granted), or this approval waits for the policy change and sees the guard.
-static NEEDS_PASSKEY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{} FOR SHARE OF c", approval_sql::REQUEST_NEEDS_PASSKEY));
 /// A live standing approval, share-locked: a revocation (or a raised guard ending it)
 /// waits for the release that uses it, or the release waits and finds it ended.
 static STANDING_LIVE_LOCKED: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{} FOR SHARE", approval_sql::STANDING_LIVE));
+    std::sync::LazyLock::new(|| format!("{} FOR SHARE", sql::STANDING_LIVE));
 /// The advisory lock that lets one replica at a time run the purge.
 const PURGE_LOCK: i64 = 0x6167_6b79_0002;
 /// The channel decisions are announced on.
@@ -87,6 +82,21 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Database(sqlx::Error::Migrate(Box::new(e))))?;
         Ok(PgStore { pool })
+    }
+
+    /// Connections open in the pool, and of those idle (for the gauges).
+    fn pool_counts(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    /// Wakes the inbox long-polls of every replica (not their decision long-polls).
+    async fn announce_opened(&self, id: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(DECISIONS)
+            .bind(format!("{OPENED}{id}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The connection pool (metrics, health checks).
@@ -176,95 +186,68 @@ fn classify(
     }
 }
 
-use super::rows::{
-    DecisionWrite, SESSION_BY_TOKEN, SESSION_SELECT, is_unique_violation, opt_wallet, scope,
-    scope_json, service, wallet,
-};
+use super::rows::{is_unique_violation, opt_wallet, scope, scope_json, service, wallet};
+use super::sql::SESSION_BY_TOKEN;
 
 super::rows::row_decoders!(PgRow);
 super::rows::approval_decoders!(PgRow);
+super::methods::connection_helpers!(sqlx::PgConnection);
 
-const AUTH_REQUEST_COLUMNS: &str = "id, kind, pair_code, nonce, otp, requester_key, agent, \
-     service, requested_by, requested_session, description, status, created_at, expires_at, \
-     decided_by, grant_expires_at, sealed_session, signature";
-
-const AUDIT_COLUMNS: &str =
-    "seq, ts, actor, agent, service, action, outcome, detail, prev_hash, hash";
-
-async fn insert_session_in(
-    conn: &mut sqlx::PgConnection,
-    s: &NewSession,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sessions (id, token_hash, wallet, kind, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&s.id)
-    .bind(&s.token_hash[..])
-    .bind(s.wallet.as_str())
-    .bind(if s.is_master { "master" } else { "agent" })
-    .bind(s.created_at)
-    .bind(s.expires_at)
-    .execute(conn)
-    .await?;
+/// Tells every replica's decision long-polls; the notification leaves at commit.
+async fn announce_decision(conn: &mut sqlx::PgConnection, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(DECISIONS)
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
-/// Marks a pending, unexpired request decided and announces it (the notification leaves
-/// at commit); tells apart why it could not be.
-async fn decide_in(
-    conn: &mut sqlx::PgConnection,
-    id: &str,
-    d: DecisionWrite<'_>,
-) -> Result<DecideOutcome, sqlx::Error> {
-    let DecisionWrite {
-        status,
-        by,
-        now,
-        grant_expires_at,
-        sealed_session,
-        signature,
-        via,
-    } = d;
-    let done = sqlx::query(
-        "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
-         grant_expires_at = $4, sealed_session = $5, signature = $6, decided_via = $8 \
-         WHERE id = $7 AND status = 'pending' AND expires_at > $3",
-    )
-    .bind(status.as_str())
-    .bind(by.as_str())
-    .bind(now)
-    .bind(grant_expires_at)
-    .bind(sealed_session)
-    .bind(signature)
-    .bind(id)
-    .bind(via)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if done == 1 {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(DECISIONS)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(DecideOutcome::Decided);
+/// The statements whose PostgreSQL text differs from SQLite's, and the column widths.
+mod dialect {
+    /// A master's agents with their usage and names, one name a line.
+    pub(super) const LIST_AGENTS: &str = "SELECT a.wallet, a.kind, a.parent, a.scope_json, a.created_at, \
+           (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
+           (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
+              AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
+           (SELECT string_agg(value, E'\\n') FROM identities i \
+              WHERE i.wallet = a.wallet AND i.master = $1) AS idents \
+         FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet";
+
+    /// An owner's credentials without their keys, and only a prefix of each value.
+    pub(super) const LIST_CREDENTIALS: &str = "SELECT owner, service, ''::bytea AS wrapped_dek, \
+           substring(ciphertext from 1 for 24) AS ciphertext, \
+           kek_id::bigint AS kek_id, high_value, require_passkey, binding, created_at, updated_at \
+         FROM credentials WHERE owner = $1 ORDER BY service";
+
+    /// A page of credentials wrapped under an old KEK, without their values.
+    pub(super) const CREDENTIALS_TO_REWRAP: &str = "SELECT owner, service, wrapped_dek, \
+           ''::bytea AS ciphertext, kek_id::bigint AS kek_id, high_value, require_passkey, \
+           binding, created_at, updated_at FROM credentials \
+         WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
+         ORDER BY owner, service LIMIT $4";
+
+    /// How many credentials each KEK id wraps.
+    pub(super) const KEK_USAGE: &str = "SELECT kek_id::bigint AS kek_id, COUNT(*) AS n \
+         FROM credentials GROUP BY kek_id ORDER BY kek_id";
+
+    /// Whether a request's credential requires a passkey, the credential's row
+    /// share-locked: a policy change raising the guard waits for this approval's commit
+    /// (and then ends what it granted), or this approval waits for the policy change and
+    /// sees the guard.
+    pub(super) const NEEDS_PASSKEY: &str = "SELECT c.require_passkey FROM auth_requests r \
+         JOIN credentials c ON c.owner = r.agent AND c.service = r.service WHERE r.id = $1 \
+         FOR SHARE OF c";
+
+    /// A KEK id as the column (`INTEGER`) stores it.
+    pub(super) fn kek_id(id: u32) -> i32 {
+        i32::try_from(id).unwrap_or(i32::MAX)
     }
-    let row = sqlx::query("SELECT status FROM auth_requests WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        None => DecideOutcome::NotFound,
-        Some(r) => {
-            let st: String = r.try_get("status")?;
-            if st == "pending" {
-                DecideOutcome::Expired
-            } else {
-                DecideOutcome::AlreadyDecided
-            }
-        }
-    })
+
+    /// How many migrations this build knows.
+    pub(super) fn known_migrations() -> usize {
+        sqlx::migrate!("./migrations/postgres").migrations.len()
+    }
 }
 
 /// Listens for decisions announced by any replica and wakes this one's long-polls; on a
@@ -324,197 +307,12 @@ async fn listen_for_decisions(pool: PgPool, wake: std::sync::Weak<Wakeups>) {
 }
 
 impl Store for PgStore {
-    async fn ensure_master(
-        &self,
-        enrol_hash: &[u8; 32],
-        new_wallet: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Account> {
-        // Two replicas enrolling the same token at once: one insert wins, both read it.
-        sqlx::query(
-            "INSERT INTO accounts (wallet, kind, enrol_hash, scope_json, created_at) \
-             VALUES ($1, 'master', $2, $3, $4) ON CONFLICT (enrol_hash) DO NOTHING",
-        )
-        .bind(new_wallet.as_str())
-        .bind(&enrol_hash[..])
-        .bind(scope_json(&Scope::all()))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query(
-            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
-             WHERE enrol_hash = $1 AND deleted_at IS NULL",
-        )
-        .bind(&enrol_hash[..])
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(StoreError::Corrupt("master account"))?;
-        account_from(&row, "")
-    }
-
-    async fn account(&self, w: &Wallet) -> StoreResult<Option<Account>> {
-        let row = sqlx::query(
-            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
-             WHERE wallet = $1 AND deleted_at IS NULL",
-        )
-        .bind(w.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| account_from(&r, "")).transpose()
-    }
-
-    async fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>> {
-        let rows = sqlx::query("SELECT wallet FROM accounts WHERE parent = $1 ORDER BY wallet")
-            .bind(parent.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| wallet(r.try_get("wallet")?)).collect()
-    }
-
-    async fn list_agents(
-        &self,
-        parent: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Vec<AgentSummary>> {
-        let rows = sqlx::query(
-            "SELECT a.wallet, a.kind, a.parent, a.scope_json, a.created_at, \
-               (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
-               (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
-                  AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
-               (SELECT string_agg(value, E'\\n') FROM identities i \
-                  WHERE i.wallet = a.wallet AND i.master = $1) AS idents \
-             FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet",
-        )
-        .bind(parent.as_str())
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let idents: Option<String> = r.try_get("idents")?;
-                let mut identities: Vec<String> = idents
-                    .map(|s| s.split('\n').map(str::to_owned).collect())
-                    .unwrap_or_default();
-                identities.sort();
-                Ok(AgentSummary {
-                    account: account_from(r, "")?,
-                    last_used_at: r.try_get("last_used")?,
-                    active_sessions: u64::try_from(r.try_get::<i64, _>("active")?).unwrap_or(0),
-                    identities,
-                })
-            })
-            .collect()
-    }
-
-    async fn set_agent_scope(
-        &self,
-        parent: &Wallet,
-        agent: &Wallet,
-        s: &Scope,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE accounts SET scope_json = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
-        )
-        .bind(scope_json(s))
-        .bind(agent.as_str())
-        .bind(parent.as_str())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn teardown_agent(
-        &self,
-        parent: &Wallet,
-        agent: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<(u64, u64)>> {
-        let mut tx = self.pool.begin().await?;
-        let owned = sqlx::query(
-            "UPDATE accounts SET deleted_at = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
-        )
-        .bind(now)
-        .bind(agent.as_str())
-        .bind(parent.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if owned != 1 {
-            return Ok(None);
-        }
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(agent.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let deleted = sqlx::query("DELETE FROM credentials WHERE owner = $1")
-            .bind(agent.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM identities WHERE wallet = $1")
-            .bind(agent.as_str())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some((revoked, deleted)))
-    }
-
-    async fn insert_session(&self, s: &NewSession) -> StoreResult<()> {
-        let mut conn = self.pool.acquire().await?;
-        insert_session_in(&mut conn, s).await?;
-        Ok(())
-    }
-
     async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
         let row = sqlx::query(AssertSqlSafe(SESSION_BY_TOKEN.as_str()))
             .bind(&hash[..])
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| session_from(&r)).transpose()
-    }
-
-    async fn touch_session(&self, id: &str, now: UnixSeconds) -> StoreResult<()> {
-        sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn session_by_id(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| session_from(&r)).transpose()
-    }
-
-    async fn revoke_session(&self, id: &str, now: UnixSeconds) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
-    }
-
-    async fn revoke_wallet(&self, w: &Wallet, now: UnixSeconds) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(w.as_str())
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
     }
 
     async fn put_credential(
@@ -568,282 +366,6 @@ impl Store for PgStore {
         row.map(|r| credential_from(&r)).transpose()
     }
 
-    async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
-        let rows = sqlx::query(
-            "SELECT owner, service, ''::bytea AS wrapped_dek, \
-               substring(ciphertext from 1 for 24) AS ciphertext, \
-               kek_id::bigint AS kek_id, high_value, require_passkey, binding, created_at, updated_at \
-             FROM credentials WHERE owner = $1 ORDER BY service",
-        )
-        .bind(owner.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(credential_from).collect()
-    }
-
-    async fn set_policy(
-        &self,
-        owner: &Wallet,
-        svc: &ServiceName,
-        policy: Policy,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<PolicyChange>> {
-        let mut tx = self.pool.begin().await?;
-        // The credential's row stays locked to the commit: an approval checking the guard
-        // (`NEEDS_PASSKEY`) waits, and then sees it.
-        let n = sqlx::query(
-            "UPDATE credentials SET high_value = $1, require_passkey = $4 \
-                 WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
-        )
-        .bind(policy.high_value)
-        .bind(owner.as_str())
-        .bind(svc.as_str())
-        .bind(policy.require_passkey)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
-            return Ok(None);
-        }
-        let change = if policy.require_passkey {
-            super::rows::end_session_made!(tx, owner, svc, now)
-        } else {
-            PolicyChange::default()
-        };
-        tx.commit().await?;
-        Ok(Some(change))
-    }
-
-    async fn set_binding(
-        &self,
-        owner: &Wallet,
-        svc: &ServiceName,
-        binding: Option<&str>,
-    ) -> StoreResult<bool> {
-        let n =
-            sqlx::query("UPDATE credentials SET binding = $1 WHERE owner = $2 AND service = $3")
-                .bind(binding)
-                .bind(owner.as_str())
-                .bind(svc.as_str())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO auth_requests (id, kind, pair_code, nonce, otp, requester_key, agent, service, \
-               requested_by, requested_session, description, status, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&r.id)
-        .bind(r.kind.as_str())
-        .bind(&r.pair_code)
-        .bind(&r.nonce)
-        .bind(&r.otp)
-        .bind(r.requester_key.as_deref())
-        .bind(r.agent.as_ref().map(Wallet::as_str))
-        .bind(r.service.as_ref().map(ServiceName::as_str))
-        .bind(r.requested_by.as_ref().map(Wallet::as_str))
-        .bind(r.requested_session.as_deref())
-        .bind(r.description.as_deref())
-        .bind(r.status.as_str())
-        .bind(r.created_at)
-        .bind(r.expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pair code") } else { e.into() })?;
-        // Wakes the inbox long-polls of every replica (not their decision long-polls).
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(DECISIONS)
-            .bind(format!("{OPENED}{}", r.id))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| auth_request_from(&r)).transpose()
-    }
-
-    async fn auth_request_by_code(&self, code: &str) -> StoreResult<Option<AuthRequestRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE pair_code = $1"
-        )))
-        .bind(code)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| auth_request_from(&r)).transpose()
-    }
-
-    async fn inbox(
-        &self,
-        master: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Vec<AuthRequestRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE {}",
-            super::INBOX_SQL
-        )))
-        .bind(master.as_str())
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(auth_request_from).collect()
-    }
-
-    async fn pending_high_value(
-        &self,
-        session: &str,
-        agent: &Wallet,
-        svc: &ServiceName,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<AuthRequestRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUTH_REQUEST_COLUMNS} FROM auth_requests WHERE requested_session = $1 \
-             AND agent = $2 AND service = $3 AND kind = 'high_value' AND status = 'pending' \
-             AND expires_at > $4 ORDER BY created_at DESC LIMIT 1"
-        )))
-        .bind(session)
-        .bind(agent.as_str())
-        .bind(svc.as_str())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| auth_request_from(&r)).transpose()
-    }
-
-    async fn approve(
-        &self,
-        id: &str,
-        by: &Wallet,
-        now: UnixSeconds,
-        approval: &Approval,
-    ) -> StoreResult<DecideOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let (grant, sealed, signature) = match approval {
-            Approval::Pair {
-                sealed_session,
-                signature,
-                ..
-            }
-            | Approval::Recover {
-                sealed_session,
-                signature,
-                ..
-            } => (None, Some(sealed_session.as_slice()), signature.as_slice()),
-            Approval::HighValue {
-                grant_expires_at,
-                signature,
-                ..
-            } => (Some(*grant_expires_at), None, signature.as_slice()),
-        };
-        let via = match approval {
-            Approval::HighValue { via, .. } => Some(via.as_str()),
-            _ => None,
-        };
-        // A guard raised since the approver looked: a session's approval no longer counts.
-        if via.is_some_and(|v| v != "passkey") {
-            let guarded: Option<bool> = sqlx::query_scalar(NEEDS_PASSKEY.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if guarded == Some(true) {
-                return Ok(DecideOutcome::PasskeyRequired);
-            }
-        }
-        let outcome = decide_in(
-            &mut tx,
-            id,
-            DecisionWrite {
-                status: AuthStatus::Approved,
-                by,
-                now,
-                grant_expires_at: grant,
-                sealed_session: sealed,
-                signature,
-                via,
-            },
-        )
-        .await?;
-        if outcome != DecideOutcome::Decided {
-            return Ok(outcome);
-        }
-        match approval {
-            Approval::Pair { agent, session, .. } => {
-                sqlx::query(
-                    "INSERT INTO accounts (wallet, kind, parent, scope_json, created_at) \
-                     VALUES ($1, 'agent', $2, $3, $4)",
-                )
-                .bind(agent.wallet.as_str())
-                .bind(agent.parent.as_ref().map(Wallet::as_str))
-                .bind(scope_json(&agent.scope))
-                .bind(agent.created_at)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE auth_requests SET agent = $1 WHERE id = $2")
-                    .bind(agent.wallet.as_str())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_session_in(&mut tx, session).await?;
-            }
-            Approval::Recover { session, .. } => {
-                // Recovery replaces a lost or compromised daemon: its sessions end now, in
-                // the same transaction that mints the new one.
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(session.wallet.as_str())
-                .execute(&mut *tx)
-                .await?;
-                insert_session_in(&mut tx, session).await?;
-            }
-            Approval::HighValue {
-                standing: Some(st), ..
-            } => {
-                super::rows::insert_standing!(tx, st);
-            }
-            Approval::HighValue { .. } => {}
-        }
-        tx.commit().await?;
-        Ok(DecideOutcome::Decided)
-    }
-
-    async fn deny(
-        &self,
-        id: &str,
-        by: &Wallet,
-        now: UnixSeconds,
-        signature: &[u8],
-    ) -> StoreResult<DecideOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = decide_in(
-            &mut tx,
-            id,
-            DecisionWrite {
-                status: AuthStatus::Denied,
-                by,
-                now,
-                grant_expires_at: None,
-                sealed_session: None,
-                signature,
-                via: None,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
     async fn release_high_value(
         &self,
         session: &str,
@@ -869,7 +391,7 @@ impl Store for PgStore {
                 let spent: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
                     "UPDATE auth_requests SET status = 'consumed' WHERE status = 'approved' \
                      AND id = ({} FOR UPDATE SKIP LOCKED) RETURNING id",
-                    approval_sql::GRANT_LIVE
+                    sql::GRANT_LIVE
                 )))
                 .bind(session)
                 .bind(owner.as_str())
@@ -895,7 +417,7 @@ impl Store for PgStore {
         Ok(Some((release, seq)))
     }
 
-    super::rows::approval_store_methods!(pool, pool);
+    super::methods::store_methods!(pool, pool);
 
     async fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
@@ -906,71 +428,17 @@ impl Store for PgStore {
         if !ours {
             return Ok(0); // another replica is purging
         }
-        let n = sqlx::query(
-            "DELETE FROM auth_requests WHERE expires_at < $1 \
-             AND (grant_expires_at IS NULL OR grant_expires_at < $1)",
-        )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = sqlx::query(sql::PURGE_AUTH_REQUESTS)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         // Buckets untouched for an hour are full again: forgetting them changes nothing.
         sqlx::query("DELETE FROM rate_buckets WHERE at < now() - interval '1 hour'")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(n)
-    }
-
-    async fn link_identity(
-        &self,
-        master: &Wallet,
-        kind: &str,
-        value: &str,
-        w: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO identities (master, kind, value, wallet, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (master, kind, value) DO NOTHING",
-        )
-        .bind(master.as_str())
-        .bind(kind)
-        .bind(value)
-        .bind(w.as_str())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let owner: String = sqlx::query_scalar(
-            "SELECT wallet FROM identities WHERE master = $1 AND kind = $2 AND value = $3",
-        )
-        .bind(master.as_str())
-        .bind(kind)
-        .bind(value)
-        .fetch_one(&self.pool)
-        .await?;
-        if owner != w.as_str() {
-            return Err(StoreError::Conflict("identity"));
-        }
-        Ok(())
-    }
-
-    async fn resolve_identity(
-        &self,
-        master: &Wallet,
-        kind: &str,
-        value: &str,
-    ) -> StoreResult<Option<Wallet>> {
-        let row = sqlx::query(
-            "SELECT i.wallet FROM identities i JOIN accounts a ON a.wallet = i.wallet \
-             WHERE i.master = $1 AND i.kind = $2 AND i.value = $3 AND a.deleted_at IS NULL",
-        )
-        .bind(master.as_str())
-        .bind(kind)
-        .bind(value)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| wallet(r.try_get("wallet")?)).transpose()
     }
 
     async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
@@ -986,30 +454,20 @@ impl Store for PgStore {
         }
         let visible: Vec<&str> = f.visible_to.iter().map(String::as_str).collect();
         // Absent filters are NULL and match everything: one fixed statement.
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit \
-             WHERE (actor = ANY($1) OR agent = ANY($1)) \
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            sql::audit_columns!(),
+            " FROM audit WHERE (actor = ANY($1) OR agent = ANY($1)) \
              AND ($2::text IS NULL OR agent = $2) AND ($3::text IS NULL OR service = $3) \
              AND ($4::text IS NULL OR action = $4) AND ($5::bigint IS NULL OR ts >= $5) \
              ORDER BY seq DESC LIMIT $6"
-        )))
+        ))
         .bind(&visible)
         .bind(f.agent.as_deref())
         .bind(f.service.as_deref())
         .bind(f.action.as_deref())
         .bind(f.since)
         .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(audit_from).collect()
-    }
-
-    async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"
-        )))
-        .bind(after_seq)
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_from).collect()
@@ -1066,93 +524,6 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {
-        let row = sqlx::query(super::GAUGES_SQL)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?;
-        let (size, idle) = (self.pool.size(), self.pool.num_idle());
-        Ok(super::Gauges {
-            active_sessions: row.try_get("sessions")?,
-            pending_auth_requests: row.try_get("pending")?,
-            pool_size: i64::from(size),
-            pool_idle: i64::try_from(idle).unwrap_or(i64::MAX),
-        })
-    }
-
-    async fn credentials_to_rewrap(
-        &self,
-        current: u32,
-        after: Option<(Wallet, ServiceName)>,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredCredential>> {
-        let (owner, svc) = after
-            .map(|(o, s)| (o.as_str().to_owned(), s.as_str().to_owned()))
-            .unwrap_or_default();
-        let rows = sqlx::query(
-            "SELECT owner, service, wrapped_dek, ''::bytea AS ciphertext, kek_id::bigint AS kek_id, high_value, require_passkey, binding, \
-               created_at, updated_at FROM credentials \
-             WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
-             ORDER BY owner, service LIMIT $4",
-        )
-        .bind(i32::try_from(current).unwrap_or(i32::MAX))
-        .bind(owner)
-        .bind(svc)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(credential_from).collect()
-    }
-
-    async fn rewrap(
-        &self,
-        owner: &Wallet,
-        svc: &ServiceName,
-        from: &[u8],
-        to: &[u8],
-        kek_id: u32,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE credentials SET wrapped_dek = $1, kek_id = $2 \
-             WHERE owner = $3 AND service = $4 AND wrapped_dek = $5",
-        )
-        .bind(to)
-        .bind(i32::try_from(kek_id).unwrap_or(i32::MAX))
-        .bind(owner.as_str())
-        .bind(svc.as_str())
-        .bind(from)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn kek_usage(&self) -> StoreResult<Vec<(u32, i64)>> {
-        let rows = sqlx::query("SELECT kek_id::bigint AS kek_id, COUNT(*) AS n FROM credentials GROUP BY kek_id ORDER BY kek_id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get("kek_id")?;
-                Ok((
-                    u32::try_from(id).map_err(|_| StoreError::Corrupt("kek_id"))?,
-                    r.try_get("n")?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn ready(&self) -> StoreResult<u32> {
-        let applied: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.pool)
-                .await?;
-        super::migrations_cover(
-            applied,
-            sqlx::migrate!("./migrations/postgres").migrations.len(),
-        )
     }
 
     fn watch_decisions(&self, wake: &Arc<Wakeups>) -> Option<Duration> {

@@ -21,14 +21,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::chain::chain_hash;
 use super::{
     Account, AgentSummary, Approval, AuditFilter, AuditRow, AuthRequestRecord, DecideOutcome,
     NewAuditEvent, NewSession, PasskeyRecord, PasskeyRegistration, PolicyChange, Release,
-    SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential,
-    approval_sql,
+    SessionRecord, StandingApproval, Store, StoreError, StoreResult, StoredCredential, sql,
 };
-use crate::audit::chain_hash;
-use crate::state::RateLimiter;
+use crate::buckets::RateLimiter;
 
 /// SQLite storage.
 #[derive(Clone, Debug)]
@@ -265,7 +264,7 @@ fn release_in(
 ) -> StoreResult<Option<(Release, i64)>> {
     use rusqlite::OptionalExtension as _;
     let standing: Option<String> = tx
-        .prepare_cached(approval_sql::STANDING_LIVE)?
+        .prepare_cached(sql::STANDING_LIVE)?
         .query_row(
             rusqlite::params![job.agent, job.owner, job.service, job.now],
             |r| r.get(0),
@@ -275,7 +274,7 @@ fn release_in(
         Some(id) => Release::Standing(id),
         None => {
             let grant: Option<String> = tx
-                .prepare_cached(approval_sql::GRANT_LIVE)?
+                .prepare_cached(sql::GRANT_LIVE)?
                 .query_row(
                     rusqlite::params![job.session, job.owner, job.service, job.now],
                     |r| r.get(0),
@@ -459,6 +458,19 @@ impl SqliteStore {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// Connections open in the pools, and of those idle (for the gauges).
+    fn pool_counts(&self) -> (u32, usize) {
+        (
+            self.writer.size() + self.reader.size(),
+            self.writer.num_idle() + self.reader.num_idle(),
+        )
+    }
+
+    /// One process serves this file: its own inbox long-polls are woken by the caller.
+    async fn announce_opened(&self, _id: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// The read-only pool (copies and backups read through it).
     pub fn reader(&self) -> &SqlitePool {
         &self.reader
@@ -474,244 +486,67 @@ impl SqliteStore {
     }
 }
 
-use super::rows::{
-    DecisionWrite, SESSION_BY_TOKEN, SESSION_SELECT, is_unique_violation, opt_wallet, scope,
-    scope_json, service, wallet,
-};
+use super::rows::{is_unique_violation, opt_wallet, scope, scope_json, service, wallet};
+use super::sql::SESSION_BY_TOKEN;
 
 super::rows::row_decoders!(SqliteRow);
 super::rows::approval_decoders!(SqliteRow);
+super::methods::connection_helpers!(sqlx::SqliteConnection);
 
-async fn insert_session_in(
-    conn: &mut sqlx::SqliteConnection,
-    s: &NewSession,
+/// One process serves this file: the long-polls a decision wakes are its own, woken by
+/// the caller.
+async fn announce_decision(
+    _conn: &mut sqlx::SqliteConnection,
+    _id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sessions (id, token_hash, wallet, kind, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&s.id)
-    .bind(&s.token_hash[..])
-    .bind(s.wallet.as_str())
-    .bind(if s.is_master { "master" } else { "agent" })
-    .bind(s.created_at)
-    .bind(s.expires_at)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 
-/// Marks a pending, unexpired request decided; tells apart why it could not be.
-async fn decide_in(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-    d: DecisionWrite<'_>,
-) -> Result<DecideOutcome, sqlx::Error> {
-    let DecisionWrite {
-        status,
-        by,
-        now,
-        grant_expires_at,
-        sealed_session,
-        signature,
-        via,
-    } = d;
-    let done = sqlx::query(
-        "UPDATE auth_requests SET status = $1, decided_by = $2, decided_at = $3, \
-         grant_expires_at = $4, sealed_session = $5, signature = $6, decided_via = $8 \
-         WHERE id = $7 AND status = 'pending' AND expires_at > $3",
-    )
-    .bind(status.as_str())
-    .bind(by.as_str())
-    .bind(now)
-    .bind(grant_expires_at)
-    .bind(sealed_session)
-    .bind(signature)
-    .bind(id)
-    .bind(via)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if done == 1 {
-        return Ok(DecideOutcome::Decided);
+/// The statements whose SQLite text differs from PostgreSQL's, and the column widths.
+mod dialect {
+    /// A master's agents with their usage and names, one name a line.
+    pub(super) const LIST_AGENTS: &str = "SELECT a.wallet, a.kind, a.parent, a.scope_json, a.created_at, \
+           (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
+           (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
+              AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
+           (SELECT GROUP_CONCAT(value, char(10)) FROM identities i \
+              WHERE i.wallet = a.wallet AND i.master = $1) AS idents \
+         FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet";
+
+    /// An owner's credentials without their keys, and only a prefix of each value.
+    pub(super) const LIST_CREDENTIALS: &str = "SELECT owner, service, X'' AS wrapped_dek, \
+           substr(ciphertext, 1, 24) AS ciphertext, kek_id, high_value, require_passkey, \
+           binding, created_at, updated_at \
+         FROM credentials WHERE owner = $1 ORDER BY service";
+
+    /// A page of credentials wrapped under an old KEK, without their values.
+    pub(super) const CREDENTIALS_TO_REWRAP: &str = "SELECT owner, service, wrapped_dek, \
+           X'' AS ciphertext, kek_id, high_value, require_passkey, binding, \
+           created_at, updated_at FROM credentials \
+         WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
+         ORDER BY owner, service LIMIT $4";
+
+    /// How many credentials each KEK id wraps.
+    pub(super) const KEK_USAGE: &str =
+        "SELECT kek_id, COUNT(*) AS n FROM credentials GROUP BY kek_id ORDER BY kek_id";
+
+    /// Whether the credential a request is about requires a passkey ($1 the request). The
+    /// one writer connection serializes it with any policy change.
+    pub(super) const NEEDS_PASSKEY: &str = "SELECT c.require_passkey FROM auth_requests r \
+         JOIN credentials c ON c.owner = r.agent AND c.service = r.service WHERE r.id = $1";
+
+    /// A KEK id as the column stores it.
+    pub(super) fn kek_id(id: u32) -> i64 {
+        i64::from(id)
     }
-    let row = sqlx::query("SELECT status, expires_at FROM auth_requests WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        None => DecideOutcome::NotFound,
-        Some(r) => {
-            let st: String = r.try_get("status")?;
-            if st == "pending" {
-                DecideOutcome::Expired
-            } else {
-                DecideOutcome::AlreadyDecided
-            }
-        }
-    })
+
+    /// How many migrations this build knows.
+    pub(super) fn known_migrations() -> usize {
+        sqlx::migrate!("./migrations/sqlite").migrations.len()
+    }
 }
 
 impl Store for SqliteStore {
-    async fn ensure_master(
-        &self,
-        enrol_hash: &[u8; 32],
-        new_wallet: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Account> {
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
-             WHERE enrol_hash = $1 AND deleted_at IS NULL",
-        )
-        .bind(&enrol_hash[..])
-        .fetch_optional(&mut *tx)
-        .await?;
-        let account = match row {
-            Some(row) => account_from(&row, "")?,
-            None => {
-                let account = Account {
-                    wallet: new_wallet.clone(),
-                    is_master: true,
-                    parent: None,
-                    scope: Scope::all(),
-                    created_at: now,
-                };
-                sqlx::query(
-                    "INSERT INTO accounts (wallet, kind, enrol_hash, scope_json, created_at) \
-                     VALUES ($1, 'master', $2, $3, $4)",
-                )
-                .bind(new_wallet.as_str())
-                .bind(&enrol_hash[..])
-                .bind(scope_json(&account.scope))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                account
-            }
-        };
-        tx.commit().await?;
-        Ok(account)
-    }
-
-    async fn account(&self, w: &Wallet) -> StoreResult<Option<Account>> {
-        let row = sqlx::query(
-            "SELECT wallet, kind, parent, scope_json, created_at FROM accounts \
-             WHERE wallet = $1 AND deleted_at IS NULL",
-        )
-        .bind(w.as_str())
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| account_from(&r, "")).transpose()
-    }
-
-    async fn agent_wallets_ever(&self, parent: &Wallet) -> StoreResult<Vec<Wallet>> {
-        let rows = sqlx::query("SELECT wallet FROM accounts WHERE parent = $1 ORDER BY wallet")
-            .bind(parent.as_str())
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(|r| wallet(r.try_get("wallet")?)).collect()
-    }
-
-    async fn list_agents(
-        &self,
-        parent: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Vec<AgentSummary>> {
-        let rows = sqlx::query(
-            "SELECT a.wallet, a.kind, a.parent, a.scope_json, a.created_at, \
-               (SELECT MAX(last_used_at) FROM sessions s WHERE s.wallet = a.wallet) AS last_used, \
-               (SELECT COUNT(*) FROM sessions s WHERE s.wallet = a.wallet \
-                  AND s.revoked_at IS NULL AND s.expires_at > $2) AS active, \
-               (SELECT GROUP_CONCAT(value, char(10)) FROM identities i \
-                  WHERE i.wallet = a.wallet AND i.master = $1) AS idents \
-             FROM accounts a WHERE a.parent = $1 AND a.deleted_at IS NULL ORDER BY a.created_at, a.wallet",
-        )
-        .bind(parent.as_str())
-        .bind(now)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let idents: Option<String> = r.try_get("idents")?;
-                let mut identities: Vec<String> = idents
-                    .map(|s| s.split('\n').map(str::to_owned).collect())
-                    .unwrap_or_default();
-                identities.sort();
-                Ok(AgentSummary {
-                    account: account_from(r, "")?,
-                    last_used_at: r.try_get("last_used")?,
-                    active_sessions: u64::try_from(r.try_get::<i64, _>("active")?).unwrap_or(0),
-                    identities,
-                })
-            })
-            .collect()
-    }
-
-    async fn set_agent_scope(
-        &self,
-        parent: &Wallet,
-        agent: &Wallet,
-        s: &Scope,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE accounts SET scope_json = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
-        )
-        .bind(scope_json(s))
-        .bind(agent.as_str())
-        .bind(parent.as_str())
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn teardown_agent(
-        &self,
-        parent: &Wallet,
-        agent: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<(u64, u64)>> {
-        let mut tx = self.write_tx().await?;
-        let owned = sqlx::query(
-            "UPDATE accounts SET deleted_at = $1 WHERE wallet = $2 AND parent = $3 AND deleted_at IS NULL",
-        )
-        .bind(now)
-        .bind(agent.as_str())
-        .bind(parent.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if owned != 1 {
-            return Ok(None);
-        }
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(agent.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let deleted = sqlx::query("DELETE FROM credentials WHERE owner = $1")
-            .bind(agent.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM identities WHERE wallet = $1")
-            .bind(agent.as_str())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some((revoked, deleted)))
-    }
-
-    async fn insert_session(&self, s: &NewSession) -> StoreResult<()> {
-        let mut conn = self.writer.acquire().await?;
-        insert_session_in(&mut conn, s).await?;
-        Ok(())
-    }
-
     async fn session_by_token_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
         let sql = SESSION_BY_TOKEN.as_str();
         if let Some(found) = self.hot.query(sql, &[&&hash[..]], hot::session) {
@@ -722,45 +557,6 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         row.map(|r| session_from(&r)).transpose()
-    }
-
-    async fn touch_session(&self, id: &str, now: UnixSeconds) -> StoreResult<()> {
-        sqlx::query("UPDATE sessions SET last_used_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    async fn session_by_id(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("{SESSION_SELECT} WHERE s.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|r| session_from(&r)).transpose()
-    }
-
-    async fn revoke_session(&self, id: &str, now: UnixSeconds) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute(&self.writer)
-                .await?
-                .rows_affected(),
-        )
-    }
-
-    async fn revoke_wallet(&self, w: &Wallet, now: UnixSeconds) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(w.as_str())
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
     }
 
     async fn put_credential(
@@ -823,266 +619,6 @@ impl Store for SqliteStore {
         row.map(|r| credential_from(&r)).transpose()
     }
 
-    async fn list_credentials(&self, owner: &Wallet) -> StoreResult<Vec<StoredCredential>> {
-        let rows = sqlx::query(
-            "SELECT owner, service, X'' AS wrapped_dek, substr(ciphertext, 1, 24) AS ciphertext, kek_id, high_value, require_passkey, binding, created_at, updated_at \
-             FROM credentials WHERE owner = $1 ORDER BY service",
-        )
-        .bind(owner.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(credential_from).collect()
-    }
-
-    async fn set_policy(
-        &self,
-        owner: &Wallet,
-        svc: &ServiceName,
-        policy: Policy,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<PolicyChange>> {
-        let mut tx = self.write_tx().await?;
-        let n = sqlx::query(
-            "UPDATE credentials SET high_value = $1, require_passkey = $4 \
-                 WHERE owner = $2 AND service = $3 AND (NOT require_passkey OR $4)",
-        )
-        .bind(i64::from(policy.high_value))
-        .bind(owner.as_str())
-        .bind(svc.as_str())
-        .bind(i64::from(policy.require_passkey))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
-            return Ok(None);
-        }
-        let change = if policy.require_passkey {
-            super::rows::end_session_made!(tx, owner, svc, now)
-        } else {
-            PolicyChange::default()
-        };
-        tx.commit().await?;
-        Ok(Some(change))
-    }
-
-    async fn set_binding(
-        &self,
-        owner: &Wallet,
-        svc: &ServiceName,
-        binding: Option<&str>,
-    ) -> StoreResult<bool> {
-        let n =
-            sqlx::query("UPDATE credentials SET binding = $1 WHERE owner = $2 AND service = $3")
-                .bind(binding)
-                .bind(owner.as_str())
-                .bind(svc.as_str())
-                .execute(&self.writer)
-                .await?
-                .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn insert_auth_request(&self, r: &AuthRequestRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO auth_requests (id, kind, pair_code, nonce, otp, requester_key, agent, service, \
-               requested_by, requested_session, description, status, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&r.id)
-        .bind(r.kind.as_str())
-        .bind(&r.pair_code)
-        .bind(&r.nonce)
-        .bind(&r.otp)
-        .bind(r.requester_key.as_deref())
-        .bind(r.agent.as_ref().map(Wallet::as_str))
-        .bind(r.service.as_ref().map(ServiceName::as_str))
-        .bind(r.requested_by.as_ref().map(Wallet::as_str))
-        .bind(r.requested_session.as_deref())
-        .bind(r.description.as_deref())
-        .bind(r.status.as_str())
-        .bind(r.created_at)
-        .bind(r.expires_at)
-        .execute(&self.writer)
-        .await
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict("pair code") } else { e.into() })?;
-        Ok(())
-    }
-
-    async fn auth_request(&self, id: &str) -> StoreResult<Option<AuthRequestRecord>> {
-        let row = sqlx::query("SELECT * FROM auth_requests WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|r| auth_request_from(&r)).transpose()
-    }
-
-    async fn auth_request_by_code(&self, code: &str) -> StoreResult<Option<AuthRequestRecord>> {
-        let row = sqlx::query("SELECT * FROM auth_requests WHERE pair_code = $1")
-            .bind(code)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|r| auth_request_from(&r)).transpose()
-    }
-
-    async fn inbox(
-        &self,
-        master: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<Vec<AuthRequestRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT * FROM auth_requests WHERE {}",
-            super::INBOX_SQL
-        )))
-        .bind(master.as_str())
-        .bind(now)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(auth_request_from).collect()
-    }
-
-    async fn pending_high_value(
-        &self,
-        session: &str,
-        agent: &Wallet,
-        svc: &ServiceName,
-        now: UnixSeconds,
-    ) -> StoreResult<Option<AuthRequestRecord>> {
-        let row = sqlx::query(
-            "SELECT * FROM auth_requests WHERE requested_session = $1 AND agent = $2 AND service = $3 \
-             AND kind = 'high_value' AND status = 'pending' AND expires_at > $4 \
-             ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(session)
-        .bind(agent.as_str())
-        .bind(svc.as_str())
-        .bind(now)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| auth_request_from(&r)).transpose()
-    }
-
-    async fn approve(
-        &self,
-        id: &str,
-        by: &Wallet,
-        now: UnixSeconds,
-        approval: &Approval,
-    ) -> StoreResult<DecideOutcome> {
-        let mut tx = self.write_tx().await?;
-        let (grant, sealed, signature) = match approval {
-            Approval::Pair {
-                sealed_session,
-                signature,
-                ..
-            }
-            | Approval::Recover {
-                sealed_session,
-                signature,
-                ..
-            } => (None, Some(sealed_session.as_slice()), signature.as_slice()),
-            Approval::HighValue {
-                grant_expires_at,
-                signature,
-                ..
-            } => (Some(*grant_expires_at), None, signature.as_slice()),
-        };
-        let via = match approval {
-            Approval::HighValue { via, .. } => Some(via.as_str()),
-            _ => None,
-        };
-        // A guard raised since the approver looked: a session's approval no longer counts.
-        if via.is_some_and(|v| v != "passkey") {
-            let guarded: Option<bool> = sqlx::query_scalar(approval_sql::REQUEST_NEEDS_PASSKEY)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if guarded == Some(true) {
-                return Ok(DecideOutcome::PasskeyRequired);
-            }
-        }
-        let outcome = decide_in(
-            &mut tx,
-            id,
-            DecisionWrite {
-                status: AuthStatus::Approved,
-                by,
-                now,
-                grant_expires_at: grant,
-                sealed_session: sealed,
-                signature,
-                via,
-            },
-        )
-        .await?;
-        if outcome != DecideOutcome::Decided {
-            return Ok(outcome);
-        }
-        match approval {
-            Approval::Pair { agent, session, .. } => {
-                sqlx::query(
-                    "INSERT INTO accounts (wallet, kind, parent, scope_json, created_at) \
-                     VALUES ($1, 'agent', $2, $3, $4)",
-                )
-                .bind(agent.wallet.as_str())
-                .bind(agent.parent.as_ref().map(Wallet::as_str))
-                .bind(scope_json(&agent.scope))
-                .bind(agent.created_at)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE auth_requests SET agent = $1 WHERE id = $2")
-                    .bind(agent.wallet.as_str())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_session_in(&mut tx, session).await?;
-            }
-            Approval::Recover { session, .. } => {
-                // Recovery replaces a lost or compromised daemon: its sessions end now, in
-                // the same transaction that mints the new one.
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1 WHERE wallet = $2 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(session.wallet.as_str())
-                .execute(&mut *tx)
-                .await?;
-                insert_session_in(&mut tx, session).await?;
-            }
-            Approval::HighValue {
-                standing: Some(st), ..
-            } => {
-                super::rows::insert_standing!(tx, st);
-            }
-            Approval::HighValue { .. } => {}
-        }
-        tx.commit().await?;
-        Ok(DecideOutcome::Decided)
-    }
-
-    async fn deny(
-        &self,
-        id: &str,
-        by: &Wallet,
-        now: UnixSeconds,
-        signature: &[u8],
-    ) -> StoreResult<DecideOutcome> {
-        let mut conn = self.writer.acquire().await?;
-        Ok(decide_in(
-            &mut conn,
-            id,
-            DecisionWrite {
-                status: AuthStatus::Denied,
-                by,
-                now,
-                grant_expires_at: None,
-                sealed_session: None,
-                signature,
-                via: None,
-            },
-        )
-        .await?)
-    }
-
     async fn release_high_value(
         &self,
         session: &str,
@@ -1104,77 +640,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    super::rows::approval_store_methods!(reader, writer);
+    super::methods::store_methods!(reader, writer);
 
     async fn purge_auth_requests(&self, before: UnixSeconds) -> StoreResult<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM auth_requests WHERE expires_at < $1 \
-             AND (grant_expires_at IS NULL OR grant_expires_at < $1)",
-        )
-        .bind(before)
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
-    }
-
-    async fn link_identity(
-        &self,
-        master: &Wallet,
-        kind: &str,
-        value: &str,
-        w: &Wallet,
-        now: UnixSeconds,
-    ) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        let existing = sqlx::query(
-            "SELECT wallet FROM identities WHERE master = $1 AND kind = $2 AND value = $3",
-        )
-        .bind(master.as_str())
-        .bind(kind)
-        .bind(value)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match existing {
-            Some(row) => {
-                let owner: String = row.try_get("wallet")?;
-                if owner != w.as_str() {
-                    return Err(StoreError::Conflict("identity"));
-                }
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO identities (master, kind, value, wallet, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(master.as_str())
-                .bind(kind)
-                .bind(value)
-                .bind(w.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn resolve_identity(
-        &self,
-        master: &Wallet,
-        kind: &str,
-        value: &str,
-    ) -> StoreResult<Option<Wallet>> {
-        let row = sqlx::query(
-            "SELECT i.wallet FROM identities i JOIN accounts a ON a.wallet = i.wallet \
-             WHERE i.master = $1 AND i.kind = $2 AND i.value = $3 AND a.deleted_at IS NULL",
-        )
-        .bind(master.as_str())
-        .bind(kind)
-        .bind(value)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|r| wallet(r.try_get("wallet")?)).transpose()
+        Ok(sqlx::query(sql::PURGE_AUTH_REQUESTS)
+            .bind(before)
+            .execute(&self.writer)
+            .await?
+            .rows_affected())
     }
 
     async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<Vec<i64>> {
@@ -1234,15 +707,6 @@ impl Store for SqliteStore {
         rows.iter().map(audit_from).collect()
     }
 
-    async fn audit_page(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditRow>> {
-        let rows = sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after_seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(audit_from).collect()
-    }
-
     async fn take_token(
         &self,
         key: &str,
@@ -1258,98 +722,6 @@ impl Store for SqliteStore {
 
     async fn announce_state(&self, _master: &Wallet) -> StoreResult<()> {
         Ok(()) // one process: its own watches are woken by the caller
-    }
-
-    async fn gauges(&self, now: UnixSeconds) -> StoreResult<super::Gauges> {
-        let row = sqlx::query(super::GAUGES_SQL)
-            .bind(now)
-            .fetch_one(&self.reader)
-            .await?;
-        let (size, idle) = (
-            self.writer.size() + self.reader.size(),
-            self.writer.num_idle() + self.reader.num_idle(),
-        );
-        Ok(super::Gauges {
-            active_sessions: row.try_get("sessions")?,
-            pending_auth_requests: row.try_get("pending")?,
-            pool_size: i64::from(size),
-            pool_idle: i64::try_from(idle).unwrap_or(i64::MAX),
-        })
-    }
-
-    async fn credentials_to_rewrap(
-        &self,
-        current: u32,
-        after: Option<(Wallet, ServiceName)>,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredCredential>> {
-        let (owner, svc) = after
-            .map(|(o, s)| (o.as_str().to_owned(), s.as_str().to_owned()))
-            .unwrap_or_default();
-        let rows = sqlx::query(
-            "SELECT owner, service, wrapped_dek, X'' AS ciphertext, kek_id, high_value, require_passkey, binding, \
-               created_at, updated_at FROM credentials \
-             WHERE kek_id <> $1 AND (owner > $2 OR (owner = $2 AND service > $3)) \
-             ORDER BY owner, service LIMIT $4",
-        )
-        .bind(i64::from(current))
-        .bind(owner)
-        .bind(svc)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(credential_from).collect()
-    }
-
-    async fn rewrap(
-        &self,
-        owner: &Wallet,
-        svc: &ServiceName,
-        from: &[u8],
-        to: &[u8],
-        kek_id: u32,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE credentials SET wrapped_dek = $1, kek_id = $2 \
-             WHERE owner = $3 AND service = $4 AND wrapped_dek = $5",
-        )
-        .bind(to)
-        .bind(i64::from(kek_id))
-        .bind(owner.as_str())
-        .bind(svc.as_str())
-        .bind(from)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn kek_usage(&self) -> StoreResult<Vec<(u32, i64)>> {
-        let rows = sqlx::query(
-            "SELECT kek_id, COUNT(*) AS n FROM credentials GROUP BY kek_id ORDER BY kek_id",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get("kek_id")?;
-                Ok((
-                    u32::try_from(id).map_err(|_| StoreError::Corrupt("kek_id"))?,
-                    r.try_get("n")?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn ready(&self) -> StoreResult<u32> {
-        let applied: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.reader)
-                .await?;
-        super::migrations_cover(
-            applied,
-            sqlx::migrate!("./migrations/sqlite").migrations.len(),
-        )
     }
 }
 
