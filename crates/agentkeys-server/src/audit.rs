@@ -1,4 +1,4 @@
-//! The server's hash-chained audit log (DESIGN decision 10): the single writer task that
+//! The server's hash-chained audit log (decision 77): the single writer task that
 //! appends events in group commits, and the verifier.
 //!
 //! Every event waits for its batch to be committed before the request that caused it

@@ -88,7 +88,7 @@ pub(crate) struct Args {
         global = true
     )]
     pub(crate) log_format: LogFormat,
-    /// How long a pair or recover code stays valid (DESIGN decision 4: 60 s)
+    /// How long a pair or recover code stays valid (decision 71: 60 s)
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) pair_ttl: i64,
     /// The origin browsers reach this server at (https://keys.example.com): the approval

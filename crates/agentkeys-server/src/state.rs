@@ -113,9 +113,9 @@ pub struct Config {
     pub master_ttl: i64,
     /// Agent session lifetime, seconds.
     pub agent_ttl: i64,
-    /// Pair/recover request lifetime, seconds (DESIGN decision 4: 60).
+    /// Pair/recover request lifetime, seconds (decision 71: 60).
     pub pair_ttl: i64,
-    /// High-value request and grant lifetime, seconds (DESIGN decision 5: 300).
+    /// High-value request and grant lifetime, seconds (decision 72: 300).
     pub high_value_ttl: i64,
     /// Credential reads per second per session (0 = unlimited).
     pub read_rate: f64,
@@ -297,7 +297,7 @@ impl<S: Store> AppState<S> {
 
     /// What the sessions of `master`'s tree may hold changed (a revocation, a scope, a
     /// policy, a binding, a stored value, a standing approval): their session-state watches
-    /// answer now, here and on every server sharing the store (DESIGN decision 19). Called
+    /// answer now, here and on every server sharing the store (decision 86). Called
     /// after the change committed. A failed announcement is logged: other servers' watches
     /// then learn of it at their next re-read.
     pub async fn state_changed(&self, master: &agentkeys_types::Wallet) {

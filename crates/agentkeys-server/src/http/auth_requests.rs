@@ -1,4 +1,4 @@
-//! Auth requests (DESIGN decisions 4 and 5): pair and recover (a daemon asks for a
+//! Auth requests (decisions 71 and 72): pair and recover (a daemon asks for a
 //! session, sealed to its key) and high-value releases (a session asks for one read).
 //! Single-use; pair/recover live 60 s, high-value 300 s; decisions are signed.
 

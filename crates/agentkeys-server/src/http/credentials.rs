@@ -1,6 +1,6 @@
 //! Credentials: store (sealed to the shielding key), list (names only), read (sealed to
 //! the reader's ephemeral key), policy. Plaintext exists on the server only inside a
-//! `SecretPage`, between opening one seal and closing the next (DESIGN decision 1).
+//! `SecretPage`, between opening one seal and closing the next (decision 68).
 
 use std::sync::Arc;
 

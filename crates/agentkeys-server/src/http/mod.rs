@@ -1,4 +1,4 @@
-//! The HTTP API v1 (DESIGN.md "HTTP API v1"): the router and one module per resource.
+//! The HTTP API v1 (docs/api.md): the router and one module per resource.
 //! Handlers are thin: extract → authorize → store → map.
 
 mod agents;
@@ -200,7 +200,7 @@ fn new_wallet() -> Wallet {
     Wallet::from_bytes(&random_array::<20>())
 }
 
-/// A fresh session token: prefix + 256 random bits, base64url (DESIGN decision 2).
+/// A fresh session token: prefix + 256 random bits, base64url (decision 69).
 fn new_token(prefix: &str) -> SecretString {
     let mut raw = random_array::<32>();
     let mut s = String::with_capacity(prefix.len() + 43);

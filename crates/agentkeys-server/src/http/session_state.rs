@@ -1,7 +1,7 @@
 //! `GET /v1/session/state`: what the caller's session may hold, long-polled with a cursor,
 //! so a daemon hears of a revocation, or of a change of scope, policy, binding, stored value
-//! or standing approval, as it happens instead of at its next periodic check (DESIGN
-//! decision 19; docs/architecture.md, "a master's decision reaches the daemon at once").
+//! or standing approval, as it happens instead of at its next periodic check
+//! (decisions 86 and 60 in docs/architecture.md).
 //!
 //! Every change that can affect what a session may hold calls
 //! [`AppState::state_changed`] with the master of the tree it touched, after it committed;

@@ -1,5 +1,5 @@
 //! The audit chain's link hash: what every append writes and the verifier checks
-//! (DESIGN decision 10). It sits in the store, below the audit writer, because both
+//! (decision 77). It sits in the store, below the audit writer, because both
 //! engines' appenders compute it inside their transactions.
 
 use sha2::{Digest as _, Sha256};

@@ -1,4 +1,4 @@
-//! Storage behind one trait (DESIGN decision 11): every SQL statement of the server lives
+//! Storage behind one trait (decision 78): every SQL statement of the server lives
 //! under this module. [`sqlite::SqliteStore`] is the embedded engine (one node);
 //! [`postgres::PgStore`] serves N replicas on one database; [`AnyStore`] is whichever
 //! `--database` names.
