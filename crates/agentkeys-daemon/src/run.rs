@@ -252,7 +252,16 @@ async fn serve(
     // Changes the master makes reach the daemon as they happen (the periodic check in
     // `housekeeping` is the fallback).
     let state_watch = tokio::spawn(daemon.clone().watch_state());
-    listener::serve(&listener, daemon.clone(), allow_uid, signals.recv()).await;
+    // Persistent egress proxies (`agentkeys proxy-env`) stop when the session is revoked.
+    let proxies = crate::proxy::persistent::Persistent::serving(&daemon);
+    listener::serve(
+        &listener,
+        daemon.clone(),
+        proxies,
+        allow_uid,
+        signals.recv(),
+    )
+    .await;
     housekeeping.abort();
     state_watch.abort();
     daemon.audit(Event {
@@ -287,7 +296,7 @@ async fn housekeeping(daemon: Arc<Daemon>) {
             .min(next_anchor);
         tokio::time::sleep_until(wake).await;
         daemon.check_debugger();
-        crate::runner::prune_groups(&daemon);
+        daemon.children.prune();
         if tokio::time::Instant::now() >= next_check {
             daemon.check_session().await;
             next_check = tokio::time::Instant::now() + daemon.config.revocation_check;

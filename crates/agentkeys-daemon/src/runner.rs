@@ -22,33 +22,26 @@ use rustix::process::Signal;
 use serde_json::{Value, json};
 use tokio::io::unix::AsyncFd;
 
-use crate::daemon::{ChildEntry, Conn, Daemon, Refusal};
+use crate::credential_var::{CredentialVar, default_name, valid_env_name};
+use crate::daemon::{Conn, Daemon, Refusal};
+use crate::line_writer::{Writer, error_body, write_line};
+use crate::process_group::{ChildEntry, group_alive, signal_group, wait_group_empty};
 use crate::trail::Event;
-use crate::transport::{Writer, error_body, write_line};
-
-/// One credential bound into the child: the variable name and the service.
-#[derive(Clone, Debug)]
-pub struct Binding {
-    /// `OPENAI_API_KEY`, or `AGENTKEYS_FD_OPENAI` in fd mode.
-    pub name: String,
-    /// The credential.
-    pub service: ServiceName,
-}
 
 /// What to run. No `Debug`: `environ` is the caller's whole environment, which may hold
 /// other secrets.
 pub struct RunSpec {
     /// The command and its arguments.
     pub argv: Vec<String>,
-    /// Credentials to bind.
-    pub bindings: Vec<Binding>,
+    /// Credentials to put in the child's environment.
+    pub credentials: Vec<CredentialVar>,
     /// Hand the child fds (`AGENTKEYS_FD_<SERVICE>=<fd>:<length>`) instead of values.
     pub fd_mode: bool,
     /// Hand the child placeholders and the run's egress proxy instead of values.
     pub proxy: bool,
     /// Working directory.
     pub cwd: Option<PathBuf>,
-    /// The child's base environment (`NAME=value`), before the bindings are added.
+    /// The child's base environment (`NAME=value`), before the credentials are added.
     pub environ: Vec<String>,
 }
 
@@ -83,30 +76,6 @@ pub struct Running {
     proxy: Option<crate::proxy::ProxyRun>,
 }
 
-/// `OPENAI_API_KEY` for `openai`; `AGENTKEYS_FD_OPENAI` in fd mode.
-pub fn default_name(service: &ServiceName, fd_mode: bool) -> String {
-    let upper: String = service
-        .as_str()
-        .chars()
-        .map(|c| match c {
-            '-' | '.' => '_',
-            c => c.to_ascii_uppercase(),
-        })
-        .collect();
-    if fd_mode {
-        format!("AGENTKEYS_FD_{upper}")
-    } else {
-        format!("{upper}_API_KEY")
-    }
-}
-
-fn valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 128
-}
-
 fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
@@ -131,7 +100,7 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
             "fd_mode and proxy exclude each other: with the proxy the child holds no value at all",
         ));
     }
-    let mut bindings = Vec::new();
+    let mut credentials = Vec::new();
     let services: Vec<String> = match &params["services"] {
         Value::Null => Vec::new(),
         v => serde_json::from_value(v.clone())
@@ -140,7 +109,7 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
     for s in services {
         let service =
             ServiceName::parse(&s).map_err(|_| bad(&format!("'{s}' is not a service name")))?;
-        bindings.push(Binding {
+        credentials.push(CredentialVar {
             name: default_name(&service, fd_mode),
             service,
         });
@@ -156,13 +125,13 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
                     "'{name}' is not an environment variable name"
                 )));
             }
-            bindings.push(Binding {
+            credentials.push(CredentialVar {
                 name: name.clone(),
                 service,
             });
         }
     }
-    let mut names: Vec<&str> = bindings.iter().map(|b| b.name.as_str()).collect();
+    let mut names: Vec<&str> = credentials.iter().map(|b| b.name.as_str()).collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
         return Err(bad("two credentials bound to the same variable name"));
@@ -173,12 +142,12 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
             .map_err(|_| bad("environ must be a list of NAME=value strings"))?,
     };
     let cwd = params["cwd"].as_str().map(PathBuf::from);
-    if proxy && bindings.is_empty() {
+    if proxy && credentials.is_empty() {
         return Err(bad("proxy needs at least one service to inject"));
     }
     Ok(RunSpec {
         argv,
-        bindings,
+        credentials,
         fd_mode,
         proxy,
         cwd,
@@ -368,7 +337,8 @@ pub async fn start(
     let mut spec = spec;
     let mut pages = Vec::new();
     let proxy = if spec.proxy {
-        let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
+        let services: Vec<ServiceName> =
+            spec.credentials.iter().map(|b| b.service.clone()).collect();
         let proxy = crate::proxy::start(daemon, conn, request, &services).await?;
         for placeholder in &proxy.placeholders {
             pages.push(
@@ -389,7 +359,7 @@ pub async fn start(
     } else {
         None
     };
-    for b in spec.bindings.iter().skip(pages.len()) {
+    for b in spec.credentials.iter().skip(pages.len()) {
         let page = daemon.fetch(&b.service, &conn.peer, request).await?;
         if spec.fd_mode && page.fd().is_none() {
             return Err(refusal(
@@ -411,7 +381,7 @@ pub async fn start(
     }
     let redactor = if redact && proxy.is_none() {
         let secrets: Vec<(ServiceName, &[u8])> = spec
-            .bindings
+            .credentials
             .iter()
             .zip(&pages)
             .map(|(b, p)| (b.service.clone(), p.expose_secret()))
@@ -470,17 +440,15 @@ pub async fn start(
         }
     })?;
 
-    let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
+    let services: Vec<ServiceName> = spec.credentials.iter().map(|b| b.service.clone()).collect();
     let pidfd = Arc::new(spawned.pidfd);
-    if let Ok(mut children) = daemon.children.lock() {
-        children.insert(
-            spawned.pid,
-            ChildEntry {
-                services: services.clone(),
-                conn: conn.id,
-            },
-        );
-    }
+    daemon.children.insert(
+        spawned.pid,
+        ChildEntry {
+            services: services.clone(),
+            conn: conn.id,
+        },
+    );
     for service in &services {
         daemon.audit(Event {
             event: "deliver".into(),
@@ -526,7 +494,7 @@ pub async fn start(
 fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage> {
     let bound = |entry: &str| {
         let name = entry.split('=').next().unwrap_or("");
-        spec.bindings.iter().any(|b| b.name == name)
+        spec.credentials.iter().any(|b| b.name == name)
     };
     let base: Vec<&str> = spec
         .environ
@@ -540,7 +508,7 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
         .map(|(i, p)| format!("{}:{}", i + 3, p.len()))
         .collect();
     let mut total: usize = base.iter().map(|e| e.len() + 1).sum();
-    for (i, b) in spec.bindings.iter().enumerate() {
+    for (i, b) in spec.credentials.iter().enumerate() {
         let value_len = if spec.fd_mode {
             fd_values[i].len()
         } else {
@@ -563,7 +531,7 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
         put(e.as_bytes());
         put(b"\0");
     }
-    for (i, b) in spec.bindings.iter().enumerate() {
+    for (i, b) in spec.credentials.iter().enumerate() {
         put(b.name.as_bytes());
         put(b"=");
         if spec.fd_mode {
@@ -586,11 +554,7 @@ pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
     if let Some(proxy) = &running.proxy {
         proxy.shutdown().await;
     }
-    if !group_alive(running.pid)
-        && let Ok(mut children) = daemon.children.lock()
-    {
-        children.remove(&running.pid);
-    }
+    daemon.children.remove_if_empty(running.pid);
     daemon.note(
         "exit",
         None,
@@ -639,57 +603,6 @@ async fn wait_pidfd(running: &Running) -> Exit {
     }
 }
 
-/// Sends `signal` to process group `pgid`: a `run` child (its pid is its group's id, it
-/// called `setsid`) and everything it started that did not leave the group.
-///
-/// The id cannot name another group while the child is unreaped or any member lives (the
-/// kernel does not hand out a pid still used as a process group id). Once the group is
-/// empty and the child reaped, the entry is dropped ([`wait`], [`prune_groups`]); until
-/// then a new session could take the number: that window is at most one housekeeping tick.
-pub fn signal_group(pgid: u32, signal: Signal) -> rustix::io::Result<()> {
-    let pgid = group_id(pgid)?;
-    rustix::process::kill_process_group(pgid, signal)
-}
-
-/// Whether process group `pgid` still has a member (`kill(-pgid, 0)`; a member we may not
-/// signal counts as one).
-pub fn group_alive(pgid: u32) -> bool {
-    match group_id(pgid).and_then(rustix::process::test_kill_process_group) {
-        Ok(()) => true,
-        Err(e) => e != rustix::io::Errno::SRCH,
-    }
-}
-
-fn group_id(pgid: u32) -> rustix::io::Result<rustix::process::Pid> {
-    i32::try_from(pgid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or(rustix::io::Errno::INVAL)
-}
-
-/// Polls until process group `pgid` is empty or `deadline` passes; whether it emptied.
-/// (No event says when the last member of a group exits, and its members are not our
-/// children.)
-async fn wait_group_empty(pgid: u32, deadline: tokio::time::Instant) -> bool {
-    loop {
-        if !group_alive(pgid) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Drops the entries of process groups whose child has been reaped and that have no member
-/// left. Called on the daemon's housekeeping tick.
-pub fn prune_groups(daemon: &Daemon) {
-    if let Ok(mut children) = daemon.children.lock() {
-        children.retain(|pgid, _| group_alive(*pgid));
-    }
-}
-
 /// `agentkeys/run`: start, answer `{pid}`, and notify `agentkeys/exit` when the child ends.
 pub async fn serve_run(
     daemon: Arc<Daemon>,
@@ -734,46 +647,6 @@ pub async fn serve_run(
     params["pid"] = json!(running.pid);
     let note = json!({"jsonrpc": "2.0", "method": "agentkeys/exit", "params": params});
     let _ = write_line(&writer, &note).await;
-}
-
-/// Signals a `run` caller may forward.
-const FORWARDABLE: [Signal; 9] = [
-    Signal::HUP,
-    Signal::INT,
-    Signal::QUIT,
-    Signal::TERM,
-    Signal::USR1,
-    Signal::USR2,
-    Signal::WINCH,
-    Signal::CONT,
-    Signal::KILL,
-];
-
-/// `agentkeys/signal {pid, signal}`: only to a child this connection started, and to its
-/// whole process group (a terminal's Ctrl-C reaches the whole foreground group too).
-pub fn forward_signal(daemon: &Daemon, conn: &Conn, params: &Value) -> Result<Value, String> {
-    let pid = params["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or("pid must be a number")?;
-    let number = params["signal"]
-        .as_i64()
-        .and_then(|s| i32::try_from(s).ok())
-        .ok_or("signal must be a number")?;
-    let signal = FORWARDABLE
-        .into_iter()
-        .find(|s| s.as_raw() == number)
-        .ok_or_else(|| format!("signal {number} cannot be forwarded"))?;
-    let ours = daemon
-        .children
-        .lock()
-        .ok()
-        .is_some_and(|c| c.get(&pid).is_some_and(|c| c.conn == conn.id));
-    if !ours {
-        return Err(format!("no running child {pid} started by this connection"));
-    }
-    signal_group(pid, signal).map_err(|e| e.to_string())?;
-    Ok(json!({}))
 }
 
 /// How long the output of a finished command is still read while something it started
@@ -932,13 +805,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_names_follow_the_service() {
-        let s = ServiceName::parse("open-ai.v2").unwrap();
-        assert_eq!(default_name(&s, false), "OPEN_AI_V2_API_KEY");
-        assert_eq!(default_name(&s, true), "AGENTKEYS_FD_OPEN_AI_V2");
-    }
-
-    #[test]
     fn specs_are_validated() {
         assert!(parse_spec(&json!({"argv": []})).is_err());
         assert!(parse_spec(&json!({"argv": ["x"], "services": ["Bad Name"]})).is_err());
@@ -951,7 +817,7 @@ mod tests {
         let spec = parse_spec(&json!({"argv": ["x"], "services": ["openai"],
             "env": {"GH": "github"}, "fd_mode": false}))
         .unwrap();
-        let names: Vec<_> = spec.bindings.iter().map(|b| b.name.as_str()).collect();
+        let names: Vec<_> = spec.credentials.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["OPENAI_API_KEY", "GH"]);
     }
 

@@ -18,11 +18,14 @@
 //! - [`upstream`]: resolve once, refuse internal addresses, verified TLS.
 //! - [`ws`]: an upstream's WebSocket frames, scrubbed message by message and framed again.
 //! - [`serve`]: the listener and the HTTP plumbing.
+//! - [`persistent`]: the listeners `agentkeys proxy-env` keeps for agents the daemon does
+//!   not start.
 
 pub mod body;
 pub mod ca;
 pub mod decode;
 pub mod inspect;
+pub mod persistent;
 pub mod placeholder;
 pub mod scrub;
 pub mod serve;
@@ -507,7 +510,7 @@ impl ProxyRun {
             .map(|r| {
                 format!(
                     "{}={}",
-                    crate::runner::default_name(&r.service, false),
+                    crate::credential_var::default_name(&r.service, false),
                     r.placeholder
                 )
             })
@@ -554,7 +557,7 @@ async fn forget_when_changed(proxy: std::sync::Weak<RunProxy>) {
     }
 }
 
-fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
+pub(super) fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
@@ -613,51 +616,7 @@ pub async fn start(
     start_with(daemon, conn, request, services, true).await
 }
 
-/// Most persistent listeners a daemon keeps (`agentkeys proxy-env`).
-pub const MAX_PERSISTENT: usize = 16;
-
-/// `agentkeys/proxy-env {services}`: the persistent listener for this caller's uid and these
-/// services (started on first use, kept until the daemon stops or the session is
-/// revoked), as the environment an agent the daemon does not start should use. A
-/// high-value approval covers one request there.
-pub async fn persistent_env(
-    daemon: &Arc<Daemon>,
-    conn: &Conn,
-    request: &str,
-    services: Vec<ServiceName>,
-) -> Result<serde_json::Value, Refusal> {
-    let mut key = services;
-    key.sort();
-    key.dedup();
-    if key.is_empty() {
-        return Err(refusal("BAD_REQUEST", "name at least one service"));
-    }
-    let uid = conn.peer.uid;
-    let existing = daemon
-        .proxies
-        .lock()
-        .ok()
-        .and_then(|p| p.get(&(uid, key.clone())).map(ProxyRun::describe));
-    if let Some(found) = existing {
-        return Ok(found);
-    }
-    let run = start_with(daemon, conn, request, &key, false).await?;
-    let mut proxies = daemon
-        .proxies
-        .lock()
-        .map_err(|_| refusal("INTERNAL", "the proxy table is unavailable"))?;
-    if proxies.len() >= MAX_PERSISTENT && !proxies.contains_key(&(uid, key.clone())) {
-        return Err(refusal(
-            "BUSY",
-            format!("this daemon already keeps {MAX_PERSISTENT} persistent proxies"),
-        ));
-    }
-    // Another caller may have raced this one: keep the first, answer with it.
-    let kept = proxies.entry((uid, key)).or_insert(run);
-    Ok(kept.describe())
-}
-
-async fn start_with(
+pub(super) async fn start_with(
     daemon: &Arc<Daemon>,
     conn: &Conn,
     request: &str,
