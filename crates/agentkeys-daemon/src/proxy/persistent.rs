@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use agentkeys_types::ServiceName;
 
-use super::{ProxyRun, refusal, start_with};
+use super::launch::{ProxyRun, refusal, start_with};
 use crate::daemon::{Conn, Daemon, Refusal};
 
 /// Most persistent listeners a daemon keeps (`agentkeys proxy-env`).
