@@ -174,6 +174,17 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// The redactor for the values `pages` holds, one per credential of `spec`.
+    fn for_run(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<Self> {
+        let secrets: Vec<(ServiceName, &[u8])> = spec
+            .credentials
+            .iter()
+            .zip(pages)
+            .map(|(b, p)| (b.service.clone(), p.expose_secret()))
+            .collect();
+        Redactor::new(&secrets)
+    }
+
     fn new(secrets: &[(ServiceName, &[u8])]) -> std::io::Result<Self> {
         use base64::engine::general_purpose::{
             STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
@@ -313,19 +324,7 @@ pub async fn start(
             "revoked: this agent's session was revoked; ask your operator to re-pair the daemon",
         ));
     }
-    let own_uid = rustix::process::geteuid().as_raw();
-    let ids = if conn.peer.uid == own_uid {
-        None
-    } else if agentkeys_secmem::harden::can_run_as_others() {
-        Some((conn.peer.uid, conn.gid))
-    } else {
-        return Err(refusal(
-            "DENIED",
-            "run is only offered to the daemon's own uid, unless the daemon holds CAP_SETUID, \
-             CAP_SETGID and CAP_KILL (root, or its own user given them as ambient \
-             capabilities): then it starts the command as the caller's uid",
-        ));
-    };
+    let ids = run_as(conn)?;
     // The program is looked up in the child, as the caller's uid and from its working
     // directory (`launch::candidates`), on the `PATH` the child will have.
     let search_path: Option<String> = spec
@@ -337,75 +336,21 @@ pub async fn start(
     let mut spec = spec;
     let mut pages = Vec::new();
     let proxy = if spec.proxy {
-        let services: Vec<ServiceName> =
-            spec.credentials.iter().map(|b| b.service.clone()).collect();
-        let proxy = crate::proxy::start(daemon, conn, request, &services).await?;
-        for placeholder in &proxy.placeholders {
-            pages.push(
-                SecretPage::from_slice(placeholder.as_bytes())
-                    .map_err(|e| refusal("INTERNAL", e.to_string()))?,
-            );
-        }
-        // The proxy's variables replace any of the caller's of the same name.
-        let names: Vec<&str> = proxy
-            .env
-            .iter()
-            .filter_map(|e| e.split('=').next())
-            .collect();
-        spec.environ
-            .retain(|e| !names.contains(&e.split('=').next().unwrap_or("")));
-        spec.environ.extend(proxy.env.iter().cloned());
+        let (proxy, placeholders) = start_proxy(daemon, conn, request, &mut spec).await?;
+        pages = placeholders;
         Some(proxy)
     } else {
         None
     };
-    for b in spec.credentials.iter().skip(pages.len()) {
-        let page = daemon.fetch(&b.service, &conn.peer, request).await?;
-        if spec.fd_mode && page.fd().is_none() {
-            return Err(refusal(
-                "INTERNAL",
-                "no fd-capable secret page on this machine; run without --fd",
-            ));
-        }
-        if !spec.fd_mode && page.expose_secret().contains(&0) {
-            return Err(refusal(
-                "BAD_REQUEST",
-                format!(
-                    "'{}' holds binary data, which cannot travel in an environment variable; \
-                     use --fd",
-                    b.service
-                ),
-            ));
-        }
-        pages.push(page);
-    }
+    fetch_values(daemon, conn, request, &spec, &mut pages).await?;
     let redactor = if redact && proxy.is_none() {
-        let secrets: Vec<(ServiceName, &[u8])> = spec
-            .credentials
-            .iter()
-            .zip(&pages)
-            .map(|(b, p)| (b.service.clone(), p.expose_secret()))
-            .collect();
-        Some(Redactor::new(&secrets).map_err(|e| refusal("INTERNAL", e.to_string()))?)
+        Some(Redactor::for_run(&spec, &pages).map_err(|e| refusal("INTERNAL", e.to_string()))?)
     } else {
         None
     };
 
     let env = build_env(&spec, &pages).map_err(|e| refusal("INTERNAL", e.to_string()))?;
-    let argv: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| refusal("BAD_REQUEST", "an argument contains a NUL byte"))?;
-    let program = argv[0].clone();
-    let cwd = spec
-        .cwd
-        .as_ref()
-        .map(|c| CString::new(c.as_os_str().as_bytes()))
-        .transpose()
-        .map_err(|_| refusal("BAD_REQUEST", "cwd contains a NUL byte"))?;
-
+    let (program, argv, cwd) = exec_args(&spec)?;
     let fd_mode = spec.fd_mode;
     let spawned = tokio::task::spawn_blocking(move || {
         let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
@@ -440,43 +385,13 @@ pub async fn start(
         }
     })?;
 
-    let services: Vec<ServiceName> = spec.credentials.iter().map(|b| b.service.clone()).collect();
     let pidfd = Arc::new(spawned.pidfd);
-    daemon.children.insert(
-        spawned.pid,
-        ChildEntry {
-            services: services.clone(),
-            conn: conn.id,
-        },
-    );
-    for service in &services {
-        daemon.audit(Event {
-            event: "deliver".into(),
-            agent: Some(daemon.session().wallet.to_string()),
-            service: Some(service.to_string()),
-            mode: Some(
-                match (fd_mode, proxy.is_some()) {
-                    (true, _) => "run-fd",
-                    (_, true) => "run-proxy",
-                    _ => "run-env",
-                }
-                .into(),
-            ),
-            peer: Some(conn.peer.clone()),
-            request: Some(request.to_owned()),
-            detail: Some(format!("child pid {}", spawned.pid)),
-        });
-    }
-    if services.is_empty() {
-        daemon.audit(Event {
-            event: "run".into(),
-            agent: Some(daemon.session().wallet.to_string()),
-            peer: Some(conn.peer.clone()),
-            request: Some(request.to_owned()),
-            detail: Some(format!("child pid {} without credentials", spawned.pid)),
-            ..Default::default()
-        });
-    }
+    let mode = match (fd_mode, proxy.is_some()) {
+        (true, _) => "run-fd",
+        (_, true) => "run-proxy",
+        _ => "run-env",
+    };
+    register(daemon, conn, request, spawned.pid, &spec, mode);
     let exited = launch::watch_exit(pidfd.clone()).ok();
     Ok((
         Running {
@@ -487,6 +402,139 @@ pub async fn start(
         },
         redactor,
     ))
+}
+
+/// The uid and gid the child runs as: `None` (the daemon's own) for a caller of the
+/// daemon's uid, the caller's when the daemon may start commands as others, else refused.
+fn run_as(conn: &Conn) -> Result<Option<(u32, u32)>, Refusal> {
+    let own_uid = rustix::process::geteuid().as_raw();
+    if conn.peer.uid == own_uid {
+        Ok(None)
+    } else if agentkeys_secmem::harden::can_run_as_others() {
+        Ok(Some((conn.peer.uid, conn.gid)))
+    } else {
+        Err(refusal(
+            "DENIED",
+            "run is only offered to the daemon's own uid, unless the daemon holds CAP_SETUID, \
+             CAP_SETGID and CAP_KILL (root, or its own user given them as ambient \
+             capabilities): then it starts the command as the caller's uid",
+        ))
+    }
+}
+
+/// Starts the run's egress proxy: the child gets a placeholder (in a secret page, in
+/// place of each value) and the proxy's variables, which replace any of the caller's of
+/// the same name.
+async fn start_proxy(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    spec: &mut RunSpec,
+) -> Result<(crate::proxy::ProxyRun, Vec<SecretPage>), Refusal> {
+    let services: Vec<ServiceName> = spec.credentials.iter().map(|b| b.service.clone()).collect();
+    let proxy = crate::proxy::start(daemon, conn, request, &services).await?;
+    let mut pages = Vec::with_capacity(proxy.placeholders.len());
+    for placeholder in &proxy.placeholders {
+        pages.push(
+            SecretPage::from_slice(placeholder.as_bytes())
+                .map_err(|e| refusal("INTERNAL", e.to_string()))?,
+        );
+    }
+    // The proxy's variables replace any of the caller's of the same name.
+    let names: Vec<&str> = proxy
+        .env
+        .iter()
+        .filter_map(|e| e.split('=').next())
+        .collect();
+    spec.environ
+        .retain(|e| !names.contains(&e.split('=').next().unwrap_or("")));
+    spec.environ.extend(proxy.env.iter().cloned());
+    Ok((proxy, pages))
+}
+
+/// Fetches the value of each credential the proxy does not stand in for, into `pages`:
+/// refused when fd mode has no fd-capable page, or a value for the environment holds a
+/// NUL byte.
+async fn fetch_values(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    spec: &RunSpec,
+    pages: &mut Vec<SecretPage>,
+) -> Result<(), Refusal> {
+    for b in spec.credentials.iter().skip(pages.len()) {
+        let page = daemon.fetch(&b.service, &conn.peer, request).await?;
+        if spec.fd_mode && page.fd().is_none() {
+            return Err(refusal(
+                "INTERNAL",
+                "no fd-capable secret page on this machine; run without --fd",
+            ));
+        }
+        if !spec.fd_mode && page.expose_secret().contains(&0) {
+            return Err(refusal(
+                "BAD_REQUEST",
+                format!(
+                    "'{}' holds binary data, which cannot travel in an environment variable; \
+                     use --fd",
+                    b.service
+                ),
+            ));
+        }
+        pages.push(page);
+    }
+    Ok(())
+}
+
+/// The program, its arguments and the working directory as C strings.
+fn exec_args(spec: &RunSpec) -> Result<(CString, Vec<CString>, Option<CString>), Refusal> {
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| refusal("BAD_REQUEST", "an argument contains a NUL byte"))?;
+    let program = argv[0].clone();
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|c| CString::new(c.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| refusal("BAD_REQUEST", "cwd contains a NUL byte"))?;
+    Ok((program, argv, cwd))
+}
+
+/// Registers the child's process group (revocation and the caller's going away reach it)
+/// and audits a `deliver` per credential, in `mode`, or a `run` without any.
+fn register(daemon: &Daemon, conn: &Conn, request: &str, pid: u32, spec: &RunSpec, mode: &str) {
+    let services: Vec<ServiceName> = spec.credentials.iter().map(|b| b.service.clone()).collect();
+    daemon.children.insert(
+        pid,
+        ChildEntry {
+            services: services.clone(),
+            conn: conn.id,
+        },
+    );
+    for service in &services {
+        daemon.audit(Event {
+            event: "deliver".into(),
+            agent: Some(daemon.session().wallet.to_string()),
+            service: Some(service.to_string()),
+            mode: Some(mode.into()),
+            peer: Some(conn.peer.clone()),
+            request: Some(request.to_owned()),
+            detail: Some(format!("child pid {pid}")),
+        });
+    }
+    if services.is_empty() {
+        daemon.audit(Event {
+            event: "run".into(),
+            agent: Some(daemon.session().wallet.to_string()),
+            peer: Some(conn.peer.clone()),
+            request: Some(request.to_owned()),
+            detail: Some(format!("child pid {pid} without credentials")),
+            ..Default::default()
+        });
+    }
 }
 
 /// The environment block in a secret page: the base entries whose names are not bound,
