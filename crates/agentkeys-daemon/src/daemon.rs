@@ -87,7 +87,7 @@ pub struct Conn {
     /// Requests whose `_meta` advertised `agentkeys/fd-delivery` (2026-07-28 clients).
     pub fd_requests: Mutex<HashSet<RequestId>>,
     /// Set once the peer sent a complete line: a connection that never does is dropped
-    /// after [`crate::listener::FIRST_LINE_WITHIN`].
+    /// after `listener::FIRST_LINE_WITHIN`.
     pub spoke: AtomicBool,
     /// `agentkeys/…` requests of this connection being answered right now.
     pub busy: Arc<tokio::sync::Semaphore>,
@@ -384,6 +384,18 @@ pub struct Refusal {
     pub pending: Option<String>,
     /// Its approval page, where the server serves one.
     pub approve_url: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal with no approval to wait for.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            pending: None,
+            approve_url: None,
+        }
+    }
 }
 
 /// How waiting for a high-value decision ended.

@@ -76,18 +76,9 @@ pub struct Running {
     proxy: Option<crate::proxy::ProxyRun>,
 }
 
-fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-        pending: None,
-        approve_url: None,
-    }
-}
-
 /// Parses `agentkeys/run` (and MCP `run`) parameters.
 pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
-    let bad = |m: &str| refusal("BAD_REQUEST", m.to_owned());
+    let bad = |m: &str| Refusal::new("BAD_REQUEST", m.to_owned());
     let argv: Vec<String> = serde_json::from_value(params["argv"].clone())
         .map_err(|_| bad("argv must be a list of strings"))?;
     if argv.is_empty() || argv[0].is_empty() {
@@ -319,7 +310,7 @@ pub async fn start(
     redact: bool,
 ) -> Result<(Running, Option<Redactor>), Refusal> {
     if daemon.is_revoked() {
-        return Err(refusal(
+        return Err(Refusal::new(
             "REVOKED",
             "revoked: this agent's session was revoked; ask your operator to re-pair the daemon",
         ));
@@ -344,12 +335,15 @@ pub async fn start(
     };
     fetch_values(daemon, conn, request, &spec, &mut pages).await?;
     let redactor = if redact && proxy.is_none() {
-        Some(Redactor::for_run(&spec, &pages).map_err(|e| refusal("INTERNAL", e.to_string()))?)
+        Some(
+            Redactor::for_run(&spec, &pages)
+                .map_err(|e| Refusal::new("INTERNAL", e.to_string()))?,
+        )
     } else {
         None
     };
 
-    let env = build_env(&spec, &pages).map_err(|e| refusal("INTERNAL", e.to_string()))?;
+    let env = build_env(&spec, &pages).map_err(|e| Refusal::new("INTERNAL", e.to_string()))?;
     let (program, argv, cwd) = exec_args(&spec)?;
     let fd_mode = spec.fd_mode;
     let spawned = tokio::task::spawn_blocking(move || {
@@ -375,13 +369,13 @@ pub async fn start(
         child
     })
     .await
-    .map_err(|e| refusal("INTERNAL", e.to_string()))?
+    .map_err(|e| Refusal::new("INTERNAL", e.to_string()))?
     .map_err(|e| {
         // The CLI exits 127 on "command not found", 126 on "cannot start".
         if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) {
-            refusal("NOT_FOUND", format!("command not found: {}", spec.argv[0]))
+            Refusal::new("NOT_FOUND", format!("command not found: {}", spec.argv[0]))
         } else {
-            refusal("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0]))
+            Refusal::new("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0]))
         }
     })?;
 
@@ -413,7 +407,7 @@ fn run_as(conn: &Conn) -> Result<Option<(u32, u32)>, Refusal> {
     } else if agentkeys_secmem::harden::can_run_as_others() {
         Ok(Some((conn.peer.uid, conn.gid)))
     } else {
-        Err(refusal(
+        Err(Refusal::new(
             "DENIED",
             "run is only offered to the daemon's own uid, unless the daemon holds CAP_SETUID, \
              CAP_SETGID and CAP_KILL (root, or its own user given them as ambient \
@@ -437,7 +431,7 @@ async fn start_proxy(
     for placeholder in &proxy.placeholders {
         pages.push(
             SecretPage::from_slice(placeholder.as_bytes())
-                .map_err(|e| refusal("INTERNAL", e.to_string()))?,
+                .map_err(|e| Refusal::new("INTERNAL", e.to_string()))?,
         );
     }
     // The proxy's variables replace any of the caller's of the same name.
@@ -465,13 +459,13 @@ async fn fetch_values(
     for b in spec.credentials.iter().skip(pages.len()) {
         let page = daemon.fetch(&b.service, &conn.peer, request).await?;
         if spec.fd_mode && page.fd().is_none() {
-            return Err(refusal(
+            return Err(Refusal::new(
                 "INTERNAL",
                 "no fd-capable secret page on this machine; run without --fd",
             ));
         }
         if !spec.fd_mode && page.expose_secret().contains(&0) {
-            return Err(refusal(
+            return Err(Refusal::new(
                 "BAD_REQUEST",
                 format!(
                     "'{}' holds binary data, which cannot travel in an environment variable; \
@@ -492,14 +486,14 @@ fn exec_args(spec: &RunSpec) -> Result<(CString, Vec<CString>, Option<CString>),
         .iter()
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
-        .map_err(|_| refusal("BAD_REQUEST", "an argument contains a NUL byte"))?;
+        .map_err(|_| Refusal::new("BAD_REQUEST", "an argument contains a NUL byte"))?;
     let program = argv[0].clone();
     let cwd = spec
         .cwd
         .as_ref()
         .map(|c| CString::new(c.as_os_str().as_bytes()))
         .transpose()
-        .map_err(|_| refusal("BAD_REQUEST", "cwd contains a NUL byte"))?;
+        .map_err(|_| Refusal::new("BAD_REQUEST", "cwd contains a NUL byte"))?;
     Ok((program, argv, cwd))
 }
 
@@ -717,7 +711,7 @@ pub async fn run_captured(
     spec: RunSpec,
     timeout: Duration,
 ) -> Result<Value, Refusal> {
-    let io_err = |e: std::io::Error| refusal("INTERNAL", e.to_string());
+    let io_err = |e: std::io::Error| Refusal::new("INTERNAL", e.to_string());
     let devnull: OwnedFd = std::fs::File::open("/dev/null").map_err(io_err)?.into();
     let (out_r, out_w) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;

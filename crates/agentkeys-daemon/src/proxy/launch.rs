@@ -96,7 +96,7 @@ pub(super) async fn start_with(
 ) -> Result<ProxyRun, Refusal> {
     let routes = routes(daemon, conn, request, services).await?;
     let hosts = bound_hosts(&routes);
-    let internal = |e: String| refusal("INTERNAL", e);
+    let internal = |e: String| Refusal::new("INTERNAL", e);
     let ca = RunCa::new(&hosts).map_err(|e| internal(e.to_string()))?;
     let token = placeholder::token();
     let run = format!("proxy-{}", &placeholder::token()[..12]);
@@ -172,7 +172,7 @@ async fn routes(
             }
         };
         let Some(binding) = binding else {
-            return Err(refusal(
+            return Err(Refusal::new(
                 "DENIED",
                 format!(
                     "{service} is not bound to any host, so the proxy cannot inject it; its master \
@@ -183,7 +183,7 @@ async fn routes(
         // A retired binding: today's built-in in place of an old built-in, else refused.
         let binding = binding
             .in_force(service.as_str())
-            .map_err(|e| refusal("DENIED", e.to_string()))?
+            .map_err(|e| Refusal::new("DENIED", e.to_string()))?
             .into_owned();
         routes.push(Route {
             service: service.clone(),
@@ -272,14 +272,4 @@ fn announce(state: &RunProxy, services: &[ServiceName], hosts: &[String], addr: 
         )),
         ..Default::default()
     });
-}
-
-/// A refusal with no approval to wait for.
-pub(super) fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-        pending: None,
-        approve_url: None,
-    }
 }

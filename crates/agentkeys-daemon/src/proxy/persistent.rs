@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use agentkeys_types::ServiceName;
 
-use super::launch::{ProxyRun, refusal, start_with};
+use super::launch::{ProxyRun, start_with};
 use crate::daemon::{Conn, Daemon, Refusal};
 
 /// Most persistent listeners a daemon keeps (`agentkeys proxy-env`).
@@ -51,7 +51,7 @@ impl Persistent {
         key.sort();
         key.dedup();
         if key.is_empty() {
-            return Err(refusal("BAD_REQUEST", "name at least one service"));
+            return Err(Refusal::new("BAD_REQUEST", "name at least one service"));
         }
         let uid = conn.peer.uid;
         let existing = self
@@ -66,9 +66,9 @@ impl Persistent {
         let mut proxies = self
             .0
             .lock()
-            .map_err(|_| refusal("INTERNAL", "the proxy table is unavailable"))?;
+            .map_err(|_| Refusal::new("INTERNAL", "the proxy table is unavailable"))?;
         if proxies.len() >= MAX_PERSISTENT && !proxies.contains_key(&(uid, key.clone())) {
-            return Err(refusal(
+            return Err(Refusal::new(
                 "BUSY",
                 format!("this daemon already keeps {MAX_PERSISTENT} persistent proxies"),
             ));
