@@ -236,6 +236,9 @@ async fn serve(
         report,
         args.allow_debugger,
     ));
+    // Persistent egress proxies (`agentkeys proxy-env`) stop when the session is revoked,
+    // registered before anything can revoke it.
+    let proxies = crate::proxy::persistent::Persistent::serving(&daemon);
     daemon.audit(Event {
         event: "start".into(),
         agent: Some(daemon.session().wallet.to_string()),
@@ -252,8 +255,6 @@ async fn serve(
     // Changes the master makes reach the daemon as they happen (the periodic check in
     // `housekeeping` is the fallback).
     let state_watch = tokio::spawn(daemon.clone().watch_state());
-    // Persistent egress proxies (`agentkeys proxy-env`) stop when the session is revoked.
-    let proxies = crate::proxy::persistent::Persistent::serving(&daemon);
     listener::serve(
         &listener,
         daemon.clone(),
