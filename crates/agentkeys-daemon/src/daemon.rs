@@ -28,6 +28,7 @@ use rustix::process::Signal;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::process_group::{ChildEntry, Children};
 use crate::trail::{Event, Peer, Trail};
 
 /// Counters for `status`.
@@ -62,6 +63,9 @@ pub struct InFlight {
     pub delivery: Delivery,
 }
 
+/// The capability a client advertises to receive credentials as fds (DESIGN decision 8).
+pub const FD_CAPABILITY: &str = "agentkeys/fd-delivery";
+
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// `agentkeys/status`, `agentkeys/audit` … answered at once per connection; more are
@@ -83,7 +87,7 @@ pub struct Conn {
     /// Requests whose `_meta` advertised `agentkeys/fd-delivery` (2026-07-28 clients).
     pub fd_requests: Mutex<HashSet<RequestId>>,
     /// Set once the peer sent a complete line: a connection that never does is dropped
-    /// after [`crate::listener::FIRST_LINE_WITHIN`].
+    /// after `listener::FIRST_LINE_WITHIN`.
     pub spoke: AtomicBool,
     /// `agentkeys/…` requests of this connection being answered right now.
     pub busy: Arc<tokio::sync::Semaphore>,
@@ -273,15 +277,8 @@ impl FailedRead {
     }
 }
 
-/// A process group started by `run`, keyed by its id (the child's pid: the child called
-/// `setsid`). It stays after the child is reaped for as long as the group has members
-/// (`runner::wait`, `runner::prune_groups`), so signals still reach what it left behind.
-pub struct ChildEntry {
-    /// The credentials it was given.
-    pub services: Vec<ServiceName>,
-    /// The connection that started it.
-    pub conn: u64,
-}
+/// Something to stop on revocation (see [`Daemon::on_revocation`]).
+type RevocationHook = Box<dyn Fn() + Send + Sync>;
 
 /// Everything the daemon holds.
 pub struct Daemon {
@@ -301,8 +298,9 @@ pub struct Daemon {
     pub config: Config,
     /// Cached credentials, by service (only services the config opts in).
     cache: Mutex<HashMap<ServiceName, Cached>>,
-    /// Persistent egress proxies (`agentkeys proxy-env`), by caller uid and services.
-    pub proxies: Mutex<HashMap<(u32, Vec<ServiceName>), crate::proxy::ProxyRun>>,
+    /// What stops on revocation besides the cache and the `run` children (the persistent
+    /// egress proxies register here): the daemon knows nothing of what each hook stops.
+    revocation_hooks: Mutex<Vec<RevocationHook>>,
     /// Server reads in flight, by service.
     flights: Mutex<HashMap<ServiceName, Flight>>,
     /// The scope as the server last described it (the state watch and the revocation tick
@@ -324,7 +322,7 @@ pub struct Daemon {
     /// last such peer: agents of the daemon's uid can open its session at rest.
     same_uid: Mutex<(u64, Option<Peer>)>,
     /// `run` children's process groups that still have members, by process group id.
-    pub children: Mutex<HashMap<u32, ChildEntry>>,
+    pub children: Children,
     /// Set once the server said the session is revoked or expired.
     revoked: AtomicBool,
     /// The process hardening applied at start.
@@ -388,6 +386,18 @@ pub struct Refusal {
     pub approve_url: Option<String>,
 }
 
+impl Refusal {
+    /// A refusal with no approval to wait for.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            pending: None,
+            approve_url: None,
+        }
+    }
+}
+
 /// How waiting for a high-value decision ended.
 #[derive(Debug)]
 pub enum Awaited {
@@ -422,7 +432,7 @@ impl Daemon {
             socket,
             config,
             cache: Mutex::new(HashMap::new()),
-            proxies: Mutex::new(HashMap::new()),
+            revocation_hooks: Mutex::new(Vec::new()),
             flights: Mutex::new(HashMap::new()),
             live_scope,
             state: Mutex::new(None),
@@ -431,7 +441,7 @@ impl Daemon {
             anchored: AtomicU64::new(0),
             last_refusal_audit: AtomicU64::new(0),
             same_uid: Mutex::new((0, None)),
-            children: Mutex::new(HashMap::new()),
+            children: Children::default(),
             revoked: AtomicBool::new(false),
             hardening,
             allow_debugger,
@@ -1131,6 +1141,14 @@ impl Daemon {
         self.evict(reasons);
     }
 
+    /// Registers `hook` to run once the session is revoked, after the cache is wiped and
+    /// before the `run` children are signalled.
+    pub fn on_revocation(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.revocation_hooks.lock() {
+            hooks.push(Box::new(hook));
+        }
+    }
+
     /// Whether the server has refused this session.
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Relaxed)
@@ -1155,12 +1173,9 @@ impl Daemon {
         // Whatever holds values (a run's proxy) wipes them now, not at its next request.
         self.changed.send_modify(|g| *g += 1);
         // Persistent proxies stop: their held values are wiped, their listeners close.
-        let stopped: Vec<crate::proxy::ProxyRun> = self
-            .proxies
-            .lock()
-            .map(|mut p| p.drain().map(|(_, run)| run).collect())
-            .unwrap_or_default();
-        drop(stopped);
+        if let Ok(hooks) = self.revocation_hooks.lock() {
+            hooks.iter().for_each(|hook| hook());
+        }
         let credentialed = |c: &ChildEntry| !c.services.is_empty();
         self.signal_children(credentialed, Signal::TERM, " after revocation", None);
         let daemon = self.clone();
@@ -1180,23 +1195,13 @@ impl Daemon {
         why: &str,
         peer: Option<&Peer>,
     ) {
-        let targets: Vec<u32> = self
-            .children
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, c)| select(c))
-                    .map(|(pgid, _)| *pgid)
-                    .collect()
-            })
-            .unwrap_or_default();
         let name = match signal {
             Signal::KILL => "SIGKILL",
             Signal::HUP => "SIGHUP",
             _ => "SIGTERM",
         };
-        for pgid in targets {
-            let gone = match crate::runner::signal_group(pgid, signal) {
+        for (pgid, outcome) in self.children.signal(select, signal) {
+            let gone = match outcome {
                 Ok(()) => String::new(),
                 Err(rustix::io::Errno::SRCH) => " (already gone)".to_owned(),
                 Err(e) => format!(" (failed: {e})"),
@@ -1417,7 +1422,7 @@ impl Daemon {
             "same_uid": self.same_uid_view(),
             "session_at_rest": self.session_at_rest(),
             "hardening": crate::report_json(&self.hardening),
-            "run_children": self.children.lock().map(|c| c.len()).unwrap_or(0),
+            "run_children": self.children.len(),
             "cache": self.cache_view(),
         })
     }

@@ -21,6 +21,7 @@ use rmcp::ServiceExt as _;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::daemon::{Conn, Daemon};
+use crate::proxy::persistent::Persistent;
 use crate::service::Mcp;
 use crate::trail::{Event, Peer};
 use crate::transport::LineTransport;
@@ -189,6 +190,7 @@ impl Table {
 pub async fn serve(
     listener: &UnixListener,
     daemon: Arc<Daemon>,
+    proxies: Arc<Persistent>,
     allowed_uids: Vec<u32>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -256,12 +258,14 @@ pub async fn serve(
             );
         }
         let daemon = daemon.clone();
+        let proxies = proxies.clone();
         let table = table.clone();
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
-            let transport = LineTransport::new(read, write, daemon.clone(), conn.clone());
+            let transport =
+                LineTransport::new(read, write, daemon.clone(), conn.clone(), proxies.clone());
             let session = async {
-                match Mcp::new(daemon.clone(), conn.clone())
+                match Mcp::new(daemon.clone(), conn.clone(), proxies)
                     .serve(transport)
                     .await
                 {

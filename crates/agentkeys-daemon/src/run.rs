@@ -236,6 +236,9 @@ async fn serve(
         report,
         args.allow_debugger,
     ));
+    // Persistent egress proxies (`agentkeys proxy-env`) stop when the session is revoked,
+    // registered before anything can revoke it.
+    let proxies = crate::proxy::persistent::Persistent::serving(&daemon);
     daemon.audit(Event {
         event: "start".into(),
         agent: Some(daemon.session().wallet.to_string()),
@@ -252,7 +255,14 @@ async fn serve(
     // Changes the master makes reach the daemon as they happen (the periodic check in
     // `housekeeping` is the fallback).
     let state_watch = tokio::spawn(daemon.clone().watch_state());
-    listener::serve(&listener, daemon.clone(), allow_uid, signals.recv()).await;
+    listener::serve(
+        &listener,
+        daemon.clone(),
+        proxies,
+        allow_uid,
+        signals.recv(),
+    )
+    .await;
     housekeeping.abort();
     state_watch.abort();
     daemon.audit(Event {
@@ -287,7 +297,7 @@ async fn housekeeping(daemon: Arc<Daemon>) {
             .min(next_anchor);
         tokio::time::sleep_until(wake).await;
         daemon.check_debugger();
-        crate::runner::prune_groups(&daemon);
+        daemon.children.prune();
         if tokio::time::Instant::now() >= next_check {
             daemon.check_session().await;
             next_check = tokio::time::Instant::now() + daemon.config.revocation_check;

@@ -22,33 +22,26 @@ use rustix::process::Signal;
 use serde_json::{Value, json};
 use tokio::io::unix::AsyncFd;
 
-use crate::daemon::{ChildEntry, Conn, Daemon, Refusal};
+use crate::credential_var::{CredentialVar, default_name, valid_env_name};
+use crate::daemon::{Conn, Daemon, Refusal};
+use crate::line_writer::{Writer, error_body, write_line};
+use crate::process_group::{ChildEntry, group_alive, signal_group, wait_group_empty};
 use crate::trail::Event;
-use crate::transport::{Writer, error_body, write_line};
-
-/// One credential bound into the child: the variable name and the service.
-#[derive(Clone, Debug)]
-pub struct Binding {
-    /// `OPENAI_API_KEY`, or `AGENTKEYS_FD_OPENAI` in fd mode.
-    pub name: String,
-    /// The credential.
-    pub service: ServiceName,
-}
 
 /// What to run. No `Debug`: `environ` is the caller's whole environment, which may hold
 /// other secrets.
 pub struct RunSpec {
     /// The command and its arguments.
     pub argv: Vec<String>,
-    /// Credentials to bind.
-    pub bindings: Vec<Binding>,
+    /// Credentials to put in the child's environment.
+    pub credentials: Vec<CredentialVar>,
     /// Hand the child fds (`AGENTKEYS_FD_<SERVICE>=<fd>:<length>`) instead of values.
     pub fd_mode: bool,
     /// Hand the child placeholders and the run's egress proxy instead of values.
     pub proxy: bool,
     /// Working directory.
     pub cwd: Option<PathBuf>,
-    /// The child's base environment (`NAME=value`), before the bindings are added.
+    /// The child's base environment (`NAME=value`), before the credentials are added.
     pub environ: Vec<String>,
 }
 
@@ -83,42 +76,9 @@ pub struct Running {
     proxy: Option<crate::proxy::ProxyRun>,
 }
 
-/// `OPENAI_API_KEY` for `openai`; `AGENTKEYS_FD_OPENAI` in fd mode.
-pub fn default_name(service: &ServiceName, fd_mode: bool) -> String {
-    let upper: String = service
-        .as_str()
-        .chars()
-        .map(|c| match c {
-            '-' | '.' => '_',
-            c => c.to_ascii_uppercase(),
-        })
-        .collect();
-    if fd_mode {
-        format!("AGENTKEYS_FD_{upper}")
-    } else {
-        format!("{upper}_API_KEY")
-    }
-}
-
-fn valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 128
-}
-
-fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-        pending: None,
-        approve_url: None,
-    }
-}
-
 /// Parses `agentkeys/run` (and MCP `run`) parameters.
 pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
-    let bad = |m: &str| refusal("BAD_REQUEST", m.to_owned());
+    let bad = |m: &str| Refusal::new("BAD_REQUEST", m.to_owned());
     let argv: Vec<String> = serde_json::from_value(params["argv"].clone())
         .map_err(|_| bad("argv must be a list of strings"))?;
     if argv.is_empty() || argv[0].is_empty() {
@@ -131,7 +91,7 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
             "fd_mode and proxy exclude each other: with the proxy the child holds no value at all",
         ));
     }
-    let mut bindings = Vec::new();
+    let mut credentials = Vec::new();
     let services: Vec<String> = match &params["services"] {
         Value::Null => Vec::new(),
         v => serde_json::from_value(v.clone())
@@ -140,7 +100,7 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
     for s in services {
         let service =
             ServiceName::parse(&s).map_err(|_| bad(&format!("'{s}' is not a service name")))?;
-        bindings.push(Binding {
+        credentials.push(CredentialVar {
             name: default_name(&service, fd_mode),
             service,
         });
@@ -156,13 +116,13 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
                     "'{name}' is not an environment variable name"
                 )));
             }
-            bindings.push(Binding {
+            credentials.push(CredentialVar {
                 name: name.clone(),
                 service,
             });
         }
     }
-    let mut names: Vec<&str> = bindings.iter().map(|b| b.name.as_str()).collect();
+    let mut names: Vec<&str> = credentials.iter().map(|b| b.name.as_str()).collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
         return Err(bad("two credentials bound to the same variable name"));
@@ -173,12 +133,12 @@ pub fn parse_spec(params: &Value) -> Result<RunSpec, Refusal> {
             .map_err(|_| bad("environ must be a list of NAME=value strings"))?,
     };
     let cwd = params["cwd"].as_str().map(PathBuf::from);
-    if proxy && bindings.is_empty() {
+    if proxy && credentials.is_empty() {
         return Err(bad("proxy needs at least one service to inject"));
     }
     Ok(RunSpec {
         argv,
-        bindings,
+        credentials,
         fd_mode,
         proxy,
         cwd,
@@ -205,6 +165,17 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// The redactor for the values `pages` holds, one per credential of `spec`.
+    fn for_run(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<Self> {
+        let secrets: Vec<(ServiceName, &[u8])> = spec
+            .credentials
+            .iter()
+            .zip(pages)
+            .map(|(b, p)| (b.service.clone(), p.expose_secret()))
+            .collect();
+        Redactor::new(&secrets)
+    }
+
     fn new(secrets: &[(ServiceName, &[u8])]) -> std::io::Result<Self> {
         use base64::engine::general_purpose::{
             STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
@@ -339,24 +310,12 @@ pub async fn start(
     redact: bool,
 ) -> Result<(Running, Option<Redactor>), Refusal> {
     if daemon.is_revoked() {
-        return Err(refusal(
+        return Err(Refusal::new(
             "REVOKED",
             "revoked: this agent's session was revoked; ask your operator to re-pair the daemon",
         ));
     }
-    let own_uid = rustix::process::geteuid().as_raw();
-    let ids = if conn.peer.uid == own_uid {
-        None
-    } else if agentkeys_secmem::harden::can_run_as_others() {
-        Some((conn.peer.uid, conn.gid))
-    } else {
-        return Err(refusal(
-            "DENIED",
-            "run is only offered to the daemon's own uid, unless the daemon holds CAP_SETUID, \
-             CAP_SETGID and CAP_KILL (root, or its own user given them as ambient \
-             capabilities): then it starts the command as the caller's uid",
-        ));
-    };
+    let ids = run_as(conn)?;
     // The program is looked up in the child, as the caller's uid and from its working
     // directory (`launch::candidates`), on the `PATH` the child will have.
     let search_path: Option<String> = spec
@@ -368,74 +327,24 @@ pub async fn start(
     let mut spec = spec;
     let mut pages = Vec::new();
     let proxy = if spec.proxy {
-        let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
-        let proxy = crate::proxy::start(daemon, conn, request, &services).await?;
-        for placeholder in &proxy.placeholders {
-            pages.push(
-                SecretPage::from_slice(placeholder.as_bytes())
-                    .map_err(|e| refusal("INTERNAL", e.to_string()))?,
-            );
-        }
-        // The proxy's variables replace any of the caller's of the same name.
-        let names: Vec<&str> = proxy
-            .env
-            .iter()
-            .filter_map(|e| e.split('=').next())
-            .collect();
-        spec.environ
-            .retain(|e| !names.contains(&e.split('=').next().unwrap_or("")));
-        spec.environ.extend(proxy.env.iter().cloned());
+        let (proxy, placeholders) = start_proxy(daemon, conn, request, &mut spec).await?;
+        pages = placeholders;
         Some(proxy)
     } else {
         None
     };
-    for b in spec.bindings.iter().skip(pages.len()) {
-        let page = daemon.fetch(&b.service, &conn.peer, request).await?;
-        if spec.fd_mode && page.fd().is_none() {
-            return Err(refusal(
-                "INTERNAL",
-                "no fd-capable secret page on this machine; run without --fd",
-            ));
-        }
-        if !spec.fd_mode && page.expose_secret().contains(&0) {
-            return Err(refusal(
-                "BAD_REQUEST",
-                format!(
-                    "'{}' holds binary data, which cannot travel in an environment variable; \
-                     use --fd",
-                    b.service
-                ),
-            ));
-        }
-        pages.push(page);
-    }
+    fetch_values(daemon, conn, request, &spec, &mut pages).await?;
     let redactor = if redact && proxy.is_none() {
-        let secrets: Vec<(ServiceName, &[u8])> = spec
-            .bindings
-            .iter()
-            .zip(&pages)
-            .map(|(b, p)| (b.service.clone(), p.expose_secret()))
-            .collect();
-        Some(Redactor::new(&secrets).map_err(|e| refusal("INTERNAL", e.to_string()))?)
+        Some(
+            Redactor::for_run(&spec, &pages)
+                .map_err(|e| Refusal::new("INTERNAL", e.to_string()))?,
+        )
     } else {
         None
     };
 
-    let env = build_env(&spec, &pages).map_err(|e| refusal("INTERNAL", e.to_string()))?;
-    let argv: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| refusal("BAD_REQUEST", "an argument contains a NUL byte"))?;
-    let program = argv[0].clone();
-    let cwd = spec
-        .cwd
-        .as_ref()
-        .map(|c| CString::new(c.as_os_str().as_bytes()))
-        .transpose()
-        .map_err(|_| refusal("BAD_REQUEST", "cwd contains a NUL byte"))?;
-
+    let env = build_env(&spec, &pages).map_err(|e| Refusal::new("INTERNAL", e.to_string()))?;
+    let (program, argv, cwd) = exec_args(&spec)?;
     let fd_mode = spec.fd_mode;
     let spawned = tokio::task::spawn_blocking(move || {
         let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
@@ -460,55 +369,23 @@ pub async fn start(
         child
     })
     .await
-    .map_err(|e| refusal("INTERNAL", e.to_string()))?
+    .map_err(|e| Refusal::new("INTERNAL", e.to_string()))?
     .map_err(|e| {
         // The CLI exits 127 on "command not found", 126 on "cannot start".
         if e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) {
-            refusal("NOT_FOUND", format!("command not found: {}", spec.argv[0]))
+            Refusal::new("NOT_FOUND", format!("command not found: {}", spec.argv[0]))
         } else {
-            refusal("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0]))
+            Refusal::new("NOT_FOUND", format!("cannot start {}: {e}", spec.argv[0]))
         }
     })?;
 
-    let services: Vec<ServiceName> = spec.bindings.iter().map(|b| b.service.clone()).collect();
     let pidfd = Arc::new(spawned.pidfd);
-    if let Ok(mut children) = daemon.children.lock() {
-        children.insert(
-            spawned.pid,
-            ChildEntry {
-                services: services.clone(),
-                conn: conn.id,
-            },
-        );
-    }
-    for service in &services {
-        daemon.audit(Event {
-            event: "deliver".into(),
-            agent: Some(daemon.session().wallet.to_string()),
-            service: Some(service.to_string()),
-            mode: Some(
-                match (fd_mode, proxy.is_some()) {
-                    (true, _) => "run-fd",
-                    (_, true) => "run-proxy",
-                    _ => "run-env",
-                }
-                .into(),
-            ),
-            peer: Some(conn.peer.clone()),
-            request: Some(request.to_owned()),
-            detail: Some(format!("child pid {}", spawned.pid)),
-        });
-    }
-    if services.is_empty() {
-        daemon.audit(Event {
-            event: "run".into(),
-            agent: Some(daemon.session().wallet.to_string()),
-            peer: Some(conn.peer.clone()),
-            request: Some(request.to_owned()),
-            detail: Some(format!("child pid {} without credentials", spawned.pid)),
-            ..Default::default()
-        });
-    }
+    let mode = match (fd_mode, proxy.is_some()) {
+        (true, _) => "run-fd",
+        (_, true) => "run-proxy",
+        _ => "run-env",
+    };
+    register(daemon, conn, request, spawned.pid, &spec, mode);
     let exited = launch::watch_exit(pidfd.clone()).ok();
     Ok((
         Running {
@@ -521,12 +398,145 @@ pub async fn start(
     ))
 }
 
+/// The uid and gid the child runs as: `None` (the daemon's own) for a caller of the
+/// daemon's uid, the caller's when the daemon may start commands as others, else refused.
+fn run_as(conn: &Conn) -> Result<Option<(u32, u32)>, Refusal> {
+    let own_uid = rustix::process::geteuid().as_raw();
+    if conn.peer.uid == own_uid {
+        Ok(None)
+    } else if agentkeys_secmem::harden::can_run_as_others() {
+        Ok(Some((conn.peer.uid, conn.gid)))
+    } else {
+        Err(Refusal::new(
+            "DENIED",
+            "run is only offered to the daemon's own uid, unless the daemon holds CAP_SETUID, \
+             CAP_SETGID and CAP_KILL (root, or its own user given them as ambient \
+             capabilities): then it starts the command as the caller's uid",
+        ))
+    }
+}
+
+/// Starts the run's egress proxy: the child gets a placeholder (in a secret page, in
+/// place of each value) and the proxy's variables, which replace any of the caller's of
+/// the same name.
+async fn start_proxy(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    spec: &mut RunSpec,
+) -> Result<(crate::proxy::ProxyRun, Vec<SecretPage>), Refusal> {
+    let services: Vec<ServiceName> = spec.credentials.iter().map(|b| b.service.clone()).collect();
+    let proxy = crate::proxy::start(daemon, conn, request, &services).await?;
+    let mut pages = Vec::with_capacity(proxy.placeholders.len());
+    for placeholder in &proxy.placeholders {
+        pages.push(
+            SecretPage::from_slice(placeholder.as_bytes())
+                .map_err(|e| Refusal::new("INTERNAL", e.to_string()))?,
+        );
+    }
+    // The proxy's variables replace any of the caller's of the same name.
+    let names: Vec<&str> = proxy
+        .env
+        .iter()
+        .filter_map(|e| e.split('=').next())
+        .collect();
+    spec.environ
+        .retain(|e| !names.contains(&e.split('=').next().unwrap_or("")));
+    spec.environ.extend(proxy.env.iter().cloned());
+    Ok((proxy, pages))
+}
+
+/// Fetches the value of each credential the proxy does not stand in for, into `pages`:
+/// refused when fd mode has no fd-capable page, or a value for the environment holds a
+/// NUL byte.
+async fn fetch_values(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    request: &str,
+    spec: &RunSpec,
+    pages: &mut Vec<SecretPage>,
+) -> Result<(), Refusal> {
+    for b in spec.credentials.iter().skip(pages.len()) {
+        let page = daemon.fetch(&b.service, &conn.peer, request).await?;
+        if spec.fd_mode && page.fd().is_none() {
+            return Err(Refusal::new(
+                "INTERNAL",
+                "no fd-capable secret page on this machine; run without --fd",
+            ));
+        }
+        if !spec.fd_mode && page.expose_secret().contains(&0) {
+            return Err(Refusal::new(
+                "BAD_REQUEST",
+                format!(
+                    "'{}' holds binary data, which cannot travel in an environment variable; \
+                     use --fd",
+                    b.service
+                ),
+            ));
+        }
+        pages.push(page);
+    }
+    Ok(())
+}
+
+/// The program, its arguments and the working directory as C strings.
+fn exec_args(spec: &RunSpec) -> Result<(CString, Vec<CString>, Option<CString>), Refusal> {
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Refusal::new("BAD_REQUEST", "an argument contains a NUL byte"))?;
+    let program = argv[0].clone();
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|c| CString::new(c.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| Refusal::new("BAD_REQUEST", "cwd contains a NUL byte"))?;
+    Ok((program, argv, cwd))
+}
+
+/// Registers the child's process group (revocation and the caller's going away reach it)
+/// and audits a `deliver` per credential, in `mode`, or a `run` without any.
+fn register(daemon: &Daemon, conn: &Conn, request: &str, pid: u32, spec: &RunSpec, mode: &str) {
+    let services: Vec<ServiceName> = spec.credentials.iter().map(|b| b.service.clone()).collect();
+    daemon.children.insert(
+        pid,
+        ChildEntry {
+            services: services.clone(),
+            conn: conn.id,
+        },
+    );
+    for service in &services {
+        daemon.audit(Event {
+            event: "deliver".into(),
+            agent: Some(daemon.session().wallet.to_string()),
+            service: Some(service.to_string()),
+            mode: Some(mode.into()),
+            peer: Some(conn.peer.clone()),
+            request: Some(request.to_owned()),
+            detail: Some(format!("child pid {pid}")),
+        });
+    }
+    if services.is_empty() {
+        daemon.audit(Event {
+            event: "run".into(),
+            agent: Some(daemon.session().wallet.to_string()),
+            peer: Some(conn.peer.clone()),
+            request: Some(request.to_owned()),
+            detail: Some(format!("child pid {pid} without credentials")),
+            ..Default::default()
+        });
+    }
+}
+
 /// The environment block in a secret page: the base entries whose names are not bound,
 /// then one entry per binding (the value, or `<fd>:<length>` in fd mode).
 fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage> {
     let bound = |entry: &str| {
         let name = entry.split('=').next().unwrap_or("");
-        spec.bindings.iter().any(|b| b.name == name)
+        spec.credentials.iter().any(|b| b.name == name)
     };
     let base: Vec<&str> = spec
         .environ
@@ -540,7 +550,7 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
         .map(|(i, p)| format!("{}:{}", i + 3, p.len()))
         .collect();
     let mut total: usize = base.iter().map(|e| e.len() + 1).sum();
-    for (i, b) in spec.bindings.iter().enumerate() {
+    for (i, b) in spec.credentials.iter().enumerate() {
         let value_len = if spec.fd_mode {
             fd_values[i].len()
         } else {
@@ -563,7 +573,7 @@ fn build_env(spec: &RunSpec, pages: &[SecretPage]) -> std::io::Result<SecretPage
         put(e.as_bytes());
         put(b"\0");
     }
-    for (i, b) in spec.bindings.iter().enumerate() {
+    for (i, b) in spec.credentials.iter().enumerate() {
         put(b.name.as_bytes());
         put(b"=");
         if spec.fd_mode {
@@ -586,11 +596,7 @@ pub async fn wait(daemon: &Daemon, running: &Running) -> Exit {
     if let Some(proxy) = &running.proxy {
         proxy.shutdown().await;
     }
-    if !group_alive(running.pid)
-        && let Ok(mut children) = daemon.children.lock()
-    {
-        children.remove(&running.pid);
-    }
+    daemon.children.remove_if_empty(running.pid);
     daemon.note(
         "exit",
         None,
@@ -636,57 +642,6 @@ async fn wait_pidfd(running: &Running) -> Exit {
             }
             Err(_) => return Exit::Code(255),
         }
-    }
-}
-
-/// Sends `signal` to process group `pgid`: a `run` child (its pid is its group's id, it
-/// called `setsid`) and everything it started that did not leave the group.
-///
-/// The id cannot name another group while the child is unreaped or any member lives (the
-/// kernel does not hand out a pid still used as a process group id). Once the group is
-/// empty and the child reaped, the entry is dropped ([`wait`], [`prune_groups`]); until
-/// then a new session could take the number: that window is at most one housekeeping tick.
-pub fn signal_group(pgid: u32, signal: Signal) -> rustix::io::Result<()> {
-    let pgid = group_id(pgid)?;
-    rustix::process::kill_process_group(pgid, signal)
-}
-
-/// Whether process group `pgid` still has a member (`kill(-pgid, 0)`; a member we may not
-/// signal counts as one).
-pub fn group_alive(pgid: u32) -> bool {
-    match group_id(pgid).and_then(rustix::process::test_kill_process_group) {
-        Ok(()) => true,
-        Err(e) => e != rustix::io::Errno::SRCH,
-    }
-}
-
-fn group_id(pgid: u32) -> rustix::io::Result<rustix::process::Pid> {
-    i32::try_from(pgid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or(rustix::io::Errno::INVAL)
-}
-
-/// Polls until process group `pgid` is empty or `deadline` passes; whether it emptied.
-/// (No event says when the last member of a group exits, and its members are not our
-/// children.)
-async fn wait_group_empty(pgid: u32, deadline: tokio::time::Instant) -> bool {
-    loop {
-        if !group_alive(pgid) {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Drops the entries of process groups whose child has been reaped and that have no member
-/// left. Called on the daemon's housekeeping tick.
-pub fn prune_groups(daemon: &Daemon) {
-    if let Ok(mut children) = daemon.children.lock() {
-        children.retain(|pgid, _| group_alive(*pgid));
     }
 }
 
@@ -736,46 +691,6 @@ pub async fn serve_run(
     let _ = write_line(&writer, &note).await;
 }
 
-/// Signals a `run` caller may forward.
-const FORWARDABLE: [Signal; 9] = [
-    Signal::HUP,
-    Signal::INT,
-    Signal::QUIT,
-    Signal::TERM,
-    Signal::USR1,
-    Signal::USR2,
-    Signal::WINCH,
-    Signal::CONT,
-    Signal::KILL,
-];
-
-/// `agentkeys/signal {pid, signal}`: only to a child this connection started, and to its
-/// whole process group (a terminal's Ctrl-C reaches the whole foreground group too).
-pub fn forward_signal(daemon: &Daemon, conn: &Conn, params: &Value) -> Result<Value, String> {
-    let pid = params["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or("pid must be a number")?;
-    let number = params["signal"]
-        .as_i64()
-        .and_then(|s| i32::try_from(s).ok())
-        .ok_or("signal must be a number")?;
-    let signal = FORWARDABLE
-        .into_iter()
-        .find(|s| s.as_raw() == number)
-        .ok_or_else(|| format!("signal {number} cannot be forwarded"))?;
-    let ours = daemon
-        .children
-        .lock()
-        .ok()
-        .is_some_and(|c| c.get(&pid).is_some_and(|c| c.conn == conn.id));
-    if !ours {
-        return Err(format!("no running child {pid} started by this connection"));
-    }
-    signal_group(pid, signal).map_err(|e| e.to_string())?;
-    Ok(json!({}))
-}
-
 /// How long the output of a finished command is still read while something it started
 /// holds its stdout or stderr open.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -796,7 +711,7 @@ pub async fn run_captured(
     spec: RunSpec,
     timeout: Duration,
 ) -> Result<Value, Refusal> {
-    let io_err = |e: std::io::Error| refusal("INTERNAL", e.to_string());
+    let io_err = |e: std::io::Error| Refusal::new("INTERNAL", e.to_string());
     let devnull: OwnedFd = std::fs::File::open("/dev/null").map_err(io_err)?.into();
     let (out_r, out_w) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
@@ -932,13 +847,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_names_follow_the_service() {
-        let s = ServiceName::parse("open-ai.v2").unwrap();
-        assert_eq!(default_name(&s, false), "OPEN_AI_V2_API_KEY");
-        assert_eq!(default_name(&s, true), "AGENTKEYS_FD_OPEN_AI_V2");
-    }
-
-    #[test]
     fn specs_are_validated() {
         assert!(parse_spec(&json!({"argv": []})).is_err());
         assert!(parse_spec(&json!({"argv": ["x"], "services": ["Bad Name"]})).is_err());
@@ -951,7 +859,7 @@ mod tests {
         let spec = parse_spec(&json!({"argv": ["x"], "services": ["openai"],
             "env": {"GH": "github"}, "fd_mode": false}))
         .unwrap();
-        let names: Vec<_> = spec.bindings.iter().map(|b| b.name.as_str()).collect();
+        let names: Vec<_> = spec.credentials.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["OPENAI_API_KEY", "GH"]);
     }
 

@@ -19,9 +19,9 @@ use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::json;
 
-use crate::daemon::{Awaited, Conn, Daemon, Delivery, InFlight, Refusal};
+use crate::daemon::{Awaited, Conn, Daemon, Delivery, FD_CAPABILITY, InFlight, Refusal};
+use crate::proxy::persistent::Persistent;
 use crate::runner;
-use crate::transport::FD_CAPABILITY;
 
 const INSTRUCTIONS: &str = "\
 agentkeys gives you the API credentials your operator approved for you, one at a time, \
@@ -70,6 +70,7 @@ pub struct NoArguments {}
 pub struct Mcp {
     daemon: Arc<Daemon>,
     conn: Arc<Conn>,
+    proxies: Arc<Persistent>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -80,10 +81,11 @@ fn error(text: String) -> CallToolResult {
 #[tool_router]
 impl Mcp {
     /// A handler for one connection.
-    pub fn new(daemon: Arc<Daemon>, conn: Arc<Conn>) -> Self {
+    pub fn new(daemon: Arc<Daemon>, conn: Arc<Conn>, proxies: Arc<Persistent>) -> Self {
         Mcp {
             daemon,
             conn,
+            proxies,
             tool_router: Self::tool_router(),
         }
     }
@@ -110,13 +112,10 @@ impl Mcp {
         };
         if proxy {
             let request = context.id.to_string();
-            return match crate::proxy::persistent_env(
-                &self.daemon,
-                &self.conn,
-                &request,
-                vec![service.clone()],
-            )
-            .await
+            return match self
+                .proxies
+                .env(&self.daemon, &self.conn, &request, vec![service.clone()])
+                .await
             {
                 Ok(described) => {
                     let mut answer = described;

@@ -36,9 +36,10 @@ use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
-use zeroize::Zeroizing;
 
-use crate::daemon::{Conn, Daemon, Delivery};
+use crate::daemon::{Conn, Daemon, Delivery, FD_CAPABILITY};
+use crate::line_writer::{Writer, error_body, serialize_line, write_line};
+use crate::proxy::persistent::Persistent;
 
 /// The longest line accepted, in bytes.
 pub const MAX_LINE: usize = 1 << 20;
@@ -50,11 +51,6 @@ pub const RATE: f64 = 200.0;
 pub const BURST: f64 = 400.0;
 /// Descriptors accepted with one `recvmsg`, and held unclaimed at most.
 pub const MAX_FDS: usize = 8;
-/// The capability a client advertises to receive credentials as fds (DESIGN decision 8).
-pub const FD_CAPABILITY: &str = "agentkeys/fd-delivery";
-
-/// The write half, shared by rmcp's responses and our own messages.
-pub type Writer = Arc<Mutex<OwnedWriteHalf>>;
 
 /// The rmcp transport for one connection.
 pub struct LineTransport {
@@ -66,6 +62,7 @@ pub struct LineTransport {
     writer: Writer,
     daemon: Arc<Daemon>,
     conn: Arc<Conn>,
+    proxies: Arc<Persistent>,
     bad_lines: u32,
     tokens: f64,
     last: Instant,
@@ -81,6 +78,7 @@ impl LineTransport {
         write: OwnedWriteHalf,
         daemon: Arc<Daemon>,
         conn: Arc<Conn>,
+        proxies: Arc<Persistent>,
     ) -> Self {
         LineTransport {
             reader: read,
@@ -91,6 +89,7 @@ impl LineTransport {
             writer: Arc::new(Mutex::new(write)),
             daemon,
             conn,
+            proxies,
             bad_lines: 0,
             tokens: BURST,
             last: Instant::now(),
@@ -197,6 +196,7 @@ impl LineTransport {
         let daemon = self.daemon.clone();
         let writer = self.writer.clone();
         let conn = self.conn.clone();
+        let proxies = self.proxies.clone();
         if method == "agentkeys/run" {
             tokio::spawn(crate::runner::serve_run(
                 daemon, conn, writer, id, params, fds,
@@ -220,7 +220,7 @@ impl LineTransport {
             return;
         };
         if method == "agentkeys/signal" {
-            let answer = crate::runner::forward_signal(&daemon, &conn, &params);
+            let answer = crate::process_group::forward_signal(&daemon.children, conn.id, &params);
             let body = match answer {
                 Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
                 Err(msg) => error_body(id, -32602, &msg),
@@ -234,7 +234,7 @@ impl LineTransport {
             let answer = match method.as_str() {
                 "agentkeys/status" => Ok(daemon.status()),
                 "agentkeys/audit" => audit_page(&daemon, &params).await,
-                "agentkeys/proxy-env" => proxy_env(&daemon, &conn, &id, &params).await,
+                "agentkeys/proxy-env" => proxy_env(&daemon, &proxies, &conn, &id, &params).await,
                 _ => Err((-32601, format!("unknown method {method}"))),
             };
             let body = match answer {
@@ -249,6 +249,7 @@ impl LineTransport {
 /// `agentkeys/proxy-env {services}`: the persistent egress proxy's environment.
 async fn proxy_env(
     daemon: &Arc<Daemon>,
+    proxies: &Persistent,
     conn: &Conn,
     id: &Value,
     params: &Value,
@@ -267,7 +268,8 @@ async fn proxy_env(
                 .map_err(|_| (-32602, format!("'{s}' is not a service name")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    crate::proxy::persistent_env(daemon, conn, &id.to_string(), services)
+    proxies
+        .env(daemon, conn, &id.to_string(), services)
         .await
         .map_err(|r| (-32000, format!("{}: {}", r.code, r.message)))
 }
@@ -297,29 +299,6 @@ async fn audit_page(daemon: &Daemon, params: &Value) -> Result<Value, (i64, Stri
             anchor.map_or(Value::Null, |(seq, hash)| json!({"seq": seq, "hash": hash}));
     }
     Ok(answer)
-}
-
-/// A JSON-RPC error object.
-pub fn error_body(id: Option<Value>, code: i64, message: &str) -> Value {
-    json!({
-        "jsonrpc": "2.0", "id": id.unwrap_or(Value::Null),
-        "error": { "code": code, "message": message },
-    })
-}
-
-/// Serializes `value` into a buffer of exactly its size, writes it with a newline, and
-/// zeroizes the buffer.
-pub async fn write_line<T: serde::Serialize>(writer: &Writer, value: &T) -> io::Result<()> {
-    let bytes = serialize_line(value)?;
-    writer.lock().await.write_all(&bytes).await
-}
-
-fn serialize_line<T: serde::Serialize>(value: &T) -> io::Result<Zeroizing<Vec<u8>>> {
-    let len = agentkeys_core::json::json_len(value).map_err(io::Error::other)?;
-    let mut bytes = Zeroizing::new(Vec::with_capacity(len + 1));
-    serde_json::to_writer(&mut *bytes, value).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    Ok(bytes)
 }
 
 /// Writes `line` with `fd` attached to its first byte (one `sendmsg`; the rest, if the

@@ -135,7 +135,7 @@ impl RunCa {
         drop(key_guard);
         let chain = vec![leaf_cert.der().clone(), self.cert_der.clone()];
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let mut config = ServerConfig::builder_with_provider(super::tls_provider())
+        let mut config = ServerConfig::builder_with_provider(super::tls::tls_provider())
             .with_safe_default_protocol_versions()
             .map_err(err)?
             .with_no_client_auth()

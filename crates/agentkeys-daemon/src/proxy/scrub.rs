@@ -765,6 +765,35 @@ impl Replacer {
     }
 }
 
+impl Table {
+    /// Replaces every echo of a value in each header value (an answer's headers, a `101`'s,
+    /// trailers).
+    pub(super) fn scrub_headers(self: &Arc<Self>, headers: &mut http::HeaderMap) {
+        let names: Vec<http::header::HeaderName> = headers.keys().cloned().collect();
+        for name in names {
+            let values: Vec<http::HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+            let scrubbed: Vec<Option<Vec<u8>>> = values
+                .iter()
+                .map(|v| self.scrub_whole(v.as_bytes()))
+                .collect();
+            if scrubbed.iter().all(Option::is_none) {
+                continue;
+            }
+            headers.remove(&name);
+            for (v, new) in values.into_iter().zip(scrubbed) {
+                let v = match new {
+                    // A replacement is made of the value's own bytes and a placeholder's
+                    // (letters, digits, `-`, `_`), so it is a valid value; if not, nothing.
+                    Some(new) => http::HeaderValue::from_bytes(&new)
+                        .unwrap_or(http::HeaderValue::from_static("")),
+                    None => v,
+                };
+                headers.append(name.clone(), v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

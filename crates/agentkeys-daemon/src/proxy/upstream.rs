@@ -143,7 +143,7 @@ fn client_config(config: &ProxyConfig, h1_only: bool) -> Arc<ClientConfig> {
         let _ = roots.add_parsable_certificates(native.certs);
         let extra: Vec<CertificateDer<'static>> = config.upstream_ca.clone();
         let _ = roots.add_parsable_certificates(extra);
-        let mut c = ClientConfig::builder_with_provider(super::tls_provider())
+        let mut c = ClientConfig::builder_with_provider(super::tls::tls_provider())
             .with_safe_default_protocol_versions()
             .expect("invariant: ring supports the default TLS versions")
             .with_root_certificates(roots)
