@@ -213,7 +213,7 @@ struct RunSection {
     max_output: Option<usize>,
 }
 
-/// The default idle TTL of a cached credential (DESIGN decision 6).
+/// The default idle TTL of a cached credential (decision 73).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(60);
 /// The default longest life of a cached credential, counted from its fetch.
 pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(300);

@@ -1,6 +1,6 @@
 //! The daemon's shared state: its agent session and backend client, the audit trail, the
 //! counters `status` reports, the delivery bookkeeping that drops every page right after its
-//! response line is written, the opt-in cache with idle and age eviction (DESIGN decision 6),
+//! response line is written, the opt-in cache with idle and age eviction (decision 73),
 //! the `run` children, and what happens when the session turns out to be revoked.
 //!
 //! A fetch refuses while the session is revoked or a debugger traces the daemon, checked
@@ -63,7 +63,7 @@ pub struct InFlight {
     pub delivery: Delivery,
 }
 
-/// The capability a client advertises to receive credentials as fds (DESIGN decision 8).
+/// The capability a client advertises to receive credentials as fds (decision 75).
 pub const FD_CAPABILITY: &str = "agentkeys/fd-delivery";
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -134,7 +134,7 @@ struct Cached {
     stamp: Stamp,
 }
 
-/// What the server last said of one credential of this session (DESIGN decision 19): its
+/// What the server last said of one credential of this session (decision 86): its
 /// policy, binding, value version and the standing approvals for it, or that the session
 /// may no longer use it. A value fetched under one stamp is held only while the stamp is
 /// the same: any decision of the master about that credential changes it.
@@ -1253,8 +1253,8 @@ impl Daemon {
         }
     }
 
-    /// Holds a state watch on the server for as long as the daemon serves (DESIGN decision
-    /// 19): each answer is applied at once, so a master's change reaches the cache, every
+    /// Holds a state watch on the server for as long as the daemon serves (decision
+    /// 86): each answer is applied at once, so a master's change reaches the cache, every
     /// run's proxy and (a revocation) every `run` child within a round trip, not at the next
     /// `revocation_check`. A server without the endpoint leaves the periodic check alone;
     /// an unreachable one is retried with a growing pause (at most 5 s).

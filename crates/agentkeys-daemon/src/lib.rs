@@ -1,5 +1,5 @@
 //! `agentkeys-daemon`: lives in the agent's sandbox, holds the agent's session, and serves
-//! credentials over MCP on a Unix socket (DESIGN decisions 4, 6, 7, 10).
+//! credentials over MCP on a Unix socket (decisions 71, 73, 74, 77).
 //!
 //! A tour, start here. Each layer uses only those below it:
 //! - `run.rs` — the subcommands wired: `serve` binds the socket, gets a session, serves

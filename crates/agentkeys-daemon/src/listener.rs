@@ -1,4 +1,4 @@
-//! The daemon socket (DESIGN decision 7): the path, a private directory, stale sockets
+//! The daemon socket (decision 74): the path, a private directory, stale sockets
 //! handled safely, and every connection's `SO_PEERCRED` uid checked before a byte is read
 //! (fail closed, audited with pid/uid/exe).
 //!

@@ -1,4 +1,4 @@
-//! Getting the daemon its agent session (DESIGN decision 4): reuse a stored one, or pair
+//! Getting the daemon its agent session (decision 71): reuse a stored one, or pair
 //! (a fresh X25519 key, a pair code and OTP for the master, a long-poll, a new code when
 //! one expires), or recover an existing agent. The session arrives sealed to the fresh key
 //! and signed by the server, whose key is pinned at first contact (or given).

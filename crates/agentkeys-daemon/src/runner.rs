@@ -1,4 +1,4 @@
-//! Daemon-mediated `run` (DESIGN decision 9): the daemon fetches the credentials, builds the
+//! Daemon-mediated `run` (decision 76): the daemon fetches the credentials, builds the
 //! child's environment inside a secret page, forks and execs (agentkeys-secmem `launch`), and
 //! wipes the page as soon as `execve` has copied it. The caller never holds the plaintext.
 //!

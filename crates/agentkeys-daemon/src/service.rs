@@ -1,8 +1,8 @@
-//! The MCP surface (DESIGN decision 7): server `agentkeys`, tools `get_credential`,
+//! The MCP surface (decision 74): server `agentkeys`, tools `get_credential`,
 //! `list_credentials`, `run` and `whoami`. `get_credential` answers a client that advertised
-//! `agentkeys/fd-delivery` with the page's fd instead of the text (DESIGN decision 8). Failures are tool results with `isError: true` whose
-//! text a model can relay to its human (the exact `agentkeys approve` command, "revoked",
-//! "not in scope").
+//! `agentkeys/fd-delivery` with the page's fd instead of the text (decision 75). Failures
+//! are tool results with `isError: true` whose text a model can relay to its human (the
+//! exact `agentkeys approve` command, "revoked", "not in scope").
 
 use std::sync::Arc;
 
@@ -155,7 +155,7 @@ impl Mcp {
         };
         // The one copy that travels: rmcp needs the text as a String. It is freed (and
         // zeroized by the global allocator) once serialized; the page itself stays until
-        // the transport has written the line, then it is dropped (DESIGN decision 6).
+        // the transport has written the line, then it is dropped (decision 73).
         let result = CallToolResult::success(vec![ContentBlock::text(text.to_owned())]);
         self.hold(context.id, page, service, Delivery::Inline);
         result

@@ -1,4 +1,4 @@
-//! The daemon's own audit trail (DESIGN decision 10): JSONL, one event per line, each line
+//! The daemon's own audit trail (decision 77): JSONL, one event per line, each line
 //! carrying the SHA-256 of the previous line's hash and its own fields, so an edited,
 //! inserted or removed line breaks the chain from there on. Never secret bytes.
 //!

@@ -1,5 +1,5 @@
 //! Newline-delimited JSON-RPC on one socket connection, as an rmcp transport, with the
-//! daemon's rules around it (DESIGN "Daemon socket protocol"):
+//! daemon's rules around it (docs/daemon.md, "The socket"):
 //!
 //! - lines are limited to [`MAX_LINE`]; a longer one ends the connection;
 //! - a malformed line or an invalid request gets a JSON-RPC error and the connection stays

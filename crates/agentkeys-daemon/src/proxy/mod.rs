@@ -1,4 +1,4 @@
-//! The egress proxy (DESIGN decision 35): the agent never holds the key.
+//! The egress proxy (decision 82): the agent never holds the key.
 //!
 //! `run --proxy` gives the child a placeholder per credential instead of its value, an
 //! `HTTPS_PROXY` with a per-run credential, and a CA bundle holding the run's own CA. The

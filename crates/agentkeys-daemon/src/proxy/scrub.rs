@@ -14,8 +14,8 @@
 //! byte the key does not contain, does: it decodes to no part of the key.
 //!
 //! The pairs live in a secret page and are compared there. What a stream holds back for the
-//! next chunk does not depend on the key (DESIGN decision in docs/architecture.md, "The
-//! scrubber holds back by class"): the trailing run of bytes of one public class that every
+//! next chunk does not depend on the key (decision 58 in
+//! docs/architecture.md): the trailing run of bytes of one public class that every
 //! form above is written in ([`in_class`]), at most the longest span an occurrence can take;
 //! any byte outside the class releases everything before it. A key with a byte outside the
 //! class makes every chunk hold that longest span back instead.
