@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: the Python managed runtime's pytest suite, then every Rust test
+# The whole test suite: the module layering check, the Python managed runtime's pytest
+# suite, then every Rust test
 # (unit tests and the end-to-end tests that start the real binaries), the server's
 # integration suite a second time on PostgreSQL, the OpenAPI document through a validator,
 # then the independent Python client
@@ -23,6 +24,9 @@ cd "$(dirname "$0")/.."
 # Everything the tests need (Debian packages, the venv, the npm packages), once.
 bash scripts/setup.sh
 export AGENTKEYS_TEST_PYTHON="$PWD/target/pyenv/bin/python"
+
+echo "== module layers: no import circle in any crate (scripts/check-layers.py)" >&2
+"$AGENTKEYS_TEST_PYTHON" scripts/check-layers.py
 
 echo "== throwaway PostgreSQL (scripts/pg-throwaway.sh)" >&2
 pg_env=$(bash scripts/pg-throwaway.sh)
