@@ -1,0 +1,54 @@
+//! Where the workspace's binaries are: next to a test's own binary (`cargo test` builds them
+//! into one directory), or in the directory a benchmark names (`target/release`).
+
+use std::path::{Path, PathBuf};
+
+use crate::Server;
+
+/// The directory holding `agentkeys-server`, `agentkeys` and `agentkeys-daemon`.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    dir: PathBuf,
+}
+
+impl Bins {
+    /// The binaries next to `sibling` (pass `env!("CARGO_BIN_EXE_<a bin of the test's
+    /// crate>")`), built by the same `cargo test --workspace`.
+    pub fn next_to(sibling: &str) -> Bins {
+        Bins::in_dir(Path::new(sibling).parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The binaries in `dir`.
+    pub fn in_dir(dir: &Path) -> Bins {
+        Bins {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Their directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The binary `name` (`examples/check` for an example); it must exist.
+    pub fn path(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        assert!(
+            path.exists(),
+            "{} is missing: run 'cargo test --workspace' (or 'cargo build --workspace') first",
+            path.display()
+        );
+        path
+    }
+
+    /// `agentkeys-server` on a free port with `extra` flags ([`Server::start`]).
+    pub fn server(&self, extra: &[&str]) -> Server {
+        Server::start(&self.path("agentkeys-server"), extra)
+    }
+}
+
+/// A workspace binary, built by the same `cargo test --workspace` into the directory of
+/// `sibling` (pass `env!("CARGO_BIN_EXE_<a bin of the test's crate>")`).
+pub fn workspace_bin(sibling: &str, name: &str) -> PathBuf {
+    Bins::next_to(sibling).path(name)
+}
