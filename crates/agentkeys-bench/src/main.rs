@@ -26,7 +26,7 @@ mod revocation;
 mod setup;
 mod stats;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 
 use agentkeys_core::Backend as _;
 use agentkeys_core::HttpBackend;
-use agentkeys_secmem::SecretString;
 use agentkeys_types::ServiceName;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use crate::setup::{Bins, CACHED, PROXIED, Stack, UNCACHED, rss_kib};
+use crate::setup::{CACHED, PROXIED, Stack, UNCACHED, locate_bins, rss_kib};
 use crate::stats::{Report, Samples, human, ratio};
+use agentkeys_testkit::{Bins, Client};
 
 /// agentkeys-bench: latency, throughput and memory of agentkeys, with peers, in one run.
 #[derive(Parser)]
@@ -126,7 +126,7 @@ fn run(args: &Args) -> Result<Report, String> {
             secs: Duration::from_secs(3),
         }
     };
-    let bins = Bins::locate(args.no_build)?;
+    let bins = locate_bins(args.no_build)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -144,13 +144,13 @@ fn run(args: &Args) -> Result<Report, String> {
         "--proxy-upstream-ca".to_owned(),
         upstream.ca.display().to_string(),
     ];
-    let stack = Stack::start(&bins, &daemon_extra, proxy::HOST)?;
+    let stack = Stack::start(&bins, &daemon_extra, proxy::HOST);
     let mut report = Report::default();
     if args.what == "revocation" {
         revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
         return Ok(report);
     }
-    let idle_daemon = rss_kib(stack.daemon.id());
+    let idle_daemon = rss_kib(stack.daemon.pid());
     let idle_server = rss_kib(stack.server.pid());
 
     let floor = socket_floor(&sizes);
@@ -233,13 +233,13 @@ fn run(args: &Args) -> Result<Report, String> {
     let mediated = Samples::measure(3, sizes.runs, || {
         let _ = Command::new(stack.cli())
             .args(["run", "--service", UNCACHED, "--", "/bin/true"])
-            .env("AGENTKEYS_SOCKET", &stack.socket)
+            .env("AGENTKEYS_SOCKET", stack.socket())
             .status();
     });
     let mediated_none = Samples::measure(3, sizes.runs, || {
         let _ = Command::new(stack.cli())
             .args(["run", "--", "/bin/true"])
-            .env("AGENTKEYS_SOCKET", &stack.socket)
+            .env("AGENTKEYS_SOCKET", stack.socket())
             .status();
     });
     report.latency(
@@ -330,7 +330,7 @@ fn run(args: &Args) -> Result<Report, String> {
 
     engines::run(&bins, &rt, sizes.secs, &mut report)?;
 
-    let loaded_daemon = rss_kib(stack.daemon.id());
+    let loaded_daemon = rss_kib(stack.daemon.pid());
     let loaded_server = rss_kib(stack.server.pid());
     report.other(
         "rss_daemon",
@@ -464,11 +464,11 @@ fn profile(
     rt: &tokio::runtime::Runtime,
     secs: Duration,
 ) -> Result<(), String> {
-    let stack = Stack::start(bins, &[], proxy::HOST)?;
+    let stack = Stack::start(bins, &[], proxy::HOST);
     eprintln!(
         "bench: server pid {}, daemon pid {}; {what} for {}s in 1s",
         stack.server.pid(),
-        stack.daemon.id(),
+        stack.daemon.pid(),
         secs.as_secs()
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -482,7 +482,7 @@ fn profile(
         "profile-gets" => {
             let mut calls = 0u64;
             while Instant::now() < deadline {
-                let mut c = Mcp::connect(&stack)?;
+                let mut c = mcp(&stack)?;
                 let args = json!({"name": "get_credential", "arguments": {"service": CACHED}});
                 for _ in 0..PER_CONNECTION {
                     c.call("tools/call", args.clone())?;
@@ -494,8 +494,8 @@ fn profile(
         "profile-idle" => {
             println!(
                 "AGENTKEYS_SOCKET={} AGENTKEYS_HOME={} AGENTKEYS_SERVER={} AGENTKEYS_SESSION_STORE=file",
-                stack.socket.display(),
-                stack.master_home.path().display(),
+                stack.socket().display(),
+                stack.master.home().display(),
                 stack.server.url
             );
             std::thread::sleep(secs);
@@ -516,7 +516,7 @@ fn profile(
             while Instant::now() < deadline {
                 let _ = Command::new(stack.cli())
                     .args(["run", "--service", UNCACHED, "--", "/bin/true"])
-                    .env("AGENTKEYS_SOCKET", &stack.socket)
+                    .env("AGENTKEYS_SOCKET", stack.socket())
                     .status();
                 runs += 1;
             }
@@ -530,52 +530,11 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// A minimal newline-delimited JSON-RPC client (what an inline MCP agent does).
-struct Mcp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next: u64,
-    line: String,
-}
-
-impl Mcp {
-    fn connect(stack: &Stack) -> Result<Mcp, String> {
-        let s = UnixStream::connect(&stack.socket).map_err(|e| e.to_string())?;
-        let mut c = Mcp {
-            reader: BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
-            writer: s,
-            next: 0,
-            line: String::new(),
-        };
-        c.call("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}))?;
-        c.writer
-            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
-            .map_err(|e| e.to_string())?;
-        Ok(c)
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Result<usize, String> {
-        self.next += 1;
-        let msg = json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
-        let mut bytes = msg.to_string().into_bytes();
-        bytes.push(b'\n');
-        self.writer.write_all(&bytes).map_err(|e| e.to_string())?;
-        loop {
-            self.line.clear();
-            self.reader
-                .read_line(&mut self.line)
-                .map_err(|e| e.to_string())?;
-            if self.line.is_empty() {
-                return Err("the daemon closed the connection".into());
-            }
-            if self.line.contains(&format!("\"id\":{}", self.next)) {
-                if self.line.contains("\"isError\":true") {
-                    return Err(format!("tool error: {}", self.line.trim()));
-                }
-                return Ok(self.line.len());
-            }
-        }
-    }
+/// A connection on the daemon socket, initialized (what an inline MCP agent does).
+fn mcp(stack: &Stack) -> Result<Client, String> {
+    let mut c = Client::try_connect(stack.socket()).map_err(|e| e.to_string())?;
+    c.initialize_as("bench");
+    Ok(c)
 }
 
 /// Calls per connection before a fresh one: the daemon allows a burst of 400 messages per
@@ -623,7 +582,7 @@ fn fetch_inline(
     in_chunks(
         sizes,
         pause,
-        || Mcp::connect(stack),
+        || mcp(stack),
         |c| c.call("tools/call", args.clone()).map(|_| ()),
     )
 }
@@ -632,7 +591,7 @@ fn fetch_fd(stack: &Stack, service: &str, sizes: &Sizes) -> Result<Samples, Stri
     in_chunks(
         sizes,
         Duration::ZERO,
-        || agentkeys_runtime::Client::connect(Some(&stack.socket)).map_err(|e| e.to_string()),
+        || agentkeys_runtime::Client::connect(Some(stack.socket())).map_err(|e| e.to_string()),
         |c| {
             let cred = c.get_credential(service).map_err(|e| e.to_string())?;
             if cred.with_bytes(<[u8]>::len) != stack.value.len() {
@@ -645,13 +604,9 @@ fn fetch_fd(stack: &Stack, service: &str, sizes: &Sizes) -> Result<Samples, Stri
 
 /// fetch → drop per request id, from the daemon's monotonic timestamps.
 fn plaintext_window(stack: &Stack) -> Result<Samples, String> {
-    let text = std::fs::read_to_string(stack.trail()).map_err(|e| e.to_string())?;
     let mut fetched = std::collections::HashMap::new();
     let mut windows = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
+    for v in agentkeys_testkit::trail_lines(&stack.daemon.trail()) {
         let (Some(req), Some(t)) = (v["request"].as_str(), v["mono_ns"].as_u64()) else {
             continue;
         };
@@ -726,17 +681,7 @@ fn ssh_agent(sizes: &Sizes) -> Option<Samples> {
 
 /// A master session of its own, with one credential to read.
 async fn master_backend(url: &str) -> Result<Arc<HttpBackend>, String> {
-    let anon = HttpBackend::new(url).map_err(|e| e.to_string())?;
-    let grant = anon
-        .create_session(SecretString::from("bench-throughput".to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let backend = HttpBackend::new(url)
-        .and_then(|b| b.with_token(&grant.token))
-        .map_err(|e| e.to_string())?
-        .pinning_first_contact()
-        .await
-        .map_err(|e| e.to_string())?;
+    let (backend, _) = agentkeys_testkit::pairing::enrol_master(url, "bench-throughput").await;
     let service = ServiceName::parse("throughput").map_err(|e| e.to_string())?;
     backend
         .store_credential(
@@ -864,7 +809,7 @@ fn egress_proxy(
     sizes: &Sizes,
     report: &mut Report,
 ) -> Result<(), String> {
-    let env = Arc::new(proxy::ProxyEnv::ask(stack.cli(), &stack.socket, PROXIED)?);
+    let env = Arc::new(proxy::ProxyEnv::ask(stack.cli(), stack.socket(), PROXIED)?);
     let direct = proxy::Path2::Direct {
         port: upstream.port,
         ca: upstream.ca.clone(),
@@ -933,9 +878,9 @@ fn egress_proxy(
         format!("{} direct p99", ratio(h2_proxy.p99(), h2_direct.p99())),
     );
     let direct_rate = rt.block_on(proxy::stream(&direct))?;
-    let before = rss_kib(stack.daemon.id());
+    let before = rss_kib(stack.daemon.pid());
     let (proxy_rate, peak) =
-        proxy::peak_rss_during(stack.daemon.id(), || rt.block_on(proxy::stream(&proxied)));
+        proxy::peak_rss_during(stack.daemon.pid(), || rt.block_on(proxy::stream(&proxied)));
     let proxy_rate = proxy_rate?;
     let growth = peak.saturating_sub(before);
     report.other(
