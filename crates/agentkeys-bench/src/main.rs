@@ -110,22 +110,29 @@ struct Sizes {
     secs: Duration,
 }
 
+impl Sizes {
+    /// The iteration counts of a full run, or about 10× fewer for `--quick`.
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                warm: 50,
+                n: 300,
+                runs: 10,
+                secs: Duration::from_millis(700),
+            }
+        } else {
+            Sizes {
+                warm: 300,
+                n: 3000,
+                runs: 40,
+                secs: Duration::from_secs(3),
+            }
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<Report, String> {
-    let sizes = if args.quick {
-        Sizes {
-            warm: 50,
-            n: 300,
-            runs: 10,
-            secs: Duration::from_millis(700),
-        }
-    } else {
-        Sizes {
-            warm: 300,
-            n: 3000,
-            runs: 40,
-            secs: Duration::from_secs(3),
-        }
-    };
+    let sizes = Sizes::new(args.quick);
     let bins = locate_bins(args.no_build)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -150,22 +157,51 @@ fn run(args: &Args) -> Result<Report, String> {
         revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
         return Ok(report);
     }
-    let idle_daemon = rss_kib(stack.daemon.pid());
-    let idle_server = rss_kib(stack.server.pid());
+    let idle = (rss_kib(stack.daemon.pid()), rss_kib(stack.server.pid()));
+    let fetched = fetch_rows(&stack, &sizes, &mut report)?;
+    let launched = launch_rows(&stack, &sizes, &mut report);
+    approval_row(&stack, &rt, &sizes, &mut report)?;
+    eprintln!("bench: revocation reaching a run and its proxy (a fresh agent each)...");
+    revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
+    throughput_rows(&stack, &rt, &sizes, &mut report)?;
+    engines::run(&bins, &rt, sizes.secs, &mut report)?;
+    footprint_rows(&stack, &bins, idle, &mut report);
+    floor_rows(&fetched, &mut report);
+    eprintln!("bench: the egress proxy against direct TLS...");
+    egress_proxy(&stack, &upstream, &rt, &sizes, &mut report)?;
+    peer_rows(
+        args.fnox.as_deref(),
+        &sizes,
+        &launched,
+        &fetched,
+        &mut report,
+    )?;
+    Ok(report)
+}
 
-    let floor = socket_floor(&sizes);
+/// What the fetch figures measured that later rows compare against.
+struct Fetched {
+    floor: Samples,
+    ssh: Option<Samples>,
+    cached: Samples,
+}
+
+/// `get_credential` over a held connection (inline and fd, cached and not, against the
+/// socket floor and ssh-agent), and the daemon's plaintext window from its trail.
+fn fetch_rows(stack: &Stack, sizes: &Sizes, report: &mut Report) -> Result<Fetched, String> {
+    let floor = socket_floor(sizes);
     eprintln!("bench: get_credential over a held connection...");
-    let uncached = fetch_inline(&stack, UNCACHED, &sizes, Duration::ZERO)?;
-    let cached = fetch_inline(&stack, CACHED, &sizes, Duration::ZERO)?;
+    let uncached = fetch_inline(stack, UNCACHED, sizes, Duration::ZERO)?;
+    let cached = fetch_inline(stack, CACHED, sizes, Duration::ZERO)?;
     let quiet = Sizes {
         n: sizes.n / 4,
         warm: sizes.warm / 4,
-        ..sizes
+        ..*sizes
     };
-    let cached_idle = fetch_inline(&stack, CACHED, &quiet, Duration::from_millis(5))?;
-    let fd = fetch_fd(&stack, UNCACHED, &sizes)?;
-    let fd_cached = fetch_fd(&stack, CACHED, &sizes)?;
-    let ssh = ssh_agent(&sizes);
+    let cached_idle = fetch_inline(stack, CACHED, &quiet, Duration::from_millis(5))?;
+    let fd = fetch_fd(stack, UNCACHED, sizes)?;
+    let fd_cached = fetch_fd(stack, CACHED, sizes)?;
+    let ssh = ssh_agent(sizes);
     let vs = |s: &Samples| match &ssh {
         Some(a) => format!(
             "{} ssh-agent ({}); {} socket floor",
@@ -215,7 +251,7 @@ fn run(args: &Args) -> Result<Report, String> {
         format!("{} inline cached", ratio(fd_cached.p50(), cached.p50())),
     );
 
-    let window = plaintext_window(&stack)?;
+    let window = plaintext_window(stack)?;
     report.latency(
         "plaintext_window",
         "daemon plaintext window (fetch → drop, from its trail)",
@@ -224,6 +260,18 @@ fn run(args: &Args) -> Result<Report, String> {
         "design estimate: ~50 ms".to_owned(),
     );
 
+    Ok(Fetched { floor, ssh, cached })
+}
+
+/// What the launch figures measured that the peers' rows compare against.
+struct Launched {
+    bare: Samples,
+    mediated: Samples,
+    per_process: Samples,
+}
+
+/// `agentkeys run` against a bare exec, and `agentkeys read` in a new process per fetch.
+fn launch_rows(stack: &Stack, sizes: &Sizes, report: &mut Report) -> Launched {
     eprintln!("bench: agentkeys run...");
     let bare = Samples::measure(3, sizes.runs, || {
         let _ = Command::new("/usr/bin/env")
@@ -285,8 +333,22 @@ fn run(args: &Args) -> Result<Report, String> {
         ),
     );
 
+    Launched {
+        bare,
+        mediated,
+        per_process,
+    }
+}
+
+/// The approval round trip a person waits through.
+fn approval_row(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
     eprintln!("bench: the approval round trip (watch, approve, release)...");
-    let approvals = approvals::round_trip(&stack, &rt, 3, sizes.runs)?;
+    let approvals = approvals::round_trip(stack, rt, 3, sizes.runs)?;
     report.latency(
         "approval_round_trip",
         "approval round trip: high-value read opens a request → `watch` notices → \
@@ -301,9 +363,16 @@ fn run(args: &Args) -> Result<Report, String> {
         ),
     );
 
-    eprintln!("bench: revocation reaching a run and its proxy (a fresh agent each)...");
-    revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
+    Ok(())
+}
 
+/// Sealed reads (at three concurrencies) and stores per second on the server.
+fn throughput_rows(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
     eprintln!("bench: server throughput...");
     let backend = rt.block_on(master_backend(&stack.server.url))?;
     for c in [1usize, 8, 32] {
@@ -328,8 +397,12 @@ fn run(args: &Args) -> Result<Report, String> {
         json!(stores),
     );
 
-    engines::run(&bins, &rt, sizes.secs, &mut report)?;
+    Ok(())
+}
 
+/// The daemon's and the server's RSS (idle, then after the load) and the binaries' sizes.
+fn footprint_rows(stack: &Stack, bins: &Bins, idle: (u64, u64), report: &mut Report) {
+    let (idle_daemon, idle_server) = idle;
     let loaded_daemon = rss_kib(stack.daemon.pid());
     let loaded_server = rss_kib(stack.server.pid());
     report.other(
@@ -361,14 +434,19 @@ fn run(args: &Args) -> Result<Report, String> {
             json!(size),
         );
     }
+}
+
+/// The floors measured with the fetches: the socket ping-pong and ssh-agent.
+fn floor_rows(fetched: &Fetched, report: &mut Report) {
+    let Fetched { floor, ssh, .. } = fetched;
     report.latency(
         "floor_socket",
         "floor: Unix-socket ping-pong, 64 bytes",
-        &floor,
+        floor,
         "",
         "peer-baselines: 15–25 µs".to_owned(),
     );
-    match &ssh {
+    match ssh {
         Some(s) => report.latency(
             "peer_ssh_agent",
             "peer: ssh-agent request, held connection",
@@ -385,9 +463,23 @@ fn run(args: &Args) -> Result<Report, String> {
             Value::Null,
         ),
     }
-    eprintln!("bench: the egress proxy against direct TLS...");
-    egress_proxy(&stack, &upstream, &rt, &sizes, &mut report)?;
-    match peers::locate(args.fnox.as_deref()) {
+}
+
+/// The peers installed here: fnox side by side, teller and pass when present.
+fn peer_rows(
+    fnox: Option<&std::path::Path>,
+    sizes: &Sizes,
+    launched: &Launched,
+    fetched: &Fetched,
+    report: &mut Report,
+) -> Result<(), String> {
+    let Launched {
+        bare,
+        mediated,
+        per_process,
+    } = launched;
+    let cached = &fetched.cached;
+    match peers::locate(fnox) {
         Some(bin) => {
             eprintln!("bench: fnox, side by side...");
             let fnox = peers::Fnox::new(&bin, &agentkeys_testkit::canary("bench"))?;
@@ -454,7 +546,7 @@ fn run(args: &Args) -> Result<Report, String> {
             );
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// One load, for `perf record -a` to watch: the stack's pids go to stderr first.
