@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::Server;
-
 /// The directory holding `agentkeys-server`, `agentkeys` and `agentkeys-daemon`.
 #[derive(Clone, Debug)]
 pub struct Bins {
@@ -39,11 +37,6 @@ impl Bins {
             path.display()
         );
         path
-    }
-
-    /// `agentkeys-server` on a free port with `extra` flags ([`Server::start`]).
-    pub fn server(&self, extra: &[&str]) -> Server {
-        Server::start(&self.path("agentkeys-server"), extra)
     }
 }
 

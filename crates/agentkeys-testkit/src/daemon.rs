@@ -11,7 +11,10 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{Bins, Client, Master, Server, text};
+use crate::bins::Bins;
+use crate::master::{Master, text};
+use crate::mcp::Client;
+use crate::server::Server;
 
 /// How `agentkeys-daemon serve` is to be started: [`Daemon::command`], then
 /// [`DaemonCommand::spawn`].
@@ -265,4 +268,16 @@ pub fn paired_configured(
     let mut args = vec!["--config", &config];
     args.extend_from_slice(serve_args);
     paired_with(master, home, approve_args, &args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after;
+
+    #[test]
+    fn the_code_and_otp_are_read_from_the_daemon_line() {
+        let line = "pairing code ABCD-EFGH, OTP 123456 — approve with: agentkeys approve ABCD-EFGH";
+        assert_eq!(after(line, " code ", 9), "ABCD-EFGH");
+        assert_eq!(after(line, ", OTP ", 6), "123456");
+    }
 }

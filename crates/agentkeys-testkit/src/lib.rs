@@ -12,6 +12,7 @@
 //! - [`trail`]: the daemon's audit trail, read whole lines at a time.
 //! - [`pairing`]: enrolment and the daemon's side of pairing through the library, for suites
 //!   that play a side themselves.
+//! - [`temp`]: a directory per test, removed on drop ([`TempDir`]).
 //! - [`machine`]: the visible skips where this machine lacks a feature.
 //! - [`memory`]: the "no readable copy" assertions.
 //!
@@ -37,9 +38,8 @@ pub mod mcp;
 pub mod memory;
 pub mod pairing;
 pub mod server;
+pub mod temp;
 pub mod trail;
-
-use std::path::{Path, PathBuf};
 
 pub use bins::{Bins, workspace_bin};
 pub use daemon::{Daemon, DaemonCommand, paired, paired_configured, paired_with, write_config};
@@ -48,33 +48,9 @@ pub use mcp::Client;
 pub use memory::{
     assert_freed_heap_is_scrubbed, assert_no_readable_copy, assert_no_readable_copy_but,
 };
-pub use server::Server;
+pub use server::{Server, ServerCommand};
+pub use temp::TempDir;
 pub use trail::{first_child_pid, trail_lines, wait_for_events};
-
-/// A temporary directory removed on drop (std only).
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A fresh private directory under the system temp dir.
-    pub fn new(prefix: &str) -> TempDir {
-        let r: [u8; 8] = agentkeys_core::crypto::random_array();
-        let name = format!("{prefix}-{}", agentkeys_core::hex(&r));
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A random credential value, unique per call, for leak checks.
 pub fn canary(tag: &str) -> String {

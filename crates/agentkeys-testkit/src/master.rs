@@ -6,7 +6,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::{Bins, Server, TempDir};
+use crate::bins::Bins;
+use crate::server::Server;
+use crate::temp::TempDir;
 
 /// The variables a developer's shell may hold that would point the CLI elsewhere.
 const INHERITED: [&str; 5] = [

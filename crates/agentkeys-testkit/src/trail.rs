@@ -60,3 +60,14 @@ pub fn first_child_pid(trail: &Path) -> u32 {
         })
         .expect("a deliver line naming the child pid")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::complete_lines;
+
+    #[test]
+    fn a_last_line_without_its_newline_is_left_out() {
+        let lines: Vec<&str> = complete_lines("{\"a\":1}\n{\"b\":2}\n{\"c\"").collect();
+        assert_eq!(lines, ["{\"a\":1}", "{\"b\":2}"]);
+    }
+}
