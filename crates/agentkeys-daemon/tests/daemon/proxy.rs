@@ -129,8 +129,7 @@ impl Drop for Upstream {
 /// A realistic key: kind prefix, then 48 random hex digits (unique, for memory scans).
 fn key(prefix: &str) -> String {
     let r: [u8; 24] = agentkeys_core::crypto::random_array();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{hex}")
+    format!("{prefix}{}", agentkeys_core::hex(&r))
 }
 
 struct ProxyAgent {
