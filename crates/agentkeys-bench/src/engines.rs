@@ -317,11 +317,12 @@ pub(crate) fn run(
         let keys = base64::engine::general_purpose::STANDARD.encode(keys);
         let mut replicas = vec![first];
         for _ in 1..n {
-            replicas.push(Server::start_with_env(
-                &server_bin,
-                &db_flag,
-                &[("AGENTKEYS_SERVER_KEYS", keys.as_str())],
-            ));
+            replicas.push(
+                Server::command(&server_bin)
+                    .args(&db_flag)
+                    .env("AGENTKEYS_SERVER_KEYS", &keys)
+                    .spawn(),
+            );
         }
         let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
         let pids: Vec<u32> = replicas.iter().map(Server::pid).collect();

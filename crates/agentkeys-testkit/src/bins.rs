@@ -39,9 +39,3 @@ impl Bins {
         path
     }
 }
-
-/// A workspace binary, built by the same `cargo test --workspace` into the directory of
-/// `sibling` (pass `env!("CARGO_BIN_EXE_<a bin of the test's crate>")`).
-pub fn workspace_bin(sibling: &str, name: &str) -> PathBuf {
-    Bins::next_to(sibling).path(name)
-}

@@ -41,7 +41,7 @@ pub mod server;
 pub mod temp;
 pub mod trail;
 
-pub use bins::{Bins, workspace_bin};
+pub use bins::Bins;
 pub use daemon::{Daemon, DaemonCommand, paired, paired_configured, paired_with, write_config};
 pub use master::{Master, text};
 pub use mcp::Client;

@@ -101,15 +101,6 @@ impl Server {
         Self::command(server_bin).args(extra).spawn()
     }
 
-    /// [`Server::start`] with environment variables.
-    pub fn start_with_env(server_bin: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        env.iter()
-            .fold(Self::command(server_bin).args(extra), |c, (k, v)| {
-                c.env(k, v)
-            })
-            .spawn()
-    }
-
     /// Starts the process on `listen` and waits for its ready line; returns the address
     /// it listens on. Its stderr is appended to the log until it exits.
     fn spawn_on(&mut self, listen: &str) -> String {
