@@ -9,8 +9,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use agentkeys_core::Backend as _;
-use agentkeys_core::HttpBackend;
-use agentkeys_secmem::SecretString;
 use agentkeys_types::ServiceName;
 use agentkeys_types::api::AuthStatus;
 
@@ -37,7 +35,7 @@ pub(crate) fn round_trip(
     warm: usize,
     n: usize,
 ) -> Result<RoundTrip, String> {
-    stack.master_store(&[HIGH, "--high-value"], &stack.value)?;
+    stack.master.store(HIGH, &stack.value, &["--high-value"]);
     let mut watch = stack
         .master_cli(&["watch", "--json", "--no-desktop"])
         .stdout(Stdio::piped())
@@ -55,19 +53,10 @@ pub(crate) fn round_trip(
         }
     });
     // The reader: a session of the same master (its inbox is the one watched).
-    let reader = rt.block_on(async {
-        let anon = HttpBackend::new(&stack.server.url).map_err(|e| e.to_string())?;
-        let grant = anon
-            .create_session(SecretString::from("bench-master".to_owned()))
-            .await
-            .map_err(|e| e.to_string())?;
-        HttpBackend::new(&stack.server.url)
-            .and_then(|b| b.with_token(&grant.token))
-            .map_err(|e| e.to_string())?
-            .pinning_first_contact()
-            .await
-            .map_err(|e| e.to_string())
-    })?;
+    let (reader, _) = rt.block_on(agentkeys_testkit::pairing::enrol_master(
+        &stack.server.url,
+        "bench-master",
+    ));
     let service = ServiceName::parse(HIGH).map_err(|e| e.to_string())?;
     // Give watch its first (empty) answer before timing.
     std::thread::sleep(Duration::from_millis(300));

@@ -16,8 +16,8 @@ use agentkeys_types::ServiceName;
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::setup::Bins;
 use crate::stats::{Report, Samples, human};
+use agentkeys_testkit::Bins;
 
 /// Concurrent clients.
 const CONCURRENCY: usize = 32;
@@ -218,17 +218,7 @@ async fn load(
 
 /// A master session on `url` with the `throughput` credential stored.
 async fn master(url: &str) -> Result<SecretString, String> {
-    let grant = HttpBackend::new(url)
-        .map_err(|e| e.to_string())?
-        .create_session(SecretString::from("bench-engines".to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let backend = HttpBackend::new(url)
-        .and_then(|b| b.with_token(&grant.token))
-        .map_err(|e| e.to_string())?
-        .pinning_first_contact()
-        .await
-        .map_err(|e| e.to_string())?;
+    let (backend, grant) = agentkeys_testkit::pairing::enrol_master(url, "bench-engines").await;
     let service = ServiceName::parse("throughput").map_err(|e| e.to_string())?;
     backend
         .store_credential(None, &service, b"sk-bench-engines-value-0123456789", None)
@@ -285,7 +275,7 @@ pub(crate) fn run(
 ) -> Result<(), String> {
     let server_bin = bins.path("agentkeys-server");
     eprintln!("bench: engines: SQLite...");
-    let sqlite = Server::start(&server_bin, &["--read-rate", "0"]);
+    let sqlite = bins.server(&["--read-rate", "0"]);
     let token = rt.block_on(master(&sqlite.url))?;
     let l = rt.block_on(load(
         std::slice::from_ref(&sqlite.url),
@@ -322,16 +312,17 @@ pub(crate) fn run(
         eprintln!("bench: engines: PostgreSQL, {n} replica(s)...");
         let url = cluster.database(&format!("bench_{n}"))?;
         let db_flag = ["--read-rate", "0", "--database", url.as_str()];
-        let first = Server::start(&server_bin, &db_flag);
+        let first = bins.server(&db_flag);
         let keys = std::fs::read(first.data_dir.join("server.key")).map_err(|e| e.to_string())?;
         let keys = base64::engine::general_purpose::STANDARD.encode(keys);
         let mut replicas = vec![first];
         for _ in 1..n {
-            replicas.push(Server::start_with_env(
-                &server_bin,
-                &db_flag,
-                &[("AGENTKEYS_SERVER_KEYS", keys.as_str())],
-            ));
+            replicas.push(
+                Server::command(&server_bin)
+                    .args(&db_flag)
+                    .env("AGENTKEYS_SERVER_KEYS", &keys)
+                    .spawn(),
+            );
         }
         let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
         let pids: Vec<u32> = replicas.iter().map(Server::pid).collect();

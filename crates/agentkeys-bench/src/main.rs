@@ -26,7 +26,7 @@ mod revocation;
 mod setup;
 mod stats;
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 
 use agentkeys_core::Backend as _;
 use agentkeys_core::HttpBackend;
-use agentkeys_secmem::SecretString;
 use agentkeys_types::ServiceName;
 use clap::Parser;
 use serde_json::{Value, json};
 
-use crate::setup::{Bins, CACHED, PROXIED, Stack, UNCACHED, rss_kib};
+use crate::setup::{CACHED, PROXIED, Stack, UNCACHED, locate_bins, rss_kib};
 use crate::stats::{Report, Samples, human, ratio};
+use agentkeys_testkit::{Bins, Client};
 
 /// agentkeys-bench: latency, throughput and memory of agentkeys, with peers, in one run.
 #[derive(Parser)]
@@ -110,23 +110,30 @@ struct Sizes {
     secs: Duration,
 }
 
+impl Sizes {
+    /// The iteration counts of a full run, or about 10× fewer for `--quick`.
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                warm: 50,
+                n: 300,
+                runs: 10,
+                secs: Duration::from_millis(700),
+            }
+        } else {
+            Sizes {
+                warm: 300,
+                n: 3000,
+                runs: 40,
+                secs: Duration::from_secs(3),
+            }
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<Report, String> {
-    let sizes = if args.quick {
-        Sizes {
-            warm: 50,
-            n: 300,
-            runs: 10,
-            secs: Duration::from_millis(700),
-        }
-    } else {
-        Sizes {
-            warm: 300,
-            n: 3000,
-            runs: 40,
-            secs: Duration::from_secs(3),
-        }
-    };
-    let bins = Bins::locate(args.no_build)?;
+    let sizes = Sizes::new(args.quick);
+    let bins = locate_bins(args.no_build)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -144,28 +151,57 @@ fn run(args: &Args) -> Result<Report, String> {
         "--proxy-upstream-ca".to_owned(),
         upstream.ca.display().to_string(),
     ];
-    let stack = Stack::start(&bins, &daemon_extra, proxy::HOST)?;
+    let stack = Stack::start(&bins, &daemon_extra, proxy::HOST);
     let mut report = Report::default();
     if args.what == "revocation" {
         revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
         return Ok(report);
     }
-    let idle_daemon = rss_kib(stack.daemon.id());
-    let idle_server = rss_kib(stack.server.pid());
+    let idle = (rss_kib(stack.daemon.pid()), rss_kib(stack.server.pid()));
+    let fetched = fetch_rows(&stack, &sizes, &mut report)?;
+    let launched = launch_rows(&stack, &sizes, &mut report);
+    approval_row(&stack, &rt, &sizes, &mut report)?;
+    eprintln!("bench: revocation reaching a run and its proxy (a fresh agent each)...");
+    revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
+    throughput_rows(&stack, &rt, &sizes, &mut report)?;
+    engines::run(&bins, &rt, sizes.secs, &mut report)?;
+    footprint_rows(&stack, &bins, idle, &mut report);
+    floor_rows(&fetched, &mut report);
+    eprintln!("bench: the egress proxy against direct TLS...");
+    egress_proxy(&stack, &upstream, &rt, &sizes, &mut report)?;
+    peer_rows(
+        args.fnox.as_deref(),
+        &sizes,
+        &launched,
+        &fetched,
+        &mut report,
+    )?;
+    Ok(report)
+}
 
-    let floor = socket_floor(&sizes);
+/// What the fetch figures measured that later rows compare against.
+struct Fetched {
+    floor: Samples,
+    ssh: Option<Samples>,
+    cached: Samples,
+}
+
+/// `get_credential` over a held connection (inline and fd, cached and not, against the
+/// socket floor and ssh-agent), and the daemon's plaintext window from its trail.
+fn fetch_rows(stack: &Stack, sizes: &Sizes, report: &mut Report) -> Result<Fetched, String> {
+    let floor = socket_floor(sizes);
     eprintln!("bench: get_credential over a held connection...");
-    let uncached = fetch_inline(&stack, UNCACHED, &sizes, Duration::ZERO)?;
-    let cached = fetch_inline(&stack, CACHED, &sizes, Duration::ZERO)?;
+    let uncached = fetch_inline(stack, UNCACHED, sizes, Duration::ZERO)?;
+    let cached = fetch_inline(stack, CACHED, sizes, Duration::ZERO)?;
     let quiet = Sizes {
         n: sizes.n / 4,
         warm: sizes.warm / 4,
-        ..sizes
+        ..*sizes
     };
-    let cached_idle = fetch_inline(&stack, CACHED, &quiet, Duration::from_millis(5))?;
-    let fd = fetch_fd(&stack, UNCACHED, &sizes)?;
-    let fd_cached = fetch_fd(&stack, CACHED, &sizes)?;
-    let ssh = ssh_agent(&sizes);
+    let cached_idle = fetch_inline(stack, CACHED, &quiet, Duration::from_millis(5))?;
+    let fd = fetch_fd(stack, UNCACHED, sizes)?;
+    let fd_cached = fetch_fd(stack, CACHED, sizes)?;
+    let ssh = ssh_agent(sizes);
     let vs = |s: &Samples| match &ssh {
         Some(a) => format!(
             "{} ssh-agent ({}); {} socket floor",
@@ -215,7 +251,7 @@ fn run(args: &Args) -> Result<Report, String> {
         format!("{} inline cached", ratio(fd_cached.p50(), cached.p50())),
     );
 
-    let window = plaintext_window(&stack)?;
+    let window = plaintext_window(stack)?;
     report.latency(
         "plaintext_window",
         "daemon plaintext window (fetch → drop, from its trail)",
@@ -224,6 +260,18 @@ fn run(args: &Args) -> Result<Report, String> {
         "design estimate: ~50 ms".to_owned(),
     );
 
+    Ok(Fetched { floor, ssh, cached })
+}
+
+/// What the launch figures measured that the peers' rows compare against.
+struct Launched {
+    bare: Samples,
+    mediated: Samples,
+    per_process: Samples,
+}
+
+/// `agentkeys run` against a bare exec, and `agentkeys read` in a new process per fetch.
+fn launch_rows(stack: &Stack, sizes: &Sizes, report: &mut Report) -> Launched {
     eprintln!("bench: agentkeys run...");
     let bare = Samples::measure(3, sizes.runs, || {
         let _ = Command::new("/usr/bin/env")
@@ -233,13 +281,13 @@ fn run(args: &Args) -> Result<Report, String> {
     let mediated = Samples::measure(3, sizes.runs, || {
         let _ = Command::new(stack.cli())
             .args(["run", "--service", UNCACHED, "--", "/bin/true"])
-            .env("AGENTKEYS_SOCKET", &stack.socket)
+            .env("AGENTKEYS_SOCKET", stack.socket())
             .status();
     });
     let mediated_none = Samples::measure(3, sizes.runs, || {
         let _ = Command::new(stack.cli())
             .args(["run", "--", "/bin/true"])
-            .env("AGENTKEYS_SOCKET", &stack.socket)
+            .env("AGENTKEYS_SOCKET", stack.socket())
             .status();
     });
     report.latency(
@@ -285,8 +333,22 @@ fn run(args: &Args) -> Result<Report, String> {
         ),
     );
 
+    Launched {
+        bare,
+        mediated,
+        per_process,
+    }
+}
+
+/// The approval round trip a person waits through.
+fn approval_row(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
     eprintln!("bench: the approval round trip (watch, approve, release)...");
-    let approvals = approvals::round_trip(&stack, &rt, 3, sizes.runs)?;
+    let approvals = approvals::round_trip(stack, rt, 3, sizes.runs)?;
     report.latency(
         "approval_round_trip",
         "approval round trip: high-value read opens a request → `watch` notices → \
@@ -301,9 +363,16 @@ fn run(args: &Args) -> Result<Report, String> {
         ),
     );
 
-    eprintln!("bench: revocation reaching a run and its proxy (a fresh agent each)...");
-    revocation_row(&stack, &bins, &daemon_extra, &rt, &sizes, &mut report)?;
+    Ok(())
+}
 
+/// Sealed reads (at three concurrencies) and stores per second on the server.
+fn throughput_rows(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
     eprintln!("bench: server throughput...");
     let backend = rt.block_on(master_backend(&stack.server.url))?;
     for c in [1usize, 8, 32] {
@@ -328,9 +397,13 @@ fn run(args: &Args) -> Result<Report, String> {
         json!(stores),
     );
 
-    engines::run(&bins, &rt, sizes.secs, &mut report)?;
+    Ok(())
+}
 
-    let loaded_daemon = rss_kib(stack.daemon.id());
+/// The daemon's and the server's RSS (idle, then after the load) and the binaries' sizes.
+fn footprint_rows(stack: &Stack, bins: &Bins, idle: (u64, u64), report: &mut Report) {
+    let (idle_daemon, idle_server) = idle;
+    let loaded_daemon = rss_kib(stack.daemon.pid());
     let loaded_server = rss_kib(stack.server.pid());
     report.other(
         "rss_daemon",
@@ -361,14 +434,19 @@ fn run(args: &Args) -> Result<Report, String> {
             json!(size),
         );
     }
+}
+
+/// The floors measured with the fetches: the socket ping-pong and ssh-agent.
+fn floor_rows(fetched: &Fetched, report: &mut Report) {
+    let Fetched { floor, ssh, .. } = fetched;
     report.latency(
         "floor_socket",
         "floor: Unix-socket ping-pong, 64 bytes",
-        &floor,
+        floor,
         "",
         "peer-baselines: 15–25 µs".to_owned(),
     );
-    match &ssh {
+    match ssh {
         Some(s) => report.latency(
             "peer_ssh_agent",
             "peer: ssh-agent request, held connection",
@@ -385,9 +463,23 @@ fn run(args: &Args) -> Result<Report, String> {
             Value::Null,
         ),
     }
-    eprintln!("bench: the egress proxy against direct TLS...");
-    egress_proxy(&stack, &upstream, &rt, &sizes, &mut report)?;
-    match peers::locate(args.fnox.as_deref()) {
+}
+
+/// The peers installed here: fnox side by side, teller and pass when present.
+fn peer_rows(
+    fnox: Option<&std::path::Path>,
+    sizes: &Sizes,
+    launched: &Launched,
+    fetched: &Fetched,
+    report: &mut Report,
+) -> Result<(), String> {
+    let Launched {
+        bare,
+        mediated,
+        per_process,
+    } = launched;
+    let cached = &fetched.cached;
+    match peers::locate(fnox) {
         Some(bin) => {
             eprintln!("bench: fnox, side by side...");
             let fnox = peers::Fnox::new(&bin, &agentkeys_testkit::canary("bench"))?;
@@ -454,7 +546,7 @@ fn run(args: &Args) -> Result<Report, String> {
             );
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// One load, for `perf record -a` to watch: the stack's pids go to stderr first.
@@ -464,11 +556,11 @@ fn profile(
     rt: &tokio::runtime::Runtime,
     secs: Duration,
 ) -> Result<(), String> {
-    let stack = Stack::start(bins, &[], proxy::HOST)?;
+    let stack = Stack::start(bins, &[], proxy::HOST);
     eprintln!(
         "bench: server pid {}, daemon pid {}; {what} for {}s in 1s",
         stack.server.pid(),
-        stack.daemon.id(),
+        stack.daemon.pid(),
         secs.as_secs()
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -482,7 +574,7 @@ fn profile(
         "profile-gets" => {
             let mut calls = 0u64;
             while Instant::now() < deadline {
-                let mut c = Mcp::connect(&stack)?;
+                let mut c = mcp(&stack)?;
                 let args = json!({"name": "get_credential", "arguments": {"service": CACHED}});
                 for _ in 0..PER_CONNECTION {
                     c.call("tools/call", args.clone())?;
@@ -494,8 +586,8 @@ fn profile(
         "profile-idle" => {
             println!(
                 "AGENTKEYS_SOCKET={} AGENTKEYS_HOME={} AGENTKEYS_SERVER={} AGENTKEYS_SESSION_STORE=file",
-                stack.socket.display(),
-                stack.master_home.path().display(),
+                stack.socket().display(),
+                stack.master.home().display(),
                 stack.server.url
             );
             std::thread::sleep(secs);
@@ -516,7 +608,7 @@ fn profile(
             while Instant::now() < deadline {
                 let _ = Command::new(stack.cli())
                     .args(["run", "--service", UNCACHED, "--", "/bin/true"])
-                    .env("AGENTKEYS_SOCKET", &stack.socket)
+                    .env("AGENTKEYS_SOCKET", stack.socket())
                     .status();
                 runs += 1;
             }
@@ -530,52 +622,11 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// A minimal newline-delimited JSON-RPC client (what an inline MCP agent does).
-struct Mcp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next: u64,
-    line: String,
-}
-
-impl Mcp {
-    fn connect(stack: &Stack) -> Result<Mcp, String> {
-        let s = UnixStream::connect(&stack.socket).map_err(|e| e.to_string())?;
-        let mut c = Mcp {
-            reader: BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
-            writer: s,
-            next: 0,
-            line: String::new(),
-        };
-        c.call("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}))?;
-        c.writer
-            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
-            .map_err(|e| e.to_string())?;
-        Ok(c)
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Result<usize, String> {
-        self.next += 1;
-        let msg = json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
-        let mut bytes = msg.to_string().into_bytes();
-        bytes.push(b'\n');
-        self.writer.write_all(&bytes).map_err(|e| e.to_string())?;
-        loop {
-            self.line.clear();
-            self.reader
-                .read_line(&mut self.line)
-                .map_err(|e| e.to_string())?;
-            if self.line.is_empty() {
-                return Err("the daemon closed the connection".into());
-            }
-            if self.line.contains(&format!("\"id\":{}", self.next)) {
-                if self.line.contains("\"isError\":true") {
-                    return Err(format!("tool error: {}", self.line.trim()));
-                }
-                return Ok(self.line.len());
-            }
-        }
-    }
+/// A connection on the daemon socket, initialized (what an inline MCP agent does).
+fn mcp(stack: &Stack) -> Result<Client, String> {
+    let mut c = Client::try_connect(stack.socket()).map_err(|e| e.to_string())?;
+    c.initialize_as("bench");
+    Ok(c)
 }
 
 /// Calls per connection before a fresh one: the daemon allows a burst of 400 messages per
@@ -623,7 +674,7 @@ fn fetch_inline(
     in_chunks(
         sizes,
         pause,
-        || Mcp::connect(stack),
+        || mcp(stack),
         |c| c.call("tools/call", args.clone()).map(|_| ()),
     )
 }
@@ -632,7 +683,7 @@ fn fetch_fd(stack: &Stack, service: &str, sizes: &Sizes) -> Result<Samples, Stri
     in_chunks(
         sizes,
         Duration::ZERO,
-        || agentkeys_runtime::Client::connect(Some(&stack.socket)).map_err(|e| e.to_string()),
+        || agentkeys_runtime::Client::connect(Some(stack.socket())).map_err(|e| e.to_string()),
         |c| {
             let cred = c.get_credential(service).map_err(|e| e.to_string())?;
             if cred.with_bytes(<[u8]>::len) != stack.value.len() {
@@ -645,13 +696,9 @@ fn fetch_fd(stack: &Stack, service: &str, sizes: &Sizes) -> Result<Samples, Stri
 
 /// fetch → drop per request id, from the daemon's monotonic timestamps.
 fn plaintext_window(stack: &Stack) -> Result<Samples, String> {
-    let text = std::fs::read_to_string(stack.trail()).map_err(|e| e.to_string())?;
     let mut fetched = std::collections::HashMap::new();
     let mut windows = Vec::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
+    for v in agentkeys_testkit::trail_lines(&stack.daemon.trail()) {
         let (Some(req), Some(t)) = (v["request"].as_str(), v["mono_ns"].as_u64()) else {
             continue;
         };
@@ -726,17 +773,7 @@ fn ssh_agent(sizes: &Sizes) -> Option<Samples> {
 
 /// A master session of its own, with one credential to read.
 async fn master_backend(url: &str) -> Result<Arc<HttpBackend>, String> {
-    let anon = HttpBackend::new(url).map_err(|e| e.to_string())?;
-    let grant = anon
-        .create_session(SecretString::from("bench-throughput".to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let backend = HttpBackend::new(url)
-        .and_then(|b| b.with_token(&grant.token))
-        .map_err(|e| e.to_string())?
-        .pinning_first_contact()
-        .await
-        .map_err(|e| e.to_string())?;
+    let (backend, _) = agentkeys_testkit::pairing::enrol_master(url, "bench-throughput").await;
     let service = ServiceName::parse("throughput").map_err(|e| e.to_string())?;
     backend
         .store_credential(
@@ -864,7 +901,7 @@ fn egress_proxy(
     sizes: &Sizes,
     report: &mut Report,
 ) -> Result<(), String> {
-    let env = Arc::new(proxy::ProxyEnv::ask(stack.cli(), &stack.socket, PROXIED)?);
+    let env = Arc::new(proxy::ProxyEnv::ask(stack.cli(), stack.socket(), PROXIED)?);
     let direct = proxy::Path2::Direct {
         port: upstream.port,
         ca: upstream.ca.clone(),
@@ -933,9 +970,9 @@ fn egress_proxy(
         format!("{} direct p99", ratio(h2_proxy.p99(), h2_direct.p99())),
     );
     let direct_rate = rt.block_on(proxy::stream(&direct))?;
-    let before = rss_kib(stack.daemon.id());
+    let before = rss_kib(stack.daemon.pid());
     let (proxy_rate, peak) =
-        proxy::peak_rss_during(stack.daemon.id(), || rt.block_on(proxy::stream(&proxied)));
+        proxy::peak_rss_during(stack.daemon.pid(), || rt.block_on(proxy::stream(&proxied)));
     let proxy_rate = proxy_rate?;
     let growth = peak.saturating_sub(before);
     report.other(

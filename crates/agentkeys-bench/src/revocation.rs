@@ -5,15 +5,14 @@
 //! persistent proxy listener (`proxy-env`) with one request already served through it.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentkeys_testkit::TempDir;
+use agentkeys_testkit::{Bins, Daemon, TempDir};
 
 use crate::proxy;
-use crate::setup::{Bins, PROXIED, Stack, pair_daemon};
+use crate::setup::{PROXIED, Stack};
 use crate::stats::Samples;
 
 /// What one run measured.
@@ -28,52 +27,26 @@ pub(crate) struct Revocation {
     pub(crate) command: Samples,
 }
 
-/// One paired agent: its daemon and where it listens.
+/// One paired agent: its daemon (stopped on drop) and its home.
 struct Agent {
-    daemon: Child,
+    daemon: Daemon,
     _home: TempDir,
-    socket: PathBuf,
     wallet: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
 }
 
 /// Starts a daemon (in memory only: agents of its uid) and has the master approve its
 /// pairing for the proxied credential.
-fn pair(stack: &Stack, bins: &Bins, daemon_extra: &[String]) -> Result<Agent, String> {
+fn pair(stack: &Stack, bins: &Bins, daemon_extra: &[String]) -> Agent {
     let home = TempDir::new("agentkeys-bench-revoke");
-    let socket = home.path().join("daemon.sock");
-    let (daemon, wallet) = pair_daemon(
-        bins,
-        &stack.server.url,
-        &socket,
-        home.path(),
-        daemon_extra,
-        |code| {
-            let approved = stack
-                .master_cli(&["approve", code, "--scope", PROXIED, "--yes"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map_err(|e| e.to_string())?;
-            if approved.success() {
-                Ok(())
-            } else {
-                Err(format!("agentkeys approve {code} failed"))
-            }
-        },
-    )?;
-    Ok(Agent {
+    let daemon = Daemon::command(bins, &stack.server.url, home.path())
+        .args(daemon_extra)
+        .spawn();
+    let wallet = daemon.pair(&stack.master, &["--scope", PROXIED]);
+    Agent {
         daemon,
         _home: home,
-        socket,
         wallet,
-    })
+    }
 }
 
 /// Runs `n` revocations (after `warm` unmeasured ones), a fresh agent each.
@@ -86,19 +59,20 @@ pub(crate) fn measure(
     n: usize,
 ) -> Result<Revocation, String> {
     // The master's own copy, which every new agent falls back to (its scope names it).
-    stack.master_store(
-        &[PROXIED, "--host", proxy::HOST, "--inject", "bearer"],
+    stack.master.store(
+        PROXIED,
         &stack.value,
-    )?;
+        &["--host", proxy::HOST, "--inject", "bearer"],
+    );
     let (mut total, mut child_gone, mut refused, mut command) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..warm + n {
-        let agent = pair(stack, bins, daemon_extra)?;
+        let agent = pair(stack, bins, daemon_extra);
         // The run: a proxied command that would sleep five minutes.
         let mut run = Command::new(stack.cli())
             .args(["run", "--proxy", "--service", PROXIED, "--", "sh", "-c"])
             .arg("echo ready; exec sleep 300")
-            .env("AGENTKEYS_SOCKET", &agent.socket)
+            .env("AGENTKEYS_SOCKET", agent.daemon.socket())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -115,7 +89,7 @@ pub(crate) fn measure(
         // A persistent listener of the same daemon, with one request served through it.
         let path = proxy::Path2::Proxied(Arc::new(proxy::ProxyEnv::ask(
             stack.cli(),
-            &agent.socket,
+            agent.daemon.socket(),
             PROXIED,
         )?));
         rt.block_on(async {

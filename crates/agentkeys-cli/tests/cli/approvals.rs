@@ -3,8 +3,6 @@
 use std::process::Stdio;
 
 use agentkeys_core::Backend as _;
-use agentkeys_types::api::{AuthKind, OpenAuthRequest};
-use base64::Engine as _;
 use predicates::prelude::*;
 use predicates::str::contains;
 
@@ -99,17 +97,12 @@ fn approve_shows_the_request_and_will_not_decide_without_a_terminal_or_yes() {
     home.init();
     let anon = agentkeys_core::HttpBackend::new(&server.url).unwrap();
     let key = agentkeys_core::crypto::HpkeKeyPair::generate().unwrap();
-    let ticket = block_on(anon.open_auth_request(&OpenAuthRequest {
-        kind: AuthKind::Pair,
-        requester_public_key: Some(
-            base64::engine::general_purpose::STANDARD.encode(key.public_key()),
-        ),
-        identity: None,
-        parent: None,
-        agent: None,
-        service: None,
-        description: Some("ci runner 7".into()),
-    }))
+    let ticket = block_on(
+        anon.open_auth_request(&agentkeys_testkit::pairing::pair_request(
+            &key,
+            Some("ci runner 7"),
+        )),
+    )
     .unwrap();
     // setsid: no controlling terminal even when the tests run in one.
     let out = std::process::Command::new("setsid")

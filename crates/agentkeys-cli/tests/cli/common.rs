@@ -1,6 +1,6 @@
-//! Fixtures: a real `agentkeys-server` process on a free port, a temp `AGENTKEYS_HOME` per
-//! test, the `agentkeys` binary run with assert_cmd, and agents paired through the real pair
-//! flow (the daemon side played by the library, the master side by `agentkeys approve`).
+//! What only this suite needs around the shared fixture (`agentkeys-testkit`): the CLI's
+//! home run through assert_cmd, the session the CLI keeps there, the keyring's probe and
+//! fallback, and agents paired with the daemon's side played by the library.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,15 +8,14 @@ use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::Duration;
 
-use agentkeys_core::client::{Backend as _, open_decision};
-use agentkeys_core::crypto::HpkeKeyPair;
+use agentkeys_core::client::Backend as _;
 use agentkeys_core::session_store::{SessionStore, StoredSession};
 use agentkeys_core::{ClientError, HttpBackend};
 use agentkeys_secmem::SecretString;
-use agentkeys_types::api::{AuthKind, OpenAuthRequest};
+use agentkeys_testkit::Master;
+use agentkeys_testkit::pairing::{PairingAgent, client_with};
 use agentkeys_types::{ErrorCode, ServiceName, Wallet};
 use assert_cmd::Command;
-use base64::Engine as _;
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_agentkeys");
 
@@ -25,12 +24,14 @@ pub use agentkeys_testkit::block_on;
 /// A real `agentkeys-server` process (from the testkit).
 pub type Server = agentkeys_testkit::Server;
 
+/// The binaries built with this suite's CLI.
+pub fn bins() -> agentkeys_testkit::Bins {
+    agentkeys_testkit::Bins::next_to(CLI)
+}
+
 /// Starts the server binary built next to ours.
 pub fn start_server() -> Server {
-    Server::start(
-        &agentkeys_testkit::workspace_bin(CLI, "agentkeys-server"),
-        &[],
-    )
+    bins().server(&[])
 }
 
 /// A home on the kernel keyring, or `None` where the keyring does not work here (decided
@@ -63,16 +64,24 @@ pub fn keyring_home(server: &Server, test: &str) -> Option<Home> {
     None
 }
 
-/// One machine's `AGENTKEYS_HOME`, bound to a server. Its keyring entry is removed on drop.
+/// One machine's `AGENTKEYS_HOME`, bound to a server: the shared fixture's [`Master`] (not
+/// yet enrolled), run through assert_cmd, with the session the CLI keeps there. Its keyring
+/// entry is removed on drop.
 pub struct Home {
-    pub dir: tempfile::TempDir,
-    pub server: String,
-    pub store_choice: &'static str,
+    master: Master,
 }
 
 impl Drop for Home {
     fn drop(&mut self) {
-        let _ = self.store().wipe();
+        let _ = self.session_store().wipe();
+    }
+}
+
+impl std::ops::Deref for Home {
+    type Target = Master;
+
+    fn deref(&self) -> &Master {
+        &self.master
     }
 }
 
@@ -83,67 +92,41 @@ impl Home {
 
     pub fn with_store(server: &Server, store_choice: &'static str) -> Home {
         Home {
-            dir: tempfile::tempdir().unwrap(),
-            server: server.url.clone(),
-            store_choice,
+            master: Master::unenrolled(server, store_choice),
+        }
+    }
+
+    /// A home for the server at `url` (its `https://` address, say).
+    pub fn at(server: &Server, url: &str) -> Home {
+        Home {
+            master: Master::at(server.bins(), url, "auto"),
         }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.home()
     }
 
     /// `agentkeys` with this home and server and nothing inherited from the developer's shell.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(CLI);
-        for var in [
-            "AGENTKEYS_SERVER",
-            "AGENTKEYS_HOME",
-            "AGENTKEYS_SESSION_STORE",
-            "AGENTKEYS_AUTH_TOKEN",
-            "AGENTKEYS_CA",
-        ] {
-            c.env_remove(var);
-        }
-        c.env("AGENTKEYS_HOME", self.path())
-            .env("AGENTKEYS_SERVER", &self.server)
-            .env("AGENTKEYS_SESSION_STORE", self.store_choice)
-            .env("HOME", self.path())
-            .timeout(Duration::from_secs(60));
+        let mut c = Command::from_std(self.command());
+        c.timeout(Duration::from_secs(60));
         c
     }
 
     /// The environment [`Home::cmd`] sets, for commands started another way.
     pub fn cmd_env(&self) -> Vec<(String, String)> {
-        vec![
-            ("AGENTKEYS_HOME".into(), self.path().display().to_string()),
-            ("AGENTKEYS_SERVER".into(), self.server.clone()),
-            ("AGENTKEYS_SESSION_STORE".into(), self.store_choice.into()),
-            ("HOME".into(), self.path().display().to_string()),
-        ]
+        self.env()
     }
 
     /// The same command as a std `Command`, for processes the test watches while they run.
     pub fn std_cmd(&self) -> StdCommand {
-        let mut c = StdCommand::new(CLI);
-        c.env_remove("AGENTKEYS_AUTH_TOKEN")
-            .env("AGENTKEYS_HOME", self.path())
-            .env("AGENTKEYS_SERVER", &self.server)
-            .env("AGENTKEYS_SESSION_STORE", self.store_choice)
-            .env("HOME", self.path());
-        c
+        self.command()
     }
 
     /// `agentkeys init` with enrolment token `enrol`; returns the master wallet.
     pub fn init_as(&self, enrol: &str) -> Wallet {
-        let out = self
-            .cmd()
-            .args(["init", "--json"])
-            .env("AGENTKEYS_AUTH_TOKEN", enrol)
-            .assert()
-            .success();
-        let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-        Wallet::parse(v["wallet"].as_str().unwrap()).unwrap()
+        Wallet::parse(&self.enrol(enrol)).unwrap()
     }
 
     /// `agentkeys init` with a token unique to this home.
@@ -153,13 +136,13 @@ impl Home {
     }
 
     /// The session slot the CLI uses (same name and account as `context.rs`).
-    pub fn store(&self) -> SessionStore {
+    pub fn session_store(&self) -> SessionStore {
         SessionStore::new(self.path(), "session", "master-key")
     }
 
     /// The stored session, opened the way the CLI opens it.
     pub fn stored(&self) -> StoredSession {
-        self.store().load().unwrap().0
+        self.session_store().load().unwrap().0
     }
 
     /// A client holding this home's token.
@@ -169,63 +152,21 @@ impl Home {
 
     /// Stores `value` for `service` through the CLI (stdin).
     pub fn store_value(&self, service: &str, value: &str, extra: &[&str]) {
-        self.cmd()
-            .arg("store")
-            .arg(service)
-            .args(extra)
-            .write_stdin(value)
-            .assert()
-            .success();
+        self.store(service, value, extra);
     }
 
-    /// `agentkeys read SERVICE` → stdout.
-    pub fn read(&self, service: &str, extra: &[&str]) -> String {
-        let out = self
-            .cmd()
-            .arg("read")
-            .arg(service)
-            .args(extra)
-            .assert()
-            .success();
-        String::from_utf8(out.get_output().stdout.clone()).unwrap()
-    }
-
-    /// Pairs a new agent through the real flow: the daemon's side here, `agentkeys approve
-    /// CODE --yes` (plus `approve_args`) on the master's side. Returns the agent's wallet and
-    /// a client holding its session.
+    /// Pairs a new agent through the real flow: the daemon's side played by the library,
+    /// `agentkeys approve CODE --yes` (plus `approve_args`) on the master's side. Returns
+    /// the agent's wallet and a client holding its session.
     pub fn pair_agent(&self, approve_args: &[&str]) -> (Wallet, HttpBackend) {
-        let anon = HttpBackend::new(&self.server).unwrap();
-        let daemon_key = HpkeKeyPair::generate().unwrap();
-        let ticket = block_on(anon.open_auth_request(&OpenAuthRequest {
-            kind: AuthKind::Pair,
-            requester_public_key: Some(
-                base64::engine::general_purpose::STANDARD.encode(daemon_key.public_key()),
-            ),
-            identity: None,
-            parent: None,
-            agent: None,
-            service: None,
-            description: Some("test daemon".into()),
-        }))
-        .unwrap();
+        let agent = block_on(PairingAgent::open(self.server()));
         self.cmd()
-            .args(["approve", &ticket.pair_code, "--yes"])
+            .args(["approve", agent.code(), "--yes"])
             .args(approve_args)
             .assert()
             .success();
-        let info = block_on(anon.server_info()).unwrap();
-        let signing: [u8; 32] = base64::engine::general_purpose::STANDARD
-            .decode(info.signing_public_key)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let decision = block_on(anon.decision(&ticket.id, 5)).unwrap();
-        let grant = open_decision(&decision, &daemon_key, &signing).unwrap();
-        let client = HttpBackend::new(&self.server)
-            .unwrap()
-            .with_token(&grant.token)
-            .unwrap()
-            .with_server_key(signing);
+        let grant = block_on(agent.finish());
+        let client = block_on(client_with(self.server(), &grant.token));
         (grant.session.wallet, client)
     }
 }
@@ -263,13 +204,7 @@ pub fn approval_from_stderr(stderr: &str) -> (String, String) {
 }
 
 /// Both output streams of a finished command, as text.
-pub fn outputs(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+pub use agentkeys_testkit::text as outputs;
 
 pub fn token_of(home: &Home) -> SecretString {
     home.stored().token

@@ -34,7 +34,7 @@ fn init_twice_leaves_the_session_file_and_keyring_entry_unchanged() {
         return;
     };
     let wallet = home.init();
-    let file1 = std::fs::read(home.store().session_path()).unwrap();
+    let file1 = std::fs::read(home.session_store().session_path()).unwrap();
     let who = whoami_json(&home);
     assert_eq!(who["protection"]["kind"], "keyring");
     let account = who["protection"]["account"].as_str().unwrap().to_owned();
@@ -46,7 +46,10 @@ fn init_twice_leaves_the_session_file_and_keyring_entry_unchanged() {
         .success()
         .stdout(format!("Already initialized as {wallet}\n"));
 
-    assert_eq!(std::fs::read(home.store().session_path()).unwrap(), file1);
+    assert_eq!(
+        std::fs::read(home.session_store().session_path()).unwrap(),
+        file1
+    );
     assert_eq!(keyring_bytes(&account), key1);
     assert_eq!(
         whoami_json(&home)["protection"]["account"],
@@ -65,7 +68,7 @@ fn init_force_replaces_the_session_and_the_old_token_stops_working() {
     };
     let wallet = home.init();
     let old_client = home.client();
-    let file1 = std::fs::read(home.store().session_path()).unwrap();
+    let file1 = std::fs::read(home.session_store().session_path()).unwrap();
     let account1 = whoami_json(&home)["protection"]["account"]
         .as_str()
         .unwrap()
@@ -81,7 +84,10 @@ fn init_force_replaces_the_session_and_the_old_token_stops_working() {
         .success()
         .stdout(contains("Initialized as").and(contains("previous session was revoked")));
 
-    assert_ne!(std::fs::read(home.store().session_path()).unwrap(), file1);
+    assert_ne!(
+        std::fs::read(home.session_store().session_path()).unwrap(),
+        file1
+    );
     let who = whoami_json(&home);
     assert_eq!(who["wallet"], wallet.as_str());
     assert_ne!(who["protection"]["account"], account1.as_str());
@@ -121,7 +127,7 @@ fn the_file_fallback_keeps_the_key_in_a_0600_file_and_whoami_says_so() {
     let server = start_server();
     let home = Home::with_store(&server, "file");
     home.init();
-    let mode = std::fs::metadata(home.store().key_path())
+    let mode = std::fs::metadata(home.session_store().key_path())
         .unwrap()
         .permissions()
         .mode();
@@ -193,7 +199,7 @@ fn revoke_without_an_argument_revokes_and_wipes_the_local_copy() {
         .assert()
         .success()
         .stdout(contains("wiped the local copy"));
-    assert!(!home.store().session_path().exists());
+    assert!(!home.session_store().session_path().exists());
     assert!(keyring::get(&account).unwrap().is_none());
     assert_eq!(code_of(block_on(client.session())), ErrorCode::Unauthorized);
     home.cmd()

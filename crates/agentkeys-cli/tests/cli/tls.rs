@@ -36,17 +36,13 @@ fn the_cli_trusts_a_private_ca_given_by_flag_or_environment_and_nothing_else() {
     let certs = tempfile::tempdir().unwrap();
     pki(certs.path());
     let file = |f: &str| certs.path().join(f).display().to_string();
-    let server = Server::start(
-        &agentkeys_testkit::workspace_bin(CLI, "agentkeys-server"),
-        &[
-            "--tls-cert",
-            &file("tls.crt"),
-            "--tls-key",
-            &file("tls.key"),
-        ],
-    );
-    let mut home = Home::new(&server);
-    home.server = server.url.replace("http://", "https://");
+    let server = bins().server(&[
+        "--tls-cert",
+        &file("tls.crt"),
+        "--tls-key",
+        &file("tls.key"),
+    ]);
+    let home = Home::at(&server, &server.url.replace("http://", "https://"));
 
     // Without the CA: the certificate is refused, and nothing is enrolled.
     home.cmd()

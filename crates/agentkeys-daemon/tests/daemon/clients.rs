@@ -10,13 +10,7 @@ use serde_json::Value;
 
 use super::common::*;
 
-fn agent() -> (
-    agentkeys_testkit::Server,
-    Master,
-    TempDir,
-    DaemonProc,
-    String,
-) {
+fn agent() -> (agentkeys_testkit::Server, Master, TempDir, Daemon, String) {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
@@ -35,7 +29,7 @@ fn the_official_python_sdk_works_in_legacy_and_auto_modes() {
         let out = Command::new(sdk_python())
             .arg(&script)
             .args([mode, DAEMON])
-            .env("AGENTKEYS_SOCKET", &d.socket)
+            .env("AGENTKEYS_SOCKET", d.socket())
             .output()
             .unwrap();
         assert!(out.status.success(), "{mode}: {}", text(&out));
@@ -75,7 +69,7 @@ fn inspector() -> PathBuf {
 #[test]
 fn the_mcp_inspector_cli_lists_the_tools_and_calls_one() {
     let (_server, _master, _home, d, value) = agent();
-    let socket = format!("AGENTKEYS_SOCKET={}", d.socket.display());
+    let socket = format!("AGENTKEYS_SOCKET={}", d.socket().display());
     let inspect = |extra: &[&str]| -> Value {
         let out = Command::new(inspector())
             .args(["--cli", "-e", &socket, DAEMON, "mcp"])
@@ -120,9 +114,9 @@ fn a_client_with_url_elicitation_gets_the_approval_link_and_then_the_value() {
         .args([DAEMON, "stripe"])
         .arg(cli_bin())
         .args(["approve", "--yes"])
-        .env("AGENTKEYS_SOCKET", &d.socket)
-        .env("AGENTKEYS_HOME", master.home.path())
-        .env("AGENTKEYS_SERVER", &master.server)
+        .env("AGENTKEYS_SOCKET", d.socket())
+        .env("AGENTKEYS_HOME", master.home())
+        .env("AGENTKEYS_SERVER", master.server())
         .env("AGENTKEYS_SESSION_STORE", "file")
         .output()
         .unwrap();

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::common::*;
 
-fn agent_with(value: &str) -> (agentkeys_testkit::Server, Master, TempDir, DaemonProc) {
+fn agent_with(value: &str) -> (agentkeys_testkit::Server, Master, TempDir, Daemon) {
     let server = start_server(&[]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
@@ -24,7 +24,7 @@ fn agent_with(value: &str) -> (agentkeys_testkit::Server, Master, TempDir, Daemo
     (server, master, home, d)
 }
 
-fn deliveries(d: &DaemonProc) -> Vec<String> {
+fn deliveries(d: &Daemon) -> Vec<String> {
     trail_lines(&d.trail())
         .iter()
         .filter(|l| l["event"] == "deliver")
@@ -40,7 +40,7 @@ fn the_rust_runtime_gets_a_memfd_secret_fd_and_leaves_no_copy() {
     let (_server, _master, _home, d) = agent_with(&value);
     let mut cmd = Command::new(rust_runtime_check());
     cmd.args(["openai", "--hold"])
-        .env("AGENTKEYS_SOCKET", &d.socket);
+        .env("AGENTKEYS_SOCKET", d.socket());
     let mut holder = Holder::spawn(cmd);
     let line = holder.line();
     assert_eq!(line["sha256"], sha256_hex(&value), "{line}");
@@ -73,7 +73,7 @@ fn the_python_runtime_gets_an_fd_and_leaves_no_copy_while_inline_python_keeps_co
         cmd.args(["-m", "agentkeys_runtime", "check", "openai", "--hold"])
             .args(extra)
             .env("PYTHONPATH", python_runtime_dir())
-            .env("AGENTKEYS_SOCKET", &d.socket);
+            .env("AGENTKEYS_SOCKET", d.socket());
         Holder::spawn(cmd)
     };
     let mut fd = python(&[]);
@@ -111,7 +111,7 @@ fn the_official_mcp_sdk_client_reads_inline_and_keeps_the_value_in_memory() {
     let mut cmd = Command::new(sdk_python());
     cmd.arg(script)
         .args([DAEMON, "openai"])
-        .env("AGENTKEYS_SOCKET", &d.socket);
+        .env("AGENTKEYS_SOCKET", d.socket());
     let mut client = Holder::spawn(cmd);
     let line = client.line();
     assert_eq!(line["sha256"], sha256_hex(&value), "{line}");
@@ -179,7 +179,7 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
     };
 
     // 2025-11-25: advertised at initialize; the server advertises it back.
-    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut s = UnixStream::connect(d.socket()).unwrap();
     send(
         &mut s,
         &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -218,7 +218,7 @@ fn the_fd_is_mmap_only_and_the_capability_works_at_initialize_and_per_request() 
     drop(page);
 
     // 2026-07-28 style: no capability at initialize, the request's _meta carries it.
-    let mut c = UnixStream::connect(&d.socket).unwrap();
+    let mut c = UnixStream::connect(d.socket()).unwrap();
     send(
         &mut c,
         &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

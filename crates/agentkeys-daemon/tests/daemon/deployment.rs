@@ -45,7 +45,7 @@ fn daemon_as_its_own_uid(
     home: &TempDir,
     sock_dir: &TempDir,
     extra: &[&str],
-) -> DaemonProc {
+) -> Daemon {
     let socket = sock_dir.path().join("daemon.sock");
     let mut wrapper = as_uid(DAEMON_UID);
     // The capabilities to start an allowed caller's `run` commands under its own uid and
@@ -57,9 +57,11 @@ fn daemon_as_its_own_uid(
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let mut args = vec!["--socket", socket.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let mut d = DaemonProc::spawn_under(&wrapper, server, home.path(), &args);
-    d.socket = socket;
-    d
+    Daemon::command(&bins(), server, home.path())
+        .under(&wrapper)
+        .args(&args)
+        .socket(&socket)
+        .spawn()
 }
 
 #[test]
@@ -70,21 +72,17 @@ fn a_daemon_under_its_own_uid_serves_another_uids_agent_that_cannot_reach_its_se
     let sock_dir = dir_of(DAEMON_UID);
     let agent_uid = AGENT_UID.to_string();
     let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, &["--allow-uid", &agent_uid]);
-    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+    let wallet = d.pair(&master, &["--scope", "openai"]);
     let value = canary("deploy");
     master.store("openai", &value, &["--agent", &wallet]);
     // Serving other uids, the daemon said nothing about agents sharing its uid.
-    assert!(
-        !d.log.lock().unwrap().contains("only uid"),
-        "{}",
-        d.log.lock().unwrap()
-    );
+    assert!(!d.log().contains("only uid"), "{}", d.log());
 
     // The agent, under its own uid, gets its credential through the socket.
     let out = command_as(AGENT_UID, "/usr/bin/python3")
         .args(["-m", "agentkeys_runtime", "check", "openai"])
         .env("PYTHONPATH", python_runtime_dir())
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -101,7 +99,7 @@ fn a_daemon_under_its_own_uid_serves_another_uids_agent_that_cannot_reach_its_se
     // And the daemon reports no agent of its own uid (asked by its operator, as its uid).
     let out = command_as(DAEMON_UID, DAEMON)
         .args(["status", "--json"])
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .env("AGENTKEYS_HOME", home.path())
         .output()
         .unwrap();
@@ -117,7 +115,7 @@ fn an_agent_of_the_daemons_own_uid_is_reported_by_serve_status_and_doctor() {
     let home = TempDir::new("agentkeys-test-daemon");
     let (d, _) = paired(&master, home.path(), &["--scope", "openai"]);
     assert!(
-        d.log.lock().unwrap().contains("warning: only uid"),
+        d.log().contains("warning: only uid"),
         "serve warns at start"
     );
     let mut c = d.client();
@@ -135,7 +133,7 @@ fn an_agent_of_the_daemons_own_uid_is_reported_by_serve_status_and_doctor() {
     );
     let doctor = Command::new(cli_bin())
         .args(["doctor", "--json"])
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .env("AGENTKEYS_HOME", home.path().join("cli"))
         .output()
         .unwrap();
@@ -165,10 +163,10 @@ fn a_same_uid_process_takes_a_stored_session_which_only_store_session_keeps() {
         let home = dir_of(DAEMON_UID);
         let sock_dir = dir_of(DAEMON_UID);
         let d = daemon_as_its_own_uid(&server.url, &home, &sock_dir, extra);
-        let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+        let wallet = d.pair(&master, &["--scope", "openai"]);
         let out = command_as(DAEMON_UID, DAEMON)
             .args(["status", "--json"])
-            .env("AGENTKEYS_SOCKET", &d.socket)
+            .env("AGENTKEYS_SOCKET", d.socket())
             .env("AGENTKEYS_HOME", home.path())
             .output()
             .unwrap();
@@ -200,7 +198,7 @@ fn a_same_uid_process_takes_a_stored_session_which_only_store_session_keeps() {
                 .filter(|n| n.starts_with("daemon-") && !n.ends_with(".jsonl"))
                 .collect();
             assert!(files.is_empty(), "--ephemeral left {files:?}");
-            let log = d.log.lock().unwrap().clone();
+            let log = d.log();
             assert!(log.contains("memory only"), "{log}");
         } else {
             // The session at rest is the thief's: it serves as the same agent, unapproved.
@@ -228,7 +226,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
             config.to_str().unwrap(),
         ],
     );
-    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+    let wallet = d.pair(&master, &["--scope", "openai"]);
     let value = canary("deployrun");
     master.store("openai", &value, &["--agent", &wallet]);
     // The daemon kept exactly the three it needs.
@@ -243,7 +241,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
     let out = command_as(AGENT_UID, cli_bin())
         .args(["run", "--service", "openai", "--", "sh", "-c"])
         .arg("id -u; echo ${#OPENAI_API_KEY}; grep CapEff /proc/self/status")
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .current_dir("/")
         .output()
         .unwrap();
@@ -258,7 +256,7 @@ fn a_daemon_user_with_three_capabilities_runs_the_agents_command_as_the_agent() 
     let mut long = command_as(AGENT_UID, cli_bin())
         .args(["run", "--service", "openai", "--", "sh", "-c"])
         .arg("trap '' TERM; echo $$; while :; do sleep 0.1; done")
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .current_dir("/")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -299,11 +297,9 @@ fn a_socket_group_lets_its_members_reach_the_socket_and_no_one_else() {
     let allowed = format!("{AGENT_UID}");
     let outsider = format!("{OUTSIDER_UID}");
     let gid = AGENTS_GID.to_string();
-    let mut d = DaemonProc::spawn_under(
-        &wrapper,
-        &server.url,
-        home.path(),
-        &[
+    let d = Daemon::command(server.bins(), &server.url, home.path())
+        .under(&wrapper)
+        .args(&[
             "--socket",
             socket.to_str().unwrap(),
             "--socket-group",
@@ -312,10 +308,10 @@ fn a_socket_group_lets_its_members_reach_the_socket_and_no_one_else() {
             &allowed,
             "--allow-uid",
             &outsider,
-        ],
-    );
-    d.socket = socket.clone();
-    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+        ])
+        .socket(&socket)
+        .spawn();
+    let wallet = d.pair(&master, &["--scope", "openai"]);
     master.store("openai", &canary("group"), &["--agent", &wallet]);
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(

@@ -46,17 +46,14 @@ fn a_running_daemon_is_locked_down_and_a_same_uid_attacker_gets_nothing() {
     let server = start_server(&[]);
     let home = TempDir::new("agentkeys-test-daemon");
     std::os::unix::fs::chown(home.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let d = DaemonProc::spawn_under(
-        &[
+    let d = Daemon::command(server.bins(), &server.url, home.path())
+        .under(&[
             "setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-        ],
-        &server.url,
-        home.path(),
-        &[],
-    );
+        ])
+        .spawn();
     d.code(); // hardened, and waiting for its pairing approval
     let pid = d.pid();
     assert_eq!(
@@ -135,12 +132,10 @@ fn a_traced_daemon_refuses_to_start_unless_allowed() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("HARDENING: debugger"), "{}", text(&out));
 
-    let d = DaemonProc::spawn_under(
-        &["strace", "-f", "-o", "/dev/null"],
-        &server.url,
-        home.path(),
-        &["--allow-debugger"],
-    );
+    let d = Daemon::command(server.bins(), &server.url, home.path())
+        .under(&["strace", "-f", "-o", "/dev/null"])
+        .args(&["--allow-debugger"])
+        .spawn();
     d.code(); // it starts and asks to pair
 }
 
@@ -276,7 +271,7 @@ fn run_children_inherit_the_filter_and_ordinary_programs_still_work() {
             "python3 -c \"{script}\" && curl -sS -o /dev/null -w '%{{http_code}}\\n' {health} && \
              grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status"
         ))
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -97,9 +97,9 @@ fn sigterm_stops_cleanly_removes_the_socket_and_is_audited() {
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
     let (mut d, _) = paired(&master, home.path(), &["--scope", "openai"]);
-    assert!(d.socket.exists());
+    assert!(d.socket().exists());
     assert_eq!(d.terminate().code(), Some(0));
-    assert!(!d.socket.exists(), "the socket file is removed");
+    assert!(!d.socket().exists(), "the socket file is removed");
     let last = trail_lines(&d.trail()).pop().unwrap();
     assert_eq!(last["event"], "stop");
 }

@@ -24,7 +24,7 @@ fn sixty_four_agents_times_two_hundred_mixed_requests_have_no_error_and_leave_no
     let started = Instant::now();
     let threads: Vec<_> = (0..AGENTS)
         .map(|agent| {
-            let socket = d.socket.clone();
+            let socket = d.socket().to_owned();
             let (errors, done, value) = (errors.clone(), done.clone(), value.clone());
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket);
@@ -84,7 +84,7 @@ fn thirty_two_agents_times_fifty_concurrent_gets_under_the_default_read_rate_all
     let started = Instant::now();
     let threads: Vec<_> = (0..AGENTS)
         .map(|_| {
-            let socket = d.socket.clone();
+            let socket = d.socket().to_owned();
             let value = value.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(&socket);
@@ -208,8 +208,8 @@ fn a_daemon_killed_with_sigkill_leaves_no_credential_in_any_file() {
             value
         );
     }
-    d.child.kill().unwrap(); // SIGKILL: no destructor runs, the cache is not wiped
-    d.child.wait().unwrap();
+    d.child().kill().unwrap(); // SIGKILL: no destructor runs, the cache is not wiped
+    d.child().wait().unwrap();
     let mut files = Vec::new();
     let mut stack = vec![home.path().to_owned(), server.data_dir.clone()];
     while let Some(dir) = stack.pop() {
@@ -246,7 +246,7 @@ fn a_flood_of_half_open_connections_from_one_process_locks_no_agent_out() {
     );
     let mut flood = Vec::new();
     for _ in 0..1500 {
-        match std::os::unix::net::UnixStream::connect(&d.socket) {
+        match std::os::unix::net::UnixStream::connect(d.socket()) {
             Ok(s) => flood.push(s),
             Err(e) => {
                 assert!(flood.len() >= 1000, "only {} connections: {e}", flood.len());
@@ -258,7 +258,7 @@ fn a_flood_of_half_open_connections_from_one_process_locks_no_agent_out() {
     let started = Instant::now();
     let out = std::process::Command::new(rust_runtime_check())
         .arg("openai")
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .output()
         .unwrap();
     let took = started.elapsed();

@@ -16,7 +16,7 @@ fn setup() -> (
     agentkeys_testkit::Server,
     Master,
     TempDir,
-    DaemonProc,
+    Daemon,
     String,
     String,
 ) {
@@ -104,10 +104,10 @@ struct Bridge {
 
 impl Bridge {
     /// Starts the bridge and sends `initialize` (id 1) and `notifications/initialized`.
-    fn start(d: &DaemonProc) -> Bridge {
+    fn start(d: &Daemon) -> Bridge {
         let mut child = Command::new(DAEMON)
             .arg("mcp")
-            .env("AGENTKEYS_SOCKET", &d.socket)
+            .env("AGENTKEYS_SOCKET", d.socket())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -227,9 +227,9 @@ fn a_connection_from_another_uid_is_refused_unless_allowed() {
     let (_server, master, home, d, _wallet, _value) = setup();
     // Open the directories and socket to everyone, so only SO_PEERCRED stands in the way.
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = d.socket.parent().unwrap();
+    let dir = d.socket().parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let as_nobody = |socket: &std::path::Path| {
         Command::new("setpriv")
             .args([
@@ -244,7 +244,7 @@ fn a_connection_from_another_uid_is_refused_unless_allowed() {
             .output()
             .unwrap()
     };
-    let out = as_nobody(&d.socket);
+    let out = as_nobody(d.socket());
     assert!(
         !out.status.success(),
         "nobody got an answer: {}",
@@ -267,12 +267,12 @@ fn a_connection_from_another_uid_is_refused_unless_allowed() {
     );
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(
-        d.socket.parent().unwrap(),
+        d.socket().parent().unwrap(),
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = as_nobody(&d.socket);
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = as_nobody(d.socket());
     assert!(
         out.status.success(),
         "an allowed uid is served: {}",

@@ -14,7 +14,7 @@ fn a_daemon_pairs_in_two_processes_and_then_serves_its_scope() {
     let value = canary("pair");
     master.store("openai", &value, &[]);
     let home = TempDir::new("agentkeys-test-daemon");
-    let d = DaemonProc::spawn(&server.url, home.path(), &["--store-session"]);
+    let d = Daemon::spawn(&server, home.path(), &["--store-session"]);
     let (code, otp) = d.code();
     // While it waits, status shows the code and tools say what the human must do.
     let status = d.client().request("agentkeys/status", json!({}));
@@ -57,7 +57,7 @@ fn an_expired_code_is_replaced_and_only_the_fresh_one_can_be_approved() {
     let server = start_server(&["--pair-ttl", "2s"]);
     let master = Master::new(&server);
     let home = TempDir::new("agentkeys-test-daemon");
-    let d = DaemonProc::spawn(&server.url, home.path(), &[]);
+    let d = Daemon::spawn(&server, home.path(), &[]);
     let (first, _) = d.code();
     d.wait_for("expired without a decision");
     let (second, _) = d.code();
@@ -111,8 +111,8 @@ fn recover_keeps_the_wallet_and_credentials_and_ends_the_old_session() {
 
     let new_home = TempDir::new("agentkeys-test-daemon");
     let parent = master.wallet();
-    let d = DaemonProc::spawn(
-        &server.url,
+    let d = Daemon::spawn(
+        &server,
         new_home.path(),
         &["--recover", "builder", "--parent", &parent],
     );
@@ -145,7 +145,7 @@ fn a_restarted_daemon_reuses_its_session_and_several_need_session_id() {
     let stored = ["--store-session"];
     let (mut d, first) = paired_with(&master, home.path(), &["--scope", "openai"], &stored);
     assert_eq!(d.terminate().code(), Some(0));
-    let again = DaemonProc::spawn(&server.url, home.path(), &stored);
+    let again = Daemon::spawn(&server, home.path(), &stored);
     assert_eq!(again.serving(), first, "no new pairing on restart");
     drop(again);
 
@@ -174,8 +174,8 @@ fn a_restarted_daemon_reuses_its_session_and_several_need_session_id() {
         err.contains(&first) && err.contains(&second) && err.contains("--session-id"),
         "{err}"
     );
-    let chosen = DaemonProc::spawn(
-        &server.url,
+    let chosen = Daemon::spawn(
+        &server,
         home.path(),
         &["--store-session", "--session-id", &second],
     );
@@ -199,7 +199,7 @@ fn a_pair_request_addressed_with_parent_is_only_that_masters_to_approve() {
         .unwrap();
     assert_eq!(by_name.status.code(), Some(2), "{}", text(&by_name));
     assert!(text(&by_name).contains("wallet"), "{}", text(&by_name));
-    let d = DaemonProc::spawn(&server.url, home.path(), &["--parent", &alice.wallet()]);
+    let d = Daemon::spawn(&server, home.path(), &["--parent", &alice.wallet()]);
     let (code, _) = d.code();
     let out = mallory.approve(&code, &["--scope", "openai"]);
     assert_eq!(
@@ -239,10 +239,10 @@ fn a_daemon_waits_out_a_server_that_limits_pair_requests() {
     assert!(limited, "the budget was never spent");
     // The daemon asks while the budget is spent: it waits as told, then shows a code.
     let home = TempDir::new("agentkeys-test-daemon");
-    let d = DaemonProc::spawn(&server.url, home.path(), &[]);
-    let wallet = approve_pairing(&master, &d, &["--scope", "openai"]);
+    let d = Daemon::spawn(&server, home.path(), &[]);
+    let wallet = d.pair(&master, &["--scope", "openai"]);
     assert!(wallet.starts_with("0x"), "{wallet}");
-    let log = d.log.lock().unwrap().clone();
+    let log = d.log();
     assert!(!log.contains("RATE_LIMITED"), "{log}");
 }
 

@@ -74,10 +74,10 @@ fn nothing_is_cached_by_default() {
 
 /// `agentkeys run --service openai -- sh -c SCRIPT` on `d`, once its first line of output
 /// says `ready`.
-fn run_until_ready(d: &DaemonProc, script: &str) -> std::process::Child {
+fn run_until_ready(d: &Daemon, script: &str) -> std::process::Child {
     let mut cli = Command::new(cli_bin())
         .args(["run", "--service", "openai", "--", "sh", "-c", script])
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -213,7 +213,7 @@ fn revocation_also_stops_what_a_run_child_left_in_its_process_group() {
     let mut cli = Command::new(cli_bin())
         .args(["run", "--service", "openai", "--", "sh", "-c"])
         .arg("(trap '' TERM HUP; exec sleep 300) & echo $!; wait")
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -252,12 +252,7 @@ fn a_bad_config_file_is_refused_with_the_key_named() {
 }
 
 /// A daemon with `openai` cached for 60 s idle and the revocation tick at 500 ms.
-fn cached_agent(
-    master: &Master,
-    home: &TempDir,
-    scope: &str,
-    extra: &[&str],
-) -> (DaemonProc, String) {
+fn cached_agent(master: &Master, home: &TempDir, scope: &str, extra: &[&str]) -> (Daemon, String) {
     paired_configured(
         master,
         home.path(),
@@ -268,7 +263,7 @@ fn cached_agent(
     )
 }
 
-fn evictions(d: &DaemonProc) -> Vec<String> {
+fn evictions(d: &Daemon) -> Vec<String> {
     trail_lines(&d.trail())
         .iter()
         .filter(|l| l["event"] == "evict")

@@ -129,15 +129,14 @@ impl Drop for Upstream {
 /// A realistic key: kind prefix, then 48 random hex digits (unique, for memory scans).
 fn key(prefix: &str) -> String {
     let r: [u8; 24] = agentkeys_core::crypto::random_array();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{hex}")
+    format!("{prefix}{}", agentkeys_core::hex(&r))
 }
 
 struct ProxyAgent {
     server: agentkeys_testkit::Server,
     master: Master,
     _home: TempDir,
-    d: DaemonProc,
+    d: Daemon,
     wallet: String,
     up: Upstream,
     openai: String,
@@ -193,11 +192,11 @@ fn proxy_agent_under(
     args.push(up.ca.display().to_string());
     args.extend(serve_extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = DaemonProc::spawn_under(wrapper, &master.server, home.path(), &args);
-    let wallet = approve_pairing(
-        &master,
-        &d,
-        &[
+    let d = Daemon::command(master.bins(), master.server(), home.path())
+        .under(wrapper)
+        .args(&args)
+        .spawn();
+    let wallet = d.pair(&master, &[
             "--scope",
             "openai,anthropic,github,plain,plainok,h2svc,wsshort,bodysvc,legacybody,legacyhdr,posthook",
         ],
@@ -260,7 +259,7 @@ fn proxy_agent_under(
 }
 
 /// `agentkeys run --proxy --service S… -- ARGV…`.
-fn run_proxy(d: &DaemonProc, services: &[&str], argv: &[&str]) -> Output {
+fn run_proxy(d: &Daemon, services: &[&str], argv: &[&str]) -> Output {
     let mut cmd = Command::new(cli_bin());
     cmd.arg("run").arg("--proxy");
     for s in services {
@@ -268,18 +267,18 @@ fn run_proxy(d: &DaemonProc, services: &[&str], argv: &[&str]) -> Output {
     }
     cmd.arg("--")
         .args(argv)
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")
         .output()
         .unwrap()
 }
 
-fn sh(d: &DaemonProc, services: &[&str], script: &str) -> Output {
+fn sh(d: &Daemon, services: &[&str], script: &str) -> Output {
     run_proxy(d, services, &["sh", "-c", script])
 }
 
-fn python(d: &DaemonProc, services: &[&str], code: &str) -> Output {
+fn python(d: &Daemon, services: &[&str], code: &str) -> Output {
     let py = sdk_python();
     run_proxy(d, services, &[py.to_str().unwrap(), "-c", code])
 }
@@ -416,7 +415,7 @@ sys.stdin.readline()
     let mut child = Command::new(cli_bin())
         .args(["run", "--proxy", "--service", "openai", "--"])
         .args([py.to_str().unwrap(), "-c", code])
-        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .env("AGENTKEYS_SOCKET", a.d.socket())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -862,7 +861,7 @@ fn the_run_ca_cannot_certify_any_host_but_the_bound_ones_even_with_its_key() {
 
 /// Spawns `agentkeys run --proxy --service S… -- ARGV…` with piped stdin and stdout.
 fn spawn_proxy(
-    d: &DaemonProc,
+    d: &Daemon,
     services: &[&str],
     argv: &[&str],
 ) -> (Child, BufReader<std::process::ChildStdout>) {
@@ -874,7 +873,7 @@ fn spawn_proxy(
     let mut child = cmd
         .arg("--")
         .args(argv)
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -890,7 +889,7 @@ fn next_line(out: &mut impl BufRead) -> String {
 }
 
 /// The pair code of the approval the proxy is waiting for, from the trail.
-fn approval_code(d: &DaemonProc) -> String {
+fn approval_code(d: &Daemon) -> String {
     wait_for_events(&d.trail(), "approval-wait", 1);
     let line = trail_lines(&d.trail())
         .into_iter()
@@ -996,7 +995,7 @@ fn an_agent_the_daemon_does_not_start_uses_the_persistent_proxy_from_proxy_env()
         let out = Command::new(cli_bin())
             .arg("proxy-env")
             .args(args)
-            .env("AGENTKEYS_SOCKET", &a.d.socket)
+            .env("AGENTKEYS_SOCKET", a.d.socket())
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
@@ -1049,7 +1048,7 @@ fn an_agent_the_daemon_does_not_start_uses_the_persistent_proxy_from_proxy_env()
     // An unbound or out-of-scope service is refused with the reason.
     let out = Command::new(cli_bin())
         .args(["proxy-env", "--service", "stripe"])
-        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .env("AGENTKEYS_SOCKET", a.d.socket())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -1357,7 +1356,7 @@ const Anthropic = require("@anthropic-ai/sdk").default;
         .args(["run", "--proxy", "--service", "anthropic", "--"])
         .arg(&node)
         .args(["-e", code])
-        .env("AGENTKEYS_SOCKET", &a.d.socket)
+        .env("AGENTKEYS_SOCKET", a.d.socket())
         .env("NODE_PATH", &dir)
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy")
@@ -1601,7 +1600,7 @@ fn store_body_service(a: &ProxyAgent, extra: &[&str]) -> String {
 }
 
 /// The trail's `event` lines' details.
-fn details(d: &DaemonProc, event: &str) -> Vec<String> {
+fn details(d: &Daemon, event: &str) -> Vec<String> {
     trail_lines(&d.trail())
         .into_iter()
         .filter(|l| l["event"] == event)
@@ -2018,7 +2017,7 @@ struct Stepped {
 }
 
 impl Stepped {
-    fn start(d: &DaemonProc) -> Stepped {
+    fn start(d: &Daemon) -> Stepped {
         let script = "while read step; do curl -s -o /dev/null -w '%{http_code}\\n' \
                       -H \"Authorization: Bearer $OPENAI_API_KEY\" https://api.openai.com/echo; done";
         let (child, out) = spawn_proxy(d, &["openai"], &["sh", "-c", script]);
@@ -2057,7 +2056,7 @@ fn nth_approval_code(trail: &Path, n: usize) -> String {
         .to_owned()
 }
 
-fn events(d: &DaemonProc, name: &str) -> usize {
+fn events(d: &Daemon, name: &str) -> usize {
     trail_lines(&d.trail())
         .iter()
         .filter(|l| l["event"] == name)

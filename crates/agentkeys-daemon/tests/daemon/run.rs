@@ -17,7 +17,7 @@ struct Agent {
     _server: agentkeys_testkit::Server,
     master: Master,
     _home: TempDir,
-    d: DaemonProc,
+    d: Daemon,
     value: String,
 }
 
@@ -42,11 +42,11 @@ fn agent_configured(tag: &str, config: &str) -> Agent {
     }
 }
 
-fn run_cmd(d: &DaemonProc, args: &[&str]) -> Command {
+fn run_cmd(d: &Daemon, args: &[&str]) -> Command {
     let mut cmd = Command::new(cli_bin());
     cmd.arg("run")
         .args(args)
-        .env("AGENTKEYS_SOCKET", &d.socket)
+        .env("AGENTKEYS_SOCKET", d.socket())
         .env("PYTHONPATH", python_runtime_dir());
     cmd
 }
@@ -499,8 +499,8 @@ fn agent_serving_nobody(tag: &str) -> Option<Agent> {
     );
     let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
     open(home.path(), 0o755).unwrap();
-    open(d.socket.parent().unwrap(), 0o755).unwrap();
-    open(&d.socket, 0o777).unwrap();
+    open(d.socket().parent().unwrap(), 0o755).unwrap();
+    open(d.socket(), 0o777).unwrap();
     let value = canary(tag);
     master.store("openai", &value, &["--agent", &wallet]);
     Some(Agent {
@@ -513,7 +513,7 @@ fn agent_serving_nobody(tag: &str) -> Option<Agent> {
 }
 
 /// `agentkeys run ARGS…` as `nobody`.
-fn run_as_nobody(d: &DaemonProc, args: &[&str]) -> Command {
+fn run_as_nobody(d: &Daemon, args: &[&str]) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         &format!("--reuid={NOBODY}"),
@@ -523,7 +523,7 @@ fn run_as_nobody(d: &DaemonProc, args: &[&str]) -> Command {
     .arg(cli_bin())
     .arg("run")
     .args(args)
-    .env("AGENTKEYS_SOCKET", &d.socket);
+    .env("AGENTKEYS_SOCKET", d.socket());
     cmd
 }
 

@@ -495,7 +495,7 @@ async fn decision_long_polls_beyond_the_cap_answer_at_once() {
 async fn a_stored_credential_reads_back_into_a_secret_page() {
     let ts = TestServer::start().await;
     let (m, me, _) = ts.master("m").await;
-    let value = canary();
+    let value = canary("server");
     let info = m
         .store_credential(None, &svc("openai"), value.as_bytes(), None)
         .await

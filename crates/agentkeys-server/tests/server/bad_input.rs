@@ -39,7 +39,7 @@ async fn malformed_json_is_a_bad_request() {
 async fn unknown_fields_are_rejected_without_echoing_values() {
     let ts = TestServer::start().await;
     let (_, _, token) = ts.master("m").await;
-    let secret = canary();
+    let secret = canary("server");
     let resp = ts
         .raw()
         .post(format!("{}/v1/credentials", ts.url))

@@ -1,4 +1,6 @@
-//! Shared fixtures: an in-process server on port 0 with its own data dir, and clients.
+//! What only this suite needs around the shared fixture (`agentkeys-testkit`): an
+//! in-process server on port 0 with its own data dir, its `Store` handle and `Config`, the
+//! engine under test (SQLite, or PostgreSQL databases made per test), and clients.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -6,13 +8,13 @@ use std::sync::Arc;
 
 use agentkeys_core::ClientError;
 use agentkeys_core::client::{Backend as _, HttpBackend};
-use agentkeys_core::crypto::hpke::HpkeKeyPair;
 use agentkeys_secmem::SecretString;
 use agentkeys_server::keys::ServerKeys;
 use agentkeys_server::store::AnyStore;
 use agentkeys_server::{AppState, Config};
+use agentkeys_testkit::pairing::PairingAgent;
 use agentkeys_types::ErrorCode;
-use agentkeys_types::api::{ApproveRequest, AuthKind, OpenAuthRequest, SessionGrant, SessionInfo};
+use agentkeys_types::api::{ApproveRequest, SessionInfo};
 use agentkeys_types::{Scope, ServiceName, Wallet};
 use base64::Engine as _;
 
@@ -126,16 +128,8 @@ impl TestServer {
         master: &HttpBackend,
         scope: Scope,
     ) -> (HttpBackend, SessionInfo, SecretString) {
-        let daemon_key = HpkeKeyPair::generate().unwrap();
-        let ticket = self
-            .anon()
-            .open_auth_request(&pair_request(&daemon_key, Some("test daemon")))
-            .await
-            .unwrap();
-        let view = master
-            .auth_request_by_code(&ticket.pair_code)
-            .await
-            .unwrap();
+        let agent = PairingAgent::open(&self.url).await;
+        let view = master.auth_request_by_code(agent.code()).await.unwrap();
         master
             .approve(
                 &view.id,
@@ -146,10 +140,7 @@ impl TestServer {
             )
             .await
             .unwrap();
-        let decision = self.anon().decision(&ticket.id, 5).await.unwrap();
-        let grant =
-            agentkeys_core::client::open_decision(&decision, &daemon_key, &self.signing_key())
-                .unwrap();
+        let grant = agent.finish().await;
         (
             client_with(&self.url, &grant.token).await,
             grant.session,
@@ -290,39 +281,8 @@ pub fn fresh_database_blocking() -> String {
         .unwrap()
 }
 
-/// Enrols a master on the server at `url`; returns a client holding the session.
-pub async fn enrol_master(url: &str, enrol: &str) -> (HttpBackend, SessionGrant) {
-    let anon = HttpBackend::new(url).unwrap();
-    let grant = anon
-        .create_session(SecretString::from_str_copy(enrol))
-        .await
-        .unwrap();
-    (client_with(url, &grant.token).await, grant)
-}
-
-/// A client for `url` holding `token`, pinned to the key the server presents.
-pub async fn client_with(url: &str, token: &SecretString) -> HttpBackend {
-    HttpBackend::new(url)
-        .unwrap()
-        .with_token(token)
-        .unwrap()
-        .pinning_first_contact()
-        .await
-        .unwrap()
-}
-
-/// A request to pair the requester holding `key`, addressed to no master in particular.
-pub fn pair_request(key: &HpkeKeyPair, description: Option<&str>) -> OpenAuthRequest {
-    OpenAuthRequest {
-        kind: AuthKind::Pair,
-        requester_public_key: Some(b64(&key.public_key())),
-        identity: None,
-        parent: None,
-        agent: None,
-        service: None,
-        description: description.map(str::to_owned),
-    }
-}
+pub use agentkeys_testkit::canary;
+pub use agentkeys_testkit::pairing::{client_with, enrol_master, pair_request};
 
 pub fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
@@ -353,14 +313,6 @@ pub fn assert_code<T>(r: Result<T, ClientError>, code: ErrorCode) -> ClientError
             e
         }
     }
-}
-
-/// A random canary credential value.
-pub fn canary() -> String {
-    format!(
-        "sk-canary-{}",
-        agentkeys_core::hex(&agentkeys_core::crypto::random_array::<16>())
-    )
 }
 
 /// Installs the process's TLS provider, which every reqwest client needs (the typed client

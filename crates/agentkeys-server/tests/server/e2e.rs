@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,111 +11,41 @@ use agentkeys_core::HttpBackend;
 use agentkeys_core::client::Backend as _;
 use agentkeys_secmem::SecretString;
 
+use agentkeys_testkit::Server;
+
 use super::common::{canary, svc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentkeys-server");
 
-/// A running server process; its stderr is captured whole for later scanning.
-struct Proc {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
+/// Starts the binary on `data_dir` and waits for its ready line (no sleeps: the line is
+/// printed after bind); its stderr is kept whole for later scanning.
+fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    start_with(data_dir, extra_env, &[])
 }
 
-impl Proc {
-    /// Starts the binary and waits for its ready line (no sleeps: the line is printed after bind).
-    fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Proc {
-        super::common::tls_provider();
-        Self::start_with(data_dir, extra_env, &[])
-    }
-
-    /// [`Proc::start`] with extra flags.
-    fn start_with(data_dir: &Path, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Proc {
-        super::common::tls_provider();
-        let mut cmd = Command::new(BIN);
-        if !extra_args.contains(&"--auth") {
-            cmd.args(["--auth", "dev"]);
-        }
-        cmd.args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--read-rate",
-            "0",
-        ])
-        .args(extra_args)
-        .env_remove("AGENTKEYS_SERVER_KEYS")
-        .env_remove("AGENTKEYS_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        // One database per data dir, so a restart on the same dir finds its data (and
-        // replicas are data dirs given the same database).
-        let marker = data_dir.join("test-database-url");
-        if super::common::postgres_engine() || marker.exists() {
-            std::fs::create_dir_all(data_dir).unwrap();
-            let url = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
-                let url = super::common::fresh_database_blocking();
-                std::fs::write(&marker, &url).unwrap();
-                url
-            });
-            cmd.args(["--database", &url]);
-        }
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
+/// [`start`] with extra flags.
+fn start_with(data_dir: &Path, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Server {
+    super::common::tls_provider();
+    let mut cmd = Server::command(Path::new(BIN))
+        .data_dir(data_dir)
+        .args(&["--read-rate", "0"])
+        .args(extra_args);
+    // One database per data dir, so a restart on the same dir finds its data (and
+    // replicas are data dirs given the same database).
+    let marker = data_dir.join("test-database-url");
+    if super::common::postgres_engine() || marker.exists() {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let url = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+            let url = super::common::fresh_database_blocking();
+            std::fs::write(&marker, &url).unwrap();
+            url
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not report readiness; log:\n{}",
-                    log.lock().unwrap()
-                )
-            });
-        Proc {
-            child,
-            url: format!("http://{addr}"),
-            log,
-        }
+        cmd = cmd.args(&["--database", &url]);
     }
-
-    /// A master session on this server and a client holding it.
-    async fn master(&self, enrol: &str) -> (HttpBackend, agentkeys_types::api::SessionGrant) {
-        super::common::enrol_master(&self.url, enrol).await
+    for (k, v) in extra_env {
+        cmd = cmd.env(k, v);
     }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    cmd.spawn()
 }
 
 fn count(hay: &[u8], needle: &[u8]) -> usize {
@@ -125,7 +55,7 @@ fn count(hay: &[u8], needle: &[u8]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_stores_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Proc::start(dir.path(), &[]);
+    let mut server = start(dir.path(), &[]);
     let grant = HttpBackend::new(&server.url)
         .unwrap()
         .create_session(SecretString::from_str_copy("e2e"))
@@ -163,7 +93,7 @@ async fn acknowledged_stores_survive_kill_9() {
     while acked.lock().unwrap().len() < 300 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server.kill9();
+    server.stop();
     for w in writers {
         w.await.unwrap();
     }
@@ -181,7 +111,7 @@ async fn acknowledged_stores_survive_kill_9() {
         *stores_acked.entry(s.clone()).or_default() += 1;
         latest.insert(s, v);
     }
-    let server = Proc::start(dir.path(), &[]);
+    let server = start(dir.path(), &[]);
     let client = HttpBackend::new(&server.url)
         .unwrap()
         .with_token(&grant.token)
@@ -230,8 +160,8 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
     use agentkeys_server::store::Store as _;
     use agentkeys_types::api::{ApproveRequest, AuthStatus, Policy};
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Proc::start_with(dir.path(), &[], &["--enrol-rate", "1000"]);
-    let (owner, _) = server.master("hv").await;
+    let mut server = start_with(dir.path(), &[], &["--enrol-rate", "1000"]);
+    let (owner, _) = super::common::enrol_master(&server.url, "hv").await;
     let stripe = svc("stripe");
     let high_value = Policy {
         high_value: true,
@@ -245,7 +175,7 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
     let mut readers = Vec::new();
     let mut grants = Vec::new();
     for _ in 0..160 {
-        let (reader, _) = server.master("hv").await;
+        let (reader, _) = super::common::enrol_master(&server.url, "hv").await;
         let asked = reader.read_credential(None, &stripe).await.err().unwrap();
         let ticket = asked.auth_request().unwrap().clone();
         owner
@@ -257,7 +187,7 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
     }
     // They all read at once; the read that brings the answers to ten kills the server
     // there and then, with most of the others in flight.
-    let pid = i32::try_from(server.child.id()).unwrap();
+    let pid = i32::try_from(server.pid()).unwrap();
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for reader in readers {
@@ -274,7 +204,7 @@ async fn every_spent_grant_has_its_audit_row_after_kill_9() {
     for t in tasks {
         t.await.unwrap();
     }
-    server.kill9();
+    server.stop();
     let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
     let marker = dir.path().join("test-database-url");
     let database = std::fs::read_to_string(&marker)
@@ -325,9 +255,9 @@ fn parse(v: &str) -> (u32, u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Proc::start(dir.path(), &[("RUST_LOG", "debug")]);
-    let (client, grant) = server.master("e2e").await;
-    let secret = canary();
+    let mut server = start(dir.path(), &[("RUST_LOG", "debug")]);
+    let (client, grant) = super::common::enrol_master(&server.url, "e2e").await;
+    let secret = canary("server");
     client
         .store_credential(None, &svc("openai"), secret.as_bytes(), None)
         .await
@@ -343,7 +273,7 @@ async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
             secret.as_bytes()
         );
     }
-    server.kill9();
+    server.stop();
     let token = grant.token.expose_secret().as_bytes().to_vec();
     let mut scanned = 0;
     // The data dir, and on PostgreSQL the database's own files, the WAL and the server log.
@@ -382,7 +312,7 @@ async fn no_canary_or_token_reaches_the_data_dir_or_the_logs() {
         );
     }
     assert!(scanned > 4096, "the data dir was not written");
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     assert!(
         log.contains("credentials/read"),
         "debug log did not capture requests:\n{log}"
@@ -446,7 +376,7 @@ fn bad_flags_fail_before_any_io_with_a_hint() {
 async fn keys_come_from_the_environment_when_set_and_no_key_file_is_written() {
     use base64::Engine as _;
     let a = tempfile::tempdir().unwrap();
-    let first = Proc::start(a.path(), &[]);
+    let first = start(a.path(), &[]);
     let info = HttpBackend::new(&first.url)
         .unwrap()
         .server_info()
@@ -455,7 +385,7 @@ async fn keys_come_from_the_environment_when_set_and_no_key_file_is_written() {
     let raw = std::fs::read(a.path().join("server.key")).unwrap();
     let env = base64::engine::general_purpose::STANDARD.encode(&raw);
     let b = tempfile::tempdir().unwrap();
-    let second = Proc::start(b.path(), &[("AGENTKEYS_SERVER_KEYS", &env)]);
+    let second = start(b.path(), &[("AGENTKEYS_SERVER_KEYS", &env)]);
     let info2 = HttpBackend::new(&second.url)
         .unwrap()
         .server_info()
@@ -464,19 +394,13 @@ async fn keys_come_from_the_environment_when_set_and_no_key_file_is_written() {
     assert_eq!(info.shielding_public_key, info2.shielding_public_key);
     assert_eq!(info.signing_public_key, info2.signing_public_key);
     assert!(!b.path().join("server.key").exists());
-    assert!(
-        second
-            .log
-            .lock()
-            .unwrap()
-            .contains("keys=AGENTKEYS_SERVER_KEYS")
-    );
+    assert!(second.log().contains("keys=AGENTKEYS_SERVER_KEYS"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_keys_variable_counts_as_unset() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Proc::start(dir.path(), &[("AGENTKEYS_SERVER_KEYS", "")]);
+    let server = start(dir.path(), &[("AGENTKEYS_SERVER_KEYS", "")]);
     HttpBackend::new(&server.url)
         .unwrap()
         .server_info()
@@ -486,13 +410,7 @@ async fn an_empty_keys_variable_counts_as_unset() {
         dir.path().join("server.key").exists(),
         "the keys come from the data dir's key file"
     );
-    assert!(
-        !server
-            .log
-            .lock()
-            .unwrap()
-            .contains("keys=AGENTKEYS_SERVER_KEYS")
-    );
+    assert!(!server.log().contains("keys=AGENTKEYS_SERVER_KEYS"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,7 +426,7 @@ async fn a_tokens_file_admits_only_its_tokens_plain_or_hashed() {
     .unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
     let data = dir.path().join("data");
-    let server = Proc::start_with(&data, &[], &["--auth", "tokens", tokens.to_str().unwrap()]);
+    let server = start_with(&data, &[], &["--auth", "tokens", tokens.to_str().unwrap()]);
     let anon = HttpBackend::new(&server.url).unwrap();
     anon.create_session(SecretString::from_str_copy("plain-token"))
         .await
@@ -528,9 +446,9 @@ async fn a_tokens_file_admits_only_its_tokens_plain_or_hashed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Proc::start(dir.path(), &[]);
-    let (client, _grant) = server.master("mem").await;
-    let secret = canary();
+    let server = start(dir.path(), &[]);
+    let (client, _grant) = super::common::enrol_master(&server.url, "mem").await;
+    let secret = canary("server");
     client
         .store_credential(None, &svc("openai"), secret.as_bytes(), None)
         .await
@@ -543,7 +461,7 @@ async fn the_server_holds_no_readable_plaintext_after_stores_and_reads() {
             .page;
         assert_eq!(page.expose_secret(), secret.as_bytes());
     }
-    let pid = server.child.id();
+    let pid = server.pid();
     let report = agentkeys_memscan::scan(pid, secret.as_bytes()).unwrap();
     assert!(
         report.scanned_bytes > 1 << 20,
@@ -568,18 +486,18 @@ async fn the_server_is_hardened_and_its_keys_are_nowhere_readable() {
     use base64::Engine as _;
     // Keys of our own, handed over the environment the way a secret manager would.
     let a = tempfile::tempdir().unwrap();
-    drop(Proc::start(a.path(), &[]));
+    drop(start(a.path(), &[]));
     let raw = std::fs::read(a.path().join("server.key")).unwrap();
     let env = base64::engine::general_purpose::STANDARD.encode(&raw);
     let b = tempfile::tempdir().unwrap();
-    let server = Proc::start(b.path(), &[("AGENTKEYS_SERVER_KEYS", &env)]);
-    let (client, _) = server.master("hardened").await;
+    let server = start(b.path(), &[("AGENTKEYS_SERVER_KEYS", &env)]);
+    let (client, _) = super::common::enrol_master(&server.url, "hardened").await;
     client
         .store_credential(None, &svc("openai"), b"sk-exercise-the-keys", None)
         .await
         .unwrap();
     client.read_credential(None, &svc("openai")).await.unwrap();
-    let pid = server.child.id();
+    let pid = server.pid();
 
     // The environment no longer carries the keys (wiped in place, then removed).
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
@@ -697,18 +615,18 @@ async fn replicas_lose_nothing_acknowledged_through_kill_9_and_a_database_restar
     // Three replicas: one database, the same keys (from the environment), each its own dir.
     let first = tempfile::tempdir().unwrap();
     std::fs::write(first.path().join("test-database-url"), &url).unwrap();
-    drop(Proc::start(first.path(), &[]));
+    drop(start(first.path(), &[]));
     let keys = base64::engine::general_purpose::STANDARD
         .encode(std::fs::read(first.path().join("server.key")).unwrap());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut procs: Vec<Proc> = dirs
+    let mut procs: Vec<Server> = dirs
         .iter()
         .map(|d| {
             std::fs::write(d.path().join("test-database-url"), &url).unwrap();
-            Proc::start(d.path(), &[("AGENTKEYS_SERVER_KEYS", &keys)])
+            start(d.path(), &[("AGENTKEYS_SERVER_KEYS", &keys)])
         })
         .collect();
-    let (_, grant) = procs[0].master("replicas").await;
+    let (_, grant) = super::common::enrol_master(&procs[0].url, "replicas").await;
     let mut clients = Vec::new();
     for p in &procs {
         clients.push(Arc::new(
@@ -753,10 +671,10 @@ async fn replicas_lose_nothing_acknowledged_through_kill_9_and_a_database_restar
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_2 = Instant::now();
-    procs[2].kill9();
+    procs[2].stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_1 = Instant::now();
-    procs[1].kill9();
+    procs[1].stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restart = Instant::now();
     let restarting = pg.clone();
@@ -845,8 +763,8 @@ async fn the_server_reaches_postgres_over_verified_tls_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let tls = format!("{plain}?sslmode=verify-full&sslrootcert={ca}");
     std::fs::write(dir.path().join("test-database-url"), &tls).unwrap();
-    let server = Proc::start(dir.path(), &[]);
-    let (client, _) = server.master("tls").await;
+    let server = start(dir.path(), &[]);
+    let (client, _) = super::common::enrol_master(&server.url, "tls").await;
     client
         .store_credential(None, &svc("openai"), b"v", None)
         .await
@@ -973,7 +891,7 @@ async fn an_unreachable_database_stops_the_start_within_seconds_naming_where_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_long_polls_at_once_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Proc::start(dir.path(), &[]);
+    let mut server = start(dir.path(), &[]);
     let key = agentkeys_core::crypto::hpke::HpkeKeyPair::generate().unwrap();
     let anon = HttpBackend::new(&server.url).unwrap();
     let ticket = anon
@@ -985,7 +903,7 @@ async fn sigterm_answers_long_polls_at_once_and_exits_cleanly() {
     let poll = tokio::spawn(async move { poller.decision(&id, 60).await });
     tokio::time::sleep(Duration::from_millis(300)).await; // the poll is waiting
     let sent = Instant::now();
-    let pid = i32::try_from(server.child.id()).unwrap();
+    let pid = i32::try_from(server.pid()).unwrap();
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let answered = poll.await.unwrap().unwrap();
@@ -999,9 +917,9 @@ async fn sigterm_answers_long_polls_at_once_and_exits_cleanly() {
         took < Duration::from_secs(10),
         "a 60 s poll held the shutdown for {took:?}"
     );
-    let status = server.child.wait().unwrap();
+    let status = server.wait();
     assert!(status.success(), "{status:?}");
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     assert!(log.contains("stopping"), "{log}");
     eprintln!("SIGTERM to the answer of a waiting long-poll: {took:?}");
 }
@@ -1039,7 +957,7 @@ async fn json_logs_are_one_object_per_line_without_secrets() {
     };
     let url = format!("http://{addr}");
     let (client, grant) = super::common::enrol_master(&url, "json-logs").await;
-    let secret = canary();
+    let secret = canary("server");
     client
         .store_credential(None, &svc("openai"), secret.as_bytes(), None)
         .await
@@ -1076,7 +994,7 @@ async fn ready_turns_503_while_the_database_is_down_and_back_after() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("test-database-url"), &pg.url).unwrap();
-    let server = Proc::start(dir.path(), &[]);
+    let server = start(dir.path(), &[]);
     let ready = |url: String| async move { reqwest::get(format!("{url}/v1/ready")).await.unwrap() };
     assert_eq!(ready(server.url.clone()).await.status(), 200);
     let p = pg.clone();
@@ -1193,7 +1111,7 @@ async fn https_with_a_private_ca_and_a_certificate_reloaded_on_sighup() {
     let pki = TestPki::new();
     let first = pki.leaf("tls");
     let dir = tempfile::tempdir().unwrap();
-    let server = Proc::start_with(
+    let server = start_with(
         dir.path(),
         &[],
         &[
@@ -1246,7 +1164,7 @@ async fn https_with_a_private_ca_and_a_certificate_reloaded_on_sighup() {
     assert_eq!(presented(&before), first);
     assert!(health_on(&mut before).await.contains("200"));
     let second = pki.leaf("tls"); // a new certificate and key over the same files
-    let pid = i32::try_from(server.child.id()).unwrap();
+    let pid = i32::try_from(server.pid()).unwrap();
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1270,7 +1188,7 @@ async fn https_with_a_private_ca_and_a_certificate_reloaded_on_sighup() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log.lock().unwrap().contains("TLS reload failed") {
+    while !server.log().contains("TLS reload failed") {
         assert!(Instant::now() < deadline, "no reload failure logged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1328,12 +1246,12 @@ async fn metrics_can_have_a_listener_of_their_own() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let server = Proc::start_with(
+    let server = start_with(
         dir.path(),
         &[],
         &["--metrics-listen", &format!("127.0.0.1:{port}")],
     );
-    let (_, _) = server.master("metrics").await;
+    let (_, _) = super::common::enrol_master(&server.url, "metrics").await;
     let own = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap();
