@@ -1301,6 +1301,21 @@ impl Daemon {
         }
     }
 
+    /// Asks the server once what the session may hold, before the daemon serves: a value
+    /// fetched before the first state would be kept under no stamp and dropped as soon as
+    /// the state came. A server that does not answer within a few seconds (or has no state
+    /// endpoint) leaves it to [`Daemon::watch_state`], which keeps asking.
+    pub async fn take_first_state(&self) {
+        let asked =
+            tokio::time::timeout(Duration::from_secs(3), self.backend.session_state(None, 0)).await;
+        if let Ok(answer) = asked {
+            self.note_contact(&answer);
+            if let Ok(state) = answer {
+                self.apply_state(&state);
+            }
+        }
+    }
+
     /// Takes in what the server says the session may hold now: the scope, and a stamp per
     /// credential. Whatever changed is gone at once: cached entries of those services are
     /// evicted, and everyone holding values hears of it ([`Daemon::subscribe`]) and wipes

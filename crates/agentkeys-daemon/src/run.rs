@@ -239,6 +239,7 @@ async fn serve(
     // Persistent egress proxies (`agentkeys proxy-env`) stop when the session is revoked,
     // registered before anything can revoke it.
     let proxies = crate::proxy::persistent::Persistent::serving(&daemon);
+    daemon.take_first_state().await;
     daemon.audit(Event {
         event: "start".into(),
         agent: Some(daemon.session().wallet.to_string()),

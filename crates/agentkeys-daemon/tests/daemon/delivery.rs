@@ -271,6 +271,8 @@ fn a_warm_cache_is_unreadable_in_memfd_secret_readable_in_the_fallback_and_gone_
         );
         let value = canary("cachepage");
         master.store("openai", &value, &["--agent", &wallet]);
+        // Cached only once the daemon has heard of the new value (else evicted when it does).
+        wait_for_events(&d.trail(), "state", 1);
         let mut c = d.client();
         c.initialize();
         assert_eq!(

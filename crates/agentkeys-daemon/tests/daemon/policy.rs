@@ -26,6 +26,9 @@ fn a_cached_credential_is_evicted_after_its_idle_ttl() {
         &["--cache", "openai=2s"],
     );
     master.store("openai", &canary("cache"), &["--agent", &wallet]);
+    // The daemon hears of the new value first: one fetched before that would be dropped
+    // when it does (its stamp moved), and read again.
+    wait_for_events(&d.trail(), "state", 1);
     let mut c = d.client();
     c.initialize();
 
