@@ -524,7 +524,7 @@ fn peer_rows(
         None => report.other(
             "peer_fnox",
             "peer: fnox",
-            "not found: pass --fnox PATH (see the README's Performance section)".into(),
+            "not found: pass --fnox PATH (see docs/performance.md)".into(),
             "",
             String::new(),
             Value::Null,

@@ -1,6 +1,6 @@
-//! fd delivery (DESIGN decision 8) through the Rust and Python managed runtimes, the inline
+//! fd delivery (decision 75) through the Rust and Python managed runtimes, the inline
 //! fallback, and where the credential is left afterwards, by scans of `/proc/<pid>/mem`.
-//! Each test prints its scan results (`scan: …`); the README's table quotes them.
+//! Each test prints its scan results (`scan: …`); docs/daemon.md's table quotes them.
 
 use std::io::{IoSliceMut, Write as _};
 use std::mem::MaybeUninit;

@@ -1,5 +1,5 @@
-//! Process hardening, observed on the running daemon (DESIGN "Hardening checklist"):
-//! `/proc/<pid>/status` and `limits`, a same-uid attacker run as `nobody`, a tracer at start
+//! Process hardening, observed on the running daemon (docs/threat-model.md, "Defences in
+//! each process"): `/proc/<pid>/status` and `limits`, a same-uid attacker run as `nobody`, a tracer at start
 //! and later, and what the seccomp filter means for `run` children.
 
 use std::os::unix::fs::MetadataExt as _;

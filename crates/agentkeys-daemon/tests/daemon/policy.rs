@@ -1,4 +1,4 @@
-//! The opt-in cache with idle eviction (DESIGN decision 6), revocation reaching `run`
+//! The opt-in cache with idle eviction (decision 73), revocation reaching `run`
 //! children, and the configuration file.
 
 use std::process::{Command, Stdio};

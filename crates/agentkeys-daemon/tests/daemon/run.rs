@@ -1,4 +1,4 @@
-//! Daemon-mediated run (DESIGN decision 9): `agentkeys run` with the real CLI, and the MCP
+//! Daemon-mediated run (decision 76): `agentkeys run` with the real CLI, and the MCP
 //! `run` tool.
 
 use std::io::{BufRead as _, BufReader, Write as _};

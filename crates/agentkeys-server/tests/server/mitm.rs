@@ -1,4 +1,4 @@
-//! An active attacker between client and server on plain HTTP (DESIGN decision 14): a
+//! An active attacker between client and server on plain HTTP (decision 81): a
 //! tampering proxy in front of the real server swaps the shielding key in
 //! `GET /v1/server-info` for its own (to open every store, then re-seal it onward), answers
 //! reads with a value of its choosing sealed to the reader's fresh key, and swaps the
