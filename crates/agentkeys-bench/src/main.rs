@@ -15,6 +15,13 @@
 //! on the server, memory and binary sizes, and the
 //! floors and peers installed here (a Unix-socket ping-pong, ssh-agent; fnox, teller and
 //! pass when present). Figures are medians and percentiles of one run: compare the ratios.
+//!
+//! `main.rs` drives the groups of figures in order; beside it: `setup.rs` (the system under
+//! test, from the shared test fixture, release binaries), `stats.rs` (samples, order
+//! statistics, the report), `approvals.rs` (the approval round trip), `revocation.rs`
+//! (revocation reaching a run and its proxy), `engines.rs` (reads/s on SQLite and
+//! PostgreSQL replicas), `proxy.rs` (the egress proxy against direct TLS), `peers.rs`
+//! (fnox side by side).
 
 #![forbid(unsafe_code)]
 

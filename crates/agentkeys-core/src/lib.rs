@@ -10,6 +10,8 @@
 //! - [`hex`]: lower-case hex, the one helper every crate uses.
 //! - [`json`]: sizing JSON before writing it into a buffer that will hold a secret.
 //! - [`error`]: [`ClientError`], mapped onto the error contract's codes.
+//! - [`paths`]: where local state lives (the home, the socket), the same for the CLI and
+//!   the daemon.
 
 #![forbid(unsafe_code)]
 

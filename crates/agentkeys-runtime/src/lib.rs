@@ -19,6 +19,10 @@
 //!
 //! Programs started with `agentkeys run --fd --service openai` inherit the descriptor
 //! instead (`AGENTKEYS_FD_OPENAI=<fd>:<length>`); [`credential`] takes that one first.
+//!
+//! Two modules: this one (asking for a credential, mapping and wiping it) and `wire.rs`,
+//! the connection to the daemon ([`Client`]: JSON-RPC lines read with `recvmsg`, so the
+//! descriptors sent with a line are kept).
 
 #![forbid(unsafe_code)]
 

@@ -19,6 +19,8 @@
 //! - `harden.rs` — the start-up hardening of the daemon and the CLI, as a report of
 //!   `ok` / `degraded` / `failed` items (no dumps, no_new_privs, debugger and Yama checks,
 //!   capabilities, seccomp, protection keys).
+//! - `stack.rs` — scrubbing the dead stack frames below a key operation, where moved
+//!   copies of a key schedule would otherwise stay.
 //! - `pkey.rs` — [`pkey::ProtectedPage`]: a secret page no thread can touch outside a short
 //!   window on the reading thread (memory protection keys).
 //! - `process.rs` — process-wide protections every binary applies at start (no core dumps,
