@@ -183,37 +183,7 @@ async fn serve(
         description: format!("agentkeys-daemon on {}", host.trim()),
         ephemeral: config.ephemeral,
     };
-    if allow_uid.is_empty() {
-        let uid = rustix::process::geteuid().as_raw();
-        let at_rest = if config.ephemeral_by_default {
-            "so it holds the session in memory only (a restart needs a new approval; \
-             --store-session keeps it at rest, where any process of that uid could open it), but \
-             an agent of that uid still runs beside the daemon's own processes"
-        } else if config.ephemeral {
-            "it holds the session in memory only (--ephemeral), but an agent of that uid still \
-             runs beside the daemon's own processes"
-        } else {
-            "and any process of that uid can open the session this daemon stores in its home and \
-             act as this agent"
-        };
-        eprintln!(
-            "warning: only uid {uid} (the daemon's own) may connect, so agents run as the \
-             daemon's uid, {at_rest}. Run the daemon under a uid of its own and let the agent's \
-             uid in with --allow-uid (docs/daemon.md, \"Deployment\")."
-        );
-    }
-    if config.ephemeral {
-        let left = pairing::stored_wallets(home);
-        if !left.is_empty() {
-            eprintln!(
-                "warning: {} holds a stored daemon session ({}) that this daemon does not use; \
-                 any process of this uid can open it. Remove daemon-<wallet>.* from it, or serve \
-                 with --store-session to use it.",
-                home.display(),
-                left.join(", ")
-            );
-        }
-    }
+    warn_of_the_uid_and_the_session_at_rest(&config, &allow_uid, home);
     let waiting = WaitingState::default();
     let stored = {
         let responder = answer_while_waiting(&listener, waiting.clone(), &allow_uid);
@@ -280,6 +250,42 @@ async fn serve(
     drop(daemon);
     eprintln!("agentkeys-daemon: stopped");
     Ok(())
+}
+
+/// What start-up warns of: agents sharing the daemon's uid, and a stored session this daemon
+/// does not use but any process of its uid could open.
+fn warn_of_the_uid_and_the_session_at_rest(config: &Config, allow_uid: &[u32], home: &Path) {
+    if allow_uid.is_empty() {
+        let uid = rustix::process::geteuid().as_raw();
+        let at_rest = if config.ephemeral_by_default {
+            "so it holds the session in memory only (a restart needs a new approval; \
+             --store-session keeps it at rest, where any process of that uid could open it), but \
+             an agent of that uid still runs beside the daemon's own processes"
+        } else if config.ephemeral {
+            "it holds the session in memory only (--ephemeral), but an agent of that uid still \
+             runs beside the daemon's own processes"
+        } else {
+            "and any process of that uid can open the session this daemon stores in its home and \
+             act as this agent"
+        };
+        eprintln!(
+            "warning: only uid {uid} (the daemon's own) may connect, so agents run as the \
+             daemon's uid, {at_rest}. Run the daemon under a uid of its own and let the agent's \
+             uid in with --allow-uid (docs/daemon.md, \"Deployment\")."
+        );
+    }
+    if config.ephemeral {
+        let left = pairing::stored_wallets(home);
+        if !left.is_empty() {
+            eprintln!(
+                "warning: {} holds a stored daemon session ({}) that this daemon does not use; \
+                 any process of this uid can open it. Remove daemon-<wallet>.* from it, or serve \
+                 with --store-session to use it.",
+                home.display(),
+                left.join(", ")
+            );
+        }
+    }
 }
 
 /// Evicts idle cache entries on time, drops the entries of `run` process groups that
