@@ -326,6 +326,7 @@ fn a_narrowed_scope_evicts_a_cached_credential_at_once() {
     let home = TempDir::new("agentkeys-test-daemon");
     let (d, wallet) = cached_agent(&master, &home, "openai,github", &[]);
     master.store("openai", &canary("narrow"), &["--agent", &wallet]);
+    wait_for_events(&d.trail(), "state", 1); // cached only once the daemon has heard of it
     let mut c = d.client();
     c.initialize();
     get(&mut c);
@@ -351,6 +352,7 @@ fn a_credential_made_high_value_is_evicted_at_once() {
     let home = TempDir::new("agentkeys-test-daemon");
     let (d, wallet) = cached_agent(&master, &home, "openai", &[]);
     master.store("openai", &canary("tohigh"), &["--agent", &wallet]);
+    wait_for_events(&d.trail(), "state", 1); // cached only once the daemon has heard of it
     let mut c = d.client();
     c.initialize();
     get(&mut c);
